@@ -1,0 +1,3 @@
+from triforce.cache.static import StaticKVCache
+
+__all__ = ["StaticKVCache"]

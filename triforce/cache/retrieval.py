@@ -1,0 +1,100 @@
+"""TriForce's retrieval cache: the most relevant chunks of the full KV cache, `budget` tokens.
+
+Built from a full cache: its keys are cut into chunks of `chunk_size` tokens; each chunk is
+scored per KV head against the last query of that layer, and per layer and KV head the best
+chunks are gathered into a contiguous buffer. The first chunk (attention sink) and the partial
+tail chunk (the most recent tokens when the length is not a multiple of chunk_size) are always
+kept. Keys carry their rotary position, so gathered tokens need no position bookkeeping; new
+tokens get their absolute positions and are appended after the retrieved ones (and rolled back
+like any cache).
+
+Scorers:
+- "mean"  (the paper): q . mean(K_chunk); with grouped-query attention the query heads sharing a
+  KV head are summed, i.e. scored with their summed query.
+- "bound" (Quest, arXiv 2406.10774): sum_d max(q_d * min_d K, q_d * max_d K), an upper bound on
+  any token's score in the chunk; the group's maximum keeps a chunk any of its heads needs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triforce.cache.static import StaticKVCache
+from triforce.errors import ConfigError
+
+SCORERS = ("mean", "bound")
+
+
+class RetrievalCache(StaticKVCache):
+    def __init__(self, *, budget: int, chunk_size: int, scorer: str = "mean", extra_capacity: int = 64, **kw):
+        validate_retrieval(budget, chunk_size, scorer)
+        super().__init__(capacity=budget + extra_capacity, **kw)
+        self.budget, self.chunk_size, self.scorer = budget, chunk_size, scorer
+        self.retrieved = 0  # slots holding retrieved tokens; rollback never reaches below them
+        self.rebuilds = 0
+
+    @classmethod
+    def for_model(cls, cfg, *, budget: int, chunk_size: int, scorer: str, extra_capacity: int,
+                  dtype, device, **kw) -> "RetrievalCache":
+        return cls(budget=budget, chunk_size=chunk_size, scorer=scorer, extra_capacity=extra_capacity,
+                   num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                   num_heads=cfg.num_heads, dtype=dtype, device=device, **kw)
+
+    def select(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Token indices to keep, (L, B, Hkv, m) in ascending order, for keys (L, B, Hkv, n, D)
+        and the last query per layer (L, B, Hq, D)."""
+        L, B, H, n, D = keys.shape
+        cs = self.chunk_size
+        arange = torch.arange(n, device=keys.device)
+        if n <= self.budget:
+            return arange.expand(L, B, H, n)
+        n_full = n // cs
+        tail = n - n_full * cs
+        chunks_kept = (self.budget - tail) // cs  # including the sink chunk
+        chunked = keys[:, :, :, : n_full * cs].reshape(L, B, H, n_full, cs, D).float()
+        q = query.float().reshape(L, B, H, -1, D)  # (L, B, Hkv, group, D)
+        if self.scorer == "mean":
+            scores = torch.einsum("lbhgd,lbhcd->lbhc", q, chunked.mean(-2))
+        else:
+            kmax, kmin = chunked.amax(-2), chunked.amin(-2)
+            qe = q[:, :, :, :, None]  # (L, B, Hkv, group, 1, D)
+            bound = torch.maximum(qe * kmax[:, :, :, None], qe * kmin[:, :, :, None]).sum(-1)
+            scores = bound.amax(3)
+        best = scores[..., 1:].topk(chunks_kept - 1, dim=-1).indices + 1
+        chunk_ids = torch.cat([torch.zeros_like(best[..., :1]), best.sort(-1).values], dim=-1)
+        idx = (chunk_ids[..., None] * cs + torch.arange(cs, device=keys.device)).flatten(-2)
+        tail_idx = arange[n_full * cs:].expand(L, B, H, tail)
+        return torch.cat([idx, tail_idx], dim=-1)
+
+    def rebuild(self, full: StaticKVCache) -> None:
+        """Refill from `full` (which must be a plain full cache: slot i = sequence position i)."""
+        n = full.length
+        keys, values = full.k[:, :, :, :n], full.v[:, :, :, :n]
+        idx = self.select(keys, full.last_query)
+        m = idx.shape[-1]
+        gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
+        self.k[:, :, :, :m] = torch.gather(keys, 3, gather)
+        self.v[:, :, :, :m] = torch.gather(values, 3, gather)
+        self.length = self.retrieved = m
+        self.seq_len = full.seq_len
+        self.rebuilds += 1
+
+    def crop(self, seq_len: int) -> None:
+        drop = self.seq_len - seq_len
+        if drop > self.length - self.retrieved:
+            raise ValueError(f"cannot roll back {drop} tokens past the last retrieval rebuild")
+        super().crop(seq_len)
+
+    def reset(self) -> None:
+        super().reset()
+        self.retrieved = 0
+
+
+def validate_retrieval(budget: int, chunk_size: int, scorer: str) -> None:
+    if chunk_size <= 0:
+        raise ConfigError(f"method.chunk_size={chunk_size} must be a positive number of tokens")
+    if budget < 2 * chunk_size:
+        raise ConfigError(f"method.budget={budget} must be at least 2 * chunk_size = {2 * chunk_size} "
+                          "(the sink chunk and the partial tail chunk are always kept)")
+    if scorer not in SCORERS:
+        raise ConfigError(f"method.scorer={scorer!r}: choose one of {', '.join(SCORERS)}")

@@ -1,0 +1,98 @@
+"""The full KV cache: static, pre-allocated buffers with rollback to any earlier length.
+
+Every cache in triforce shares this contract, which is all the model needs:
+
+    positions = cache.next_positions(T)       # rotary positions of the next T tokens
+    mask, is_causal = cache.attention_mask(T)  # once per forward
+    keys, values = cache.write(layer, q, k, v) # per layer: store k/v, return what to attend over
+    cache.advance(T)                           # after the last layer
+
+`seq_len` counts the sequence tokens the cache has absorbed; `length` counts filled slots. They
+are equal here and differ for the StreamingLLM and retrieval caches, which keep a subset.
+`crop(seq_len)` rolls back the most recent tokens (speculative tokens that were rejected).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triforce.errors import ConfigError
+
+
+class StaticKVCache:
+    def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device | str, batch_size: int = 1,
+                 num_heads: int | None = None):
+        shape = (num_layers, batch_size, num_kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.device = torch.device(device)
+        # The last query of the most recent forward, per layer: the retrieval cache scores chunks with it.
+        self.last_query = torch.zeros(num_layers, batch_size, num_heads or num_kv_heads, head_dim,
+                                      dtype=dtype, device=device)
+        self.length = 0
+        self.seq_len = 0
+
+    @classmethod
+    def for_model(cls, cfg, capacity: int, dtype: torch.dtype, device, **kw) -> "StaticKVCache":
+        return cls(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                   num_heads=cfg.num_heads, capacity=capacity, dtype=dtype, device=device, **kw)
+
+    # -- the model-facing contract ---------------------------------------------------------
+    def next_positions(self, num_tokens: int) -> torch.Tensor:
+        self._check_room(num_tokens)
+        return torch.arange(self.seq_len, self.seq_len + num_tokens, device=self.device)
+
+    def attention_mask(self, num_tokens: int) -> tuple[torch.Tensor | None, bool]:
+        """Boolean (T, length+T) mask for T new queries after `length` cached keys.
+
+        Called once per forward before any write, so it also guards the capacity (positions
+        may have been passed explicitly, bypassing next_positions)."""
+        self._check_room(num_tokens)
+        if num_tokens == 1:
+            return None, False
+        if self.length == 0:
+            return None, True
+        total = self.length + num_tokens
+        q_idx = torch.arange(num_tokens, device=self.device)[:, None] + self.length
+        k_idx = torch.arange(total, device=self.device)[None, :]
+        return k_idx <= q_idx, False
+
+    def write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        self.last_query[layer] = q[:, :, -1]
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, num_tokens: int) -> None:
+        self.length += num_tokens
+        self.seq_len += num_tokens
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def crop(self, seq_len: int) -> None:
+        """Forget every token at sequence position >= seq_len (slots are overwritten later)."""
+        if seq_len > self.seq_len:
+            raise ValueError(f"cannot crop a cache of {self.seq_len} tokens forward to {seq_len}")
+        drop = self.seq_len - seq_len
+        if drop > self.length:
+            raise ValueError(f"cannot roll back {drop} tokens: only {self.length} are cached")
+        self.length -= drop
+        self.seq_len = seq_len
+
+    def reset(self) -> None:
+        self.length = 0
+        self.seq_len = 0
+
+    @property
+    def max_step_tokens(self) -> int | None:
+        """Largest number of tokens one forward may add (None: limited only by capacity)."""
+        return None
+
+    def _check_room(self, num_tokens: int) -> None:
+        if self.length + num_tokens > self.capacity:
+            raise ConfigError(
+                f"KV cache full: {self.length} + {num_tokens} tokens exceed its capacity of "
+                f"{self.capacity}; shorten the prompt or max_new_tokens, or raise the cache size"
+            )

@@ -1,0 +1,62 @@
+"""StreamingLLM cache for draft models: `sink` first tokens plus the most recent `window` tokens.
+
+Positions are cache-relative (StreamingLLM, arXiv 2309.17453): a token's rotary position is its
+slot in the cache, so a draft model never sees positions beyond sink + window, whatever the
+length of the sequence. When the window overflows, the oldest window tokens are evicted and the
+kept keys are re-rotated to their new slots (rotations compose, so this is exact up to rounding).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triforce.cache.static import StaticKVCache
+from triforce.errors import ConfigError
+
+
+class StreamingCache(StaticKVCache):
+    def __init__(self, *, sink: int, window: int, rope, **kw):
+        if sink < 0 or window <= 0:
+            raise ConfigError(f"streaming cache needs sink >= 0 and window > 0 (got sink={sink}, window={window})")
+        super().__init__(capacity=sink + window, **kw)
+        self.sink, self.window, self.rope = sink, window, rope
+        self.evicted = 0
+
+    @classmethod
+    def for_model(cls, model, *, sink: int, window: int, **kw) -> "StreamingCache":
+        cfg = model.config
+        return cls(sink=sink, window=window, rope=model.rotary, num_layers=cfg.num_layers,
+                   num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, num_heads=cfg.num_heads,
+                   dtype=model.dtype, device=model.device, **kw)
+
+    @property
+    def max_step_tokens(self) -> int:
+        return self.window
+
+    def next_positions(self, num_tokens: int) -> torch.Tensor:
+        if num_tokens > self.window:
+            raise ValueError(f"a streaming cache takes at most window={self.window} tokens per forward")
+        overflow = self.length + num_tokens - self.capacity
+        if overflow > 0:
+            self._evict(overflow)
+        return torch.arange(self.length, self.length + num_tokens, device=self.device)
+
+    def _evict(self, n: int) -> None:
+        """Drop the n oldest non-sink tokens; shift the rest down n slots (and n rotary positions)."""
+        s, end = self.sink, self.length
+        kept = slice(s + n, end)
+        self.k[:, :, :, s:end - n] = self.rope.shift(self.k[:, :, :, kept], -n)
+        self.v[:, :, :, s:end - n] = self.v[:, :, :, kept].clone()
+        self.length -= n
+        self.evicted += n
+
+    def crop(self, seq_len: int) -> None:
+        drop = self.seq_len - seq_len
+        if drop > self.length - self.sink:
+            raise ValueError(f"cannot roll back {drop} tokens: the streaming window holds only "
+                             f"{self.length - self.sink}; use a larger window")
+        super().crop(seq_len)
+
+    def reset(self) -> None:
+        super().reset()
+        self.evicted = 0

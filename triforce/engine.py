@@ -1,0 +1,314 @@
+"""One speculative engine for every method: a method is an ordered list of levels, cheapest first.
+
+    autoregressive   [top]                       top = target model, full cache
+    spec             [draft, top]                draft model (full or StreamingLLM cache)
+    retrieval_spec   [middle, top]               middle = target model with the retrieval cache
+    triforce         [draft, middle, top]        draft (StreamingLLM) -> middle -> top
+
+Level 0 samples autoregressively. Level i > 0 runs rounds: ask level i-1 for `gamma` tokens,
+score them in ONE forward, and keep the tokens the exact rule of `sampling.verify` emits. Each
+emitted token is recorded with the distribution of level i at its position — the distribution
+it was actually drawn from — so level i+1 can verify it exactly in turn. That is what makes the
+whole hierarchy lossless (DESIGN.md §2): the top level's output is distributed as plain
+autoregressive sampling from the target model with the full cache.
+
+Bookkeeping: `self.seq` holds the committed tokens plus the current speculative tail. Every
+cache knows how many sequence tokens it has absorbed (`seq_len`); a forward feeds exactly the
+tokens it has not seen, and whenever tokens are rejected every cache is cropped back to at
+most the surviving prefix. The last token of `seq` is never absorbed by the top level before it
+is verified, so one forward always yields the distributions a round needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from triforce.cache.retrieval import RetrievalCache, validate_retrieval
+from triforce.cache.static import StaticKVCache
+from triforce.cache.streaming import StreamingCache
+from triforce.errors import ConfigError, PromptTooLongError
+from triforce.metrics import GenerationStats
+from triforce.models.llama import Transformer
+from triforce.sampling import SamplingParams, probabilities, sample, verify
+
+METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
+REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    name: str = "triforce"
+    gamma: int = 6  # γ2: tokens the top level verifies per forward
+    draft_gamma: int = 2  # γ1: tokens the draft proposes per middle round (triforce)
+    budget: int = 4096  # retrieval cache size, tokens
+    chunk_size: int = 8
+    scorer: str = "mean"
+    rebuild: str = "never"
+    rebuild_every: int = 64  # every_n: generated tokens between rebuilds
+    rebuild_threshold: float = 0.5  # on_low_acceptance: rebuild when the middle's recent acceptance falls below
+    rebuild_window: int = 4  # on_low_acceptance: top-level rounds averaged
+    draft_cache: str = "streaming"  # streaming | full
+    draft_sink: int = 16
+    draft_window: int = 240
+    middle_cache: str = "retrieval"  # retrieval | streaming (the paper's ablation)
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ConfigError(f"method.name={self.name!r}: choose one of {', '.join(METHODS)}")
+        if self.gamma <= 0:
+            raise ConfigError(f"method.gamma={self.gamma} must be a positive number of tokens")
+        if self.draft_gamma <= 0:
+            raise ConfigError(f"method.draft_gamma={self.draft_gamma} must be a positive number of tokens")
+        if self.rebuild not in REBUILD_POLICIES:
+            raise ConfigError(f"method.rebuild={self.rebuild!r}: choose one of {', '.join(REBUILD_POLICIES)}")
+        if self.rebuild == "every_n" and self.rebuild_every <= 0:
+            raise ConfigError(f"method.rebuild_every={self.rebuild_every} must be positive")
+        if self.draft_cache not in ("streaming", "full"):
+            raise ConfigError(f"method.draft_cache={self.draft_cache!r}: choose streaming or full")
+        if self.middle_cache not in ("retrieval", "streaming"):
+            raise ConfigError(f"method.middle_cache={self.middle_cache!r}: choose retrieval or streaming")
+        if self.uses_middle:
+            if self.middle_cache == "retrieval":
+                validate_retrieval(self.budget, self.chunk_size, self.scorer)
+            elif self.budget <= self.draft_sink + self.lookahead:
+                raise ConfigError(f"method.budget={self.budget} is too small for a streaming middle cache")
+        if self.uses_draft and self.draft_cache == "streaming":
+            need = 2 * self.lookahead + 2
+            if self.draft_window < need:
+                raise ConfigError(f"method.draft_window={self.draft_window} must be >= {need} "
+                                  "(2 * (gamma + draft_gamma) + 2) to roll back rejected tokens")
+
+    @property
+    def uses_draft(self) -> bool:
+        return self.name in ("spec", "triforce")
+
+    @property
+    def uses_middle(self) -> bool:
+        return self.name in ("retrieval_spec", "triforce")
+
+    @property
+    def lookahead(self) -> int:
+        """Most tokens any cache can hold beyond the committed prefix."""
+        return self.gamma + self.draft_gamma + 2
+
+
+@dataclasses.dataclass
+class Level:
+    name: str  # draft | middle | top
+    model: Transformer
+    cache: StaticKVCache
+    gamma: int = 0  # tokens asked of the level below per round (0 for level 0)
+    residual: bool = True  # False only in tests: the biased rule of the reference implementation
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    tokens: list[int]
+    metrics: dict[str, float]
+
+
+class Engine:
+    """Build from models (`Engine(target, draft, method, sampling)`) or from a config
+    (`Engine.from_config(cfg)`), then `generate(prompt_ids, max_new_tokens, seed)`."""
+
+    def __init__(self, target: Transformer, draft: Transformer | None = None,
+                 method: MethodConfig | dict | None = None, sampling: SamplingParams | dict | None = None,
+                 *, max_context: int | None = None, prefill_chunk: int | None = None,
+                 biased_levels: tuple[str, ...] = ()):
+        self.method = method if isinstance(method, MethodConfig) else MethodConfig(**(method or {}))
+        self.sampling = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**(sampling or {}))
+        if self.method.uses_draft and draft is None:
+            raise ConfigError(f"method {self.method.name!r} needs a draft model (draft=self reuses the target)")
+        self.target, self.draft = target, draft
+        self.max_context = max_context or target.config.max_position_embeddings
+        self.prefill_chunk = prefill_chunk
+        self.biased_levels = set(biased_levels)
+        self.eos_ids = set(target.config.eos_token_id)
+        self.device = target.device
+
+    # -- construction from a config ------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Engine":
+        """cfg: mapping with `model`, `method`, `sampling` and optionally `draft`, `hardware`."""
+        from triforce.config import engine_kwargs_from_config
+
+        return cls(**engine_kwargs_from_config(cfg))
+
+    # -- public API ------------------------------------------------------------------------
+    def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:
+        """Raise before any work if the prompt and its continuation do not fit the context."""
+        if prompt_len < 1:
+            raise PromptTooLongError("the prompt is empty: give at least one token")
+        total = prompt_len + max_new_tokens + self.method.lookahead
+        if total > self.max_context:
+            raise PromptTooLongError(
+                f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens (+{self.method.lookahead} "
+                f"speculative) exceeds the model's context of {self.max_context}; shorten the prompt "
+                "(dataset.prefill) or max_new_tokens, or use a model with a longer context")
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True) -> GenerationResult:
+        prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+        if torch.is_tensor(prompt_ids) and prompt_ids.dim() > 1:
+            raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
+        if max_new_tokens <= 0:
+            raise ConfigError(f"max_new_tokens={max_new_tokens} must be positive")
+        self.check_prompt(len(prompt), max_new_tokens)
+        self.levels = self._build_levels(len(prompt), max_new_tokens)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.stats = GenerationStats(self.device)
+        self.seq = list(prompt)
+        self._recent_middle: list[float] = []
+        self._since_rebuild = 0
+
+        with self.stats.timed("prefill"):
+            self._prefill()
+        top = len(self.levels) - 1
+        while len(self.seq) - len(prompt) < max_new_tokens:
+            before = len(self.seq)
+            if top == 0:
+                self._extend(0, 1)
+            else:
+                self._round(top)
+            new = self.seq[before:]
+            if stop_at_eos and self.eos_ids.intersection(new):
+                cut = before + min(i for i, t in enumerate(new) if t in self.eos_ids) + 1
+                del self.seq[cut:]
+                break
+            self._maybe_rebuild(len(self.seq) - before)
+        tokens = self.seq[len(prompt):len(prompt) + max_new_tokens]
+        metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name)
+        return GenerationResult(tokens=tokens, metrics=metrics)
+
+    # -- levels and caches -----------------------------------------------------------------
+    def _build_levels(self, prompt_len: int, max_new_tokens: int) -> list[Level]:
+        m, target = self.method, self.target
+        spare = m.lookahead + 2
+        full = target.new_cache(prompt_len + max_new_tokens + spare)
+        top = Level("top", target, full, gamma=m.gamma if m.name != "autoregressive" else 0)
+        levels = [top]
+        if m.uses_middle:
+            if m.middle_cache == "retrieval":
+                cache = RetrievalCache.for_model(
+                    target.config, budget=m.budget, chunk_size=m.chunk_size, scorer=m.scorer,
+                    extra_capacity=max_new_tokens + spare, dtype=target.dtype, device=target.device)
+            else:
+                cache = StreamingCache.for_model(target, sink=m.draft_sink, window=m.budget - m.draft_sink)
+            levels.insert(0, Level("middle", target, cache, gamma=m.draft_gamma if m.uses_draft else 0))
+        if m.uses_draft:
+            if m.draft_cache == "streaming":
+                cache = StreamingCache.for_model(self.draft, sink=m.draft_sink, window=m.draft_window)
+            else:
+                cache = self.draft.new_cache(prompt_len + max_new_tokens + spare)
+            levels.insert(0, Level("draft", self.draft, cache))
+        for level in levels:
+            level.residual = level.name not in self.biased_levels
+        return levels
+
+    def _prefill(self) -> None:
+        """Absorb all prompt tokens but the last into every cache (the last is fed with the
+        first proposals, so the first round's forward yields its distribution)."""
+        prompt_len = len(self.seq)
+        top = self.levels[-1]
+        # The full prompt runs once so the retrieval cache is scored with the last prompt
+        # token's query (as the paper); the last token is then rolled back (see docstring).
+        self._feed(top, prompt_len)
+        top.cache.crop(prompt_len - 1)
+        for level in self.levels[:-1]:
+            if isinstance(level.cache, RetrievalCache):
+                level.cache.rebuild(top.cache)
+            else:
+                self._feed(level, prompt_len - 1)
+
+    def _feed(self, level: Level, upto: int) -> torch.Tensor:
+        """Run `level` over seq[cache.seq_len:upto] (in chunks where needed); last chunk's logits."""
+        cache = level.cache
+        step = cache.max_step_tokens or self.prefill_chunk or upto
+        logits = None
+        while cache.seq_len < upto:
+            end = min(upto, cache.seq_len + step)
+            tokens = torch.tensor([self.seq[cache.seq_len:end]], device=self.device)
+            logits = level.model(tokens, None, cache, num_logits=1)
+        return logits
+
+    def _forward(self, i: int, first_needed: int) -> torch.Tensor:
+        """Distributions of level i for the next token after each of seq[first_needed:]:
+        a (len(seq) - first_needed, V) tensor, from one forward over the unseen tokens."""
+        level = self.levels[i]
+        cache = level.cache
+        if cache.seq_len > first_needed:
+            cache.crop(first_needed)
+        start = cache.seq_len
+        tokens = torch.tensor([self.seq[start:]], device=self.device)
+        with self.stats.timed(level.name if i < len(self.levels) - 1 else self._top_phase):
+            logits = level.model(tokens, None, cache, num_logits=len(self.seq) - first_needed)
+        self.stats.forwards[level.name] += 1
+        return probabilities(logits[0], self.sampling)
+
+    @property
+    def _top_phase(self) -> str:
+        return "decode" if len(self.levels) == 1 else "verify"
+
+    def _crop_all(self, upto_level: int, seq_len: int) -> None:
+        for level in self.levels[: upto_level + 1]:
+            if level.cache.seq_len > seq_len:
+                level.cache.crop(seq_len)
+
+    # -- the hierarchy -----------------------------------------------------------------------
+    def _extend(self, i: int, n: int) -> torch.Tensor:
+        """Append exactly n tokens sampled from level i; return their distributions (n, V)."""
+        if i == 0:
+            dists = []
+            for _ in range(n):
+                p = self._forward(0, len(self.seq) - 1)[-1]
+                self.seq.append(int(sample(p, self.generator)))
+                dists.append(p)
+            return torch.stack(dists)
+        start = len(self.seq)
+        dists: list[torch.Tensor] = []
+        while len(dists) < n:
+            dists.extend(self._round(i))
+        del self.seq[start + n:]
+        self._crop_all(i, len(self.seq) - 1)
+        return torch.stack(dists[:n])
+
+    def _round(self, i: int) -> list[torch.Tensor]:
+        """One speculative round at level i: returns the distributions of the emitted tokens."""
+        level = self.levels[i]
+        base = len(self.seq)
+        q = self._extend(i - 1, level.gamma)
+        p = self._forward(i, base - 1)  # (gamma + 1, V)
+        proposals = torch.tensor(self.seq[base:], device=self.device)
+        verdict = verify(proposals, q, p, self.generator, residual=level.residual)
+        n = verdict.num_accepted
+        del self.seq[base + n:]
+        self.seq.append(verdict.next_token)
+        self._crop_all(i, base + n)
+        below = self.levels[i - 1].name
+        self.stats.proposed[below] += level.gamma
+        self.stats.accepted[below] += n
+        if below == "middle":
+            self._recent_middle.append(n / level.gamma)
+        return list(p[: n + 1])
+
+    # -- retrieval cache rebuilds --------------------------------------------------------------
+    def _maybe_rebuild(self, emitted: int) -> None:
+        m = self.method
+        middle = next((lv for lv in self.levels if isinstance(lv.cache, RetrievalCache)), None)
+        if middle is None or m.rebuild == "never":
+            return
+        self._since_rebuild += emitted
+        if m.rebuild == "every_n":
+            due = self._since_rebuild >= m.rebuild_every
+        else:
+            recent = self._recent_middle[-m.rebuild_window:]
+            due = len(recent) >= m.rebuild_window and sum(recent) / len(recent) < m.rebuild_threshold
+        if due:
+            with self.stats.timed("rebuild"):
+                middle.cache.rebuild(self.levels[-1].cache)
+            self.stats.rebuilds += 1
+            self._since_rebuild = 0
+            self._recent_middle.clear()

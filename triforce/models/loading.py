@@ -1,0 +1,180 @@
+"""Resolve a model name, read its config and checkpoint, and build the project's decoder.
+
+transformers is used only for what it is good at and keeps stable: `AutoConfig`, tokenizers,
+and the GGUF reader. Weights are read from safetensors (single or sharded with an index) or
+PyTorch `.bin` shards, and assigned into a model built on the meta device, so no random
+weights are ever materialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from triforce.attention import AttentionFn, sdpa_attention
+from triforce.errors import ConfigError, ModelNotFoundError
+from triforce.models.config import ModelConfig
+from triforce.models.llama import Transformer
+from triforce.models.rope import RotaryEmbedding
+
+# Short names for the offline default, resolved through the asset cache.
+LOCAL_ALIASES = {"smollm2-135m": "smollm2"}
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_model_dir(name_or_path: str, *, download: bool = True) -> Path:
+    """Local folder holding config.json and the weights for a path, alias or HF hub id."""
+    if name_or_path in LOCAL_ALIASES:
+        from triforce import assets
+
+        return assets.model_dir(LOCAL_ALIASES[name_or_path])
+    path = Path(os.path.expanduser(name_or_path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json: point model.name at a folder "
+                                     "holding a Hugging Face checkpoint (config.json + weights)")
+        return path
+    if name_or_path.count("/") != 1 or name_or_path.startswith(("/", ".", "~")):
+        raise ModelNotFoundError(
+            f"unknown model {name_or_path!r}: not a local folder, not a known alias "
+            f"({', '.join(LOCAL_ALIASES)}) and not a Hugging Face id of the form owner/name")
+    return _hub_snapshot(name_or_path, download=download)
+
+
+def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        if not download:
+            raise ModelNotFoundError(
+                f"{repo_id} is not in the local Hugging Face cache; download it with "
+                f"`huggingface-cli download {repo_id}` or pass a local folder") from None
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        raise ModelNotFoundError(
+            f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); download it where the hub is reachable with "
+            f"`huggingface-cli download {repo_id}` and copy the folder here, then pass its path") from None
+    if not _weight_files(path):
+        # some repos ship only .bin shards: fetch those as a fallback
+        path = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
+    return path
+
+
+def load_config(model_dir: Path) -> ModelConfig:
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(model_dir)
+    except ValueError as e:  # unknown model_type
+        raise ConfigError(f"{model_dir}: {str(e).splitlines()[0]}; triforce runs Llama-family "
+                          "checkpoints") from None
+    return ModelConfig.from_hf(hf_config)
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = model_dir / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [model_dir / s for s in shards]
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+        files = sorted(model_dir.glob(pattern))
+        if files:
+            return files
+    return []
+
+
+def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    files = _weight_files(model_dir)
+    if not files:
+        raise ModelNotFoundError(f"no weights (*.safetensors or pytorch_model*.bin) in {model_dir}; "
+                                 "download the checkpoint's weight files into that folder")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelNotFoundError(f"{model_dir} is missing weight shards {missing}; the download is "
+                                 "incomplete: download the checkpoint again")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(f))
+        else:
+            state.update(torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+    return state
+
+
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], *, dtype: torch.dtype,
+                device: torch.device | str, attention: AttentionFn = sdpa_attention) -> Transformer:
+    """Assign checkpoint tensors into a meta-device model; never materialises random weights."""
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if "rotary_emb" not in k}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        model = Transformer(cfg, attention)
+    expected = set(model.state_dict())
+    if cfg.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ModelNotFoundError(
+            f"checkpoint does not match the Llama layout: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}")
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.rotary = RotaryEmbedding(cfg).to(device)  # non-persistent buffer: compute on the real device
+    return model.eval().requires_grad_(False)
+
+
+def with_rope_scaling(cfg: ModelConfig, rope_scaling: dict | None) -> ModelConfig:
+    """Override a checkpoint's rope scaling, e.g. YaRN factor 4 to run SmolLM2 (8K) at 32K.
+
+    The context grows to original * factor, where `original` defaults to the checkpoint's own
+    max_position_embeddings."""
+    if not rope_scaling:
+        return cfg
+    scaling = dict(rope_scaling)
+    scaling.setdefault("rope_type", scaling.pop("type", "default"))
+    if scaling["rope_type"] == "default":
+        return dataclasses.replace(cfg, rope_scaling=None)
+    original = scaling.setdefault("original_max_position_embeddings", cfg.max_position_embeddings)
+    factor = scaling.get("factor", 1.0)
+    return dataclasses.replace(cfg, rope_scaling=scaling, max_position_embeddings=int(original * factor))
+
+
+def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+               attention: AttentionFn = sdpa_attention, download: bool = True,
+               rope_scaling: dict | None = None) -> Transformer:
+    model_dir = resolve_model_dir(name_or_path, download=download)
+    # cheap: validates the architecture before any weights are read
+    cfg = with_rope_scaling(load_config(model_dir), rope_scaling)
+    return build_model(cfg, read_state_dict(model_dir), dtype=parse_dtype(dtype), device=device,
+                       attention=attention)
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
