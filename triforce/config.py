@@ -50,6 +50,17 @@ def sampling_params(values: Mapping) -> "SamplingParams":
     return SamplingParams(**_known_fields(SamplingParams, values, "sampling"))
 
 
+def _load_target(model_cfg: Mapping, **kw):
+    """The target model: the seeded tiny random model (`tiny-random`, no files) or a checkpoint."""
+    from triforce.models import tiny
+    from triforce.models.loading import load_model
+
+    if model_cfg["name"] == tiny.NAME:
+        return tiny.build_tiny(model_cfg.get("tiny"), seed=model_cfg.get("seed", 0),
+                               rope_scaling=model_cfg.get("rope_scaling"), **kw)
+    return load_model(model_cfg["name"], rope_scaling=model_cfg.get("rope_scaling"), **kw)
+
+
 def engine_kwargs_from_config(cfg: Any) -> dict:
     """Validate everything cheap first, then load the weights."""
     from triforce.attention import get_attention
@@ -69,11 +80,10 @@ def engine_kwargs_from_config(cfg: Any) -> dict:
     if method.uses_draft and not draft_name:
         raise ConfigError(f"method={method.name} needs a draft model: set draft=self or draft=<model>")
 
-    target = load_model(model_cfg["name"], dtype=dtype, device=device, attention=attention,
-                        rope_scaling=model_cfg.get("rope_scaling"))
+    target = _load_target(model_cfg, dtype=dtype, device=device, attention=attention)
     draft = None
     if method.uses_draft:
-        if draft_name == "self":
+        if draft_name == "self":  # self-speculation: the same weights at every level
             draft = target
         else:
             draft = load_model(draft_name, dtype=parse_dtype(draft_cfg.get("dtype", model_cfg.get("dtype", "float32"))),

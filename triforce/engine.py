@@ -95,6 +95,11 @@ class MethodConfig:
         return self.gamma + self.draft_gamma + 2
 
 
+def context_needed(prompt_len: int, max_new_tokens: int, method: MethodConfig) -> int:
+    """Positions a generation may occupy: the prompt, the new tokens and the speculative lookahead."""
+    return prompt_len + max_new_tokens + method.lookahead
+
+
 @dataclasses.dataclass
 class Level:
     name: str  # draft | middle | top
@@ -142,8 +147,7 @@ class Engine:
         """Raise before any work if the prompt and its continuation do not fit the context."""
         if prompt_len < 1:
             raise PromptTooLongError("the prompt is empty: give at least one token")
-        total = prompt_len + max_new_tokens + self.method.lookahead
-        if total > self.max_context:
+        if context_needed(prompt_len, max_new_tokens, self.method) > self.max_context:
             raise PromptTooLongError(
                 f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens (+{self.method.lookahead} "
                 f"speculative) exceeds the model's context of {self.max_context}; shorten the prompt "

@@ -60,7 +60,10 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        cached = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        if _weight_files(cached):  # a snapshot holding only config.json is not a usable checkpoint
+            return cached
+        raise FileNotFoundError(cached)
     except Exception:
         if not download:
             raise ModelNotFoundError(

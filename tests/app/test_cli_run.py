@@ -1,0 +1,51 @@
+"""A single run of the `triforce` console script on the tiny model: files, stdout contract, W&B offline."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from tests.app.helpers import last_json, run_cli, tiny_overrides
+
+METRICS = ("prefill_s", "ms_per_token", "tokens_per_s", "mean_accepted_len", "accept_rate/draft",
+           "accept_rate/middle", "forwards/top", "time_s/verify", "new_tokens", "baseline_ms_per_token", "speedup")
+
+
+def test_single_run(tmp_path, books_dir):
+    run_dir = tmp_path / "run"
+    proc = run_cli(tiny_overrides(books_dir, "logger=wandb", "dataset.num_samples=2", f"hydra.run.dir={run_dir}"),
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json(proc.stdout)
+    assert summary["status"] == "ok" and summary["num_samples"] == 2
+    for name in METRICS:
+        assert isinstance(summary[name], (int, float)), name
+    assert summary["new_tokens"] == 8
+    assert summary["speedup"] > 0
+    assert "--- generated text, sample 0" in proc.stdout
+
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    assert len(samples) == 2 and set(METRICS) <= set(samples.columns)
+    assert (samples["speedup"] - samples["baseline_ms_per_token"] / samples["ms_per_token"]).abs().max() < 1e-9
+    record = json.loads((run_dir / "summary.json").read_text())
+    assert record["status"] == "ok" and record["params"]["model"]["name"] == "tiny-random"
+    assert record["metrics"]["ms_per_token"] == summary["ms_per_token"]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "acceptance.png").stat().st_size > 1000 and (run_dir / "latency.png").stat().st_size > 1000
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+
+
+def test_autoregressive_without_baseline(tmp_path, books_dir):
+    proc = run_cli(tiny_overrides(books_dir, "method=autoregressive", "draft=none", "baseline=false",
+                                  f"hydra.run.dir={tmp_path / 'run'}"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json(proc.stdout)
+    assert summary["mean_accepted_len"] == 1.0 and "speedup" not in summary
+
+
+def test_greedy_methods_match_the_baseline_tokens(tmp_path, books_dir):
+    proc = run_cli(tiny_overrides(books_dir, "sampling=greedy", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["baseline_same_tokens"] == 1.0

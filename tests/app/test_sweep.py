@@ -1,0 +1,97 @@
+"""A tiny 2x2 multirun: the aggregated table at the sweep root, per-job folders with W&B offline runs,
+the notebook on that table, and a failing job that does not stop the sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tests.app.helpers import last_json, run_cli, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sweep_writes_the_aggregated_table(tiny_sweep):
+    sweep_dir, proc = tiny_sweep
+    info = last_json(proc.stdout)
+    assert info == {"sweep_dir": str(sweep_dir), "jobs": 4, "ok": 4, "failed": 0,
+                    "table": str(sweep_dir / "sweep.parquet"), "csv": str(sweep_dir / "sweep.csv")}
+    runs = pd.read_parquet(sweep_dir / "sweep.parquet")
+    assert len(runs) == 4 and (runs["status"] == "ok").all()
+    grid = sorted(zip(runs["method.budget"], runs["method.gamma"]))
+    assert grid == [(32, 2), (32, 4), (64, 2), (64, 4)]
+    for col in ("accept_rate/middle", "mean_accepted_len", "ms_per_token", "speedup", "time_s/verify"):
+        assert runs[col].notna().all(), col
+    assert len(pd.read_csv(sweep_dir / "sweep.csv")) == 4
+    samples = pd.read_parquet(sweep_dir / "sweep_samples.parquet")
+    assert len(samples) == 4 and samples["run_dir"].nunique() == 4
+
+
+def test_sweep_jobs_have_their_files_and_wandb_offline_runs(tiny_sweep):
+    sweep_dir, _ = tiny_sweep
+    for job in range(4):
+        job_dir = sweep_dir / str(job)
+        for name in ("summary.json", "samples.parquet", "config.yaml", "acceptance.png", "latency.png"):
+            assert (job_dir / name).is_file(), (job, name)
+        runs = list((job_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, job
+        record = json.loads((job_dir / "summary.json").read_text())
+        assert record["job_num"] == job and any(o.startswith("method.budget=") for o in record["overrides"])
+
+
+def test_notebook_renders_the_sweep(tiny_sweep, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    sweep_dir, _ = tiny_sweep
+    nb = nbformat.read(REPO / "notebooks" / "acceptance_analysis.ipynb", as_version=4)
+    # the kernel inherits this environment: the notebook finds the newest sweep under TRIFORCE_OUTPUTS
+    monkeypatch.setenv("TRIFORCE_OUTPUTS", str(sweep_dir.parents[2]))
+    monkeypatch.delenv("TRIFORCE_SWEEP_TABLE", raising=False)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert f"{sweep_dir / 'sweep.parquet'}: 4 jobs, 4 ok, 0 failed" in text
+    assert (sweep_dir / "acceptance_vs_params.png").is_file() and (sweep_dir / "latency_breakdown.png").is_file()
+
+
+def test_failing_job_does_not_stop_the_sweep(tmp_path, books_dir):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(["-m", *tiny_overrides(books_dir, f"hydra.sweep.dir={sweep_dir}", "method.gamma=0,4,-1")],
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["failed"] == 2
+    runs = pd.read_parquet(sweep_dir / "sweep.parquet").sort_values("job_num")
+    assert list(runs["status"]) == ["failed", "ok", "failed"]
+    assert "method.gamma=0 must be a positive" in runs["error"].iloc[0]
+    assert runs["ms_per_token"].iloc[1] > 0
+    assert proc.stderr.count("error: method.gamma=") == 2
+
+
+def test_crashing_job_is_recorded_and_wandb_finished(tmp_path, books_dir, monkeypatch):
+    """An unexpected exception mid-run (not a config error): status failed, W&B run closed, sweep goes on."""
+    from triforce.app import runner
+    from triforce.app.runner import JobContext, run_job
+    from tests.app.helpers import compose
+
+    closed = []
+
+    class Tracker:
+        def log_sample(self, step, metrics):
+            pass
+
+        def finish(self, *, summary, table=None, failed):
+            closed.append(failed)
+
+    def boom(*a, **k):
+        raise RuntimeError("device on fire")
+
+    monkeypatch.setattr(runner, "open_tracker", lambda *a, **k: Tracker())
+    monkeypatch.setattr(runner.engines, "build_engine", boom)
+    result = run_job(compose(*tiny_overrides(books_dir)), JobContext(run_dir=tmp_path / "job", multirun=True))
+    assert result.status == "failed" and not result.user_error and "device on fire" in result.error
+    assert closed == [True]
+    assert json.loads((tmp_path / "job" / "summary.json").read_text())["status"] == "failed"

@@ -1,0 +1,96 @@
+"""Bad values are rejected at start, before any model loads, naming the value and the allowed range."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from triforce.app import engines
+from triforce.app.runner import JobContext, run_job
+from triforce.app.validate import validate
+from triforce.errors import ConfigError, ModelNotFoundError, PromptTooLongError
+from tests.app.helpers import compose, run_cli, tiny_overrides
+
+
+def cfg_of(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose(*overrides), resolve=True)
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("method.budget=0", r"method.budget=0 must be a positive"),
+    ("method.budget=-8", r"method.budget=-8 must be a positive"),
+    ("method.budget=4", r"method.budget=4 is smaller than method.chunk_size=8.*2 \* chunk_size = 16"),
+    ("method.budget=12", r"method.budget=12 must be at least 2 \* chunk_size = 16"),
+    ("method.gamma=0", r"method.gamma=0 must be a positive"),
+    ("method.gamma=-3", r"method.gamma=-3 must be a positive"),
+    ("method.draft_gamma=0", r"method.draft_gamma=0"),
+    ("method.chunk_size=0", r"method.chunk_size=0 must be a positive"),
+    ("method.name=beam", r"method.name='beam': choose one of autoregressive, spec, retrieval_spec, triforce"),
+    ("sampling.top_p=0", r"sampling.top_p=0"),
+    ("max_new_tokens=0", r"max_new_tokens=0 must be a positive integer"),
+    ("dataset.prefill=0", r"dataset.prefill=0 must be a positive"),
+    ("dataset.name=imagenet", r"dataset.name='imagenet' is unknown; choose one of gutenberg, pg19, narrativeqa"),
+    ("draft=none", r"method=triforce needs a draft model"),
+    ("hardware=rtx4090_offload", r"hardware=rtx4090_offload needs KV-cache offloading.*not implemented yet"),
+    ("hardware=2x4090_offload_tp", r"tensor parallelism \(hardware.tensor_parallel=2\), which is not implemented"),
+    ("logger.name=mlflow", r"logger.name='mlflow': choose one of wandb, none"),
+])
+def test_bad_values_name_value_and_range(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        validate(cfg_of("model=tiny", override), environment=False)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelNotFoundError, match=r"model.name='nope' is unknown: use a model config"):
+        validate(cfg_of("model.name=nope"), environment=False)
+    with pytest.raises(ModelNotFoundError, match=r"draft.name='nope'"):
+        validate(cfg_of("draft.name=nope"), environment=False)
+
+
+def test_prompt_longer_than_the_context_of_the_tiny_model():
+    # tiny context 4096: 4096 - 32 new - (6 + 2 + 2) lookahead = 4054 tokens of prompt at most
+    validate(cfg_of("model=tiny", "dataset.prefill=4054", "max_new_tokens=32"), environment=False)
+    with pytest.raises(PromptTooLongError, match=r"dataset.prefill=4055 is too long.*context of 4096 allows prefill <= 4054"):
+        validate(cfg_of("model=tiny", "dataset.prefill=4055", "max_new_tokens=32"), environment=False)
+
+
+def test_prompt_longer_than_a_paper_model_context_without_weights():
+    with pytest.raises(PromptTooLongError, match=r"context of 131072"):
+        validate(cfg_of("experiment=a100_triforce", "dataset.prefill=131000"), environment=False)
+
+
+def test_prompt_longer_than_smollm2_reads_only_its_config(smollm2_dir):
+    with pytest.raises(PromptTooLongError, match=r"context of 8192"):
+        validate(cfg_of("dataset.prefill=8190"))
+    plan = validate(cfg_of("model=smollm2_yarn32k", "dataset.prefill=8190"))
+    assert plan.max_context == 32768
+
+
+def test_cuda_profile_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device is available; use hardware=cpu"):
+        validate(cfg_of("model=tiny", "hardware=a100"))
+
+
+def test_run_job_rejects_before_any_model_loads(tmp_path, monkeypatch, books_dir):
+    def forbidden(*a, **k):
+        raise AssertionError("a model was built for an invalid config")
+
+    monkeypatch.setattr(engines, "build_engine", forbidden)
+    for bad in ("method.budget=0", "method.gamma=0", "dataset.prefill=5000", "model.name=nope",
+                "dataset.name=nope"):
+        cfg = compose(*tiny_overrides(books_dir, bad))
+        result = run_job(cfg, JobContext(run_dir=tmp_path / bad.replace("=", "_")))
+        assert result.status == "failed" and result.user_error, (bad, result.error)
+        assert bad.split("=")[1] in result.error
+
+
+def test_cli_bad_value_exits_2_with_one_error_line(tmp_path, books_dir):
+    proc = run_cli(tiny_overrides(books_dir, "method.gamma=0", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: method.gamma=0 must be a positive number of tokens"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert '"status": "failed"' in summary

@@ -1,0 +1,79 @@
+"""PG-19 and NarrativeQA prompts through `datasets.load_dataset`, on small local files the tests write
+(`dataset.path: parquet|json` + `data_files`: the same code path as the hub ids)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from triforce.data.prompts import LWM_PREFIX, LWM_SUFFIX
+from triforce.data.sources import load_samples
+from triforce.data.tokenizers import ByteTokenizer
+from triforce.errors import AssetError, ConfigError
+
+
+@pytest.fixture
+def pg19_file(tmp_path):
+    rows = [{"short_book_title": f"Book {i}", "publication_date": 1900 + i, "url": f"http://gutenberg.org/{i}",
+             "text": f"Book {i} text. " * 300} for i in range(25)]
+    path = tmp_path / "pg19-test.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.fixture
+def narrativeqa_file(tmp_path):
+    rows = []
+    for q in range(6):  # 6 questions over 3 documents
+        d = q // 2
+        rows.append({"document": {"id": f"doc{d}", "kind": "gutenberg", "url": "", "file_size": 1, "word_count": 1,
+                                  "start": "", "end": "", "text": f"Story {d}. " * 400,
+                                  "summary": {"text": "s", "tokens": ["s"], "url": "", "title": f"Title {d}"}},
+                     "question": {"text": "Who?", "tokens": ["Who", "?"]}, "answers": [{"text": "A", "tokens": ["A"]}]})
+    path = tmp_path / "nqa-test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def pg19_cfg(path, **kw):
+    return {"name": "pg19", "path": "parquet", "data_files": {"test": str(path)}, "split": "test",
+            "streaming": True, "num_samples": 20, "prefill": 256, **kw}
+
+
+def test_pg19_gs_set_is_the_first_20_books_cut_to_prefill(pg19_file):
+    tok = ByteTokenizer()
+    samples = load_samples(pg19_cfg(pg19_file), tok)
+    assert [s.title for s in samples] == [f"Book {i}" for i in range(20)]
+    assert all(len(s.prompt_ids) == 256 for s in samples)
+    assert samples[3].prompt_ids == tok.encode("Book 3 text. " * 300)[:256]
+
+
+def test_pg19_full_split_without_streaming(pg19_file):
+    samples = load_samples(pg19_cfg(pg19_file, num_samples=None, streaming=False), ByteTokenizer())
+    assert len(samples) == 25
+
+
+def test_pg19_books_shorter_than_prefill(pg19_file):
+    with pytest.raises(ConfigError, match="fewer than dataset.prefill=99999"):
+        load_samples(pg19_cfg(pg19_file, prefill=99999), ByteTokenizer())
+
+
+def test_narrativeqa_wraps_distinct_books_in_the_lwm_prompt(narrativeqa_file):
+    tok = ByteTokenizer()
+    cfg = {"name": "narrativeqa", "path": "json", "data_files": {"test": str(narrativeqa_file)}, "split": "test",
+           "num_samples": 20, "prefill": 600}
+    samples = load_samples(cfg, tok)
+    assert [s.id for s in samples] == ["doc0", "doc1", "doc2"]
+    assert [s.title for s in samples] == ["Title 0", "Title 1", "Title 2"]
+    for s in samples:
+        assert len(s.prompt_ids) == 600
+        text = tok.decode(s.prompt_ids)
+        assert text.startswith(LWM_PREFIX + "Story") and text.endswith(LWM_SUFFIX)
+    assert len(load_samples({**cfg, "num_samples": 2}, tok)) == 2
+
+
+def test_missing_dataset_file_is_an_asset_error(tmp_path):
+    with pytest.raises(AssetError, match="could not load dataset 'parquet'"):
+        load_samples(pg19_cfg(tmp_path / "missing.parquet", streaming=False), ByteTokenizer())

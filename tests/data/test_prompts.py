@@ -1,0 +1,58 @@
+"""Prompt construction: book text cut to `prefill` tokens; the LWM chat prompt is exactly `prefill` tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from triforce.data.prompts import LWM_PREFIX, LWM_SUFFIX, Sample, book_prompt, chat_prompt, leading_tokens, require_length
+from triforce.data.tokenizers import ByteTokenizer, load_text_tokenizer
+from triforce.errors import ConfigError
+
+TEXT = "It was the best of times, it was the worst of times. " * 200
+
+
+def test_byte_tokenizer_roundtrip():
+    tok = ByteTokenizer()
+    ids = tok.encode("héllo")
+    assert ids[0] == tok.bos_token_id and tok.decode(ids) == "héllo"
+    assert tok.encode("a", add_special_tokens=False) == [97]
+    assert isinstance(load_text_tokenizer("bytes"), ByteTokenizer)
+
+
+def test_book_prompt_is_the_first_prefill_tokens():
+    tok = ByteTokenizer()
+    ids = book_prompt(tok, TEXT, 100)
+    assert ids == tok.encode(TEXT)[:100]
+
+
+def test_leading_tokens_of_a_short_text_is_the_whole_text():
+    tok = ByteTokenizer()
+    assert leading_tokens(tok, "short", 100) == tok.encode("short")
+
+
+def test_chat_prompt_is_exactly_prefill_tokens():
+    tok = ByteTokenizer()
+    ids = chat_prompt(tok, TEXT, 900)
+    assert len(ids) == 900
+    text = tok.decode(ids)
+    assert text.startswith(LWM_PREFIX + "It was the best") and text.endswith(LWM_SUFFIX)
+    assert "ASSISTANT: " in text and "[end of the book]" in text
+
+
+def test_chat_prompt_with_the_real_tokenizer(smollm2_dir):
+    tok = load_text_tokenizer("smollm2-135m")
+    ids = chat_prompt(tok, TEXT, 512)
+    assert len(ids) == 512
+    assert tok.decode(ids).rstrip().endswith("ASSISTANT:")
+
+
+def test_chat_prompt_needs_room_for_the_book():
+    with pytest.raises(ConfigError, match="dataset.prefill=50 leaves no room"):
+        chat_prompt(ByteTokenizer(), TEXT, 50)
+
+
+def test_short_samples_are_rejected_unless_allowed():
+    s = Sample("x", "X", [1, 2, 3])
+    with pytest.raises(ConfigError, match="only 3 tokens, fewer than dataset.prefill=10"):
+        require_length(s, 10, allow_short=False)
+    assert require_length(s, 10, allow_short=True) is s

@@ -1,0 +1,162 @@
+"""One job of the experiment app: validate, build prompts, load the models, run the method and
+the autoregressive baseline on every prompt, and write the run folder.
+
+Everything that can fail on a bad config fails before any weights load. A job never raises: it
+returns a JobResult (status ok | failed) so a sweep goes on past a failing job; the caller (the
+CLI) turns a failed single run into a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from tqdm.auto import tqdm
+
+from triforce.app import engines, plots, tables
+from triforce.app.tracking import NullTracker, Tracker, open_tracker
+from triforce.app.validate import RunPlan, check_fits, validate
+from triforce.errors import ConfigError, TriforceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobContext:
+    run_dir: Path
+    multirun: bool = False
+    sweep: str | None = None  # the sweep's name (W&B group) in a multirun
+    job_num: int | None = None
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """W&B run name: the job's own overrides (sweep parameters included)."""
+        shown = [o for o in self.overrides if not o.startswith(("hydra.", "logger", "+logger"))]
+        return ",".join(shown) or "default"
+
+
+@dataclasses.dataclass
+class JobResult:
+    status: str  # ok | failed
+    summary: dict[str, Any]
+    error: str | None = None
+    user_error: bool = False  # a TriforceError (bad config, missing asset): exit code 2
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
+    started = time.perf_counter()
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    tracker: Tracker = NullTracker()
+    result = JobResult("failed", {})
+    values: dict = {}
+    frame = None
+    try:
+        values = resolve(cfg)
+        (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
+        plan = validate(values)  # before any weights load
+        tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
+                               run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
+                               tags=list(values.get("tags") or []))
+        frame = _run(values, plan, ctx, tracker)
+        summary = tables.summarize(frame)
+        summary["wall_s"] = time.perf_counter() - started
+        result = JobResult("ok", summary)
+    except TriforceError as e:
+        result = JobResult("failed", {}, error=str(e), user_error=True)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - a sweep must go on; the traceback is kept
+        result = JobResult("failed", {}, error=f"{type(e).__name__}: {e}")
+        traceback.print_exc(file=sys.stderr)
+        print(f"error: {result.error}", file=sys.stderr, flush=True)
+    finally:
+        result.summary = {**result.summary, "status": result.status}
+        _finish(values, ctx, result, frame, tracker)
+        engines.release((values.get("hardware") or {}).get("device"))
+    return result
+
+
+def resolve(cfg: DictConfig | Mapping) -> dict:
+    """Plain resolved values; a broken interpolation is a config error, not a crash."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config does not resolve: {str(e).splitlines()[0]}") from None
+
+
+def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker: Tracker) -> None:
+    record = {"status": result.status, "error": result.error, "run_dir": str(ctx.run_dir), "job_num": ctx.job_num,
+              "overrides": list(ctx.overrides), "params": values, "metrics": result.summary}
+    try:
+        tables.write_summary(ctx.run_dir, record)
+    finally:
+        try:
+            tracker.finish(summary=result.summary, table=frame, failed=not result.ok)
+        except Exception as e:  # noqa: BLE001 - tracking must never turn a result into a crash
+            log.warning("W&B finish failed: %s", e)
+
+
+def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> pd.DataFrame:
+    from triforce.data.sources import load_samples
+    from triforce.data.tokenizers import load_text_tokenizer
+
+    model, dataset = values["model"], values["dataset"]
+    max_new = values["max_new_tokens"]
+    tokenizer = load_text_tokenizer(model.get("tokenizer") or model["name"])
+    samples = load_samples(dataset, tokenizer)
+    if plan.max_context is not None:
+        for s in samples:
+            check_fits(len(s.prompt_ids), max_new, plan.method, plan.max_context)
+    log.info("%d prompt(s) of %s tokens from %s", len(samples), dataset["prefill"], dataset["name"])
+
+    t0 = time.perf_counter()
+    engine = engines.build_engine(values, plan)
+    load_s = time.perf_counter() - t0
+    log.info("loaded %s in %.1f s", model["name"], load_s)
+    baseline = engines.baseline_of(engine) if values.get("baseline", True) else None
+    same_method = plan.method.name == "autoregressive"
+    stop = bool(values.get("stop_at_eos", False))
+    if values.get("warmup", True):  # first forwards pay one-off costs (allocator, kernels): keep them out
+        for e in (engine, baseline):
+            if e is not None:
+                e.generate(samples[0].prompt_ids[:64], 4, seed=0, stop_at_eos=False)
+
+    rows = []
+    bar = tqdm(samples, desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True)
+    for i, sample in enumerate(bar):
+        seed = int(values.get("seed", 0)) + i
+        out = engine.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop)
+        row = {"sample": i, "sample_id": sample.id, "title": sample.title, "prompt_tokens": len(sample.prompt_ids),
+               "seed": seed, "load_s": load_s, **out.metrics}
+        if baseline is not None:
+            base = out if same_method else baseline.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop)
+            row.update({f"baseline_{k}": v for k, v in base.metrics.items()
+                        if k in ("prefill_s", "ms_per_token", "tokens_per_s") or k.startswith("time_s/")})
+            row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]
+            if plan.sampling.greedy:
+                row["baseline_same_tokens"] = float(base.tokens == out.tokens)
+        row["text"] = tokenizer.decode(out.tokens)
+        rows.append(row)
+        tracker.log_sample(i, row)
+        bar.set_postfix(ms_per_token=f"{out.metrics['ms_per_token']:.1f}",
+                        **({"speedup": f"{row['speedup']:.2f}"} if "speedup" in row else {}))
+        if i == 0 and values.get("print_text", True):
+            tqdm.write(f"--- generated text, sample 0 ({sample.title}) ---\n{row['text']}\n---", file=sys.stdout)
+    bar.close()
+
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(ctx.run_dir / tables.SAMPLES, index=False)
+    plots.run_plots(frame, ctx.run_dir)
+    return frame

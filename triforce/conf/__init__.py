@@ -1,0 +1,1 @@
+"""Hydra configs of the triforce app (package data: the console script finds them here)."""
