@@ -19,7 +19,7 @@ from triforce.models.llama import Transformer
 NAME = "tiny-random"
 
 DEFAULTS: dict[str, Any] = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_layers=2,
-                                num_heads=4, num_kv_heads=2, max_position_embeddings=4096,
+                                num_heads=4, num_kv_heads=2, max_position_embeddings=8192,
                                 rope_theta=10000.0, eos_token_id=(257,), bos_token_id=256)
 
 
