@@ -61,7 +61,8 @@ class RetrievalCache(StaticKVCache):
             bound = torch.maximum(qe * kmax[:, :, :, None], qe * kmin[:, :, :, None]).sum(-1)
             scores = bound.amax(3)
         best = scores[..., 1:].topk(chunks_kept - 1, dim=-1).indices + 1
-        chunk_ids = torch.cat([torch.zeros_like(best[..., :1]), best.sort(-1).values], dim=-1)
+        sink = torch.zeros(*best.shape[:-1], 1, dtype=best.dtype, device=best.device)
+        chunk_ids = torch.cat([sink, best.sort(-1).values], dim=-1)
         idx = (chunk_ids[..., None] * cs + torch.arange(cs, device=keys.device)).flatten(-2)
         tail_idx = arange[n_full * cs:].expand(L, B, H, tail)
         return torch.cat([idx, tail_idx], dim=-1)

@@ -52,7 +52,9 @@ class StreamingCache(StaticKVCache):
 
     def crop(self, seq_len: int) -> None:
         drop = self.seq_len - seq_len
-        if drop > self.length - self.sink:
+        # Before the first eviction slot i holds position i, so any rollback is valid; after
+        # it, the sink slots hold other positions and only window tokens can be dropped.
+        if self.evicted and drop > self.length - self.sink:
             raise ValueError(f"cannot roll back {drop} tokens: the streaming window holds only "
                              f"{self.length - self.sink}; use a larger window")
         super().crop(seq_len)
