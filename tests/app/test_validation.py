@@ -48,10 +48,10 @@ def test_unknown_model_name():
 
 
 def test_prompt_longer_than_the_context_of_the_tiny_model():
-    # tiny context 4096: 4096 - 32 new - (6 + 2 + 2) lookahead = 4054 tokens of prompt at most
-    validate(cfg_of("model=tiny", "dataset.prefill=4054", "max_new_tokens=32"), environment=False)
-    with pytest.raises(PromptTooLongError, match=r"dataset.prefill=4055 is too long.*context of 4096 allows prefill <= 4054"):
-        validate(cfg_of("model=tiny", "dataset.prefill=4055", "max_new_tokens=32"), environment=False)
+    # tiny context 8192: 8192 - 32 new - (6 + 2 + 2) lookahead = 8150 tokens of prompt at most
+    validate(cfg_of("model=tiny", "dataset.prefill=8150", "max_new_tokens=32"), environment=False)
+    with pytest.raises(PromptTooLongError, match=r"dataset.prefill=8151 is too long.*context of 8192 allows prefill <= 8150"):
+        validate(cfg_of("model=tiny", "dataset.prefill=8151", "max_new_tokens=32"), environment=False)
 
 
 def test_prompt_longer_than_a_paper_model_context_without_weights():
@@ -79,7 +79,7 @@ def test_run_job_rejects_before_any_model_loads(tmp_path, monkeypatch, books_dir
         raise AssertionError("a model was built for an invalid config")
 
     monkeypatch.setattr(engines, "build_engine", forbidden)
-    for bad in ("method.budget=0", "method.gamma=0", "dataset.prefill=5000", "model.name=nope",
+    for bad in ("method.budget=0", "method.gamma=0", "dataset.prefill=9000", "model.name=nope",
                 "dataset.name=nope"):
         cfg = compose(*tiny_overrides(books_dir, bad))
         result = run_job(cfg, JobContext(run_dir=tmp_path / bad.replace("=", "_")))
