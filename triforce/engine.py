@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from triforce.cache.retrieval import RetrievalCache, validate_retrieval
-from triforce.cache.static import StaticKVCache
+from triforce.cache.static import QUERY_HISTORY, StaticKVCache
 from triforce.cache.streaming import StreamingCache
 from triforce.errors import ConfigError, PromptTooLongError
 from triforce.metrics import GenerationStats
@@ -64,6 +64,9 @@ class MethodConfig:
             raise ConfigError(f"method.draft_gamma={self.draft_gamma} must be a positive number of tokens")
         if self.rebuild not in REBUILD_POLICIES:
             raise ConfigError(f"method.rebuild={self.rebuild!r}: choose one of {', '.join(REBUILD_POLICIES)}")
+        if self.rebuild != "never" and self.gamma + 2 > QUERY_HISTORY:
+            raise ConfigError(f"method.gamma={self.gamma} is too large for rebuilds during generation "
+                              f"(at most {QUERY_HISTORY - 2})")
         if self.rebuild == "every_n" and self.rebuild_every <= 0:
             raise ConfigError(f"method.rebuild_every={self.rebuild_every} must be positive")
         if self.draft_cache not in ("streaming", "full"):
@@ -311,8 +314,11 @@ class Engine:
             recent = self._recent_middle[-m.rebuild_window:]
             due = len(recent) >= m.rebuild_window and sum(recent) / len(recent) < m.rebuild_threshold
         if due:
+            full = self.levels[-1].cache
             with self.stats.timed("rebuild"):
-                middle.cache.rebuild(self.levels[-1].cache)
+                # score with the query of the last accepted token (position len(seq) - 2: the
+                # newest token is the verifier's own sample, not yet run through any model)
+                middle.cache.rebuild(full, query=full.query_at(len(self.seq) - 2))
             self.stats.rebuilds += 1
             self._since_rebuild = 0
             self._recent_middle.clear()

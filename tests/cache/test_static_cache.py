@@ -168,3 +168,28 @@ def test_new_cache_matches_the_model(tiny_model):
     cfg = tiny_model.config
     assert cache.k.shape == (cfg.num_layers, 3, cfg.num_kv_heads, 12, cfg.head_dim)
     assert cache.k.dtype == tiny_model.dtype and cache.capacity == 12
+
+
+def test_query_at_returns_the_queries_of_recent_positions(tiny_model):
+    """The retrieval cache rebuilds from the query of a committed token, which need not be the
+    last row of the latest forward (that row may be a rejected proposal)."""
+    cache = tiny_model.new_cache(64)
+    with torch.no_grad():
+        tiny_model(tokens(1, 10), None, cache)
+        rows = {}
+        real_write = cache.write
+
+        def spy(layer, q, k, v):
+            rows[layer] = q.clone()
+            return real_write(layer, q, k, v)
+
+        cache.write = spy
+        tiny_model(tokens(1, 5), None, cache)  # positions 10..14
+    for layer, q in rows.items():
+        for i in range(5):
+            assert torch.equal(cache.query_at(10 + i)[layer], q[:, :, i])
+    assert torch.equal(cache.query_at(14), cache.last_query)
+    with pytest.raises(ValueError, match="no recorded query for position 9"):
+        cache.query_at(9)
+    with pytest.raises(ValueError):
+        cache.query_at(15)

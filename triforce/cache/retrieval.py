@@ -67,11 +67,12 @@ class RetrievalCache(StaticKVCache):
         tail_idx = arange[n_full * cs:].expand(L, B, H, tail)
         return torch.cat([idx, tail_idx], dim=-1)
 
-    def rebuild(self, full: StaticKVCache) -> None:
-        """Refill from `full` (which must be a plain full cache: slot i = sequence position i)."""
+    def rebuild(self, full: StaticKVCache, query: torch.Tensor | None = None) -> None:
+        """Refill from `full` (which must be a plain full cache: slot i = sequence position i),
+        scoring chunks with `query` (L, B, Hq, D); default: the last query of full's last forward."""
         n = full.length
         keys, values = full.k[:, :, :, :n], full.v[:, :, :, :n]
-        idx = self.select(keys, full.last_query)
+        idx = self.select(keys, full.last_query if query is None else query)
         m = idx.shape[-1]
         gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
         self.k[:, :, :, :m] = torch.gather(keys, 3, gather)

@@ -18,6 +18,8 @@ import torch
 
 from triforce.errors import ConfigError
 
+QUERY_HISTORY = 64  # > any verify width (gamma + 1, checked by MethodConfig), so its rows are all kept
+
 
 class StaticKVCache:
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
@@ -28,9 +30,14 @@ class StaticKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
         self.device = torch.device(device)
-        # The last query of the most recent forward, per layer: the retrieval cache scores chunks with it.
+        # Queries of the most recent forward's last rows, per layer: the retrieval cache scores
+        # chunks with the query of a chosen committed token (a verify forward's last row may be a
+        # proposal the verifier then rejected).
+        q_shape = (num_layers, batch_size, num_heads or num_kv_heads, QUERY_HISTORY, head_dim)
+        self.recent_queries = torch.zeros(q_shape, dtype=dtype, device=device)
         self.last_query = torch.zeros(num_layers, batch_size, num_heads or num_kv_heads, head_dim,
                                       dtype=dtype, device=device)
+        self._query_rows = (0, 0)  # (sequence position of recent_queries row 0, rows filled)
         self.length = 0
         self.seq_len = 0
 
@@ -64,11 +71,23 @@ class StaticKVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         self.last_query[layer] = q[:, :, -1]
+        n = min(q.shape[2], QUERY_HISTORY)
+        self.recent_queries[layer, :, :, :n] = q[:, :, -n:]
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, num_tokens: int) -> None:
+        n = min(num_tokens, QUERY_HISTORY)
+        self._query_rows = (self.seq_len + num_tokens - n, n)
         self.length += num_tokens
         self.seq_len += num_tokens
+
+    def query_at(self, position: int) -> torch.Tensor:
+        """(L, B, Hq, D) queries of the token at sequence `position`, if the latest forward
+        computed it among its last QUERY_HISTORY rows."""
+        start, rows = self._query_rows
+        if not start <= position < start + rows:
+            raise ValueError(f"no recorded query for position {position} (have {start}..{start + rows - 1})")
+        return self.recent_queries[:, :, :, position - start]
 
     # -- bookkeeping -----------------------------------------------------------------------
     def crop(self, seq_len: int) -> None:
