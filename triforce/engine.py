@@ -116,6 +116,8 @@ class Level:
 class GenerationResult:
     tokens: list[int]
     metrics: dict[str, float]
+    # one record per top-level step: tokens emitted, accepted/proposed per level, wall time
+    rounds: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 class Engine:
@@ -174,13 +176,16 @@ class Engine:
         with self.stats.timed("prefill"):
             self._prefill()
         top = len(self.levels) - 1
+        rounds = []
         while len(self.seq) - len(prompt) < max_new_tokens:
             before = len(self.seq)
-            if top == 0:
-                self._extend(0, 1)
-            else:
-                self._round(top)
+            with self.stats.round_record(rounds, step=len(rounds)):
+                if top == 0:
+                    self._extend(0, 1)
+                else:
+                    self._round(top)
             new = self.seq[before:]
+            rounds[-1]["emitted"] = len(new)
             if stop_at_eos and self.eos_ids.intersection(new):
                 cut = before + min(i for i, t in enumerate(new) if t in self.eos_ids) + 1
                 del self.seq[cut:]
@@ -188,7 +193,7 @@ class Engine:
             self._maybe_rebuild(len(self.seq) - before)
         tokens = self.seq[len(prompt):len(prompt) + max_new_tokens]
         metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name)
-        return GenerationResult(tokens=tokens, metrics=metrics)
+        return GenerationResult(tokens=tokens, metrics=metrics, rounds=rounds)
 
     # -- levels and caches -----------------------------------------------------------------
     def _build_levels(self, prompt_len: int, max_new_tokens: int) -> list[Level]:

@@ -30,6 +30,23 @@ class GenerationStats:
             self._sync()
             self.time_s[phase] += time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def round_record(self, records: list, step: int):
+        """Append one record for a top-level step: per-level accepted/proposed and its wall time."""
+        before = {level: (self.accepted[level], self.proposed[level]) for level in self.proposed}
+        self._sync()
+        start = time.perf_counter()
+        record: dict[str, float] = {"step": step}
+        records.append(record)
+        yield record
+        self._sync()
+        record["ms"] = 1000 * (time.perf_counter() - start)
+        for level, proposed in self.proposed.items():
+            acc0, prop0 = before.get(level, (0, 0))
+            if proposed > prop0:
+                record[f"accepted/{level}"] = self.accepted[level] - acc0
+                record[f"proposed/{level}"] = proposed - prop0
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

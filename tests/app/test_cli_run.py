@@ -35,6 +35,11 @@ def test_single_run(tmp_path, books_dir):
     assert (run_dir / "acceptance.png").stat().st_size > 1000 and (run_dir / "latency.png").stat().st_size > 1000
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    steps = pd.read_parquet(run_dir / "rounds.parquet")  # acceptance and latency per top-level step
+    assert set(steps["sample"]) == {0, 1}
+    assert {"step", "emitted", "ms", "accepted/middle", "proposed/middle", "accepted/draft"} <= set(steps.columns)
+    assert steps.groupby("sample")["emitted"].sum().min() >= 8  # every new token comes from a step
+    assert (steps["accepted/middle"] <= steps["proposed/middle"]).all()
 
 
 def test_autoregressive_without_baseline(tmp_path, books_dir):

@@ -133,7 +133,7 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
             if e is not None:
                 e.generate(samples[0].prompt_ids[:64], 4, seed=0, stop_at_eos=False)
 
-    rows = []
+    rows, rounds = [], []
     bar = tqdm(samples, desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True)
     for i, sample in enumerate(bar):
         seed = int(values.get("seed", 0)) + i
@@ -149,6 +149,7 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
                 row["baseline_same_tokens"] = float(base.tokens == out.tokens)
         row["text"] = tokenizer.decode(out.tokens)
         rows.append(row)
+        rounds.extend({"sample": i, **r} for r in out.rounds)
         tracker.log_sample(i, row)
         bar.set_postfix(ms_per_token=f"{out.metrics['ms_per_token']:.1f}",
                         **({"speedup": f"{row['speedup']:.2f}"} if "speedup" in row else {}))
@@ -158,5 +159,8 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
 
     frame = pd.DataFrame(rows)
     frame.to_parquet(ctx.run_dir / tables.SAMPLES, index=False)
+    steps = pd.DataFrame(rounds)
+    steps.to_parquet(ctx.run_dir / tables.ROUNDS, index=False)
+    tracker.log_rounds(steps)
     plots.run_plots(frame, ctx.run_dir)
     return frame

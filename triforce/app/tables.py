@@ -12,6 +12,7 @@ import pandas as pd
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.parquet"
+ROUNDS = "rounds.parquet"  # one row per top-level step of every sample
 # per-sample columns that are identifiers, not metrics to average
 _NOT_METRICS = ("sample", "seed")
 

@@ -24,11 +24,17 @@ _ENV_ALIASES = {"dryrun": "offline", "run": "online"}
 class Tracker(Protocol):
     def log_sample(self, step: int, metrics: Mapping[str, Any]) -> None: ...
 
+    def log_rounds(self, rounds) -> None: ...
+
     def finish(self, *, summary: Mapping[str, Any], table=None, failed: bool) -> None: ...
 
 
 class NullTracker:
     def log_sample(self, step, metrics) -> None:
+        pass
+
+
+    def log_rounds(self, rounds) -> None:
         pass
 
     def finish(self, *, summary, table=None, failed) -> None:
@@ -74,6 +80,14 @@ class WandbTracker:
 
     def log_sample(self, step: int, metrics: Mapping[str, Any]) -> None:
         self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def log_rounds(self, rounds) -> None:
+        """Acceptance and latency of every top-level step, as a table (sample, step, emitted,
+        accepted/<level>, proposed/<level>, ms): steps of all samples, plottable in W&B."""
+        import wandb
+
+        if self.log_table and len(rounds):
+            self.run.log({"rounds": wandb.Table(dataframe=rounds)})
 
     def finish(self, *, summary: Mapping[str, Any], table=None, failed: bool) -> None:
         import wandb
