@@ -84,26 +84,35 @@ def tiny_model(make_tiny):
     return make_tiny(seed=1, num_key_value_heads=2).ours
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One intra-op thread for every test: tiny models are dominated by per-op overhead, and on a
+    busy CPU a multi-threaded pool thrashes (SmolLM2 runs measured 10x slower with 2 threads on a
+    loaded 2-core machine than with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- real weights ------------------------------------------------------------------------
+
+def _fetched(product: str, what: str) -> Path:
+    """A verified asset folder; skips (with the command to run) when it is not fetched."""
+    from triforce.assets import home, verify_product
+
+    folder = home() / product
+    if not verify_product(folder):
+        pytest.skip(f"{what} not fetched/verified under {folder}: run `python -m triforce.assets fetch`")
+    return folder
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    """The converted SmolLM2-135M folder; skips (with the command to run) when it is not fetched."""
-    from triforce.assets import home, verify_product
-
-    folder = home() / "models" / "smollm2"
-    if not verify_product(folder):
-        pytest.skip(f"SmolLM2 weights not fetched/verified under {folder}: "
-                    "run `python -m triforce.assets fetch`")
-    return folder
+    """The converted SmolLM2-135M folder."""
+    return _fetched("models/smollm2", "SmolLM2 weights")
 
 
 @pytest.fixture(scope="session")
 def gutenberg_dir() -> Path:
-    from triforce.assets import home, verify_product
-
-    folder = home() / "texts" / "gutenberg"
-    if not verify_product(folder):
-        pytest.skip(f"Gutenberg books not fetched/verified under {folder}: "
-                    "run `python -m triforce.assets fetch`")
-    return folder
+    return _fetched("texts/gutenberg", "Gutenberg books")

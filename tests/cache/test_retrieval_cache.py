@@ -17,15 +17,6 @@ from triforce.models.llama import Transformer
 SCORERS = ["mean", "bound"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and does not thrash on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cache(budget, chunk_size, scorer="mean", *, layers=2, kv_heads=2, heads=4, head_dim=8, extra=16, batch=1):
     return RetrievalCache(budget=budget, chunk_size=chunk_size, scorer=scorer, extra_capacity=extra,
                           num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim, num_heads=heads,

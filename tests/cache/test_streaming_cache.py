@@ -16,15 +16,6 @@ TOL = 1e-5
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and does not thrash on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, vocab=48, rope_scaling=None) -> ModelConfig:
     return ModelConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=num_layers,
                        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,

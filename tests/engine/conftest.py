@@ -12,17 +12,6 @@ from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: tiny models are dominated by per-op overhead, and with other jobs on
-    the CPU a multi-threaded pool thrashes (SmolLM2 runs measured 10x slower with 2 threads on a
-    busy 2-core machine than with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_model(seed: int, *, vocab: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4,
                kv_heads: int = 4, scale: float = 3.0, max_positions: int = 512,
                eos: tuple[int, ...] = ()) -> Transformer:
