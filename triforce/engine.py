@@ -167,6 +167,14 @@ class Engine:
             raise ConfigError(f"max_new_tokens={max_new_tokens} must be positive")
         self.check_prompt(len(prompt), max_new_tokens)
         self.levels = self._build_levels(len(prompt), max_new_tokens)
+        try:
+            return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
+        finally:
+            # Drop the caches: a long-context KV cache is the largest allocation of a run, and a
+            # second engine (the autoregressive baseline) must not find this one's still held.
+            self.levels = []
+
+    def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.stats = GenerationStats(self.device)
         self.seq = list(prompt)
@@ -192,7 +200,8 @@ class Engine:
                 break
             self._maybe_rebuild(len(self.seq) - before)
         tokens = self.seq[len(prompt):len(prompt) + max_new_tokens]
-        metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name)
+        metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
+                                     emitted=sum(r["emitted"] for r in rounds))
         return GenerationResult(tokens=tokens, metrics=metrics, rounds=rounds)
 
     # -- levels and caches -----------------------------------------------------------------

@@ -51,7 +51,11 @@ class GenerationStats:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def summary(self, *, new_tokens: int, top_level: str, prefill_phase: str = "prefill") -> dict[str, float]:
+    def summary(self, *, new_tokens: int, top_level: str, emitted: int | None = None,
+                prefill_phase: str = "prefill") -> dict[str, float]:
+        """`emitted`: tokens the top level produced, before the cut at max_new_tokens or EOS
+        (the mean accepted length counts what each top-level forward yielded)."""
+        emitted = new_tokens if emitted is None else emitted
         prefill = self.time_s.get(prefill_phase, 0.0)
         decode = sum(v for k, v in self.time_s.items() if k != prefill_phase)
         out: dict[str, float] = {
@@ -60,7 +64,7 @@ class GenerationStats:
             "decode_s": decode,
             "ms_per_token": 1000 * decode / new_tokens if new_tokens else float("nan"),
             "tokens_per_s": new_tokens / decode if decode > 0 else float("nan"),
-            "mean_accepted_len": new_tokens / self.forwards[top_level] if self.forwards[top_level] else float("nan"),
+            "mean_accepted_len": emitted / self.forwards[top_level] if self.forwards[top_level] else float("nan"),
             "rebuilds": self.rebuilds,
         }
         for level, n in self.forwards.items():

@@ -1,0 +1,45 @@
+"""The public surface of Engine.generate: metrics, per-step records, and no caches held afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from triforce import Engine
+from triforce.errors import ConfigError, PromptTooLongError
+from triforce.models import tiny
+
+METHODS = [("autoregressive", {}), ("spec", {}), ("retrieval_spec", {"budget": 32}), ("triforce", {"budget": 32})]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny.build_tiny()
+
+
+@pytest.mark.parametrize("name,extra", METHODS)
+def test_metrics_rounds_and_released_caches(model, name, extra):
+    engine = Engine(model, model, {"name": name, "gamma": 4, **extra}, {"temperature": 0.6})
+    result = engine.generate(list(range(100)), 12, seed=1, stop_at_eos=False)
+    assert len(result.tokens) == 12
+    m = result.metrics
+    for key in ("prefill_s", "ms_per_token", "tokens_per_s", "mean_accepted_len", "forwards/top", "new_tokens"):
+        assert key in m
+    assert m["mean_accepted_len"] == pytest.approx(sum(r["emitted"] for r in result.rounds) / m["forwards/top"])
+    assert sum(r["emitted"] for r in result.rounds) >= 12  # the last step may overshoot; tokens are cut
+    assert len(result.rounds) == m["forwards/top"]
+    for level in ("draft", "middle"):
+        if f"accept_rate/{level}" in m:
+            assert sum(r.get(f"accepted/{level}", 0) for r in result.rounds) == m[f"accepted/{level}"]
+    assert engine.levels == []  # the KV caches are not kept alive between generations
+
+
+def test_bad_arguments_fail_before_work(model):
+    engine = Engine(model, None, {"name": "autoregressive"}, {"temperature": 0})
+    with pytest.raises(PromptTooLongError, match="exceeds the model's context"):
+        engine.generate(list(range(10)) * 900, 8)
+    with pytest.raises(PromptTooLongError, match="empty"):
+        engine.generate([], 8)
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        engine.generate([1, 2, 3], 0)
+    with pytest.raises(ConfigError, match="needs a draft model"):
+        Engine(model, None, {"name": "triforce"})
