@@ -165,6 +165,11 @@ class Engine:
             raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
         if max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens={max_new_tokens} must be positive")
+        vocab = self.target.config.vocab_size
+        if prompt and not 0 <= min(prompt) <= max(prompt) < vocab:
+            # caught here: on a GPU an out-of-range id is a device-side assert, not an error
+            raise ConfigError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); got "
+                              f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
         self.check_prompt(len(prompt), max_new_tokens)
         self.levels = self._build_levels(len(prompt), max_new_tokens)
         try:

@@ -41,5 +41,10 @@ def test_bad_arguments_fail_before_work(model):
         engine.generate([], 8)
     with pytest.raises(ConfigError, match="max_new_tokens"):
         engine.generate([1, 2, 3], 0)
+    vocab = model.config.vocab_size
+    with pytest.raises(ConfigError, match=rf"token ids must lie in \[0, {vocab}\)"):
+        engine.generate([1, vocab, 3], 4)
+    with pytest.raises(ConfigError, match="token ids"):
+        engine.generate([-1, 2], 4)
     with pytest.raises(ConfigError, match="needs a draft model"):
         Engine(model, None, {"name": "triforce"})
