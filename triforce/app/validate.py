@@ -152,8 +152,9 @@ def model_context(model: Mapping, *, read_files: bool = True) -> int | None:
 
 def check_fits(prompt_len: int, max_new_tokens: int, method: MethodConfig, context: int) -> None:
     """The arithmetic of Engine.check_prompt, done before the engine (and its weights) exists."""
-    room = context - (context_needed(prompt_len, max_new_tokens, method) - prompt_len)
-    if context_needed(prompt_len, max_new_tokens, method) > context:
+    need = context_needed(prompt_len, max_new_tokens, method)
+    if need > context:
+        room = context - (need - prompt_len)
         raise PromptTooLongError(
             f"dataset.prefill={prompt_len} is too long: with max_new_tokens={max_new_tokens} (+{method.lookahead} "
             f"speculative) the model's context of {context} allows prefill <= {room}; lower dataset.prefill "

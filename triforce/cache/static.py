@@ -35,9 +35,8 @@ class StaticKVCache:
         # proposal the verifier then rejected).
         q_shape = (num_layers, batch_size, num_heads or num_kv_heads, QUERY_HISTORY, head_dim)
         self.recent_queries = torch.zeros(q_shape, dtype=dtype, device=device)
-        self.last_query = torch.zeros(num_layers, batch_size, num_heads or num_kv_heads, head_dim,
-                                      dtype=dtype, device=device)
         self._query_rows = (0, 0)  # (sequence position of recent_queries row 0, rows filled)
+        self._rows_written = 0  # rows the latest write filled (advance then dates them)
         self.length = 0
         self.seq_len = 0
 
@@ -70,9 +69,9 @@ class StaticKVCache:
         start, end = self.length, self.length + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        self.last_query[layer] = q[:, :, -1]
         n = min(q.shape[2], QUERY_HISTORY)
         self.recent_queries[layer, :, :, :n] = q[:, :, -n:]
+        self._rows_written = n
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, num_tokens: int) -> None:
@@ -80,6 +79,11 @@ class StaticKVCache:
         self._query_rows = (self.seq_len + num_tokens - n, n)
         self.length += num_tokens
         self.seq_len += num_tokens
+
+    @property
+    def last_query(self) -> torch.Tensor:
+        """(L, B, Hq, D) queries of the last token of the most recent forward (a view)."""
+        return self.recent_queries[:, :, :, max(self._rows_written, 1) - 1]
 
     def query_at(self, position: int) -> torch.Tensor:
         """(L, B, Hq, D) queries of the token at sequence `position`, if the latest forward
