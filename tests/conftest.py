@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton's CPU interpreter runs the GPU kernels in tests/kernels; it must be chosen before
+    # anything imports Triton (on a GPU the kernels compile for real)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TINY = dict(
     vocab_size=96,

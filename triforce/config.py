@@ -6,15 +6,19 @@ Expected keys (all but `model` optional):
     draft:    {name: null | self | <alias/path/HF id>, dtype}
     method:   fields of engine.MethodConfig
     sampling: fields of sampling.SamplingParams
-    hardware: {device, attention, prefill_chunk}
+    hardware: {device, attention, prefill_chunk, executor}
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from triforce.errors import ConfigError
+
+if TYPE_CHECKING:  # imported lazily at run time: composing configs must not import torch
+    from triforce.engine import MethodConfig
+    from triforce.sampling import SamplingParams
 
 
 def to_dict(cfg: Any) -> dict:
@@ -75,7 +79,7 @@ def engine_kwargs_from_config(cfg: Any) -> dict:
         raise ConfigError("model.name is required (an alias such as smollm2-135m, a local folder or an HF id)")
     device = hardware.get("device", "cpu")
     attention = get_attention(hardware.get("attention", "sdpa"))
-    dtype = parse_dtype(model_cfg.get("dtype", "float32"))
+    dtype = parse_dtype(model_cfg.get("dtype", "auto"), device)
     draft_name = draft_cfg.get("name")
     if method.uses_draft and not draft_name:
         raise ConfigError(f"method={method.name} needs a draft model: set draft=self or draft=<model>")
@@ -86,7 +90,8 @@ def engine_kwargs_from_config(cfg: Any) -> dict:
         if draft_name == "self":  # self-speculation: the same weights at every level
             draft = target
         else:
-            draft = load_model(draft_name, dtype=parse_dtype(draft_cfg.get("dtype", model_cfg.get("dtype", "float32"))),
+            draft = load_model(draft_name, dtype=parse_dtype(draft_cfg.get("dtype") or dtype, device),
                                device=device, attention=attention)
     return dict(target=target, draft=draft, method=method, sampling=sampling,
-                max_context=model_cfg.get("max_context"), prefill_chunk=hardware.get("prefill_chunk"))
+                max_context=model_cfg.get("max_context"), prefill_chunk=hardware.get("prefill_chunk"),
+                executor=hardware.get("executor") or "auto")

@@ -12,16 +12,23 @@ it was actually drawn from — so level i+1 can verify it exactly in turn. That 
 whole hierarchy lossless (DESIGN.md §2): the top level's output is distributed as plain
 autoregressive sampling from the target model with the full cache.
 
-Bookkeeping: `self.seq` holds the committed tokens plus the current speculative tail. Every
-cache knows how many sequence tokens it has absorbed (`seq_len`); a forward feeds exactly the
-tokens it has not seen, and whenever tokens are rejected every cache is cropped back to at
-most the surviving prefix. The last token of `seq` is never absorbed by the top level before it
-is verified, so one forward always yields the distributions a round needs.
+Bookkeeping: the token buffer `self.tokens` (on the model's device) holds the committed tokens
+plus the current speculative tail, `self.n` of them; sampled tokens are written there on the
+device and never visit the host, except the top level's, read with its verdict. Every cache
+knows how many sequence tokens it has absorbed (`seq_len`); a forward feeds exactly the tokens
+it has not seen, and whenever tokens are rejected every cache is cropped back to at most the
+surviving prefix. The last token is never absorbed by the top level before it is verified, so
+one forward always yields the distributions a round needs. All lengths follow from the
+accepted counts, so the host always knows them: a round synchronises once, to read its verdict.
+
+The forwards themselves go through an executor (executor.py): eager (the CPU reference) or
+static-shape CUDA graphs (the GPU path). The round logic here is the same for both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import torch
@@ -30,9 +37,10 @@ from triforce.cache.retrieval import RetrievalCache, validate_retrieval
 from triforce.cache.static import QUERY_HISTORY, StaticKVCache
 from triforce.cache.streaming import StreamingCache
 from triforce.errors import ConfigError, PromptTooLongError
+from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
-from triforce.sampling import SamplingParams, probabilities, sample, verify
+from triforce.sampling import SamplingParams, sample, verify_tensor
 
 METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
 REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
@@ -122,22 +130,29 @@ class GenerationResult:
 
 class Engine:
     """Build from models (`Engine(target, draft, method, sampling)`) or from a config
-    (`Engine.from_config(cfg)`), then `generate(prompt_ids, max_new_tokens, seed)`."""
+    (`Engine.from_config(cfg)`), then `generate(prompt_ids, max_new_tokens, seed)`.
+
+    executor: "auto" (CUDA graphs on a GPU, eager elsewhere), "eager", "static" (the graph path's
+    static-shape forwards without capture; tests) or "graphs"."""
 
     def __init__(self, target: Transformer, draft: Transformer | None = None,
                  method: MethodConfig | dict | None = None, sampling: SamplingParams | dict | None = None,
                  *, max_context: int | None = None, prefill_chunk: int | None = None,
-                 biased_levels: tuple[str, ...] = ()):
+                 biased_levels: tuple[str, ...] = (), executor: str = "auto"):
         self.method = method if isinstance(method, MethodConfig) else MethodConfig(**(method or {}))
         self.sampling = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**(sampling or {}))
         if self.method.uses_draft and draft is None:
             raise ConfigError(f"method {self.method.name!r} needs a draft model (draft=self reuses the target)")
+        if executor not in EXECUTORS:
+            raise ConfigError(f"hardware.executor={executor!r}: choose one of {', '.join(EXECUTORS)}")
         self.target, self.draft = target, draft
         self.max_context = max_context or target.config.max_position_embeddings
         self.prefill_chunk = prefill_chunk
         self.biased_levels = set(biased_levels)
         self.eos_ids = set(target.config.eos_token_id)
         self.device = target.device
+        self.executor_name = resolve_executor(executor, self.device)
+        self.levels: list[Level] = []
 
     # -- construction from a config ------------------------------------------------------
     @classmethod
@@ -158,6 +173,24 @@ class Engine:
                 f"speculative) exceeds the model's context of {self.max_context}; shorten the prompt "
                 "(dataset.prefill) or max_new_tokens, or use a model with a longer context")
 
+    def check_memory(self, prompt_len: int, max_new_tokens: int) -> None:
+        """On a GPU, raise before allocating if the caches and transients cannot fit (the weights
+        are already loaded; the app checks the whole plan before loading them)."""
+        if self.device.type != "cuda":
+            return
+        from triforce.memory import check_memory, plan_memory
+
+        draft_cfg = None if self.draft is None or self.draft is self.target else self.draft.config
+        plan = plan_memory(self.target.config, self.method, prompt_len, max_new_tokens,
+                           dtype_bytes=self.target.dtype.itemsize, prefill_chunk=self.prefill_chunk,
+                           draft=draft_cfg, draft_is_target=self.draft is self.target,
+                           draft_dtype_bytes=None if draft_cfg is None else self.draft.dtype.itemsize)
+        plan = dataclasses.replace(plan, items={k: v for k, v in plan.items.items() if "weights" not in k})
+        free, _ = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        check_memory(plan, free + cached, where=torch.cuda.get_device_name(self.device), target=self.target.config,
+                     dtype_bytes=self.target.dtype.itemsize, prompt_len=prompt_len, prefill_chunk=self.prefill_chunk)
+
     @torch.inference_mode()
     def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True) -> GenerationResult:
         prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
@@ -171,51 +204,68 @@ class Engine:
             raise ConfigError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); got "
                               f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
         self.check_prompt(len(prompt), max_new_tokens)
-        self.levels = self._build_levels(len(prompt), max_new_tokens)
+        self.check_memory(len(prompt), max_new_tokens)
+        self.levels = [self._top_level(len(prompt), max_new_tokens)]  # the others after the prefill
         try:
             return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
         finally:
-            # Drop the caches: a long-context KV cache is the largest allocation of a run, and a
-            # second engine (the autoregressive baseline) must not find this one's still held.
+            # Drop the caches and graphs: a long-context KV cache is the largest allocation of a
+            # run, and a second engine (the autoregressive baseline) must not find this one's held.
             self.levels = []
+            if getattr(self, "executor", None) is not None:
+                self.executor.release()
+            self.executor = self.tokens = None
 
     def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._max_new_tokens = max_new_tokens
         self.stats = GenerationStats(self.device)
-        self.seq = list(prompt)
+        self.tokens = torch.zeros(len(prompt) + max_new_tokens + self.method.lookahead + 2, dtype=torch.int64,
+                                  device=self.device)
+        self.tokens[: len(prompt)] = torch.tensor(prompt, dtype=torch.int64)
+        self.n = len(prompt)
         self._recent_middle: list[float] = []
         self._since_rebuild = 0
+        self.executor = make_executor(self.executor_name, self.tokens, self.sampling, self.stats)
 
-        with self.stats.timed("prefill"):
+        with self.stats.wall("prefill"):
             self._prefill()
         top = len(self.levels) - 1
-        rounds = []
-        while len(self.seq) - len(prompt) < max_new_tokens:
-            before = len(self.seq)
+        rounds: list[dict] = []
+        out: list[int] = []
+        self.stats._sync()
+        started = time.perf_counter()
+        while len(out) < max_new_tokens:
             with self.stats.round_record(rounds, step=len(rounds)):
-                if top == 0:
-                    self._extend(0, 1)
-                else:
-                    self._round(top)
-            new = self.seq[before:]
+                new = self._autoregressive_step() if top == 0 else self._round(top)[1]
             rounds[-1]["emitted"] = len(new)
+            out.extend(new)
             if stop_at_eos and self.eos_ids.intersection(new):
-                cut = before + min(i for i, t in enumerate(new) if t in self.eos_ids) + 1
-                del self.seq[cut:]
+                del out[len(out) - len(new) + min(i for i, t in enumerate(new) if t in self.eos_ids) + 1:]
                 break
-            self._maybe_rebuild(len(self.seq) - before)
-        tokens = self.seq[len(prompt):len(prompt) + max_new_tokens]
+            self._maybe_rebuild(len(new))
+        self.stats._sync()
+        decode_s = time.perf_counter() - started - self.stats.time_s.get("capture", 0.0)
+        tokens = out[:max_new_tokens]
         metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
-                                     emitted=sum(r["emitted"] for r in rounds))
+                                     emitted=sum(r["emitted"] for r in rounds), decode_s=decode_s)
         return GenerationResult(tokens=tokens, metrics=metrics, rounds=rounds)
 
     # -- levels and caches -----------------------------------------------------------------
-    def _build_levels(self, prompt_len: int, max_new_tokens: int) -> list[Level]:
+    def _top_level(self, prompt_len: int, max_new_tokens: int) -> Level:
+        m = self.method
+        full = self.target.new_cache(prompt_len + max_new_tokens + m.lookahead + 2)
+        # a captured top-level forward records its queries only where a rebuild will read them
+        full.record_queries = m.uses_middle and m.rebuild != "never"
+        return Level("top", self.target, full, gamma=m.gamma if m.name != "autoregressive" else 0,
+                     residual="top" not in self.biased_levels)
+
+    def _lower_levels(self, prompt_len: int, max_new_tokens: int) -> list[Level]:
+        """The draft and middle levels, cheapest first. Allocated after the top level's prefill:
+        their caches and a prefill chunk's activations need not fit in memory at once."""
         m, target = self.method, self.target
         spare = m.lookahead + 2
-        full = target.new_cache(prompt_len + max_new_tokens + spare)
-        top = Level("top", target, full, gamma=m.gamma if m.name != "autoregressive" else 0)
-        levels = [top]
+        levels: list[Level] = []
         if m.uses_middle:
             if m.middle_cache == "retrieval":
                 cache = RetrievalCache.for_model(
@@ -223,12 +273,14 @@ class Engine:
                     extra_capacity=max_new_tokens + spare, dtype=target.dtype, device=target.device)
             else:
                 cache = StreamingCache.for_model(target, sink=m.draft_sink, window=m.budget - m.draft_sink)
+            cache.record_queries = False
             levels.insert(0, Level("middle", target, cache, gamma=m.draft_gamma if m.uses_draft else 0))
         if m.uses_draft:
             if m.draft_cache == "streaming":
                 cache = StreamingCache.for_model(self.draft, sink=m.draft_sink, window=m.draft_window)
             else:
                 cache = self.draft.new_cache(prompt_len + max_new_tokens + spare)
+            cache.record_queries = False
             levels.insert(0, Level("draft", self.draft, cache))
         for level in levels:
             level.residual = level.name not in self.biased_levels
@@ -237,42 +289,49 @@ class Engine:
     def _prefill(self) -> None:
         """Absorb all prompt tokens but the last into every cache (the last is fed with the
         first proposals, so the first round's forward yields its distribution)."""
-        prompt_len = len(self.seq)
+        prompt_len = self.n
         top = self.levels[-1]
         # The full prompt runs once so the retrieval cache is scored with the last prompt
         # token's query (as the paper); the last token is then rolled back (see docstring).
         self._feed(top, prompt_len)
         top.cache.crop(prompt_len - 1)
+        self.levels = self._lower_levels(prompt_len, self._max_new_tokens) + [top]
         for level in self.levels[:-1]:
             if isinstance(level.cache, RetrievalCache):
                 level.cache.rebuild(top.cache)
+            elif isinstance(level.cache, StreamingCache):
+                self._feed_streaming(level, prompt_len - 1)
             else:
                 self._feed(level, prompt_len - 1)
 
-    def _feed(self, level: Level, upto: int) -> torch.Tensor:
-        """Run `level` over seq[cache.seq_len:upto] (in chunks where needed); last chunk's logits."""
+    def _feed(self, level: Level, upto: int) -> None:
+        """Run `level` eagerly over tokens [cache.seq_len, upto), in chunks where needed."""
         cache = level.cache
         step = cache.max_step_tokens or self.prefill_chunk or upto
-        logits = None
         while cache.seq_len < upto:
             end = min(upto, cache.seq_len + step)
-            tokens = torch.tensor([self.seq[cache.seq_len:end]], device=self.device)
-            logits = level.model(tokens, None, cache, num_logits=1)
-        return logits
+            level.model(self.tokens[cache.seq_len:end][None], None, cache, num_logits=1)
+
+    def _feed_streaming(self, level: Level, upto: int) -> None:
+        """A StreamingLLM cache keeps the sink and the last `window` tokens: feed only those."""
+        cache = level.cache
+        keep_from = upto - cache.window
+        if keep_from > cache.sink:
+            self._feed(level, cache.sink)
+            cache.skip(keep_from - cache.seq_len)
+        self._feed(level, upto)
 
     def _forward(self, i: int, first_needed: int) -> torch.Tensor:
-        """Distributions of level i for the next token after each of seq[first_needed:]:
-        a (len(seq) - first_needed, V) tensor, from one forward over the unseen tokens."""
+        """Distributions of level i for the next token after each of tokens[first_needed:n]:
+        a (n - first_needed, V) tensor, from one forward over the tokens its cache has not seen."""
         level = self.levels[i]
         cache = level.cache
         if cache.seq_len > first_needed:
             cache.crop(first_needed)
-        start = cache.seq_len
-        tokens = torch.tensor([self.seq[start:]], device=self.device)
-        with self.stats.timed(level.name if i < len(self.levels) - 1 else self._top_phase):
-            logits = level.model(tokens, None, cache, num_logits=len(self.seq) - first_needed)
+        phase = level.name if i < len(self.levels) - 1 else self._top_phase
+        probs = self.executor.forward(level, cache.seq_len, self.n, self.n - first_needed, phase)
         self.stats.forwards[level.name] += 1
-        return probabilities(logits[0], self.sampling)
+        return probs
 
     @property
     def _top_phase(self) -> str:
@@ -284,41 +343,54 @@ class Engine:
                 level.cache.crop(seq_len)
 
     # -- the hierarchy -----------------------------------------------------------------------
+    def _autoregressive_step(self) -> list[int]:
+        """The one-level method: sample one token; read it back (the step's one synchronisation)."""
+        self._extend(0, 1)
+        return self.tokens[self.n - 1: self.n].tolist()
+
     def _extend(self, i: int, n: int) -> torch.Tensor:
         """Append exactly n tokens sampled from level i; return their distributions (n, V)."""
         if i == 0:
             dists = []
             for _ in range(n):
-                p = self._forward(0, len(self.seq) - 1)[-1]
-                self.seq.append(int(sample(p, self.generator)))
+                p = self._forward(0, self.n - 1)[-1]
+                self.tokens[self.n] = sample(p, self.generator)  # stays on the device
+                self.n += 1
                 dists.append(p)
             return torch.stack(dists)
-        start = len(self.seq)
-        dists: list[torch.Tensor] = []
-        while len(dists) < n:
-            dists.extend(self._round(i))
-        del self.seq[start + n:]
-        self._crop_all(i, len(self.seq) - 1)
-        return torch.stack(dists[:n])
+        start = self.n
+        dists, count = [], 0
+        while count < n:
+            emitted_dists, _ = self._round(i)
+            dists.append(emitted_dists)
+            count += emitted_dists.shape[0]
+        self.n = start + n
+        self._crop_all(i, self.n - 1)
+        return torch.cat(dists)[:n]
 
-    def _round(self, i: int) -> list[torch.Tensor]:
-        """One speculative round at level i: returns the distributions of the emitted tokens."""
+    def _round(self, i: int) -> tuple[torch.Tensor, list[int] | None]:
+        """One speculative round at level i: the distributions of the emitted tokens (n + 1, V),
+        and at the top level the emitted tokens themselves (read with the verdict)."""
         level = self.levels[i]
-        base = len(self.seq)
+        base = self.n
         q = self._extend(i - 1, level.gamma)
         p = self._forward(i, base - 1)  # (gamma + 1, V)
-        proposals = torch.tensor(self.seq[base:], device=self.device)
-        verdict = verify(proposals, q, p, self.generator, residual=level.residual)
-        n = verdict.num_accepted
-        del self.seq[base + n:]
-        self.seq.append(verdict.next_token)
+        proposals = self.tokens[base:base + level.gamma]
+        verdict = verify_tensor(proposals, q, p, self.generator, residual=level.residual)
+        if i == len(self.levels) - 1:
+            values = torch.cat([verdict, proposals]).tolist()  # the round's one synchronisation
+            n, emitted = values[0], values[2:2 + values[0]] + [values[1]]
+        else:
+            n, emitted = int(verdict[0]), None  # the round's one synchronisation
+        self.tokens[base + n] = verdict[1]
+        self.n = base + n + 1
         self._crop_all(i, base + n)
         below = self.levels[i - 1].name
         self.stats.proposed[below] += level.gamma
         self.stats.accepted[below] += n
         if below == "middle":
             self._recent_middle.append(n / level.gamma)
-        return list(p[: n + 1])
+        return p[: n + 1], emitted
 
     # -- retrieval cache rebuilds --------------------------------------------------------------
     def _maybe_rebuild(self, emitted: int) -> None:
@@ -334,10 +406,10 @@ class Engine:
             due = len(recent) >= m.rebuild_window and sum(recent) / len(recent) < m.rebuild_threshold
         if due:
             full = self.levels[-1].cache
-            with self.stats.timed("rebuild"):
-                # score with the query of the last accepted token (position len(seq) - 2: the
-                # newest token is the verifier's own sample, not yet run through any model)
-                middle.cache.rebuild(full, query=full.query_at(len(self.seq) - 2))
+            with self.stats.wall("rebuild"):
+                # score with the query of the last accepted token (position n - 2: the newest
+                # token is the verifier's own sample, not yet run through any model)
+                middle.cache.rebuild(full, query=full.query_at(self.n - 2))
             self.stats.rebuilds += 1
             self._since_rebuild = 0
             self._recent_middle.clear()

@@ -1,4 +1,14 @@
-"""Per-generation counters and phase timers, reported under the metric names of DESIGN.md §5."""
+"""Per-generation counters and phase timers, reported under the metric names of DESIGN.md §5.
+
+Two kinds of time:
+- wall time of a phase (`wall`): host clock around it, with the device synchronised before and
+  after (prefill, retrieval rebuilds, graph capture, the whole decode loop);
+- device time of the forwards (`timed`): on a GPU, CUDA events around each forward, read once at
+  the end, so timing never adds a host synchronisation to the decode loop; on a CPU, where every
+  op is synchronous, the host clock.
+`time_s/overhead` is then the decode wall time the forwards do not account for: sampling,
+verification, host work and synchronisation (the engine's overhead).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,8 @@ import time
 
 import torch
 
+FORWARD_PHASES = ("draft", "middle", "verify", "decode")  # decode: the autoregressive top level
+
 
 @dataclasses.dataclass
 class GenerationStats:
@@ -18,9 +30,14 @@ class GenerationStats:
     proposed: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     accepted: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     rebuilds: int = 0
+    _events: dict[str, list] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
 
     @contextlib.contextmanager
-    def timed(self, phase: str):
+    def wall(self, phase: str):
         """Wall time of a phase; synchronises CUDA so asynchronous kernels are counted."""
         self._sync()
         start = time.perf_counter()
@@ -29,6 +46,24 @@ class GenerationStats:
         finally:
             self._sync()
             self.time_s[phase] += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        """Device time of a forward, without synchronising (CUDA events, read in `summary`)."""
+        if not self._cuda:
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.time_s[phase] += time.perf_counter() - start
+            return
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self._events[phase].append((begin, end))
 
     @contextlib.contextmanager
     def round_record(self, records: list, step: int):
@@ -48,22 +83,33 @@ class GenerationStats:
                 record[f"proposed/{level}"] = proposed - prop0
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
+        if self._cuda:
             torch.cuda.synchronize(self.device)
 
+    def _read_events(self) -> None:
+        if self._events:
+            self._sync()
+            for phase, pairs in self._events.items():
+                self.time_s[phase] += sum(b.elapsed_time(e) for b, e in pairs) / 1000
+            self._events.clear()
+
     def summary(self, *, new_tokens: int, top_level: str, emitted: int | None = None,
-                prefill_phase: str = "prefill") -> dict[str, float]:
+                decode_s: float | None = None) -> dict[str, float]:
         """`emitted`: tokens the top level produced, before the cut at max_new_tokens or EOS
-        (the mean accepted length counts what each top-level forward yielded)."""
+        (the mean accepted length counts what each top-level forward yielded). `decode_s`: wall
+        time of the decode loop (graph capture excluded); by default the sum of the phases."""
+        self._read_events()
         emitted = new_tokens if emitted is None else emitted
-        prefill = self.time_s.get(prefill_phase, 0.0)
-        decode = sum(v for k, v in self.time_s.items() if k != prefill_phase)
+        prefill = self.time_s.get("prefill", 0.0)
+        forwards = sum(t for phase, t in self.time_s.items() if phase in FORWARD_PHASES)
+        if decode_s is None:
+            decode_s = sum(t for phase, t in self.time_s.items() if phase not in ("prefill", "capture"))
         out: dict[str, float] = {
             "new_tokens": new_tokens,
             "prefill_s": prefill,
-            "decode_s": decode,
-            "ms_per_token": 1000 * decode / new_tokens if new_tokens else float("nan"),
-            "tokens_per_s": new_tokens / decode if decode > 0 else float("nan"),
+            "decode_s": decode_s,
+            "ms_per_token": 1000 * decode_s / new_tokens if new_tokens else float("nan"),
+            "tokens_per_s": new_tokens / decode_s if decode_s > 0 else float("nan"),
             "mean_accepted_len": emitted / self.forwards[top_level] if self.forwards[top_level] else float("nan"),
             "rebuilds": self.rebuilds,
         }
@@ -75,4 +121,5 @@ class GenerationStats:
             out[f"accepted/{level}"] = self.accepted[level]
         for phase, t in self.time_s.items():
             out[f"time_s/{phase}"] = t
+        out["time_s/overhead"] = max(0.0, decode_s - forwards - self.time_s.get("rebuild", 0.0))
         return out

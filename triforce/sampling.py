@@ -10,6 +10,9 @@ Every level of the hierarchy uses the same two pieces:
   tokens are distributed exactly as sampling from p would be.
 
 Randomness comes only from the explicit `torch.Generator`, so a seed reproduces a run.
+
+Everything here stays on the tensors' device: `verify_tensor` returns its verdict as a device
+tensor, so a round of the engine synchronises with the host once, to read it.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ class SamplingParams:
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """(..., V) logits -> (..., V) float32 probabilities after the sampling transform."""
     logits = logits.float()
-    if params.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    if params.greedy:  # (scatter, not one_hot: one_hot may check its input on the host)
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
@@ -61,7 +64,15 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of (..., V) probabilities."""
+    """One token per row of (..., V) probabilities.
+
+    On the CPU: torch.multinomial (the reference). On a GPU: the exponential race, argmax of
+    p_i / E_i with E_i ~ Exp(1) independent, which picks i with probability p_i / sum(p) exactly
+    and runs as three kernels with no host synchronisation. (The floor on E keeps a zero draw
+    from turning 0 / 0 into a NaN that argmax would pick; its bias is below 1e-37.)"""
+    if probs.is_cuda:
+        race = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
+        return (probs / race).argmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
@@ -72,12 +83,15 @@ class Verdict:
     next_token: int  # the residual sample at the first rejection, or the bonus token
 
 
-def verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
-           generator: torch.Generator | None, *, residual: bool = True) -> Verdict:
-    """Exact speculative verification of k proposals (see module docstring).
+def verify_tensor(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
+                  generator: torch.Generator | None, *, residual: bool = True) -> torch.Tensor:
+    """Exact speculative verification of k proposals (see module docstring), on the device.
 
     tokens: (k,) proposals; q: (k, V) the distributions they were drawn from;
     p: (k+1, V) the verifier's distributions at the same positions plus the bonus position.
+    Returns the int64 tensor [num_accepted, next_token] without synchronising with the host.
+    The bonus case needs no branch: against an all-zero proposal row, the residual
+    norm(max(0, p_k - 0)) is p_k itself.
     residual=False replaces the residual by a plain sample of p_i — the biased rule of the
     published reference implementation's middle level, kept only so tests can show it fails.
     """
@@ -87,14 +101,21 @@ def verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     u = torch.rand(k, generator=generator, device=p.device)
     # u < p/q written without the division: q_tok > 0 because the token was drawn from q.
     accepted = (u * q_tok < p_tok).int()
-    n = int(accepted.cumprod(0).sum())
-    if n == k:
-        dist = p[k]
-    elif residual:
-        dist = torch.clamp(p[n] - q[n], min=0.0)
+    n = accepted.cumprod(0).sum(0, keepdim=True)  # (1,): the first rejection, or k
+    p_n = p.index_select(0, n)[0]
+    if residual:
+        q_n = torch.cat([q, q.new_zeros(1, q.shape[-1])]).index_select(0, n)[0]
+        dist = torch.clamp(p_n - q_n, min=0.0)
         total = dist.sum()
         # A rejection implies p_n != q_n, so the residual has mass; guard against rounding anyway.
-        dist = dist / total if total > 0 else p[n]
+        dist = torch.where(total > 0, dist / total.clamp_min(torch.finfo(dist.dtype).tiny), p_n)
     else:
-        dist = p[n]
-    return Verdict(n, int(sample(dist, generator)))
+        dist = p_n
+    return torch.cat([n.to(torch.int64), sample(dist, generator).reshape(1).to(torch.int64)])
+
+
+def verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
+           generator: torch.Generator | None, *, residual: bool = True) -> Verdict:
+    """`verify_tensor` read back to the host."""
+    n, token = verify_tensor(tokens, q, p, generator, residual=residual).tolist()
+    return Verdict(n, token)

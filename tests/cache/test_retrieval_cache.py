@@ -242,7 +242,7 @@ class MaskedReference:
         vv = v.double().repeat_interleave(Hq // H, dim=1)
         scores = (q.double() @ kk.transpose(-1, -2)) * scale
         weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
-        return (weights @ vv).to(q.dtype)
+        return (weights @ vv).to(q.dtype).transpose(1, 2)  # (B, T, Hq, D), as every backend
 
 
 @pytest.mark.parametrize("scorer", SCORERS)

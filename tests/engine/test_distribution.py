@@ -59,6 +59,12 @@ class Case:
     method: str
     sampling: str  # key of SAMPLINGS
     biased: tuple[str, ...] = ()
+    executor: str = "eager"  # static: the GPU path's static-shape forwards, uncaptured on the CPU
+
+    @property
+    def id(self) -> str:
+        return "-".join([self.method, self.sampling, *(f"biased-{b}" for b in self.biased),
+                         *([self.executor] if self.executor != "eager" else [])])
 
 
 # -- models, enumeration --------------------------------------------------------------------
@@ -155,7 +161,7 @@ def compare(counts: dict, exact: dict, n: int) -> Outcome:
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup()
     return Engine(target, draft, dict(METHOD, name=case.method), SAMPLINGS[case.sampling],
-                  biased_levels=case.biased)
+                  biased_levels=case.biased, executor=case.executor)
 
 
 def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:
@@ -236,10 +242,11 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
 
 
 EXACT_CASES = [Case(m, s) for m in ("spec", "retrieval_spec", "triforce") for s in SAMPLINGS]
+EXACT_CASES += [Case("triforce", s, executor="static") for s in SAMPLINGS]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: f"{c.method}-{c.sampling}")
+@pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: c.id)
 def test_engine_samples_the_exact_distribution(pool, case):
     counts, per_call = sample_tokens(pool, case, N_EXACT)
     outcome = compare(counts, exact(case.sampling), N_EXACT)
@@ -255,11 +262,12 @@ BIASED_CASES = [
     # at t=1 the retrieval middle is too close to the target (TV 0.04 over 3 tokens) for the
     # top-level bias to show with few runs; at t=0.6 / top-p 0.9 it is far enough
     Case("retrieval_spec", "t0.6-p0.9", ("top",)),
+    Case("triforce", "t0.6-p0.9", ("middle",), executor="static"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", BIASED_CASES, ids=lambda c: f"{c.method}-{c.sampling}-biased-{c.biased[0]}")
+@pytest.mark.parametrize("case", BIASED_CASES, ids=lambda c: c.id)
 def test_biased_variant_is_rejected(pool, case):
     """A test that cannot fail proves nothing: resampling from p̂ (or p) instead of the residual at
     one level must be rejected by the same check — already with N_BIASED < N_EXACT runs (a smaller

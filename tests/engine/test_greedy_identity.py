@@ -77,18 +77,24 @@ def tiny_setup() -> dict[str, Setup]:
     return out
 
 
-def run(setup: Setup, case, n=NEW, target=None, **kw):
+# eager: the reference path; static: the GPU path's static-shape forwards (device-resident lengths,
+# the decode-attention entry point), run uncaptured on the CPU
+EXECUTORS = ("eager", "static")
+
+
+def run(setup: Setup, case, n=NEW, target=None, executor="eager", **kw):
     target = target or setup.target
     _, method, draft = case
     draft = target if draft == "self" else setup.drafts.get(draft)
-    return Engine(target, draft, method, GREEDY).generate(setup.prompt, n, seed=0, **kw)
+    return Engine(target, draft, method, GREEDY, executor=executor).generate(setup.prompt, n, seed=0, **kw)
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("case", TINY_CASES, ids=[c[0] for c in TINY_CASES])
-def test_tiny_models_every_method_equals_greedy(tiny_setup, kind, case):
+def test_tiny_models_every_method_equals_greedy(tiny_setup, kind, case, executor):
     setup = tiny_setup[kind]
-    result = run(setup, case)
+    result = run(setup, case, executor=executor)
     assert result.tokens == setup.reference
     m = MethodConfig(**case[1])
     if m.rebuild != "never":
@@ -121,7 +127,7 @@ def test_generation_stops_after_the_first_eos(tiny_setup, case):
     never = next(t for t in range(64) if t not in ref)
     eos_target = copy.deepcopy(target)
     eos_target.config = dataclasses.replace(target.config, eos_token_id=(never, ref[stop]))
-    result = run(setup, case, target=eos_target)
+    result = run(setup, case, target=eos_target, executor="static")
     assert result.tokens == ref[: stop + 1]
     assert result.metrics["new_tokens"] == stop + 1
     # stop_at_eos=False keeps going
@@ -161,10 +167,11 @@ def smol_reference(smollm2, gutenberg_prompt):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("case", SMOL_CASES, ids=[c[0] for c in SMOL_CASES])
-def test_smollm2_every_method_equals_greedy(smollm2, gutenberg_prompt, smol_reference, case):
+def test_smollm2_every_method_equals_greedy(smollm2, gutenberg_prompt, smol_reference, case, executor):
     _, method = case
-    result = Engine(smollm2, smollm2, method, GREEDY).generate(gutenberg_prompt, SMOL_NEW, seed=0)
+    result = Engine(smollm2, smollm2, method, GREEDY, executor=executor).generate(gutenberg_prompt, SMOL_NEW, seed=0)
     assert result.tokens == smol_reference
     rates = {k: v for k, v in result.metrics.items() if k.startswith("accept_rate/")}
     # budgets far below the prompt and a small draft window: every level must both accept and
@@ -191,5 +198,6 @@ def test_short_prompts_and_single_tokens(tiny_setup, case, prompt_len):
     short = dataclasses.replace(setup, prompt=setup.prompt[:prompt_len])
     ref = greedy_reference(setup.target, short.prompt, 9)
     assert run(short, case, n=9).tokens == ref
+    assert run(short, case, n=9, executor="static").tokens == ref
     assert run(short, case, n=1).tokens == ref[:1]
     assert run(short, case, n=2).tokens == ref[:2]

@@ -135,7 +135,18 @@ def test_build_model_assigns_the_given_weights(tied):
     ours = model.state_dict()
     for name, value in state.items():
         key = name.removeprefix("model.")
-        assert torch.equal(ours[key], value), name
+        if ".q_proj." in key or ".k_proj." in key or ".v_proj." in key:  # stored fused, in this order
+            layer = model.layers[int(key.split(".")[1])].self_attn
+            hq, hkv = layer.num_heads * layer.head_dim, layer.num_kv_heads * layer.head_dim
+            fused = ours[key.rsplit(".", 2)[0] + ".qkv_proj." + key.rsplit(".", 1)[1]]
+            part = {"q_proj": (0, hq), "k_proj": (hq, hkv), "v_proj": (hq + hkv, hkv)}[key.split(".")[-2]]
+            assert torch.equal(fused[part[0]:part[0] + part[1]], value), name
+        elif ".gate_proj." in key or ".up_proj." in key:
+            fused = ours[key.rsplit(".", 2)[0] + ".gate_up_proj." + key.rsplit(".", 1)[1]]
+            half = fused.shape[0] // 2
+            assert torch.equal(fused[:half] if ".gate_proj." in key else fused[half:], value), name
+        else:
+            assert torch.equal(ours[key], value), name
     tensors = list(model.parameters()) + list(model.buffers())
     assert not any(t.is_meta for t in tensors)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
@@ -149,8 +160,8 @@ def test_build_model_does_not_copy_fp32_weights():
     hc, hf = hf_tiny(4)
     state = hf.state_dict()
     model = build_model(ModelConfig.from_hf(hc), state, dtype=torch.float32, device="cpu")
-    w = state["model.layers.0.self_attn.q_proj.weight"]
-    assert model.layers[0].self_attn.q_proj.weight.data_ptr() == w.data_ptr()
+    w = state["model.layers.0.self_attn.o_proj.weight"]  # (q/k/v and gate/up are concatenated: new tensors)
+    assert model.layers[0].self_attn.o_proj.weight.data_ptr() == w.data_ptr()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

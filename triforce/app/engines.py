@@ -24,7 +24,7 @@ def build_engine(cfg: Mapping, plan: RunPlan) -> Engine:
 def baseline_of(engine: Engine) -> Engine:
     """Autoregressive decoding of the same target, same sampling and context."""
     return Engine(engine.target, None, MethodConfig(name="autoregressive"), engine.sampling,
-                  max_context=engine.max_context, prefill_chunk=engine.prefill_chunk)
+                  max_context=engine.max_context, prefill_chunk=engine.prefill_chunk, executor=engine.executor_name)
 
 
 def release(device: torch.device | str | None) -> None:

@@ -40,6 +40,8 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
     context = model_context(cfg["model"], read_files=environment)
     if context is not None:
         check_fits(cfg["dataset"]["prefill"], cfg["max_new_tokens"], method, context)
+    if environment:
+        check_device_memory(cfg, method)
     return RunPlan(method, sampling, context)
 
 
@@ -129,16 +131,14 @@ def check_logger(logger: Mapping) -> None:
         raise ConfigError(f"logger.name={logger.get('name')!r}: choose one of {', '.join(LOGGERS)}")
 
 
-def model_context(model: Mapping, *, read_files: bool = True) -> int | None:
-    """Context length of the target: model.max_context, else its config.json (+ rope scaling).
-    None when config.json is not available without downloading (a hub id not cached yet)."""
+def model_config(model: Mapping, *, read_files: bool = True):
+    """The target's ModelConfig (+ rope scaling) from its config.json, never its weights; None
+    when config.json is not available without downloading (a hub id not cached yet)."""
     from triforce.models.loading import load_config, resolve_model_dir, with_rope_scaling
 
-    if model.get("max_context"):
-        return int(model["max_context"])
     name = model["name"]
     if name == tiny.NAME:
-        return with_rope_scaling(tiny.tiny_config(model.get("tiny")), model.get("rope_scaling")).max_position_embeddings
+        return with_rope_scaling(tiny.tiny_config(model.get("tiny")), model.get("rope_scaling"))
     if not read_files:
         return None
     try:
@@ -147,7 +147,43 @@ def model_context(model: Mapping, *, read_files: bool = True) -> int | None:
         if name.count("/") == 1 and not Path(name).expanduser().exists():
             return None
         raise
-    return with_rope_scaling(load_config(model_dir), model.get("rope_scaling")).max_position_embeddings
+    return with_rope_scaling(load_config(model_dir), model.get("rope_scaling"))
+
+
+def model_context(model: Mapping, *, read_files: bool = True) -> int | None:
+    """Context length of the target: model.max_context, else its config.json (+ rope scaling)."""
+    if model.get("max_context"):
+        return int(model["max_context"])
+    cfg = model_config(model, read_files=read_files)
+    return None if cfg is None else cfg.max_position_embeddings
+
+
+def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:
+    """On a GPU: the memory plan of the longest prompt against the device's free memory, before
+    any weights load (DESIGN: the paper's 7B / 124,928-token setting fills an 80 GB card)."""
+    import torch
+
+    from triforce.memory import check_memory, plan_memory
+    from triforce.models.loading import parse_dtype
+
+    hw, model, draft = cfg.get("hardware") or {}, cfg["model"], cfg.get("draft") or {}
+    device = torch.device(str(hw.get("device", "cpu")))
+    if device.type != "cuda":
+        return
+    target = model_config(model)
+    if target is None:
+        return  # a hub id not downloaded yet: the engine checks again before allocating
+    dtype_bytes = parse_dtype(model.get("dtype", "auto"), device).itemsize
+    draft_name = draft.get("name")
+    draft_cfg = None
+    if method.uses_draft and draft_name not in (None, "self"):
+        draft_cfg = model_config({"name": draft_name})
+    prompt_len, chunk = int(cfg["dataset"]["prefill"]), hw.get("prefill_chunk")
+    plan = plan_memory(target, method, prompt_len, cfg["max_new_tokens"], dtype_bytes=dtype_bytes,
+                       prefill_chunk=chunk, draft=draft_cfg, draft_is_target=draft_name == "self")
+    free, _ = torch.cuda.mem_get_info(device)
+    check_memory(plan, free, where=torch.cuda.get_device_name(device), target=target, dtype_bytes=dtype_bytes,
+                 prompt_len=prompt_len, prefill_chunk=chunk)
 
 
 def check_fits(prompt_len: int, max_new_tokens: int, method: MethodConfig, context: int) -> None:

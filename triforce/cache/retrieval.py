@@ -43,40 +43,54 @@ class RetrievalCache(StaticKVCache):
     def select(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Token indices to keep, (L, B, Hkv, m) in ascending order, for keys (L, B, Hkv, n, D)
         and the last query per layer (L, B, Hq, D)."""
-        L, B, H, n, D = keys.shape
+        return torch.stack([self.select_layer(keys[i], query[i]) for i in range(keys.shape[0])])
+
+    def select_layer(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """One layer: indices (B, Hkv, m) for keys (B, Hkv, n, D) and its query (B, Hq, D).
+
+        Chunk statistics are reduced in the keys' own dtype (max / min are exact) or summed with
+        a float32 accumulator; only the per-chunk statistics, an eighth of the layer for chunks of
+        8, are ever float32 (a float copy of a 7B model's 120K-token cache would be 64 GB)."""
+        B, H, n, D = keys.shape
         cs = self.chunk_size
         arange = torch.arange(n, device=keys.device)
         if n <= self.budget:
-            return arange.expand(L, B, H, n)
+            return arange.expand(B, H, n)
         n_full = n // cs
         tail = n - n_full * cs
         chunks_kept = (self.budget - tail) // cs  # including the sink chunk
-        chunked = keys[:, :, :, : n_full * cs].reshape(L, B, H, n_full, cs, D).float()
-        q = query.float().reshape(L, B, H, -1, D)  # (L, B, Hkv, group, D)
+        chunked = keys[:, :, : n_full * cs].reshape(B, H, n_full, cs, D)
+        q = query.float().reshape(B, H, -1, D)  # (B, Hkv, group, D)
         if self.scorer == "mean":
-            scores = torch.einsum("lbhgd,lbhcd->lbhc", q, chunked.mean(-2))
+            means = chunked.sum(-2, dtype=torch.float32) / cs  # (B, H, n_full, D)
+            scores = means @ q.sum(2)[..., None]  # summed over the group: (B, H, n_full, 1)
+            scores = scores[..., 0]
         else:
-            kmax, kmin = chunked.amax(-2), chunked.amin(-2)
-            qe = q[:, :, :, :, None]  # (L, B, Hkv, group, 1, D)
-            bound = torch.maximum(qe * kmax[:, :, :, None], qe * kmin[:, :, :, None]).sum(-1)
-            scores = bound.amax(3)
+            kmax, kmin = chunked.amax(-2).float(), chunked.amin(-2).float()  # (B, H, n_full, D)
+            qe = q[:, :, :, None]  # (B, H, group, 1, D)
+            bound = torch.maximum(qe * kmax[:, :, None], qe * kmin[:, :, None]).sum(-1)
+            scores = bound.amax(2)
         best = scores[..., 1:].topk(chunks_kept - 1, dim=-1).indices + 1
         sink = torch.zeros(*best.shape[:-1], 1, dtype=best.dtype, device=best.device)
         chunk_ids = torch.cat([sink, best.sort(-1).values], dim=-1)
         idx = (chunk_ids[..., None] * cs + torch.arange(cs, device=keys.device)).flatten(-2)
-        tail_idx = arange[n_full * cs:].expand(L, B, H, tail)
+        tail_idx = arange[n_full * cs:].expand(B, H, tail)
         return torch.cat([idx, tail_idx], dim=-1)
 
     def rebuild(self, full: StaticKVCache, query: torch.Tensor | None = None) -> None:
         """Refill from `full` (which must be a plain full cache: slot i = sequence position i),
-        scoring chunks with `query` (L, B, Hq, D); default: the last query of full's last forward."""
+        scoring chunks with `query` (L, B, Hq, D); default: the last query of full's last forward.
+        Layer by layer, so the transient memory is one layer's chunk statistics."""
         n = full.length
-        keys, values = full.k[:, :, :, :n], full.v[:, :, :, :n]
-        idx = self.select(keys, full.last_query if query is None else query)
-        m = idx.shape[-1]
-        gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
-        self.k[:, :, :, :m] = torch.gather(keys, 3, gather)
-        self.v[:, :, :, :m] = torch.gather(values, 3, gather)
+        query = full.last_query if query is None else query
+        m = 0
+        for layer in range(full.k.shape[0]):
+            keys, values = full.k[layer, :, :, :n], full.v[layer, :, :, :n]
+            idx = self.select_layer(keys, query[layer])
+            m = idx.shape[-1]
+            gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
+            self.k[layer, :, :, :m] = torch.gather(keys, 2, gather)
+            self.v[layer, :, :, :m] = torch.gather(values, 2, gather)
         self.length = self.retrieved = m
         self.seq_len = full.seq_len
         self.rebuilds += 1

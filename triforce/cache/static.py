@@ -4,8 +4,12 @@ Every cache in triforce shares this contract, which is all the model needs:
 
     positions = cache.next_positions(T)       # rotary positions of the next T tokens
     mask, is_causal = cache.attention_mask(T)  # once per forward
-    keys, values = cache.write(layer, q, k, v) # per layer: store k/v, return what to attend over
+    q, keys, values = cache.store(layer, q, k, v, cos, sin)  # per layer: rotate q and k, store k/v,
+                                               # return what to attend over
     cache.advance(T)                           # after the last layer
+
+A captured (CUDA-graph) forward uses the same contract through `StaticView`
+(cache/static_view.py), which keeps the lengths in device tensors.
 
 `seq_len` counts the sequence tokens the cache has absorbed; `length` counts filled slots. They
 are equal here and differ for the StreamingLLM and retrieval caches, which keep a subset.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from triforce.errors import ConfigError
+from triforce.models.rope import apply_rotary
 
 QUERY_HISTORY = 64  # > any verify width (gamma + 1, checked by MethodConfig), so its rows are all kept
 
@@ -36,7 +41,9 @@ class StaticKVCache:
         q_shape = (num_layers, batch_size, num_heads or num_kv_heads, QUERY_HISTORY, head_dim)
         self.recent_queries = torch.zeros(q_shape, dtype=dtype, device=device)
         self._query_rows = (0, 0)  # (sequence position of recent_queries row 0, rows filled)
-        self._rows_written = 0  # rows the latest write filled (advance then dates them)
+        self._rows_written = 0  # rows the latest forward filled
+        # Captured forwards record queries only where a rebuild will read them (a copy per layer)
+        self.record_queries = True
         self.length = 0
         self.seq_len = 0
 
@@ -46,12 +53,18 @@ class StaticKVCache:
                    num_heads=cfg.num_heads, capacity=capacity, dtype=dtype, device=device, **kw)
 
     # -- the model-facing contract ---------------------------------------------------------
-    def next_positions(self, num_tokens: int) -> torch.Tensor:
+    def reserve(self, num_tokens: int) -> int:
+        """Make room for the next T tokens (a StreamingLLM cache evicts here); their first rotary
+        position."""
         self._check_room(num_tokens)
-        return torch.arange(self.seq_len, self.seq_len + num_tokens, device=self.device)
+        return self.seq_len
 
-    def attention_mask(self, num_tokens: int) -> tuple[torch.Tensor | None, bool]:
-        """Boolean (T, length+T) mask for T new queries after `length` cached keys.
+    def next_positions(self, num_tokens: int) -> torch.Tensor:
+        start = self.reserve(num_tokens)
+        return torch.arange(start, start + num_tokens, device=self.device)
+
+    def attention_mask(self, num_tokens: int):
+        """What T new queries after `length` cached keys may see (see attention.py).
 
         Called once per forward before any write, so it also guards the capacity (positions
         may have been passed explicitly, bypassing next_positions)."""
@@ -61,9 +74,22 @@ class StaticKVCache:
         if self.length == 0:
             return None, True
         total = self.length + num_tokens
+        if self.device.type == "cuda":
+            # causal aligned to the end of the keys, never materialised: a 32K-token prefill chunk
+            # after a 96K-token prefix would otherwise build a 3 GB boolean mask
+            from torch.nn.attention.bias import causal_lower_right
+
+            return causal_lower_right(num_tokens, total), False
         q_idx = torch.arange(num_tokens, device=self.device)[:, None] + self.length
         k_idx = torch.arange(total, device=self.device)[None, :]
         return k_idx <= q_idx, False
+
+    def store(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotate q and k to their positions, store k and v; (q, keys, values) to attend with."""
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = self.write(layer, q, k, v)
+        return q, keys, values
 
     def write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         start, end = self.length, self.length + k.shape[2]
@@ -71,14 +97,18 @@ class StaticKVCache:
         self.v[layer, :, :, start:end] = v
         n = min(q.shape[2], QUERY_HISTORY)
         self.recent_queries[layer, :, :, :n] = q[:, :, -n:]
-        self._rows_written = n
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, num_tokens: int) -> None:
         n = min(num_tokens, QUERY_HISTORY)
         self._query_rows = (self.seq_len + num_tokens - n, n)
+        self._rows_written = n
         self.length += num_tokens
         self.seq_len += num_tokens
+
+    def skip(self, num_tokens: int) -> None:
+        """Count sequence tokens as seen without storing them (only caches that drop tokens)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps every token: it cannot skip any")
 
     @property
     def last_query(self) -> torch.Tensor:

@@ -8,8 +8,6 @@ kept keys are re-rotated to their new slots (rotations compose, so this is exact
 
 from __future__ import annotations
 
-import torch
-
 from triforce.cache.static import StaticKVCache
 from triforce.errors import ConfigError
 
@@ -33,13 +31,24 @@ class StreamingCache(StaticKVCache):
     def max_step_tokens(self) -> int:
         return self.window
 
-    def next_positions(self, num_tokens: int) -> torch.Tensor:
+    def reserve(self, num_tokens: int) -> int:
+        """Evict the oldest window tokens the next T need room for; positions are slots."""
         if num_tokens > self.window:
             raise ValueError(f"a streaming cache takes at most window={self.window} tokens per forward")
         overflow = self.length + num_tokens - self.capacity
         if overflow > 0:
             self._evict(overflow)
-        return torch.arange(self.length, self.length + num_tokens, device=self.device)
+        return self.length
+
+    def skip(self, num_tokens: int) -> None:
+        """Count tokens as seen and already evicted: the prefill of a long prompt feeds only the
+        sink and the last `window` tokens, the only ones this cache would keep (their keys then
+        attend to sink + window while computed, not to the whole stream: a proposer's cache
+        needs no more, and a 120K-token prompt is not run through the draft window by window)."""
+        if self.length < self.sink and num_tokens:
+            raise ValueError("skip only after the sink tokens are stored")
+        self.seq_len += num_tokens
+        self.evicted += num_tokens
 
     def _evict(self, n: int) -> None:
         """Drop the n oldest non-sink tokens; shift the rest down n slots (and n rotary positions)."""

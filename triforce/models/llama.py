@@ -2,18 +2,26 @@
 
 `forward(tokens, positions, cache)` runs T new tokens against whatever the cache holds and
 returns their logits. Parameter names mirror the Hugging Face checkpoint layout (without the
-`model.` prefix) so checkpoints load by name with no mapping table beyond that prefix.
+`model.` prefix), except that q/k/v and gate/up are stored fused (`qkv_proj`, `gate_up_proj`):
+one matrix product instead of three (two) per layer, which matters at batch 1 where a decode
+step is a chain of small launches. `loading.match_checkpoint` maps checkpoint names.
+
+The same forward serves the eager path (the cache slices with host lengths and builds masks) and
+the captured GPU path (a `StaticView` of the cache reads lengths from device tensors and
+attention runs the split-KV decode kernel); the elementwise work (RMSNorm with the residual add,
+SwiGLU) runs as fused Triton kernels on CUDA and as plain torch ops elsewhere.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from triforce.attention import AttentionFn, sdpa_attention
+from triforce.attention import AttentionFn, attend, sdpa_attention
+from triforce.kernels.activation import silu_mul
+from triforce.kernels.norm import rms_norm
 from triforce.models.config import ModelConfig
-from triforce.models.rope import RotaryEmbedding, apply_rotary
+from triforce.models.rope import RotaryEmbedding
 
 
 class RMSNorm(nn.Module):
@@ -22,11 +30,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normed, h): h = x + residual (the new residual stream), normed = RMSNorm(h)."""
+        return rms_norm(x, self.weight, self.eps, residual)
 
 
 class Attention(nn.Module):
@@ -34,32 +40,30 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=bias)
+        self.qkv_proj = nn.Linear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, bias=bias)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
         self.scale = cfg.head_dim ** -0.5
 
     def forward(self, x, cos, sin, cache, layer_idx: int, mask, is_causal: bool, attention: AttentionFn):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = cache.write(layer_idx, q, k, v)
-        out = attention(q, keys, values, mask=mask, is_causal=is_causal, scale=self.scale)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv_proj(x).split([hq * d, hkv * d, hkv * d], dim=-1)
+        q = q.view(b, t, hq, d).transpose(1, 2)
+        k = k.view(b, t, hkv, d).transpose(1, 2)
+        v = v.view(b, t, hkv, d).transpose(1, 2)
+        q, keys, values = cache.store(layer_idx, q, k, v, cos, sin)  # rotary + cache write
+        out = attend(attention, q, keys, values, mask=mask, is_causal=is_causal, scale=self.scale)
+        return self.o_proj(out.reshape(b, t, -1))  # out: (B, T, Hq, D)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -70,9 +74,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache, layer_idx, mask, is_causal, attention):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer_idx, mask, is_causal, attention)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, cache, layer_idx, mask, is_causal, attention):
+        """x: the previous layer's output, not yet added to the residual stream (None for the
+        first layer, whose x is the embedding): the add is fused into this layer's first norm."""
+        h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, cos, sin, cache, layer_idx, mask, is_causal, attention)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class Transformer(nn.Module):
@@ -102,12 +110,13 @@ class Transformer(nn.Module):
         x = self.embed_tokens(tokens)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
         mask, is_causal = cache.attention_mask(num_tokens)
+        residual = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, mask, is_causal, self.attention)
+            x, residual = layer(x, residual, cos, sin, cache, i, mask, is_causal, self.attention)
         cache.advance(num_tokens)
         if num_logits is not None:
-            x = x[:, x.shape[1] - num_logits:]
-        return self.lm_head(self.norm(x))
+            x, residual = x[:, x.shape[1] - num_logits:], residual[:, residual.shape[1] - num_logits:]
+        return self.lm_head(self.norm(x.contiguous(), residual.contiguous())[0])
 
     @property
     def dtype(self) -> torch.dtype:

@@ -28,11 +28,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
+    """A dtype name; "auto" is bfloat16 on a GPU (decoding is memory-bound: half the bytes) and
+    float32 on a CPU (where bfloat16 matrix products are slow and the reference is exact)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or auto")
     return DTYPES[dtype]
 
 
@@ -126,6 +130,51 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# The model's fused projections and the checkpoint tensors they concatenate (along the output dim).
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def _split_name(name: str) -> tuple[str, str, str] | None:
+    """'layers.3.mlp.gate_up_proj.weight' -> ('layers.3.', 'mlp.gate_up_proj', '.weight')."""
+    for fused in FUSED:
+        marker = f".{fused}."
+        if marker in name:
+            prefix, suffix = name.split(marker)
+            return prefix + ".", fused, "." + suffix
+    return None
+
+
+def _parts(name: str) -> list[str] | None:
+    """The checkpoint names a fused model parameter concatenates (None if not fused)."""
+    split = _split_name(name)
+    if split is None:
+        return None
+    prefix, fused, suffix = split
+    return [prefix + part + suffix for part in FUSED[fused]]
+
+
+def match_checkpoint(state: dict[str, torch.Tensor], model_names) -> tuple[dict, list[str], list[str]]:
+    """(state in the model's layout, missing names, unexpected names). A checkpoint may hold the
+    Hugging Face layout (q/k/v, gate/up apart: concatenated here, where the checkpoint lies, one
+    new tensor each) or the model's own fused layout."""
+    state, model_names = dict(state), set(model_names)
+    allowed, missing = set(model_names), []
+    for name in sorted(model_names - set(state)):
+        parts = _parts(name)
+        if parts is None:
+            missing.append(name)
+            continue
+        allowed.update(parts)
+        absent = [p for p in parts if p not in state]
+        if absent:
+            missing.extend(absent)
+        else:
+            state[name] = torch.cat([state.pop(p) for p in parts])
+    unexpected = sorted(set(state) - allowed)
+    return state, missing, unexpected
+
+
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], *, dtype: torch.dtype,
                 device: torch.device | str, attention: AttentionFn = sdpa_attention) -> Transformer:
     """Assign checkpoint tensors into a meta-device model; never materialises random weights."""
@@ -135,10 +184,10 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], *, dtype: torc
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
         model = Transformer(cfg, attention)
-    expected = set(model.state_dict())
+    model_names = set(model.state_dict())
     if cfg.tie_word_embeddings:
-        expected.discard("lm_head.weight")
-    missing, unexpected = expected - set(state), set(state) - expected
+        model_names.discard("lm_head.weight")
+    state, missing, unexpected = match_checkpoint(state, model_names)
     if missing or unexpected:
         raise ModelNotFoundError(
             f"checkpoint does not match the Llama layout: missing {sorted(missing)[:5]}, "
@@ -173,7 +222,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
     model_dir = resolve_model_dir(name_or_path, download=download)
     # cheap: validates the architecture before any weights are read
     cfg = with_rope_scaling(load_config(model_dir), rope_scaling)
-    return build_model(cfg, read_state_dict(model_dir), dtype=parse_dtype(dtype), device=device,
+    return build_model(cfg, read_state_dict(model_dir), dtype=parse_dtype(dtype, device), device=device,
                        attention=attention)
 
 

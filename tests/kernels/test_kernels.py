@@ -1,0 +1,117 @@
+"""Each Triton kernel against its torch reference, on fresh random inputs (on a CPU through
+Triton's interpreter; scripts/gpu_check.py repeats this on a GPU, compiled)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from triforce.kernels import triton_available
+from triforce.kernels.activation import silu_mul, silu_mul_reference
+from triforce.kernels.decode_attention import decode_attention, decode_attention_reference
+from triforce.kernels.norm import rms_norm, rms_norm_reference
+from triforce.kernels.rotary import rope_store, rope_store_reference
+from triforce.models.config import ModelConfig
+from triforce.models.rope import RotaryEmbedding
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed (pip install triton)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+# (batch, q heads, kv heads, new tokens, head dim, capacity, kv_len, splits)
+ATTENTION_CASES = [
+    (1, 4, 4, 1, 64, 300, 200, 4),     # MHA, one token, kv_len not a multiple of the block
+    (1, 8, 2, 7, 64, 500, 333, 8),     # GQA group 4, a 7-token verify
+    (1, 6, 3, 17, 32, 257, 257, 2),    # a 17-token verify, cache full
+    (1, 4, 1, 3, 128, 130, 70, 1),     # MQA, one split
+    (2, 4, 2, 2, 64, 96, 2, 4),        # batch 2; kv_len == T: only the new block exists, most splits empty
+    (1, 32, 8, 4, 32, 1024, 900, 16),  # group 4 x 4 tokens, many splits
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "b{}-hq{}-hkv{}-t{}-d{}-s{}-len{}-sp{}".format(*c))
+def test_decode_attention_matches_reference(case, dtype):
+    B, Hq, Hkv, T, D, S, kv_len, splits = case
+    g = torch.Generator().manual_seed(hash(case) % 2**31)
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)  # a strided view, as in the model
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    k[:, :, kv_len:] = float("nan")  # slots past the length must never be read into the result
+    v[:, :, kv_len:] = float("nan")
+    length = torch.tensor([kv_len], device=DEVICE)
+    out = decode_attention(q, k, v, length, D ** -0.5, num_splits=splits, use_triton=True)
+    ref = decode_attention_reference(q.double(), k.double().nan_to_num(), v.double().nan_to_num(), length, D ** -0.5)
+    assert out.shape == (B, T, Hq, D) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+
+
+def test_decode_attention_is_causal_inside_the_new_block():
+    """Query t must not see the block's later keys: moving the length by one changes the output,
+    and the first query of a block equals a single-token step at its own length."""
+    B, Hq, Hkv, T, D, S = 1, 4, 2, 5, 64, 200
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(B, Hq, T, D, generator=g)
+    k, v = torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
+    block = decode_attention(q, k, v, torch.tensor([150]), D ** -0.5, num_splits=4, use_triton=True)
+    first = decode_attention(q[:, :, :1], k, v, torch.tensor([146]), D ** -0.5, num_splits=4, use_triton=True)
+    torch.testing.assert_close(block[:, :1], first, atol=1e-5, rtol=1e-5)
+    shifted = decode_attention(q, k, v, torch.tensor([151]), D ** -0.5, num_splits=4, use_triton=True)
+    assert (shifted - block).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rms_norm_matches_reference(residual, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 96, generator=g).to(DEVICE, dtype)
+    r = torch.randn(3, 5, 96, generator=g).to(DEVICE, dtype) if residual else None
+    w = (1 + 0.1 * torch.randn(96, generator=g)).to(DEVICE, dtype)
+    y, h = rms_norm(x, w, 1e-6, r, use_triton=True)
+    y_ref, h_ref = rms_norm_reference(x, w, 1e-6, r)
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=0)  # the residual add rounds exactly as torch
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_silu_mul_matches_reference(dtype):
+    gate_up = torch.randn(2, 3, 2 * 1500, generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(silu_mul(gate_up, use_triton=True), silu_mul_reference(gate_up), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
+def test_rope_store_matches_reference(heads, dtype):
+    hq, hkv = heads
+    T, D, S, slot = 3, 64, 40, 17
+    cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
+                      num_kv_heads=hkv, head_dim=D, max_position_embeddings=4096,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
+    cos, sin = RotaryEmbedding(cfg).to(DEVICE).cos_sin(torch.arange(2000, 2000 + T, device=DEVICE), dtype)
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(1, T, (hq + 2 * hkv) * D, generator=g).to(DEVICE, dtype)
+    outs = []
+    for fn in (rope_store, rope_store_reference):
+        buf = qkv.clone()
+        q, k, v = buf.split([hq * D, hkv * D, hkv * D], dim=-1)  # the model's views of its fused projection
+        q, k, v = (t.view(1, T, -1, D).transpose(1, 2) for t in (q, k, v))
+        k_cache = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        v_cache = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        kw = dict(use_triton=True) if fn is rope_store else {}
+        fn(q, k, v, cos, sin, k_cache, v_cache, torch.tensor(slot, device=DEVICE), **kw)
+        outs.append((q, k_cache, v_cache))
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    for out, ref in zip(outs[0], outs[1]):
+        torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    k_cache = outs[0][1]
+    untouched = torch.ones(S, dtype=torch.bool)
+    untouched[slot:slot + T] = False
+    assert (k_cache[:, :, untouched] == 7.0).all()  # nothing outside the block's slots is written
+    assert not (k_cache[:, :, slot:slot + T] == 7.0).any()

@@ -1,0 +1,51 @@
+"""The pre-flight memory plan: sizes from configs, and refusals that name what to change."""
+
+from __future__ import annotations
+
+import pytest
+
+from triforce.engine import MethodConfig
+from triforce.errors import ConfigError
+from triforce.memory import GiB, check_memory, kv_bytes_per_token, plan_memory, weight_bytes
+from triforce.models.config import ModelConfig
+
+LLAMA2_7B = ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
+                        num_kv_heads=32, head_dim=128, max_position_embeddings=131072)
+LLAMA_68M = ModelConfig(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_layers=2, num_heads=12,
+                        num_kv_heads=12, head_dim=64, max_position_embeddings=2048)
+PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_gamma=2, draft_sink=16,
+                     draft_window=240)
+
+
+def test_sizes_match_the_published_model_sizes():
+    assert weight_bytes(LLAMA2_7B, 2) == 2 * 6_738_415_616  # Llama-2-7b's parameter count
+    assert kv_bytes_per_token(LLAMA2_7B, 2) == 512 * 1024  # 0.5 MiB of KV per token
+    assert abs(weight_bytes(LLAMA_68M, 2) / 2 - 68_030_208) < 1e6
+
+
+def test_the_paper_setting_fits_an_80_gb_card_with_16k_prefill_chunks():
+    plan = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=16384, draft=LLAMA_68M)
+    assert 70 * GiB < plan.total < 78 * GiB  # an H100 / A100 80GB leaves about 79 GiB to programs
+    check_memory(plan, 79 * GiB, where="H100", target=LLAMA2_7B, dtype_bytes=2, prompt_len=124_928,
+                 prefill_chunk=16384)
+    assert plan.items["full KV cache"] > 60 * GiB
+    assert 2 * GiB < plan.items["middle and draft caches, rebuild"] < 3 * GiB  # larger than a 16K chunk's
+
+
+def test_a_setting_that_cannot_fit_names_the_prefill_that_would():
+    plan = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=16384, draft=LLAMA_68M)
+    with pytest.raises(ConfigError, match=r"lower dataset.prefill to <= (\d+)") as err:
+        check_memory(plan, 40 * GiB, where="a 40 GB card", target=LLAMA2_7B, dtype_bytes=2, prompt_len=124_928,
+                     prefill_chunk=16384)
+    room = int(err.value.args[0].split("dataset.prefill to <= ")[1].split(";")[0])
+    smaller = plan_memory(LLAMA2_7B, PAPER, room, 256, dtype_bytes=2, prefill_chunk=16384, draft=LLAMA_68M)
+    assert smaller.total <= 40 * GiB  # the suggestion really fits
+    assert smaller.total > 39 * GiB  # and is not needlessly small
+
+
+def test_large_prefill_chunks_are_named_when_they_are_the_excess():
+    plan = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=124_928, draft=LLAMA_68M)
+    small = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=4096, draft=LLAMA_68M)
+    with pytest.raises(ConfigError, match="hardware.prefill_chunk to 4096"):
+        check_memory(plan, small.total + GiB, where="H100", target=LLAMA2_7B, dtype_bytes=2, prompt_len=124_928,
+                     prefill_chunk=124_928)

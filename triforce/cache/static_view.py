@@ -1,0 +1,63 @@
+"""A cache seen by a static-shape forward: the lengths live in a device tensor, not in Python.
+
+A CUDA graph replays exactly the kernels it captured, with the tensor addresses it captured: it
+cannot take a Python int. So the graph path keeps, per captured forward, a small device tensor
+
+    meta = [token_start, position_start, slot_start]
+
+(where the new tokens are read from the engine's token buffer, their first rotary position, the
+cache slot the first one is written to), set by the executor before each replay from the
+cache's host bookkeeping, which stays the single source of truth. Through this view the model's
+forward reads positions and lengths from `meta`, writes the new keys with the fused
+rotary + store kernel, and attends with the split-KV decode kernel (`DeviceLength`). The host
+lengths advance outside the graph (`cache.advance`), so `advance` here does nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triforce.attention import DeviceLength
+from triforce.cache.static import QUERY_HISTORY, StaticKVCache
+from triforce.kernels.rotary import rope_store
+
+TOKEN_START, POSITION_START, SLOT_START = range(3)
+
+
+class StaticView:
+    def __init__(self, cache: StaticKVCache, num_tokens: int):
+        self.cache = cache
+        self.num_tokens = num_tokens
+        self.meta = torch.zeros(3, dtype=torch.int64, device=cache.device)
+        self.offsets = torch.arange(num_tokens, device=cache.device)
+
+    def set(self, token_start: int, position_start: int, slot_start: int) -> None:
+        """Point the view at the next forward (no host synchronisation: an asynchronous copy)."""
+        values = torch.tensor([token_start, position_start, slot_start], dtype=torch.int64)
+        if self.meta.is_cuda:
+            # from pinned memory: a copy from pageable memory may wait for the stream to drain,
+            # and the caching host allocator keeps the pinned block until the copy has run
+            values = values.pin_memory()
+        self.meta.copy_(values, non_blocking=True)
+
+    def token_indices(self) -> torch.Tensor:
+        return self.meta[TOKEN_START] + self.offsets
+
+    # -- the cache contract (as StaticKVCache's, with device-resident lengths) ---------------
+    def next_positions(self, num_tokens: int) -> torch.Tensor:
+        assert num_tokens == self.num_tokens
+        return self.meta[POSITION_START] + self.offsets
+
+    def attention_mask(self, num_tokens: int):
+        return DeviceLength(self.meta[SLOT_START] + num_tokens), False
+
+    def store(self, layer: int, q, k, v, cos, sin):
+        cache = self.cache
+        rope_store(q, k, v, cos, sin, cache.k[layer], cache.v[layer], self.meta[SLOT_START])
+        if cache.record_queries:
+            n = min(q.shape[2], QUERY_HISTORY)
+            cache.recent_queries[layer, :, :, :n] = q[:, :, -n:]
+        return q, cache.k[layer], cache.v[layer]
+
+    def advance(self, num_tokens: int) -> None:
+        pass

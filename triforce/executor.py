@@ -1,0 +1,145 @@
+"""How the engine runs one level's forward: eagerly (the reference), or with static shapes and,
+on a GPU, as a replayed CUDA graph. The round logic (engine.py) is the same for both.
+
+    probs = executor.forward(level, start, stop, num_logits)
+
+feeds the tokens [start, stop) of the engine's token buffer to the level's model and cache and
+returns the sampling distributions (num_logits, V) of its last `num_logits` positions.
+
+- `EagerExecutor`: the model's forward with the cache's host-side lengths (slices and masks).
+  The CPU reference path, and the prefill of every path.
+- `StaticExecutor`: per (level, T, num_logits), a forward whose shapes never change: tokens,
+  positions and cache lengths come from device tensors (`cache.static_view.StaticView`), the
+  sampling transform is part of it, attention is the split-KV decode kernel. With
+  `capture=True` (CUDA) each is captured once as a CUDA graph and replayed; without (CPU tests)
+  it runs as it is, which tests the static path's bookkeeping on any machine.
+
+Both time each forward under its level's phase (CUDA events on a GPU: no synchronisation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Protocol
+
+import torch
+
+from triforce.cache.static_view import StaticView
+from triforce.metrics import GenerationStats
+from triforce.sampling import SamplingParams, probabilities
+
+EXECUTORS = ("auto", "eager", "static", "graphs")
+
+
+class LevelLike(Protocol):
+    name: str
+    model: torch.nn.Module
+    cache: object
+
+
+class Executor(Protocol):
+    def forward(self, level: LevelLike, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor: ...
+
+    def release(self) -> None: ...
+
+
+def resolve_executor(name: str, device: torch.device) -> str:
+    """auto: graphs on CUDA, eager elsewhere."""
+    if name == "auto":
+        return "graphs" if device.type == "cuda" else "eager"
+    if name == "graphs" and device.type != "cuda":
+        from triforce.errors import ConfigError
+
+        raise ConfigError("hardware.executor=graphs needs a CUDA device; use eager or static on a CPU")
+    return name
+
+
+def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats) -> Executor:
+    kind = resolve_executor(name, tokens.device)
+    if kind == "eager":
+        return EagerExecutor(tokens, sampling, stats)
+    return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs")
+
+
+class EagerExecutor:
+    def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats):
+        self.tokens, self.sampling, self.stats = tokens, sampling, stats
+
+    def forward(self, level, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor:
+        with self.stats.timed(phase):
+            logits = level.model(self.tokens[start:stop][None], None, level.cache, num_logits=num_logits)
+            return probabilities(logits[0], self.sampling)
+
+    def release(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class _Runner:
+    view: StaticView
+    run: Callable[[], torch.Tensor]
+
+
+class StaticExecutor:
+    def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
+                 capture: bool):
+        self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
+        self.runners: dict[tuple, _Runner] = {}
+        # one memory pool for every graph: they never run at the same time
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
+
+    def forward(self, level, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor:
+        cache = level.cache
+        num_tokens = stop - start
+        position = cache.reserve(num_tokens)  # host bookkeeping: capacity, StreamingLLM eviction
+        key = (level.name, id(cache), num_tokens, num_logits)
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self._runner(level, num_tokens, num_logits)
+            self.runners[key] = runner
+        runner.view.set(start, position, cache.length)
+        with self.stats.timed(phase):
+            probs = runner.run()
+        cache.advance(num_tokens)
+        return probs
+
+    def _runner(self, level, num_tokens: int, num_logits: int) -> _Runner:
+        view = StaticView(level.cache, num_tokens)
+        model, tokens, sampling = level.model, self.tokens, self.sampling
+
+        def body() -> torch.Tensor:
+            ids = tokens.index_select(0, view.token_indices())[None]
+            logits = model(ids, None, view, num_logits=num_logits)
+            return probabilities(logits[0], sampling)
+
+        if not self.capture:
+            return _Runner(view, body)
+        start = time.perf_counter()
+        graph, out = self._capture(body, view, level.cache)
+        self.stats.time_s["capture"] += time.perf_counter() - start
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return out.clone()  # the next replay overwrites `out`; the round keeps these rows
+
+        return _Runner(view, replay)
+
+    def _capture(self, body, view: StaticView, cache):
+        # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:
+        # nothing may compile or synchronise while a graph records. The warm-up writes keys at
+        # slots >= the cache's length, which the real forward overwrites.
+        view.set(0, cache.seq_len, cache.length)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = body()
+        return graph, out
+
+    def release(self) -> None:
+        self.runners.clear()

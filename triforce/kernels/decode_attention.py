@@ -1,0 +1,64 @@
+"""Decode-class attention: T = 1..32 new queries against a long KV cache (flash-decoding).
+
+The new block's keys are already written at the end of the valid cache prefix, so the queries
+attend to keys [0, kv_len): query t (of T) sees keys up to kv_len - T + t (causal inside the
+block). `kv_len` is a device tensor, so the same launch serves every step of a captured graph.
+
+Why a kernel of our own: with batch 1, a prefill-class kernel parallelises over query blocks and
+heads only (32 programs for a 7B model) and cannot fill the GPU, and the masked path of SDPA is
+prefill-class (DESIGN.md §7). Here every program owns one KV head and one slice of the keys
+(split-KV): it loads each key block ONCE for all the query rows that share that KV head (the
+group of query heads under grouped-query attention times the T new tokens), so a verify of 7 or
+17 tokens reads the same bytes as a single-token step. A second small kernel merges the slices
+by their log-sum-exp. The slice length is derived from kv_len inside the kernel, so the work
+stays balanced as the cache grows.
+
+Layouts: q (B, Hq, T, D) with any strides (last dim contiguous); k, v (B, Hkv, S, D) with the
+last dim contiguous; output (B, T, Hq, D) contiguous, i.e. already in o_proj's input layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from triforce.kernels import kernels_usable
+
+MAX_QUERY_ROWS = 128  # group size x new tokens handled by one program (e.g. 4 x 32, or 8 x 16)
+BLOCK_N = 64  # keys per block of the split kernel
+
+
+def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """The same function with SDPA and a mask built from the device length (static shapes, so it
+    is also graph-capturable): the CPU path of the static executor and the kernel's reference."""
+    T, S = q.shape[2], k.shape[2]
+    key_pos = torch.arange(S, device=q.device)
+    query_pos = kv_len.reshape(()).to(torch.int64) - T + torch.arange(T, device=q.device)
+    mask = key_pos[None, :] <= query_pos[:, None]  # also excludes every slot >= kv_len
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2).contiguous()
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, scale: float,
+                     *, num_splits: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
+    """Triton split-KV attention where it can run, else the reference. Returns (B, T, Hq, D)."""
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    if not kernels_usable(q, use_triton) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256):
+        return decode_attention_reference(q, k, v, kv_len, scale)
+    from triforce.kernels.triton_decode import decode_attention as triton_decode_attention
+
+    splits = num_splits or default_num_splits(Hkv, B, k.shape[2], q.device)
+    return triton_decode_attention(q, k, v, kv_len, scale, splits)
+
+
+def default_num_splits(num_kv_heads: int, batch: int, capacity: int, device: torch.device) -> int:
+    """Programs enough to keep every SM streaming (about 4 per SM), but at least 4 key blocks each."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    want = max(1, math.ceil(4 * sms / max(1, num_kv_heads * batch)))
+    most = max(1, capacity // (4 * BLOCK_N))
+    return 1 << (min(want, most).bit_length() - 1)  # a power of two, for the merge kernel

@@ -1,0 +1,36 @@
+"""Triton kernel of norm.py (where the contract and the torch reference are). Imported only
+where the kernel runs, so CPU runs never import Triton."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(X, R, W, Y, H, n_cols, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    x = tl.load(X + row * n_cols + cols, mask=ok, other=0.0)
+    if HAS_RESIDUAL:
+        x = (x.to(tl.float32) + tl.load(R + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)).to(
+            X.dtype.element_ty)
+        tl.store(H + row * n_cols + cols, x, mask=ok)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n_cols + eps)
+    normed = (xf * rstd).to(X.dtype.element_ty)
+    w = tl.load(W + cols, mask=ok, other=0.0)
+    tl.store(Y + row * n_cols + cols, (w.to(tl.float32) * normed.to(tl.float32)).to(Y.dtype.element_ty), mask=ok)
+
+
+def rms_norm(x, weight, eps, residual):
+    n_cols = x.shape[-1]
+    rows = x.numel() // n_cols
+    y = torch.empty_like(x)
+    h = torch.empty_like(x) if residual is not None else x
+    _rms_norm_kernel[(rows,)](x, residual if residual is not None else x, weight, y, h, n_cols, eps,
+                              HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(n_cols),
+                              num_warps=4 if n_cols <= 4096 else 8)
+    return y, h
