@@ -22,7 +22,7 @@ is verified, so one forward always yields the distributions a round needs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from triforce.errors import ConfigError, PromptTooLongError
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams, probabilities, sample, verify
+
+if TYPE_CHECKING:
+    from triforce.progress import GenerationProgress
 
 METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
 REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
@@ -138,6 +141,7 @@ class Engine:
         self.biased_levels = set(biased_levels)
         self.eos_ids = set(target.config.eos_token_id)
         self.device = target.device
+        self.progress: GenerationProgress | None = None  # set for the duration of generate()
 
     # -- construction from a config ------------------------------------------------------
     @classmethod
@@ -159,7 +163,10 @@ class Engine:
                 "(dataset.prefill) or max_new_tokens, or use a model with a longer context")
 
     @torch.inference_mode()
-    def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True) -> GenerationResult:
+    def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
+                 progress: GenerationProgress | None = None) -> GenerationResult:
+        """`progress`: hooks told of the top level's prefill and of each top-level step
+        (triforce.progress.TokenProgress shows them as tqdm bars); None: silent."""
         prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
         if torch.is_tensor(prompt_ids) and prompt_ids.dim() > 1:
             raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
@@ -172,12 +179,14 @@ class Engine:
                               f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
         self.check_prompt(len(prompt), max_new_tokens)
         self.levels = self._build_levels(len(prompt), max_new_tokens)
+        self.progress = progress
         try:
             return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
         finally:
             # Drop the caches: a long-context KV cache is the largest allocation of a run, and a
             # second engine (the autoregressive baseline) must not find this one's still held.
             self.levels = []
+            self.progress = None
 
     def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -190,6 +199,8 @@ class Engine:
             self._prefill()
         top = len(self.levels) - 1
         rounds = []
+        if self.progress is not None:
+            self.progress.generated(0, max_new_tokens)
         while len(self.seq) - len(prompt) < max_new_tokens:
             before = len(self.seq)
             with self.stats.round_record(rounds, step=len(rounds)):
@@ -203,6 +214,8 @@ class Engine:
                 cut = before + min(i for i, t in enumerate(new) if t in self.eos_ids) + 1
                 del self.seq[cut:]
                 break
+            if self.progress is not None:
+                self.progress.generated(min(len(self.seq) - len(prompt), max_new_tokens), max_new_tokens)
             self._maybe_rebuild(len(self.seq) - before)
         tokens = self.seq[len(prompt):len(prompt) + max_new_tokens]
         metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
@@ -253,11 +266,16 @@ class Engine:
         """Run `level` over seq[cache.seq_len:upto] (in chunks where needed); last chunk's logits."""
         cache = level.cache
         step = cache.max_step_tokens or self.prefill_chunk or upto
+        report = self.progress if level is self.levels[-1] else None  # the top level's prefill is the long one
+        if report is not None:
+            report.prefill(cache.seq_len, upto)
         logits = None
         while cache.seq_len < upto:
             end = min(upto, cache.seq_len + step)
             tokens = torch.tensor([self.seq[cache.seq_len:end]], device=self.device)
             logits = level.model(tokens, None, cache, num_logits=1)
+            if report is not None:
+                report.prefill(cache.seq_len, upto)
         return logits
 
     def _forward(self, i: int, first_needed: int) -> torch.Tensor:
