@@ -37,8 +37,9 @@ def default_project() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m triforce.dashboard", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    intro, examples, *_ = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="python -m triforce.dashboard", description=intro.split(": ", 1)[1],
+                                epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--project", default=None, help="W&B project (default: the app's logger.project, triforce)")
     p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"),
                    help="W&B entity (default: $WANDB_ENTITY, else your account's default entity on save)")
