@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,9 @@ from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams, sample, verify_tensor
+
+if TYPE_CHECKING:
+    from triforce.progress import GenerationProgress
 
 METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
 REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
@@ -153,6 +156,7 @@ class Engine:
         self.device = target.device
         self.executor_name = resolve_executor(executor, self.device)
         self.levels: list[Level] = []
+        self.progress: GenerationProgress | None = None  # set for the duration of generate()
 
     # -- construction from a config ------------------------------------------------------
     @classmethod
@@ -192,7 +196,10 @@ class Engine:
                      dtype_bytes=self.target.dtype.itemsize, prompt_len=prompt_len, prefill_chunk=self.prefill_chunk)
 
     @torch.inference_mode()
-    def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True) -> GenerationResult:
+    def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
+                 progress: GenerationProgress | None = None) -> GenerationResult:
+        """`progress`: hooks told of the top level's prefill and of each top-level step
+        (triforce.progress.TokenProgress shows them as tqdm bars); None: silent."""
         prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
         if torch.is_tensor(prompt_ids) and prompt_ids.dim() > 1:
             raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
@@ -206,12 +213,14 @@ class Engine:
         self.check_prompt(len(prompt), max_new_tokens)
         self.check_memory(len(prompt), max_new_tokens)
         self.levels = [self._top_level(len(prompt), max_new_tokens)]  # the others after the prefill
+        self.progress = progress
         try:
             return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
         finally:
             # Drop the caches and graphs: a long-context KV cache is the largest allocation of a
             # run, and a second engine (the autoregressive baseline) must not find this one's held.
             self.levels = []
+            self.progress = None
             if getattr(self, "executor", None) is not None:
                 self.executor.release()
             self.executor = self.tokens = None
@@ -235,6 +244,8 @@ class Engine:
         out: list[int] = []
         self.stats._sync()
         started = time.perf_counter()
+        if self.progress is not None:
+            self.progress.generated(0, max_new_tokens)
         while len(out) < max_new_tokens:
             with self.stats.round_record(rounds, step=len(rounds)):
                 new = self._autoregressive_step() if top == 0 else self._round(top)[1]
@@ -243,6 +254,8 @@ class Engine:
             if stop_at_eos and self.eos_ids.intersection(new):
                 del out[len(out) - len(new) + min(i for i, t in enumerate(new) if t in self.eos_ids) + 1:]
                 break
+            if self.progress is not None:
+                self.progress.generated(min(len(out), max_new_tokens), max_new_tokens)
             self._maybe_rebuild(len(new))
         self.stats._sync()
         decode_s = time.perf_counter() - started - self.stats.time_s.get("capture", 0.0)
@@ -308,9 +321,15 @@ class Engine:
         """Run `level` eagerly over tokens [cache.seq_len, upto), in chunks where needed."""
         cache = level.cache
         step = cache.max_step_tokens or self.prefill_chunk or upto
+        report = self.progress if level is self.levels[-1] else None  # the top level's prefill is the long one
+        if report is not None:
+            report.prefill(cache.seq_len, upto)
         while cache.seq_len < upto:
             end = min(upto, cache.seq_len + step)
             level.model(self.tokens[cache.seq_len:end][None], None, cache, num_logits=1)
+            if report is not None:
+                self.stats._sync()  # the bar's tokens/s should count finished work
+                report.prefill(cache.seq_len, upto)
 
     def _feed_streaming(self, level: Level, upto: int) -> None:
         """A StreamingLLM cache keeps the sink and the last `window` tokens: feed only those."""

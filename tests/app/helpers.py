@@ -47,18 +47,21 @@ def tiny_overrides(books: Path, *extra: str) -> list[str]:
 
 
 def cli_env(tmp: Path) -> dict[str, str]:
-    """No W&B account and no W&B mode: the app must choose offline by itself."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    """No W&B account and no W&B mode: the app must choose offline by itself. Progress bars as on
+    any non-terminal unless a test forces them (TRIFORCE_PROGRESS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "TRIFORCE_PROGRESS"))}
     env.update(NETRC=str(tmp / "no-netrc"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"),
                WANDB_CACHE_DIR=str(tmp / "wandb-cache"), WANDB_DATA_DIR=str(tmp / "wandb-data"))
     return env
 
 
-def run_cli(args: list[str], tmp: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """The `triforce` console script of this environment (python -m triforce.cli if absent)."""
+def run_cli(args: list[str], tmp: Path, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The `triforce` console script of this environment (python -m triforce.cli if absent);
+    `env`: variables added to cli_env."""
     script = Path(sys.executable).with_name("triforce")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "triforce.cli"]
-    return subprocess.run(cmd + args, cwd=tmp, env=cli_env(tmp), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd + args, cwd=tmp, env={**cli_env(tmp), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def last_json(stdout: str) -> dict:

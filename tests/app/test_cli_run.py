@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 
@@ -24,6 +25,7 @@ def test_single_run(tmp_path, books_dir):
     assert summary["new_tokens"] == 8
     assert summary["speedup"] > 0
     assert "--- generated text, sample 0" in proc.stdout
+    assert " prefill:" not in proc.stderr and " generate:" not in proc.stderr  # no bars off a terminal
 
     samples = pd.read_parquet(run_dir / "samples.parquet")
     assert len(samples) == 2 and set(METRICS) <= set(samples.columns)
@@ -69,3 +71,19 @@ def test_every_method_runs_through_the_cli_greedy_identical(tmp_path, books_dir)
     assert (table["baseline_same_tokens"] == 1.0).all()
     levels = dict(zip(table["method.name"], table["mean_accepted_len"]))
     assert levels["autoregressive"] == 1.0
+
+
+def test_progress_during_prefill_and_generation(tmp_path, books_dir):
+    """The default CPU profile with the bars forced on (stderr is not a terminal here): the prefill
+    (in chunks) and the generation of the method and of the baseline each show tokens and tokens/s."""
+    proc = run_cli(tiny_overrides(books_dir, "hardware=cpu", "hardware.prefill_chunk=32",
+                                  f"hydra.run.dir={tmp_path / 'run'}"), tmp_path, env={"TRIFORCE_PROGRESS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for bar in (r"triforce #0 prefill: +100%.*128/128", r"triforce #0 generate: +100%.*8/8",
+                r"autoregressive #0 prefill: +100%.*128/128", r"autoregressive #0 generate: +100%.*8/8"):
+        assert re.search(bar + r" \[[^\]]*, \d+(\.\d+)? tokens/s\]", proc.stderr), bar
+    assert last_json(proc.stdout)["status"] == "ok"  # the bars stay off stdout: its last line is still JSON
+    quiet = run_cli(tiny_overrides(books_dir, "hardware.progress=false", f"hydra.run.dir={tmp_path / 'quiet'}"),
+                    tmp_path, env={"TRIFORCE_PROGRESS": "1"})
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "tokens/s" not in quiet.stderr and "prompt/s" not in quiet.stderr

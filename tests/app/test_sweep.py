@@ -95,3 +95,28 @@ def test_crashing_job_is_recorded_and_wandb_finished(tmp_path, books_dir, monkey
     assert result.status == "failed" and not result.user_error and "device on fire" in result.error
     assert closed == [True]
     assert json.loads((tmp_path / "job" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_each_job_is_announced_with_its_number_and_swept_values(tiny_sweep):
+    _, proc = tiny_sweep
+    announced = [line.split("] - ", 1)[1] for line in proc.stdout.splitlines() if "] - job " in line]
+    assert announced == ["job 1/4: method.budget=32 method.gamma=2", "job 2/4: method.budget=32 method.gamma=4",
+                         "job 3/4: method.budget=64 method.gamma=2", "job 4/4: method.budget=64 method.gamma=4"]
+
+
+def test_sweep_plan_counts_the_basic_sweepers_product():
+    from omegaconf import OmegaConf
+
+    from triforce.app.callbacks import BASIC_SWEEPER, sweep_plan
+
+    def plan(task, params=None, target=BASIC_SWEEPER):
+        return sweep_plan(OmegaConf.create({"hydra": {"sweeper": {"_target_": target, "params": params},
+                                                       "overrides": {"task": task}}}))
+
+    assert plan(["method.budget=1,2,3", "model=tiny", "method=spec,triforce"]) == (6, {"method.budget", "method"})
+    # sweeper params come first; the command line replaces a key they share
+    assert plan(["method.gamma=2,4"], params={"method.gamma": "4,6,8", "seed": "0,1"}) == (4, {"method.gamma", "seed"})
+    assert plan(["method.gamma=2,4", "method.gamma=6"]) == (1, set())
+    assert plan(["+extra=range(0,5)"]) == (5, {"+extra"})
+    assert plan(["method.gamma=2,4"], target="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper") \
+        == (None, set())

@@ -34,6 +34,7 @@ def cfg_of(*overrides: str) -> dict:
     ("hardware=rtx4090_offload", r"hardware=rtx4090_offload needs KV-cache offloading.*not implemented yet"),
     ("hardware=2x4090_offload_tp", r"tensor parallelism \(hardware.tensor_parallel=2\), which is not implemented"),
     ("logger.name=mlflow", r"logger.name='mlflow': choose one of wandb, none"),
+    ("hardware.progress=sometimes", r"hardware.progress='sometimes' must be true or false"),
 ])
 def test_bad_values_name_value_and_range(override, pattern):
     with pytest.raises(ConfigError, match=pattern):

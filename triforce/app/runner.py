@@ -8,6 +8,7 @@ CLI) turns a failed single run into a non-zero exit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
+from triforce import progress
 from triforce.app import engines, plots, tables
 from triforce.app.tracking import NullTracker, Tracker, open_tracker
 from triforce.app.validate import RunPlan, check_fits, validate
@@ -133,15 +135,29 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
             if e is not None:
                 e.generate(samples[0].prompt_ids[:64], 4, seed=0, stop_at_eos=False)
 
+    hardware = values.get("hardware") or {}
+    show = progress.enabled(hardware)  # per-generation bars: a terminal and hardware.progress
+
+    def watched(desc: str):
+        return progress.TokenProgress(desc) if show else contextlib.nullcontext()
+
     rows, rounds = [], []
-    bar = tqdm(samples, desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True)
+    # the per-prompt bar stays on off a terminal (a batch log then shows a line per prompt);
+    # hardware.progress=false turns it off with the others
+    bar = tqdm(samples, desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True,
+               disable=not hardware.get("progress", True))
     for i, sample in enumerate(bar):
         seed = int(values.get("seed", 0)) + i
-        out = engine.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop)
+        with watched(f"{plan.method.name} #{i}") as watch:
+            out = engine.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop, progress=watch)
         row = {"sample": i, "sample_id": sample.id, "title": sample.title, "prompt_tokens": len(sample.prompt_ids),
                "seed": seed, "load_s": load_s, **out.metrics}
         if baseline is not None:
-            base = out if same_method else baseline.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop)
+            if same_method:
+                base = out
+            else:
+                with watched(f"autoregressive #{i}") as watch:
+                    base = baseline.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop, progress=watch)
             row.update({f"baseline_{k}": v for k, v in base.metrics.items()
                         if k in ("prefill_s", "ms_per_token", "tokens_per_s") or k.startswith("time_s/")})
             row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]

@@ -83,6 +83,9 @@ def check_hardware(hw: Mapping, *, environment: bool) -> None:
     threads = hw.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads <= 0):
         raise ConfigError(f"hardware.threads={threads!r} must be a positive integer or null (torch's default)")
+    shown = hw.get("progress", True)
+    if not isinstance(shown, bool):
+        raise ConfigError(f"hardware.progress={shown!r} must be true or false (tqdm bars for prefill and generation)")
     chunk = hw.get("prefill_chunk")
     if chunk is not None and chunk <= 0:
         raise ConfigError(f"hardware.prefill_chunk={chunk} must be positive or null (whole prompt)")
