@@ -76,16 +76,26 @@ class EagerExecutor:
 
 
 @dataclasses.dataclass
-class _Runner:
+class Runner:
+    """One static forward: its view of the cache, and either its captured graph with the graph's
+    output buffer, or (uncaptured) the forward itself."""
     view: StaticView
-    run: Callable[[], torch.Tensor]
+    body: Callable[[], torch.Tensor]
+    graph: torch.cuda.CUDAGraph | None = None
+    out: torch.Tensor | None = None
+
+    def run(self) -> torch.Tensor:
+        if self.graph is None:
+            return self.body()
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites `out`; the round keeps these rows
 
 
 class StaticExecutor:
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
                  capture: bool):
         self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
-        self.runners: dict[tuple, _Runner] = {}
+        self.runners: dict[tuple, Runner] = {}
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None
 
@@ -93,18 +103,21 @@ class StaticExecutor:
         cache = level.cache
         num_tokens = stop - start
         position = cache.reserve(num_tokens)  # host bookkeeping: capacity, StreamingLLM eviction
-        key = (level.name, id(cache), num_tokens, num_logits)
-        runner = self.runners.get(key)
-        if runner is None:
-            runner = self._runner(level, num_tokens, num_logits)
-            self.runners[key] = runner
+        runner = self.runner(level, num_tokens, num_logits)
         runner.view.set(start, position, cache.length)
         with self.stats.timed(phase):
             probs = runner.run()
         cache.advance(num_tokens)
         return probs
 
-    def _runner(self, level, num_tokens: int, num_logits: int) -> _Runner:
+    def runner(self, level, num_tokens: int, num_logits: int) -> Runner:
+        """The static forward of `level` over `num_tokens` tokens (captured on first use)."""
+        key = (level.name, id(level.cache), num_tokens, num_logits)
+        if key not in self.runners:
+            self.runners[key] = self._make_runner(level, num_tokens, num_logits)
+        return self.runners[key]
+
+    def _make_runner(self, level, num_tokens: int, num_logits: int) -> Runner:
         view = StaticView(level.cache, num_tokens)
         model, tokens, sampling = level.model, self.tokens, self.sampling
 
@@ -114,16 +127,11 @@ class StaticExecutor:
             return probabilities(logits[0], sampling)
 
         if not self.capture:
-            return _Runner(view, body)
+            return Runner(view, body)
         start = time.perf_counter()
         graph, out = self._capture(body, view, level.cache)
         self.stats.time_s["capture"] += time.perf_counter() - start
-
-        def replay() -> torch.Tensor:
-            graph.replay()
-            return out.clone()  # the next replay overwrites `out`; the round keeps these rows
-
-        return _Runner(view, replay)
+        return Runner(view, body, graph, out)
 
     def _capture(self, body, view: StaticView, cache):
         # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:

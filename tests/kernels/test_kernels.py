@@ -94,7 +94,7 @@ def test_rope_store_matches_reference(heads, dtype):
     cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
                       num_kv_heads=hkv, head_dim=D, max_position_embeddings=4096,
                       rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
-    cos, sin = RotaryEmbedding(cfg).to(DEVICE).cos_sin(torch.arange(2000, 2000 + T, device=DEVICE), dtype)
+    rope = RotaryEmbedding(cfg).to(DEVICE).at(torch.arange(2000, 2000 + T, device=DEVICE), dtype)
     g = torch.Generator().manual_seed(3)
     qkv = torch.randn(1, T, (hq + 2 * hkv) * D, generator=g).to(DEVICE, dtype)
     outs = []
@@ -105,7 +105,7 @@ def test_rope_store_matches_reference(heads, dtype):
         k_cache = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
         v_cache = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
         kw = dict(use_triton=True) if fn is rope_store else {}
-        fn(q, k, v, cos, sin, k_cache, v_cache, torch.tensor(slot, device=DEVICE), **kw)
+        fn(q, k, v, rope, k_cache, v_cache, torch.tensor(slot, device=DEVICE), **kw)
         outs.append((q, k_cache, v_cache))
     tol = 1e-6 if dtype == torch.float32 else 2e-3
     for out, ref in zip(outs[0], outs[1]):
@@ -115,3 +115,40 @@ def test_rope_store_matches_reference(heads, dtype):
     untouched[slot:slot + T] = False
     assert (k_cache[:, :, untouched] == 7.0).all()  # nothing outside the block's slots is written
     assert not (k_cache[:, :, slot:slot + T] == 7.0).any()
+
+
+LINEAR_CASES = [  # (rows, in features, out features, bias)
+    (1, 96, 200, False),
+    (7, 256, 48, True),
+    (17, 80, 130, False),  # in features not a multiple of the block, out features not of the slice
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "m{}-k{}-n{}-bias{}".format(*c))
+@pytest.mark.parametrize("prologue", ["none", "norm", "norm+residual", "silu"])
+def test_fused_linear_matches_reference(prologue, case, dtype):
+    from triforce.kernels.linear import linear, norm_linear, silu_linear
+
+    M, K, N, with_bias = case
+    g = torch.Generator().manual_seed(M * 1000 + K)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype) if with_bias else None
+    x = torch.randn(1, M, 2 * K if prologue == "silu" else K, generator=g).to(DEVICE, dtype)
+    r = torch.randn(1, M, K, generator=g).to(DEVICE, dtype)
+    nw = (1 + 0.1 * torch.randn(K, generator=g)).to(DEVICE, dtype)
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    outs = {}
+    for use_triton in (True, False):
+        if prologue == "none":
+            outs[use_triton] = (linear(x, w, b, use_triton=use_triton),)
+        elif prologue == "silu":
+            outs[use_triton] = (silu_linear(x, w, b, use_triton=use_triton),)
+        else:
+            residual = r if prologue == "norm+residual" else None
+            outs[use_triton] = norm_linear(x, residual, nw, 1e-5, w, b, use_triton=use_triton)
+    for out, ref in zip(outs[True], outs[False]):
+        assert out.shape == ref.shape
+        assert rel_err(out, ref) < tol
+    if prologue == "norm+residual":
+        torch.testing.assert_close(outs[True][1], outs[False][1], atol=0, rtol=0)  # h = x + r, rounded as torch

@@ -4,7 +4,7 @@ Every cache in triforce shares this contract, which is all the model needs:
 
     positions = cache.next_positions(T)       # rotary positions of the next T tokens
     mask, is_causal = cache.attention_mask(T)  # once per forward
-    q, keys, values = cache.store(layer, q, k, v, cos, sin)  # per layer: rotate q and k, store k/v,
+    q, keys, values = cache.store(layer, q, k, v, rope)  # per layer: rotate q and k, store k/v,
                                                # return what to attend over
     cache.advance(T)                           # after the last layer
 
@@ -84,9 +84,11 @@ class StaticKVCache:
         k_idx = torch.arange(total, device=self.device)[None, :]
         return k_idx <= q_idx, False
 
-    def store(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
-              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rotate q and k to their positions, store k and v; (q, keys, values) to attend with."""
+    def store(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotate q and k to their positions (rope: models.rope.Rope), store k and v;
+        (q, keys, values) to attend with."""
+        cos, sin = rope.cos_sin
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values = self.write(layer, q, k, v)
         return q, keys, values

@@ -51,9 +51,9 @@ class StaticView:
     def attention_mask(self, num_tokens: int):
         return DeviceLength(self.meta[SLOT_START] + num_tokens), False
 
-    def store(self, layer: int, q, k, v, cos, sin):
+    def store(self, layer: int, q, k, v, rope):
         cache = self.cache
-        rope_store(q, k, v, cos, sin, cache.k[layer], cache.v[layer], self.meta[SLOT_START])
+        rope_store(q, k, v, rope, cache.k[layer], cache.v[layer], self.meta[SLOT_START])
         if cache.record_queries:
             n = min(q.shape[2], QUERY_HISTORY)
             cache.recent_queries[layer, :, :, :n] = q[:, :, -n:]

@@ -57,8 +57,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: 
 
 
 def default_num_splits(num_kv_heads: int, batch: int, capacity: int, device: torch.device) -> int:
-    """Programs enough to keep every SM streaming (about 4 per SM), but at least 4 key blocks each."""
+    """About two programs per SM (measured on an H100: a 7B layer at 128K keys streams at 1.00 of
+    the copy bandwidth with 8 splits, 0.92 with 16; an 8B layer at 128K is best with 32), with at
+    least four key blocks each; rounded down to a power of two (the merge kernel's vector width)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    want = max(1, math.ceil(4 * sms / max(1, num_kv_heads * batch)))
+    want = math.ceil(2 * sms / max(1, num_kv_heads * batch))
     most = max(1, capacity // (4 * BLOCK_N))
-    return 1 << (min(want, most).bit_length() - 1)  # a power of two, for the merge kernel
+    return 1 << (max(1, min(want, most)).bit_length() - 1)

@@ -101,7 +101,7 @@ def _merge_kernel(O_PART, L_PART, OUT, stride_ob, stride_ot, stride_oh,
              out.to(OUT.dtype.element_ty))
 
 
-def decode_attention(q, k, v, kv_len, scale, splits):
+def decode_attention(q, k, v, kv_len, scale, splits, *, block_n=BLOCK_N, num_warps=None, num_stages=3):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -116,9 +116,9 @@ def decode_attention(q, k, v, kv_len, scale, splits):
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         T, group, Hkv, scale * 1.4426950408889634,
-        NUM_SPLITS=splits, BLOCK_M=block_m, BLOCK_N=BLOCK_N, HEAD_DIM=D, PRECISION=precision,
+        NUM_SPLITS=splits, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreted(),
-        num_warps=4 if block_m <= 64 else 8, num_stages=2)
+        num_warps=num_warps or (4 if block_m <= 64 else 8), num_stages=num_stages)
     _merge_kernel[(B * Hkv, rows)](
         o_part, l_part, out, out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, NUM_SPLITS=splits, BLOCK_M=block_m, HEAD_DIM=D, num_warps=1)

@@ -8,22 +8,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _rope_store_kernel(Q, K, V, COS, SIN, KC, VC, SLOT, stride_qh, stride_qt, stride_kh, stride_kt,
-                       stride_vh, stride_vt, stride_ch, stride_cs, NUM_Q_HEADS,
-                       HALF: tl.constexpr):
+def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qh, stride_qt, stride_kh, stride_kt,
+                       stride_vh, stride_vt, stride_ch, stride_cs, NUM_Q_HEADS, scale, HALF: tl.constexpr):
     t = tl.program_id(0)
     head = tl.program_id(1)
     d = tl.arange(0, HALF)
-    cos1 = tl.load(COS + t * 2 * HALF + d).to(tl.float32)
-    cos2 = tl.load(COS + t * 2 * HALF + HALF + d).to(tl.float32)
-    sin1 = tl.load(SIN + t * 2 * HALF + d).to(tl.float32)
-    sin2 = tl.load(SIN + t * 2 * HALF + HALF + d).to(tl.float32)
+    # the eager path's arithmetic: float32 angle, cos / sin scaled, rounded to the model's dtype
+    angle = tl.load(POS + t).to(tl.float32) * tl.load(INV_FREQ + d)
+    cos = (tl.cos(angle) * scale).to(Q.dtype.element_ty).to(tl.float32)
+    sin = (tl.sin(angle) * scale).to(Q.dtype.element_ty).to(tl.float32)
     if head < NUM_Q_HEADS:
         base = Q + head * stride_qh + t * stride_qt
         x1 = tl.load(base + d).to(tl.float32)
         x2 = tl.load(base + HALF + d).to(tl.float32)
-        tl.store(base + d, (x1 * cos1 - x2 * sin1).to(Q.dtype.element_ty))
-        tl.store(base + HALF + d, (x2 * cos2 + x1 * sin2).to(Q.dtype.element_ty))
+        tl.store(base + d, (x1 * cos - x2 * sin).to(Q.dtype.element_ty))
+        tl.store(base + HALF + d, (x2 * cos + x1 * sin).to(Q.dtype.element_ty))
     else:
         h = head - NUM_Q_HEADS
         slot = tl.load(SLOT).to(tl.int64) + t
@@ -31,18 +30,18 @@ def _rope_store_kernel(Q, K, V, COS, SIN, KC, VC, SLOT, stride_qh, stride_qt, st
         x1 = tl.load(base + d).to(tl.float32)
         x2 = tl.load(base + HALF + d).to(tl.float32)
         out = KC + h * stride_ch + slot * stride_cs
-        tl.store(out + d, (x1 * cos1 - x2 * sin1).to(KC.dtype.element_ty))
-        tl.store(out + HALF + d, (x2 * cos2 + x1 * sin2).to(KC.dtype.element_ty))
+        tl.store(out + d, (x1 * cos - x2 * sin).to(KC.dtype.element_ty))
+        tl.store(out + HALF + d, (x2 * cos + x1 * sin).to(KC.dtype.element_ty))
         vbase = V + h * stride_vh + t * stride_vt
         vout = VC + h * stride_ch + slot * stride_cs
         tl.store(vout + d, tl.load(vbase + d))
         tl.store(vout + HALF + d, tl.load(vbase + HALF + d))
 
 
-def rope_store(q, k, v, cos, sin, k_cache, v_cache, slot_start):
+def rope_store(q, k, v, rope, k_cache, v_cache, slot_start):
     _, hq, T, D = q.shape
     hkv = k.shape[1]
     _rope_store_kernel[(T, hq + hkv)](
-        q, k, v, cos, sin, k_cache, v_cache, slot_start,
+        q, k, v, rope.positions, rope.inv_freq, k_cache, v_cache, slot_start,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-        k_cache.stride(1), k_cache.stride(2), hq, HALF=D // 2, num_warps=1)
+        k_cache.stride(1), k_cache.stride(2), hq, float(rope.scale), HALF=D // 2, num_warps=1)

@@ -8,8 +8,10 @@ step is a chain of small launches. `loading.match_checkpoint` maps checkpoint na
 
 The same forward serves the eager path (the cache slices with host lengths and builds masks) and
 the captured GPU path (a `StaticView` of the cache reads lengths from device tensors and
-attention runs the split-KV decode kernel); the elementwise work (RMSNorm with the residual add,
-SwiGLU) runs as fused Triton kernels on CUDA and as plain torch ops elsewhere.
+attention runs the split-KV decode kernel). Every linear layer goes through kernels/linear.py:
+on CUDA, for the few rows of a decode step, a Triton kernel that streams the weights and applies
+the step before the product as it loads its input (the residual add and RMSNorm before q/k/v,
+gate/up and the output head; SwiGLU before down); elsewhere (CPU, prefill) torch's own ops.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from triforce.attention import AttentionFn, attend, sdpa_attention
-from triforce.kernels.activation import silu_mul
+from triforce.kernels.linear import linear, norm_linear, silu_linear
 from triforce.kernels.norm import rms_norm
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
@@ -34,6 +36,10 @@ class RMSNorm(nn.Module):
         """(normed, h): h = x + residual (the new residual stream), normed = RMSNorm(h)."""
         return rms_norm(x, self.weight, self.eps, residual)
 
+    def then(self, x: torch.Tensor, residual: torch.Tensor | None, proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """(proj(RMSNorm(h)), h) with h = x + residual: the norm fused into the product."""
+        return norm_linear(x, residual, self.weight, self.eps, proj.weight, proj.bias)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -44,16 +50,18 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x, cos, sin, cache, layer_idx: int, mask, is_causal: bool, attention: AttentionFn):
-        b, t, _ = x.shape
+    def forward(self, qkv, rope, cache, layer_idx: int, mask, is_causal: bool, attention: AttentionFn):
+        """qkv: this layer's fused q/k/v projection of its normed input (DecoderLayer computes it
+        with the norm fused in); returns o_proj of the attention output."""
+        b, t, _ = qkv.shape
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv_proj(x).split([hq * d, hkv * d, hkv * d], dim=-1)
+        q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
         q = q.view(b, t, hq, d).transpose(1, 2)
         k = k.view(b, t, hkv, d).transpose(1, 2)
         v = v.view(b, t, hkv, d).transpose(1, 2)
-        q, keys, values = cache.store(layer_idx, q, k, v, cos, sin)  # rotary + cache write
+        q, keys, values = cache.store(layer_idx, q, k, v, rope)  # rotary + cache write
         out = attend(attention, q, keys, values, mask=mask, is_causal=is_causal, scale=self.scale)
-        return self.o_proj(out.reshape(b, t, -1))  # out: (B, T, Hq, D)
+        return linear(out.reshape(b, t, -1), self.o_proj.weight, self.o_proj.bias)  # out: (B, T, Hq, D)
 
 
 class MLP(nn.Module):
@@ -62,8 +70,9 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x):
-        return self.down_proj(silu_mul(self.gate_up_proj(x)))
+    def forward(self, gate_up):
+        """gate_up: the fused gate/up projection of the normed input (see DecoderLayer)."""
+        return silu_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -74,13 +83,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, residual, cos, sin, cache, layer_idx, mask, is_causal, attention):
+    def forward(self, x, residual, rope, cache, layer_idx, mask, is_causal, attention):
         """x: the previous layer's output, not yet added to the residual stream (None for the
         first layer, whose x is the embedding): the add is fused into this layer's first norm."""
-        h, residual = self.input_layernorm(x, residual)
-        h = self.self_attn(h, cos, sin, cache, layer_idx, mask, is_causal, attention)
-        h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
+        qkv, residual = self.input_layernorm.then(x, residual, self.self_attn.qkv_proj)
+        h = self.self_attn(qkv, rope, cache, layer_idx, mask, is_causal, attention)
+        gate_up, residual = self.post_attention_layernorm.then(h, residual, self.mlp.gate_up_proj)
+        return self.mlp(gate_up), residual
 
 
 class Transformer(nn.Module):
@@ -108,15 +117,15 @@ class Transformer(nn.Module):
         if positions is None:
             positions = cache.next_positions(num_tokens)
         x = self.embed_tokens(tokens)
-        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        rope = self.rotary.at(positions, x.dtype)
         mask, is_causal = cache.attention_mask(num_tokens)
         residual = None
         for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, cos, sin, cache, i, mask, is_causal, self.attention)
+            x, residual = layer(x, residual, rope, cache, i, mask, is_causal, self.attention)
         cache.advance(num_tokens)
         if num_logits is not None:
             x, residual = x[:, x.shape[1] - num_logits:], residual[:, residual.shape[1] - num_logits:]
-        return self.lm_head(self.norm(x.contiguous(), residual.contiguous())[0])
+        return self.norm.then(x.contiguous(), residual.contiguous(), self.lm_head)[0]
 
     @property
     def dtype(self) -> torch.dtype:

@@ -8,6 +8,8 @@ positions.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import torch
@@ -90,18 +92,36 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@dataclasses.dataclass
+class Rope:
+    """The rotary inputs of one forward: positions (T,) plus what turns them into angles. cos/sin
+    are computed on first use (the eager path); the fused rotary + store kernel of the captured
+    path computes them itself from `positions`, `inv_freq` and `scale` and never asks."""
+    positions: torch.Tensor
+    inv_freq: torch.Tensor  # (head_dim / 2,) float32
+    scale: float  # YaRN's magnitude scale of cos / sin
+    dtype: torch.dtype
+
+    @functools.cached_property
+    def cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = self.positions.to(torch.float32)[..., None] * self.inv_freq.to(self.positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.scale).to(self.dtype), (emb.sin() * self.scale).to(self.dtype)
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         inv_freq, self.attention_scaling = rope_parameters(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def at(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
+        return Rope(positions, self.inv_freq, self.attention_scaling, dtype)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype,
+                scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of shape positions.shape + (head_dim,), in float32 maths then cast to `dtype`."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        scale = self.attention_scaling if scaled else 1.0
-        return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+        return Rope(positions, self.inv_freq, self.attention_scaling if scaled else 1.0, dtype).cos_sin
 
     def shift(self, k: torch.Tensor, delta: int) -> torch.Tensor:
         """Re-rotate already-rotated keys (..., seq, head_dim) by `delta` positions.

@@ -1,0 +1,258 @@
+"""Latency of every level against its bandwidth floor, and end-to-end decoding, on one GPU.
+
+- `level_timings`: each captured forward of the engine (autoregressive step, top-level verify of
+  gamma + 1 tokens, middle step, draft step) replayed at a given context over caches filled with
+  random values, timed with CUDA events; floor and ratio beside each.
+- `end_to_end`: the engine's own `generate` (autoregressive and TriForce) on a random prompt:
+  prefill time, wall ms per token, the levels' GPU time and the engine overhead, peak memory.
+- `transformers_decode`: transformers' LlamaForCausalLM decoding at the same shape.
+- `speedups`: the speedup modelled from measured level costs at given acceptance rates, beside
+  the speedup the floors allow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+
+import torch
+
+from triforce.bench.floors import LevelCosts, modelled_speedup, step_bytes
+from triforce.engine import Engine, MethodConfig
+from triforce.executor import StaticExecutor
+from triforce.metrics import FORWARD_PHASES, GenerationStats
+from triforce.models.llama import Transformer
+from triforce.sampling import SamplingParams
+
+
+def free_memory() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _time_graph(graph: torch.cuda.CUDAGraph, repeats: int, batches: int = 5) -> float:
+    """Seconds per replay: the median over `batches` of back-to-back replays."""
+    for _ in range(3):
+        graph.replay()
+    means = []
+    for _ in range(batches):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        means.append(start.elapsed_time(end) / 1000 / repeats)
+    return sorted(means)[len(means) // 2]
+
+
+class LevelBench:
+    """The engine's levels at a given context, caches filled with random values as they stand
+    mid-generation (the full cache holds the context, the retrieval cache its budget, the draft's
+    StreamingLLM window is full once the new token is in), and their captured forwards."""
+
+    def __init__(self, target: Transformer, draft: Transformer, method: MethodConfig, context: int):
+        self.sampling = SamplingParams(temperature=0.6, top_p=0.9)
+        engine = Engine(target, draft, method, self.sampling, executor="graphs")
+        new = 64
+        engine._max_new_tokens = new
+        self.context, self.method = context, method
+        capacity = context + new + method.lookahead + 2
+        tokens = torch.randint(0, target.config.vocab_size, (capacity,), device=engine.device)
+        top = engine._top_level(context, new)
+        self.levels = {lv.name: lv for lv in [*engine._lower_levels(context, new), top]}
+        top.cache.k[:, :, :, :context].normal_()
+        top.cache.v[:, :, :, :context].normal_()
+        top.cache.length = top.cache.seq_len = context
+        middle = self.levels["middle"].cache
+        middle.k[:, :, :, :method.budget].normal_()
+        middle.v[:, :, :, :method.budget].normal_()
+        middle.length = middle.retrieved = method.budget
+        middle.seq_len = context
+        dcache = self.levels["draft"].cache
+        dcache.k.normal_()
+        dcache.v.normal_()
+        dcache.length, dcache.seq_len = dcache.capacity - 1, context
+        self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device), capture=True)
+
+    def graph(self, level: str, num_tokens: int) -> torch.cuda.CUDAGraph:
+        """The captured forward of `level` over `num_tokens` new tokens, pointed at its cache's end."""
+        lv = self.levels[level]
+        runner = self.executor.runner(lv, num_tokens, num_tokens)
+        cache = lv.cache
+        position = cache.length if level == "draft" else cache.seq_len  # StreamingLLM: slot positions
+        runner.view.set(self.context - 32, position, cache.length)
+        return runner.graph
+
+    def kv_tokens(self, level: str, num_tokens: int) -> int:
+        return self.levels[level].cache.length + num_tokens
+
+    def close(self) -> None:
+        self.executor.release()
+        self.levels.clear()
+        free_memory()
+
+
+def _transform_graph(rows: int, vocab: int, sampling: SamplingParams) -> torch.cuda.CUDAGraph:
+    from triforce.sampling import probabilities
+
+    logits = torch.randn(rows, vocab, device="cuda", dtype=torch.bfloat16) * 3
+    for _ in range(2):
+        probabilities(logits, sampling)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        probabilities(logits, sampling)
+    return graph
+
+
+@torch.inference_mode()
+def level_timings(target: Transformer, draft: Transformer, method: MethodConfig, context: int, *,
+                  verify_blocks: tuple[int, ...], bandwidth: float, repeats: int = 20) -> list[dict]:
+    """One row per (level, tokens): ms per forward, its byte floor, the ratio."""
+    bench = LevelBench(target, draft, method, context)
+    dtype_bytes = target.dtype.itemsize
+
+    def measure(level: str, num_tokens: int, cfg) -> tuple[float, float, int]:
+        seconds = _time_graph(bench.graph(level, num_tokens), repeats)
+        kv = bench.kv_tokens(level, num_tokens)
+        return seconds, step_bytes(cfg, kv, dtype_bytes) / bandwidth, kv
+
+    rows = []
+    ar_s, ar_floor, kv = measure("top", 1, target.config)
+    rows.append(dict(level="autoregressive", tokens=1, kv_tokens=kv, ms=1e3 * ar_s, floor_ms=1e3 * ar_floor))
+    for t in verify_blocks:
+        s, _, kv = measure("top", t, target.config)
+        # a verify reads what an autoregressive step reads: its bar is the autoregressive floor
+        rows.append(dict(level="verify", tokens=t, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * ar_floor))
+    t = method.draft_gamma + 1
+    s, floor, kv = measure("middle", t, target.config)
+    rows.append(dict(level="middle", tokens=t, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * floor))
+    s, floor, kv = measure("draft", 1, draft.config)
+    rows.append(dict(level="draft", tokens=1, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * floor))
+    for t, cfg in ((1, draft.config), (method.gamma + 1, target.config)):
+        # the sampling transform (temperature, top-p) inside each captured forward, timed alone:
+        # its floor is reading the logits and writing the probabilities
+        s = _time_graph(_transform_graph(t, cfg.vocab_size, bench.sampling), repeats)
+        rows.append(dict(level="sampling transform", tokens=t, kv_tokens=0, ms=1e3 * s,
+                         floor_ms=1e3 * 8 * t * cfg.vocab_size / bandwidth))
+    for row in rows:
+        row.update(context=context, ratio=row["ms"] / row["floor_ms"])
+    bench.close()
+    return rows
+
+
+@torch.inference_mode()
+def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
+               new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0) -> dict:
+    """One `generate`, as a user runs it (graphs on), with its wall time split by level."""
+    free_memory()
+    engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk)
+    engine.generate(prompt[:64], 4, seed=seed, stop_at_eos=False)  # compile and warm up the kernels
+    free_memory()
+    result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
+    m = result.metrics
+    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and k[7:] in FORWARD_PHASES)
+    row = dict(method=method.name, context=len(prompt), new_tokens=m["new_tokens"], prefill_s=m["prefill_s"],
+               ms_per_token=m["ms_per_token"], levels_ms_per_token=1e3 * levels_s / m["new_tokens"],
+               overhead=1 - levels_s / m["decode_s"], mean_accepted_len=m["mean_accepted_len"],
+               capture_s=m.get("time_s/capture", 0.0), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
+    row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/"))})
+    del engine
+    free_memory()
+    return row
+
+
+def speedups(levels: list[dict], gamma: int, draft_gamma: int, acceptance: list[tuple[float, float]]) -> list[dict]:
+    """Modelled from measured level costs, and from the floors, per acceptance pair."""
+    def pick(level: str, tokens: int | None = None) -> dict:
+        return next(r for r in levels if r["level"] == level and (tokens is None or r["tokens"] == tokens))
+
+    top = pick("verify", gamma + 1)
+    measured = LevelCosts(top["ms"], pick("middle")["ms"], pick("draft")["ms"], pick("autoregressive")["ms"])
+    floors = LevelCosts(top["floor_ms"], pick("middle")["floor_ms"], pick("draft")["floor_ms"],
+                        pick("autoregressive")["floor_ms"])
+    rows = []
+    for a_draft, a_middle in acceptance:
+        model = modelled_speedup(measured, gamma, draft_gamma, a_draft, a_middle)
+        bound = modelled_speedup(floors, gamma, draft_gamma, a_draft, a_middle)
+        rows.append(dict(context=top["context"], accept_draft=a_draft, accept_middle=a_middle, modelled=model,
+                         floors_allow=bound, of_floors=model / bound))
+    return rows
+
+
+class _TokenTimer:
+    """A transformers streamer that timestamps every generated token (generate synchronises at
+    each step to check its stopping criteria, so host timestamps are step boundaries)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def put(self, value) -> None:
+        torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+@torch.inference_mode()
+def transformers_decode(cfg, context: int, new_tokens: int, *, dtype: torch.dtype, device: str = "cuda") -> dict:
+    """transformers' LlamaForCausalLM (SDPA, its static cache) at the same shape, random weights:
+    prefill time and decode ms per token from `generate`'s own loop."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    free_memory()
+    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                         num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
+                         rms_norm_eps=cfg.rms_norm_eps, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    hf_cfg._attn_implementation = "sdpa"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(hf_cfg).eval()  # random init on the device (the values do not matter)
+    finally:
+        torch.set_default_dtype(default)
+    row = dict(method="transformers", context=context)
+    prompt = torch.randint(0, cfg.vocab_size, (1, context), device=device)
+    try:
+        for cache in ("static", None):
+            try:
+                timer = _TokenTimer()
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               streamer=timer, cache_implementation=cache)
+                stamps = timer.stamps[1:]  # the first put is the prompt
+                row.update(cache=cache or "dynamic", prefill_s=stamps[0] - start,
+                           ms_per_token=1e3 * (stamps[-1] - stamps[0]) / (len(stamps) - 1),
+                           peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
+                break
+            except (TypeError, ValueError) as e:  # a transformers version without that cache option
+                row["note"] = f"{type(e).__name__}: {str(e)[:100]}"
+    except torch.OutOfMemoryError:
+        row.update(ms_per_token=float("nan"), note="out of memory")
+    del model
+    free_memory()
+    return row
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    name: str
+    bandwidth: float  # bytes / s, read + write counted
+
+    @classmethod
+    def measure(cls) -> "Card":
+        return cls(torch.cuda.get_device_name(), copy_bandwidth_cached())
+
+
+def copy_bandwidth_cached() -> float:
+    from triforce.bench.floors import copy_bandwidth
+
+    bw = copy_bandwidth()
+    free_memory()
+    return bw
