@@ -44,23 +44,41 @@ class SamplingParams:
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """(..., V) logits -> (..., V) float32 probabilities after the sampling transform."""
-    logits = logits.float()
+    """(..., V) logits -> (..., V) float32 probabilities after the sampling transform.
+
+    Nucleus (top-p): token i is kept iff the tokens strictly more likely than i hold less than
+    top_p of the mass (the most likely token always stays; tokens tied at the boundary are kept
+    or dropped together, so the set does not depend on any sort order). On a GPU, for vocabularies
+    of up to 32K tokens without top-k, one Triton kernel computes the whole transform
+    (kernels/top_p.py); elsewhere these torch ops, which define it."""
     if params.greedy:  # (scatter, not one_hot: one_hot may check its input on the host)
+        logits = logits.float()
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = logits / params.temperature
+    if not params.top_k:
+        from triforce.kernels.top_p import top_p_probabilities, top_p_usable
+
+        if top_p_usable(logits):
+            return top_p_probabilities(logits, params.temperature, params.top_p)
+    logits = logits.float() / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        # drop a token once the more likely ones already cover top_p (the top-1 always stays)
-        drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(-1, keepdim=True)
+        probs = nucleus(probs, params.top_p)
     return probs
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the tokens whose strictly-more-likely mass is below top_p; renormalise."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass ahead in sorted order (ties included)
+    # for a run of tied values, the mass strictly greater is the mass ahead of the run's first
+    first = torch.searchsorted(-sorted_probs.contiguous(), -sorted_probs.contiguous(), side="left")
+    drop_sorted = before.gather(-1, first) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    probs = probs.masked_fill(drop, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -152,3 +152,30 @@ def test_fused_linear_matches_reference(prologue, case, dtype):
         assert rel_err(out, ref) < tol
     if prologue == "norm+residual":
         torch.testing.assert_close(outs[True][1], outs[False][1], atol=0, rtol=0)  # h = x + r, rounded as torch
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.5, 1.0])
+@pytest.mark.parametrize("vocab", [64, 1000])
+def test_top_p_kernel_matches_the_torch_definition(vocab, top_p):
+    from triforce.kernels.top_p import top_p_probabilities
+    from triforce.sampling import nucleus
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(5, vocab, generator=g) * 3).to(DEVICE)
+    logits[4, : vocab // 2] = logits[4, 0]  # a row of ties: tied tokens are kept or dropped together
+    out = top_p_probabilities(logits, 0.6, top_p)
+    ref = torch.softmax(logits.float() / 0.6, -1)
+    ref = nucleus(ref, top_p) if top_p < 1 else ref
+    assert torch.equal(out > 0, ref > 0)  # the same nucleus
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    assert (out[4, : vocab // 2] > 0).all() or (out[4, : vocab // 2] == 0).all()
+
+
+def test_nucleus_keeps_ties_together_and_the_top_token():
+    from triforce.sampling import nucleus
+
+    probs = torch.tensor([[0.4, 0.2, 0.2, 0.1, 0.1]])
+    # mass strictly above 0.2 is 0.4 < 0.5: both 0.2s stay; above 0.1 is 0.8 >= 0.5: both go
+    assert nucleus(probs, 0.5).nonzero()[:, 1].tolist() == [0, 1, 2]
+    assert nucleus(probs, 0.3).nonzero()[:, 1].tolist() == [0]
+    assert nucleus(torch.tensor([[0.9, 0.1]]), 0.05).nonzero()[:, 1].tolist() == [0]
