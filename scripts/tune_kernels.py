@@ -109,15 +109,32 @@ def tune_prologues(bw: float) -> None:
                   f"({cublas * 1e6:6.1f} us)", flush=True)
 
 
+def tune_top_p() -> None:
+    """The one-kernel sampling transform (32K vocabulary) over warps per program."""
+    from triforce.kernels.triton_top_p import top_p_probabilities
+    from triforce.sampling import SamplingParams, probabilities
+
+    for rows in (1, 7):
+        logits = torch.randn(rows, 32000, device="cuda", dtype=torch.bfloat16) * 3
+        sort_path = bench(lambda: probabilities(logits[:, :32000].float().contiguous().repeat(1, 2)[:, :40000],
+                                                SamplingParams(0.6, 0.9)))
+        times = {w: bench(lambda: top_p_probabilities(logits, 0.6, 0.9, num_warps=w)) for w in (4, 8, 16, 32)}
+        print(f"top_p rows={rows}: " + ", ".join(f"{w} warps {t * 1e6:5.1f} us" for w, t in times.items())
+              + f"; sort path (40K vocab) {sort_path * 1e6:5.1f} us", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--attention", action="store_true")
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--prologues", action="store_true")
+    ap.add_argument("--top-p", action="store_true")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
-    everything = not (args.attention or args.linear or args.prologues)
+    everything = not (args.attention or args.linear or args.prologues or args.top_p)
+    if args.top_p or everything:
+        tune_top_p()
     if args.prologues or everything:
         tune_prologues(bw)
     if args.linear or everything:
