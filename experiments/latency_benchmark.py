@@ -61,13 +61,15 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
             continue
         target = random_model(SHAPES[shape], dtype=dtype, device="cuda")
         draft = random_model(SHAPES[DRAFT_OF[shape]], dtype=dtype, device="cuda", seed=1)
-        levels = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
-                                       bandwidth=card.bandwidth, repeats=cfg.repeats)
-        for row in levels:
-            tables["levels"].append(dict(shape=shape, **row))
-        for row in latency.speedups(levels, method.gamma, method.draft_gamma, [tuple(a) for a in cfg.acceptance]):
-            tables["speedup"].append(dict(shape=shape, **row))
-        print(markdown_table(pd.DataFrame(levels)), flush=True)
+        if cfg.levels:
+            levels = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
+                                           bandwidth=card.bandwidth, repeats=cfg.repeats)
+            for row in levels:
+                tables["levels"].append(dict(shape=shape, **row))
+            for row in latency.speedups(levels, method.gamma, method.draft_gamma,
+                                        [tuple(a) for a in cfg.acceptance]):
+                tables["speedup"].append(dict(shape=shape, **row))
+            print(markdown_table(pd.DataFrame(levels)), flush=True)
         if cfg.end_to_end:
             prompt = torch.randint(0, SHAPES[shape].vocab_size, (context,),
                                    generator=torch.Generator().manual_seed(0)).tolist()

@@ -95,3 +95,52 @@ def test_cli_bad_value_exits_2_with_one_error_line(tmp_path, books_dir):
     assert "Traceback" not in proc.stdout + proc.stderr
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"status": "failed"' in summary
+
+
+# -- the pre-flight memory plan on a GPU ------------------------------------------------------------
+
+@pytest.fixture
+def llama2_7b_folder(tmp_path):
+    """A Llama-2-7B-128K-shaped config.json and no weights: validation must not need them."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=131072).save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA device with `free` GiB free, as torch would report it (no GPU is touched)."""
+    import torch
+
+    def install(free_gib: float):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+
+    return install
+
+
+def paper_setting(folder, *extra: str) -> dict:
+    return cfg_of("experiment=a100_triforce", f"model.name={folder}", "draft=self", "logger=none", *extra)
+
+
+def test_a_run_that_cannot_fit_the_gpu_is_refused_before_any_weights_load(llama2_7b_folder, fake_gpu):
+    fake_gpu(40)  # a 40 GB card: the paper's 124,928-token prompt needs ~75 GiB
+    with pytest.raises(ConfigError, match=r"needs about 7\d\.\d GiB on Test GPU but 40.0 GiB are free.*"
+                                          r"lower dataset.prefill to <= \d+"):
+        validate(paper_setting(llama2_7b_folder))
+
+
+def test_the_paper_setting_passes_the_plan_on_an_80_gb_card(llama2_7b_folder, fake_gpu):
+    fake_gpu(79)  # what an H100 / A100 80GB leaves free
+    plan = validate(paper_setting(llama2_7b_folder))
+    assert plan.max_context == 131072
+
+
+def test_the_plan_names_the_prefill_chunk_when_it_is_the_excess(llama2_7b_folder, fake_gpu):
+    fake_gpu(77.5)  # fits with 8K-token prefill chunks, not when the prompt runs in one forward
+    validate(paper_setting(llama2_7b_folder, "hardware.prefill_chunk=8192"))
+    with pytest.raises(ConfigError, match="lower hardware.prefill_chunk to 4096"):
+        validate(paper_setting(llama2_7b_folder, "hardware.prefill_chunk=null"))

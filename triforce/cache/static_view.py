@@ -29,16 +29,14 @@ class StaticView:
         self.cache = cache
         self.num_tokens = num_tokens
         self.meta = torch.zeros(3, dtype=torch.int64, device=cache.device)
+        self._fields = self.meta.unbind()  # views, made once
         self.offsets = torch.arange(num_tokens, device=cache.device)
 
     def set(self, token_start: int, position_start: int, slot_start: int) -> None:
-        """Point the view at the next forward (no host synchronisation: an asynchronous copy)."""
-        values = torch.tensor([token_start, position_start, slot_start], dtype=torch.int64)
-        if self.meta.is_cuda:
-            # from pinned memory: a copy from pageable memory may wait for the stream to drain,
-            # and the caching host allocator keeps the pinned block until the copy has run
-            values = values.pin_memory()
-        self.meta.copy_(values, non_blocking=True)
+        """Point the view at the next forward: one fill kernel per value, the value passed as a
+        kernel argument (no host buffer to stage or keep alive, no synchronisation)."""
+        for field, value in enumerate((token_start, position_start, slot_start)):
+            self._fields[field].fill_(value)
 
     def token_indices(self) -> torch.Tensor:
         return self.meta[TOKEN_START] + self.offsets
