@@ -242,7 +242,7 @@ class Engine:
         top = len(self.levels) - 1
         rounds: list[dict] = []
         out: list[int] = []
-        self.stats._sync()
+        self.stats.sync()
         started = time.perf_counter()
         if self.progress is not None:
             self.progress.generated(0, max_new_tokens)
@@ -257,7 +257,7 @@ class Engine:
             if self.progress is not None:
                 self.progress.generated(min(len(out), max_new_tokens), max_new_tokens)
             self._maybe_rebuild(len(new))
-        self.stats._sync()
+        self.stats.sync()
         decode_s = time.perf_counter() - started - self.stats.time_s.get("capture", 0.0)
         tokens = out[:max_new_tokens]
         metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
@@ -328,7 +328,7 @@ class Engine:
             end = min(upto, cache.seq_len + step)
             level.model(self.tokens[cache.seq_len:end][None], None, cache, num_logits=1)
             if report is not None:
-                self.stats._sync()  # the bar's tokens/s should count finished work
+                self.stats.sync()  # the bar's tokens/s should count finished work
                 report.prefill(cache.seq_len, upto)
 
     def _feed_streaming(self, level: Level, upto: int) -> None:

@@ -39,12 +39,12 @@ class GenerationStats:
     @contextlib.contextmanager
     def wall(self, phase: str):
         """Wall time of a phase; synchronises CUDA so asynchronous kernels are counted."""
-        self._sync()
+        self.sync()
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            self.sync()
             self.time_s[phase] += time.perf_counter() - start
 
     @contextlib.contextmanager
@@ -69,12 +69,12 @@ class GenerationStats:
     def round_record(self, records: list, step: int):
         """Append one record for a top-level step: per-level accepted/proposed and its wall time."""
         before = {level: (self.accepted[level], self.proposed[level]) for level in self.proposed}
-        self._sync()
+        self.sync()
         start = time.perf_counter()
         record: dict[str, float] = {"step": step}
         records.append(record)
         yield record
-        self._sync()
+        self.sync()
         record["ms"] = 1000 * (time.perf_counter() - start)
         for level, proposed in self.proposed.items():
             acc0, prop0 = before.get(level, (0, 0))
@@ -82,13 +82,13 @@ class GenerationStats:
                 record[f"accepted/{level}"] = self.accepted[level] - acc0
                 record[f"proposed/{level}"] = proposed - prop0
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self._cuda:
             torch.cuda.synchronize(self.device)
 
     def _read_events(self) -> None:
         if self._events:
-            self._sync()
+            self.sync()
             for phase, pairs in self._events.items():
                 self.time_s[phase] += sum(b.elapsed_time(e) for b, e in pairs) / 1000
             self._events.clear()

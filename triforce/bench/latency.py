@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from triforce.bench.floors import LevelCosts, modelled_speedup, step_bytes
+from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, step_bytes
 from triforce.engine import Engine, MethodConfig
 from triforce.executor import StaticExecutor
 from triforce.metrics import FORWARD_PHASES, GenerationStats
@@ -244,12 +244,7 @@ class Card:
 
     @classmethod
     def measure(cls) -> "Card":
-        return cls(torch.cuda.get_device_name(), copy_bandwidth_cached())
-
-
-def copy_bandwidth_cached() -> float:
-    from triforce.bench.floors import copy_bandwidth
-
-    bw = copy_bandwidth()
-    free_memory()
-    return bw
+        """This GPU's name and device-to-device copy bandwidth (its 4 GB of buffers freed after)."""
+        bandwidth = copy_bandwidth()
+        free_memory()
+        return cls(torch.cuda.get_device_name(), bandwidth)
