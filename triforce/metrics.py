@@ -93,17 +93,15 @@ class GenerationStats:
                 self.time_s[phase] += sum(b.elapsed_time(e) for b, e in pairs) / 1000
             self._events.clear()
 
-    def summary(self, *, new_tokens: int, top_level: str, emitted: int | None = None,
-                decode_s: float | None = None) -> dict[str, float]:
-        """`emitted`: tokens the top level produced, before the cut at max_new_tokens or EOS
-        (the mean accepted length counts what each top-level forward yielded). `decode_s`: wall
-        time of the decode loop (graph capture excluded); by default the sum of the phases."""
+    def summary(self, *, new_tokens: int, top_level: str, decode_s: float,
+                emitted: int | None = None) -> dict[str, float]:
+        """`decode_s`: wall time of the decode loop (graph capture excluded). `emitted`: tokens the
+        top level produced, before the cut at max_new_tokens or EOS (the mean accepted length
+        counts what each top-level forward yielded)."""
         self._read_events()
         emitted = new_tokens if emitted is None else emitted
         prefill = self.time_s.get("prefill", 0.0)
         forwards = sum(t for phase, t in self.time_s.items() if phase in FORWARD_PHASES)
-        if decode_s is None:
-            decode_s = sum(t for phase, t in self.time_s.items() if phase not in ("prefill", "capture"))
         out: dict[str, float] = {
             "new_tokens": new_tokens,
             "prefill_s": prefill,
