@@ -6,7 +6,7 @@ Expected keys (all but `model` optional):
     draft:    {name: null | self | <alias/path/HF id>, dtype}
     method:   fields of engine.MethodConfig
     sampling: fields of sampling.SamplingParams
-    hardware: {device, attention, prefill_chunk, executor}
+    hardware: {device, attention, prefill_chunk, executor, offload, on_chip_layers, tensor_parallel}
 """
 
 from __future__ import annotations
@@ -84,8 +84,12 @@ def engine_kwargs_from_config(cfg: Any) -> dict:
     if method.uses_draft and not draft_name:
         raise ConfigError(f"method={method.name} needs a draft model: set draft=self or draft=<model>")
 
-    target = _load_target(model_cfg, dtype=dtype, device=device, attention=attention)
-    draft = None
+    from triforce.parallel import init_parallel, shard_model
+
+    # tensor parallelism: join the process group, take this rank's GPU, keep this rank's slice
+    par, device = init_parallel(hardware.get("tensor_parallel") or 1, device)
+    target = shard_model(_load_target(model_cfg, dtype=dtype, device=device, attention=attention), par)
+    draft = None  # replicated on every rank
     if method.uses_draft:
         if draft_name == "self":  # self-speculation: the same weights at every level
             draft = target
@@ -94,4 +98,5 @@ def engine_kwargs_from_config(cfg: Any) -> dict:
                                device=device, attention=attention)
     return dict(target=target, draft=draft, method=method, sampling=sampling,
                 max_context=model_cfg.get("max_context"), prefill_chunk=hardware.get("prefill_chunk"),
-                executor=hardware.get("executor") or "auto")
+                executor=hardware.get("executor") or "auto", offload=bool(hardware.get("offload")),
+                on_chip_layers=hardware.get("on_chip_layers"))

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from triforce.cache.offload import OffloadedKVCache
 from triforce.cache.retrieval import RetrievalCache, validate_retrieval
 from triforce.cache.static import QUERY_HISTORY, StaticKVCache
 from triforce.cache.streaming import StreamingCache
@@ -40,6 +41,7 @@ from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
+from triforce.prefill import layer_major_prefill
 from triforce.sampling import SamplingParams, sample, verify_tensor
 
 if TYPE_CHECKING:
@@ -141,7 +143,8 @@ class Engine:
     def __init__(self, target: Transformer, draft: Transformer | None = None,
                  method: MethodConfig | dict | None = None, sampling: SamplingParams | dict | None = None,
                  *, max_context: int | None = None, prefill_chunk: int | None = None,
-                 biased_levels: tuple[str, ...] = (), executor: str = "auto"):
+                 biased_levels: tuple[str, ...] = (), executor: str = "auto", offload: bool = False,
+                 on_chip_layers: int | None = None):
         self.method = method if isinstance(method, MethodConfig) else MethodConfig(**(method or {}))
         self.sampling = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**(sampling or {}))
         if self.method.uses_draft and draft is None:
@@ -151,9 +154,12 @@ class Engine:
         self.target, self.draft = target, draft
         self.max_context = max_context or target.config.max_position_embeddings
         self.prefill_chunk = prefill_chunk
+        self.offload, self.on_chip_layers = offload, on_chip_layers or 0
         self.biased_levels = set(biased_levels)
         self.eos_ids = set(target.config.eos_token_id)
         self.device = target.device
+        # tensor parallelism: rank 0's draws decide every token and verdict (parallel.py)
+        self.parallel = target.parallel
         self.executor_name = resolve_executor(executor, self.device)
         self.levels: list[Level] = []
         self.progress: GenerationProgress | None = None  # set for the duration of generate()
@@ -182,14 +188,17 @@ class Engine:
         are already loaded; the app checks the whole plan before loading them)."""
         if self.device.type != "cuda":
             return
-        from triforce.memory import check_memory, plan_memory
+        from triforce.memory import check_host_memory, check_memory, host_available, plan_memory
 
         draft_cfg = None if self.draft is None or self.draft is self.target else self.draft.config
         plan = plan_memory(self.target.config, self.method, prompt_len, max_new_tokens,
                            dtype_bytes=self.target.dtype.itemsize, prefill_chunk=self.prefill_chunk,
                            draft=draft_cfg, draft_is_target=self.draft is self.target,
-                           draft_dtype_bytes=None if draft_cfg is None else self.draft.dtype.itemsize)
+                           draft_dtype_bytes=None if draft_cfg is None else self.draft.dtype.itemsize,
+                           offload=self.offload, on_chip_layers=self.on_chip_layers)
         plan = dataclasses.replace(plan, items={k: v for k, v in plan.items.items() if "weights" not in k})
+        check_host_memory(plan, host_available(), target=self.target.config, dtype_bytes=self.target.dtype.itemsize,
+                          prompt_len=prompt_len, on_chip_layers=self.on_chip_layers)
         free, _ = torch.cuda.mem_get_info(self.device)
         cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         check_memory(plan, free + cached, where=torch.cuda.get_device_name(self.device), target=self.target.config,
@@ -267,7 +276,14 @@ class Engine:
     # -- levels and caches -----------------------------------------------------------------
     def _top_level(self, prompt_len: int, max_new_tokens: int) -> Level:
         m = self.method
-        full = self.target.new_cache(prompt_len + max_new_tokens + m.lookahead + 2)
+        capacity = prompt_len + max_new_tokens + m.lookahead + 2
+        if self.offload:
+            full = OffloadedKVCache.for_model(self.target.config, capacity, self.target.dtype, self.device,
+                                              on_chip_layers=self.on_chip_layers)
+            if m.uses_middle and m.middle_cache == "retrieval":
+                full.track_chunks(m.chunk_size, m.scorer)  # rebuilds choose chunks without streaming keys
+        else:
+            full = self.target.new_cache(capacity)
         # a captured top-level forward records its queries only where a rebuild will read them
         full.record_queries = m.uses_middle and m.rebuild != "never"
         return Level("top", self.target, full, gamma=m.gamma if m.name != "autoregressive" else 0,
@@ -324,6 +340,16 @@ class Engine:
         report = self.progress if level is self.levels[-1] else None  # the top level's prefill is the long one
         if report is not None:
             report.prefill(cache.seq_len, upto)
+        if isinstance(cache, OffloadedKVCache) and cache.seq_len < upto:
+            start, layers = cache.seq_len, len(level.model.layers)
+
+            def layer_done(i: int) -> None:
+                if report is not None:
+                    self.stats.sync()
+                    report.prefill(start + (upto - start) * (i + 1) // layers, upto)
+
+            layer_major_prefill(level.model, self.tokens[start:upto][None], cache, self.prefill_chunk, layer_done)
+            return
         while cache.seq_len < upto:
             end = min(upto, cache.seq_len + step)
             level.model(self.tokens[cache.seq_len:end][None], None, cache, num_logits=1)
@@ -374,6 +400,7 @@ class Engine:
             for _ in range(n):
                 p = self._forward(0, self.n - 1)[-1]
                 self.tokens[self.n] = sample(p, self.generator)  # stays on the device
+                self.parallel.broadcast(self.tokens[self.n:self.n + 1])
                 self.n += 1
                 dists.append(p)
             return torch.stack(dists)
@@ -395,7 +422,7 @@ class Engine:
         q = self._extend(i - 1, level.gamma)
         p = self._forward(i, base - 1)  # (gamma + 1, V)
         proposals = self.tokens[base:base + level.gamma]
-        verdict = verify_tensor(proposals, q, p, self.generator, residual=level.residual)
+        verdict = self.parallel.broadcast(verify_tensor(proposals, q, p, self.generator, residual=level.residual))
         if i == len(self.levels) - 1:
             values = torch.cat([verdict, proposals]).tolist()  # the round's one synchronisation
             n, emitted = values[0], values[2:2 + values[0]] + [values[1]]

@@ -12,7 +12,9 @@ returns the sampling distributions (num_logits, V) of its last `num_logits` posi
   positions and cache lengths come from device tensors (`cache.static_view.StaticView`), the
   sampling transform is part of it, attention is the split-KV decode kernel. With
   `capture=True` (CUDA) each is captured once as a CUDA graph and replayed; without (CPU tests)
-  it runs as it is, which tests the static path's bookkeeping on any machine.
+  it runs as it is, which tests the static path's bookkeeping on any machine. A level whose
+  cache cannot be captured (`capturable = False`: the offloaded full cache, whose copies vary in
+  length and take tens of milliseconds, so launch overhead does not matter there) runs eagerly.
 
 Both time each forward under its level's phase (CUDA events on a GPU: no synchronisation).
 """
@@ -98,9 +100,12 @@ class StaticExecutor:
         self.runners: dict[tuple, Runner] = {}
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.eager = EagerExecutor(tokens, sampling, stats)
 
     def forward(self, level, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor:
         cache = level.cache
+        if not getattr(cache, "capturable", True):
+            return self.eager.forward(level, start, stop, num_logits, phase)
         num_tokens = stop - start
         position = cache.reserve(num_tokens)  # host bookkeeping: capacity, StreamingLLM eviction
         runner = self.runner(level, num_tokens, num_logits)

@@ -63,7 +63,8 @@ def rebuild_bytes(cfg: ModelConfig, prompt_len: int, chunk_size: int, scorer: st
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
-    items: dict[str, int]  # what -> bytes
+    items: dict[str, int]  # what -> bytes, on the device
+    host: dict[str, int] = dataclasses.field(default_factory=dict)  # what -> bytes, pinned host memory
 
     @property
     def total(self) -> int:
@@ -75,16 +76,29 @@ class MemoryPlan:
 
 def plan_memory(target: ModelConfig, method, prompt_len: int, max_new_tokens: int, *, dtype_bytes: int,
                 prefill_chunk: int | None, draft: ModelConfig | None = None, draft_is_target: bool = False,
-                draft_dtype_bytes: int | None = None) -> MemoryPlan:
+                draft_dtype_bytes: int | None = None, offload: bool = False, on_chip_layers: int = 0) -> MemoryPlan:
     """The plan of one generation. `method`: an engine.MethodConfig. `draft`: the draft model's
-    config when it is a separate model (None: unknown or none; its weights then count 0)."""
+    config when it is a separate model (None: unknown or none; its weights then count 0).
+    With tensor parallelism pass one rank's configs (parallel.shard_config). `offload`: the full
+    cache in host memory but `on_chip_layers` layers (cache/offload.py), two layers staged on the
+    device, retrieval chunk statistics, and the layer-major prefill's hidden states."""
     ddb = draft_dtype_bytes or dtype_bytes
     lookahead = method.lookahead
     capacity = prompt_len + max_new_tokens + lookahead + SPARE_TOKENS  # as Engine._build_levels
-    items = {
-        "target weights": weight_bytes(target, dtype_bytes),
-        "full KV cache": capacity * kv_bytes_per_token(target, dtype_bytes) + _queries(target, dtype_bytes),
-    }
+    items = {"target weights": weight_bytes(target, dtype_bytes)}
+    host = {}
+    layer_kv = capacity * kv_bytes_per_token(target, dtype_bytes) // target.num_layers
+    if offload:
+        on_chip = min(on_chip_layers or 0, target.num_layers)
+        offloaded = target.num_layers - on_chip
+        host["offloaded KV cache"] = offloaded * layer_kv
+        items["on-chip KV layers and staging"] = (on_chip + min(offloaded, 2)) * layer_kv + _queries(target, dtype_bytes)
+        if method.uses_middle and method.middle_cache == "retrieval":
+            slots = 1 if method.scorer == "mean" else 2
+            items["retrieval chunk statistics"] = (offloaded * target.num_kv_heads * (capacity // method.chunk_size)
+                                                   * slots * target.head_dim * dtype_bytes)
+    else:
+        items["full KV cache"] = capacity * kv_bytes_per_token(target, dtype_bytes) + _queries(target, dtype_bytes)
     after_prefill = 0  # the lower levels' caches and the rebuild, allocated once the prefill is done
     if method.uses_middle:
         middle_tokens = (method.budget + max_new_tokens + lookahead + SPARE_TOKENS
@@ -101,12 +115,35 @@ def plan_memory(target: ModelConfig, method, prompt_len: int, max_new_tokens: in
             after_prefill += tokens * kv_bytes_per_token(draft_cfg, ddb) + _queries(draft_cfg, ddb)
     chunk = min(prompt_len, prefill_chunk or prompt_len)
     prefill = prefill_activation_bytes(target, chunk, dtype_bytes)
+    if offload:  # layer-major: the whole prompt's hidden state and residual, in and out
+        prefill += 4 * prompt_len * target.hidden_size * dtype_bytes
     if prefill >= after_prefill:
         items["prefill activations"] = prefill
     else:
         items["middle and draft caches, rebuild"] = after_prefill
     items["workspaces and fragmentation"] = RESERVE
-    return MemoryPlan(items)
+    return MemoryPlan(items, host)
+
+
+def host_available() -> int:
+    """Bytes of physical memory free now (pinned memory cannot be swapped out)."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_host_memory(plan: MemoryPlan, available: int, *, target: ModelConfig, dtype_bytes: int,
+                      prompt_len: int, on_chip_layers: int) -> None:
+    """Raise a ConfigError when an offloaded cache cannot fit the host's free memory."""
+    need = sum(plan.host.values())
+    if need <= available:
+        return
+    per_token_layer = kv_bytes_per_token(target, dtype_bytes) // target.num_layers
+    offloaded = max(target.num_layers - (on_chip_layers or 0), 1)
+    room = available // (per_token_layer * offloaded)
+    raise ConfigError(
+        f"the offloaded KV cache needs {need / GiB:.1f} GiB of pinned host memory but {available / GiB:.1f} GiB "
+        f"are free; to fit: lower dataset.prefill to below {room} (from {prompt_len}), or keep more layers on the GPU (hardware.on_chip_layers), or free host memory")
 
 
 def check_memory(plan: MemoryPlan, available: int, *, where: str, target: ModelConfig, dtype_bytes: int,
@@ -124,7 +161,7 @@ def check_memory(plan: MemoryPlan, available: int, *, where: str, target: ModelC
     activations = prefill_activation_bytes(target, chunk, dtype_bytes)
     if chunk > 4096 and activations - prefill_activation_bytes(target, 4096, dtype_bytes) >= over:
         fixes.append("lower hardware.prefill_chunk to 4096")
-    fixes.append("use a GPU with more memory (or KV offloading, hardware.offload, once available)")
+    fixes.append("use a GPU with more memory, or offload the KV cache to host memory (hardware.offload=true)")
     raise ConfigError(
         f"this run needs about {plan.total / GiB:.1f} GiB on {where} but {available / GiB:.1f} GiB are free "
         f"({plan.describe()}); to fit: " + "; or ".join(fixes))

@@ -87,3 +87,33 @@ def test_progress_during_prefill_and_generation(tmp_path, books_dir):
                     tmp_path, env={"TRIFORCE_PROGRESS": "1"})
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert "tokens/s" not in quiet.stderr and "prompt/s" not in quiet.stderr
+
+
+def test_tensor_parallel_run_under_torchrun_writes_once(tmp_path, books_dir):
+    """`torchrun --nproc-per-node 2 --no-python triforce ...`: two gloo ranks, KV offloaded; rank 0
+    alone prints and writes the run folder, with the tokens of a single-process run."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = Path(sys.executable).with_name("triforce")
+    args = tiny_overrides(books_dir, "sampling=greedy", "hardware.offload=true", "hardware.on_chip_layers=1")
+    single = run_cli(args + [f"hydra.run.dir={tmp_path / 'single'}"], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    run_dir = tmp_path / "tp"
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--no-python", str(script), *args,
+           "hardware.tensor_parallel=2", f"hydra.run.dir={run_dir}"]
+    from tests.app.helpers import cli_env
+
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sum(line.startswith("{") for line in proc.stdout.splitlines()) == 1  # rank 0 only
+    summary = last_json(proc.stdout)
+    assert summary["status"] == "ok" and summary["run_dir"] == str(run_dir)
+    assert summary["baseline_same_tokens"] == 1.0
+    tp_text = pd.read_parquet(run_dir / "samples.parquet")["text"].tolist()
+    assert tp_text == pd.read_parquet(tmp_path / "single" / "samples.parquet")["text"].tolist()
+    assert not list(tmp_path.glob("outputs"))  # the other rank kept its Hydra folder out of the cwd
+    shutil.rmtree(run_dir)

@@ -31,8 +31,8 @@ def cfg_of(*overrides: str) -> dict:
     ("dataset.prefill=0", r"dataset.prefill=0 must be a positive"),
     ("dataset.name=imagenet", r"dataset.name='imagenet' is unknown; choose one of gutenberg, pg19, narrativeqa"),
     ("draft=none", r"method=triforce needs a draft model"),
-    ("hardware=rtx4090_offload", r"hardware=rtx4090_offload needs KV-cache offloading.*not implemented yet"),
-    ("hardware=2x4090_offload_tp", r"tensor parallelism \(hardware.tensor_parallel=2\), which is not implemented"),
+    ("hardware.on_chip_layers=-1", r"hardware.on_chip_layers=-1 must be a non-negative integer"),
+    ("hardware.tensor_parallel=0", r"hardware.tensor_parallel=0 must be a positive integer"),
     ("logger.name=mlflow", r"logger.name='mlflow': choose one of wandb, none"),
     ("hardware.progress=sometimes", r"hardware.progress='sometimes' must be true or false"),
 ])

@@ -60,11 +60,13 @@ class Case:
     sampling: str  # key of SAMPLINGS
     biased: tuple[str, ...] = ()
     executor: str = "eager"  # static: the GPU path's static-shape forwards, uncaptured on the CPU
+    offload: bool = False  # the full cache in host memory (cache/offload.py)
 
     @property
     def id(self) -> str:
         return "-".join([self.method, self.sampling, *(f"biased-{b}" for b in self.biased),
-                         *([self.executor] if self.executor != "eager" else [])])
+                         *([self.executor] if self.executor != "eager" else []),
+                         *(["offload"] if self.offload else [])])
 
 
 # -- models, enumeration --------------------------------------------------------------------
@@ -161,7 +163,7 @@ def compare(counts: dict, exact: dict, n: int) -> Outcome:
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup()
     return Engine(target, draft, dict(METHOD, name=case.method), SAMPLINGS[case.sampling],
-                  biased_levels=case.biased, executor=case.executor)
+                  biased_levels=case.biased, executor=case.executor, offload=case.offload)
 
 
 def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:
@@ -243,6 +245,7 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
 
 EXACT_CASES = [Case(m, s) for m in ("spec", "retrieval_spec", "triforce") for s in SAMPLINGS]
 EXACT_CASES += [Case("triforce", s, executor="static") for s in SAMPLINGS]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", offload=True)]
 
 
 @pytest.mark.slow

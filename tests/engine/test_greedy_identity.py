@@ -82,11 +82,12 @@ def tiny_setup() -> dict[str, Setup]:
 EXECUTORS = ("eager", "static")
 
 
-def run(setup: Setup, case, n=NEW, target=None, executor="eager", **kw):
+def run(setup: Setup, case, n=NEW, target=None, executor="eager", engine_kw=None, **kw):
     target = target or setup.target
     _, method, draft = case
     draft = target if draft == "self" else setup.drafts.get(draft)
-    return Engine(target, draft, method, GREEDY, executor=executor).generate(setup.prompt, n, seed=0, **kw)
+    engine = Engine(target, draft, method, GREEDY, executor=executor, **(engine_kw or {}))
+    return engine.generate(setup.prompt, n, seed=0, **kw)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -99,6 +100,35 @@ def test_tiny_models_every_method_equals_greedy(tiny_setup, kind, case, executor
     m = MethodConfig(**case[1])
     if m.rebuild != "never":
         assert result.metrics["rebuilds"] > 0  # the rebuild path really ran
+
+
+# KV offloading (cache/offload.py): the full cache in host memory, streamed layer by layer through
+# two staging buffers, a layer-major prefill, retrieval rebuilds from kept chunk statistics. The
+# 5-layer model keeps one layer's KV on chip and streams four through the two buffers; prefill in
+# chunks of 32 tokens.
+OFFLOAD = {"gqa-5layer": dict(offload=True, on_chip_layers=1, prefill_chunk=32),
+           "mha": dict(offload=True, on_chip_layers=0, prefill_chunk=32),
+           "mqa-1layer": dict(offload=True, on_chip_layers=0)}
+
+
+@pytest.fixture(scope="module")
+def offload_setup(tiny_setup) -> dict[str, Setup]:
+    target = random_model(seed=20, scale=2.0, layers=5, kv_heads=2)
+    other = perturbed(target, random_model(seed=21, scale=2.0, layers=5, kv_heads=2), 0.3)
+    prompt = tiny_setup["gqa"].prompt
+    return {"gqa-5layer": Setup(target, dict(tiny_setup["gqa"].drafts, other=other), prompt,
+                                greedy_reference(target, prompt, NEW)),
+            "mha": tiny_setup["mha"], "mqa-1layer": tiny_setup["mqa-1layer"]}
+
+
+@pytest.mark.parametrize("kind", list(OFFLOAD))
+@pytest.mark.parametrize("case", TINY_CASES, ids=[c[0] for c in TINY_CASES])
+def test_offloaded_full_cache_equals_greedy(offload_setup, kind, case):
+    setup = offload_setup[kind]
+    result = run(setup, case, executor="static", engine_kw=OFFLOAD[kind])
+    assert result.tokens == setup.reference
+    if MethodConfig(**case[1]).rebuild != "never":
+        assert result.metrics["rebuilds"] > 0
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

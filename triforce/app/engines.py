@@ -24,7 +24,8 @@ def build_engine(cfg: Mapping, plan: RunPlan) -> Engine:
 def baseline_of(engine: Engine) -> Engine:
     """Autoregressive decoding of the same target, same sampling and context."""
     return Engine(engine.target, None, MethodConfig(name="autoregressive"), engine.sampling,
-                  max_context=engine.max_context, prefill_chunk=engine.prefill_chunk, executor=engine.executor_name)
+                  max_context=engine.max_context, prefill_chunk=engine.prefill_chunk, executor=engine.executor_name,
+                  offload=engine.offload, on_chip_layers=engine.on_chip_layers)
 
 
 def release(device: torch.device | str | None) -> None:

@@ -31,6 +31,13 @@ from triforce.errors import ConfigError, TriforceError
 log = logging.getLogger(__name__)
 
 
+def is_main_rank() -> bool:
+    """False in the ranks > 0 of a tensor-parallel run (torchrun): they compute, rank 0 reports."""
+    from triforce.parallel import launched_ranks
+
+    return launched_ranks()[0] == 0
+
+
 @dataclasses.dataclass(frozen=True)
 class JobContext:
     run_dir: Path
@@ -69,6 +76,9 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         values = resolve(cfg)
         (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
         plan = validate(values)  # before any weights load
+        if not is_main_rank():  # tensor parallelism: rank 0 alone logs and writes
+            values = {**values, "logger": {"name": "none"}, "print_text": False,
+                      "hardware": {**(values.get("hardware") or {}), "progress": False}}
         tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
                                run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
                                tags=list(values.get("tags") or []))

@@ -69,17 +69,19 @@ def check_method(values: Mapping) -> MethodConfig:
 
 def check_hardware(hw: Mapping, *, environment: bool) -> None:
     name = hw.get("name", "?")
-    missing = []
-    if hw.get("offload"):
-        missing.append("KV-cache offloading (hardware.offload=true)")
-    tp = hw.get("tensor_parallel", 1) or 1
-    if tp < 1:
-        raise ConfigError(f"hardware.tensor_parallel={tp} must be >= 1")
-    if tp > 1:
-        missing.append(f"tensor parallelism (hardware.tensor_parallel={tp})")
-    if missing:
-        raise ConfigError(f"hardware={name} needs {' and '.join(missing)}, which is not implemented yet; "
-                          "use an on-chip profile: hardware=cpu, a100 or h100")
+    on_chip = hw.get("on_chip_layers")
+    if on_chip is not None and (not isinstance(on_chip, int) or on_chip < 0):
+        raise ConfigError(f"hardware.on_chip_layers={on_chip!r} must be a non-negative integer or null (0)")
+    if not isinstance(hw.get("offload", False), bool):
+        raise ConfigError(f"hardware.offload={hw.get('offload')!r} must be true or false")
+    tp = hw.get("tensor_parallel")
+    tp = 1 if tp is None else tp
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ConfigError(f"hardware.tensor_parallel={tp!r} must be a positive integer (GPUs sharing each layer)")
+    if tp > 1 and environment:
+        from triforce.parallel import check_launch
+
+        check_launch(tp)  # one process per GPU, started by torchrun
     threads = hw.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads <= 0):
         raise ConfigError(f"hardware.threads={threads!r} must be a positive integer or null (torch's default)")
@@ -166,7 +168,7 @@ def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:
     any weights load (DESIGN: the paper's 7B / 124,928-token setting fills an 80 GB card)."""
     import torch
 
-    from triforce.memory import check_memory, plan_memory
+    from triforce.memory import check_host_memory, check_memory, host_available, plan_memory
     from triforce.models.loading import parse_dtype
 
     hw, model, draft = cfg.get("hardware") or {}, cfg["model"], cfg.get("draft") or {}
@@ -181,9 +183,18 @@ def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:
     draft_cfg = None
     if method.uses_draft and draft_name not in (None, "self"):
         draft_cfg = model_config({"name": draft_name})
+    from triforce.parallel import shard_config
+
+    target = shard_config(target, hw.get("tensor_parallel") or 1)  # one rank's share
+    if draft_cfg is not None and draft_name == "self":
+        draft_cfg = target
     prompt_len, chunk = int(cfg["dataset"]["prefill"]), hw.get("prefill_chunk")
+    offload, on_chip = bool(hw.get("offload")), hw.get("on_chip_layers") or 0
     plan = plan_memory(target, method, prompt_len, cfg["max_new_tokens"], dtype_bytes=dtype_bytes,
-                       prefill_chunk=chunk, draft=draft_cfg, draft_is_target=draft_name == "self")
+                       prefill_chunk=chunk, draft=draft_cfg, draft_is_target=draft_name == "self",
+                       offload=offload, on_chip_layers=on_chip)
+    check_host_memory(plan, host_available(), target=target, dtype_bytes=dtype_bytes, prompt_len=prompt_len,
+                      on_chip_layers=on_chip)
     free, _ = torch.cuda.mem_get_info(device)
     check_memory(plan, free, where=torch.cuda.get_device_name(device), target=target, dtype_bytes=dtype_bytes,
                  prompt_len=prompt_len, prefill_chunk=chunk)

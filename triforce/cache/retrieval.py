@@ -52,28 +52,40 @@ class RetrievalCache(StaticKVCache):
         a float32 accumulator; only the per-chunk statistics, an eighth of the layer for chunks of
         8, are ever float32 (a float copy of a 7B model's 120K-token cache would be 64 GB)."""
         B, H, n, D = keys.shape
+        if n <= self.budget:
+            return torch.arange(n, device=keys.device).expand(B, H, n)
+        n_full = n // self.chunk_size
+        stats = chunk_stats(keys[:, :, : n_full * self.chunk_size], self.chunk_size, self.scorer)
+        return self.choose(stats, query, n)
+
+    def choose(self, stats: torch.Tensor, query: torch.Tensor, n: int) -> torch.Tensor:
+        """Indices (B, Hkv, m) of the kept tokens of an n-token layer, from its complete chunks'
+        statistics (B, Hkv, n // chunk_size, S, D) (`chunk_stats`) and its query (B, Hq, D):
+        an offloaded full cache keeps the statistics on the GPU and never streams its keys to
+        choose (cache/offload.py)."""
+        B, H = stats.shape[:2]
+        D = stats.shape[-1]
         cs = self.chunk_size
-        arange = torch.arange(n, device=keys.device)
+        arange = torch.arange(n, device=stats.device)
         if n <= self.budget:
             return arange.expand(B, H, n)
         n_full = n // cs
         tail = n - n_full * cs
         chunks_kept = (self.budget - tail) // cs  # including the sink chunk
-        chunked = keys[:, :, : n_full * cs].reshape(B, H, n_full, cs, D)
+        stats = stats[:, :, :n_full].float()
         q = query.float().reshape(B, H, -1, D)  # (B, Hkv, group, D)
         if self.scorer == "mean":
-            means = chunked.sum(-2, dtype=torch.float32) / cs  # (B, H, n_full, D)
-            scores = means @ q.sum(2)[..., None]  # summed over the group: (B, H, n_full, 1)
-            scores = scores[..., 0]
+            # summed over the group: (B, H, n_full)
+            scores = (stats[:, :, :, 0] @ q.sum(2)[..., None])[..., 0]
         else:
-            kmax, kmin = chunked.amax(-2).float(), chunked.amin(-2).float()  # (B, H, n_full, D)
+            kmax, kmin = stats[:, :, :, 0], stats[:, :, :, 1]  # (B, H, n_full, D)
             qe = q[:, :, :, None]  # (B, H, group, 1, D)
             bound = torch.maximum(qe * kmax[:, :, None], qe * kmin[:, :, None]).sum(-1)
             scores = bound.amax(2)
         best = scores[..., 1:].topk(chunks_kept - 1, dim=-1).indices + 1
         sink = torch.zeros(*best.shape[:-1], 1, dtype=best.dtype, device=best.device)
         chunk_ids = torch.cat([sink, best.sort(-1).values], dim=-1)
-        idx = (chunk_ids[..., None] * cs + torch.arange(cs, device=keys.device)).flatten(-2)
+        idx = (chunk_ids[..., None] * cs + torch.arange(cs, device=stats.device)).flatten(-2)
         tail_idx = arange[n_full * cs:].expand(B, H, tail)
         return torch.cat([idx, tail_idx], dim=-1)
 
@@ -84,13 +96,11 @@ class RetrievalCache(StaticKVCache):
         n = full.length
         query = full.last_query if query is None else query
         m = 0
-        for layer in range(full.k.shape[0]):
-            keys, values = full.k[layer, :, :, :n], full.v[layer, :, :, :n]
-            idx = self.select_layer(keys, query[layer])
-            m = idx.shape[-1]
-            gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
-            self.k[layer, :, :, :m] = torch.gather(keys, 2, gather)
-            self.v[layer, :, :, :m] = torch.gather(values, 2, gather)
+        for layer in range(self.k.shape[0]):
+            keys, values = full.retrieve(layer, n, self, query[layer])
+            m = keys.shape[2]
+            self.k[layer, :, :, :m] = keys
+            self.v[layer, :, :, :m] = values
         self.length = self.retrieved = m
         self.seq_len = full.seq_len
         self.rebuilds += 1
@@ -104,6 +114,17 @@ class RetrievalCache(StaticKVCache):
     def reset(self) -> None:
         super().reset()
         self.retrieved = 0
+
+
+def chunk_stats(keys: torch.Tensor, chunk_size: int, scorer: str) -> torch.Tensor:
+    """Per-chunk statistics a scorer reads, (B, H, n // chunk_size, S, D) for keys (B, H, n, D)
+    with n a multiple of chunk_size: the float32 mean (S = 1) or the max and min (S = 2, exact in
+    the keys' dtype)."""
+    B, H, n, D = keys.shape
+    chunked = keys.reshape(B, H, n // chunk_size, chunk_size, D)
+    if scorer == "mean":
+        return (chunked.sum(-2, dtype=torch.float32) / chunk_size)[:, :, :, None]
+    return torch.stack([chunked.amax(-2), chunked.amin(-2)], dim=3)
 
 
 def validate_retrieval(budget: int, chunk_size: int, scorer: str) -> None:

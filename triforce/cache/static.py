@@ -30,11 +30,9 @@ class StaticKVCache:
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  dtype: torch.dtype, device: torch.device | str, batch_size: int = 1,
                  num_heads: int | None = None):
-        shape = (num_layers, batch_size, num_kv_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
         self.device = torch.device(device)
+        self._allocate((num_layers, batch_size, num_kv_heads, capacity, head_dim), dtype)
         # Queries of the most recent forward's last rows, per layer: the retrieval cache scores
         # chunks with the query of a chosen committed token (a verify forward's last row may be a
         # proposal the verifier then rejected).
@@ -51,6 +49,20 @@ class StaticKVCache:
     def for_model(cls, cfg, capacity: int, dtype: torch.dtype, device, **kw) -> "StaticKVCache":
         return cls(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                    num_heads=cfg.num_heads, capacity=capacity, dtype=dtype, device=device, **kw)
+
+    def _allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """The key and value storage, (L, B, Hkv, capacity, D) each (an offloaded cache keeps
+        most of it in host memory: cache/offload.py)."""
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def retrieve(self, layer: int, n: int, selector, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the first n tokens of `layer` that `selector` (a RetrievalCache)
+        keeps when scored with `query` (B, Hq, D): (B, Hkv, m, D) each."""
+        keys, values = self.k[layer, :, :, :n], self.v[layer, :, :, :n]
+        idx = selector.select_layer(keys, query)
+        gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
+        return torch.gather(keys, 2, gather), torch.gather(values, 2, gather)
 
     # -- the model-facing contract ---------------------------------------------------------
     def reserve(self, num_tokens: int) -> int:

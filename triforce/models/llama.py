@@ -24,6 +24,7 @@ from triforce.kernels.linear import linear, norm_linear, silu_linear
 from triforce.kernels.norm import rms_norm
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
+from triforce.parallel import SINGLE
 
 
 class RMSNorm(nn.Module):
@@ -42,6 +43,8 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
+    reduce = None  # tensor parallelism: the all-reduce summing the ranks' o_proj partial sums (parallel.py)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -61,10 +64,13 @@ class Attention(nn.Module):
         v = v.view(b, t, hkv, d).transpose(1, 2)
         q, keys, values = cache.store(layer_idx, q, k, v, rope)  # rotary + cache write
         out = attend(attention, q, keys, values, mask=mask, is_causal=is_causal, scale=self.scale)
-        return linear(out.reshape(b, t, -1), self.o_proj.weight, self.o_proj.bias)  # out: (B, T, Hq, D)
+        out = linear(out.reshape(b, t, -1), self.o_proj.weight, self.o_proj.bias)  # out was (B, T, Hq, D)
+        return out if self.reduce is None else self.reduce(out)
 
 
 class MLP(nn.Module):
+    reduce = None  # tensor parallelism: the all-reduce after down_proj
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
@@ -72,7 +78,8 @@ class MLP(nn.Module):
 
     def forward(self, gate_up):
         """gate_up: the fused gate/up projection of the normed input (see DecoderLayer)."""
-        return silu_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
+        out = silu_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
+        return out if self.reduce is None else self.reduce(out)
 
 
 class DecoderLayer(nn.Module):
@@ -93,6 +100,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
+    parallel = SINGLE  # this rank's share of a tensor-parallel model (parallel.shard_model)
+
     def __init__(self, cfg: ModelConfig, attention: AttentionFn = sdpa_attention):
         super().__init__()
         self.config = cfg

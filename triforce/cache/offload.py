@@ -1,0 +1,185 @@
+"""The full KV cache offloaded to host memory: the paper's consumer-GPU mode.
+
+Weights, the draft and the retrieval cache stay on the GPU; the full cache's keys and values live
+in pinned host memory (all layers but the first `on_chip_layers`, which stay on the GPU). Only
+the top level reads this cache, once per verification, so only verification (and the
+autoregressive baseline) pays the host link.
+
+A forward streams each offloaded layer's valid prefix host -> device into one of two device
+staging buffers, on a copy stream, while the previous layer computes (double buffering): the
+first offloaded layer is requested when the forward starts (`attention_mask` is called once per
+forward, before any layer), layer i + 1 when layer i writes its new keys. The new tokens' keys
+and values are written into the staging buffer and copied back to host memory on the copy
+stream, so host memory holds every token the cache has absorbed and a rolled-back token is
+simply overwritten later. A staging buffer remembers which layer and how many tokens it holds:
+a layer-major prefill (prefill.py), which runs every chunk of one layer before the next layer,
+finds its prefix already there and moves each token's keys and values across the link once.
+
+Retrieval rebuilds do not stream the keys: with `track_chunks` the cache keeps each complete
+chunk's statistics (`retrieval.chunk_stats`, in the cache's dtype) on the GPU, computed from the
+staging buffer when the chunk's last token is written (a chunk rewritten after a rollback is
+recomputed then), chooses the chunks from them, and copies only the chosen ones from host memory.
+
+On a CPU (tests) the same code runs with host and "device" both in CPU memory and synchronous
+copies. It is never captured in a CUDA graph: its copies vary in length (`capturable`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triforce.cache.retrieval import chunk_stats
+from triforce.cache.static import StaticKVCache
+
+STAGES = 2  # staging buffers: one layer computes while the next streams in
+
+
+class OffloadedKVCache(StaticKVCache):
+    capturable = False
+
+    def __init__(self, *, on_chip_layers: int = 0, **kw):
+        self.on_chip = on_chip_layers
+        super().__init__(**kw)
+        self.bytes_h2d = 0  # bytes moved host -> device and back since the last reset_traffic()
+        self.bytes_d2h = 0
+        self.stats: torch.Tensor | None = None
+        self.stats_chunk, self.stats_scorer = 0, ""
+        self.prefetch = True  # off during a layer-major prefill: the next layer is not computed yet
+
+    @classmethod
+    def for_model(cls, cfg, capacity: int, dtype: torch.dtype, device, *, on_chip_layers: int = 0,
+                  **kw) -> "OffloadedKVCache":
+        return cls(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                   num_heads=cfg.num_heads, capacity=capacity, dtype=dtype, device=device,
+                   on_chip_layers=min(on_chip_layers or 0, cfg.num_layers), **kw)
+
+    def _allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        layers, rest = shape[0], shape[1:]
+        cuda = self.device.type == "cuda"
+        self.k = torch.zeros((self.on_chip, *rest), dtype=dtype, device=self.device)  # on-chip layers
+        self.v = torch.zeros((self.on_chip, *rest), dtype=dtype, device=self.device)
+        host = (layers - self.on_chip, *rest)
+        self.k_host = torch.zeros(host, dtype=dtype, pin_memory=cuda)
+        self.v_host = torch.zeros(host, dtype=dtype, pin_memory=cuda)
+        staged = STAGES if layers > self.on_chip else 0
+        self.stage_k = [torch.zeros(rest, dtype=dtype, device=self.device) for _ in range(staged)]
+        self.stage_v = [torch.zeros(rest, dtype=dtype, device=self.device) for _ in range(staged)]
+        self.resident = [(-1, 0)] * staged  # per staging buffer: (layer, valid tokens)
+        self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.ready = [torch.cuda.Event() if cuda else None for _ in range(staged)]
+        self.num_layers = layers
+
+    # -- chunk statistics for retrieval rebuilds ------------------------------------------------
+    def track_chunks(self, chunk_size: int, scorer: str) -> None:
+        """Keep the statistics `scorer` reads of every complete chunk of `chunk_size` tokens of the
+        offloaded layers (call before the prefill)."""
+        L, B, H, C, D = self.k_host.shape
+        slots = 1 if scorer == "mean" else 2
+        self.stats = torch.zeros((L, B, H, C // chunk_size, slots, D), dtype=self.k_host.dtype,
+                                 device=self.device)
+        self.stats_chunk, self.stats_scorer = chunk_size, scorer
+
+    def _update_stats(self, host_layer: int, keys: torch.Tensor, start: int, end: int) -> None:
+        if self.stats is None:
+            return
+        cs = self.stats_chunk
+        first, last = start // cs, end // cs  # complete chunks touched by [start, end)
+        if last > first:
+            self.stats[host_layer, :, :, first:last] = chunk_stats(keys[:, :, first * cs:last * cs], cs,
+                                                                   self.stats_scorer).to(self.stats.dtype)
+
+    def retrieve(self, layer: int, n: int, selector, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer < self.on_chip:
+            return super().retrieve(layer, n, selector, query)
+        h = layer - self.on_chip
+        if self.stats is None or (selector.chunk_size, selector.scorer) != (self.stats_chunk, self.stats_scorer):
+            raise RuntimeError("an offloaded cache chooses retrieval chunks from statistics it keeps: "
+                               "call track_chunks(chunk_size, scorer) before the prefill")
+        idx = selector.choose(self.stats[h], query, n)  # (B, Hkv, m)
+        self._drain()  # host memory holds every written token
+        idx_host = idx.cpu()
+        gather = idx_host[..., None].expand(*idx_host.shape, self.k_host.shape[-1])
+        keys = torch.gather(self.k_host[h, :, :, :n], 2, gather)
+        values = torch.gather(self.v_host[h, :, :, :n], 2, gather)
+        self.bytes_h2d += 2 * keys.numel() * keys.element_size()
+        cuda = self.device.type == "cuda"
+        if cuda:
+            keys, values = keys.pin_memory(), values.pin_memory()
+        return keys.to(self.device, non_blocking=cuda), values.to(self.device, non_blocking=cuda)
+
+    # -- the model-facing contract ----------------------------------------------------------
+    def attention_mask(self, num_tokens: int):
+        # a forward begins: start streaming the first offloaded layer under the on-chip ones
+        if self.prefetch:
+            self._request(self.on_chip)
+        return super().attention_mask(num_tokens)
+
+    def write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        if layer < self.on_chip:
+            return super().write(layer, q, k, v)
+        n = min(q.shape[2], self.recent_queries.shape[3])
+        self.recent_queries[layer, :, :, :n] = q[:, :, -n:]
+        start, end = self.length, self.length + k.shape[2]
+        b = self._request(layer)
+        if self.copy_stream is not None:
+            torch.cuda.current_stream().wait_event(self.ready[b])
+        keys, values = self.stage_k[b], self.stage_v[b]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self.resident[b] = (layer, end)
+        self._update_stats(layer - self.on_chip, keys, start, end)
+        self._copy_back(layer - self.on_chip, b, start, end)
+        if self.prefetch:
+            self._request(layer + 1)
+        return keys[:, :, :end], values[:, :, :end]
+
+    # -- streaming --------------------------------------------------------------------------
+    def _request(self, layer: int) -> int:
+        """Make sure the staging buffer of `layer` holds its first `length` tokens (or has the copy
+        of the missing ones queued on the copy stream); its index."""
+        if not self.on_chip <= layer < self.num_layers:
+            return -1
+        b = (layer - self.on_chip) % STAGES
+        held_layer, held = self.resident[b]
+        have = min(held, self.length) if held_layer == layer else 0
+        if have < self.length:
+            h = layer - self.on_chip
+            self._on_copy_stream(lambda: (
+                self.stage_k[b][:, :, have:self.length].copy_(self.k_host[h, :, :, have:self.length], non_blocking=True),
+                self.stage_v[b][:, :, have:self.length].copy_(self.v_host[h, :, :, have:self.length], non_blocking=True)))
+            self.bytes_h2d += 2 * self._bytes(self.length - have)
+            self.resident[b] = (layer, self.length)
+            if self.copy_stream is not None:
+                self.ready[b].record(self.copy_stream)
+        return b
+
+    def _copy_back(self, host_layer: int, b: int, start: int, end: int) -> None:
+        self._on_copy_stream(lambda: (
+            self.k_host[host_layer, :, :, start:end].copy_(self.stage_k[b][:, :, start:end], non_blocking=True),
+            self.v_host[host_layer, :, :, start:end].copy_(self.stage_v[b][:, :, start:end], non_blocking=True)))
+        self.bytes_d2h += 2 * self._bytes(end - start)
+
+    def _on_copy_stream(self, copy) -> None:
+        """Run `copy` after everything the compute stream has queued so far (a staging buffer is
+        refilled only after the layer that used it has attended), without blocking it."""
+        if self.copy_stream is None:
+            copy()
+            return
+        self.copy_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.copy_stream):
+            copy()
+
+    def _drain(self) -> None:
+        if self.copy_stream is not None:
+            self.copy_stream.synchronize()
+
+    def _bytes(self, tokens: int) -> int:
+        _, B, H, _, D = self.k_host.shape
+        return B * H * tokens * D * self.k_host.element_size()
+
+    def reset(self) -> None:
+        super().reset()
+        self.resident = [(-1, 0)] * len(self.resident)
+
+    def reset_traffic(self) -> None:
+        self.bytes_h2d = self.bytes_d2h = 0

@@ -1,0 +1,154 @@
+"""Tensor parallelism on torch.distributed (Megatron-style, as the paper's two-GPU setting).
+
+Launched by torchrun (`torchrun --nproc-per-node N --no-python triforce ... hardware.tensor_parallel=N`):
+every rank runs the same program on its own GPU (NCCL) or CPU process (gloo, tests).
+
+- The target's attention heads and MLP columns are split across ranks: each rank keeps its
+  slice of q/k/v and gate/up (output rows) and of o_proj and down (input columns), and the
+  partial outputs of o_proj and down_proj are summed by an all-reduce. Embeddings, norms and the
+  output head are replicated, so every rank holds the same residual stream and logits.
+- KV caches (full, retrieval, offloaded) follow: a rank's model has num_kv_heads / N KV heads,
+  so every cache it builds holds its own heads only.
+- The draft model is small: it runs replicated, unsplit.
+- Rank 0 draws every random number: after each sample and each verification the engine
+  broadcasts rank 0's tokens and verdicts (`Parallel.broadcast`), so every rank takes the same
+  branches and its caches stay in lockstep even where its own draw would differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from triforce.errors import ConfigError
+from triforce.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum `t` over the ranks, in place (capturable in a CUDA graph with NCCL)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `t` on every rank, in place."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(t, src=0)
+        return t
+
+
+SINGLE = Parallel()
+
+
+def launched_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) outside it."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def check_launch(tensor_parallel: int) -> None:
+    """hardware.tensor_parallel must match the processes torchrun started (cheap: before any work)."""
+    _, world, _ = launched_ranks()
+    if tensor_parallel != world:
+        if world == 1:
+            raise ConfigError(f"hardware.tensor_parallel={tensor_parallel} runs one process per GPU: launch with "
+                              f"torchrun --nproc-per-node {tensor_parallel} --no-python triforce ...")
+        raise ConfigError(f"hardware.tensor_parallel={tensor_parallel} but torchrun started {world} processes: "
+                          f"use --nproc-per-node {tensor_parallel}")
+
+
+def init_parallel(tensor_parallel: int, device: str | torch.device) -> tuple[Parallel, torch.device]:
+    """Join the process group (NCCL on CUDA, gloo on CPU); this rank's Parallel and device."""
+    device = torch.device(device)
+    if tensor_parallel <= 1:
+        return SINGLE, device
+    check_launch(tensor_parallel)
+    import torch.distributed as dist
+
+    rank, world, local = launched_ranks()
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"hardware.tensor_parallel={tensor_parallel} needs {tensor_parallel} GPUs on this "
+                              f"host; {torch.cuda.device_count()} visible")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        import atexit
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, **({"device_id": device} if device.type == "cuda" else {}))
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return Parallel(rank, world), device
+
+
+def shard_config(cfg: ModelConfig, world: int) -> ModelConfig:
+    """One rank's share of the model: heads, KV heads and MLP columns divided by `world`."""
+    if world == 1:
+        return cfg
+    for name, value in (("attention heads", cfg.num_heads), ("KV heads", cfg.num_kv_heads),
+                        ("MLP columns", cfg.intermediate_size)):
+        if value % world:
+            raise ConfigError(f"hardware.tensor_parallel={world}: the model's {value} {name} do not split "
+                              f"evenly; use a tensor_parallel that divides {cfg.num_kv_heads} (its KV heads)")
+    return dataclasses.replace(cfg, num_heads=cfg.num_heads // world, num_kv_heads=cfg.num_kv_heads // world,
+                               intermediate_size=cfg.intermediate_size // world)
+
+
+def _rows(weight: torch.Tensor, parts: list[int], rank: int, world: int) -> torch.Tensor:
+    """Rank's slice of each consecutive block of output rows (fused q|k|v, gate|up)."""
+    blocks = weight.split(parts, dim=0)
+    return torch.cat([b.chunk(world, dim=0)[rank] for b in blocks]).contiguous()
+
+
+@torch.no_grad()
+def shard_model(model, par: Parallel):
+    """Keep this rank's slice of every split weight (in place) and add the all-reduces."""
+    if not par.enabled:
+        return model
+    cfg = model.config
+    r, w = par.rank, par.world
+    d = cfg.head_dim
+    qkv_parts = [cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_kv_heads * d]
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj.weight = torch.nn.Parameter(_rows(attn.qkv_proj.weight, qkv_parts, r, w), requires_grad=False)
+        if attn.qkv_proj.bias is not None:
+            attn.qkv_proj.bias = torch.nn.Parameter(_rows(attn.qkv_proj.bias, qkv_parts, r, w), requires_grad=False)
+        attn.o_proj.weight = torch.nn.Parameter(attn.o_proj.weight.chunk(w, dim=1)[r].contiguous(), requires_grad=False)
+        if attn.o_proj.bias is not None and r:  # the bias is added once, by rank 0
+            attn.o_proj.bias.zero_()
+        attn.num_heads //= w
+        attn.num_kv_heads //= w
+        inter = cfg.intermediate_size
+        mlp.gate_up_proj.weight = torch.nn.Parameter(_rows(mlp.gate_up_proj.weight, [inter, inter], r, w),
+                                                     requires_grad=False)
+        if mlp.gate_up_proj.bias is not None:
+            mlp.gate_up_proj.bias = torch.nn.Parameter(_rows(mlp.gate_up_proj.bias, [inter, inter], r, w),
+                                                       requires_grad=False)
+        mlp.down_proj.weight = torch.nn.Parameter(mlp.down_proj.weight.chunk(w, dim=1)[r].contiguous(),
+                                                  requires_grad=False)
+        if mlp.down_proj.bias is not None and r:
+            mlp.down_proj.bias.zero_()
+        attn.reduce = mlp.reduce = par.all_reduce
+    model.config = shard_config(cfg, w)
+    model.parallel = par
+    return model
