@@ -48,21 +48,6 @@ def _headline(method: str, s: dict) -> str:
     return line
 
 
-def _quiet_other_ranks() -> None:
-    """Under torchrun every rank runs this app; ranks > 0 keep their Hydra folder out of outputs/
-    (rank 0's run folder is the run's record) and print nothing."""
-    import os
-    import tempfile
-
-    from triforce.parallel import launched_ranks
-
-    rank = launched_ranks()[0]
-    if rank:
-        scratch = tempfile.mkdtemp(prefix=f"triforce-rank{rank}-")
-        sys.argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
-        sys.stdout = open(os.devnull, "w")
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     ctx = _context()
@@ -77,7 +62,9 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _quiet_other_ranks()
+    from triforce.parallel import quiet_other_ranks
+
+    quiet_other_ranks()
     _app()
 
 

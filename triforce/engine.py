@@ -248,6 +248,8 @@ class Engine:
 
         with self.stats.wall("prefill"):
             self._prefill()
+        full = self.levels[-1].cache
+        prefill_bytes = full.bytes_h2d + full.bytes_d2h if isinstance(full, OffloadedKVCache) else 0
         top = len(self.levels) - 1
         rounds: list[dict] = []
         out: list[int] = []
@@ -271,6 +273,10 @@ class Engine:
         tokens = out[:max_new_tokens]
         metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
                                      emitted=sum(r["emitted"] for r in rounds), decode_s=decode_s)
+        if isinstance(full, OffloadedKVCache):  # host-link traffic (this rank's share under TP)
+            moved = full.bytes_h2d + full.bytes_d2h
+            metrics.update({"offload/prefill_gb": prefill_bytes / 1e9,
+                            "offload/decode_gb_per_token": (moved - prefill_bytes) / 1e9 / max(len(tokens), 1)})
         return GenerationResult(tokens=tokens, metrics=metrics, rounds=rounds)
 
     # -- levels and caches -----------------------------------------------------------------

@@ -126,9 +126,17 @@ def plan_memory(target: ModelConfig, method, prompt_len: int, max_new_tokens: in
 
 
 def host_available() -> int:
-    """Bytes of physical memory free now (pinned memory cannot be swapped out)."""
+    """Bytes of physical memory free now (pinned memory cannot be swapped out), after torch's
+    caching host allocator has given back the pinned blocks it keeps from earlier caches."""
     import os
 
+    import torch
+
+    for name in ("_host_emptyCache", "_accelerator_emptyHostCache"):  # the name varies across torch versions
+        release = getattr(torch._C, name, None)
+        if release is not None and torch.cuda.is_available():
+            release()
+            break
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 

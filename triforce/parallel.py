@@ -65,6 +65,19 @@ def launched_ranks() -> tuple[int, int, int]:
     return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
+def quiet_other_ranks() -> None:
+    """Before a Hydra app parses its arguments under torchrun: ranks > 0 keep their Hydra folder
+    out of outputs/ (rank 0's run folder is the run's record) and print nothing."""
+    import sys
+    import tempfile
+
+    rank = launched_ranks()[0]
+    if rank:
+        scratch = tempfile.mkdtemp(prefix=f"triforce-rank{rank}-")
+        sys.argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null"]
+        sys.stdout = open(os.devnull, "w")
+
+
 def check_launch(tensor_parallel: int) -> None:
     """hardware.tensor_parallel must match the processes torchrun started (cheap: before any work)."""
     _, world, _ = launched_ranks()

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, step_bytes
+from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, offloaded_step_floor, step_bytes
 from triforce.engine import Engine, MethodConfig
 from triforce.executor import StaticExecutor
 from triforce.metrics import FORWARD_PHASES, GenerationStats
@@ -53,9 +53,10 @@ class LevelBench:
     mid-generation (the full cache holds the context, the retrieval cache its budget, the draft's
     StreamingLLM window is full once the new token is in), and their captured forwards."""
 
-    def __init__(self, target: Transformer, draft: Transformer, method: MethodConfig, context: int):
+    def __init__(self, target: Transformer, draft: Transformer, method: MethodConfig, context: int,
+                 engine_kw: dict | None = None):
         self.sampling = SamplingParams(temperature=0.6, top_p=0.9)
-        engine = Engine(target, draft, method, self.sampling, executor="graphs")
+        engine = Engine(target, draft, method, self.sampling, executor="graphs", **(engine_kw or {}))
         new = 64
         engine._max_new_tokens = new
         self.context, self.method = context, method
@@ -75,7 +76,25 @@ class LevelBench:
         dcache.k.normal_()
         dcache.v.normal_()
         dcache.length, dcache.seq_len = dcache.capacity - 1, context
+        self.tokens = tokens
         self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device), capture=True)
+
+    def time_eager(self, level: str, num_tokens: int, repeats: int) -> float:
+        """Seconds per forward of a level that runs eagerly (an offloaded full cache: it streams
+        tens of GB per forward, so 3 forwards after a warm-up suffice); the median."""
+        lv = self.levels[level]
+        cache, start = lv.cache, lv.cache.length
+        times = []
+        for _ in range(repeats + 1):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            lv.model(self.tokens[start:start + num_tokens][None], None, cache, num_logits=num_tokens)
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1000)
+            cache.crop(start)
+        times = sorted(times[1:])
+        return times[len(times) // 2]
 
     def graph(self, level: str, num_tokens: int) -> torch.cuda.CUDAGraph:
         """The captured forward of `level` over `num_tokens` new tokens, pointed at its cache's end."""
@@ -109,14 +128,23 @@ def _transform_graph(rows: int, vocab: int, sampling: SamplingParams) -> torch.c
 
 @torch.inference_mode()
 def level_timings(target: Transformer, draft: Transformer, method: MethodConfig, context: int, *,
-                  verify_blocks: tuple[int, ...], bandwidth: float, repeats: int = 20) -> list[dict]:
-    """One row per (level, tokens): ms per forward, its byte floor, the ratio."""
-    bench = LevelBench(target, draft, method, context)
+                  verify_blocks: tuple[int, ...], bandwidth: float, repeats: int = 20,
+                  engine_kw: dict | None = None, h2d: float | None = None) -> list[dict]:
+    """One row per (level, tokens): ms per forward, its byte floor, the ratio. engine_kw
+    {offload, on_chip_layers}: the top level's full cache in host memory, timed eagerly against
+    the offloaded floor (its KV over the host link, `h2d` bytes/s)."""
+    bench = LevelBench(target, draft, method, context, engine_kw)
     dtype_bytes = target.dtype.itemsize
+    offload = bool((engine_kw or {}).get("offload"))
 
     def measure(level: str, num_tokens: int, cfg) -> tuple[float, float, int]:
-        seconds = _time_graph(bench.graph(level, num_tokens), repeats)
         kv = bench.kv_tokens(level, num_tokens)
+        if level == "top" and offload:
+            seconds = bench.time_eager(level, num_tokens, 3)
+            floor = offloaded_step_floor(cfg, kv, dtype_bytes, (engine_kw or {}).get("on_chip_layers") or 0,
+                                         bandwidth, h2d)
+            return seconds, floor, kv
+        seconds = _time_graph(bench.graph(level, num_tokens), repeats)
         return seconds, step_bytes(cfg, kv, dtype_bytes) / bandwidth, kv
 
     rows = []
@@ -145,10 +173,12 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
 
 @torch.inference_mode()
 def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
-               new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0) -> dict:
+               new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
+               engine_kw: dict | None = None) -> dict:
     """One `generate`, as a user runs it (graphs on), with its wall time split by level."""
     free_memory()
-    engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk)
+    engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk,
+                    **(engine_kw or {}))
     engine.generate(prompt[:64], 4, seed=seed, stop_at_eos=False)  # compile and warm up the kernels
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
@@ -158,7 +188,7 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
                ms_per_token=m["ms_per_token"], levels_ms_per_token=1e3 * levels_s / m["new_tokens"],
                overhead=1 - levels_s / m["decode_s"], mean_accepted_len=m["mean_accepted_len"],
                capture_s=m.get("time_s/capture", 0.0), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
-    row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/"))})
+    row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/", "offload/"))})
     del engine
     free_memory()
     return row

@@ -136,27 +136,27 @@ class OffloadedKVCache(StaticKVCache):
     # -- streaming --------------------------------------------------------------------------
     def _request(self, layer: int) -> int:
         """Make sure the staging buffer of `layer` holds its first `length` tokens (or has the copy
-        of the missing ones queued on the copy stream); its index."""
+        of the missing ones queued on the copy stream); its index. The buffer's `ready` event is
+        recorded after everything queued on the copy stream, copies back of the layer that used
+        the buffer before included: the compute stream waits on it before writing."""
         if not self.on_chip <= layer < self.num_layers:
             return -1
         b = (layer - self.on_chip) % STAGES
         held_layer, held = self.resident[b]
         have = min(held, self.length) if held_layer == layer else 0
         if have < self.length:
-            h = layer - self.on_chip
-            self._on_copy_stream(lambda: (
-                self.stage_k[b][:, :, have:self.length].copy_(self.k_host[h, :, :, have:self.length], non_blocking=True),
-                self.stage_v[b][:, :, have:self.length].copy_(self.v_host[h, :, :, have:self.length], non_blocking=True)))
-            self.bytes_h2d += 2 * self._bytes(self.length - have)
-            self.resident[b] = (layer, self.length)
-            if self.copy_stream is not None:
-                self.ready[b].record(self.copy_stream)
+            h, n = layer - self.on_chip, self.length
+            self._on_copy_stream(lambda: (_copy_tokens(self.stage_k[b], self.k_host[h], have, n),
+                                          _copy_tokens(self.stage_v[b], self.v_host[h], have, n)))
+            self.bytes_h2d += 2 * self._bytes(n - have)
+            self.resident[b] = (layer, n)
+        if self.copy_stream is not None:
+            self.ready[b].record(self.copy_stream)
         return b
 
     def _copy_back(self, host_layer: int, b: int, start: int, end: int) -> None:
-        self._on_copy_stream(lambda: (
-            self.k_host[host_layer, :, :, start:end].copy_(self.stage_k[b][:, :, start:end], non_blocking=True),
-            self.v_host[host_layer, :, :, start:end].copy_(self.stage_v[b][:, :, start:end], non_blocking=True)))
+        self._on_copy_stream(lambda: (_copy_tokens(self.k_host[host_layer], self.stage_k[b], start, end),
+                                      _copy_tokens(self.v_host[host_layer], self.stage_v[b], start, end)))
         self.bytes_d2h += 2 * self._bytes(end - start)
 
     def _on_copy_stream(self, copy) -> None:
@@ -183,3 +183,18 @@ class OffloadedKVCache(StaticKVCache):
 
     def reset_traffic(self) -> None:
         self.bytes_h2d = self.bytes_d2h = 0
+
+
+def _copy_tokens(dst: torch.Tensor, src: torch.Tensor, start: int, end: int) -> None:
+    """dst[:, :, start:end] = src[:, :, start:end] for (B, H, capacity, D) buffers on two devices,
+    asynchronously. A token range is contiguous within each head but not across heads, and
+    torch copies a non-contiguous tensor between devices through a pageable temporary, in sync:
+    so one copy per head, each a contiguous block the copy engine streams directly."""
+    if end <= start:
+        return
+    if dst.device == src.device:
+        dst[:, :, start:end].copy_(src[:, :, start:end])
+        return
+    for b in range(dst.shape[0]):
+        for h in range(dst.shape[1]):
+            dst[b, h, start:end].copy_(src[b, h, start:end], non_blocking=True)
