@@ -94,7 +94,9 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     default = ONE_ROW if M == 1 else FEW_ROWS
     design = default[0] if design is None else design
     block_n, block_k = block_n or default[1], block_k or default[2]
-    num_warps, num_stages = num_warps or default[3], num_stages or default[4]
+    # float32 tiles are twice bf16's: half the pipeline stages keep them within shared memory
+    num_warps = num_warps or default[3]
+    num_stages = num_stages or (default[4] if x.element_size() <= 2 else max(2, default[4] // 2))
     if block_m is None:
         block_m = triton.next_power_of_2(M) if design == 2 else max(16, triton.next_power_of_2(M))
     _linear_kernel[(triton.cdiv(N, block_n),)](
