@@ -21,6 +21,7 @@ Only rank 0 prints and writes (offload.json, offload.md, identity.json in the ru
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import sys
@@ -63,6 +64,8 @@ def models(cfg: DictConfig, par: Parallel, device, dtype: torch.dtype):
 def fits_on_chip(cfg: DictConfig, method, context: int, dtype_bytes: int, par: Parallel) -> bool:
     plan = plan_memory(shard_config(SHAPES[cfg.shape], par.world), method, context, 64, dtype_bytes=dtype_bytes,
                        prefill_chunk=cfg.prefill_chunk, draft=SHAPES[DRAFT_OF[cfg.shape]])
+    # the weights are loaded already: their memory is not free but is not needed again either
+    plan = dataclasses.replace(plan, items={k: v for k, v in plan.items.items() if "weights" not in k})
     try:
         check_memory(plan, torch.cuda.mem_get_info()[0], where="this GPU", target=SHAPES[cfg.shape],
                      dtype_bytes=dtype_bytes, prompt_len=context, prefill_chunk=cfg.prefill_chunk)

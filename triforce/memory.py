@@ -17,6 +17,7 @@ plan is compared with).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from triforce.cache.static import QUERY_HISTORY
 from triforce.errors import ConfigError
@@ -137,7 +138,17 @@ def host_available() -> int:
         if release is not None and torch.cuda.is_available():
             release()
             break
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    # a VM whose memory grows as it is used reports little free memory at first: a cgroup's
+    # limit, where one is set, says what the process may still take
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free = max(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
 
 
 def check_host_memory(plan: MemoryPlan, available: int, *, target: ModelConfig, dtype_bytes: int,
