@@ -81,6 +81,8 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
     target, draft = models(cfg, par, device, dtype)
     for context in cfg.contexts:
         for where, kw in (("offloaded", offload), ("on-chip", None)):
+            if kw is not None and not cfg.offloaded_levels:
+                continue
             if kw is None and not (cfg.onchip_levels and fits_on_chip(cfg, method, context, dtype.itemsize, par)):
                 say(f"[{where} @ {context}] skipped: the full cache does not fit this GPU")
                 continue
