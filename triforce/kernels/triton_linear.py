@@ -3,6 +3,8 @@ where the kernel runs, so CPU runs never import Triton."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -82,6 +84,13 @@ ONE_ROW = (2, 16, 1024, 8, 2)
 FEW_ROWS = (1, 64, 256, 4, 4)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, silu=False,
                  block_n=None, block_k=None, num_warps=None, num_stages=None, design=None, block_m=None):
     """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else."""
@@ -93,7 +102,13 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     h = torch.empty_like(x) if prologue == NORM_RESIDUAL else (x if prologue == NORM else None)
     default = ONE_ROW if M == 1 else FEW_ROWS
     design = default[0] if design is None else design
-    block_n, block_k = block_n or default[1], block_k or default[2]
+    block_k = block_k or default[2]
+    if block_n is None:
+        block_n = default[1]
+        # narrow outputs (o_proj and down_proj: 4096 rows; a tensor-parallel rank's share) would
+        # leave SMs idle with 64-row tiles: narrower tiles until the grid covers the GPU
+        while block_n > 16 and triton.cdiv(N, block_n) < _sm_count(x.device):
+            block_n //= 2
     # float32 tiles are twice bf16's: half the pipeline stages keep them within shared memory
     num_warps = num_warps or default[3]
     num_stages = num_stages or (default[4] if x.element_size() <= 2 else max(2, default[4] // 2))
