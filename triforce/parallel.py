@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from triforce.errors import ConfigError
-from triforce.models.config import ModelConfig
+
+if TYPE_CHECKING:  # models/llama.py imports this module
+    from triforce.models.config import ModelConfig
 
 
 class OneShotAllReduce:
@@ -166,7 +169,7 @@ def init_parallel(tensor_parallel: int, device: str | torch.device) -> tuple[Par
     return Parallel(rank, world, fast), device
 
 
-def shard_config(cfg: ModelConfig, world: int) -> ModelConfig:
+def shard_config(cfg: "ModelConfig", world: int) -> "ModelConfig":
     """One rank's share of the model: heads, KV heads and MLP columns divided by `world`."""
     if world == 1:
         return cfg
