@@ -48,8 +48,8 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
     Nucleus (top-p): token i is kept iff the tokens strictly more likely than i hold less than
     top_p of the mass (the most likely token always stays; tokens tied at the boundary are kept
-    or dropped together, so the set does not depend on any sort order). On a GPU, for vocabularies
-    of up to 32K tokens without top-k, one Triton kernel computes the whole transform
+    or dropped together, so the set does not depend on any sort order). On a GPU, without top-k,
+    Triton kernels compute the whole transform without a sort, for any vocabulary
     (kernels/top_p.py); elsewhere these torch ops, which define it."""
     if params.greedy:  # (scatter, not one_hot: one_hot may check its input on the host)
         logits = logits.float()
