@@ -3,8 +3,9 @@
     python scripts/gpu_check.py [--device cuda]
 
 1. Each Triton kernel against its torch reference at realistic sizes (a 7B layer's attention
-   at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write), bf16 and
-   fp32, fresh random inputs.
+   at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; the sampling
+   transform at the 32K, 49K and 128K vocabularies, peaked and flat rows, its split path run
+   repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs.
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
    with both executors (eager, graphs); seeded sampling reproducible with graphs.
 3. The graph path synchronises with the host at most once per speculative round.
@@ -53,7 +54,7 @@ def check_kernels(device) -> bool:
     g = torch.Generator(device=device).manual_seed(0)
     for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float32, 1e-5)):
         for hq, hkv in ((32, 32), (32, 8)):
-            for t in (1, 7, 17, 32 if hkv == hq else 16):
+            for t in (1, 3, 7, 17, 32 if hkv == hq else 16):
                 S, kv_len = 32768 + 64, 32768 + t
                 q = torch.randn(1, t, hq, 128, device=device, dtype=dtype, generator=g).transpose(1, 2)
                 k = torch.randn(1, hkv, S, 128, device=device, dtype=dtype, generator=g)
@@ -62,7 +63,9 @@ def check_kernels(device) -> bool:
                 out = decode_attention(q, k, v, length, 128 ** -0.5)
                 ref = decode_attention_reference(q.float(), k.float(), v.float(), length, 128 ** -0.5)
                 err = rel_err(out, ref)
-                good = err < tol and torch.isfinite(out).all().item()
+                # the captured path's form: the block's first slot + T, added in the kernel
+                same = torch.equal(decode_attention(q, k, v, length - t, 128 ** -0.5, kv_offset=t), out)
+                good = err < tol and torch.isfinite(out).all().item() and same
                 ok &= good
                 print(f"decode_attention {str(dtype)[6:]:8s} hq={hq} hkv={hkv} T={t:2d}: rel err {err:.1e} "
                       f"{'ok' if good else 'FAILED'}")
@@ -89,6 +92,41 @@ def check_kernels(device) -> bool:
             good = err < tol
             ok &= good
             print(f"{name:16s} {str(dtype)[6:]:8s}: rel err {err:.1e} {'ok' if good else 'FAILED'}")
+    ok &= check_top_p(device)
+    return ok
+
+
+def check_top_p(device) -> bool:
+    """The sampling transform's kernels against sampling.nucleus at real vocabularies: the same
+    nucleus and values; the split path (which hands work between programs through an atomic
+    counter) gives bit-identical results over repeated runs."""
+    from triforce.kernels.top_p import top_p_probabilities
+    from triforce.kernels.triton_top_p import top_p_split
+    from triforce.sampling import nucleus
+
+    ok = True
+    g = torch.Generator(device=device).manual_seed(1)
+    for vocab in (32000, 49152, 128256):
+        for rows in (1, 7, 17):
+            for kind, scale in (("peaked", 3.0), ("flat", 0.55), ("tied", 0.0)):
+                logits = (torch.randn(rows, vocab, device=device, generator=g) * scale).to(torch.bfloat16)
+                ref = nucleus(torch.softmax(logits.float() / 0.6, -1), 0.9)
+                out = top_p_probabilities(logits, 0.6, 0.9)
+                mismatched = int(((out > 0) != (ref > 0)).sum())
+                err = float((out - ref).abs().max())
+                diagnostics = {}
+                runs = [top_p_split(logits, 0.6, 0.9, diagnostics=diagnostics) for _ in range(20)]
+                stable = all(torch.equal(r, runs[0]) for r in runs)
+                full = top_p_split(logits, 0.6, 0.9, force_full=True)
+                fallback_same = torch.equal(full > 0, runs[0] > 0)
+                # a token whose strictly-more-likely mass lies within float rounding of top_p may
+                # fall either way (sorted cumsum vs tree sums): allow a handful at flat rows
+                good = mismatched <= (0 if kind == "peaked" else 4) and err < 1e-5 and stable and fallback_same
+                ok &= good
+                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: nucleus mismatches {mismatched}, max err "
+                      f"{err:.1e}, deterministic={stable}, whole-row bisection agrees={fallback_same}, candidates/row "
+                      f"<= {int(diagnostics['candidates'].max())}, fallbacks {int(diagnostics['full_row'].sum())} "
+                      f"{'ok' if good else 'FAILED'}")
     return ok
 
 

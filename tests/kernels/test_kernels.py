@@ -30,6 +30,9 @@ ATTENTION_CASES = [
     (1, 4, 1, 3, 128, 130, 70, 1),     # MQA, one split
     (2, 4, 2, 2, 64, 96, 2, 4),        # batch 2; kv_len == T: only the new block exists, most splits empty
     (1, 32, 8, 4, 32, 1024, 900, 16),  # group 4 x 4 tokens, many splits
+    (1, 8, 2, 17, 64, 700, 650, 5),    # group 4 x 17 tokens = 68 rows: a 64-row tile + a 16-row tail; 5 splits
+    (1, 6, 2, 12, 32, 300, 280, 3),    # 36 rows: 32 + 16
+    (1, 12, 12, 1, 64, 256, 201, 1),   # the 68M draft: one split, the output written directly
 ]
 
 
@@ -49,6 +52,16 @@ def test_decode_attention_matches_reference(case, dtype):
     assert out.shape == (B, T, Hq, D) and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    # the captured path's form of the same length: the block's first slot (a device scalar) + T
+    offset = decode_attention(q, k, v, length - T, D ** -0.5, kv_offset=T, num_splits=splits, use_triton=True)
+    torch.testing.assert_close(offset, out, atol=0, rtol=0)
+
+
+def test_query_row_tiles():
+    from triforce.kernels.triton_decode import row_tiles
+
+    assert row_tiles(4) == (16, 0) and row_tiles(28) == (32, 0) and row_tiles(17) == (32, 0)
+    assert row_tiles(68) == (64, 16) and row_tiles(36) == (32, 16) and row_tiles(100) == (128, 0)
 
 
 def test_decode_attention_is_causal_inside_the_new_block():

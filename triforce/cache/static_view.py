@@ -47,7 +47,7 @@ class StaticView:
         return self.meta[POSITION_START] + self.offsets
 
     def attention_mask(self, num_tokens: int):
-        return DeviceLength(self.meta[SLOT_START] + num_tokens), False
+        return DeviceLength(self._fields[SLOT_START], num_tokens), False
 
     def store(self, layer: int, q, k, v, rope):
         cache = self.cache

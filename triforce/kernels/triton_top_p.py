@@ -231,7 +231,7 @@ def _mass(VALUES, n, TILE: tl.constexpr):
 
 
 @triton.jit
-def _compact_kernel(OUT, SCRATCH, COUNTERS, OFFSETS, FIXED, IMETA, FMETA, V, C, top_p,
+def _compact_kernel(OUT, SCRATCH, COUNTERS, OFFSETS, FIXED, SPAN, IMETA, FMETA, V, C, top_p,
                     BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, TILE: tl.constexpr, FORCE_FULL: tl.constexpr):
     row = tl.program_id(0)
     c = tl.program_id(1)
@@ -245,6 +245,9 @@ def _compact_kernel(OUT, SCRATCH, COUNTERS, OFFSETS, FIXED, IMETA, FMETA, V, C, 
     cand = ok & (key >= lo) & (key <= hi)
     slot = tl.load(OFFSETS + row * C + c) + tl.cumsum(cand.to(tl.int32), 0) - 1
     tl.store(SCRATCH + row * V + slot, p, mask=cand)
+    # the span of the chunk's candidate keys (the bisection needs only the candidates' span)
+    tl.store(SPAN + (row * C + c) * 2, tl.min(tl.where(cand, key, 0x7F800000), 0))
+    tl.store(SPAN + (row * C + c) * 2 + 1, tl.max(tl.where(cand, key, -1), 0))
     if _last_of_row(COUNTERS, row * 2 + 1, C):
         parts = tl.arange(0, C_BLOCK)
         fixed = tl.sum(tl.load(FIXED + row * C + parts, mask=parts < C, other=0.0, cache_modifier=".cg"), 0)
@@ -254,7 +257,13 @@ def _compact_kernel(OUT, SCRATCH, COUNTERS, OFFSETS, FIXED, IMETA, FMETA, V, C, 
         if FORCE_FULL:
             good = good & (n < 0)
         if good:
-            t, kept = _bisect(SCRATCH + row * V, n, fixed, lo, hi, top_p, TILE)
+            # G(hi) = fixed also at the largest candidate key, and G(lo - 1) >= top_p also at the
+            # smallest: bisect between them (no step at all when every candidate is tied)
+            first = tl.min(tl.load(SPAN + (row * C + parts) * 2, mask=parts < C, other=0x7F800000,
+                                   cache_modifier=".cg"), 0)
+            last = tl.max(tl.load(SPAN + (row * C + parts) * 2 + 1, mask=parts < C, other=-1,
+                                  cache_modifier=".cg"), 0)
+            t, kept = _bisect(SCRATCH + row * V, n, fixed, tl.maximum(lo, first), tl.minimum(hi, last), top_p, TILE)
         else:  # the estimate missed the threshold: bisect over the whole row (exact, slower)
             top = tl.load(IMETA + row * 8 + 3)
             t, kept = _bisect(OUT + row * V, V, tl.zeros([], tl.float32), tl.zeros([], tl.int32), top, top_p, TILE)
@@ -287,10 +296,12 @@ def top_p_split(logits: torch.Tensor, temperature: float, top_p: float, *, block
     bisect = top_p < 1.0
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     floats = torch.empty(rows * (3 * C + 2 + (V if bisect else 0)), dtype=torch.float32, device=logits.device)
-    ints = torch.empty(rows * (2 + 8 + C + (C * NUM_BINS if bisect else 0)), dtype=torch.int32, device=logits.device)
+    ints = torch.empty(rows * (2 + 8 + 3 * C + (C * NUM_BINS if bisect else 0)), dtype=torch.int32,
+                       device=logits.device)
     part_m, part_s, fixed, fmeta, scratch = floats.split([rows * C, rows * C, rows * C, rows * 2,
                                                           rows * V if bisect else 0])
-    counters, imeta, offsets, counts = ints.split([rows * 2, rows * 8, rows * C, rows * C * NUM_BINS if bisect else 0])
+    counters, imeta, offsets, span, counts = ints.split([rows * 2, rows * 8, rows * C, rows * C * 2,
+                                                         rows * C * NUM_BINS if bisect else 0])
     grid = (rows, C)
     inv_t = 1.0 / temperature
     _stats_kernel[grid](logits, part_m, part_s, counters, V, C, inv_t, BLOCK=block, num_warps=num_warps)
@@ -298,7 +309,7 @@ def top_p_split(logits: torch.Tensor, temperature: float, top_p: float, *, block
                         BLOCK=block, C_BLOCK=c_block, NUM_BINS=NUM_BINS, SHIFT=SHIFT, BISECT=bisect,
                         num_warps=num_warps)
     if bisect:
-        _compact_kernel[grid](out, scratch, counters, offsets, fixed, imeta, fmeta, V, C, top_p,
+        _compact_kernel[grid](out, scratch, counters, offsets, fixed, span, imeta, fmeta, V, C, top_p,
                               BLOCK=block, C_BLOCK=c_block, TILE=TILE, FORCE_FULL=force_full, num_warps=num_warps)
         _finish_kernel[grid](out, imeta, fmeta, V, BLOCK=block, num_warps=num_warps)
         if diagnostics is not None:
