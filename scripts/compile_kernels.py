@@ -95,6 +95,28 @@ def cases(only: set[str] | None):
             add("attention", f"{name} T={t}", lambda q=q, k=k, length=length: triton_decode.decode_attention(
                 q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
 
+    from triforce.kernels import triton_embedding
+    from triforce.kernels.triton_linear import RopeStore
+
+    for name, hidden in (("8b", 4096), ("68m", 768)):
+        w = torch.empty(1000, hidden, dtype=bf16)
+        ids = torch.zeros(64, dtype=torch.int64)
+        add("embedding", f"{name}", lambda w=w, ids=ids: triton_embedding.embed_slice(w, ids, ids[0], 1))
+    for name, hq, hkv, d, hidden in (("7b", 32, 32, 128, 4096), ("8b", 32, 8, 128, 4096), ("68m", 12, 12, 64, 768)):
+        w = torch.empty((hq + 2 * hkv) * d, hidden, dtype=bf16)
+        nw = torch.empty(hidden, dtype=bf16)
+        cache = torch.empty(1, hkv, 300, d, dtype=bf16)
+        start = torch.zeros((), dtype=torch.int64)
+        spec = RopeStore(positions=start, from_start=True, inv_freq=torch.empty(d // 2), scale=1.0, k_cache=cache,
+                         v_cache=cache, slot=start, num_heads=hq, num_kv_heads=hkv, head_dim=d)
+        for t in (1, 3, 7, 17):
+            x = torch.empty(1, t, hidden, dtype=bf16)
+            if t == 1:
+                add("linear", f"qkv+rope-{name} T=1 norm+residual", lambda x=x, w=w, nw=nw, spec=spec: (
+                    triton_linear.fused_linear(x, w, residual=x, norm_weight=nw, eps=1e-5, rope=spec)))
+            else:
+                add("linear", f"qkv+rope-{name} T={t}", lambda x=x, w=w, spec=spec: triton_linear.fused_linear(
+                    x, w, rope=spec))
     for name, (n, kdim) in {"qkv-8b": (6144, 4096), "down-8b": (4096, 14336), "lm_head-8b": (128256, 4096),
                             "qkv-68m": (2304, 768), "lm_head-68m": (32000, 768)}.items():
         w = torch.empty(n, kdim, dtype=bf16)
@@ -111,7 +133,7 @@ def cases(only: set[str] | None):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear")
+    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)

@@ -88,12 +88,49 @@ def check_kernels(device) -> bool:
             fn(q, k, v, rope, kc, vc, torch.tensor(50, device=device))
             outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
         errs["rope_store"] = rel_err(*outs)
+        errs.update(check_qkv_projection(device, dtype, g))
+        from triforce.kernels.embedding import TokenSlice, embed
+
+        table = torch.randn(32000, 4096, device=device, dtype=dtype, generator=g)
+        ids = torch.randint(0, 32000, (100,), device=device, generator=g)
+        errs["embedding slice"] = rel_err(embed(table, TokenSlice(ids, torch.tensor(40, device=device), 7)),
+                                          table[ids[40:47]][None])
         for name, err in errs.items():
             good = err < tol
             ok &= good
             print(f"{name:16s} {str(dtype)[6:]:8s}: rel err {err:.1e} {'ok' if good else 'FAILED'}")
     ok &= check_top_p(device)
     return ok
+
+
+def check_qkv_projection(device, dtype, g) -> dict[str, float]:
+    """The q/k/v projection with the rotary + cache write in its epilogue (7B and 8B layers, 1 to
+    17 tokens, positions from a start scalar as the captured path passes them) against the
+    projection followed by the reference rotary and store."""
+    from triforce.kernels.linear import qkv_rope_store
+    from triforce.models.rope import DevicePositions
+
+    errs = {}
+    for hq, hkv in ((32, 32), (32, 8)):
+        cfg = ModelConfig(vocab_size=8, hidden_size=4096, intermediate_size=8, num_layers=1, num_heads=hq,
+                          num_kv_heads=hkv, head_dim=128, max_position_embeddings=131072)
+        rotary = RotaryEmbedding(cfg).to(device)
+        w = torch.randn((hq + 2 * hkv) * 128, 4096, device=device, dtype=dtype, generator=g) * 0.02
+        nw = 1 + 0.1 * torch.randn(4096, device=device, dtype=dtype, generator=g)
+        for t in (1, 3, 7, 17):
+            x = torch.randn(1, t, 4096, device=device, dtype=dtype, generator=g)
+            r = torch.randn(1, t, 4096, device=device, dtype=dtype, generator=g)
+            start = torch.tensor(90000, device=device)
+            outs = []
+            for use_triton, positions in ((True, DevicePositions(start, t)),
+                                          (False, torch.arange(90000, 90000 + t, device=device))):
+                kc = torch.zeros(1, hkv, 200, 128, device=device, dtype=dtype)
+                vc = torch.zeros_like(kc)
+                q, h = qkv_rope_store(x, r, nw, 1e-5, w, None, rotary.at(positions, dtype), kc, vc,
+                                      torch.tensor(50, device=device), hq, hkv, 128, use_triton=use_triton)
+                outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten(), h.flatten()]))
+            errs[f"qkv+rope hkv={hkv} T={t}"] = rel_err(*outs)
+    return errs
 
 
 def check_top_p(device) -> bool:

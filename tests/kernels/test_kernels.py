@@ -255,3 +255,84 @@ def test_top_p_split_llama3_vocabulary():
     ref = _nucleus_reference(logits, 0.6, 0.9)
     assert torch.equal(out > 0, ref > 0)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+QKV_CASES = [  # (tokens, q heads, kv heads, head dim, residual, bias, positions given as a start scalar)
+    (1, 4, 4, 64, True, False, True),
+    (1, 8, 2, 32, False, True, False),  # the first layer: no residual yet
+    (3, 4, 2, 64, True, False, True),  # a middle-level step: norm apart, the projection on the matrix unit
+    (7, 8, 2, 32, True, True, False),
+    (3, 2, 1, 128, True, False, True),  # 7B/8B head dim: two programs per head on the matrix-unit path
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", QKV_CASES, ids=lambda c: "t{}-hq{}-hkv{}-d{}-res{}-bias{}-start{}".format(*c))
+def test_qkv_projection_with_rotary_and_cache_write_matches_reference(case, dtype):
+    """kernels.linear.qkv_rope_store: the product's epilogue rotates q and k and writes k and v to
+    the cache slots, exactly as the projection followed by kernels.rotary's reference."""
+    from triforce.kernels.linear import qkv_rope_store
+    from triforce.models.rope import DevicePositions
+
+    T, hq, hkv, D, with_residual, with_bias, from_start = case
+    hidden, S, slot = 96, 40, 17
+    cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
+                      num_kv_heads=hkv, head_dim=D, max_position_embeddings=4096,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
+    rotary = RotaryEmbedding(cfg).to(DEVICE)
+    start = torch.tensor(2000, device=DEVICE)
+    positions = DevicePositions(start, T) if from_start else torch.arange(2000, 2000 + T, device=DEVICE)
+    g = torch.Generator().manual_seed(T * 100 + D)
+    n = (hq + 2 * hkv) * D
+    x = torch.randn(1, T, hidden, generator=g).to(DEVICE, dtype)
+    r = torch.randn(1, T, hidden, generator=g).to(DEVICE, dtype) if with_residual else None
+    nw = (1 + 0.1 * torch.randn(hidden, generator=g)).to(DEVICE, dtype)
+    w = (torch.randn(n, hidden, generator=g) / hidden ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if with_bias else None
+    outs = []
+    for use_triton in (True, False):
+        kc = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        vc = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        q, h = qkv_rope_store(x, r, nw, 1e-5, w, b, rotary.at(positions, dtype), kc, vc,
+                              torch.tensor(slot, device=DEVICE), hq, hkv, D, use_triton=use_triton)
+        assert q.shape == (1, hq, T, D)
+        outs.append((q, kc, vc, h))
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    for out, ref in zip(outs[0][:3], outs[1][:3]):
+        assert rel_err(out, ref) < tol
+    torch.testing.assert_close(outs[0][3], outs[1][3], atol=0, rtol=0)  # h = x + r, rounded as torch
+    kc = outs[0][1]
+    untouched = torch.ones(S, dtype=torch.bool)
+    untouched[slot:slot + T] = False
+    assert (kc[:, :, untouched] == 7.0).all() and (outs[0][2][:, :, untouched] == 7.0).all()
+    assert not (kc[:, :, slot:slot + T] == 7.0).any()
+
+
+def test_embedding_gathered_from_the_token_buffer():
+    from triforce.kernels.embedding import TokenSlice, embed
+
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(50, 80, generator=g).to(DEVICE)
+    buffer = torch.randint(0, 50, (30,), generator=g).to(DEVICE)
+    tokens = TokenSlice(buffer, torch.tensor(11, device=DEVICE), 3)
+    out = embed(weight, tokens, use_triton=True)
+    assert out.shape == (1, 3, 80)
+    torch.testing.assert_close(out, weight[buffer[11:14]][None], atol=0, rtol=0)
+
+
+def test_rope_store_reads_positions_from_a_start_scalar():
+    from triforce.models.rope import DevicePositions
+
+    cfg = ModelConfig(vocab_size=8, hidden_size=4 * 64, intermediate_size=8, num_layers=1, num_heads=4,
+                      num_kv_heads=2, head_dim=64, max_position_embeddings=4096)
+    rotary = RotaryEmbedding(cfg).to(DEVICE)
+    T = 3
+    qkv = torch.randn(1, T, 8 * 64, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    outs = []
+    for positions in (DevicePositions(torch.tensor(900, device=DEVICE), T), torch.arange(900, 900 + T, device=DEVICE)):
+        buf = qkv.clone()
+        q, k, v = (t.view(1, T, -1, 64).transpose(1, 2) for t in buf.split([256, 128, 128], dim=-1))
+        kc, vc = torch.zeros(1, 2, 10, 64, device=DEVICE), torch.zeros(1, 2, 10, 64, device=DEVICE)
+        rope_store(q, k, v, rotary.at(positions, torch.float32), kc, vc, torch.tensor(4, device=DEVICE), use_triton=True)
+        outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)

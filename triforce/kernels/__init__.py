@@ -7,10 +7,13 @@ kernels through Triton's interpreter (`TRITON_INTERPRET=1`, set by the test suit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
+
+_ON_CPU = False  # tests: route CPU tensors through the kernels too (see triton_on_cpu)
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,9 +31,27 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@contextlib.contextmanager
+def triton_on_cpu():
+    """Within this block every kernel entry point takes the Triton path for CPU tensors as well,
+    through Triton's interpreter (which must be on): tests run the whole captured path's forward,
+    kernels included, on a CPU."""
+    global _ON_CPU
+    if not interpreted():
+        raise RuntimeError("triton_on_cpu needs TRITON_INTERPRET=1 (set before triton is imported)")
+    previous, _ON_CPU = _ON_CPU, True
+    try:
+        yield
+    finally:
+        _ON_CPU = previous
+
+
 def kernels_usable(t: torch.Tensor, use_triton: bool | None = None) -> bool:
     """Whether to run the Triton kernel on tensors like `t`: by default on CUDA tensors when Triton
-    is installed; `use_triton=True` also asks for it on CPU tensors (tests, through the interpreter)."""
+    is installed; `use_triton=True` (or a `triton_on_cpu` block) also asks for it on CPU tensors
+    (tests, through the interpreter)."""
+    if use_triton is None and _ON_CPU:
+        use_triton = True
     if use_triton is False or not (t.is_cuda or (use_triton and interpreted())):
         return False  # decided before importing Triton: CPU runs never import it
     return triton_available()
