@@ -95,8 +95,18 @@ def cases(only: set[str] | None):
             add("attention", f"{name} T={t}", lambda q=q, k=k, length=length: triton_decode.decode_attention(
                 q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
 
-    from triforce.kernels import triton_embedding
+    from triforce.kernels import triton_embedding, triton_verify
     from triforce.kernels.triton_linear import RopeStore
+
+    for vocab in (32000, 128256):
+        for k in (2, 6, 16):
+            q, p = torch.empty(k, vocab), torch.empty(k + 1, vocab)
+            tokens, u, race = torch.zeros(k, dtype=torch.int64), torch.empty(k), torch.empty(vocab)
+            add("verify", f"V={vocab} k={k}", lambda q=q, p=p, tokens=tokens, u=u, race=race: (
+                triton_verify.race_verify(tokens, q, p, u, race, out_tokens=torch.zeros(64, dtype=torch.int64),
+                                          base=3)))
+        add("verify", f"sample V={vocab}", lambda vocab=vocab: triton_verify.race_sample(
+            torch.empty(vocab), torch.empty(vocab), out_tokens=torch.zeros(64, dtype=torch.int64), index=5))
 
     for name, hidden in (("8b", 4096), ("68m", 768)):
         w = torch.empty(1000, hidden, dtype=bf16)
@@ -133,7 +143,7 @@ def cases(only: set[str] | None):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding")
+    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding,verify")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)

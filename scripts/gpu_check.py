@@ -100,6 +100,44 @@ def check_kernels(device) -> bool:
             ok &= good
             print(f"{name:16s} {str(dtype)[6:]:8s}: rel err {err:.1e} {'ok' if good else 'FAILED'}")
     ok &= check_top_p(device)
+    ok &= check_race(device)
+    return ok
+
+
+def check_race(device) -> bool:
+    """The verification / sampling kernel (kernels/verify.py) against the same rule in torch ops,
+    on the generator's draws, at the 32K and 128K vocabularies: the same acceptance count, and a
+    token whose race ratio is the maximum (up to the kernel's division rounding)."""
+    from triforce.kernels.verify import race_sample, race_sample_reference, race_verify, race_verify_reference
+
+    ok = True
+    g = torch.Generator(device=device).manual_seed(2)
+    for vocab in (32000, 128256):
+        for k in (2, 6, 16):
+            bad = 0
+            for trial in range(200):
+                q = torch.softmax(torch.randn(k, vocab, device=device, generator=g) * 3, -1)
+                p = torch.softmax(torch.randn(k + 1, vocab, device=device, generator=g) * 3, -1)
+                if trial % 4 == 0:
+                    p[:k] = q  # mostly accepted
+                tokens = torch.multinomial(q, 1, generator=g)[:, 0]
+                u = torch.rand(k, device=device, generator=g)
+                race = torch.empty(vocab, device=device).exponential_(generator=g)
+                buffer = torch.zeros(k + 8, dtype=torch.int64, device=device)
+                out = race_verify(tokens, q, p, u, race, out_tokens=buffer, base=2).tolist()
+                ref = race_verify_reference(tokens, q, p, u, race).tolist()
+                n = ref[0]
+                w = torch.clamp(p[n] - (q[n] if n < k else 0), min=0)
+                ratio = w / race.clamp_min(torch.finfo(torch.float32).tiny)
+                same = out[0] == n and ratio[out[1]] >= ratio.max() * (1 - 1e-6) and int(buffer[2 + n]) == out[1]
+                bad += not same
+            probs = torch.softmax(torch.randn(vocab, device=device, generator=g) * 3, -1)
+            race = torch.empty(vocab, device=device).exponential_(generator=g)
+            sampled = int(race_sample(probs, race)) == int(race_sample_reference(probs, race))
+            good = bad == 0 and sampled
+            ok &= good
+            print(f"race verify V={vocab:6d} k={k:2d}: {bad}/200 disagree with the torch rule, sample agrees="
+                  f"{sampled} {'ok' if good else 'FAILED'}")
     return ok
 
 

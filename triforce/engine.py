@@ -40,7 +40,7 @@ from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
-from triforce.sampling import SamplingParams, sample, verify_tensor
+from triforce.sampling import SamplingParams, sample_into, verify_into
 
 if TYPE_CHECKING:
     from triforce.progress import GenerationProgress
@@ -373,7 +373,7 @@ class Engine:
             dists = []
             for _ in range(n):
                 p = self._forward(0, self.n - 1)[-1]
-                self.tokens[self.n] = sample(p, self.generator)  # stays on the device
+                sample_into(p, self.generator, self.tokens, self.n)  # stays on the device
                 self.n += 1
                 dists.append(p)
             return torch.stack(dists)
@@ -395,13 +395,13 @@ class Engine:
         q = self._extend(i - 1, level.gamma)
         p = self._forward(i, base - 1)  # (gamma + 1, V)
         proposals = self.tokens[base:base + level.gamma]
-        verdict = verify_tensor(proposals, q, p, self.generator, residual=level.residual)
+        # [n, next token, proposals...]; the next token is already written at tokens[base + n]
+        verdict = verify_into(proposals, q, p, self.generator, self.tokens, base, residual=level.residual)
         if i == len(self.levels) - 1:
-            values = torch.cat([verdict, proposals]).tolist()  # the round's one synchronisation
+            values = verdict.tolist()  # the round's one synchronisation
             n, emitted = values[0], values[2:2 + values[0]] + [values[1]]
         else:
             n, emitted = int(verdict[0]), None  # the round's one synchronisation
-        self.tokens[base + n] = verdict[1]
         self.n = base + n + 1
         self._crop_all(i, base + n)
         below = self.levels[i - 1].name

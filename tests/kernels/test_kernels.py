@@ -336,3 +336,64 @@ def test_rope_store_reads_positions_from_a_start_scalar():
         rope_store(q, k, v, rotary.at(positions, torch.float32), kc, vc, torch.tensor(4, device=DEVICE), use_triton=True)
         outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+
+
+def _verify_case(k: int, vocab: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.softmax(torch.randn(k, vocab, generator=g) * 2, -1)
+    p = torch.softmax(torch.randn(k + 1, vocab, generator=g) * 2, -1)
+    tokens = torch.multinomial(q, 1, generator=g)[:, 0]
+    u = torch.rand(k, generator=g)
+    race = torch.empty(vocab).exponential_(generator=g)
+    return tokens, q, p, u, race
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("k,vocab", [(1, 7), (3, 50), (6, 10000), (17, 9000)])
+def test_race_verify_kernel_matches_reference(k, vocab, residual):
+    """kernels.verify: the acceptance prefix, the residual and the race over several chunks of the
+    vocabulary, against the same function in torch ops on the same draws; the emitted token is
+    written into the token buffer at base + n."""
+    from triforce.kernels.verify import race_verify, race_verify_reference
+
+    for seed in range(24):
+        tokens, q, p, u, race = _verify_case(k, vocab, seed % 6)
+        race = torch.empty(vocab).exponential_(generator=torch.Generator().manual_seed(100 + seed))
+        if seed % 6 == 1:
+            u = torch.zeros(k)  # every proposal accepted: the bonus row
+        if seed % 6 == 2:
+            p[: k] = q  # p = q, u = 1: rejected with an empty residual, drawn from p_n itself
+            u = torch.ones(k)
+        if seed % 6 == 3:  # the first proposal impossible under p, its mass moved to token 0:
+            p[0] = q[0]  # the residual is one-hot at token 0
+            p[0, 0] += p[0, tokens[0]] if tokens[0] != 0 else 0.0
+            p[0, tokens[0]] = 0.0
+        buffer = torch.full((k + 10,), -1, dtype=torch.int64)
+        buffer[3:3 + k] = tokens
+        out = race_verify(buffer[3:3 + k], q, p, u, race, residual=residual, out_tokens=buffer, base=3,
+                          use_triton=True)
+        ref = race_verify_reference(tokens, q, p, u, race, residual=residual)
+        n, token = int(ref[0]), int(ref[1])
+        assert out[:2].tolist() == [n, token] and out[2:2 + n].tolist() == tokens[:n].tolist()
+        assert buffer[3 + n] == token
+        if seed % 6 == 1:
+            assert n == k
+        if seed % 6 == 2:
+            assert n == 0
+        if seed % 6 == 3 and residual and tokens[0] != 0:
+            assert (n, token) == (0, 0)
+
+
+def test_race_sample_kernel_matches_reference_and_breaks_ties_low():
+    from triforce.kernels.verify import race_sample, race_sample_reference
+
+    g = torch.Generator().manual_seed(9)
+    for vocab in (5, 5000, 12289):
+        probs = torch.softmax(torch.randn(vocab, generator=g), -1)
+        race = torch.empty(vocab).exponential_(generator=g)
+        buffer = torch.zeros(5, dtype=torch.int64)
+        token = race_sample(probs, race, out_tokens=buffer, index=4, use_triton=True)
+        assert int(token) == int(race_sample_reference(probs, race)) == int(buffer[4])
+    probs = torch.zeros(9000)
+    probs[[100, 4500, 8000]] = 1 / 3  # three equal ratios in three chunks: the smallest index wins
+    assert int(race_sample(probs, torch.ones(9000), use_triton=True)) == 100
