@@ -55,7 +55,8 @@ def install(target: GPUTarget, label: list[str]) -> None:
         binder = binders.setdefault(id(self), create_function_from_signature(self.signature, self.params, backend))
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
-        row = dict(case=label[0], kernel=self.fn.__name__, warps=options.num_warps, stages=options.num_stages)
+        row = dict(case=label[0], kernel=self.fn.__name__, warps=options.num_warps, stages=options.num_stages,
+                   pdl=options.launch_pdl)
         try:
             compiled = triton_compile(ASTSource(self, signature, constexprs, attrs), target=target,
                                       options=options.__dict__)
@@ -95,7 +96,12 @@ def cases(only: set[str] | None):
             add("attention", f"{name} T={t}", lambda q=q, k=k, length=length: triton_decode.decode_attention(
                 q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
 
-    from triforce.kernels import triton_embedding, triton_verify
+    from triforce.kernels import triton_embedding, triton_streaming, triton_verify
+
+    for name, heads, d in (("68m", 12, 64), ("7b-self", 32, 128)):
+        cache = torch.empty(2, 1, heads, 256, d, dtype=bf16)
+        add("streaming", f"evict {name}", lambda cache=cache, d=d: triton_streaming.shift_window(
+            cache, cache, 16, 256, 1, torch.empty(d // 2)))
     from triforce.kernels.triton_linear import RopeStore
 
     for vocab in (32000, 128256):
@@ -143,10 +149,15 @@ def cases(only: set[str] | None):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding,verify")
+    ap.add_argument("--pdl", action="store_true", help="compile the kernels as launched with TRIFORCE_PDL=1")
+    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding,verify,streaming")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)
+    if args.pdl:
+        import triforce.kernels
+
+        triforce.kernels.pdl_enabled = lambda t: True  # the launchers ask this; here tensors are on the CPU
     failed = False
     for group, name, thunk in cases(set(args.only.split(",")) if args.only else None):
         label[0] = f"{group}: {name}"
@@ -159,7 +170,8 @@ def main() -> int:
             if row["ok"]:
                 bad = row["spill"] > 0
                 print(f"{row['case']:40s} {row['kernel']:22s} warps={row['warps']} stages={row['stages']} "
-                      f"regs={row['regs']:3d} spill={row['spill']} shared={row['shared']}{'  SPILLS' if bad else ''}")
+                      f"regs={row['regs']:3d} spill={row['spill']} shared={row['shared']}"
+                      f"{' pdl' if row['pdl'] else ''}{'  SPILLS' if bad else ''}")
             else:
                 bad = True
                 print(f"{row['case']:40s} {row['kernel']:22s} FAILED {row['error']}")

@@ -13,7 +13,11 @@
    (reported, not asserted: in bf16 a 7-token verify and a 1-token step round differently, so a
    near-tie may flip).
 
-Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass.
+With --pdl both (the default on sm90+), 1-4 run twice: kernels launched plainly, then with
+programmatic dependent launch (TRIFORCE_PDL=1), which the CPU tests cannot exercise.
+
+Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass (in
+every PDL mode checked).
 """
 
 from __future__ import annotations
@@ -95,6 +99,16 @@ def check_kernels(device) -> bool:
         ids = torch.randint(0, 32000, (100,), device=device, generator=g)
         errs["embedding slice"] = rel_err(embed(table, TokenSlice(ids, torch.tensor(40, device=device), 7)),
                                           table[ids[40:47]][None])
+        from triforce.kernels.streaming import shift_window, shift_window_reference
+
+        draft_cfg = ModelConfig(vocab_size=8, hidden_size=768, intermediate_size=8, num_layers=2, num_heads=12,
+                                num_kv_heads=12, head_dim=64, max_position_embeddings=2048)
+        draft_rope = RotaryEmbedding(draft_cfg).to(device)
+        window = torch.randn(2, 2, 1, 12, 256, 64, device=device, dtype=dtype, generator=g)
+        shifted = window.clone()
+        shift_window(shifted[0], shifted[1], 16, 256, 3, draft_rope)
+        shift_window_reference(window[0], window[1], 16, 256, 3, draft_rope)
+        errs["streaming evict"] = rel_err(shifted, window)
         for name, err in errs.items():
             good = err < tol
             ok &= good
@@ -276,17 +290,32 @@ def report_bf16(device) -> None:
 
 
 def main() -> int:
+    from triforce.kernels import use_pdl
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--pdl", choices=("off", "on", "both"), default="both",
+                    help="programmatic dependent launch of the decode kernels (sm90+): check without, with, or both")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this check is for GPUs (the CPU path is covered by the test suite)")
         return 1
-    ok = check_kernels(args.device)
-    ok &= check_engine(args.device)
-    ok &= check_synchronisations(args.device)
-    report_bf16(args.device)
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: {'OK' if ok else 'FAILED'}")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
+    if torch.cuda.get_device_capability()[0] < 9:
+        modes = [False]  # PDL needs sm90+
+    verdicts = {}
+    for pdl in modes:
+        use_pdl(pdl)
+        print(f"\n=== programmatic dependent launch {'on' if pdl else 'off'} ===")
+        ok = check_kernels(args.device)
+        ok &= check_engine(args.device)
+        ok &= check_synchronisations(args.device)
+        report_bf16(args.device)
+        verdicts[pdl] = ok
+    use_pdl(False)
+    ok = all(verdicts.values())
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: "
+          + ", ".join(f"PDL {'on' if k else 'off'} {'OK' if v else 'FAILED'}" for k, v in verdicts.items()))
     return 0 if ok else 1
 
 

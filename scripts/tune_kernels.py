@@ -1,6 +1,6 @@
 """Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear] [--prologues] [--top-p]
+    python scripts/tune_kernels.py [--attention] [--linear] [--prologues] [--top-p] [--pdl]
 
 Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
 graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
@@ -182,7 +182,12 @@ def main() -> None:
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--prologues", action="store_true")
     ap.add_argument("--top-p", action="store_true")
+    ap.add_argument("--pdl", action="store_true", help="launch the kernels with programmatic dependent launch")
     args = ap.parse_args()
+    if args.pdl:
+        from triforce.kernels import use_pdl
+
+        use_pdl(True)
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     everything = not (args.attention or args.linear or args.prologues or args.top_p)

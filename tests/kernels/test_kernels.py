@@ -397,3 +397,31 @@ def test_race_sample_kernel_matches_reference_and_breaks_ties_low():
     probs = torch.zeros(9000)
     probs[[100, 4500, 8000]] = 1 / 3  # three equal ratios in three chunks: the smallest index wins
     assert int(race_sample(probs, torch.ones(9000), use_triton=True)) == 100
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("start,end,n", [(16, 256, 1), (4, 100, 3), (2, 40, 38), (0, 70, 5)])
+def test_streaming_window_shift_matches_reference(start, end, n, dtype):
+    """kernels.streaming: evicting n window tokens (slots start.. start+n) shifts the kept keys down
+    n slots, re-rotated by -n positions, and the values with them; nothing else changes."""
+    from triforce.kernels.streaming import shift_window, shift_window_reference
+
+    cfg = ModelConfig(vocab_size=8, hidden_size=4 * 64, intermediate_size=8, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=64, max_position_embeddings=4096)
+    rope = RotaryEmbedding(cfg).to(DEVICE)
+    g = torch.Generator().manual_seed(end)
+    k = torch.randn(2, 1, 2, 260, 64, generator=g).to(DEVICE, dtype)
+    v = torch.randn(2, 1, 2, 260, 64, generator=g).to(DEVICE, dtype)
+    outs = []
+    for use_triton in (True, False):
+        kk, vv = k.clone(), v.clone()
+        if use_triton:
+            shift_window(kk, vv, start, end, n, rope, use_triton=True)
+        else:
+            shift_window_reference(kk, vv, start, end, n, rope)
+        outs.append((kk, vv))
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=tol, rtol=tol)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
+    assert torch.equal(outs[0][0][:, :, :, end - n:], k[:, :, :, end - n:])  # slots past the new end untouched
+    assert torch.equal(outs[0][0][:, :, :, :start], k[:, :, :, :start])  # the sink too

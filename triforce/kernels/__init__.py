@@ -14,6 +14,10 @@ import os
 import torch
 
 _ON_CPU = False  # tests: route CPU tensors through the kernels too (see triton_on_cpu)
+# Programmatic dependent launch (Hopper and later): each kernel of a captured forward may launch
+# while its predecessor finishes and waits for it in-kernel (triton_pdl.py). Off by default until
+# measured on the GPU: TRIFORCE_PDL=1 or use_pdl(True).
+PDL = os.environ.get("TRIFORCE_PDL", "0") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,6 +48,21 @@ def triton_on_cpu():
         yield
     finally:
         _ON_CPU = previous
+
+
+def use_pdl(enabled: bool) -> None:
+    """Launch the decode kernels with programmatic dependent launch (CUDA sm90+) or not."""
+    global PDL
+    PDL = bool(enabled)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(t: torch.Tensor) -> bool:
+    return PDL and t.is_cuda and not interpreted() and _sm90(t.device.index if t.device.index is not None else 0)
 
 
 def kernels_usable(t: torch.Tensor, use_triton: bool | None = None) -> bool:

@@ -15,6 +15,7 @@ import triton.language as tl
 
 from triforce.kernels import interpreted
 from triforce.kernels.decode_attention import BLOCK_N
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
 
 
 @triton.jit
@@ -53,7 +54,8 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
                   BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr):
+                  PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // NUM_KV_HEADS
@@ -119,7 +121,8 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
 @triton.jit
 def _merge_kernel(O_PART, L_PART, OUT, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits,
-                  SPLITS_BLOCK: tl.constexpr, ROWS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr):
+                  SPLITS_BLOCK: tl.constexpr, ROWS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     bh = tl.program_id(0)
     row = tl.program_id(1)
     b = bh // NUM_KV_HEADS
@@ -203,11 +206,12 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, splits, scale * 1.4426950408889634,
         BLOCK_M=cfg["block_m"], TAIL_M=cfg["tail_m"], BLOCK_N=cfg["block_n"], HEAD_DIM=D, PRECISION=precision,
-        LOOP_FOR=not interpreted(), DIRECT=direct, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        LOOP_FOR=not interpreted(), DIRECT=direct, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **pdl_args(q))
     if not direct:
         splits_block = triton.next_power_of_2(splits)
         _merge_kernel[(B * Hkv, rows)](
             o_part, l_part, out, out.stride(0), out.stride(1), out.stride(2),
             T, group, Hkv, splits, SPLITS_BLOCK=splits_block, ROWS_PAD=rows_pad, HEAD_DIM=D,
-            num_warps=max(1, min(4, splits_block * D // 2048)))  # about 64 values per thread
+            num_warps=max(1, min(4, splits_block * D // 2048)), **pdl_args(q))  # about 64 values per thread
     return out

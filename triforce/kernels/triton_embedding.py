@@ -7,9 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
+
 
 @triton.jit
-def _embed_kernel(W, IDS, START, OUT, hidden, BLOCK: tl.constexpr):
+def _embed_kernel(W, IDS, START, OUT, hidden, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < hidden
@@ -21,5 +24,6 @@ def embed_slice(weight: torch.Tensor, ids: torch.Tensor, start: torch.Tensor, co
     hidden = weight.shape[1]
     out = torch.empty((1, count, hidden), dtype=weight.dtype, device=weight.device)
     block = min(1024, triton.next_power_of_2(hidden))
-    _embed_kernel[(count, triton.cdiv(hidden, block))](weight, ids, start, out, hidden, BLOCK=block, num_warps=4)
+    _embed_kernel[(count, triton.cdiv(hidden, block))](weight, ids, start, out, hidden, BLOCK=block, num_warps=4,
+                                                       **pdl_args(weight))
     return out

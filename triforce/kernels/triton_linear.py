@@ -11,6 +11,8 @@ import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL, SILU = 0, 1, 2, 3
 
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
+
 
 @triton.jit
 def _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, K, PROLOGUE: tl.constexpr):
@@ -68,7 +70,8 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
                    POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS,
                    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr,
-                   ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr):
+                   ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     # K is a compile-time constant: the loops over it unroll and pipeline (few distinct K per model)
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
@@ -177,5 +180,5 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
-        POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages)
+        POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages, **pdl_args(x))
     return out, h

@@ -32,14 +32,17 @@ import torch
 import triton
 import triton.language as tl
 
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
+
 BLOCK = 4096  # tokens per program of the split path
 NUM_BINS = 512  # histogram bins: 1/16 octave each (SHIFT), 32 octaves; the last bin takes the rest
 SHIFT = 19  # a bin is 2**SHIFT float bit patterns: 1/16 of an octave (23 mantissa bits - 4)
-TILE = 2048  # candidates per step of the final bisection
+TILE = 8192  # candidates the final bisection holds in registers (more: it steps through them in tiles)
 
 
 @triton.jit
-def _top_p_kernel(LOGITS, OUT, V, inv_temperature, top_p, BLOCK: tl.constexpr, BISECT: tl.constexpr):
+def _top_p_kernel(LOGITS, OUT, V, inv_temperature, top_p, BLOCK: tl.constexpr, BISECT: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < V
@@ -63,13 +66,15 @@ def _top_p_kernel(LOGITS, OUT, V, inv_temperature, top_p, BLOCK: tl.constexpr, B
     tl.store(OUT + row * V + cols, p, mask=ok)
 
 
-def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float, *, num_warps: int | None = None) -> torch.Tensor:
+def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float, *,
+                        num_warps: int | None = None) -> torch.Tensor:
     V = logits.shape[-1]
     rows = logits.numel() // V
     out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     block = triton.next_power_of_2(V)
     _top_p_kernel[(rows,)](logits, out, V, 1.0 / temperature, top_p, BLOCK=block, BISECT=top_p < 1.0,
-                           num_warps=num_warps or 8)  # measured on an H100: 8 warps 35 us, 32 warps 42 us (32K)
+                           num_warps=num_warps or 8,  # measured on an H100: 8 warps 35 us, 32 warps 42 us (32K)
+                           **pdl_args(logits))
     return out
 
 
@@ -79,7 +84,8 @@ _LO, _HI, _COUNT, _TOP, _THRESHOLD, _FULL = range(6)
 
 
 @triton.jit
-def _stats_kernel(LOGITS, PART_M, PART_S, COUNTERS, V, C, inv_temperature, BLOCK: tl.constexpr):
+def _stats_kernel(LOGITS, PART_M, PART_S, COUNTERS, V, C, inv_temperature, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     cols = c * BLOCK + tl.arange(0, BLOCK)
@@ -157,7 +163,8 @@ def _choose_bracket(COUNTS, OFFSETS, IMETA, C, top_key, top_p, NUM_BINS: tl.cons
 @triton.jit
 def _probs_kernel(LOGITS, OUT, PART_M, PART_S, COUNTERS, COUNTS, OFFSETS, IMETA, V, C, inv_temperature, top_p,
                   BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, NUM_BINS: tl.constexpr, SHIFT: tl.constexpr,
-                  BISECT: tl.constexpr):
+                  BISECT: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     parts = tl.arange(0, C_BLOCK)
@@ -232,7 +239,9 @@ def _mass(VALUES, n, TILE: tl.constexpr):
 
 @triton.jit
 def _compact_kernel(OUT, SCRATCH, COUNTERS, OFFSETS, FIXED, SPAN, IMETA, FMETA, V, C, top_p,
-                    BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, TILE: tl.constexpr, FORCE_FULL: tl.constexpr):
+                    BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, TILE: tl.constexpr, FORCE_FULL: tl.constexpr,
+                    PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     lo = tl.load(IMETA + row * 8 + 0)
@@ -273,7 +282,8 @@ def _compact_kernel(OUT, SCRATCH, COUNTERS, OFFSETS, FIXED, SPAN, IMETA, FMETA, 
 
 
 @triton.jit
-def _finish_kernel(OUT, IMETA, FMETA, V, BLOCK: tl.constexpr):
+def _finish_kernel(OUT, IMETA, FMETA, V, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     c = tl.program_id(1)
     t = tl.load(IMETA + row * 8 + 4)
@@ -285,10 +295,11 @@ def _finish_kernel(OUT, IMETA, FMETA, V, BLOCK: tl.constexpr):
 
 
 def top_p_split(logits: torch.Tensor, temperature: float, top_p: float, *, block: int = BLOCK,
-                num_warps: int = 4, force_full: bool = False, diagnostics: dict | None = None) -> torch.Tensor:
+                num_warps: int = 8, force_full: bool = False, diagnostics: dict | None = None) -> torch.Tensor:
     """The split path (see the module docstring). force_full: always bisect over the whole row
     (tests of the fallback). diagnostics: a dict to receive, per row, the number of candidates and
-    whether the whole-row bisection ran (device tensors; tuning)."""
+    whether the whole-row bisection ran (device tensors; tuning). 8 warps: the last program holds
+    up to TILE candidates in registers (128 registers per thread, no spills: scripts/compile_kernels.py)."""
     V = logits.shape[-1]
     rows = logits.numel() // V
     C = triton.cdiv(V, block)
@@ -304,14 +315,16 @@ def top_p_split(logits: torch.Tensor, temperature: float, top_p: float, *, block
                                                          rows * C * NUM_BINS if bisect else 0])
     grid = (rows, C)
     inv_t = 1.0 / temperature
-    _stats_kernel[grid](logits, part_m, part_s, counters, V, C, inv_t, BLOCK=block, num_warps=num_warps)
+    pdl = pdl_args(logits)
+    _stats_kernel[grid](logits, part_m, part_s, counters, V, C, inv_t, BLOCK=block, num_warps=num_warps, **pdl)
     _probs_kernel[grid](logits, out, part_m, part_s, counters, counts, offsets, imeta, V, C, inv_t, top_p,
                         BLOCK=block, C_BLOCK=c_block, NUM_BINS=NUM_BINS, SHIFT=SHIFT, BISECT=bisect,
-                        num_warps=num_warps)
+                        num_warps=num_warps, **pdl)
     if bisect:
         _compact_kernel[grid](out, scratch, counters, offsets, fixed, span, imeta, fmeta, V, C, top_p,
-                              BLOCK=block, C_BLOCK=c_block, TILE=TILE, FORCE_FULL=force_full, num_warps=num_warps)
-        _finish_kernel[grid](out, imeta, fmeta, V, BLOCK=block, num_warps=num_warps)
+                              BLOCK=block, C_BLOCK=c_block, TILE=TILE, FORCE_FULL=force_full, num_warps=num_warps,
+                              **pdl)
+        _finish_kernel[grid](out, imeta, fmeta, V, BLOCK=block, num_warps=num_warps, **pdl)
         if diagnostics is not None:
             meta = imeta.view(rows, 8)
             diagnostics.update(candidates=meta[:, _COUNT], full_row=meta[:, _FULL].bool())
