@@ -3,6 +3,7 @@
     python experiments/latency_benchmark.py                       # llama2-7b + llama3-8b shapes, 32K/64K/120K
     python experiments/latency_benchmark.py shapes=[llama2-7b] contexts=[32768] transformers=false
     python experiments/latency_benchmark.py smollm2.enabled=true   # + real SmolLM2 weights at 64K/120K
+    python experiments/latency_benchmark.py pdl=true               # kernels with programmatic dependent launch
 
 A Hydra app (config: triforce/conf/latency_benchmark.yaml). It measures the device-to-device copy
 bandwidth first, then for each random-weight shape and context: each level's forward (captured
@@ -116,9 +117,11 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
         sys.exit(2)
+    from triforce.kernels import use_pdl
     from triforce.kernels.linear import use_backend
 
     use_backend(cfg.linear)
+    use_pdl(cfg.pdl)
     card = latency.Card.measure()
     print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s", flush=True)
     tables: dict[str, list] = {k: [] for k in ("levels", "speedup", "end_to_end", "transformers", "smollm2", "skipped")}

@@ -3,8 +3,9 @@
     python scripts/gpu_check.py [--device cuda]
 
 1. Each Triton kernel against its torch reference at realistic sizes (a 7B layer's attention
-   at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write), bf16 and
-   fp32, fresh random inputs.
+   at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; the sampling
+   transform at the 32K, 49K and 128K vocabularies, peaked and flat rows, its split path run
+   repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs.
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
    with both executors (eager, graphs); seeded sampling reproducible with graphs.
 3. The graph path synchronises with the host at most once per speculative round.
@@ -12,7 +13,11 @@
    (reported, not asserted: in bf16 a 7-token verify and a 1-token step round differently, so a
    near-tie may flip).
 
-Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass.
+With --pdl both (the default on sm90+), 1-4 run twice: kernels launched plainly, then with
+programmatic dependent launch (TRIFORCE_PDL=1), which the CPU tests cannot exercise.
+
+Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass (in
+every PDL mode checked).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def check_kernels(device) -> bool:
     g = torch.Generator(device=device).manual_seed(0)
     for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float32, 1e-5)):
         for hq, hkv in ((32, 32), (32, 8)):
-            for t in (1, 7, 17, 32 if hkv == hq else 16):
+            for t in (1, 3, 7, 17, 32 if hkv == hq else 16):
                 S, kv_len = 32768 + 64, 32768 + t
                 q = torch.randn(1, t, hq, 128, device=device, dtype=dtype, generator=g).transpose(1, 2)
                 k = torch.randn(1, hkv, S, 128, device=device, dtype=dtype, generator=g)
@@ -62,7 +67,9 @@ def check_kernels(device) -> bool:
                 out = decode_attention(q, k, v, length, 128 ** -0.5)
                 ref = decode_attention_reference(q.float(), k.float(), v.float(), length, 128 ** -0.5)
                 err = rel_err(out, ref)
-                good = err < tol and torch.isfinite(out).all().item()
+                # the captured path's form: the block's first slot + T, added in the kernel
+                same = torch.equal(decode_attention(q, k, v, length - t, 128 ** -0.5, kv_offset=t), out)
+                good = err < tol and torch.isfinite(out).all().item() and same
                 ok &= good
                 print(f"decode_attention {str(dtype)[6:]:8s} hq={hq} hkv={hkv} T={t:2d}: rel err {err:.1e} "
                       f"{'ok' if good else 'FAILED'}")
@@ -85,10 +92,130 @@ def check_kernels(device) -> bool:
             fn(q, k, v, rope, kc, vc, torch.tensor(50, device=device))
             outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
         errs["rope_store"] = rel_err(*outs)
+        errs.update(check_qkv_projection(device, dtype, g))
+        from triforce.kernels.embedding import TokenSlice, embed
+
+        table = torch.randn(32000, 4096, device=device, dtype=dtype, generator=g)
+        ids = torch.randint(0, 32000, (100,), device=device, generator=g)
+        errs["embedding slice"] = rel_err(embed(table, TokenSlice(ids, torch.tensor(40, device=device), 7)),
+                                          table[ids[40:47]][None])
+        from triforce.kernels.streaming import shift_window, shift_window_reference
+
+        draft_cfg = ModelConfig(vocab_size=8, hidden_size=768, intermediate_size=8, num_layers=2, num_heads=12,
+                                num_kv_heads=12, head_dim=64, max_position_embeddings=2048)
+        draft_rope = RotaryEmbedding(draft_cfg).to(device)
+        window = torch.randn(2, 2, 1, 12, 256, 64, device=device, dtype=dtype, generator=g)
+        shifted = window.clone()
+        shift_window(shifted[0], shifted[1], 16, 256, 3, draft_rope)
+        shift_window_reference(window[0], window[1], 16, 256, 3, draft_rope)
+        errs["streaming evict"] = rel_err(shifted, window)
         for name, err in errs.items():
             good = err < tol
             ok &= good
             print(f"{name:16s} {str(dtype)[6:]:8s}: rel err {err:.1e} {'ok' if good else 'FAILED'}")
+    ok &= check_top_p(device)
+    ok &= check_race(device)
+    return ok
+
+
+def check_race(device) -> bool:
+    """The verification / sampling kernel (kernels/verify.py) against the same rule in torch ops,
+    on the generator's draws, at the 32K and 128K vocabularies: the same acceptance count, and a
+    token whose race ratio is the maximum (up to the kernel's division rounding)."""
+    from triforce.kernels.verify import race_sample, race_sample_reference, race_verify, race_verify_reference
+
+    ok = True
+    g = torch.Generator(device=device).manual_seed(2)
+    for vocab in (32000, 128256):
+        for k in (2, 6, 16):
+            bad = 0
+            for trial in range(200):
+                q = torch.softmax(torch.randn(k, vocab, device=device, generator=g) * 3, -1)
+                p = torch.softmax(torch.randn(k + 1, vocab, device=device, generator=g) * 3, -1)
+                if trial % 4 == 0:
+                    p[:k] = q  # mostly accepted
+                tokens = torch.multinomial(q, 1, generator=g)[:, 0]
+                u = torch.rand(k, device=device, generator=g)
+                race = torch.empty(vocab, device=device).exponential_(generator=g)
+                buffer = torch.zeros(k + 8, dtype=torch.int64, device=device)
+                out = race_verify(tokens, q, p, u, race, out_tokens=buffer, base=2).tolist()
+                ref = race_verify_reference(tokens, q, p, u, race).tolist()
+                n = ref[0]
+                w = torch.clamp(p[n] - (q[n] if n < k else 0), min=0)
+                ratio = w / race.clamp_min(torch.finfo(torch.float32).tiny)
+                same = out[0] == n and ratio[out[1]] >= ratio.max() * (1 - 1e-6) and int(buffer[2 + n]) == out[1]
+                bad += not same
+            probs = torch.softmax(torch.randn(vocab, device=device, generator=g) * 3, -1)
+            race = torch.empty(vocab, device=device).exponential_(generator=g)
+            sampled = int(race_sample(probs, race)) == int(race_sample_reference(probs, race))
+            good = bad == 0 and sampled
+            ok &= good
+            print(f"race verify V={vocab:6d} k={k:2d}: {bad}/200 disagree with the torch rule, sample agrees="
+                  f"{sampled} {'ok' if good else 'FAILED'}")
+    return ok
+
+
+def check_qkv_projection(device, dtype, g) -> dict[str, float]:
+    """The q/k/v projection with the rotary + cache write in its epilogue (7B and 8B layers, 1 to
+    17 tokens, positions from a start scalar as the captured path passes them) against the
+    projection followed by the reference rotary and store."""
+    from triforce.kernels.linear import qkv_rope_store
+    from triforce.models.rope import DevicePositions
+
+    errs = {}
+    for hq, hkv in ((32, 32), (32, 8)):
+        cfg = ModelConfig(vocab_size=8, hidden_size=4096, intermediate_size=8, num_layers=1, num_heads=hq,
+                          num_kv_heads=hkv, head_dim=128, max_position_embeddings=131072)
+        rotary = RotaryEmbedding(cfg).to(device)
+        w = torch.randn((hq + 2 * hkv) * 128, 4096, device=device, dtype=dtype, generator=g) * 0.02
+        nw = 1 + 0.1 * torch.randn(4096, device=device, dtype=dtype, generator=g)
+        for t in (1, 3, 7, 17):
+            x = torch.randn(1, t, 4096, device=device, dtype=dtype, generator=g)
+            r = torch.randn(1, t, 4096, device=device, dtype=dtype, generator=g)
+            start = torch.tensor(90000, device=device)
+            outs = []
+            for use_triton, positions in ((True, DevicePositions(start, t)),
+                                          (False, torch.arange(90000, 90000 + t, device=device))):
+                kc = torch.zeros(1, hkv, 200, 128, device=device, dtype=dtype)
+                vc = torch.zeros_like(kc)
+                q, h = qkv_rope_store(x, r, nw, 1e-5, w, None, rotary.at(positions, dtype), kc, vc,
+                                      torch.tensor(50, device=device), hq, hkv, 128, use_triton=use_triton)
+                outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten(), h.flatten()]))
+            errs[f"qkv+rope hkv={hkv} T={t}"] = rel_err(*outs)
+    return errs
+
+
+def check_top_p(device) -> bool:
+    """The sampling transform's kernels against sampling.nucleus at real vocabularies: the same
+    nucleus and values; the split path (which hands work between programs through an atomic
+    counter) gives bit-identical results over repeated runs."""
+    from triforce.kernels.top_p import top_p_probabilities
+    from triforce.kernels.triton_top_p import top_p_split
+    from triforce.sampling import nucleus
+
+    ok = True
+    g = torch.Generator(device=device).manual_seed(1)
+    for vocab in (32000, 49152, 128256):
+        for rows in (1, 7, 17):
+            for kind, scale in (("peaked", 3.0), ("flat", 0.55), ("tied", 0.0)):
+                logits = (torch.randn(rows, vocab, device=device, generator=g) * scale).to(torch.bfloat16)
+                ref = nucleus(torch.softmax(logits.float() / 0.6, -1), 0.9)
+                out = top_p_probabilities(logits, 0.6, 0.9)
+                mismatched = int(((out > 0) != (ref > 0)).sum())
+                err = float((out - ref).abs().max())
+                diagnostics = {}
+                runs = [top_p_split(logits, 0.6, 0.9, diagnostics=diagnostics) for _ in range(20)]
+                stable = all(torch.equal(r, runs[0]) for r in runs)
+                full = top_p_split(logits, 0.6, 0.9, force_full=True)
+                fallback_same = torch.equal(full > 0, runs[0] > 0)
+                # a token whose strictly-more-likely mass lies within float rounding of top_p may
+                # fall either way (sorted cumsum vs tree sums): allow a handful at flat rows
+                good = mismatched <= (0 if kind == "peaked" else 4) and err < 1e-5 and stable and fallback_same
+                ok &= good
+                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: nucleus mismatches {mismatched}, max err "
+                      f"{err:.1e}, deterministic={stable}, whole-row bisection agrees={fallback_same}, candidates/row "
+                      f"<= {int(diagnostics['candidates'].max())}, fallbacks {int(diagnostics['full_row'].sum())} "
+                      f"{'ok' if good else 'FAILED'}")
     return ok
 
 
@@ -163,17 +290,32 @@ def report_bf16(device) -> None:
 
 
 def main() -> int:
+    from triforce.kernels import use_pdl
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--pdl", choices=("off", "on", "both"), default="both",
+                    help="programmatic dependent launch of the decode kernels (sm90+): check without, with, or both")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this check is for GPUs (the CPU path is covered by the test suite)")
         return 1
-    ok = check_kernels(args.device)
-    ok &= check_engine(args.device)
-    ok &= check_synchronisations(args.device)
-    report_bf16(args.device)
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: {'OK' if ok else 'FAILED'}")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.pdl]
+    if torch.cuda.get_device_capability()[0] < 9:
+        modes = [False]  # PDL needs sm90+
+    verdicts = {}
+    for pdl in modes:
+        use_pdl(pdl)
+        print(f"\n=== programmatic dependent launch {'on' if pdl else 'off'} ===")
+        ok = check_kernels(args.device)
+        ok &= check_engine(args.device)
+        ok &= check_synchronisations(args.device)
+        report_bf16(args.device)
+        verdicts[pdl] = ok
+    use_pdl(False)
+    ok = all(verdicts.values())
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: "
+          + ", ".join(f"PDL {'on' if k else 'off'} {'OK' if v else 'FAILED'}" for k, v in verdicts.items()))
     return 0 if ok else 1
 
 

@@ -1,6 +1,6 @@
 """Where a captured forward spends its time: torch.profiler over graph replays, kernels grouped.
 
-    python scripts/profile_levels.py [--shape llama2-7b] [--context 32768] [--levels top:1,top:7,middle:3,draft:1]
+    python scripts/profile_levels.py [--shape llama2-7b] [--context 32768] [--levels top:1,top:7,middle:3,draft:1] [--pdl]
 
 Builds the engine's levels at the context over random weights and caches (triforce.bench), replays
 each level's captured forward under torch.profiler and prints, per level, the kernels by total
@@ -25,6 +25,9 @@ PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_
 def kernel_class(name: str) -> str:
     n = name.lower()
     for key, cls in (("_split_kernel", "attention split"), ("_merge_kernel", "attention merge"),
+                     ("_top_p_kernel", "sampling transform"), ("_stats_kernel", "sampling transform"),
+                     ("_probs_kernel", "sampling transform"), ("_compact_kernel", "sampling transform"),
+                     ("_finish_kernel", "sampling transform"), ("_embed_kernel", "index/embedding"),
                      ("rms_norm", "rmsnorm"), ("rope_store", "rope+store"), ("silu_mul", "silu*up"), ("_linear_kernel", "gemm/gemv"),
                      ("gemv", "gemm/gemv"), ("gemm", "gemm/gemv"), ("nvjet", "gemm/gemv"), ("cutlass", "gemm/gemv"),
                      ("sort", "sampling transform"), ("softmax", "sampling transform"), ("scan", "sampling transform"),
@@ -55,7 +58,12 @@ def main() -> None:
     ap.add_argument("--shape", default="llama2-7b")
     ap.add_argument("--context", type=int, default=32768)
     ap.add_argument("--levels", default="top:1,top:7,top:17,middle:3,draft:1")
+    ap.add_argument("--pdl", action="store_true", help="kernels with programmatic dependent launch")
     args = ap.parse_args()
+    if args.pdl:
+        from triforce.kernels import use_pdl
+
+        use_pdl(True)
     target = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device="cuda")
     draft = random_model(SHAPES[DRAFT_OF[args.shape]], dtype=torch.bfloat16, device="cuda", seed=1)
     bench = LevelBench(target, draft, PAPER, args.context)

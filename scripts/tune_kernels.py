@@ -1,14 +1,19 @@
-"""Bandwidth of the decode kernels alone, over a few launch variants, on the GPU.
+"""Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear]
+    python scripts/tune_kernels.py [--attention] [--linear] [--prologues] [--top-p] [--pdl]
 
-Attention: a 7B layer (MHA, 32 heads) and an 8B layer (GQA, 8 KV heads) at 32K and 128K keys
-with 1, 7 and 17 new tokens: the split-KV kernel over (splits, block, warps, stages) variants,
-achieved bandwidth (KV bytes / time) as a share of the device-to-device copy bandwidth.
+Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
+graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
+dirty lines that inflate every bandwidth-bound kernel by ~17 us on an H100).
+
+Attention: a 7B layer (MHA, 32 heads) and an 8B layer (GQA, 8 KV heads) at 32K, 64K and 128K keys
+with 1, 3, 7 and 17 new tokens: the split-KV kernel's default launch (and the previous default,
+power-of-two splits for about two programs per SM) against (splits, block, warps, stages)
+variants, achieved bandwidth (KV bytes / time) as a share of the device-to-device copy bandwidth.
 Linear: the 7B / 8B weight shapes at 1 to 17 rows: cuBLAS against the fused Triton kernel over
-(block_n, block_k, warps, stages) variants, weight bytes / time as a share of copy bandwidth.
-Times are medians of triton.testing.do_bench (which flushes the L2 cache between runs, as a
-decode step finds it: the weights are far larger than L2).
+(design, block_n, block_k, warps, stages) variants, weight bytes / time as a share of copy bandwidth.
+Top-p: the sampling transform at the 32K, 49K and 128K vocabularies, 1 / 7 / 17 rows, peaked and
+flat rows: the one-program kernel (32K), the split path, torch's sort path.
 """
 
 from __future__ import annotations
@@ -16,52 +21,76 @@ from __future__ import annotations
 import argparse
 
 import torch
-import triton.testing
+import triton
 
 from triforce.bench.floors import copy_bandwidth
-from triforce.kernels.decode_attention import default_num_splits
-from triforce.kernels.triton_decode import decode_attention
+from triforce.bench.kernel_timing import copies_needed, graph_time
+from triforce.kernels.triton_decode import decode_attention, default_splits, launch_config
 from triforce.kernels.triton_linear import fused_linear
 
 
-def bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+def rotating(tensors: list[torch.Tensor], fn) -> list:
+    return [lambda t=t: fn(t) for t in tensors]
 
 
-def tune_attention(bw: float) -> None:
+def previous_splits(hkv: int, capacity: int, sms: int) -> int:
+    """The split count before the one-wave rule: power of two, about two programs per SM."""
+    want = -(-2 * sms // hkv)
+    most = max(1, capacity // 256)
+    return 1 << (max(1, min(want, most)).bit_length() - 1)
+
+
+def tune_attention(bw: float, contexts: list[int]) -> None:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     for hq, hkv in ((32, 32), (32, 8)):
-        for keys in (32768, 131072):
-            k = torch.randn(1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16)
-            v = torch.randn_like(k)
-            length = torch.tensor([keys], device="cuda")
+        for keys in contexts:
             kv_bytes = 2 * hkv * keys * 128 * 2
-            base = default_num_splits(hkv, 1, keys + 64, k.device)
-            for t in (1, 7, 17):
+            n = copies_needed(kv_bytes, most=max(2, int(24e9 // kv_bytes)))
+            caches = [torch.randn(2, 1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
+            length = torch.tensor([keys], device="cuda")
+            for t in (1, 3, 7, 17):
                 q = torch.randn(1, t, hq, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-                results = []
-                for splits in (base // 2, base, base * 2):
-                    for block_n, warps, stages in ((64, 4, 3), (64, 4, 4), (128, 8, 3), (64, 8, 3)):
-                        s = bench(lambda: decode_attention(q, k, v, length, 0.088, splits, block_n=block_n,
-                                                           num_warps=warps, num_stages=stages))
-                        results.append((s, splits, block_n, warps, stages))
-                default = next(r for r in results if r[1] == base and r[2:] == (64, 4, 3)) if t * hq // hkv <= 64 \
-                    else next(r for r in results if r[1] == base and r[2:] == (64, 8, 3))
-                best = min(results)
-                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d}: default {default[0] * 1e6:6.1f} us "
-                      f"({kv_bytes / default[0] / bw:5.3f} of copy bw, splits={base}); best {best[0] * 1e6:6.1f} us "
-                      f"({kv_bytes / best[0] / bw:5.3f}) splits={best[1]} block={best[2]} warps={best[3]} "
-                      f"stages={best[4]}", flush=True)
+                base = default_splits(q, caches[0][0])
+                old = previous_splits(hkv, keys + 64, sms)
+                cfg = launch_config(hq // hkv * t, 128)
+                default_variant = (base, cfg["block_n"], cfg["num_warps"], cfg["num_stages"])
+                variants = {default_variant, (old, 64, 4 if t * hq // hkv <= 64 else 8, 3)}
+                for splits in sorted({max(1, base // 2), base, old, base * 2 // 3, base * 3 // 2}):
+                    for block_n, warps, stages in ((64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3),
+                                                   (32, 4, 4), (64, 4, 2)):
+                        variants.add((splits, block_n, warps, stages))
+                results = {}
+                for v in sorted(variants):
+                    splits, block_n, warps, stages = v
+                    try:
+                        results[v] = graph_time(rotating(caches, lambda c: decode_attention(
+                            q, c[0], c[1], length, 0.088, splits, block_n=block_n, num_warps=warps, num_stages=stages)))
+                    except Exception as e:  # noqa: BLE001 - a variant that does not fit the SM's resources
+                        print(f"  skipped {v}: {type(e).__name__}", flush=True)
+                best = min(results, key=results.get)
+                prev = next(v for v in results if v[0] == old and v[1:] == (64, 4 if t * hq // hkv <= 64 else 8, 3))
+
+                def show(v):
+                    return f"{results[v] * 1e6:7.1f} us ({kv_bytes / results[v] / bw:5.3f})"
+
+                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d}: default {show(default_variant)} "
+                      f"splits={base} tiles={cfg['block_m']}+{cfg['tail_m']}; previous default {show(prev)} "
+                      f"splits={old}; best {show(best)} splits={best[0]} block={best[1]} warps={best[2]} "
+                      f"stages={best[3]}", flush=True)
+            del caches
 
 
 def tune_linear(bw: float) -> None:
     shapes = {"qkv-7b": (12288, 4096), "o": (4096, 4096), "gate_up-7b": (22016, 4096), "down-7b": (4096, 11008),
               "lm_head-7b": (32000, 4096), "qkv-8b": (6144, 4096), "gate_up-8b": (28672, 4096),
-              "down-8b": (4096, 14336), "lm_head-8b": (128256, 4096)}
+              "down-8b": (4096, 14336), "lm_head-8b": (128256, 4096), "qkv-68m": (2304, 768),
+              "gate_up-68m": (6144, 768), "lm_head-68m": (32000, 768)}
     for name, (n, kdim) in shapes.items():
-        w = torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02
+        wb = n * kdim * 2
+        ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         for t in (1, 3, 7, 17):
             x = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
-            cublas = bench(lambda: torch.nn.functional.linear(x, w))
+            cublas = graph_time(rotating(ws, lambda w: torch.nn.functional.linear(x, w)))
             results = []
             designs = [(0, None), (1, None)] + ([(2, 1 if t == 1 else 4)] if t <= 3 else [])
             for design, block_m in designs:
@@ -70,15 +99,17 @@ def tune_linear(bw: float) -> None:
                         continue
                     for block_k, warps, stages in ((128, 4, 4), (256, 4, 4), (256, 8, 3), (512, 4, 2), (1024, 8, 2)):
                         try:
-                            s = bench(lambda: fused_linear(x, w, block_n=block_n, block_k=block_k, num_warps=warps,
-                                                           num_stages=stages, design=design, block_m=block_m))
+                            s = graph_time(rotating(ws, lambda w: fused_linear(
+                                x, w, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
+                                design=design, block_m=block_m)))
                         except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
                             continue
                         results.append((s, design, block_n, block_k, warps, stages))
+            default = graph_time(rotating(ws, lambda w: fused_linear(x, w)))
             best = min(results)
-            wb = w.numel() * 2
             print(f"linear {name:11s} T={t:2d}: cublas {wb / cublas / bw:5.3f} ({cublas * 1e6:6.1f} us), "
-                  f"best triton {wb / best[0] / bw:5.3f} ({best[0] * 1e6:6.1f} us) design={best[1]} block_n={best[2]} "
+                  f"triton default {wb / default / bw:5.3f} ({default * 1e6:6.1f} us), "
+                  f"best {wb / best[0] / bw:5.3f} ({best[0] * 1e6:6.1f} us) design={best[1]} block_n={best[2]} "
                   f"block_k={best[3]} warps={best[4]} stages={best[5]}", flush=True)
 
 
@@ -90,57 +121,84 @@ def tune_prologues(bw: float) -> None:
 
     for name, (n, kdim, kind) in {"qkv-7b": (12288, 4096, "norm"), "gate_up-7b": (22016, 4096, "norm"),
                                   "down-7b": (4096, 11008, "silu"), "lm_head-7b": (32000, 4096, "norm")}.items():
-        w = torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02
+        wb = n * kdim * 2
+        ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         nw = torch.ones(kdim, device="cuda", dtype=torch.bfloat16)
         for t in (1, 7):
             x = torch.randn(1, t, 2 * kdim if kind == "silu" else kdim, device="cuda", dtype=torch.bfloat16)
             r = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
             if kind == "norm":
-                fused = bench(lambda: norm_linear(x, r, nw, 1e-5, w))
-                apart = bench(lambda: linear(rms_norm(x, nw, 1e-5, r)[0], w))
-                cublas = bench(lambda: torch.nn.functional.linear(rms_norm(x, nw, 1e-5, r)[0], w))
+                fused = graph_time(rotating(ws, lambda w: norm_linear(x, r, nw, 1e-5, w)))
+                apart = graph_time(rotating(ws, lambda w: linear(rms_norm(x, nw, 1e-5, r)[0], w)))
+                cublas = graph_time(rotating(ws, lambda w: torch.nn.functional.linear(rms_norm(x, nw, 1e-5, r)[0], w)))
             else:
-                fused = bench(lambda: silu_linear(x, w))
-                apart = bench(lambda: linear(silu_mul(x), w))
-                cublas = bench(lambda: torch.nn.functional.linear(silu_mul(x), w))
-            wb = w.numel() * 2
+                fused = graph_time(rotating(ws, lambda w: silu_linear(x, w)))
+                apart = graph_time(rotating(ws, lambda w: linear(silu_mul(x), w)))
+                cublas = graph_time(rotating(ws, lambda w: torch.nn.functional.linear(silu_mul(x), w)))
             print(f"prologue {kind:4s} {name:11s} T={t:2d}: fused {wb / fused / bw:5.3f} ({fused * 1e6:6.1f} us), "
                   f"triton apart {wb / apart / bw:5.3f} ({apart * 1e6:6.1f} us), cublas apart {wb / cublas / bw:5.3f} "
                   f"({cublas * 1e6:6.1f} us)", flush=True)
 
 
 def tune_top_p() -> None:
-    """The one-kernel sampling transform (32K vocabulary) over warps per program."""
-    from triforce.kernels.triton_top_p import top_p_probabilities
-    from triforce.sampling import SamplingParams, probabilities
+    """The sampling transform: the one-program kernel, the split path (default and variants) and
+    torch's sort, on peaked rows (logits ~ N(0, 3)) and flat ones (N(0, 0.55), a random-weight
+    68M draft's): time per call, the split path's candidates per row and how often it fell back to
+    the whole-row bisection."""
+    from triforce.kernels import triton_top_p
+    from triforce.sampling import SamplingParams, nucleus
 
-    for rows in (1, 7):
-        logits = torch.randn(rows, 32000, device="cuda", dtype=torch.bfloat16) * 3
-        sort_path = bench(lambda: probabilities(logits[:, :32000].float().contiguous().repeat(1, 2)[:, :40000],
-                                                SamplingParams(0.6, 0.9)))
-        times = {w: bench(lambda: top_p_probabilities(logits, 0.6, 0.9, num_warps=w)) for w in (4, 8, 16, 32)}
-        print(f"top_p rows={rows}: " + ", ".join(f"{w} warps {t * 1e6:5.1f} us" for w, t in times.items())
-              + f"; sort path (40K vocab) {sort_path * 1e6:5.1f} us", flush=True)
+    params = SamplingParams(0.6, 0.9)
+
+    def sort_path(logits):
+        return nucleus(torch.softmax(logits.float() / params.temperature, -1), params.top_p)
+
+    for vocab in (32000, 49152, 128256):
+        for rows in (1, 7, 17):
+            for kind, scale in (("peaked", 3.0), ("flat", 0.55)):
+                logits = (torch.randn(rows, vocab, device="cuda") * scale).to(torch.bfloat16)
+                times = {"sort": graph_time([lambda: sort_path(logits)] * 4)}
+                if vocab <= 32768:
+                    times["one-program"] = graph_time([lambda: triton_top_p.top_p_probabilities(logits, 0.6, 0.9)] * 4)
+                for block, warps in ((4096, 4), (2048, 4), (4096, 8), (8192, 8)):
+                    times[f"split {block}/{warps}w"] = graph_time(
+                        [lambda: triton_top_p.top_p_split(logits, 0.6, 0.9, block=block, num_warps=warps)] * 4)
+                diagnostics = {}
+                out = triton_top_p.top_p_split(logits, 0.6, 0.9, diagnostics=diagnostics)
+                ref = sort_path(logits)
+                same = bool(torch.equal(out > 0, ref > 0))
+                cands = diagnostics["candidates"].tolist()
+                fell_back = int(diagnostics["full_row"].sum())
+                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: "
+                      + ", ".join(f"{k} {v * 1e6:6.1f} us" for k, v in times.items())
+                      + f"; candidates/row max {max(cands)} (kept {int((out > 0).sum(-1).max())}), "
+                        f"whole-row fallbacks {fell_back}/{rows}, same nucleus as sort: {same}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--attention", action="store_true")
+    ap.add_argument("--contexts", default="32768,65536,131072", help="attention key counts")
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--prologues", action="store_true")
     ap.add_argument("--top-p", action="store_true")
+    ap.add_argument("--pdl", action="store_true", help="launch the kernels with programmatic dependent launch")
     args = ap.parse_args()
+    if args.pdl:
+        from triforce.kernels import use_pdl
+
+        use_pdl(True)
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     everything = not (args.attention or args.linear or args.prologues or args.top_p)
     if args.top_p or everything:
         tune_top_p()
+    if args.attention or everything:
+        tune_attention(bw, [int(c) for c in args.contexts.split(",")])
     if args.prologues or everything:
         tune_prologues(bw)
     if args.linear or everything:
         tune_linear(bw)
-    if args.attention or everything:
-        tune_attention(bw)
 
 
 if __name__ == "__main__":

@@ -404,3 +404,65 @@ def test_outcome_enumeration_is_complete():
         p = normalise(rng.dirichlet(np.ones(vocab), size=k + 1))
         tokens = [int(rng.integers(vocab)) for _ in range(k)]
         assert sum(outcome_distribution(tokens, q, p).values()) == pytest.approx(1.0, abs=1e-6)
+
+
+# -- the device path: sample_into / verify_into with the race kernel (Triton's interpreter) ------
+
+def _race_kernels():
+    from triforce.kernels import triton_available, triton_on_cpu
+
+    if not triton_available():
+        pytest.skip("Triton is not installed")
+    return triton_on_cpu()
+
+
+def run_verify_into(tokens, q, p, n: int, seed: int, residual: bool = True) -> dict:
+    from triforce.sampling import verify_into
+
+    gen = torch.Generator().manual_seed(seed)
+    t, qt, pt = torch.tensor(tokens), torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
+    buffer = torch.zeros(len(tokens) + 4, dtype=torch.int64)
+    counts: dict[tuple[int, int], int] = {}
+    with _race_kernels():
+        for _ in range(n):
+            buffer[1:1 + len(tokens)] = t
+            out = verify_into(buffer[1:1 + len(tokens)], qt, pt, gen, buffer, 1, residual=residual).tolist()
+            assert buffer[1 + out[0]] == out[1] and out[2:2 + out[0]] == tokens[:out[0]]
+            counts[(out[0], out[1])] = counts.get((out[0], out[1]), 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_race_kernel_verification_matches_the_analytic_distribution(seed):
+    """The GPU path's verification kernel (exponential race, run by Triton's interpreter) against
+    the exact outcome law, on random cases with rejections and bonus tokens; and the biased rule
+    (resampling from p) is detected."""
+    rng = np.random.default_rng(seed)
+    k, vocab = 3, 4
+    q = normalise(rng.dirichlet(np.ones(vocab) * 0.5, size=k))
+    p = normalise(rng.dirichlet(np.ones(vocab) * 0.5, size=k + 1))
+    tokens = [int(rng.choice(vocab, p=q[i] / q[i].sum())) for i in range(k)]
+    n = 2000
+    counts = run_verify_into(tokens, q, p, n, seed)
+    assert chi2_pvalue(counts, outcome_distribution(tokens, q, p), n) > P_MIN, counts
+    if seed == 0:
+        q1 = torch.tensor([[1.0, 0.0]])
+        p1 = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+        biased = run_verify_into([0], q1.numpy(), p1.numpy(), 1000, seed, residual=False)
+        assert chi2_pvalue(biased, outcome_distribution([0], q1.double().numpy(), p1.double().numpy()), 1000) < 1e-6
+
+
+def test_race_kernel_sampling_matches_probs():
+    from triforce.sampling import sample_into
+
+    probs = torch.tensor([0.1, 0.0, 0.5, 0.15, 0.25])
+    gen = torch.Generator().manual_seed(3)
+    buffer = torch.zeros(4, dtype=torch.int64)
+    counts = [0] * 5
+    with _race_kernels():
+        for _ in range(3000):
+            sample_into(probs, gen, buffer, 2)
+            counts[int(buffer[2])] += 1
+    assert counts[1] == 0
+    assert chi2_pvalue({i: c for i, c in enumerate(counts) if c}, {i: float(v) for i, v in enumerate(probs) if v > 0},
+                       3000) > P_MIN

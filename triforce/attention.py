@@ -8,9 +8,9 @@ Every backend returns (B, T, Hq, D), the layout o_proj reads.
 - None with is_causal=True: a fresh prefill (T == S), causal;
 - a boolean (T, S) tensor (True = may attend), or a torch `CausalBias` (causal, aligned to the
   end of the keys: a chunk of prefill after a cached prefix) — the eager path;
-- a `DeviceLength`: keys [0, kv_len) with kv_len in a device tensor and the T queries the last T
-  of them, causal among themselves — the static (CUDA-graph) path, served by the split-KV decode
-  kernel whatever the backend (`triforce.kernels.decode_attention`).
+- a `DeviceLength`: keys [0, kv_len + offset) with kv_len in a device tensor and the T queries the
+  last T of them, causal among themselves — the static (CUDA-graph) path, served by the split-KV
+  decode kernel whatever the backend (`triforce.kernels.decode_attention`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from triforce.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class DeviceLength:
     kv_len: torch.Tensor  # 0-d or (1,) integer tensor on the cache's device
+    offset: int = 0  # added to kv_len (by the kernel: no launch of its own)
 
 
 class AttentionFn(Protocol):
@@ -56,7 +57,7 @@ def attend(backend: AttentionFn, q, k, v, *, mask, is_causal: bool, scale: float
     if isinstance(mask, DeviceLength):
         from triforce.kernels.decode_attention import decode_attention
 
-        return decode_attention(q, k, v, mask.kv_len, scale)
+        return decode_attention(q, k, v, mask.kv_len, scale, kv_offset=mask.offset)
     return backend(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
 
 

@@ -42,7 +42,7 @@ from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.prefill import layer_major_prefill
-from triforce.sampling import SamplingParams, sample, verify_tensor
+from triforce.sampling import SamplingParams, sample_into, verify_into
 
 if TYPE_CHECKING:
     from triforce.progress import GenerationProgress
@@ -405,7 +405,7 @@ class Engine:
             dists = []
             for _ in range(n):
                 p = self._forward(0, self.n - 1)[-1]
-                self.tokens[self.n] = sample(p, self.generator)  # stays on the device
+                sample_into(p, self.generator, self.tokens, self.n)  # stays on the device
                 self.parallel.broadcast(self.tokens[self.n:self.n + 1])
                 self.n += 1
                 dists.append(p)
@@ -428,13 +428,16 @@ class Engine:
         q = self._extend(i - 1, level.gamma)
         p = self._forward(i, base - 1)  # (gamma + 1, V)
         proposals = self.tokens[base:base + level.gamma]
-        verdict = self.parallel.broadcast(verify_tensor(proposals, q, p, self.generator, residual=level.residual))
+        # [n, next token, proposals...]; the next token is already written at tokens[base + n]
+        verdict = verify_into(proposals, q, p, self.generator, self.tokens, base, residual=level.residual)
+        if self.parallel.enabled:  # rank 0's verdict and token, on every rank
+            self.parallel.broadcast(verdict)
+            self.tokens.index_copy_(0, base + verdict[:1], verdict[1:2])
         if i == len(self.levels) - 1:
-            values = torch.cat([verdict, proposals]).tolist()  # the round's one synchronisation
+            values = verdict.tolist()  # the round's one synchronisation
             n, emitted = values[0], values[2:2 + values[0]] + [values[1]]
         else:
             n, emitted = int(verdict[0]), None  # the round's one synchronisation
-        self.tokens[base + n] = verdict[1]
         self.n = base + n + 1
         self._crop_all(i, base + n)
         below = self.levels[i - 1].name

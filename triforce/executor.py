@@ -127,8 +127,7 @@ class StaticExecutor:
         model, tokens, sampling = level.model, self.tokens, self.sampling
 
         def body() -> torch.Tensor:
-            ids = tokens.index_select(0, view.token_indices())[None]
-            logits = model(ids, None, view, num_logits=num_logits)
+            logits = model(view.tokens(tokens), None, view, num_logits=num_logits)
             return probabilities(logits[0], sampling)
 
         if not self.capture:

@@ -12,7 +12,10 @@ Every level of the hierarchy uses the same two pieces:
 Randomness comes only from the explicit `torch.Generator`, so a seed reproduces a run.
 
 Everything here stays on the tensors' device: `verify_tensor` returns its verdict as a device
-tensor, so a round of the engine synchronises with the host once, to read it.
+tensor, so a round of the engine synchronises with the host once, to read it. `sample_into` and
+`verify_into` (what the engine calls) also write the drawn token into the engine's token buffer;
+on a GPU each is one Triton kernel after the generator's draws (kernels/verify.py), the same
+rule as the torch ops here.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
     Nucleus (top-p): token i is kept iff the tokens strictly more likely than i hold less than
     top_p of the mass (the most likely token always stays; tokens tied at the boundary are kept
-    or dropped together, so the set does not depend on any sort order). On a GPU, for vocabularies
-    of up to 32K tokens without top-k, one Triton kernel computes the whole transform
+    or dropped together, so the set does not depend on any sort order). On a GPU, without top-k,
+    Triton kernels compute the whole transform without a sort, for any vocabulary
     (kernels/top_p.py); elsewhere these torch ops, which define it."""
     if params.greedy:  # (scatter, not one_hot: one_hot may check its input on the host)
         logits = logits.float()
@@ -93,6 +96,37 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
         return (probs / race).argmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+def _race_draws(generator: torch.Generator | None, device: torch.device, vocab: int) -> torch.Tensor:
+    """Exp(1) draws for an exponential race over `vocab` tokens, as `sample` draws them on a GPU."""
+    return torch.empty(vocab, dtype=torch.float32, device=device).exponential_(generator=generator)
+
+
+def sample_into(probs: torch.Tensor, generator: torch.Generator | None, out_tokens: torch.Tensor, index: int) -> None:
+    """out_tokens[index] = a token drawn from probs (V,), on the device (no synchronisation)."""
+    from triforce.kernels.verify import race_sample, race_usable
+
+    if probs.dim() == 1 and race_usable(probs):
+        race_sample(probs, _race_draws(generator, probs.device, probs.shape[-1]), out_tokens=out_tokens, index=index)
+    else:
+        out_tokens[index] = sample(probs, generator)
+
+
+def verify_into(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
+                out_tokens: torch.Tensor, base: int, *, residual: bool = True) -> torch.Tensor:
+    """`verify_tensor`, with the emitted token also written to out_tokens[base + num_accepted] on the
+    device. Returns the int64 device tensor [num_accepted, next_token, *tokens] (one read-back)."""
+    from triforce.kernels.verify import MAX_PROPOSALS, race_usable, race_verify
+
+    k = tokens.shape[0]
+    if k <= MAX_PROPOSALS and race_usable(p, q, tokens):
+        u = torch.rand(k, generator=generator, device=p.device)  # the draws verify_tensor makes, in its order
+        return race_verify(tokens, q, p, u, _race_draws(generator, p.device, p.shape[-1]), residual=residual,
+                           out_tokens=out_tokens, base=base)
+    verdict = verify_tensor(tokens, q, p, generator, residual=residual)
+    out_tokens[base + verdict[0]] = verdict[1]
+    return torch.cat([verdict, tokens.to(torch.int64)])
 
 
 @dataclasses.dataclass(frozen=True)

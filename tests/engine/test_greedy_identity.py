@@ -231,3 +231,20 @@ def test_short_prompts_and_single_tokens(tiny_setup, case, prompt_len):
     assert run(short, case, n=9, executor="static").tokens == ref
     assert run(short, case, n=1).tokens == ref[:1]
     assert run(short, case, n=2).tokens == ref[:2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,name", [("mha", "autoregressive"), ("mha", "triforce-other"),
+                                       ("gqa", "spec-other-streaming"), ("gqa", "retrieval-every_n")])
+def test_static_executor_with_the_triton_kernels_equals_greedy(tiny_setup, kind, name):
+    """The captured path's forwards with every Triton kernel in them (run by Triton's interpreter):
+    token slice embedding, positions and lengths read from the view's metadata, the q/k/v
+    projection's rotary + cache-write epilogue, split-KV attention, the sampling transform."""
+    from triforce.kernels import triton_available, triton_on_cpu
+
+    if not triton_available():
+        pytest.skip("Triton is not installed")
+    setup = tiny_setup[kind]
+    case = next(c for c in TINY_CASES if c[0] == name)
+    with triton_on_cpu():
+        assert run(setup, case, executor="static").tokens == setup.reference

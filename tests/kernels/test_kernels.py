@@ -30,6 +30,9 @@ ATTENTION_CASES = [
     (1, 4, 1, 3, 128, 130, 70, 1),     # MQA, one split
     (2, 4, 2, 2, 64, 96, 2, 4),        # batch 2; kv_len == T: only the new block exists, most splits empty
     (1, 32, 8, 4, 32, 1024, 900, 16),  # group 4 x 4 tokens, many splits
+    (1, 8, 2, 17, 64, 700, 650, 5),    # group 4 x 17 tokens = 68 rows: a 64-row tile + a 16-row tail; 5 splits
+    (1, 6, 2, 12, 32, 300, 280, 3),    # 36 rows: 32 + 16
+    (1, 12, 12, 1, 64, 256, 201, 1),   # the 68M draft: one split, the output written directly
 ]
 
 
@@ -49,6 +52,16 @@ def test_decode_attention_matches_reference(case, dtype):
     assert out.shape == (B, T, Hq, D) and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    # the captured path's form of the same length: the block's first slot (a device scalar) + T
+    offset = decode_attention(q, k, v, length - T, D ** -0.5, kv_offset=T, num_splits=splits, use_triton=True)
+    torch.testing.assert_close(offset, out, atol=0, rtol=0)
+
+
+def test_query_row_tiles():
+    from triforce.kernels.triton_decode import row_tiles
+
+    assert row_tiles(4) == (16, 0) and row_tiles(28) == (32, 0) and row_tiles(17) == (32, 0)
+    assert row_tiles(68) == (64, 16) and row_tiles(36) == (32, 16) and row_tiles(100) == (128, 0)
 
 
 def test_decode_attention_is_causal_inside_the_new_block():
@@ -179,3 +192,236 @@ def test_nucleus_keeps_ties_together_and_the_top_token():
     assert nucleus(probs, 0.5).nonzero()[:, 1].tolist() == [0, 1, 2]
     assert nucleus(probs, 0.3).nonzero()[:, 1].tolist() == [0]
     assert nucleus(torch.tensor([[0.9, 0.1]]), 0.05).nonzero()[:, 1].tolist() == [0]
+
+
+def _nucleus_reference(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    from triforce.sampling import nucleus
+
+    probs = torch.softmax(logits.float() / temperature, -1)
+    return nucleus(probs, top_p) if top_p < 1 else probs
+
+
+def _split_rows(vocab: int) -> torch.Tensor:
+    """Rows that exercise the split top-p path: peaked, flat (the nucleus is most of the vocabulary),
+    all tied, a tie run at the boundary, -inf logits (a whole chunk of them)."""
+    g = torch.Generator().manual_seed(vocab)
+    rows = [torch.randn(vocab, generator=g) * 3, torch.randn(vocab, generator=g) * 0.55,
+            torch.zeros(vocab), torch.randn(vocab, generator=g) * 3, torch.randn(vocab, generator=g) * 2]
+    rows[3][: vocab // 3] = rows[3][7]  # a third of the row tied at one value
+    rows[4][: min(vocab // 2, 4096)] = float("-inf")  # a chunk that is all -inf
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.5, 0.02, 1.0])
+@pytest.mark.parametrize("vocab", [5000, 40000])
+def test_top_p_split_path_matches_the_torch_definition(vocab, top_p):
+    from triforce.kernels.triton_top_p import top_p_split
+
+    logits = _split_rows(vocab).to(DEVICE)
+    diagnostics = {}
+    out = top_p_split(logits, 0.6, top_p, diagnostics=diagnostics)
+    ref = _nucleus_reference(logits, 0.6, top_p)
+    assert torch.equal(out > 0, ref > 0)  # the same nucleus, ties kept together
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    if top_p < 1:
+        # the bracket (not the whole-row fallback) found the threshold: that path is what is tested
+        assert not diagnostics["full_row"].any()
+        assert (diagnostics["candidates"][[0, 1, 3, 4]] < vocab // 10).all()  # row 2: all tied, all candidates
+
+
+def test_top_p_split_fallback_and_bf16_logits():
+    """The whole-row bisection (taken when the bracket misses) gives the same result; bf16 logits
+    as the model emits them; several leading dimensions."""
+    from triforce.kernels.triton_top_p import top_p_split
+
+    logits = _split_rows(9000).to(DEVICE, torch.bfloat16)
+    ref = _nucleus_reference(logits, 0.7, 0.9)
+    diagnostics = {}
+    full = top_p_split(logits, 0.7, 0.9, force_full=True, diagnostics=diagnostics)
+    assert diagnostics["full_row"].all()
+    assert torch.equal(full > 0, ref > 0)
+    torch.testing.assert_close(full, ref, atol=1e-6, rtol=1e-5)
+    shaped = top_p_split(logits.reshape(5, 1, 9000), 0.7, 0.9)
+    assert shaped.shape == (5, 1, 9000) and torch.equal(shaped.reshape(5, 9000) > 0, full > 0)
+    torch.testing.assert_close(shaped.reshape(5, 9000), full, atol=1e-7, rtol=1e-6)
+
+
+def test_top_p_split_llama3_vocabulary():
+    from triforce.kernels.top_p import top_p_probabilities
+
+    g = torch.Generator().manual_seed(128256)
+    logits = torch.stack([torch.randn(128256, generator=g) * s for s in (3.0, 1.3)]).to(DEVICE, torch.bfloat16)
+    out = top_p_probabilities(logits, 0.6, 0.9)
+    ref = _nucleus_reference(logits, 0.6, 0.9)
+    assert torch.equal(out > 0, ref > 0)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+QKV_CASES = [  # (tokens, q heads, kv heads, head dim, residual, bias, positions given as a start scalar)
+    (1, 4, 4, 64, True, False, True),
+    (1, 8, 2, 32, False, True, False),  # the first layer: no residual yet
+    (3, 4, 2, 64, True, False, True),  # a middle-level step: norm apart, the projection on the matrix unit
+    (7, 8, 2, 32, True, True, False),
+    (3, 2, 1, 128, True, False, True),  # 7B/8B head dim: two programs per head on the matrix-unit path
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", QKV_CASES, ids=lambda c: "t{}-hq{}-hkv{}-d{}-res{}-bias{}-start{}".format(*c))
+def test_qkv_projection_with_rotary_and_cache_write_matches_reference(case, dtype):
+    """kernels.linear.qkv_rope_store: the product's epilogue rotates q and k and writes k and v to
+    the cache slots, exactly as the projection followed by kernels.rotary's reference."""
+    from triforce.kernels.linear import qkv_rope_store
+    from triforce.models.rope import DevicePositions
+
+    T, hq, hkv, D, with_residual, with_bias, from_start = case
+    hidden, S, slot = 96, 40, 17
+    cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
+                      num_kv_heads=hkv, head_dim=D, max_position_embeddings=4096,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
+    rotary = RotaryEmbedding(cfg).to(DEVICE)
+    start = torch.tensor(2000, device=DEVICE)
+    positions = DevicePositions(start, T) if from_start else torch.arange(2000, 2000 + T, device=DEVICE)
+    g = torch.Generator().manual_seed(T * 100 + D)
+    n = (hq + 2 * hkv) * D
+    x = torch.randn(1, T, hidden, generator=g).to(DEVICE, dtype)
+    r = torch.randn(1, T, hidden, generator=g).to(DEVICE, dtype) if with_residual else None
+    nw = (1 + 0.1 * torch.randn(hidden, generator=g)).to(DEVICE, dtype)
+    w = (torch.randn(n, hidden, generator=g) / hidden ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if with_bias else None
+    outs = []
+    for use_triton in (True, False):
+        kc = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        vc = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        q, h = qkv_rope_store(x, r, nw, 1e-5, w, b, rotary.at(positions, dtype), kc, vc,
+                              torch.tensor(slot, device=DEVICE), hq, hkv, D, use_triton=use_triton)
+        assert q.shape == (1, hq, T, D)
+        outs.append((q, kc, vc, h))
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    for out, ref in zip(outs[0][:3], outs[1][:3]):
+        assert rel_err(out, ref) < tol
+    torch.testing.assert_close(outs[0][3], outs[1][3], atol=0, rtol=0)  # h = x + r, rounded as torch
+    kc = outs[0][1]
+    untouched = torch.ones(S, dtype=torch.bool)
+    untouched[slot:slot + T] = False
+    assert (kc[:, :, untouched] == 7.0).all() and (outs[0][2][:, :, untouched] == 7.0).all()
+    assert not (kc[:, :, slot:slot + T] == 7.0).any()
+
+
+def test_embedding_gathered_from_the_token_buffer():
+    from triforce.kernels.embedding import TokenSlice, embed
+
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(50, 80, generator=g).to(DEVICE)
+    buffer = torch.randint(0, 50, (30,), generator=g).to(DEVICE)
+    tokens = TokenSlice(buffer, torch.tensor(11, device=DEVICE), 3)
+    out = embed(weight, tokens, use_triton=True)
+    assert out.shape == (1, 3, 80)
+    torch.testing.assert_close(out, weight[buffer[11:14]][None], atol=0, rtol=0)
+
+
+def test_rope_store_reads_positions_from_a_start_scalar():
+    from triforce.models.rope import DevicePositions
+
+    cfg = ModelConfig(vocab_size=8, hidden_size=4 * 64, intermediate_size=8, num_layers=1, num_heads=4,
+                      num_kv_heads=2, head_dim=64, max_position_embeddings=4096)
+    rotary = RotaryEmbedding(cfg).to(DEVICE)
+    T = 3
+    qkv = torch.randn(1, T, 8 * 64, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    outs = []
+    for positions in (DevicePositions(torch.tensor(900, device=DEVICE), T), torch.arange(900, 900 + T, device=DEVICE)):
+        buf = qkv.clone()
+        q, k, v = (t.view(1, T, -1, 64).transpose(1, 2) for t in buf.split([256, 128, 128], dim=-1))
+        kc, vc = torch.zeros(1, 2, 10, 64, device=DEVICE), torch.zeros(1, 2, 10, 64, device=DEVICE)
+        rope_store(q, k, v, rotary.at(positions, torch.float32), kc, vc, torch.tensor(4, device=DEVICE), use_triton=True)
+        outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+
+
+def _verify_case(k: int, vocab: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.softmax(torch.randn(k, vocab, generator=g) * 2, -1)
+    p = torch.softmax(torch.randn(k + 1, vocab, generator=g) * 2, -1)
+    tokens = torch.multinomial(q, 1, generator=g)[:, 0]
+    u = torch.rand(k, generator=g)
+    race = torch.empty(vocab).exponential_(generator=g)
+    return tokens, q, p, u, race
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("k,vocab", [(1, 7), (3, 50), (6, 10000), (17, 9000)])
+def test_race_verify_kernel_matches_reference(k, vocab, residual):
+    """kernels.verify: the acceptance prefix, the residual and the race over several chunks of the
+    vocabulary, against the same function in torch ops on the same draws; the emitted token is
+    written into the token buffer at base + n."""
+    from triforce.kernels.verify import race_verify, race_verify_reference
+
+    for seed in range(24):
+        tokens, q, p, u, race = _verify_case(k, vocab, seed % 6)
+        race = torch.empty(vocab).exponential_(generator=torch.Generator().manual_seed(100 + seed))
+        if seed % 6 == 1:
+            u = torch.zeros(k)  # every proposal accepted: the bonus row
+        if seed % 6 == 2:
+            p[: k] = q  # p = q, u = 1: rejected with an empty residual, drawn from p_n itself
+            u = torch.ones(k)
+        if seed % 6 == 3:  # the first proposal impossible under p, its mass moved to token 0:
+            p[0] = q[0]  # the residual is one-hot at token 0
+            p[0, 0] += p[0, tokens[0]] if tokens[0] != 0 else 0.0
+            p[0, tokens[0]] = 0.0
+        buffer = torch.full((k + 10,), -1, dtype=torch.int64)
+        buffer[3:3 + k] = tokens
+        out = race_verify(buffer[3:3 + k], q, p, u, race, residual=residual, out_tokens=buffer, base=3,
+                          use_triton=True)
+        ref = race_verify_reference(tokens, q, p, u, race, residual=residual)
+        n, token = int(ref[0]), int(ref[1])
+        assert out[:2].tolist() == [n, token] and out[2:2 + n].tolist() == tokens[:n].tolist()
+        assert buffer[3 + n] == token
+        if seed % 6 == 1:
+            assert n == k
+        if seed % 6 == 2:
+            assert n == 0
+        if seed % 6 == 3 and residual and tokens[0] != 0:
+            assert (n, token) == (0, 0)
+
+
+def test_race_sample_kernel_matches_reference_and_breaks_ties_low():
+    from triforce.kernels.verify import race_sample, race_sample_reference
+
+    g = torch.Generator().manual_seed(9)
+    for vocab in (5, 5000, 12289):
+        probs = torch.softmax(torch.randn(vocab, generator=g), -1)
+        race = torch.empty(vocab).exponential_(generator=g)
+        buffer = torch.zeros(5, dtype=torch.int64)
+        token = race_sample(probs, race, out_tokens=buffer, index=4, use_triton=True)
+        assert int(token) == int(race_sample_reference(probs, race)) == int(buffer[4])
+    probs = torch.zeros(9000)
+    probs[[100, 4500, 8000]] = 1 / 3  # three equal ratios in three chunks: the smallest index wins
+    assert int(race_sample(probs, torch.ones(9000), use_triton=True)) == 100
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("start,end,n", [(16, 256, 1), (4, 100, 3), (2, 40, 38), (0, 70, 5)])
+def test_streaming_window_shift_matches_reference(start, end, n, dtype):
+    """kernels.streaming: evicting n window tokens (slots start.. start+n) shifts the kept keys down
+    n slots, re-rotated by -n positions, and the values with them; nothing else changes."""
+    from triforce.kernels.streaming import shift_window, shift_window_reference
+
+    cfg = ModelConfig(vocab_size=8, hidden_size=4 * 64, intermediate_size=8, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=64, max_position_embeddings=4096)
+    rope = RotaryEmbedding(cfg).to(DEVICE)
+    g = torch.Generator().manual_seed(end)
+    k = torch.randn(2, 1, 2, 260, 64, generator=g).to(DEVICE, dtype)
+    v = torch.randn(2, 1, 2, 260, 64, generator=g).to(DEVICE, dtype)
+    outs = []
+    for use_triton in (True, False):
+        kk, vv = k.clone(), v.clone()
+        if use_triton:
+            shift_window(kk, vv, start, end, n, rope, use_triton=True)
+        else:
+            shift_window_reference(kk, vv, start, end, n, rope)
+        outs.append((kk, vv))
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=tol, rtol=tol)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
+    assert torch.equal(outs[0][0][:, :, :, end - n:], k[:, :, :, end - n:])  # slots past the new end untouched
+    assert torch.equal(outs[0][0][:, :, :, :start], k[:, :, :, :start])  # the sink too

@@ -4,12 +4,15 @@ Every cache in triforce shares this contract, which is all the model needs:
 
     positions = cache.next_positions(T)       # rotary positions of the next T tokens
     mask, is_causal = cache.attention_mask(T)  # once per forward
-    q, keys, values = cache.store(layer, q, k, v, rope)  # per layer: rotate q and k, store k/v,
-                                               # return what to attend over
+    slots = cache.store_slots(layer)           # per layer: None here (the host-side path), so
+    q, keys, values = cache.store(layer, q, k, v, rope)  # rotate q and k, store k/v, return
+                                               # what to attend over
     cache.advance(T)                           # after the last layer
 
 A captured (CUDA-graph) forward uses the same contract through `StaticView`
-(cache/static_view.py), which keeps the lengths in device tensors.
+(cache/static_view.py), which keeps the lengths in device tensors and names its slots
+(`store_slots`: k cache, v cache, first slot), so the q/k/v projection writes them itself and
+then reports the rotated q (`stored`).
 
 `seq_len` counts the sequence tokens the cache has absorbed; `length` counts filled slots. They
 are equal here and differ for the StreamingLLM and retrieval caches, which keep a subset.
@@ -95,6 +98,11 @@ class StaticKVCache:
         q_idx = torch.arange(num_tokens, device=self.device)[:, None] + self.length
         k_idx = torch.arange(total, device=self.device)[None, :]
         return k_idx <= q_idx, False
+
+    def store_slots(self, layer: int) -> None:
+        """(k cache, v cache, first slot as a device scalar) for a kernel that writes this
+        forward's keys itself; None: use `store` (the host-side path)."""
+        return None
 
     def store(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

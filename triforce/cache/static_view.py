@@ -8,9 +8,10 @@ cannot take a Python int. So the graph path keeps, per captured forward, a small
 (where the new tokens are read from the engine's token buffer, their first rotary position, the
 cache slot the first one is written to), set by the executor before each replay from the
 cache's host bookkeeping, which stays the single source of truth. Through this view the model's
-forward reads positions and lengths from `meta`, writes the new keys with the fused
-rotary + store kernel, and attends with the split-KV decode kernel (`DeviceLength`). The host
-lengths advance outside the graph (`cache.advance`), so `advance` here does nothing.
+forward reads its tokens, positions and lengths from `meta` (kernels read the fields themselves:
+no launch builds an index), writes the new keys from the q/k/v projection's epilogue
+(`store_slots`), and attends with the split-KV decode kernel (`DeviceLength`). The host lengths
+advance outside the graph (`cache.advance`), so `advance` here does nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 
 from triforce.attention import DeviceLength
 from triforce.cache.static import QUERY_HISTORY, StaticKVCache
-from triforce.kernels.rotary import rope_store
+from triforce.kernels.embedding import TokenSlice
+from triforce.models.rope import DevicePositions
 
 TOKEN_START, POSITION_START, SLOT_START = range(3)
 
@@ -30,7 +32,6 @@ class StaticView:
         self.num_tokens = num_tokens
         self.meta = torch.zeros(3, dtype=torch.int64, device=cache.device)
         self._fields = self.meta.unbind()  # views, made once
-        self.offsets = torch.arange(num_tokens, device=cache.device)
 
     def set(self, token_start: int, position_start: int, slot_start: int) -> None:
         """Point the view at the next forward: one fill kernel per value, the value passed as a
@@ -38,20 +39,25 @@ class StaticView:
         for field, value in enumerate((token_start, position_start, slot_start)):
             self._fields[field].fill_(value)
 
-    def token_indices(self) -> torch.Tensor:
-        return self.meta[TOKEN_START] + self.offsets
+    def tokens(self, buffer: torch.Tensor) -> TokenSlice:
+        """The forward's input: `num_tokens` ids of `buffer` from meta's token start."""
+        return TokenSlice(buffer, self._fields[TOKEN_START], self.num_tokens)
 
     # -- the cache contract (as StaticKVCache's, with device-resident lengths) ---------------
-    def next_positions(self, num_tokens: int) -> torch.Tensor:
+    def next_positions(self, num_tokens: int) -> DevicePositions:
         assert num_tokens == self.num_tokens
-        return self.meta[POSITION_START] + self.offsets
+        return DevicePositions(self._fields[POSITION_START], num_tokens)
 
     def attention_mask(self, num_tokens: int):
-        return DeviceLength(self.meta[SLOT_START] + num_tokens), False
+        return DeviceLength(self._fields[SLOT_START], num_tokens), False
 
-    def store(self, layer: int, q, k, v, rope):
+    def store_slots(self, layer: int):
+        return self.cache.k[layer], self.cache.v[layer], self._fields[SLOT_START]
+
+    def stored(self, layer: int, q: torch.Tensor):
+        """After the projection wrote the keys: record the rotated queries where a retrieval
+        rebuild will read them; (q, keys, values) to attend over."""
         cache = self.cache
-        rope_store(q, k, v, rope, cache.k[layer], cache.v[layer], self.meta[SLOT_START])
         if cache.record_queries:
             n = min(q.shape[2], QUERY_HISTORY)
             cache.recent_queries[layer, :, :, :n] = q[:, :, -n:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from triforce.cache.static import StaticKVCache
 from triforce.errors import ConfigError
+from triforce.kernels.streaming import shift_window
 
 
 class StreamingCache(StaticKVCache):
@@ -51,11 +52,9 @@ class StreamingCache(StaticKVCache):
         self.evicted += num_tokens
 
     def _evict(self, n: int) -> None:
-        """Drop the n oldest non-sink tokens; shift the rest down n slots (and n rotary positions)."""
-        s, end = self.sink, self.length
-        kept = slice(s + n, end)
-        self.k[:, :, :, s:end - n] = self.rope.shift(self.k[:, :, :, kept], -n)
-        self.v[:, :, :, s:end - n] = self.v[:, :, :, kept].clone()
+        """Drop the n oldest non-sink tokens; shift the rest down n slots (and n rotary positions):
+        one kernel on a GPU (kernels/streaming.py), torch ops elsewhere."""
+        shift_window(self.k, self.v, self.sink, self.length, n, self.rope)
         self.length -= n
         self.evicted += n
 

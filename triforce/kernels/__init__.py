@@ -7,10 +7,17 @@ kernels through Triton's interpreter (`TRITON_INTERPRET=1`, set by the test suit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
+
+_ON_CPU = False  # tests: route CPU tensors through the kernels too (see triton_on_cpu)
+# Programmatic dependent launch (Hopper and later): each kernel of a captured forward may launch
+# while its predecessor finishes and waits for it in-kernel (triton_pdl.py). Off by default until
+# measured on the GPU: TRIFORCE_PDL=1 or use_pdl(True).
+PDL = os.environ.get("TRIFORCE_PDL", "0") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,9 +35,42 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@contextlib.contextmanager
+def triton_on_cpu():
+    """Within this block every kernel entry point takes the Triton path for CPU tensors as well,
+    through Triton's interpreter (which must be on): tests run the whole captured path's forward,
+    kernels included, on a CPU."""
+    global _ON_CPU
+    if not interpreted():
+        raise RuntimeError("triton_on_cpu needs TRITON_INTERPRET=1 (set before triton is imported)")
+    previous, _ON_CPU = _ON_CPU, True
+    try:
+        yield
+    finally:
+        _ON_CPU = previous
+
+
+def use_pdl(enabled: bool) -> None:
+    """Launch the decode kernels with programmatic dependent launch (CUDA sm90+) or not."""
+    global PDL
+    PDL = bool(enabled)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_enabled(t: torch.Tensor) -> bool:
+    return PDL and t.is_cuda and not interpreted() and _sm90(t.device.index if t.device.index is not None else 0)
+
+
 def kernels_usable(t: torch.Tensor, use_triton: bool | None = None) -> bool:
     """Whether to run the Triton kernel on tensors like `t`: by default on CUDA tensors when Triton
-    is installed; `use_triton=True` also asks for it on CPU tensors (tests, through the interpreter)."""
+    is installed; `use_triton=True` (or a `triton_on_cpu` block) also asks for it on CPU tensors
+    (tests, through the interpreter)."""
+    if use_triton is None and _ON_CPU:
+        use_triton = True
     if use_triton is False or not (t.is_cuda or (use_triton and interpreted())):
         return False  # decided before importing Triton: CPU runs never import it
     return triton_available()

@@ -2,7 +2,8 @@
 
 The new block's keys are already written at the end of the valid cache prefix, so the queries
 attend to keys [0, kv_len): query t (of T) sees keys up to kv_len - T + t (causal inside the
-block). `kv_len` is a device tensor, so the same launch serves every step of a captured graph.
+block). kv_len = a device scalar + a constant offset (the captured path passes the slot where the
+block starts and T, so no kernel adds them), so the same launch serves every step of a graph.
 
 Why a kernel of our own: with batch 1, a prefill-class kernel parallelises over query blocks and
 heads only (32 programs for a 7B model) and cannot fill the GPU, and the masked path of SDPA is
@@ -10,16 +11,15 @@ prefill-class (DESIGN.md §7). Here every program owns one KV head and one slice
 (split-KV): it loads each key block ONCE for all the query rows that share that KV head (the
 group of query heads under grouped-query attention times the T new tokens), so a verify of 7 or
 17 tokens reads the same bytes as a single-token step. A second small kernel merges the slices
-by their log-sum-exp. The slice length is derived from kv_len inside the kernel, so the work
-stays balanced as the cache grows.
+by their log-sum-exp (with one slice, e.g. a 256-token draft cache, the first kernel writes the
+output itself). The slice length is derived from kv_len inside the kernel, so the work stays
+balanced as the cache grows; the number of slices fills the GPU with one wave of programs.
 
 Layouts: q (B, Hq, T, D) with any strides (last dim contiguous); k, v (B, Hkv, S, D) with the
 last dim contiguous; output (B, T, Hq, D) contiguous, i.e. already in o_proj's input layout.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -31,36 +31,28 @@ BLOCK_N = 64  # keys per block of the split kernel
 
 
 def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,
-                               scale: float) -> torch.Tensor:
+                               scale: float, *, kv_offset: int = 0) -> torch.Tensor:
     """The same function with SDPA and a mask built from the device length (static shapes, so it
     is also graph-capturable): the CPU path of the static executor and the kernel's reference."""
     T, S = q.shape[2], k.shape[2]
     key_pos = torch.arange(S, device=q.device)
-    query_pos = kv_len.reshape(()).to(torch.int64) - T + torch.arange(T, device=q.device)
+    query_pos = kv_len.reshape(()).to(torch.int64) + (kv_offset - T) + torch.arange(T, device=q.device)
     mask = key_pos[None, :] <= query_pos[:, None]  # also excludes every slot >= kv_len
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return out.transpose(1, 2).contiguous()
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, scale: float,
-                     *, num_splits: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
-    """Triton split-KV attention where it can run, else the reference. Returns (B, T, Hq, D)."""
+                     *, kv_offset: int = 0, num_splits: int | None = None,
+                     use_triton: bool | None = None) -> torch.Tensor:
+    """Triton split-KV attention where it can run, else the reference. Returns (B, T, Hq, D).
+    Keys [0, kv_len + kv_offset) are valid."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
     if not kernels_usable(q, use_triton) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256):
-        return decode_attention_reference(q, k, v, kv_len, scale)
-    from triforce.kernels.triton_decode import decode_attention as triton_decode_attention
+        return decode_attention_reference(q, k, v, kv_len, scale, kv_offset=kv_offset)
+    from triforce.kernels import triton_decode
 
-    splits = num_splits or default_num_splits(Hkv, B, k.shape[2], q.device)
-    return triton_decode_attention(q, k, v, kv_len, scale, splits)
-
-
-def default_num_splits(num_kv_heads: int, batch: int, capacity: int, device: torch.device) -> int:
-    """About two programs per SM (measured on an H100: a 7B layer at 128K keys streams at 1.00 of
-    the copy bandwidth with 8 splits, 0.92 with 16; an 8B layer at 128K is best with 32), with at
-    least four key blocks each; rounded down to a power of two (the merge kernel's vector width)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    want = math.ceil(2 * sms / max(1, num_kv_heads * batch))
-    most = max(1, capacity // (4 * BLOCK_N))
-    return 1 << (max(1, min(want, most)).bit_length() - 1)
+    splits = num_splits or triton_decode.default_splits(q, k)
+    return triton_decode.decode_attention(q, k, v, kv_len, scale, splits, kv_offset=kv_offset)

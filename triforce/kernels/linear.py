@@ -76,3 +76,38 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
         return fused_linear(x, weight, bias)[0]
     return F.linear(x, weight, bias)
+
+
+def qkv_rope_store(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                   weight: torch.Tensor, bias: torch.Tensor | None, rope, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slot: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+                   *, use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's attention input, all of it: q/k/v = RMSNorm(x + residual) @ weight.T + bias, q and k
+    rotated (rope: models.rope.Rope), k and v written to the cache slots slot.. slot + T. Returns
+    (q as a (B, Hq, T, D) view, x + residual). On the GPU the rotation and the cache write are the
+    product's epilogue (no launch of their own); elsewhere norm_linear then kernels.rotary."""
+    from triforce.kernels.rotary import positions_1d, rope_store
+
+    B, T, _ = x.shape
+    q_cols = num_heads * head_dim
+    fuse = (B == 1 and _fused(x, weight, use_triton) and (residual is None or residual.is_contiguous())
+            and head_dim % 16 == 0 and positions_1d(rope) and k_cache.is_contiguous() and v_cache.is_contiguous())
+    if not fuse:
+        qkv, h = norm_linear(x, residual, norm_weight, eps, weight, bias, use_triton=use_triton)
+        q, k, v = (t.view(B, T, -1, head_dim).transpose(1, 2)
+                   for t in qkv.split([q_cols, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))
+        rope_store(q, k, v, rope, k_cache, v_cache, slot, use_triton=use_triton)
+        return q, h
+    from triforce.kernels.triton_linear import RopeStore, fused_linear
+    from triforce.models.rope import DevicePositions
+
+    from_start = isinstance(rope.positions, DevicePositions)
+    spec = RopeStore(positions=rope.positions.start if from_start else rope.positions, from_start=from_start,
+                     inv_freq=rope.inv_freq, scale=float(rope.scale), k_cache=k_cache, v_cache=v_cache, slot=slot,
+                     num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
+    if T == 1:  # the norm (and residual add) fused into the product too, as in norm_linear
+        qkv, h = fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, rope=spec)
+    else:
+        normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton)
+        qkv, _ = fused_linear(normed, weight, bias, rope=spec)
+    return qkv[..., :q_cols].view(B, T, num_heads, head_dim).transpose(1, 2), h

@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 
 from triforce.kernels import kernels_usable
-from triforce.models.rope import apply_rotary
+from triforce.models.rope import DevicePositions, apply_rotary
+
+
+def positions_1d(rope) -> bool:
+    return isinstance(rope.positions, DevicePositions) or rope.positions.dim() == 1
 
 
 def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
@@ -20,7 +24,7 @@ def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
     slot_start .. slot_start + T."""
     T = q.shape[2]
     cos, sin = rope.cos_sin
-    q.copy_(apply_rotary(q, cos, sin))
+    q.copy_(apply_rotary(q, cos, sin))  # (cos_sin materialises DevicePositions)
     slots = slot_start.reshape(()).to(torch.int64) + torch.arange(T, device=q.device)
     k_cache.index_copy_(2, slots, apply_rotary(k, cos, sin))
     v_cache.index_copy_(2, slots, v)
@@ -29,7 +33,7 @@ def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
 def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool | None = None) -> None:
     half = q.shape[-1] // 2
     ok = (kernels_usable(q, use_triton) and half & (half - 1) == 0 and q.shape[0] == 1
-          and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1 and rope.positions.dim() == 1
+          and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1 and positions_1d(rope)
           and k_cache.is_contiguous() and v_cache.is_contiguous())
     if not ok:
         return rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start)

@@ -7,9 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
+
 
 @triton.jit
-def _silu_mul_kernel(GU, OUT, n_cols, BLOCK: tl.constexpr):
+def _silu_mul_kernel(GU, OUT, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -24,5 +27,6 @@ def silu_mul(gate_up):
     rows = gate_up.numel() // (2 * n_cols)
     out = torch.empty((*gate_up.shape[:-1], n_cols), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(rows, triton.cdiv(n_cols, block))](gate_up, out, n_cols, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(rows, triton.cdiv(n_cols, block))](gate_up, out, n_cols, BLOCK=block, num_warps=4,
+                                                         **pdl_args(gate_up))
     return out

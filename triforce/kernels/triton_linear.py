@@ -3,6 +3,7 @@ where the kernel runs, so CPU runs never import Triton."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -10,6 +11,8 @@ import triton
 import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL, SILU = 0, 1, 2, 3
+
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
 
 
 @triton.jit
@@ -30,14 +33,58 @@ def _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, K, PROLOGUE:
 
 
 @triton.jit
-def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn, stride_om, eps, K: tl.constexpr,
-                   PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr):
+def _rope_epilogue(y, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC, VC, SLOT, rope_scale,
+                   stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM: tl.constexpr, HALF_N: tl.constexpr,
+                   BLOCK_M: tl.constexpr, POS_FROM_START: tl.constexpr):
+    """The q/k/v projection's rotary embedding and cache write (rotary.py's kernel, fused): this
+    program's columns are dims j0.. j0+HALF_N and HEAD_DIM/2 + the same of one head, the rotary
+    pairs. q is written back rotated, k rotated to its cache slots, v to its own."""
+    y = y.to(OUT.dtype.element_ty).to(tl.float32)  # the projection rounds to the model's dtype first
+    x1, x2 = tl.split(tl.permute(tl.reshape(y, [BLOCK_M, 2, HALF_N]), [0, 2, 1]))
+    d = j0 + tl.arange(0, HALF_N)
+    if POS_FROM_START:
+        pos = tl.load(POS) + rows
+    else:
+        pos = tl.load(POS + rows, mask=row_ok, other=0)
+    angle = pos.to(tl.float32)[:, None] * tl.load(INV_FREQ + d)[None, :]
+    cos = (tl.cos(angle) * rope_scale).to(OUT.dtype.element_ty).to(tl.float32)
+    sin = (tl.sin(angle) * rope_scale).to(OUT.dtype.element_ty).to(tl.float32)
+    mask = row_ok[:, None]
+    if head < NUM_Q_HEADS:
+        base = OUT + rows[:, None] * stride_om + head * HEAD_DIM + d[None, :]
+        tl.store(base, (x1 * cos - x2 * sin).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(base + HEAD_DIM // 2, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
+    else:
+        slot = tl.load(SLOT).to(tl.int64) + rows
+        if head < NUM_Q_HEADS + NUM_KV_HEADS:
+            base = KC + (head - NUM_Q_HEADS) * stride_ch + slot[:, None] * stride_cs + d[None, :]
+            tl.store(base, (x1 * cos - x2 * sin).to(KC.dtype.element_ty), mask=mask)
+            tl.store(base + HEAD_DIM // 2, (x2 * cos + x1 * sin).to(KC.dtype.element_ty), mask=mask)
+        else:
+            base = VC + (head - NUM_Q_HEADS - NUM_KV_HEADS) * stride_ch + slot[:, None] * stride_cs + d[None, :]
+            tl.store(base, x1.to(VC.dtype.element_ty), mask=mask)
+            tl.store(base + HEAD_DIM // 2, x2.to(VC.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn, stride_om, eps,
+                   POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS,
+                   K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr,
+                   ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     # K is a compile-time constant: the loops over it unroll and pipeline (few distinct K per model)
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    if ROPE:  # columns in rotary pairs: half of them dims j0.., the other half HEAD_DIM/2 + j0..
+        groups = HEAD_DIM // BLOCK_N  # programs per head
+        head = pid // groups
+        j0 = (pid % groups) * (BLOCK_N // 2)
+        i = tl.arange(0, BLOCK_N)
+        cols = head * HEAD_DIM + tl.where(i < BLOCK_N // 2, j0 + i, HEAD_DIM // 2 + j0 + i - BLOCK_N // 2)
+    else:
+        cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     if PROLOGUE == 1 or PROLOGUE == 2:
         # first pass over the (few) input rows: their mean square; program 0 also writes h = x + r
@@ -73,8 +120,13 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
                 acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    if ROPE:
+        _rope_epilogue(acc, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC, VC, SLOT, rope_scale,
+                       stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_N // 2, BLOCK_M,
+                       POS_FROM_START)
+    else:
+        tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & col_ok[None, :])
 
 
 # Launch configurations measured best on an H100 (scripts/tune_kernels.py, 7B and 8B weight shapes):
@@ -91,9 +143,25 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, silu=False,
+@dataclasses.dataclass(frozen=True)
+class RopeStore:
+    """The rotary + cache-write epilogue's operands (see linear.qkv_rope_store)."""
+    positions: torch.Tensor  # (T,) positions, or a device scalar: the first of T consecutive ones
+    from_start: bool
+    inv_freq: torch.Tensor
+    scale: float
+    k_cache: torch.Tensor  # (1, Hkv, S, D) contiguous
+    v_cache: torch.Tensor
+    slot: torch.Tensor  # device scalar: the cache slot of the first new token
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, silu=False, rope=None,
                  block_n=None, block_k=None, num_warps=None, num_stages=None, design=None, block_m=None):
-    """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else."""
+    """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else.
+    rope (a RopeStore): the columns are q|k|v heads; q is written rotated, k and v go to the cache."""
     K = x.shape[-1] // 2 if silu else x.shape[-1]
     N = weight.shape[0]
     M = x.numel() // x.shape[-1]
@@ -114,11 +182,19 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     num_stages = num_stages or (default[4] if x.element_size() <= 2 else max(2, default[4] // 2))
     if block_m is None:
         block_m = triton.next_power_of_2(M) if design == 2 else max(16, triton.next_power_of_2(M))
+    if rope is not None:
+        block_n = min(block_n, rope.head_dim)  # a program's columns lie within one head
+        kc, vc, pos, inv_freq, slot = rope.k_cache, rope.v_cache, rope.positions, rope.inv_freq, rope.slot
+    else:
+        kc = vc = pos = inv_freq = slot = out  # unused
     _linear_kernel[(triton.cdiv(N, block_n),)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else weight, out, h if h is not None else out, M, N,
-        x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), N, eps, K=K,
+        x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), N, eps,
+        pos, inv_freq, kc, vc, slot, rope.scale if rope else 1.0, kc.stride(1) if rope else 0,
+        kc.stride(2) if rope else 0, rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0, K=K,
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        DESIGN=design, num_warps=num_warps, num_stages=num_stages)
+        DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
+        POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages, **pdl_args(x))
     return out, h

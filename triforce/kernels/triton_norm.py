@@ -7,9 +7,12 @@ import torch
 import triton
 import triton.language as tl
 
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
+
 
 @triton.jit
-def _rms_norm_kernel(X, R, W, Y, H, n_cols, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+def _rms_norm_kernel(X, R, W, Y, H, n_cols, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -32,5 +35,5 @@ def rms_norm(x, weight, eps, residual):
     h = torch.empty_like(x) if residual is not None else x
     _rms_norm_kernel[(rows,)](x, residual if residual is not None else x, weight, y, h, n_cols, eps,
                               HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(n_cols),
-                              num_warps=4 if n_cols <= 4096 else 8)
+                              num_warps=4 if n_cols <= 4096 else 8, **pdl_args(x))
     return y, h

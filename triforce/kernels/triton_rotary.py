@@ -6,15 +6,23 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from triforce.kernels.triton_pdl import pdl_args, pdl_start
+
 
 @triton.jit
 def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qh, stride_qt, stride_kh, stride_kt,
-                       stride_vh, stride_vt, stride_ch, stride_cs, NUM_Q_HEADS, scale, HALF: tl.constexpr):
+                       stride_vh, stride_vt, stride_ch, stride_cs, NUM_Q_HEADS, scale, HALF: tl.constexpr,
+                       POS_FROM_START: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t = tl.program_id(0)
     head = tl.program_id(1)
     d = tl.arange(0, HALF)
     # the eager path's arithmetic: float32 angle, cos / sin scaled, rounded to the model's dtype
-    angle = tl.load(POS + t).to(tl.float32) * tl.load(INV_FREQ + d)
+    if POS_FROM_START:  # positions start, start + 1, ...: read from the captured view's metadata
+        pos = tl.load(POS) + t
+    else:
+        pos = tl.load(POS + t)
+    angle = pos.to(tl.float32) * tl.load(INV_FREQ + d)
     cos = (tl.cos(angle) * scale).to(Q.dtype.element_ty).to(tl.float32)
     sin = (tl.sin(angle) * scale).to(Q.dtype.element_ty).to(tl.float32)
     if head < NUM_Q_HEADS:
@@ -39,9 +47,13 @@ def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qh, stride_q
 
 
 def rope_store(q, k, v, rope, k_cache, v_cache, slot_start):
+    from triforce.models.rope import DevicePositions
+
     _, hq, T, D = q.shape
     hkv = k.shape[1]
+    from_start = isinstance(rope.positions, DevicePositions)
     _rope_store_kernel[(T, hq + hkv)](
-        q, k, v, rope.positions, rope.inv_freq, k_cache, v_cache, slot_start,
+        q, k, v, rope.positions.start if from_start else rope.positions, rope.inv_freq, k_cache, v_cache, slot_start,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-        k_cache.stride(1), k_cache.stride(2), hq, float(rope.scale), HALF=D // 2, num_warps=1)
+        k_cache.stride(1), k_cache.stride(2), hq, float(rope.scale), HALF=D // 2, POS_FROM_START=from_start,
+        num_warps=1, **pdl_args(q))

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from triforce.attention import AttentionFn, attend, sdpa_attention
-from triforce.kernels.linear import linear, norm_linear, silu_linear
+from triforce.kernels.embedding import embed
+from triforce.kernels.linear import linear, norm_linear, qkv_rope_store, silu_linear
 from triforce.kernels.norm import rms_norm
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
@@ -53,16 +54,27 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, qkv, rope, cache, layer_idx: int, mask, is_causal: bool, attention: AttentionFn):
-        """qkv: this layer's fused q/k/v projection of its normed input (DecoderLayer computes it
-        with the norm fused in); returns o_proj of the attention output."""
-        b, t, _ = qkv.shape
+    def project(self, x, residual, norm: RMSNorm, rope, cache, layer_idx: int):
+        """q/k/v of RMSNorm(x + residual), rotated, k and v stored in the cache: (q, keys, values to
+        attend over, x + residual). A cache that names its slots (the captured path's view) gets
+        them written by the projection's own epilogue (kernels.linear.qkv_rope_store)."""
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        slots = cache.store_slots(layer_idx)
+        if slots is not None:
+            q, residual = qkv_rope_store(x, residual, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias,
+                                         rope, *slots, hq, hkv, d)
+            return (*cache.stored(layer_idx, q), residual)
+        qkv, residual = norm.then(x, residual, self.qkv_proj)
+        b, t, _ = qkv.shape
         q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
         q = q.view(b, t, hq, d).transpose(1, 2)
         k = k.view(b, t, hkv, d).transpose(1, 2)
         v = v.view(b, t, hkv, d).transpose(1, 2)
-        q, keys, values = cache.store(layer_idx, q, k, v, rope)  # rotary + cache write
+        return (*cache.store(layer_idx, q, k, v, rope), residual)  # rotary + cache write
+
+    def forward(self, q, keys, values, mask, is_causal: bool, attention: AttentionFn):
+        """o_proj of the attention of q (B, Hq, T, D) over the cached keys and values."""
+        b, _, t, _ = q.shape
         out = attend(attention, q, keys, values, mask=mask, is_causal=is_causal, scale=self.scale)
         out = linear(out.reshape(b, t, -1), self.o_proj.weight, self.o_proj.bias)  # out was (B, T, Hq, D)
         return out if self.reduce is None else self.reduce(out)
@@ -93,8 +105,8 @@ class DecoderLayer(nn.Module):
     def forward(self, x, residual, rope, cache, layer_idx, mask, is_causal, attention):
         """x: the previous layer's output, not yet added to the residual stream (None for the
         first layer, whose x is the embedding): the add is fused into this layer's first norm."""
-        qkv, residual = self.input_layernorm.then(x, residual, self.self_attn.qkv_proj)
-        h = self.self_attn(qkv, rope, cache, layer_idx, mask, is_causal, attention)
+        q, keys, values, residual = self.self_attn.project(x, residual, self.input_layernorm, rope, cache, layer_idx)
+        h = self.self_attn(q, keys, values, mask, is_causal, attention)
         gate_up, residual = self.post_attention_layernorm.then(h, residual, self.mlp.gate_up_proj)
         return self.mlp(gate_up), residual
 
@@ -114,10 +126,11 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(cfg)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None, cache,
+    def forward(self, tokens, positions: torch.Tensor | None, cache,
                 num_logits: int | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or of the last `num_logits` tokens only (the output
         head is a large share of a small model's work: prefill and verification skip the rest).
+        tokens may also be a kernels.embedding.TokenSlice (T ids read from a device buffer).
 
         positions: (T,) or (B, T) rotary positions; None asks the cache for the next ones
         (the StreamingLLM cache may evict to make room when asked).
@@ -125,7 +138,7 @@ class Transformer(nn.Module):
         num_tokens = tokens.shape[1]
         if positions is None:
             positions = cache.next_positions(num_tokens)
-        x = self.embed_tokens(tokens)
+        x = embed(self.embed_tokens.weight, tokens)
         rope = self.rotary.at(positions, x.dtype)
         mask, is_causal = cache.attention_mask(num_tokens)
         residual = None

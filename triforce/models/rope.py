@@ -92,19 +92,37 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class DevicePositions:
+    """The positions start, start + 1, ..., start + count - 1 with `start` a device scalar: a
+    captured forward's positions, which the kernels read from `start` without a launch to
+    materialise them (`tensor()` does, for the reference path)."""
+    start: torch.Tensor
+    count: int
+
+    def tensor(self) -> torch.Tensor:
+        return self.start + torch.arange(self.count, device=self.start.device)
+
+
 @dataclasses.dataclass
 class Rope:
     """The rotary inputs of one forward: positions (T,) plus what turns them into angles. cos/sin
-    are computed on first use (the eager path); the fused rotary + store kernel of the captured
-    path computes them itself from `positions`, `inv_freq` and `scale` and never asks."""
-    positions: torch.Tensor
+    are computed on first use (the eager path); the fused rotary + store kernels of the captured
+    path compute them themselves from `positions`, `inv_freq` and `scale` and never ask."""
+    positions: torch.Tensor | DevicePositions
     inv_freq: torch.Tensor  # (head_dim / 2,) float32
     scale: float  # YaRN's magnitude scale of cos / sin
     dtype: torch.dtype
 
     @functools.cached_property
+    def position_tensor(self) -> torch.Tensor:
+        p = self.positions
+        return p.tensor() if isinstance(p, DevicePositions) else p
+
+    @functools.cached_property
     def cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = self.positions.to(torch.float32)[..., None] * self.inv_freq.to(self.positions.device)
+        positions = self.position_tensor
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.scale).to(self.dtype), (emb.sin() * self.scale).to(self.dtype)
 
@@ -115,7 +133,7 @@ class RotaryEmbedding(nn.Module):
         inv_freq, self.attention_scaling = rope_parameters(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def at(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
+    def at(self, positions: torch.Tensor | DevicePositions, dtype: torch.dtype) -> Rope:
         return Rope(positions, self.inv_freq, self.attention_scaling, dtype)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype,
