@@ -179,7 +179,12 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
     free_memory()
     engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk,
                     **(engine_kw or {}))
-    engine.generate(prompt[:64], 4, seed=seed, stop_at_eos=False)  # compile and warm up the kernels
+    # compile and warm up every kernel the measured run will launch: a prompt longer than the
+    # retrieval budget (chunks are chosen) and enough tokens to overflow the draft's window (the
+    # eviction kernel), or Triton compiles them inside the measured decode
+    warm = min(len(prompt), method.budget + 2 * method.chunk_size + 1) if method.uses_middle else 64
+    engine.generate(prompt[:warm], method.draft_sink + method.draft_window + 8 if method.uses_draft else 4,
+                    seed=seed, stop_at_eos=False)
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
