@@ -180,11 +180,10 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
     engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk,
                     **(engine_kw or {}))
     # compile and warm up every kernel the measured run will launch: a prompt longer than the
-    # retrieval budget (chunks are chosen) and enough tokens to overflow the draft's window (the
-    # eviction kernel), or Triton compiles them inside the measured decode
+    # retrieval budget (chunks are chosen; the draft's window is full, so it evicts from its
+    # first step), or Triton compiles them inside the measured decode
     warm = min(len(prompt), method.budget + 2 * method.chunk_size + 1) if method.uses_middle else 64
-    engine.generate(prompt[:warm], method.draft_sink + method.draft_window + 8 if method.uses_draft else 4,
-                    seed=seed, stop_at_eos=False)
+    engine.generate(prompt[:warm], 8, seed=seed, stop_at_eos=False)
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
