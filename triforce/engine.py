@@ -2,7 +2,8 @@
 
     autoregressive   [top]                       top = target model, full cache
     spec             [draft, top]                draft model (full or StreamingLLM cache)
-    retrieval_spec   [middle, top]               middle = target model with the retrieval cache
+    retrieval_spec   [middle, top]               middle = target model with a cache selected from the
+                                                 full one (retrieval, StreamingLLM or hybrid)
     triforce         [draft, middle, top]        draft (StreamingLLM) -> middle -> top
 
 Level 0 samples autoregressively. Level i > 0 runs rounds: ask level i-1 for `gamma` tokens,
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
 
 METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
 REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
+# The middle level's cache, a selection of `budget` tokens of the full cache (cache/retrieval.py):
+# retrieval = sink chunk + top-scored chunks (the paper), streaming = sink chunk + recent window
+# (StreamingLLM of the same budget, at true positions), hybrid = sink + retrieved chunks + a
+# recent window taking the share `recent` of the budget.
+MIDDLE_CACHES = ("retrieval", "streaming", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +60,11 @@ class MethodConfig:
     name: str = "triforce"
     gamma: int = 6  # γ2: tokens the top level verifies per forward
     draft_gamma: int = 2  # γ1: tokens the draft proposes per middle round (triforce)
-    budget: int = 4096  # retrieval cache size, tokens
+    budget: int | None = 4096  # middle cache size, tokens (None: set budget_fraction)
+    budget_fraction: float | None = None  # middle cache size as a fraction of each prompt's length
     chunk_size: int = 8
     scorer: str = "mean"
+    recent: float = 0.5  # hybrid: share of the budget (beyond the sink chunk) kept as the recent window
     rebuild: str = "never"
     rebuild_every: int = 64  # every_n: generated tokens between rebuilds
     rebuild_threshold: float = 0.5  # on_low_acceptance: rebuild when the middle's recent acceptance falls below
@@ -64,7 +72,7 @@ class MethodConfig:
     draft_cache: str = "streaming"  # streaming | full
     draft_sink: int = 16
     draft_window: int = 240
-    middle_cache: str = "retrieval"  # retrieval | streaming (the paper's ablation)
+    middle_cache: str = "retrieval"  # retrieval | streaming | hybrid (MIDDLE_CACHES)
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -82,18 +90,60 @@ class MethodConfig:
             raise ConfigError(f"method.rebuild_every={self.rebuild_every} must be positive")
         if self.draft_cache not in ("streaming", "full"):
             raise ConfigError(f"method.draft_cache={self.draft_cache!r}: choose streaming or full")
-        if self.middle_cache not in ("retrieval", "streaming"):
-            raise ConfigError(f"method.middle_cache={self.middle_cache!r}: choose retrieval or streaming")
+        if self.middle_cache not in MIDDLE_CACHES:
+            raise ConfigError(f"method.middle_cache={self.middle_cache!r}: choose one of {', '.join(MIDDLE_CACHES)}")
+        if isinstance(self.recent, bool) or not isinstance(self.recent, (int, float)) or not 0 <= self.recent <= 1:
+            raise ConfigError(f"method.recent={self.recent!r} must be a share of the budget in [0, 1] "
+                              "(0: retrieval only, 1: recent window only)")
         if self.uses_middle:
-            if self.middle_cache == "retrieval":
-                validate_retrieval(self.budget, self.chunk_size, self.scorer)
-            elif self.budget <= self.draft_sink + self.lookahead:
-                raise ConfigError(f"method.budget={self.budget} is too small for a streaming middle cache")
+            self._check_budget()
         if self.uses_draft and self.draft_cache == "streaming":
             need = 2 * self.lookahead + 2
             if self.draft_window < need:
                 raise ConfigError(f"method.draft_window={self.draft_window} must be >= {need} "
                                   "(2 * (gamma + draft_gamma) + 2) to roll back rejected tokens")
+
+    def _check_budget(self) -> None:
+        if (self.budget is None) == (self.budget_fraction is None):
+            raise ConfigError(
+                f"method.budget={_null(self.budget)} and method.budget_fraction={_null(self.budget_fraction)}: "
+                "set exactly one "
+                "(tokens, or a fraction of the prompt), e.g. method.budget=null method.budget_fraction=0.125")
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not isinstance(self.budget, int):
+                raise ConfigError(f"method.budget={self.budget!r} must be a whole number of tokens")
+            validate_retrieval(self.budget, self.chunk_size, self.scorer, self.recent_tokens(self.budget))
+            return
+        f = self.budget_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ConfigError(f"method.budget_fraction={f!r} must be a fraction of the prompt in (0, 1]")
+        validate_retrieval(2 * max(self.chunk_size, 1), self.chunk_size, self.scorer)  # chunk size, scorer
+
+    def budget_for(self, prompt_len: int) -> int:
+        """The middle cache's budget in tokens for a prompt of `prompt_len` tokens."""
+        if self.budget is not None:
+            return self.budget
+        return max(1, round(self.budget_fraction * prompt_len))
+
+    def for_prompt(self, prompt_len: int) -> "MethodConfig":
+        """This method with its budget in tokens for that prompt; a ConfigError if a budget
+        fraction leaves too few tokens (before any work)."""
+        if not self.uses_middle or self.budget_fraction is None:
+            return self
+        budget = self.budget_for(prompt_len)
+        try:
+            return dataclasses.replace(self, budget=budget, budget_fraction=None)
+        except ConfigError as e:
+            raise ConfigError(f"method.budget_fraction={self.budget_fraction} of a {prompt_len}-token prompt "
+                              f"gives a budget of {budget} tokens: {e}") from None
+
+    def recent_tokens(self, budget: int) -> int:
+        """Tokens of the middle cache's recent window at that budget (cache/retrieval.py):
+        retrieval keeps only the partial tail chunk, StreamingLLM everything but the sink chunk."""
+        if self.middle_cache == "retrieval":
+            return 0
+        room = max(budget - self.chunk_size, 0)
+        return room if self.middle_cache == "streaming" else round(self.recent * room)
 
     @property
     def uses_draft(self) -> bool:
@@ -107,6 +157,10 @@ class MethodConfig:
     def lookahead(self) -> int:
         """Most tokens any cache can hold beyond the committed prefix."""
         return self.gamma + self.draft_gamma + 2
+
+
+def _null(value) -> str:
+    return "null" if value is None else str(value)
 
 
 def context_needed(prompt_len: int, max_new_tokens: int, method: MethodConfig) -> int:
@@ -185,7 +239,7 @@ class Engine:
         from triforce.memory import check_memory, plan_memory
 
         draft_cfg = None if self.draft is None or self.draft is self.target else self.draft.config
-        plan = plan_memory(self.target.config, self.method, prompt_len, max_new_tokens,
+        plan = plan_memory(self.target.config, self.method.for_prompt(prompt_len), prompt_len, max_new_tokens,
                            dtype_bytes=self.target.dtype.itemsize, prefill_chunk=self.prefill_chunk,
                            draft=draft_cfg, draft_is_target=self.draft is self.target,
                            draft_dtype_bytes=None if draft_cfg is None else self.draft.dtype.itemsize)
@@ -211,6 +265,7 @@ class Engine:
             raise ConfigError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); got "
                               f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
         self.check_prompt(len(prompt), max_new_tokens)
+        self.method.for_prompt(len(prompt))  # a budget fraction too small for this prompt: fail before work
         self.check_memory(len(prompt), max_new_tokens)
         self.levels = [self._top_level(len(prompt), max_new_tokens)]  # the others after the prefill
         self.progress = progress
@@ -262,6 +317,8 @@ class Engine:
         tokens = out[:max_new_tokens]
         metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
                                      emitted=sum(r["emitted"] for r in rounds), decode_s=decode_s)
+        if self.method.uses_middle:  # in tokens, also when given as a fraction of the prompt
+            metrics["middle_budget"] = self.method.budget_for(len(prompt))
         return GenerationResult(tokens=tokens, metrics=metrics, rounds=rounds)
 
     # -- levels and caches -----------------------------------------------------------------
@@ -276,16 +333,16 @@ class Engine:
     def _lower_levels(self, prompt_len: int, max_new_tokens: int) -> list[Level]:
         """The draft and middle levels, cheapest first. Allocated after the top level's prefill:
         their caches and a prefill chunk's activations need not fit in memory at once."""
-        m, target = self.method, self.target
+        m, target = self.method.for_prompt(prompt_len), self.target
         spare = m.lookahead + 2
         levels: list[Level] = []
         if m.uses_middle:
-            if m.middle_cache == "retrieval":
-                cache = RetrievalCache.for_model(
-                    target.config, budget=m.budget, chunk_size=m.chunk_size, scorer=m.scorer,
-                    extra_capacity=max_new_tokens + spare, dtype=target.dtype, device=target.device)
-            else:
-                cache = StreamingCache.for_model(target, sink=m.draft_sink, window=m.budget - m.draft_sink)
+            # every middle cache is a selection of the full cache at true positions, plus room
+            # for the tokens generated after it (rolled back like any cache)
+            cache = RetrievalCache.for_model(
+                target.config, budget=m.budget, chunk_size=m.chunk_size, scorer=m.scorer,
+                recent=m.recent_tokens(m.budget), extra_capacity=max_new_tokens + spare, dtype=target.dtype,
+                device=target.device)
             cache.record_queries = False
             levels.insert(0, Level("middle", target, cache, gamma=m.draft_gamma if m.uses_draft else 0))
         if m.uses_draft:

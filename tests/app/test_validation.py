@@ -35,10 +35,19 @@ def cfg_of(*overrides: str) -> dict:
     ("hardware=2x4090_offload_tp", r"tensor parallelism \(hardware.tensor_parallel=2\), which is not implemented"),
     ("logger.name=mlflow", r"logger.name='mlflow': choose one of wandb, none"),
     ("hardware.progress=sometimes", r"hardware.progress='sometimes' must be true or false"),
+    ("method.middle_cache=h2o", r"method.middle_cache='h2o': choose one of retrieval, streaming, hybrid"),
+    ("method.recent=1.5", r"method.recent=1.5 must be a share of the budget in \[0, 1\]"),
+    ("method.budget_fraction=0.125", r"set exactly one.*method.budget=null method.budget_fraction=0.125"),
+    ("method.budget=null", r"method.budget=null and method.budget_fraction=null: set exactly one"),
+    ("method.budget=null method.budget_fraction=0", r"method.budget_fraction=0 must be a fraction of the prompt"),
+    ("method.budget=null method.budget_fraction=2", r"method.budget_fraction=2 must be a fraction"),
+    # 1% of the 256-token prompt of the tiny model is 3 tokens: checked against dataset.prefill
+    ("method.budget=null method.budget_fraction=0.01 dataset.prefill=256",
+     r"budget_fraction=0.01 of a 256-token prompt gives a budget of 3 tokens: .*2 \* chunk_size"),
 ])
 def test_bad_values_name_value_and_range(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        validate(cfg_of("model=tiny", override), environment=False)
+        validate(cfg_of("model=tiny", *override.split()), environment=False)
 
 
 def test_unknown_model_name():

@@ -37,6 +37,7 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
     check_hardware(cfg.get("hardware") or {}, environment=environment)
     check_models(cfg.get("model") or {}, cfg.get("draft") or {}, method)
     check_logger(cfg.get("logger") or {})
+    method.for_prompt(cfg["dataset"]["prefill"])  # a budget fraction of the configured prompt length
     context = model_context(cfg["model"], read_files=environment)
     if context is not None:
         check_fits(cfg["dataset"]["prefill"], cfg["max_new_tokens"], method, context)
