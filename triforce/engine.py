@@ -40,6 +40,7 @@ from triforce.cache.streaming import StreamingCache
 from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
+from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams, sample, verify_tensor
 
@@ -190,12 +191,15 @@ class Engine:
     (`Engine.from_config(cfg)`), then `generate(prompt_ids, max_new_tokens, seed)`.
 
     executor: "auto" (CUDA graphs on a GPU, eager elsewhere), "eager", "static" (the graph path's
-    static-shape forwards without capture; tests) or "graphs"."""
+    static-shape forwards without capture; tests) or "graphs".
+    prefill_memo: a `triforce.prefill_memo.PrefillMemo` to take the top level's prefill from when
+    this target and prompt were prefilled before (in this engine or another sharing the memo)."""
 
     def __init__(self, target: Transformer, draft: Transformer | None = None,
                  method: MethodConfig | dict | None = None, sampling: SamplingParams | dict | None = None,
                  *, max_context: int | None = None, prefill_chunk: int | None = None,
-                 biased_levels: tuple[str, ...] = (), executor: str = "auto"):
+                 biased_levels: tuple[str, ...] = (), executor: str = "auto",
+                 prefill_memo: PrefillMemo | None = None):
         self.method = method if isinstance(method, MethodConfig) else MethodConfig(**(method or {}))
         self.sampling = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**(sampling or {}))
         if self.method.uses_draft and draft is None:
@@ -211,6 +215,8 @@ class Engine:
         self.executor_name = resolve_executor(executor, self.device)
         self.levels: list[Level] = []
         self.progress: GenerationProgress | None = None  # set for the duration of generate()
+        self.prefill_memo = prefill_memo
+        self._weights_key = None  # names the target's weights in the memo (computed at first use)
 
     # -- construction from a config ------------------------------------------------------
     @classmethod
@@ -363,7 +369,7 @@ class Engine:
         top = self.levels[-1]
         # The full prompt runs once so the retrieval cache is scored with the last prompt
         # token's query (as the paper); the last token is then rolled back (see docstring).
-        self._feed(top, prompt_len)
+        self._prefill_top(top, prompt_len)
         top.cache.crop(prompt_len - 1)
         self.levels = self._lower_levels(prompt_len, self._max_new_tokens) + [top]
         for level in self.levels[:-1]:
@@ -373,6 +379,25 @@ class Engine:
                 self._feed_streaming(level, prompt_len - 1)
             else:
                 self._feed(level, prompt_len - 1)
+
+    def _prefill_top(self, top: Level, prompt_len: int) -> None:
+        """The top level's prefill, from the memo when it holds this target and prompt."""
+        memo = self.prefill_memo
+        if memo is None:
+            self._feed(top, prompt_len)
+            return
+        if self._weights_key is None:
+            self._weights_key = weights_key(self.target)
+        key = (self._weights_key, self.prefill_chunk, tuple(self.tokens[:prompt_len].tolist()))
+        snap = memo.get(key)
+        self.stats.prefill_reused = snap is not None
+        if snap is None:
+            self._feed(top, prompt_len)
+            memo.put(key, top.cache.snapshot())
+            return
+        top.cache.restore(snap)
+        if self.progress is not None:
+            self.progress.prefill(prompt_len, prompt_len)
 
     def _feed(self, level: Level, upto: int) -> None:
         """Run `level` eagerly over tokens [cache.seq_len, upto), in chunks where needed."""

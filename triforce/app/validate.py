@@ -87,6 +87,9 @@ def check_hardware(hw: Mapping, *, environment: bool) -> None:
     shown = hw.get("progress", True)
     if not isinstance(shown, bool):
         raise ConfigError(f"hardware.progress={shown!r} must be true or false (tqdm bars for prefill and generation)")
+    memo = hw.get("prefill_memo_gb", 0)
+    if memo is not None and (isinstance(memo, bool) or not isinstance(memo, (int, float)) or memo < 0):
+        raise ConfigError(f"hardware.prefill_memo_gb={memo!r} must be a number of GB >= 0 (0: off)")
     chunk = hw.get("prefill_chunk")
     if chunk is not None and chunk <= 0:
         raise ConfigError(f"hardware.prefill_chunk={chunk} must be positive or null (whole prompt)")
