@@ -42,7 +42,7 @@ from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.models.llama import Transformer
-from triforce.sampling import SamplingParams, sample, verify_tensor
+from triforce.sampling import SamplingParams, probabilities, sample, verify_tensor
 
 if TYPE_CHECKING:
     from triforce.progress import GenerationProgress
@@ -260,6 +260,47 @@ class Engine:
                  progress: GenerationProgress | None = None) -> GenerationResult:
         """`progress`: hooks told of the top level's prefill and of each top-level step
         (triforce.progress.TokenProgress shows them as tqdm bars); None: silent."""
+        prompt = self._checked_prompt(prompt_ids, max_new_tokens)
+        self.progress = progress
+        try:
+            return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
+        finally:
+            self._release()
+
+    @torch.inference_mode()
+    def reference_acceptance(self, prompt_ids, continuation) -> dict[str, list[float]]:
+        """For each level below the top, at every position of `continuation` (tokens the target
+        could generate after the prompt, e.g. its own autoregressive sample): sum_x min(p(x), q(x)),
+        the probability that the level above accepts this level's proposal there (q: this level's
+        distribution, p: the level above's; both after the sampling transform).
+
+        A generation's acceptance rate mixes this with the noise of sampling and of its own random
+        trajectory; along a shared continuation the expected acceptance of different caches or
+        budgets is paired and free of both. The caches are built exactly as generate() builds them
+        (prefill, retrieval, no rebuilds); one forward per level."""
+        continuation = [int(t) for t in continuation]
+        prompt = self._checked_prompt(prompt_ids, len(continuation))
+        try:
+            self._start(prompt, len(continuation), seed=0)
+            n, T = len(prompt), len(continuation)
+            self.tokens[n:n + T] = torch.tensor(continuation, dtype=torch.int64)
+            self._prefill()
+            dists = [self._forward_all(level, self.tokens[n - 1:n - 1 + T]) for level in self.levels]
+            return {level.name: torch.minimum(q, p).sum(-1).tolist()
+                    for level, q, p in zip(self.levels, dists, dists[1:])}
+        finally:
+            self._release()
+
+    def _forward_all(self, level: Level, inputs: torch.Tensor) -> torch.Tensor:
+        """Sampling distributions after each of `inputs` (T, V), in forwards the cache accepts
+        (a StreamingLLM cache takes at most its window at once)."""
+        step = level.cache.max_step_tokens or len(inputs)
+        logits = [level.model(inputs[i:i + step][None], None, level.cache, num_logits=len(inputs[i:i + step]))[0]
+                  for i in range(0, len(inputs), step)]
+        return probabilities(torch.cat(logits), self.sampling)
+
+    def _checked_prompt(self, prompt_ids, max_new_tokens: int) -> list[int]:
+        """The prompt as a list, after every check that can fail before work; allocates the top level."""
         prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
         if torch.is_tensor(prompt_ids) and prompt_ids.dim() > 1:
             raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
@@ -274,19 +315,19 @@ class Engine:
         self.method.for_prompt(len(prompt))  # a budget fraction too small for this prompt: fail before work
         self.check_memory(len(prompt), max_new_tokens)
         self.levels = [self._top_level(len(prompt), max_new_tokens)]  # the others after the prefill
-        self.progress = progress
-        try:
-            return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
-        finally:
-            # Drop the caches and graphs: a long-context KV cache is the largest allocation of a
-            # run, and a second engine (the autoregressive baseline) must not find this one's held.
-            self.levels = []
-            self.progress = None
-            if getattr(self, "executor", None) is not None:
-                self.executor.release()
-            self.executor = self.tokens = None
+        return prompt
 
-    def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
+    def _release(self) -> None:
+        # Drop the caches and graphs: a long-context KV cache is the largest allocation of a
+        # run, and a second engine (the autoregressive baseline) must not find this one's held.
+        self.levels = []
+        self.progress = None
+        if getattr(self, "executor", None) is not None:
+            self.executor.release()
+        self.executor = self.tokens = None
+
+    def _start(self, prompt: list[int], max_new_tokens: int, seed: int) -> None:
+        """Per-generation state: the token buffer holding the prompt, the generator, the counters."""
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._max_new_tokens = max_new_tokens
         self.stats = GenerationStats(self.device)
@@ -298,6 +339,8 @@ class Engine:
         self._since_rebuild = 0
         self.executor = make_executor(self.executor_name, self.tokens, self.sampling, self.stats)
 
+    def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
+        self._start(prompt, max_new_tokens, seed)
         with self.stats.wall("prefill"):
             self._prefill()
         top = len(self.levels) - 1

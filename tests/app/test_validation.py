@@ -35,6 +35,7 @@ def cfg_of(*overrides: str) -> dict:
     ("hardware=2x4090_offload_tp", r"tensor parallelism \(hardware.tensor_parallel=2\), which is not implemented"),
     ("logger.name=mlflow", r"logger.name='mlflow': choose one of wandb, none"),
     ("hardware.progress=sometimes", r"hardware.progress='sometimes' must be true or false"),
+    ("reference_acceptance=true baseline=false", r"reference_acceptance=true measures along .* set baseline=true"),
     ("hardware.prefill_memo_gb=-1", r"hardware.prefill_memo_gb=-1 must be a number of GB >= 0"),
     ("method.middle_cache=h2o", r"method.middle_cache='h2o': choose one of retrieval, streaming, hybrid"),
     ("method.recent=1.5", r"method.recent=1.5 must be a share of the budget in \[0, 1\]"),

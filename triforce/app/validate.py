@@ -52,6 +52,9 @@ def check_run(cfg: Mapping) -> None:
         raise ConfigError(f"max_new_tokens={n!r} must be a positive integer")
     if not isinstance(cfg.get("seed", 0), int):
         raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer")
+    if cfg.get("reference_acceptance") and not cfg.get("baseline", True):
+        raise ConfigError("reference_acceptance=true measures along the autoregressive baseline's tokens: "
+                          "set baseline=true")
 
 
 def check_method(values: Mapping) -> MethodConfig:
