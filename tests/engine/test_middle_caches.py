@@ -1,7 +1,7 @@
 """The hybrid middle cache's two extremes are the dedicated middle caches: with no recent window
-(`recent=0`) it is the retrieval cache, with no retrieved chunk (`recent=1`) StreamingLLM of the same
-budget — same tokens, same acceptance in every step, with sampling, on both executors. In between it
-is neither (else the hybrid would be a relabelling)."""
+(`recent=0`) it is the retrieval cache, with no retrieved chunk (`recent >= budget - chunk_size`)
+StreamingLLM of the same budget — same tokens, same acceptance in every step, with sampling, on
+both executors. In between it is neither (else the hybrid would be a relabelling)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run(models, executor="eager", **method):
 
 @pytest.mark.parametrize("executor", ["eager", "static"])
 @pytest.mark.parametrize("rebuild", ["never", "every_n"])
-@pytest.mark.parametrize("recent,dedicated", [(0.0, "retrieval"), (1.0, "streaming")])
+@pytest.mark.parametrize("recent,dedicated", [(0, "retrieval"), (36, "streaming"), (1000, "streaming")])
 def test_hybrid_extremes_are_the_dedicated_caches(models, recent, dedicated, rebuild, executor):
     policy = dict(rebuild=rebuild, rebuild_every=8)
     assert run(models, executor, middle_cache="hybrid", recent=recent, **policy) == \
@@ -41,13 +41,15 @@ def test_hybrid_extremes_are_the_dedicated_caches(models, recent, dedicated, reb
 
 
 def test_hybrid_in_between_is_neither_extreme(models):
-    hybrid = run(models, middle_cache="hybrid", recent=0.5)
+    hybrid = run(models, middle_cache="hybrid", recent=18)
     assert hybrid != run(models, middle_cache="retrieval")
     assert hybrid != run(models, middle_cache="streaming")
 
 
-@pytest.mark.parametrize("middle,recent,tokens", [("retrieval", 0.7, 0), ("streaming", 0.2, 36),
-                                                  ("hybrid", 0.0, 0), ("hybrid", 0.5, 18), ("hybrid", 1.0, 36)])
+@pytest.mark.parametrize("middle,recent,tokens", [("retrieval", 20, 0), ("streaming", 5, 36),
+                                                  ("hybrid", 0, 0), ("hybrid", 18, 18), ("hybrid", 36, 36),
+                                                  ("hybrid", 500, 36)])
 def test_recent_window_tokens(middle, recent, tokens):
-    """`recent` is the hybrid's share of the budget beyond the sink chunk; the other caches ignore it."""
+    """`recent` is the hybrid's window in tokens, at most the budget beyond the sink chunk (budget
+    40, chunks of 4); the other caches ignore it."""
     assert MethodConfig(**{**BASE, "middle_cache": middle, "recent": recent}).recent_tokens(40) == tokens
