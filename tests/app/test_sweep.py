@@ -56,6 +56,43 @@ def test_notebook_renders_the_sweep(tiny_sweep, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert f"{sweep_dir / 'sweep.parquet'}: 4 jobs, 4 ok, 0 failed" in text
     assert (sweep_dir / "acceptance_vs_params.png").is_file() and (sweep_dir / "latency_breakdown.png").is_file()
+    assert "not a middle-cache study" in text  # the study section says why it has nothing to show
+
+
+def execute_notebook(sweep_dir, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "acceptance_analysis.ipynb", as_version=4)
+    monkeypatch.setenv("TRIFORCE_OUTPUTS", str(sweep_dir.parents[2]))
+    monkeypatch.delenv("TRIFORCE_SWEEP_TABLE", raising=False)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    return images, text
+
+
+def test_notebook_renders_the_middle_cache_study(tiny_study, tmp_path, monkeypatch):
+    sweep_dir, _ = tiny_study
+    images, text = execute_notebook(sweep_dir, tmp_path, monkeypatch)
+    assert f"{sweep_dir / 'sweep.parquet'}: 6 jobs, 6 ok, 0 failed" in text
+    assert len(images) >= 3  # acceptance vs parameters, latency, the study's figure
+    assert (sweep_dir / "middle_cache_study.png").is_file()
+    assert "hybrid vs the better of retrieval and StreamingLLM" in text
+    assert "section skipped" not in text
+
+
+def test_study_sweep_rows_carry_the_resolved_budget_and_reference_acceptance(tiny_study):
+    from triforce.study import load_sweep, study_rows
+
+    sweep_dir, _ = tiny_study
+    rows = study_rows(*load_sweep(sweep_dir), ["method.middle_cache", "method.budget_fraction"])
+    assert len(rows) == 12 and set(rows["method.middle_cache"]) == {"streaming", "retrieval", "hybrid"}
+    assert (rows["middle_budget"] == rows["prompt_tokens"] * rows["method.budget_fraction"]).all()
+    assert rows["ref_accept/middle"].between(0.05, 1).all()
+    # the same prompts and seeds in every cell: the baseline (and so the reference continuation) agrees
+    assert rows.groupby("sample_id")["baseline_ms_per_token"].count().eq(6).all()
+    assert rows.groupby("sample_id")["seed"].nunique().eq(1).all()
 
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path, books_dir):
