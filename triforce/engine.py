@@ -52,7 +52,7 @@ REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
 # The middle level's cache, a selection of `budget` tokens of the full cache (cache/retrieval.py):
 # retrieval = sink chunk + top-scored chunks (the paper), streaming = sink chunk + recent window
 # (StreamingLLM of the same budget, at true positions), hybrid = sink + retrieved chunks + a
-# recent window of `recent` tokens.
+# recent window (the share `recent` of the budget, at least `recent_min` tokens).
 MIDDLE_CACHES = ("retrieval", "streaming", "hybrid")
 
 
@@ -65,7 +65,8 @@ class MethodConfig:
     budget_fraction: float | None = None  # middle cache size as a fraction of each prompt's length
     chunk_size: int = 8
     scorer: str = "mean"
-    recent: int = 256  # hybrid: tokens of the recent window (beyond budget - chunk_size: StreamingLLM)
+    recent: float = 0.5  # hybrid: share of the budget (beyond the sink chunk) kept as the recent window...
+    recent_min: int = 384  # ...but at least this many tokens (all of it: StreamingLLM) — see recent_tokens
     rebuild: str = "never"
     rebuild_every: int = 64  # every_n: generated tokens between rebuilds
     rebuild_threshold: float = 0.5  # on_low_acceptance: rebuild when the middle's recent acceptance falls below
@@ -93,9 +94,11 @@ class MethodConfig:
             raise ConfigError(f"method.draft_cache={self.draft_cache!r}: choose streaming or full")
         if self.middle_cache not in MIDDLE_CACHES:
             raise ConfigError(f"method.middle_cache={self.middle_cache!r}: choose one of {', '.join(MIDDLE_CACHES)}")
-        if isinstance(self.recent, bool) or not isinstance(self.recent, int) or self.recent < 0:
-            raise ConfigError(f"method.recent={self.recent!r} must be a number of tokens >= 0 (the hybrid's "
-                              "recent window: 0 is retrieval, budget - chunk_size or more is StreamingLLM)")
+        if isinstance(self.recent, bool) or not isinstance(self.recent, (int, float)) or not 0 <= self.recent <= 1:
+            raise ConfigError(f"method.recent={self.recent!r} must be a share of the budget in [0, 1] "
+                              "(the hybrid's recent window: 0 is retrieval, 1 is StreamingLLM)")
+        if isinstance(self.recent_min, bool) or not isinstance(self.recent_min, int) or self.recent_min < 0:
+            raise ConfigError(f"method.recent_min={self.recent_min!r} must be a number of tokens >= 0")
         if self.uses_middle:
             self._check_budget()
         if self.uses_draft and self.draft_cache == "streaming":
@@ -141,11 +144,18 @@ class MethodConfig:
     def recent_tokens(self, budget: int) -> int:
         """Tokens of the middle cache's recent window at that budget (cache/retrieval.py):
         retrieval keeps only the partial tail chunk, StreamingLLM everything but the sink chunk,
-        hybrid `recent` tokens (a fixed span of local context: the rest of the budget retrieves)."""
+        hybrid the share `recent` of it but at least `recent_min` tokens.
+
+        Why a floor: the window pays off only once it spans the local context the model leans on
+        (on SmolLM2, ~250-500 tokens whatever the budget and prompt length: docs/RESULTS.md), so
+        below it a window share is wasted and the hybrid is StreamingLLM; above it, retrieved chunks
+        add the distant context a window cannot reach."""
         if self.middle_cache == "retrieval":
             return 0
         room = max(budget - self.chunk_size, 0)
-        return room if self.middle_cache == "streaming" else min(self.recent, room)
+        if self.middle_cache == "streaming":
+            return room
+        return min(room, max(self.recent_min, round(self.recent * room)))
 
     @property
     def uses_draft(self) -> bool:

@@ -32,8 +32,8 @@ def tiny_study(tmp_path_factory, books_dir):
     tmp = tmp_path_factory.mktemp("study")
     sweep_dir = tmp / "outputs" / "multirun" / "2026-01-02" / "00-00-00"
     proc = run_cli(["-m", *tiny_overrides(books_dir, f"hydra.sweep.dir={sweep_dir}", "dataset.num_samples=2",
-                                          "reference_acceptance=true", "method.budget=null", "method.recent=16",
-                                          "warmup=false", "max_new_tokens=12"),
+                                          "reference_acceptance=true", "method.budget=null", "method.recent=0.5",
+                                          "method.recent_min=0", "warmup=false", "max_new_tokens=12"),
                     "method.middle_cache=streaming,retrieval,hybrid", "method.budget_fraction=0.25,0.5"], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep_dir, proc

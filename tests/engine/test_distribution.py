@@ -51,7 +51,7 @@ N_EXACT = 20_000
 N_BIASED = 2_000
 METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16)
 # the hybrid middle cache: sink chunk (2) + 2 retrieved chunks (4) + recent window of 5 (of 31 tokens)
-HYBRID = (("middle_cache", "hybrid"), ("chunk_size", 2), ("recent", 5))
+HYBRID = (("middle_cache", "hybrid"), ("chunk_size", 2), ("recent", 0.5), ("recent_min", 0))
 REBUILDS = {"never": (), "every_n": (("rebuild", "every_n"), ("rebuild_every", 1)),
             "on_low_acceptance": (("rebuild", "on_low_acceptance"), ("rebuild_threshold", 0.99),
                                   ("rebuild_window", 1))}

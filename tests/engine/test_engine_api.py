@@ -61,7 +61,8 @@ def test_budget_fraction_is_resolved_per_prompt(model):
         assert got.metrics["middle_budget"] == n // 4
         same = Engine(model, None, {**method, "budget": n // 4, "budget_fraction": None}, {"temperature": 0.6})
         want = same.generate(list(range(n)), 10, seed=3, stop_at_eos=False)
-        assert got.tokens == want.tokens and got.rounds == [dict(r, ms=g["ms"]) for r, g in zip(want.rounds, got.rounds)]
+        assert got.tokens == want.tokens
+        assert got.rounds == [dict(r, ms=g["ms"]) for r, g in zip(want.rounds, got.rounds)]
     with pytest.raises(ConfigError, match="of a 20-token prompt gives a budget of 5 tokens"):
         engine.generate(list(range(20)), 4)
     assert engine.levels == []

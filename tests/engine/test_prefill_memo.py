@@ -12,8 +12,8 @@ from triforce.engine import Engine
 from triforce.prefill_memo import PrefillMemo, weights_key
 
 SAMPLING = dict(temperature=0.8)
-METHOD = dict(name="triforce", gamma=4, draft_gamma=2, budget=24, chunk_size=4, middle_cache="hybrid", recent=9,
-              rebuild="every_n", rebuild_every=6, draft_sink=2, draft_window=18)
+METHOD = dict(name="triforce", gamma=4, draft_gamma=2, budget=24, chunk_size=4, middle_cache="hybrid", recent=0.45,
+              recent_min=0, rebuild="every_n", rebuild_every=6, draft_sink=2, draft_window=18)
 
 
 def prompt(n, seed=0):
