@@ -4,6 +4,8 @@ the notebook on that table, and a failing job that does not stop the sweep."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -93,6 +95,25 @@ def test_study_sweep_rows_carry_the_resolved_budget_and_reference_acceptance(tin
     # the same prompts and seeds in every cell: the baseline (and so the reference continuation) agrees
     assert rows.groupby("sample_id")["baseline_ms_per_token"].count().eq(6).all()
     assert rows.groupby("sample_id")["seed"].nunique().eq(1).all()
+
+
+def test_study_table_script(tiny_study):
+    sweep_dir, _ = tiny_study
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "study_table.py"), str(sweep_dir),
+                           "--windows", "4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("6 jobs (0 failed), 2 prompts")
+    # one row per cell: 1 prompt length x 1 chunk size x 2 budgets x 3 caches, mean ± interval
+    cells = [line for line in out.splitlines() if line.startswith("| 128")]
+    assert len(cells) >= 6 and all(" ± " in line for line in cells[:6])
+    assert "hybrid vs the better of retrieval and StreamingLLM: ref_accept/middle" in out
+    # 12 new tokens: three windows of 4, one row per (cache, rebuild policy)
+    assert "| method.middle_cache | method.rebuild | 0-3 | 4-7 | 8-11 |" in out
+    assert "| hybrid | never | " in out
+    summary = last_json(out)
+    assert summary["jobs"] == 6 and set(summary["verdicts"]) == {"accept_rate/middle", "ref_accept/middle",
+                                                                 "mean_accepted_len"}
 
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path, books_dir):
