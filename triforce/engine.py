@@ -40,8 +40,8 @@ from triforce.cache.streaming import StreamingCache
 from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
-from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.models.llama import Transformer
+from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import SamplingParams, probabilities, sample, verify_tensor
 
 if TYPE_CHECKING:
@@ -111,8 +111,8 @@ class MethodConfig:
         if (self.budget is None) == (self.budget_fraction is None):
             raise ConfigError(
                 f"method.budget={_null(self.budget)} and method.budget_fraction={_null(self.budget_fraction)}: "
-                "set exactly one "
-                "(tokens, or a fraction of the prompt), e.g. method.budget=null method.budget_fraction=0.125")
+                "set exactly one (tokens, or a fraction of the prompt), e.g. method.budget=null "
+                "method.budget_fraction=0.125")
         if self.budget is not None:
             if isinstance(self.budget, bool) or not isinstance(self.budget, int):
                 raise ConfigError(f"method.budget={self.budget!r} must be a whole number of tokens")
