@@ -111,7 +111,8 @@ def test_acceptance_study_prompt_lengths_bring_the_model_they_need(prompt, prefi
     assert cfg["dataset"]["prefill"] == prefill and cfg["model"]["name"] == "smollm2-135m"
     assert (cfg["model"]["rope_scaling"] is not None) == yarn
     m = cfg["method"]
-    assert (m["budget"], m["budget_fraction"], m["middle_cache"]) == (None, 0.125, "hybrid")
+    assert (m["name"], m["budget"], m["budget_fraction"]) == ("retrieval_spec", None, 0.125)
+    assert m["middle_cache"] == "hybrid"
     assert cfg["baseline"] and cfg["reference_acceptance"] and cfg["max_new_tokens"] == 128
     plan = validate(cfg, environment=False)
     assert plan.method.for_prompt(prefill).budget == round(prefill / 8)
