@@ -2,7 +2,8 @@
 
     autoregressive   [top]                       top = target model, full cache
     spec             [draft, top]                draft model (full or StreamingLLM cache)
-    retrieval_spec   [middle, top]               middle = target model with the retrieval cache
+    retrieval_spec   [middle, top]               middle = target model with a cache selected from the
+                                                 full one (retrieval, StreamingLLM or hybrid)
     triforce         [draft, middle, top]        draft (StreamingLLM) -> middle -> top
 
 Level 0 samples autoregressively. Level i > 0 runs rounds: ask level i-1 for `gamma` tokens,
@@ -42,13 +43,19 @@ from triforce.executor import EXECUTORS, make_executor, resolve_executor
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.prefill import layer_major_prefill
-from triforce.sampling import SamplingParams, sample_into, verify_into
+from triforce.prefill_memo import PrefillMemo, weights_key
+from triforce.sampling import SamplingParams, probabilities, sample_into, verify_into
 
 if TYPE_CHECKING:
     from triforce.progress import GenerationProgress
 
 METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
 REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
+# The middle level's cache, a selection of `budget` tokens of the full cache (cache/retrieval.py):
+# retrieval = sink chunk + top-scored chunks (the paper), streaming = sink chunk + recent window
+# (StreamingLLM of the same budget, at true positions), hybrid = sink + retrieved chunks + a
+# recent window (the share `recent` of the budget, at least `recent_min` tokens).
+MIDDLE_CACHES = ("retrieval", "streaming", "hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +63,12 @@ class MethodConfig:
     name: str = "triforce"
     gamma: int = 6  # γ2: tokens the top level verifies per forward
     draft_gamma: int = 2  # γ1: tokens the draft proposes per middle round (triforce)
-    budget: int = 4096  # retrieval cache size, tokens
+    budget: int | None = 4096  # middle cache size, tokens (None: set budget_fraction)
+    budget_fraction: float | None = None  # middle cache size as a fraction of each prompt's length
     chunk_size: int = 8
     scorer: str = "mean"
+    recent: float = 0.5  # hybrid: share of the budget (beyond the sink chunk) kept as the recent window...
+    recent_min: int = 384  # ...but at least this many tokens (all of it: StreamingLLM) — see recent_tokens
     rebuild: str = "never"
     rebuild_every: int = 64  # every_n: generated tokens between rebuilds
     rebuild_threshold: float = 0.5  # on_low_acceptance: rebuild when the middle's recent acceptance falls below
@@ -66,7 +76,7 @@ class MethodConfig:
     draft_cache: str = "streaming"  # streaming | full
     draft_sink: int = 16
     draft_window: int = 240
-    middle_cache: str = "retrieval"  # retrieval | streaming (the paper's ablation)
+    middle_cache: str = "retrieval"  # retrieval | streaming | hybrid (MIDDLE_CACHES)
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -84,18 +94,70 @@ class MethodConfig:
             raise ConfigError(f"method.rebuild_every={self.rebuild_every} must be positive")
         if self.draft_cache not in ("streaming", "full"):
             raise ConfigError(f"method.draft_cache={self.draft_cache!r}: choose streaming or full")
-        if self.middle_cache not in ("retrieval", "streaming"):
-            raise ConfigError(f"method.middle_cache={self.middle_cache!r}: choose retrieval or streaming")
+        if self.middle_cache not in MIDDLE_CACHES:
+            raise ConfigError(f"method.middle_cache={self.middle_cache!r}: choose one of {', '.join(MIDDLE_CACHES)}")
+        if isinstance(self.recent, bool) or not isinstance(self.recent, (int, float)) or not 0 <= self.recent <= 1:
+            raise ConfigError(f"method.recent={self.recent!r} must be a share of the budget in [0, 1] "
+                              "(the hybrid's recent window: 0 is retrieval, 1 is StreamingLLM)")
+        if isinstance(self.recent_min, bool) or not isinstance(self.recent_min, int) or self.recent_min < 0:
+            raise ConfigError(f"method.recent_min={self.recent_min!r} must be a number of tokens >= 0")
         if self.uses_middle:
-            if self.middle_cache == "retrieval":
-                validate_retrieval(self.budget, self.chunk_size, self.scorer)
-            elif self.budget <= self.draft_sink + self.lookahead:
-                raise ConfigError(f"method.budget={self.budget} is too small for a streaming middle cache")
+            self._check_budget()
         if self.uses_draft and self.draft_cache == "streaming":
             need = 2 * self.lookahead + 2
             if self.draft_window < need:
                 raise ConfigError(f"method.draft_window={self.draft_window} must be >= {need} "
                                   "(2 * (gamma + draft_gamma) + 2) to roll back rejected tokens")
+
+    def _check_budget(self) -> None:
+        if (self.budget is None) == (self.budget_fraction is None):
+            raise ConfigError(
+                f"method.budget={_null(self.budget)} and method.budget_fraction={_null(self.budget_fraction)}: "
+                "set exactly one (tokens, or a fraction of the prompt), e.g. method.budget=null "
+                "method.budget_fraction=0.125")
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not isinstance(self.budget, int):
+                raise ConfigError(f"method.budget={self.budget!r} must be a whole number of tokens")
+            validate_retrieval(self.budget, self.chunk_size, self.scorer, self.recent_tokens(self.budget))
+            return
+        f = self.budget_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ConfigError(f"method.budget_fraction={f!r} must be a fraction of the prompt in (0, 1]")
+        validate_retrieval(2 * max(self.chunk_size, 1), self.chunk_size, self.scorer)  # chunk size, scorer
+
+    def budget_for(self, prompt_len: int) -> int:
+        """The middle cache's budget in tokens for a prompt of `prompt_len` tokens."""
+        if self.budget is not None:
+            return self.budget
+        return max(1, round(self.budget_fraction * prompt_len))
+
+    def for_prompt(self, prompt_len: int) -> "MethodConfig":
+        """This method with its budget in tokens for that prompt; a ConfigError if a budget
+        fraction leaves too few tokens (before any work)."""
+        if not self.uses_middle or self.budget_fraction is None:
+            return self
+        budget = self.budget_for(prompt_len)
+        try:
+            return dataclasses.replace(self, budget=budget, budget_fraction=None)
+        except ConfigError as e:
+            raise ConfigError(f"method.budget_fraction={self.budget_fraction} of a {prompt_len}-token prompt "
+                              f"gives a budget of {budget} tokens: {e}") from None
+
+    def recent_tokens(self, budget: int) -> int:
+        """Tokens of the middle cache's recent window at that budget (cache/retrieval.py):
+        retrieval keeps only the partial tail chunk, StreamingLLM everything but the sink chunk,
+        hybrid the share `recent` of it but at least `recent_min` tokens.
+
+        Why a floor: the window pays off only once it spans the local context the model leans on
+        (on SmolLM2, ~250-500 tokens whatever the budget and prompt length: docs/RESULTS.md), so
+        below it a window share is wasted and the hybrid is StreamingLLM; above it, retrieved chunks
+        add the distant context a window cannot reach."""
+        if self.middle_cache == "retrieval":
+            return 0
+        room = max(budget - self.chunk_size, 0)
+        if self.middle_cache == "streaming":
+            return room
+        return min(room, max(self.recent_min, round(self.recent * room)))
 
     @property
     def uses_draft(self) -> bool:
@@ -109,6 +171,10 @@ class MethodConfig:
     def lookahead(self) -> int:
         """Most tokens any cache can hold beyond the committed prefix."""
         return self.gamma + self.draft_gamma + 2
+
+
+def _null(value) -> str:
+    return "null" if value is None else str(value)
 
 
 def context_needed(prompt_len: int, max_new_tokens: int, method: MethodConfig) -> int:
@@ -138,13 +204,15 @@ class Engine:
     (`Engine.from_config(cfg)`), then `generate(prompt_ids, max_new_tokens, seed)`.
 
     executor: "auto" (CUDA graphs on a GPU, eager elsewhere), "eager", "static" (the graph path's
-    static-shape forwards without capture; tests) or "graphs"."""
+    static-shape forwards without capture; tests) or "graphs".
+    prefill_memo: a `triforce.prefill_memo.PrefillMemo` to take the top level's prefill from when
+    this target and prompt were prefilled before (in this engine or another sharing the memo)."""
 
     def __init__(self, target: Transformer, draft: Transformer | None = None,
                  method: MethodConfig | dict | None = None, sampling: SamplingParams | dict | None = None,
                  *, max_context: int | None = None, prefill_chunk: int | None = None,
                  biased_levels: tuple[str, ...] = (), executor: str = "auto", offload: bool = False,
-                 on_chip_layers: int | None = None):
+                 on_chip_layers: int | None = None, prefill_memo: PrefillMemo | None = None):
         self.method = method if isinstance(method, MethodConfig) else MethodConfig(**(method or {}))
         self.sampling = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**(sampling or {}))
         if self.method.uses_draft and draft is None:
@@ -163,6 +231,8 @@ class Engine:
         self.executor_name = resolve_executor(executor, self.device)
         self.levels: list[Level] = []
         self.progress: GenerationProgress | None = None  # set for the duration of generate()
+        self.prefill_memo = prefill_memo
+        self._weights_key = None  # names the target's weights in the memo (computed at first use)
 
     # -- construction from a config ------------------------------------------------------
     @classmethod
@@ -191,7 +261,7 @@ class Engine:
         from triforce.memory import check_host_memory, check_memory, host_available, plan_memory
 
         draft_cfg = None if self.draft is None or self.draft is self.target else self.draft.config
-        plan = plan_memory(self.target.config, self.method, prompt_len, max_new_tokens,
+        plan = plan_memory(self.target.config, self.method.for_prompt(prompt_len), prompt_len, max_new_tokens,
                            dtype_bytes=self.target.dtype.itemsize, prefill_chunk=self.prefill_chunk,
                            draft=draft_cfg, draft_is_target=self.draft is self.target,
                            draft_dtype_bytes=None if draft_cfg is None else self.draft.dtype.itemsize,
@@ -209,6 +279,47 @@ class Engine:
                  progress: GenerationProgress | None = None) -> GenerationResult:
         """`progress`: hooks told of the top level's prefill and of each top-level step
         (triforce.progress.TokenProgress shows them as tqdm bars); None: silent."""
+        prompt = self._checked_prompt(prompt_ids, max_new_tokens)
+        self.progress = progress
+        try:
+            return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
+        finally:
+            self._release()
+
+    @torch.inference_mode()
+    def reference_acceptance(self, prompt_ids, continuation) -> dict[str, list[float]]:
+        """For each level below the top, at every position of `continuation` (tokens the target
+        could generate after the prompt, e.g. its own autoregressive sample): sum_x min(p(x), q(x)),
+        the probability that the level above accepts this level's proposal there (q: this level's
+        distribution, p: the level above's; both after the sampling transform).
+
+        A generation's acceptance rate mixes this with the noise of sampling and of its own random
+        trajectory; along a shared continuation the expected acceptance of different caches or
+        budgets is paired and free of both. The caches are built exactly as generate() builds them
+        (prefill, retrieval, no rebuilds); one forward per level."""
+        continuation = [int(t) for t in continuation]
+        prompt = self._checked_prompt(prompt_ids, len(continuation))
+        try:
+            self._start(prompt, len(continuation), seed=0)
+            n, T = len(prompt), len(continuation)
+            self.tokens[n:n + T] = torch.tensor(continuation, dtype=torch.int64)
+            self._prefill()
+            dists = [self._forward_all(level, self.tokens[n - 1:n - 1 + T]) for level in self.levels]
+            return {level.name: torch.minimum(q, p).sum(-1).tolist()
+                    for level, q, p in zip(self.levels, dists, dists[1:])}
+        finally:
+            self._release()
+
+    def _forward_all(self, level: Level, inputs: torch.Tensor) -> torch.Tensor:
+        """Sampling distributions after each of `inputs` (T, V), in forwards the cache accepts
+        (a StreamingLLM cache takes at most its window at once)."""
+        step = level.cache.max_step_tokens or len(inputs)
+        logits = [level.model(inputs[i:i + step][None], None, level.cache, num_logits=len(inputs[i:i + step]))[0]
+                  for i in range(0, len(inputs), step)]
+        return probabilities(torch.cat(logits), self.sampling)
+
+    def _checked_prompt(self, prompt_ids, max_new_tokens: int) -> list[int]:
+        """The prompt as a list, after every check that can fail before work; allocates the top level."""
         prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
         if torch.is_tensor(prompt_ids) and prompt_ids.dim() > 1:
             raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
@@ -220,21 +331,22 @@ class Engine:
             raise ConfigError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); got "
                               f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
         self.check_prompt(len(prompt), max_new_tokens)
+        self.method.for_prompt(len(prompt))  # a budget fraction too small for this prompt: fail before work
         self.check_memory(len(prompt), max_new_tokens)
         self.levels = [self._top_level(len(prompt), max_new_tokens)]  # the others after the prefill
-        self.progress = progress
-        try:
-            return self._generate(prompt, max_new_tokens, seed, stop_at_eos)
-        finally:
-            # Drop the caches and graphs: a long-context KV cache is the largest allocation of a
-            # run, and a second engine (the autoregressive baseline) must not find this one's held.
-            self.levels = []
-            self.progress = None
-            if getattr(self, "executor", None) is not None:
-                self.executor.release()
-            self.executor = self.tokens = None
+        return prompt
 
-    def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
+    def _release(self) -> None:
+        # Drop the caches and graphs: a long-context KV cache is the largest allocation of a
+        # run, and a second engine (the autoregressive baseline) must not find this one's held.
+        self.levels = []
+        self.progress = None
+        if getattr(self, "executor", None) is not None:
+            self.executor.release()
+        self.executor = self.tokens = None
+
+    def _start(self, prompt: list[int], max_new_tokens: int, seed: int) -> None:
+        """Per-generation state: the token buffer holding the prompt, the generator, the counters."""
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._max_new_tokens = max_new_tokens
         self.stats = GenerationStats(self.device)
@@ -246,6 +358,8 @@ class Engine:
         self._since_rebuild = 0
         self.executor = make_executor(self.executor_name, self.tokens, self.sampling, self.stats)
 
+    def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
+        self._start(prompt, max_new_tokens, seed)
         with self.stats.wall("prefill"):
             self._prefill()
         full = self.levels[-1].cache
@@ -277,6 +391,8 @@ class Engine:
             moved = full.bytes_h2d + full.bytes_d2h
             metrics.update({"offload/prefill_gb": prefill_bytes / 1e9,
                             "offload/decode_gb_per_token": (moved - prefill_bytes) / 1e9 / max(len(tokens), 1)})
+        if self.method.uses_middle:  # in tokens, also when given as a fraction of the prompt
+            metrics["middle_budget"] = self.method.budget_for(len(prompt))
         return GenerationResult(tokens=tokens, metrics=metrics, rounds=rounds)
 
     # -- levels and caches -----------------------------------------------------------------
@@ -286,7 +402,7 @@ class Engine:
         if self.offload:
             full = OffloadedKVCache.for_model(self.target.config, capacity, self.target.dtype, self.device,
                                               on_chip_layers=self.on_chip_layers)
-            if m.uses_middle and m.middle_cache == "retrieval":
+            if m.uses_middle and m.middle_cache != "streaming":  # (a streaming middle scores nothing)
                 full.track_chunks(m.chunk_size, m.scorer)  # rebuilds choose chunks without streaming keys
         else:
             full = self.target.new_cache(capacity)
@@ -298,16 +414,16 @@ class Engine:
     def _lower_levels(self, prompt_len: int, max_new_tokens: int) -> list[Level]:
         """The draft and middle levels, cheapest first. Allocated after the top level's prefill:
         their caches and a prefill chunk's activations need not fit in memory at once."""
-        m, target = self.method, self.target
+        m, target = self.method.for_prompt(prompt_len), self.target
         spare = m.lookahead + 2
         levels: list[Level] = []
         if m.uses_middle:
-            if m.middle_cache == "retrieval":
-                cache = RetrievalCache.for_model(
-                    target.config, budget=m.budget, chunk_size=m.chunk_size, scorer=m.scorer,
-                    extra_capacity=max_new_tokens + spare, dtype=target.dtype, device=target.device)
-            else:
-                cache = StreamingCache.for_model(target, sink=m.draft_sink, window=m.budget - m.draft_sink)
+            # every middle cache is a selection of the full cache at true positions, plus room
+            # for the tokens generated after it (rolled back like any cache)
+            cache = RetrievalCache.for_model(
+                target.config, budget=m.budget, chunk_size=m.chunk_size, scorer=m.scorer,
+                recent=m.recent_tokens(m.budget), extra_capacity=max_new_tokens + spare, dtype=target.dtype,
+                device=target.device)
             cache.record_queries = False
             levels.insert(0, Level("middle", target, cache, gamma=m.draft_gamma if m.uses_draft else 0))
         if m.uses_draft:
@@ -328,7 +444,7 @@ class Engine:
         top = self.levels[-1]
         # The full prompt runs once so the retrieval cache is scored with the last prompt
         # token's query (as the paper); the last token is then rolled back (see docstring).
-        self._feed(top, prompt_len)
+        self._prefill_top(top, prompt_len)
         top.cache.crop(prompt_len - 1)
         self.levels = self._lower_levels(prompt_len, self._max_new_tokens) + [top]
         for level in self.levels[:-1]:
@@ -338,6 +454,25 @@ class Engine:
                 self._feed_streaming(level, prompt_len - 1)
             else:
                 self._feed(level, prompt_len - 1)
+
+    def _prefill_top(self, top: Level, prompt_len: int) -> None:
+        """The top level's prefill, from the memo when it holds this target and prompt."""
+        memo = self.prefill_memo
+        if memo is None or isinstance(top.cache, OffloadedKVCache):  # an offloaded prefill is not kept
+            self._feed(top, prompt_len)
+            return
+        if self._weights_key is None:
+            self._weights_key = weights_key(self.target)
+        key = (self._weights_key, self.prefill_chunk, tuple(self.tokens[:prompt_len].tolist()))
+        snap = memo.get(key)
+        self.stats.prefill_reused = snap is not None
+        if snap is None:
+            self._feed(top, prompt_len)
+            memo.put(key, top.cache.snapshot())
+            return
+        top.cache.restore(snap)
+        if self.progress is not None:
+            self.progress.prefill(prompt_len, prompt_len)
 
     def _feed(self, level: Level, upto: int) -> None:
         """Run `level` eagerly over tokens [cache.seq_len, upto), in chunks where needed."""

@@ -94,7 +94,7 @@ def plan_memory(target: ModelConfig, method, prompt_len: int, max_new_tokens: in
         offloaded = target.num_layers - on_chip
         host["offloaded KV cache"] = offloaded * layer_kv
         items["on-chip KV layers and staging"] = (on_chip + min(offloaded, 2)) * layer_kv + _queries(target, dtype_bytes)
-        if method.uses_middle and method.middle_cache == "retrieval":
+        if method.uses_middle and method.middle_cache != "streaming":
             slots = 1 if method.scorer == "mean" else 2
             items["retrieval chunk statistics"] = (offloaded * target.num_kv_heads * (capacity // method.chunk_size)
                                                    * slots * target.head_dim * dtype_bytes)
@@ -102,10 +102,10 @@ def plan_memory(target: ModelConfig, method, prompt_len: int, max_new_tokens: in
         items["full KV cache"] = capacity * kv_bytes_per_token(target, dtype_bytes) + _queries(target, dtype_bytes)
     after_prefill = 0  # the lower levels' caches and the rebuild, allocated once the prefill is done
     if method.uses_middle:
-        middle_tokens = (method.budget + max_new_tokens + lookahead + SPARE_TOKENS
-                         if method.middle_cache == "retrieval" else method.budget)
+        budget = method.budget_for(prompt_len)
+        middle_tokens = budget + max_new_tokens + lookahead + SPARE_TOKENS  # every middle cache is selected
         after_prefill += middle_tokens * kv_bytes_per_token(target, dtype_bytes) + _queries(target, dtype_bytes)
-        if method.middle_cache == "retrieval":
+        if method.recent_tokens(budget) < budget - method.chunk_size:  # some chunks are scored
             after_prefill += rebuild_bytes(target, prompt_len, method.chunk_size, method.scorer)
     if method.uses_draft:
         draft_cfg = target if draft_is_target else draft

@@ -30,6 +30,7 @@ class GenerationStats:
     proposed: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     accepted: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     rebuilds: int = 0
+    prefill_reused: bool = False  # the top level's prefill came from a PrefillMemo
     _events: dict[str, list] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
 
     @property
@@ -110,6 +111,7 @@ class GenerationStats:
             "tokens_per_s": new_tokens / decode_s if decode_s > 0 else float("nan"),
             "mean_accepted_len": emitted / self.forwards[top_level] if self.forwards[top_level] else float("nan"),
             "rebuilds": self.rebuilds,
+            "prefill_reused": float(self.prefill_reused),
         }
         for level, n in self.forwards.items():
             out[f"forwards/{level}"] = n

@@ -14,7 +14,7 @@ from triforce.errors import ConfigError
 from tests.app.helpers import compose
 
 CONF = Path(triforce.conf.__file__).parent
-GROUPS = ("model", "draft", "dataset", "hardware", "method", "sampling", "logger")
+GROUPS = ("model", "draft", "dataset", "hardware", "method", "sampling", "logger", "prompt")
 
 
 def options(group: str) -> list[str]:
@@ -65,6 +65,7 @@ def test_every_group_has_its_documented_options():
     assert {"cpu", "a100", "h100", "rtx4090_offload", "2x4090_offload_tp"} <= set(options("hardware"))
     assert {"autoregressive", "spec", "retrieval_spec", "triforce"} <= set(options("method"))
     assert {"wandb", "wandb_online", "none"} <= set(options("logger"))
+    assert {"4k", "8k", "32k"} <= set(options("prompt"))
 
 
 @pytest.mark.parametrize("preset", options("experiment"))
@@ -89,6 +90,21 @@ def test_offloading_presets_carry_the_paper_values():
     assert (tp["hardware"]["on_chip_layers"], tp["hardware"]["tensor_parallel"]) == (9, 2)
     one = resolved("experiment=rtx4090_offload_triforce")
     assert (one["method"]["budget"], one["method"]["gamma"], one["hardware"]["offload"]) == (8192, 12, True)
+
+
+@pytest.mark.parametrize("prompt,prefill,yarn", [("4k", 4096, False), ("8k", 8000, False), ("32k", 32000, True)])
+def test_acceptance_study_prompt_lengths_bring_the_model_they_need(prompt, prefill, yarn):
+    """The study's one sweep command spans prompt=4k,8k,32k: each sets the prompt length and, for
+    32K, SmolLM2 with YaRN — over the preset, whose other settings stay (budget as a fraction)."""
+    cfg = resolved("experiment=acceptance_study", f"prompt={prompt}")
+    assert cfg["dataset"]["prefill"] == prefill and cfg["model"]["name"] == "smollm2-135m"
+    assert (cfg["model"]["rope_scaling"] is not None) == yarn
+    m = cfg["method"]
+    assert (m["name"], m["budget"], m["budget_fraction"]) == ("retrieval_spec", None, 0.125)
+    assert m["middle_cache"] == "hybrid"
+    assert cfg["baseline"] and cfg["reference_acceptance"] and cfg["max_new_tokens"] == 128
+    plan = validate(cfg, environment=False)
+    assert plan.method.for_prompt(prefill).budget == round(prefill / 8)
 
 
 def test_presets_list_only_deltas():

@@ -4,6 +4,8 @@ the notebook on that table, and a failing job that does not stop the sweep."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +58,62 @@ def test_notebook_renders_the_sweep(tiny_sweep, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert f"{sweep_dir / 'sweep.parquet'}: 4 jobs, 4 ok, 0 failed" in text
     assert (sweep_dir / "acceptance_vs_params.png").is_file() and (sweep_dir / "latency_breakdown.png").is_file()
+    assert "not a middle-cache study" in text  # the study section says why it has nothing to show
+
+
+def execute_notebook(sweep_dir, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "acceptance_analysis.ipynb", as_version=4)
+    monkeypatch.setenv("TRIFORCE_OUTPUTS", str(sweep_dir.parents[2]))
+    monkeypatch.delenv("TRIFORCE_SWEEP_TABLE", raising=False)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    return images, text
+
+
+def test_notebook_renders_the_middle_cache_study(tiny_study, tmp_path, monkeypatch):
+    sweep_dir, _ = tiny_study
+    images, text = execute_notebook(sweep_dir, tmp_path, monkeypatch)
+    assert f"{sweep_dir / 'sweep.parquet'}: 6 jobs, 6 ok, 0 failed" in text
+    assert len(images) >= 3  # acceptance vs parameters, latency, the study's figure
+    assert (sweep_dir / "middle_cache_study.png").is_file()
+    assert "hybrid vs the better of retrieval and StreamingLLM" in text
+    assert "section skipped" not in text
+
+
+def test_study_sweep_rows_carry_the_resolved_budget_and_reference_acceptance(tiny_study):
+    from triforce.study import load_sweep, study_rows
+
+    sweep_dir, _ = tiny_study
+    rows = study_rows(*load_sweep(sweep_dir), ["method.middle_cache", "method.budget_fraction"])
+    assert len(rows) == 12 and set(rows["method.middle_cache"]) == {"streaming", "retrieval", "hybrid"}
+    assert (rows["middle_budget"] == rows["prompt_tokens"] * rows["method.budget_fraction"]).all()
+    assert rows["ref_accept/middle"].between(0.05, 1).all()
+    # the same prompts and seeds in every cell: the baseline (and so the reference continuation) agrees
+    assert rows.groupby("sample_id")["baseline_ms_per_token"].count().eq(6).all()
+    assert rows.groupby("sample_id")["seed"].nunique().eq(1).all()
+
+
+def test_study_table_script(tiny_study):
+    sweep_dir, _ = tiny_study
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "study_table.py"), str(sweep_dir),
+                           "--windows", "4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("6 jobs (0 failed), 2 prompts")
+    # one row per cell: 1 prompt length x 1 chunk size x 2 budgets x 3 caches, mean ± interval
+    cells = [line for line in out.splitlines() if line.startswith("| 128")]
+    assert len(cells) >= 6 and all(" ± " in line for line in cells[:6])
+    assert "hybrid vs the better of retrieval and StreamingLLM: ref_accept/middle" in out
+    # 12 new tokens: three windows of 4, one row per (cache, rebuild policy)
+    assert "| method.middle_cache | method.rebuild | 0-3 | 4-7 | 8-11 |" in out
+    assert "| hybrid | never | " in out
+    summary = last_json(out)
+    assert summary["jobs"] == 6 and set(summary["verdicts"]) == {"accept_rate/middle", "ref_accept/middle",
+                                                                 "mean_accepted_len"}
 
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path, books_dir):

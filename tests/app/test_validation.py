@@ -35,10 +35,24 @@ def cfg_of(*overrides: str) -> dict:
     ("hardware.tensor_parallel=0", r"hardware.tensor_parallel=0 must be a positive integer"),
     ("logger.name=mlflow", r"logger.name='mlflow': choose one of wandb, none"),
     ("hardware.progress=sometimes", r"hardware.progress='sometimes' must be true or false"),
+    ("reference_acceptance=true baseline=false",
+     r"reference_acceptance=true measures along .* set baseline=true"),
+    ("hardware.prefill_memo_gb=-1", r"hardware.prefill_memo_gb=-1 must be a number of GB >= 0"),
+    ("method.middle_cache=h2o", r"method.middle_cache='h2o': choose one of retrieval, streaming, hybrid"),
+    ("method.recent=1.5", r"method.recent=1.5 must be a share of the budget in \[0, 1\]"),
+    ("method.recent_min=-1", r"method.recent_min=-1 must be a number of tokens >= 0"),
+    ("method.recent_min=0.5", r"method.recent_min=0.5 must be a number of tokens"),
+    ("method.budget_fraction=0.125", r"set exactly one.*method.budget=null method.budget_fraction=0.125"),
+    ("method.budget=null", r"method.budget=null and method.budget_fraction=null: set exactly one"),
+    ("method.budget=null method.budget_fraction=0", r"method.budget_fraction=0 must be a fraction of the prompt"),
+    ("method.budget=null method.budget_fraction=2", r"method.budget_fraction=2 must be a fraction"),
+    # 1% of the 256-token prompt of the tiny model is 3 tokens: checked against dataset.prefill
+    ("method.budget=null method.budget_fraction=0.01 dataset.prefill=256",
+     r"budget_fraction=0.01 of a 256-token prompt gives a budget of 3 tokens: .*2 \* chunk_size"),
 ])
 def test_bad_values_name_value_and_range(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        validate(cfg_of("model=tiny", override), environment=False)
+        validate(cfg_of("model=tiny", *override.split()), environment=False)
 
 
 def test_unknown_model_name():

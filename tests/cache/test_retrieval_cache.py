@@ -1,6 +1,7 @@
-"""RetrievalCache: chunk selection (both scorers, GQA aggregation, sink and tail chunks) against a
-brute-force reference; rebuild gathers; appended tokens attend exactly to the selected tokens plus
-themselves; rollback down to (not below) the retrieved boundary."""
+"""RetrievalCache: chunk selection (both scorers, GQA aggregation, sink chunk, recent window from the
+partial tail chunk (retrieval) to the whole budget but the sink (StreamingLLM)) against a brute-force
+reference; rebuild gathers; appended tokens attend exactly to the selected tokens plus themselves;
+rollback down to (not below) the retrieved boundary."""
 
 from __future__ import annotations
 
@@ -17,23 +18,37 @@ from triforce.models.llama import Transformer
 SCORERS = ["mean", "bound"]
 
 
-def cache(budget, chunk_size, scorer="mean", *, layers=2, kv_heads=2, heads=4, head_dim=8, extra=16, batch=1):
-    return RetrievalCache(budget=budget, chunk_size=chunk_size, scorer=scorer, extra_capacity=extra,
+def cache(budget, chunk_size, scorer="mean", *, recent=0, layers=2, kv_heads=2, heads=4, head_dim=8, extra=16,
+          batch=1):
+    return RetrievalCache(budget=budget, chunk_size=chunk_size, scorer=scorer, recent=recent, extra_capacity=extra,
                           num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim, num_heads=heads,
                           dtype=torch.float32, device="cpu", batch_size=batch)
 
 
 
 
-def reference_select(keys, query, budget, cs, scorer):
+def reference_layout(n, budget, cs, recent):
+    """(window start, chunks that may be retrieved, how many), spelled out: the window reaches back
+    `recent` tokens and on to the chunk boundary below, unless sink + window would exceed the budget;
+    the rest of the budget holds whole chunks lying between the sink chunk and the window."""
+    start = n - recent
+    while start % cs:
+        start -= 1
+    if cs + (n - start) > budget:
+        start = n - (budget - cs)
+    candidates = [c for c in range(1, n // cs) if (c + 1) * cs <= start]
+    return start, candidates, (budget - cs - (n - start)) // cs
+
+
+def reference_select(keys, query, budget, cs, scorer, recent=0):
     """Brute force, float64, one (layer, batch, KV head) at a time; also returns the score margin
     between the last chunk chosen and the best chunk left out (to skip float near-ties)."""
     L, B, H, n, D = keys.shape
     group = query.shape[2] // H
     if n <= budget:
         return [[[list(range(n)) for _ in range(H)] for _ in range(B)] for _ in range(L)], float("inf")
-    n_full, tail = n // cs, n % cs
-    kept = (budget - tail) // cs
+    start, candidates, retrieved = reference_layout(n, budget, cs, recent)
+    kept = retrieved + 1  # with the sink chunk
     out, margin = [], float("inf")
     for layer in range(L):
         rows = []
@@ -41,21 +56,21 @@ def reference_select(keys, query, budget, cs, scorer):
             heads = []
             for h in range(H):
                 qs = [query[layer, b, h * group + j].double() for j in range(group)]  # the group of KV head h
-                scores = []
-                for c in range(n_full):
+                scores = {}
+                for c in candidates:
                     K = keys[layer, b, h, c * cs:(c + 1) * cs].double()
                     if scorer == "mean":
-                        scores.append(sum(float(q @ K.mean(0)) for q in qs))
+                        scores[c] = sum(float(q @ K.mean(0)) for q in qs)
                     else:
                         bounds = [float(torch.maximum(q * K.amin(0), q * K.amax(0)).sum()) for q in qs]
                         for q, bound in zip(qs, bounds):  # an upper bound on every token's score
                             assert bound >= float((K @ q).max()) - 1e-9
-                        scores.append(max(bounds))
-                ranked = sorted(range(1, n_full), key=lambda c: -scores[c])
+                        scores[c] = max(bounds)
+                ranked = sorted(candidates, key=lambda c: -scores[c])
                 chosen = sorted(ranked[: kept - 1])
                 if kept - 1 < len(ranked) and kept > 1:
                     margin = min(margin, scores[ranked[kept - 2]] - scores[ranked[kept - 1]])
-                idx = [c * cs + i for c in [0] + chosen for i in range(cs)] + list(range(n_full * cs, n))
+                idx = [c * cs + i for c in [0] + chosen for i in range(cs)] + list(range(start, n))
                 heads.append(idx)
             rows.append(heads)
         out.append(rows)
@@ -91,6 +106,66 @@ def test_select_matches_brute_force(scorer, n, budget, cs, kv_heads, heads):
         assert margin > 1e-4, "float near-tie in this draw: change the seed"
         assert got.tolist() == ref
         assert got.shape[-1] <= budget
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+@pytest.mark.parametrize("n,budget,cs,recent", [
+    (67, 24, 4, 1),    # window shorter than the tail chunk (3): the tail is kept whole
+    (67, 24, 4, 5),    # window of 5 extended down to the chunk boundary (7 tokens)
+    (67, 24, 4, 8),    # window of 8 extended to 11, 2 chunks retrieved
+    (101, 40, 8, 17),  # MQA (below), tail of 5: window 21, 1 chunk retrieved
+    (90, 48, 8, 24),   # window of 3 chunks + the tail of 2, 1 chunk retrieved
+    (64, 24, 4, 19),   # no tail; window extended to 20 leaves no chunk: StreamingLLM
+    (67, 24, 8, 15),   # extended to 19 it would exceed budget - cs = 16: clipped to 16
+])
+def test_hybrid_select_matches_brute_force(scorer, n, budget, cs, recent):
+    kv_heads, heads = (1, 3) if n == 101 else (2, 4)
+    for seed in range(3):
+        keys, query = random_kv(n, kv_heads=kv_heads, heads=heads, batch=2, seed=seed)
+        rc = cache(budget, cs, scorer, recent=recent, kv_heads=kv_heads, heads=heads, batch=2)
+        got = rc.select(keys, query)
+        ref, margin = reference_select(keys, query, budget, cs, scorer, recent)
+        assert margin > 1e-4, "float near-tie in this draw: change the seed"
+        assert got.tolist() == ref
+        start, _, _ = reference_layout(n, budget, cs, recent)
+        assert n - start >= recent and got.shape[-1] <= budget
+        assert all(row[-(n - start):] == list(range(start, n)) for row in got.reshape(-1, got.shape[-1]).tolist())
+
+
+@pytest.mark.parametrize("cs,budget", [(4, 8), (4, 13), (8, 40), (3, 10)])
+def test_streaming_extreme_is_sink_plus_the_last_tokens_and_scores_nothing(cs, budget):
+    """recent = budget - chunk_size is StreamingLLM of the same budget: the first chunk and the
+    last budget - chunk_size tokens, whatever the keys. Keys between them are NaN: any scoring
+    of them would make the selection depend on NaNs (topk) — none happens."""
+    for n in range(budget + 1, budget + 3 * cs + 2):
+        keys, query = random_kv(n, seed=n)
+        keys[..., cs:n - (budget - cs), :] = float("nan")
+        idx = cache(budget, cs, recent=budget - cs).select(keys, query)
+        expect = list(range(cs)) + list(range(n - (budget - cs), n))
+        assert idx.tolist() == [[[expect] * 2]] * 2
+
+
+@pytest.mark.parametrize("recent", [0, 3, 10, 20])
+def test_any_prompt_length_gives_a_well_formed_hybrid_selection(recent):
+    cs, budget = 4, 24
+    for n in range(budget + 1, budget + 6 * cs):
+        keys, query = random_kv(n, seed=n)
+        idx = cache(budget, cs, recent=recent).select(keys, query)
+        start, _, retrieved = reference_layout(n, budget, cs, recent)
+        assert idx.shape[-1] == cs * (1 + retrieved) + n - start <= budget
+        assert n - start >= max(recent, n % cs)
+        for row in idx.reshape(-1, idx.shape[-1]).tolist():
+            assert row == sorted(set(row)) and row[:cs] == list(range(cs))
+            body = row[cs:len(row) - (n - start)]
+            assert all(body[i] % cs == 0 and body[i:i + cs] == list(range(body[i], body[i] + cs))
+                       for i in range(0, len(body), cs))  # whole chunks, below the window
+            assert not body or body[-1] < start
+
+
+@pytest.mark.parametrize("recent", [-1, 21])
+def test_recent_window_out_of_range_is_a_config_error(recent):
+    with pytest.raises(ConfigError, match="recent window"):
+        cache(24, 4, recent=recent)
 
 
 @pytest.mark.parametrize("n", [1, 5, 15, 16])
@@ -245,9 +320,12 @@ class MaskedReference:
         return (weights @ vv).to(q.dtype).transpose(1, 2)  # (B, T, Hq, D), as every backend
 
 
+# recent window: 0 (retrieval: sink chunk + 2 chunks + tail of 1 = 13 tokens), 5 (sink + 1 chunk
+# + window of 5 = 13), 12 (StreamingLLM: sink + the last 12 = 16)
+@pytest.mark.parametrize("recent,kept", [(0, 13), (5, 13), (12, 16)])
 @pytest.mark.parametrize("scorer", SCORERS)
 @pytest.mark.parametrize("kv_heads", [2, 4])
-def test_appended_tokens_attend_to_selected_tokens_and_rollback(scorer, kv_heads):
+def test_appended_tokens_attend_to_selected_tokens_and_rollback(scorer, kv_heads, recent, kept):
     m = random_model(seed=1, kv_heads=kv_heads)
     L = m.config.num_layers
     g = torch.Generator().manual_seed(2)
@@ -256,12 +334,12 @@ def test_appended_tokens_attend_to_selected_tokens_and_rollback(scorer, kv_heads
     new1, new2, alt = (torch.randint(0, 48, (1, t), generator=g) for t in (3, 1, 2))
     full = m.new_cache(n + 8)
     rc = RetrievalCache.for_model(m.config, budget=16, chunk_size=4, scorer=scorer, extra_capacity=8,
-                                  dtype=torch.float32, device="cpu")
+                                  dtype=torch.float32, device="cpu", recent=recent)
     with torch.inference_mode():
         m(prompt, None, full)
         rc.rebuild(full)
         selected = rc.select(full.k[:, :, :, :n], full.last_query)
-        assert selected.shape[-1] == 13  # sink chunk + 2 chunks + tail of 1
+        assert selected.shape[-1] == kept
         ref_attention = MaskedReference(selected, n, L)
 
         def reference(tokens, cache):
@@ -278,7 +356,7 @@ def test_appended_tokens_attend_to_selected_tokens_and_rollback(scorer, kv_heads
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
         out, ref = both(new2)  # a later token sees the earlier appended ones
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-        assert (rc.seq_len, rc.length, rc.retrieved) == (n + 4, 13 + 4, 13)
+        assert (rc.seq_len, rc.length, rc.retrieved) == (n + 4, kept + 4, kept)
 
         # sensitivity: unrestricted attention over the whole prompt gives different logits
         ref_attention.restrict = False
@@ -290,16 +368,16 @@ def test_appended_tokens_attend_to_selected_tokens_and_rollback(scorer, kv_heads
         # roll back two appended tokens, continue differently
         rc.crop(n + 2)
         full.crop(n + 2)
-        assert (rc.seq_len, rc.length) == (n + 2, 15)
+        assert (rc.seq_len, rc.length) == (n + 2, kept + 2)
         out, ref = both(alt)
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
         # down to the retrieved boundary is fine, below it is not
         rc.crop(n)
-        assert (rc.seq_len, rc.length) == (n, 13)
+        assert (rc.seq_len, rc.length) == (n, kept)
         with pytest.raises(ValueError, match="rebuild"):
             rc.crop(n - 1)
-        assert (rc.seq_len, rc.length) == (n, 13)
+        assert (rc.seq_len, rc.length) == (n, kept)
         full.crop(n)
         out, ref = both(alt)
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

@@ -14,7 +14,9 @@ the retrieval budget (12 tokens, chunks of 4: sink chunk + 1 retrieved chunk + t
 draft has different random weights from the target (its distribution q is far from the middle's
 p̂ and the target's p), its StreamingLLM cache is small (sink 2 + window 16, so it evicts), and
 gamma = 3 with draft_gamma = 2, so 3 tokens come from one or two top-level rounds and the middle
-needs one or two rounds per top round. The same test must FAIL on deliberately biased variants
+needs one or two rounds per top round. The hybrid middle cache (chunks of 2: sink chunk + 2
+retrieved chunks + a window of 5 recent tokens) runs under every rebuild policy, rebuilding after
+each top-level step that leaves tokens to generate. The same test must FAIL on deliberately biased variants
 (`biased_levels`: resample from p̂ / p instead of the residual at one level, the bug of the
 published reference code) — and does, with p-values below 1e-12 from only N_BIASED runs.
 
@@ -39,7 +41,7 @@ from scipy import stats
 
 from tests.engine.conftest import random_model
 from triforce.cache.retrieval import RetrievalCache
-from triforce.engine import Engine
+from triforce.engine import Engine, MethodConfig
 from triforce.sampling import SamplingParams, probabilities
 
 VOCAB = 5
@@ -48,6 +50,11 @@ NEW = 3
 N_EXACT = 20_000
 N_BIASED = 2_000
 METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16)
+# the hybrid middle cache: sink chunk (2) + 2 retrieved chunks (4) + recent window of 5 (of 31 tokens)
+HYBRID = (("middle_cache", "hybrid"), ("chunk_size", 2), ("recent", 0.5), ("recent_min", 0))
+REBUILDS = {"never": (), "every_n": (("rebuild", "every_n"), ("rebuild_every", 1)),
+            "on_low_acceptance": (("rebuild", "on_low_acceptance"), ("rebuild_threshold", 0.99),
+                                  ("rebuild_window", 1))}
 SAMPLINGS = {"t0.6-p0.9": SamplingParams(temperature=0.6, top_p=0.9), "t1": SamplingParams(temperature=1.0, top_p=1.0)}
 P_MIN = 1e-4  # chi-square p-value below which the test fails
 DELTA = 1e-6  # probability that the TV of an exact sampler exceeds the bound
@@ -61,12 +68,14 @@ class Case:
     biased: tuple[str, ...] = ()
     executor: str = "eager"  # static: the GPU path's static-shape forwards, uncaptured on the CPU
     offload: bool = False  # the full cache in host memory (cache/offload.py)
+    options: tuple[tuple[str, object], ...] = ()  # MethodConfig fields replacing METHOD's
 
     @property
     def id(self) -> str:
         return "-".join([self.method, self.sampling, *(f"biased-{b}" for b in self.biased),
                          *([self.executor] if self.executor != "eager" else []),
-                         *(["offload"] if self.offload else [])])
+                         *(["offload"] if self.offload else []),
+                         *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild"))])
 
 
 # -- models, enumeration --------------------------------------------------------------------
@@ -82,20 +91,23 @@ def setup():
 
 
 @torch.inference_mode()
-def enumerate_distribution(model, prompt, params: SamplingParams, *, retrieval: bool = False) -> dict:
+def enumerate_distribution(model, prompt, params: SamplingParams, *, retrieval: bool = False,
+                           options: tuple = ()) -> dict:
     """Exact P(first NEW tokens) of autoregressive sampling from `model` (float64 products).
 
     retrieval=True: the model with the engine's middle-level cache instead of the full cache
-    (built as the engine builds it: full prefill, last prompt token rolled back, rebuild)."""
+    (built as the engine builds it: full prefill, last prompt token rolled back, rebuild), of
+    METHOD with `options` replacing its fields."""
+    middle = MethodConfig(**dict(METHOD, name="retrieval_spec", **dict(options)))
 
     def next_dist(prefix: list[int]) -> np.ndarray:
         if retrieval:
             full = model.new_cache(len(prompt) + NEW)
             model(torch.tensor([prompt]), None, full)
             full.crop(len(prompt) - 1)
-            cache = RetrievalCache.for_model(model.config, budget=METHOD["budget"], chunk_size=METHOD["chunk_size"],
-                                             scorer=METHOD["scorer"], extra_capacity=NEW + 1,
-                                             dtype=torch.float32, device="cpu")
+            cache = RetrievalCache.for_model(model.config, budget=middle.budget, chunk_size=middle.chunk_size,
+                                             scorer=middle.scorer, recent=middle.recent_tokens(middle.budget),
+                                             extra_capacity=NEW + 1, dtype=torch.float32, device="cpu")
             cache.rebuild(full)
             logits = model(torch.tensor([[prompt[-1], *prefix]]), None, cache)
         else:
@@ -162,7 +174,7 @@ def compare(counts: dict, exact: dict, n: int) -> Outcome:
 
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup()
-    return Engine(target, draft, dict(METHOD, name=case.method), SAMPLINGS[case.sampling],
+    return Engine(target, draft, dict(METHOD, name=case.method, **dict(case.options)), SAMPLINGS[case.sampling],
                   biased_levels=case.biased, executor=case.executor, offload=case.offload)
 
 
@@ -234,8 +246,11 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
     assert max(p.values()) < 0.25
     draft_alone = enumerate_distribution(draft, prompt, params)
     middle_alone = enumerate_distribution(target, prompt, params, retrieval=True)
+    hybrid_alone = enumerate_distribution(target, prompt, params, retrieval=True, options=HYBRID)
     assert tv(p, draft_alone) > 0.5
     assert tv(p, middle_alone) > 0.03
+    assert tv(p, hybrid_alone) > 0.03
+    assert tv(hybrid_alone, middle_alone) > 0.02  # the hybrid is its own middle level (0.026 at t=1)
     assert tv(middle_alone, draft_alone) > 0.5
     # the first token's marginal is the first conditional: its argmax is the engine's greedy token
     greedy = Engine(target, draft, dict(METHOD, name="autoregressive"), SamplingParams(0.0))
@@ -246,11 +261,18 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
 EXACT_CASES = [Case(m, s) for m in ("spec", "retrieval_spec", "triforce") for s in SAMPLINGS]
 EXACT_CASES += [Case("triforce", s, executor="static") for s in SAMPLINGS]
 EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", offload=True)]
+# the hybrid middle cache under each rebuild policy (one case each: ~30-70 s apiece on 2 cores)
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"]),
+                Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"]),
+                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"])]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: c.id)
 def test_engine_samples_the_exact_distribution(pool, case):
+    if dict(case.options).get("rebuild", "never") != "never":  # the rebuild path really runs
+        engine, prompt = engine_for(case), setup()[2]
+        assert sum(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).metrics["rebuilds"] for s in range(20))
     counts, per_call = sample_tokens(pool, case, N_EXACT)
     outcome = compare(counts, exact(case.sampling), N_EXACT)
     print(f"\n{case.method} {case.sampling} exact: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
@@ -266,6 +288,7 @@ BIASED_CASES = [
     # top-level bias to show with few runs; at t=0.6 / top-p 0.9 it is far enough
     Case("retrieval_spec", "t0.6-p0.9", ("top",)),
     Case("triforce", "t0.6-p0.9", ("middle",), executor="static"),
+    Case("triforce", "t0.6-p0.9", ("middle",), options=HYBRID + REBUILDS["every_n"]),
 ]
 
 

@@ -48,3 +48,21 @@ def test_bad_arguments_fail_before_work(model):
         engine.generate([-1, 2], 4)
     with pytest.raises(ConfigError, match="needs a draft model"):
         Engine(model, None, {"name": "triforce"})
+
+
+def test_budget_fraction_is_resolved_per_prompt(model):
+    """budget_fraction sizes the middle cache from each prompt's length (reported as middle_budget)
+    and gives exactly the tokens of the same budget in tokens; too small a fraction of a prompt is
+    a ConfigError before any work."""
+    method = {"name": "retrieval_spec", "gamma": 4, "budget": None, "budget_fraction": 0.25, "chunk_size": 4}
+    engine = Engine(model, None, method, {"temperature": 0.6})
+    for n in (100, 64):
+        got = engine.generate(list(range(n)), 10, seed=3, stop_at_eos=False)
+        assert got.metrics["middle_budget"] == n // 4
+        same = Engine(model, None, {**method, "budget": n // 4, "budget_fraction": None}, {"temperature": 0.6})
+        want = same.generate(list(range(n)), 10, seed=3, stop_at_eos=False)
+        assert got.tokens == want.tokens
+        assert got.rounds == [dict(r, ms=g["ms"]) for r, g in zip(want.rounds, got.rounds)]
+    with pytest.raises(ConfigError, match="of a 20-token prompt gives a budget of 5 tokens"):
+        engine.generate(list(range(20)), 4)
+    assert engine.levels == []

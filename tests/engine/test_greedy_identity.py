@@ -1,7 +1,7 @@
 """Greedy identity (DESIGN.md §6.2): at temperature 0 every method emits exactly the tokens of plain
 autoregressive greedy decoding with the full cache (fp32), whatever the draft, the retrieval
-budget, the scorer, the chunk size, the rebuild policy or the middle cache; and generation stops
-right after the first EOS."""
+budget, the scorer, the chunk size, the rebuild policy or the middle cache (retrieval, StreamingLLM,
+hybrid); and generation stops right after the first EOS."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ TINY_CASES = [
                                         draft_sink=2, draft_window=14), "self"),
     ("triforce-streaming-middle", dict(name="triforce", gamma=4, draft_gamma=2, budget=28, middle_cache="streaming",
                                        draft_sink=4, draft_window=18), "other"),
+    # hybrid middle caches (sink + retrieved chunks + recent window), under every rebuild policy
+    ("retrieval-hybrid-mean", dict(name="retrieval_spec", gamma=4, budget=32, chunk_size=4, middle_cache="hybrid",
+                                   recent=0.5, recent_min=0), None),
+    ("retrieval-hybrid-bound-every_n", dict(name="retrieval_spec", gamma=3, budget=24, chunk_size=4, scorer="bound",
+                                            middle_cache="hybrid", recent=0.3, recent_min=0, rebuild="every_n",
+                                            rebuild_every=4),
+     None),
+    ("triforce-hybrid-on_low_acceptance", dict(name="triforce", gamma=4, draft_gamma=2, budget=32, chunk_size=4,
+                                               middle_cache="hybrid", recent=0.6, recent_min=0,
+                                               rebuild="on_low_acceptance", rebuild_threshold=0.99, rebuild_window=1,
+                                               draft_sink=2, draft_window=18), "other"),
+    ("triforce-hybrid-every_n-c8", dict(name="triforce", gamma=5, draft_gamma=2, budget=40, chunk_size=8,
+                                        middle_cache="hybrid", recent=0, recent_min=16, rebuild="every_n",
+                                        rebuild_every=3, draft_sink=2, draft_window=22), "self"),
+    ("triforce-streaming-middle-every_n", dict(name="triforce", gamma=3, draft_gamma=2, budget=24, chunk_size=4,
+                                               middle_cache="streaming", rebuild="every_n", rebuild_every=2,
+                                               draft_sink=2, draft_window=16), "other"),
     ("triforce-full-draft", dict(name="triforce", gamma=6, draft_gamma=2, budget=16, chunk_size=4,
                                  draft_cache="full"), "other"),
     ("spec-small", dict(name="spec", gamma=3, draft_sink=2, draft_window=16), "small"),
@@ -188,6 +205,13 @@ SMOL_CASES = [
     ("triforce-streaming-middle-b128", dict(name="triforce", gamma=4, draft_gamma=2, budget=128,
                                             middle_cache="streaming", draft_sink=4, draft_window=32)),
     ("spec-self-streaming-w24", dict(name="spec", gamma=4, draft_sink=4, draft_window=24)),
+    ("triforce-hybrid-b96-c8-mean-never", dict(name="triforce", gamma=4, draft_gamma=2, budget=96, chunk_size=8,
+                                               middle_cache="hybrid", recent=0.25, recent_min=40, draft_sink=4,
+                                               draft_window=32)),
+    ("retrieval-hybrid-b64-c8-bound-on_low_acceptance", dict(name="retrieval_spec", gamma=4, budget=64, chunk_size=8,
+                                                             scorer="bound", middle_cache="hybrid", recent=0.25,
+                                                             recent_min=24, rebuild="on_low_acceptance",
+                                                             rebuild_threshold=0.99, rebuild_window=1)),
 ]
 
 
@@ -213,7 +237,7 @@ def test_smollm2_every_method_equals_greedy(smollm2, gutenberg_prompt, smol_refe
 
 SHORT_CASES = [c for c in TINY_CASES if c[0] in ("autoregressive", "spec-other-streaming", "retrieval-mean-c4-b16",
                                                   "retrieval-every_n", "retrieval-streaming-middle", "triforce-other",
-                                                  "triforce-on_low_acceptance")]
+                                                  "triforce-on_low_acceptance", "triforce-hybrid-every_n-c8")]
 
 
 

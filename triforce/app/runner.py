@@ -173,6 +173,11 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
             row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]
             if plan.sampling.greedy:
                 row["baseline_same_tokens"] = float(base.tokens == out.tokens)
+            if values.get("reference_acceptance") and not same_method:
+                # expected acceptance of each lower level along the baseline's tokens: the target's
+                # own continuation with this sample's seed, the same in every cell of a sweep
+                for level, probs in engine.reference_acceptance(sample.prompt_ids, base.tokens).items():
+                    row[f"ref_accept/{level}"] = sum(probs) / len(probs)
         row["text"] = tokenizer.decode(out.tokens)
         rows.append(row)
         rounds.extend({"sample": i, **r} for r in out.rounds)

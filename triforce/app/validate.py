@@ -37,6 +37,7 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
     check_hardware(cfg.get("hardware") or {}, environment=environment)
     check_models(cfg.get("model") or {}, cfg.get("draft") or {}, method)
     check_logger(cfg.get("logger") or {})
+    method.for_prompt(cfg["dataset"]["prefill"])  # a budget fraction of the configured prompt length
     context = model_context(cfg["model"], read_files=environment)
     if context is not None:
         check_fits(cfg["dataset"]["prefill"], cfg["max_new_tokens"], method, context)
@@ -51,6 +52,9 @@ def check_run(cfg: Mapping) -> None:
         raise ConfigError(f"max_new_tokens={n!r} must be a positive integer")
     if not isinstance(cfg.get("seed", 0), int):
         raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer")
+    if cfg.get("reference_acceptance") and not cfg.get("baseline", True):
+        raise ConfigError("reference_acceptance=true measures along the autoregressive baseline's tokens: "
+                          "set baseline=true")
 
 
 def check_method(values: Mapping) -> MethodConfig:
@@ -88,6 +92,9 @@ def check_hardware(hw: Mapping, *, environment: bool) -> None:
     shown = hw.get("progress", True)
     if not isinstance(shown, bool):
         raise ConfigError(f"hardware.progress={shown!r} must be true or false (tqdm bars for prefill and generation)")
+    memo = hw.get("prefill_memo_gb", 0)
+    if memo is not None and (isinstance(memo, bool) or not isinstance(memo, (int, float)) or memo < 0):
+        raise ConfigError(f"hardware.prefill_memo_gb={memo!r} must be a number of GB >= 0 (0: off)")
     chunk = hw.get("prefill_chunk")
     if chunk is not None and chunk <= 0:
         raise ConfigError(f"hardware.prefill_chunk={chunk} must be positive or null (whole prompt)")

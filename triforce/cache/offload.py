@@ -92,10 +92,12 @@ class OffloadedKVCache(StaticKVCache):
         if layer < self.on_chip:
             return super().retrieve(layer, n, selector, query)
         h = layer - self.on_chip
-        if self.stats is None or (selector.chunk_size, selector.scorer) != (self.stats_chunk, self.stats_scorer):
+        scored = n > selector.budget and selector._retrieved_chunks(n) > 0
+        if scored and (self.stats is None or (selector.chunk_size, selector.scorer)
+                       != (self.stats_chunk, self.stats_scorer)):
             raise RuntimeError("an offloaded cache chooses retrieval chunks from statistics it keeps: "
                                "call track_chunks(chunk_size, scorer) before the prefill")
-        idx = selector.choose(self.stats[h], query, n)  # (B, Hkv, m)
+        idx = selector.choose(self.stats[h] if scored else None, query, n)  # (B, Hkv, m)
         self._drain()  # host memory holds every written token
         idx_host = idx.cpu()
         gather = idx_host[..., None].expand(*idx_host.shape, self.k_host.shape[-1])

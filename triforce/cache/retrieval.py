@@ -1,12 +1,26 @@
-"""TriForce's retrieval cache: the most relevant chunks of the full KV cache, `budget` tokens.
+"""The middle level's cache: `budget` tokens selected from the full KV cache, at their true positions.
 
-Built from a full cache: its keys are cut into chunks of `chunk_size` tokens; each chunk is
-scored per KV head against the last query of that layer, and per layer and KV head the best
-chunks are gathered into a contiguous buffer. The first chunk (attention sink) and the partial
-tail chunk (the most recent tokens when the length is not a multiple of chunk_size) are always
-kept. Keys carry their rotary position, so gathered tokens need no position bookkeeping; new
-tokens get their absolute positions and are appended after the retrieved ones (and rolled back
-like any cache).
+Built from a full cache of n tokens, per layer and KV head, as three parts within one budget:
+
+    [ sink chunk | retrieved chunks ............ | recent window ]
+      0..cs        top-scored whole chunks         the last `recent` tokens (at least the
+                   between the sink and the        partial tail chunk), extended down to a
+                   window                          chunk boundary when the budget has room
+
+- retrieval (TriForce, `recent=0`): the window is only the partial tail chunk (the most recent
+  tokens when n is not a multiple of chunk_size); everything else is retrieved;
+- StreamingLLM of the same budget (`recent = budget - chunk_size`): sink chunk + recent window,
+  nothing retrieved (no scoring at all);
+- hybrid: anything in between. Retrieval finds distant relevant text, the window keeps the
+  local context a small model leans on; each alone loses what the other keeps.
+
+Chunks lie on a grid aligned to position 0 whatever the window, so `recent=0` reproduces the
+retrieval layout exactly. Each candidate chunk is scored per KV head against the last query of
+that layer, and per layer and KV head the best are gathered into a contiguous buffer. Keys carry
+their rotary position, so gathered tokens need no position bookkeeping (unlike the draft's
+StreamingLLM cache, whose positions are cache-relative: the middle level is the target model and
+must see the positions the full cache sees). New tokens get their absolute positions and are
+appended after the selection (and rolled back like any cache).
 
 Scorers:
 - "mean"  (the paper): q . mean(K_chunk); with grouped-query attention the query heads sharing a
@@ -26,17 +40,18 @@ SCORERS = ("mean", "bound")
 
 
 class RetrievalCache(StaticKVCache):
-    def __init__(self, *, budget: int, chunk_size: int, scorer: str = "mean", extra_capacity: int = 64, **kw):
-        validate_retrieval(budget, chunk_size, scorer)
+    def __init__(self, *, budget: int, chunk_size: int, scorer: str = "mean", recent: int = 0,
+                 extra_capacity: int = 64, **kw):
+        validate_retrieval(budget, chunk_size, scorer, recent)
         super().__init__(capacity=budget + extra_capacity, **kw)
-        self.budget, self.chunk_size, self.scorer = budget, chunk_size, scorer
+        self.budget, self.chunk_size, self.scorer, self.recent = budget, chunk_size, scorer, recent
         self.retrieved = 0  # slots holding retrieved tokens; rollback never reaches below them
         self.rebuilds = 0
 
     @classmethod
     def for_model(cls, cfg, *, budget: int, chunk_size: int, scorer: str, extra_capacity: int,
-                  dtype, device, **kw) -> "RetrievalCache":
-        return cls(budget=budget, chunk_size=chunk_size, scorer=scorer, extra_capacity=extra_capacity,
+                  dtype, device, recent: int = 0, **kw) -> "RetrievalCache":
+        return cls(budget=budget, chunk_size=chunk_size, scorer=scorer, recent=recent, extra_capacity=extra_capacity,
                    num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                    num_heads=cfg.num_heads, dtype=dtype, device=device, **kw)
 
@@ -45,49 +60,65 @@ class RetrievalCache(StaticKVCache):
         and the last query per layer (L, B, Hq, D)."""
         return torch.stack([self.select_layer(keys[i], query[i]) for i in range(keys.shape[0])])
 
+    def window_start(self, n: int) -> int:
+        """First position of the recent window of an n-token sequence (n > budget): `recent`
+        tokens back, extended down to the chunk boundary below (so the partial tail chunk is
+        always in it), but never so far that the sink chunk and the window exceed the budget."""
+        cs = self.chunk_size
+        return max((n - self.recent) // cs * cs, n - (self.budget - cs))
+
     def select_layer(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """One layer: indices (B, Hkv, m) for keys (B, Hkv, n, D) and its query (B, Hq, D).
 
         Chunk statistics are reduced in the keys' own dtype (max / min are exact) or summed with
         a float32 accumulator; only the per-chunk statistics, an eighth of the layer for chunks of
         8, are ever float32 (a float copy of a 7B model's 120K-token cache would be 64 GB)."""
-        B, H, n, D = keys.shape
+        n = keys.shape[2]
         if n <= self.budget:
-            return torch.arange(n, device=keys.device).expand(B, H, n)
-        n_full = n // self.chunk_size
-        stats = chunk_stats(keys[:, :, : n_full * self.chunk_size], self.chunk_size, self.scorer)
+            return self.choose(None, query, n)
+        candidates = self.window_start(n) // self.chunk_size
+        stats = None
+        if self._retrieved_chunks(n) > 0:
+            stats = chunk_stats(keys[:, :, : candidates * self.chunk_size], self.chunk_size, self.scorer)
         return self.choose(stats, query, n)
 
-    def choose(self, stats: torch.Tensor, query: torch.Tensor, n: int) -> torch.Tensor:
-        """Indices (B, Hkv, m) of the kept tokens of an n-token layer, from its complete chunks'
-        statistics (B, Hkv, n // chunk_size, S, D) (`chunk_stats`) and its query (B, Hq, D):
-        an offloaded full cache keeps the statistics on the GPU and never streams its keys to
-        choose (cache/offload.py)."""
-        B, H = stats.shape[:2]
-        D = stats.shape[-1]
+    def _retrieved_chunks(self, n: int) -> int:
+        start = self.window_start(n)
+        return (self.budget - self.chunk_size - (n - start)) // self.chunk_size  # <= candidates - 1
+
+    def choose(self, stats: torch.Tensor | None, query: torch.Tensor, n: int) -> torch.Tensor:
+        """Indices (B, Hkv, m) of the kept tokens of an n-token layer, from the statistics of its
+        complete chunks (B, Hkv, >= candidates, S, D) (`chunk_stats`; None when nothing is
+        retrieved) and its query (B, Hq, D). An offloaded full cache keeps the statistics on the
+        GPU and never streams its keys to choose (cache/offload.py)."""
         cs = self.chunk_size
-        arange = torch.arange(n, device=stats.device)
+        B, H = self.k.shape[1], self.k.shape[2]
+        arange = torch.arange(n, device=query.device)
         if n <= self.budget:
             return arange.expand(B, H, n)
-        n_full = n // cs
-        tail = n - n_full * cs
-        chunks_kept = (self.budget - tail) // cs  # including the sink chunk
-        stats = stats[:, :, :n_full].float()
+        start = self.window_start(n)
+        candidates = start // cs  # whole chunks below the window; chunk 0 is the sink
+        retrieved = self._retrieved_chunks(n)
+        ids = torch.zeros(B, H, 1, dtype=torch.int64, device=query.device)  # the sink chunk
+        if retrieved > 0:
+            scores = self._scores(stats[:, :, :candidates], query)
+            best = scores[..., 1:].topk(retrieved, dim=-1).indices + 1
+            ids = torch.cat([ids, best.sort(-1).values], dim=-1)
+        idx = (ids[..., None] * cs + torch.arange(cs, device=query.device)).flatten(-2)
+        return torch.cat([idx, arange[start:].expand(B, H, n - start)], dim=-1)
+
+    def _scores(self, stats: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """(B, Hkv, chunks) scores of chunk statistics (B, Hkv, chunks, S, D) against the query
+        heads (B, Hq, D), aggregated over each KV head's group of query heads."""
+        B, H, _, _, D = stats.shape
+        stats = stats.float()
         q = query.float().reshape(B, H, -1, D)  # (B, Hkv, group, D)
         if self.scorer == "mean":
-            # summed over the group: (B, H, n_full)
-            scores = (stats[:, :, :, 0] @ q.sum(2)[..., None])[..., 0]
-        else:
-            kmax, kmin = stats[:, :, :, 0], stats[:, :, :, 1]  # (B, H, n_full, D)
-            qe = q[:, :, :, None]  # (B, H, group, 1, D)
-            bound = torch.maximum(qe * kmax[:, :, None], qe * kmin[:, :, None]).sum(-1)
-            scores = bound.amax(2)
-        best = scores[..., 1:].topk(chunks_kept - 1, dim=-1).indices + 1
-        sink = torch.zeros(*best.shape[:-1], 1, dtype=best.dtype, device=best.device)
-        chunk_ids = torch.cat([sink, best.sort(-1).values], dim=-1)
-        idx = (chunk_ids[..., None] * cs + torch.arange(cs, device=stats.device)).flatten(-2)
-        tail_idx = arange[n_full * cs:].expand(B, H, tail)
-        return torch.cat([idx, tail_idx], dim=-1)
+            return (stats[:, :, :, 0] @ q.sum(2)[..., None])[..., 0]  # summed over the group
+        kmax, kmin = stats[:, :, :, 0], stats[:, :, :, 1]  # (B, H, chunks, D)
+        qe = q[:, :, :, None]  # (B, H, group, 1, D)
+        bound = torch.maximum(qe * kmax[:, :, None], qe * kmin[:, :, None]).sum(-1)
+        return bound.amax(2)
 
     def rebuild(self, full: StaticKVCache, query: torch.Tensor | None = None) -> None:
         """Refill from `full` (which must be a plain full cache: slot i = sequence position i),
@@ -127,7 +158,7 @@ def chunk_stats(keys: torch.Tensor, chunk_size: int, scorer: str) -> torch.Tenso
     return torch.stack([chunked.amax(-2), chunked.amin(-2)], dim=3)
 
 
-def validate_retrieval(budget: int, chunk_size: int, scorer: str) -> None:
+def validate_retrieval(budget: int, chunk_size: int, scorer: str, recent: int = 0) -> None:
     if chunk_size <= 0:
         raise ConfigError(f"method.chunk_size={chunk_size} must be a positive number of tokens")
     if budget < 2 * chunk_size:
@@ -135,3 +166,6 @@ def validate_retrieval(budget: int, chunk_size: int, scorer: str) -> None:
                           "(the sink chunk and the partial tail chunk are always kept)")
     if scorer not in SCORERS:
         raise ConfigError(f"method.scorer={scorer!r}: choose one of {', '.join(SCORERS)}")
+    if not 0 <= recent <= budget - chunk_size:
+        raise ConfigError(f"recent window of {recent} tokens: it must lie in [0, budget - chunk_size = "
+                          f"{budget - chunk_size}] (the sink chunk is always kept)")

@@ -21,12 +21,27 @@ are equal here and differ for the StreamingLLM and retrieval caches, which keep 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from triforce.errors import ConfigError
 from triforce.models.rope import apply_rotary
 
 QUERY_HISTORY = 64  # > any verify width (gamma + 1, checked by MethodConfig), so its rows are all kept
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSnapshot:
+    k: torch.Tensor  # (L, B, Hkv, n, D), host memory
+    v: torch.Tensor
+    recent_queries: torch.Tensor
+    query_rows: tuple[int, int]
+    rows_written: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.recent_queries))
 
 
 class StaticKVCache:
@@ -144,6 +159,27 @@ class StaticKVCache:
         if not start <= position < start + rows:
             raise ValueError(f"no recorded query for position {position} (have {start}..{start + rows - 1})")
         return self.recent_queries[:, :, :, position - start]
+
+    # -- snapshots (triforce.prefill_memo) ------------------------------------------------------
+    def snapshot(self) -> "CacheSnapshot":
+        """A host copy of everything a later reader sees: the filled slots, the recorded queries and
+        the lengths. Only for a plain full cache (slot i = position i)."""
+        n = self.length
+        return CacheSnapshot(k=self.k[:, :, :, :n].to("cpu", copy=True), v=self.v[:, :, :, :n].to("cpu", copy=True),
+                             recent_queries=self.recent_queries.to("cpu", copy=True), query_rows=self._query_rows,
+                             rows_written=self._rows_written)
+
+    def restore(self, snap: "CacheSnapshot") -> None:
+        """Become the cache the snapshot was taken of (an empty cache of the same shape and dtype)."""
+        n = snap.k.shape[3]
+        if self.length or snap.k.shape[:3] != self.k.shape[:3] or snap.k.dtype != self.k.dtype:
+            raise ValueError("restore needs an empty cache of the snapshot's shape and dtype")
+        self._check_room(n)
+        self.k[:, :, :, :n] = snap.k
+        self.v[:, :, :, :n] = snap.v
+        self.recent_queries.copy_(snap.recent_queries)
+        self._query_rows, self._rows_written = snap.query_rows, snap.rows_written
+        self.length = self.seq_len = n
 
     # -- bookkeeping -----------------------------------------------------------------------
     def crop(self, seq_len: int) -> None:
