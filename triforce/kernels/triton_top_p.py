@@ -197,7 +197,7 @@ def _bisect(VALUES, n, base, lo, hi, top_p, TILE: tl.constexpr):
     offs = tl.arange(0, TILE)
     kept = tl.zeros([], tl.float32)
     if n <= TILE:  # the candidates fit one tile: load them once
-        vals = tl.load(VALUES + offs, mask=offs < n, other=0.0)
+        vals = tl.load(VALUES + offs, mask=offs < n, other=0.0, cache_modifier=".cg")  # other programs' writes
         keys = vals.to(tl.int32, bitcast=True)
         while lo < hi:
             mid = lo + (hi - lo) // 2
