@@ -6,8 +6,9 @@
 Reads every run folder under the given folders (a sweep root, or several parts of one sweep run
 separately), and prints:
 - per cell (prompt length, chunk size, budget, middle cache): mean and 95% interval over prompts of
-  the middle acceptance (`accept_rate/middle`, and `ref_accept/middle` when measured) and the mean
-  accepted length;
+  the middle acceptance (`accept_rate/middle`: accepted / proposed; `token_accept/middle`: accepted /
+  (accepted + rejections), from the per-step records; `ref_accept/middle` when measured) and the
+  mean accepted length;
 - the hybrid against the better of retrieval and StreamingLLM in each cell, paired by prompt;
 - with --windows N: the middle acceptance per window of N generated tokens, per rebuild policy.
 The last line is JSON: the verdict counts per metric.
@@ -24,9 +25,10 @@ import pandas as pd
 
 from triforce.app.tables import ROUNDS, aggregate_runs, find_run_dirs
 from triforce.report import markdown_table
-from triforce.study import MIDDLE, cell_table, mean_ci, study_rows, versus_best, windowed_acceptance
+from triforce.study import (MIDDLE, cell_table, mean_ci, study_rows, versus_best, windowed_acceptance,
+                            with_token_acceptance)
 
-METRICS = ("accept_rate/middle", "ref_accept/middle", "mean_accepted_len")
+METRICS = ("accept_rate/middle", "token_accept/middle", "ref_accept/middle", "mean_accepted_len")
 PARAMS = (MIDDLE, "method.chunk_size", "method.budget_fraction", "method.rebuild", "method.gamma")
 
 
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
         print(f"error: no run folders under {', '.join(map(str, args.dirs))}", file=sys.stderr)
         return 2
     runs, samples = aggregate_runs(run_dirs)
-    rows = study_rows(runs, samples, [p for p in PARAMS if p in runs])
+    rows = with_token_acceptance(study_rows(runs, samples, [p for p in PARAMS if p in runs]))
     metrics = [m for m in METRICS if m in rows]
     budget = budget_column(rows)
     keys = ["prompt_tokens", "method.chunk_size", budget, MIDDLE]

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from triforce.study import cell_table, mean_ci, study_rows, t975, versus_best, windowed_acceptance
+from triforce.study import (cell_table, mean_ci, study_rows, t975, token_acceptance, versus_best,
+                            windowed_acceptance, with_token_acceptance)
 
 
 @pytest.mark.parametrize("dof", [1, 2, 3, 7, 15, 30])
@@ -65,3 +66,22 @@ def test_windowed_acceptance():
         {"sample": 0, "window": 0, "accept": 12 / 18, "steps": 3},
         {"sample": 0, "window": 1, "accept": 4 / 6, "steps": 1},
         {"sample": 1, "window": 0, "accept": 2 / 6, "steps": 1}]
+
+
+def test_token_acceptance_counts_one_rejection_per_round_that_had_one():
+    # sample 0: rounds accept 6/6, 2/6 (rejected), 0/6 (rejected): 8 accepted, 2 rejections;
+    # sample 1: 3/6 then a round of another level only
+    rounds = pd.DataFrame({"sample": [0, 0, 0, 1, 1], "step": [0, 1, 2, 0, 1],
+                           "accepted/middle": [6, 2, 0, 3, None], "proposed/middle": [6, 6, 6, 6, None]})
+    got = token_acceptance(rounds)
+    assert got[0] == pytest.approx(8 / 10) and got[1] == pytest.approx(3 / 4)
+
+
+def test_with_token_acceptance_reads_each_run(tmp_path):
+    for name, accepted in (("a", [6, 1]), ("b", [2, 2])):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"sample": [0, 0], "step": [0, 1], "accepted/middle": accepted,
+                      "proposed/middle": [6, 6]}).to_parquet(tmp_path / name / "rounds.parquet")
+    rows = pd.DataFrame({"run_dir": [str(tmp_path / "a"), str(tmp_path / "b")], "sample": [0, 0]})
+    out = with_token_acceptance(rows)
+    assert out["token_accept/middle"].tolist() == pytest.approx([7 / 8, 4 / 6])

@@ -96,6 +96,30 @@ def _verdict(diff: float, half: float) -> str:
     return "worse" if diff + half < 0 else "tie"
 
 
+def token_acceptance(rounds: pd.DataFrame, level: str = "middle") -> pd.Series:
+    """Per sample: accepted / (accepted + rejections) of `level`'s proposals in a generation — the
+    per-token acceptance it observed. accepted / proposed (`accept_rate/<level>`) counts the
+    proposals after a round's first rejection, which are never judged, as rejected: for a per-token
+    acceptance a it is about a(1 - a^γ) / (γ(1 - a)): 0.70 for a = 0.9 and γ = 6."""
+    acc, prop = f"accepted/{level}", f"proposed/{level}"
+    steps = rounds.dropna(subset=[acc])
+    rejections = (steps[acc] < steps[prop]).groupby(steps["sample"]).sum()
+    accepted = steps.groupby("sample")[acc].sum()
+    return accepted / (accepted + rejections)
+
+
+def with_token_acceptance(rows: pd.DataFrame, level: str = "middle") -> pd.DataFrame:
+    """`rows` (study_rows) with `token_accept/<level>` from each run folder's per-step records."""
+    from triforce.app.tables import ROUNDS
+
+    parts = []
+    for run_dir, group in rows.groupby("run_dir"):
+        path = Path(run_dir) / ROUNDS
+        per = token_acceptance(pd.read_parquet(path), level) if path.is_file() else pd.Series(dtype=float)
+        parts.append(group.assign(**{f"token_accept/{level}": group["sample"].map(per)}))
+    return pd.concat(parts).sort_index() if parts else rows
+
+
 def windowed_acceptance(rounds: pd.DataFrame, window: int = 64, level: str = "middle") -> pd.DataFrame:
     """Acceptance of `level` per window of generated tokens, per sample: a top-level step belongs to
     the window holding the first token it emits; acceptance = accepted / proposed over its steps.

@@ -112,8 +112,8 @@ def test_study_table_script(tiny_study):
     assert "| method.middle_cache | method.rebuild | 0-3 | 4-7 | 8-11 |" in out
     assert "| hybrid | never | " in out
     summary = last_json(out)
-    assert summary["jobs"] == 6 and set(summary["verdicts"]) == {"accept_rate/middle", "ref_accept/middle",
-                                                                 "mean_accepted_len"}
+    assert summary["jobs"] == 6 and set(summary["verdicts"]) == {
+        "accept_rate/middle", "token_accept/middle", "ref_accept/middle", "mean_accepted_len"}
 
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path, books_dir):
