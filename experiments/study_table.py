@@ -10,6 +10,7 @@ separately), and prints:
   (accepted + rejections), from the per-step records; `ref_accept/middle` when measured) and the
   mean accepted length;
 - the hybrid against the better of retrieval and StreamingLLM in each cell, paired by prompt;
+- each middle cache against the better of the other two: cells where it is better, tied, worse;
 - with --windows N: the middle acceptance per window of N generated tokens, per rebuild policy.
 The last line is JSON: the verdict counts per metric.
 """
@@ -25,8 +26,8 @@ import pandas as pd
 
 from triforce.app.tables import ROUNDS, aggregate_runs, find_run_dirs
 from triforce.report import markdown_table
-from triforce.study import (MIDDLE, cell_table, mean_ci, study_rows, versus_best, windowed_acceptance,
-                            with_token_acceptance)
+from triforce.study import (MIDDLE, cell_table, mean_ci, robustness, study_rows, versus_best,
+                            windowed_acceptance, with_token_acceptance)
 
 METRICS = ("accept_rate/middle", "token_accept/middle", "ref_accept/middle", "mean_accepted_len")
 PARAMS = (MIDDLE, "method.chunk_size", "method.budget_fraction", "method.rebuild", "method.gamma")
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     rows = with_token_acceptance(study_rows(runs, samples, [p for p in PARAMS if p in runs]))
     metrics = [m for m in METRICS if m in rows]
     budget = budget_column(rows)
-    keys = ["prompt_tokens", "method.chunk_size", budget, MIDDLE]
+    varied = [p for p in ("method.rebuild", "method.gamma") if p in rows and rows[p].nunique() > 1]
+    keys = ["prompt_tokens", "method.chunk_size", budget, *varied, MIDDLE]  # a cell: all but the cache
     failed = int((runs["status"] != "ok").sum())
     print(f"{len(runs)} jobs ({failed} failed), {rows['sample_id'].nunique()} prompts\n")
     print(markdown_table(with_ci(cell_table(rows, keys, metrics), metrics)))
@@ -96,6 +98,10 @@ def main(argv=None) -> int:
             print(f"\nhybrid vs the better of retrieval and StreamingLLM: {m} (difference: mean over prompts "
                   "± 95% interval, paired)\n")
             print(markdown_table(table))
+    if len(set(rows[MIDDLE])) > 2:
+        for m in metrics:
+            print(f"\neach middle cache against the better of the other two, cell by cell: {m}\n")
+            print(markdown_table(robustness(rows, keys[:-1], m)))
     if args.windows:
         print(f"\nmiddle acceptance per {args.windows}-token window (mean ± 95% CI over prompts)\n")
         print(markdown_table(window_table(run_dirs, runs, args.windows).reset_index()))

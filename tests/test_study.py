@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from triforce.study import (cell_table, mean_ci, study_rows, t975, token_acceptance, versus_best,
+from triforce.study import (cell_table, mean_ci, robustness, study_rows, t975, token_acceptance, versus_best,
                             windowed_acceptance, with_token_acceptance)
 
 
@@ -43,6 +43,20 @@ def test_versus_best_pairs_prompts():
     tie = versus_best(rows_for({"streaming": [0.5, 0.7, 0.9], "hybrid": [0.55, 0.65, 0.92]}),
                       ["method.budget_fraction"], "accept").iloc[0]
     assert tie["verdict"] == "tie"
+
+
+def test_robustness_counts_each_cache_against_the_better_other():
+    # budget 0.1: streaming clearly best (retrieval worse, hybrid ties); budget 0.2: retrieval clearly
+    # best (streaming worse, hybrid ties): only the hybrid is never worse
+    rows = pd.concat([
+        rows_for({"retrieval": [0.50, 0.60, 0.70], "streaming": [0.60, 0.70, 0.80],
+                  "hybrid": [0.61, 0.69, 0.80]}, budget=0.1),
+        rows_for({"retrieval": [0.70, 0.80, 0.90], "streaming": [0.60, 0.70, 0.80],
+                  "hybrid": [0.70, 0.81, 0.89]}, budget=0.2)])
+    out = robustness(rows, ["method.budget_fraction"], "accept").set_index("method.middle_cache")
+    assert out.loc["hybrid", ["cells", "better", "tie", "worse"]].tolist() == [2, 0, 2, 0]
+    assert out.loc["retrieval", ["tie", "worse"]].tolist() == [1, 1]
+    assert out.loc["streaming", ["tie", "worse"]].tolist() == [1, 1]
 
 
 def test_cell_table_and_study_rows():

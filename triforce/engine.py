@@ -76,7 +76,7 @@ class MethodConfig:
     draft_cache: str = "streaming"  # streaming | full
     draft_sink: int = 16
     draft_window: int = 240
-    middle_cache: str = "retrieval"  # retrieval | streaming | hybrid (MIDDLE_CACHES)
+    middle_cache: str = "hybrid"  # hybrid | retrieval | streaming (MIDDLE_CACHES); docs/RESULTS.md says why hybrid
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:

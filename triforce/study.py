@@ -88,6 +88,19 @@ def versus_best(rows: pd.DataFrame, keys: Sequence[str], metric: str, *, candida
     return pd.DataFrame(out)
 
 
+def robustness(rows: pd.DataFrame, keys: Sequence[str], metric: str, *, by: str = MIDDLE) -> pd.DataFrame:
+    """Each cache against the better of the others, over every cell of `keys`: in how many cells it
+    is better, tied (interval holds 0) or worse — the cache never worse is the safe default."""
+    caches = sorted(set(rows[by]))
+    out = []
+    for cache in caches:
+        table = versus_best(rows, keys, metric, candidate=cache, others=[c for c in caches if c != cache], by=by)
+        counts = table["verdict"].value_counts() if len(table) else pd.Series(dtype=int)
+        out.append({by: cache, "cells": len(table), **{v: int(counts.get(v, 0)) for v in ("better", "tie", "worse")},
+                    "mean difference": float(table["difference"].mean()) if len(table) else float("nan")})
+    return pd.DataFrame(out)
+
+
 def _verdict(diff: float, half: float) -> str:
     if math.isnan(half):
         return "tie" if diff == 0 else ("better" if diff > 0 else "worse")
