@@ -40,7 +40,9 @@ def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER,
     col_ok = cols < V
     p_n = tl.load(P + n * V + cols, mask=col_ok, other=0.0)
     if MODE == 1:
-        q_n = tl.load(Q + n * V + cols, mask=col_ok & (n < k), other=0.0)  # row k: an all-zero proposal
+        # row k: an all-zero proposal. (n < k) compared as a block: a scalar condition in a mask is
+        # not a boolean array to Triton's interpreter from 3.7 on
+        q_n = tl.load(Q + n * V + cols, mask=col_ok & (cols * 0 + n < k), other=0.0)
         w = tl.maximum(p_n - q_n, 0.0)
     else:
         w = p_n
