@@ -185,6 +185,24 @@ def check_qkv_projection(device, dtype, g) -> dict[str, float]:
     return errs
 
 
+def boundary_ties_only(probs: torch.Tensor, kept: torch.Tensor, kept_ref: torch.Tensor, top_p: float,
+                       tol: float = 2e-5) -> bool:
+    """True if, in every row, the tokens kept by one side only are one group of tied probabilities
+    whose strictly-more-likely mass (float64) lies within `tol` of top_p: a boundary that float
+    rounding of a 100K-term sum decides either way, not a wrong nucleus."""
+    for row in range(probs.shape[0]):
+        diff = kept[row] != kept_ref[row]
+        if not diff.any():
+            continue
+        values = probs[row][diff].unique()
+        if values.numel() != 1:
+            return False
+        ahead = float(probs[row][probs[row] > values[0]].sum())
+        if abs(ahead - top_p) > tol:
+            return False
+    return True
+
+
 def check_top_p(device) -> bool:
     """The sampling transform's kernels against sampling.nucleus at real vocabularies: the same
     nucleus and values; the split path (which hands work between programs through an atomic
@@ -209,8 +227,11 @@ def check_top_p(device) -> bool:
                 full = top_p_split(logits, 0.6, 0.9, force_full=True)
                 fallback_same = torch.equal(full > 0, runs[0] > 0)
                 # a token whose strictly-more-likely mass lies within float rounding of top_p may
-                # fall either way (sorted cumsum vs tree sums): allow a handful at flat rows
-                good = mismatched <= (0 if kind == "peaked" else 4) and err < 1e-5 and stable and fallback_same
+                # fall either way (sorted cumsum vs tree sums), and with it every token tied with it
+                # (bf16 logits tie by the dozen on flat rows): mismatches are allowed only as whole
+                # tie groups at such a boundary
+                boundary = boundary_ties_only(torch.softmax(logits.double() / 0.6, -1), out > 0, ref > 0, 0.9)
+                good = (mismatched == 0 or (kind != "peaked" and boundary)) and err < 1e-5 and stable and fallback_same
                 ok &= good
                 print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: nucleus mismatches {mismatched}, max err "
                       f"{err:.1e}, deterministic={stable}, whole-row bisection agrees={fallback_same}, candidates/row "

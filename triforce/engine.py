@@ -76,7 +76,9 @@ class MethodConfig:
     draft_cache: str = "streaming"  # streaming | full
     draft_sink: int = 16
     draft_window: int = 240
-    middle_cache: str = "hybrid"  # hybrid | retrieval | streaming (MIDDLE_CACHES); docs/RESULTS.md says why hybrid
+    # retrieval | streaming | hybrid (MIDDLE_CACHES). The library default is the paper's cache; the app's
+    # method configs (conf/method/triforce.yaml, retrieval_spec.yaml) default to hybrid: docs/RESULTS.md
+    middle_cache: str = "retrieval"
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:

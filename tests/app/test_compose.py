@@ -38,6 +38,14 @@ def test_default_config():
     assert cfg["hardware"]["device"] == "cpu" and cfg["logger"]["name"] == "wandb"
     plan = validate(cfg, environment=False)
     assert plan.method.budget == cfg["method"]["budget"]
+    # the acceptance study's choice (docs/RESULTS.md); the engine's own default stays the paper's
+    assert plan.method.middle_cache == "hybrid" == resolved("method=retrieval_spec")["method"]["middle_cache"]
+
+
+def test_paper_presets_keep_the_papers_retrieval_cache():
+    for preset in ("a100_triforce", "a100_retrieval_spec", "a100_lwm_chat_narrativeqa", "rtx4090_offload_triforce",
+                   "2x4090_offload_tp_triforce"):
+        assert resolved(f"experiment={preset}")["method"]["middle_cache"] == "retrieval", preset
 
 
 def test_hydra_dirs_are_under_outputs():
