@@ -44,7 +44,7 @@ from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.prefill import layer_major_prefill
 from triforce.prefill_memo import PrefillMemo, weights_key
-from triforce.sampling import SamplingParams, probabilities, sample_into, verify_into
+from triforce.sampling import SamplingParams, probabilities, verify_into
 
 if TYPE_CHECKING:
     from triforce.progress import GenerationProgress
@@ -358,7 +358,7 @@ class Engine:
         self.n = len(prompt)
         self._recent_middle: list[float] = []
         self._since_rebuild = 0
-        self.executor = make_executor(self.executor_name, self.tokens, self.sampling, self.stats)
+        self.executor = make_executor(self.executor_name, self.tokens, self.sampling, self.stats, self.generator)
 
     def _generate(self, prompt: list[int], max_new_tokens: int, seed: int, stop_at_eos: bool) -> GenerationResult:
         self._start(prompt, max_new_tokens, seed)
@@ -509,15 +509,16 @@ class Engine:
             cache.skip(keep_from - cache.seq_len)
         self._feed(level, upto)
 
-    def _forward(self, i: int, first_needed: int) -> torch.Tensor:
+    def _forward(self, i: int, first_needed: int, *, sample: bool = False) -> torch.Tensor:
         """Distributions of level i for the next token after each of tokens[first_needed:n]:
-        a (n - first_needed, V) tensor, from one forward over the tokens its cache has not seen."""
+        a (n - first_needed, V) tensor, from one forward over the tokens its cache has not seen.
+        sample: also tokens[n] = a draw from the last of them (on the device)."""
         level = self.levels[i]
         cache = level.cache
         if cache.seq_len > first_needed:
             cache.crop(first_needed)
         phase = level.name if i < len(self.levels) - 1 else self._top_phase
-        probs = self.executor.forward(level, cache.seq_len, self.n, self.n - first_needed, phase)
+        probs = self.executor.forward(level, cache.seq_len, self.n, self.n - first_needed, phase, sample=sample)
         self.stats.forwards[level.name] += 1
         return probs
 
@@ -541,8 +542,7 @@ class Engine:
         if i == 0:
             dists = []
             for _ in range(n):
-                p = self._forward(0, self.n - 1)[-1]
-                sample_into(p, self.generator, self.tokens, self.n)  # stays on the device
+                p = self._forward(0, self.n - 1, sample=True)[-1]  # and tokens[n] drawn from p, on the device
                 self.parallel.broadcast(self.tokens[self.n:self.n + 1])
                 self.n += 1
                 dists.append(p)

@@ -1,10 +1,14 @@
 """How the engine runs one level's forward: eagerly (the reference), or with static shapes and,
 on a GPU, as a replayed CUDA graph. The round logic (engine.py) is the same for both.
 
-    probs = executor.forward(level, start, stop, num_logits)
+    probs = executor.forward(level, start, stop, num_logits, phase, sample=False)
 
 feeds the tokens [start, stop) of the engine's token buffer to the level's model and cache and
-returns the sampling distributions (num_logits, V) of its last `num_logits` positions.
+returns the sampling distributions (num_logits, V) of its last `num_logits` positions. With
+`sample=True` it also draws the next token from the last distribution into tokens[stop] (the
+draft's step): on the device, with the engine's generator, the same draws in the same order on
+every path (`sampling.sample_into`); a captured forward does it inside its graph (its Exp(1)
+draws filled just before the replay), which saves the host a kernel launch per draft step.
 
 - `EagerExecutor`: the model's forward with the cache's host-side lengths (slices and masks).
   The CPU reference path, and the prefill of every path.
@@ -29,7 +33,8 @@ import torch
 
 from triforce.cache.static_view import StaticView
 from triforce.metrics import GenerationStats
-from triforce.sampling import SamplingParams, probabilities
+from triforce.kernels.verify import race_sample
+from triforce.sampling import SamplingParams, probabilities, sample_into
 
 EXECUTORS = ("auto", "eager", "static", "graphs")
 
@@ -41,7 +46,8 @@ class LevelLike(Protocol):
 
 
 class Executor(Protocol):
-    def forward(self, level: LevelLike, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor: ...
+    def forward(self, level: LevelLike, start: int, stop: int, num_logits: int, phase: str, *,
+                sample: bool = False) -> torch.Tensor: ...
 
     def release(self) -> None: ...
 
@@ -57,21 +63,27 @@ def resolve_executor(name: str, device: torch.device) -> str:
     return name
 
 
-def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats) -> Executor:
+def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
+                  generator: torch.Generator | None = None) -> Executor:
     kind = resolve_executor(name, tokens.device)
     if kind == "eager":
-        return EagerExecutor(tokens, sampling, stats)
-    return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs")
+        return EagerExecutor(tokens, sampling, stats, generator)
+    return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs", generator=generator)
 
 
 class EagerExecutor:
-    def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats):
-        self.tokens, self.sampling, self.stats = tokens, sampling, stats
+    def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
+                 generator: torch.Generator | None = None):
+        self.tokens, self.sampling, self.stats, self.generator = tokens, sampling, stats, generator
 
-    def forward(self, level, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor:
+    def forward(self, level, start: int, stop: int, num_logits: int, phase: str, *,
+                sample: bool = False) -> torch.Tensor:
         with self.stats.timed(phase):
             logits = level.model(self.tokens[start:stop][None], None, level.cache, num_logits=num_logits)
-            return probabilities(logits[0], self.sampling)
+            probs = probabilities(logits[0], self.sampling)
+        if sample:
+            sample_into(probs[-1], self.generator, self.tokens, stop)  # stays on the device
+        return probs
 
     def release(self) -> None:
         pass
@@ -85,6 +97,7 @@ class Runner:
     body: Callable[[], torch.Tensor]
     graph: torch.cuda.CUDAGraph | None = None
     out: torch.Tensor | None = None
+    race: torch.Tensor | None = None  # the Exp(1) draws a graph that samples reads (filled before replay)
 
     def run(self) -> torch.Tensor:
         if self.graph is None:
@@ -95,53 +108,65 @@ class Runner:
 
 class StaticExecutor:
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
-                 capture: bool):
+                 capture: bool, generator: torch.Generator | None = None):
         self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
+        self.generator = generator
         self.runners: dict[tuple, Runner] = {}
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None
-        self.eager = EagerExecutor(tokens, sampling, stats)
+        self.eager = EagerExecutor(tokens, sampling, stats, generator)
 
-    def forward(self, level, start: int, stop: int, num_logits: int, phase: str) -> torch.Tensor:
+    def forward(self, level, start: int, stop: int, num_logits: int, phase: str, *,
+                sample: bool = False) -> torch.Tensor:
         cache = level.cache
         if not getattr(cache, "capturable", True):
-            return self.eager.forward(level, start, stop, num_logits, phase)
+            return self.eager.forward(level, start, stop, num_logits, phase, sample=sample)
         num_tokens = stop - start
         position = cache.reserve(num_tokens)  # host bookkeeping: capacity, StreamingLLM eviction
-        runner = self.runner(level, num_tokens, num_logits)
+        runner = self.runner(level, num_tokens, num_logits, sample=sample and self.capture)
         runner.view.set(start, position, cache.length)
+        if runner.race is not None:  # the draws sample_into would make, in the same order
+            runner.race.exponential_(generator=self.generator)
         with self.stats.timed(phase):
             probs = runner.run()
         cache.advance(num_tokens)
+        if sample and runner.race is None:
+            sample_into(probs[-1], self.generator, self.tokens, stop)
         return probs
 
-    def runner(self, level, num_tokens: int, num_logits: int) -> Runner:
-        """The static forward of `level` over `num_tokens` tokens (captured on first use)."""
-        key = (level.name, id(level.cache), num_tokens, num_logits)
+    def runner(self, level, num_tokens: int, num_logits: int, *, sample: bool = False) -> Runner:
+        """The static forward of `level` over `num_tokens` tokens (captured on first use); with
+        `sample`, the graph also draws the next token into the token buffer."""
+        key = (level.name, id(level.cache), num_tokens, num_logits, sample)
         if key not in self.runners:
-            self.runners[key] = self._make_runner(level, num_tokens, num_logits)
+            self.runners[key] = self._make_runner(level, num_tokens, num_logits, sample)
         return self.runners[key]
 
-    def _make_runner(self, level, num_tokens: int, num_logits: int) -> Runner:
+    def _make_runner(self, level, num_tokens: int, num_logits: int, sample: bool = False) -> Runner:
         view = StaticView(level.cache, num_tokens)
         model, tokens, sampling = level.model, self.tokens, self.sampling
+        race = torch.ones(model.config.vocab_size, dtype=torch.float32, device=tokens.device) if sample else None
 
         def body() -> torch.Tensor:
             logits = model(view.tokens(tokens), None, view, num_logits=num_logits)
-            return probabilities(logits[0], sampling)
+            probs = probabilities(logits[0], sampling)
+            if race is not None:  # tokens[start + num_tokens] = the race's winner over the last row
+                race_sample(probs[-1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start)
+            return probs
 
         if not self.capture:
             return Runner(view, body)
         start = time.perf_counter()
         graph, out = self._capture(body, view, level.cache)
         self.stats.time_s["capture"] += time.perf_counter() - start
-        return Runner(view, body, graph, out)
+        return Runner(view, body, graph, out, race)
 
     def _capture(self, body, view: StaticView, cache):
         # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:
         # nothing may compile or synchronise while a graph records. The warm-up writes keys at
-        # slots >= the cache's length, which the real forward overwrites.
-        view.set(0, cache.seq_len, cache.length)
+        # slots >= the cache's length, which the real forward overwrites, and (a sampling
+        # forward) a token into the token buffer's last slot, which never holds a live token.
+        view.set(self.tokens.numel() - 1 - view.num_tokens, cache.seq_len, cache.length)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -399,6 +399,21 @@ def test_race_sample_kernel_matches_reference_and_breaks_ties_low():
     assert int(race_sample(probs, torch.ones(9000), use_triton=True)) == 100
 
 
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_race_sample_writes_at_a_slot_read_from_the_device(use_triton):
+    # a captured draft step writes its token at (the forward's start, a device value) + its length
+    from triforce.kernels.verify import race_sample, race_sample_reference
+
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(5000, generator=g), -1)
+    race = torch.empty(5000).exponential_(generator=g)
+    buffer = torch.full((12,), -1, dtype=torch.int64)
+    race_sample(probs, race, out_tokens=buffer, index=2, index_from=torch.tensor([7]), use_triton=use_triton)
+    expected = torch.full((12,), -1, dtype=torch.int64)
+    expected[9] = race_sample_reference(probs, race)
+    assert torch.equal(buffer, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("start,end,n", [(16, 256, 1), (4, 100, 3), (2, 40, 38), (0, 70, 5)])
 def test_streaming_window_shift_matches_reference(start, end, n, dtype):

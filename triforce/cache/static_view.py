@@ -39,6 +39,11 @@ class StaticView:
         for field, value in enumerate((token_start, position_start, slot_start)):
             self._fields[field].fill_(value)
 
+    @property
+    def token_start(self) -> torch.Tensor:
+        """The forward's first token index in the engine's buffer, a one-element device tensor."""
+        return self.meta[TOKEN_START:TOKEN_START + 1]
+
     def tokens(self, buffer: torch.Tensor) -> TokenSlice:
         """The forward's input: `num_tokens` ids of `buffer` from meta's token start."""
         return TokenSlice(buffer, self._fields[TOKEN_START], self.num_tokens)

@@ -21,9 +21,9 @@ def _counter(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit(do_not_specialize=["base"])
-def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER, base, k, V, C, tiny,
+def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER, BASE_PTR, base, k, V, C, tiny,
                  BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, MODE: tl.constexpr,
-                 WRITE_TOKEN: tl.constexpr):
+                 WRITE_TOKEN: tl.constexpr, BASE_FROM_PTR: tl.constexpr):
     c = tl.program_id(0)
     i = tl.arange(0, K_BLOCK)
     if MODE == 0:
@@ -78,20 +78,23 @@ def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER,
             tl.store(OUT + 2 + i, tl.load(TOKENS + i, mask=i < k, other=0).to(tl.int64), mask=i < k)
         if WRITE_TOKEN:  # (after the proposals are read: the slot may be the rejected proposal's)
             tl.debug_barrier()
-            tl.store(TOKEN_BUF + base + n, token.to(tl.int64))
+            if BASE_FROM_PTR:  # the slot from a device value (a captured graph's forward start)
+                tl.store(TOKEN_BUF + tl.load(BASE_PTR) + base + n, token.to(tl.int64))
+            else:
+                tl.store(TOKEN_BUF + base + n, token.to(tl.int64))
         tl.store(COUNTER, 0)  # ready for the next launch
 
 
-def _launch(p, q, tokens, u, race, out, out_tokens, base, k, mode):
+def _launch(p, q, tokens, u, race, out, out_tokens, base, k, mode, base_from=None):
     V = p.shape[-1]
     C = triton.cdiv(V, BLOCK)
     part_f = torch.empty(C * 4, dtype=torch.float32, device=p.device)
     part_i = torch.empty(C * 2, dtype=torch.int32, device=p.device)
     _race_kernel[(C,)](p, q, tokens, u, race, out, out_tokens if out_tokens is not None else out, part_f, part_i,
-                       _counter(p.device), base, k, V, C, torch.finfo(torch.float32).tiny,
-                       BLOCK=BLOCK, K_BLOCK=max(2, triton.next_power_of_2(max(k, 1))),
+                       _counter(p.device), base_from if base_from is not None else out, base, k, V, C,
+                       torch.finfo(torch.float32).tiny, BLOCK=BLOCK, K_BLOCK=max(2, triton.next_power_of_2(max(k, 1))),
                        C_BLOCK=max(2, triton.next_power_of_2(C)), MODE=mode, WRITE_TOKEN=out_tokens is not None,
-                       num_warps=4)
+                       BASE_FROM_PTR=base_from is not None, num_warps=4)
     return out
 
 
@@ -101,7 +104,7 @@ def race_verify(tokens, q, p, u, race, *, residual=True, out_tokens=None, base=0
     return _launch(p, q, tokens, u, race, out, out_tokens, base, k, RESIDUAL if residual else PLAIN)
 
 
-def race_sample(probs, race, *, out_tokens=None, index=0):
+def race_sample(probs, race, *, out_tokens=None, index=0, index_from=None):
     out = torch.empty(2, dtype=torch.int64, device=probs.device)
-    _launch(probs, probs, out, race, race, out, out_tokens, index, 0, SAMPLE)
+    _launch(probs, probs, out, race, race, out, out_tokens, index, 0, SAMPLE, base_from=index_from)
     return out[1]

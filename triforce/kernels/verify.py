@@ -73,13 +73,19 @@ def race_verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, u: torch
 
 
 def race_sample(probs: torch.Tensor, race: torch.Tensor, *, out_tokens: torch.Tensor | None = None,
-                index: int = 0, use_triton: bool | None = None) -> torch.Tensor:
-    """race_sample_reference, and out_tokens[index] = the token when given."""
+                index: int = 0, index_from: torch.Tensor | None = None,
+                use_triton: bool | None = None) -> torch.Tensor:
+    """race_sample_reference, and out_tokens[index] = the token when given; with `index_from` (a
+    one-element int64 device tensor) at index_from + index, read on the device (so a captured
+    graph writes where its replay points it)."""
     if race_usable(probs, use_triton=use_triton):
         from triforce.kernels.triton_verify import race_sample as triton_race_sample
 
-        return triton_race_sample(probs, race, out_tokens=out_tokens, index=index)
+        return triton_race_sample(probs, race, out_tokens=out_tokens, index=index, index_from=index_from)
     token = race_sample_reference(probs, race)
     if out_tokens is not None:
-        out_tokens[index] = token
+        if index_from is None:
+            out_tokens[index] = token
+        else:
+            out_tokens.index_copy_(0, index_from.reshape(1) + index, token.reshape(1))
     return token
