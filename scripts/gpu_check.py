@@ -230,8 +230,9 @@ def check_top_p(device) -> bool:
                 # fall either way (sorted cumsum vs tree sums), and with it every token tied with it
                 # (bf16 logits tie by the dozen on flat rows): mismatches are allowed only as whole
                 # tie groups at such a boundary
-                boundary = boundary_ties_only(torch.softmax(logits.double() / 0.6, -1), out > 0, ref > 0, 0.9)
-                good = (mismatched == 0 or (kind != "peaked" and boundary)) and err < 1e-5 and stable and fallback_same
+                nucleus_ok = mismatched == 0 or (kind != "peaked" and boundary_ties_only(
+                    torch.softmax(logits.double() / 0.6, -1), out > 0, ref > 0, 0.9))
+                good = nucleus_ok and err < 1e-5 and stable and fallback_same
                 ok &= good
                 print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: nucleus mismatches {mismatched}, max err "
                       f"{err:.1e}, deterministic={stable}, whole-row bisection agrees={fallback_same}, candidates/row "
