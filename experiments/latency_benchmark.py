@@ -3,7 +3,7 @@
     python experiments/latency_benchmark.py                       # llama2-7b + llama3-8b shapes, 32K/64K/120K
     python experiments/latency_benchmark.py shapes=[llama2-7b] contexts=[32768] transformers=false
     python experiments/latency_benchmark.py smollm2.enabled=true   # + real SmolLM2 weights at 64K/120K
-    python experiments/latency_benchmark.py pdl=true               # kernels with programmatic dependent launch
+    python experiments/latency_benchmark.py pdl=false              # kernels without programmatic dependent launch
 
 A Hydra app (config: triforce/conf/latency_benchmark.yaml). It measures the device-to-device copy
 bandwidth first, then for each random-weight shape and context: each level's forward (captured

@@ -14,7 +14,7 @@
    near-tie may flip).
 
 With --pdl both (the default on sm90+), 1-4 run twice: kernels launched plainly, then with
-programmatic dependent launch (TRIFORCE_PDL=1), which the CPU tests cannot exercise.
+programmatic dependent launch (on by default for captured graphs), which the CPU tests cannot exercise.
 
 Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass (in
 every PDL mode checked).

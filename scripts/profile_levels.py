@@ -1,6 +1,7 @@
 """Where a captured forward spends its time: torch.profiler over graph replays, kernels grouped.
 
-    python scripts/profile_levels.py [--shape llama2-7b] [--context 32768] [--levels top:1,top:7,middle:3,draft:1] [--pdl]
+    python scripts/profile_levels.py [--shape llama2-7b] [--context 32768] [--levels top:1,top:7,middle:3,draft:1] [--no-pdl]
+        [--sequence]   # + one middle layer's kernels in order: each one's time and the idle gap before it
 
 Builds the engine's levels at the context over random weights and caches (triforce.bench), replays
 each level's captured forward under torch.profiler and prints, per level, the kernels by total
@@ -37,7 +38,22 @@ def kernel_class(name: str) -> str:
     return "other elementwise"
 
 
-def profile_graph(graph, replays: int = 10):
+def layer_sequence(prof, per_replay: int, num_layers: int) -> list[tuple[str, float, float]]:
+    """(kernel, us, idle us before it) for the kernels of one layer in the middle of the last
+    replay: the replay's kernels in start order, cut into layers by their repeating pattern."""
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)[-per_replay:]
+    per_layer = (per_replay - per_replay % num_layers) // num_layers
+    head = (per_replay - per_layer * num_layers) // 2  # kernels before the first layer (embedding, ...)
+    first = head + per_layer * (num_layers // 2)
+    out = []
+    for i in range(first, first + per_layer):
+        gap = events[i].time_range.start - events[i - 1].time_range.end
+        out.append((events[i].name, events[i].time_range.elapsed_us(), gap))
+    return out
+
+
+def profile_graph(graph, replays: int = 10, keep=None):
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
@@ -45,6 +61,8 @@ def profile_graph(graph, replays: int = 10):
         for _ in range(replays):
             graph.replay()
         torch.cuda.synchronize()
+    if keep is not None:
+        keep.append(prof)
     kernels = collections.defaultdict(lambda: [0, 0.0])
     for evt in prof.events():
         if evt.device_type == torch.autograd.DeviceType.CUDA:
@@ -58,19 +76,21 @@ def main() -> None:
     ap.add_argument("--shape", default="llama2-7b")
     ap.add_argument("--context", type=int, default=32768)
     ap.add_argument("--levels", default="top:1,top:7,top:17,middle:3,draft:1")
-    ap.add_argument("--pdl", action="store_true", help="kernels with programmatic dependent launch")
+    ap.add_argument("--no-pdl", action="store_true", help="kernels without programmatic dependent launch")
+    ap.add_argument("--sequence", action="store_true", help="also one middle layer's kernels in order, with gaps")
     args = ap.parse_args()
-    if args.pdl:
+    if args.no_pdl:
         from triforce.kernels import use_pdl
 
-        use_pdl(True)
+        use_pdl(False)
     target = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device="cuda")
     draft = random_model(SHAPES[DRAFT_OF[args.shape]], dtype=torch.bfloat16, device="cuda", seed=1)
     bench = LevelBench(target, draft, PAPER, args.context)
     with torch.inference_mode():
         for spec in args.levels.split(","):
             level, tokens = spec.split(":")
-            kernels = profile_graph(bench.graph(level, int(tokens)))
+            keep = []
+            kernels = profile_graph(bench.graph(level, int(tokens)), keep=keep)
             total = sum(us for _, us in kernels.values())
             n = sum(c for c, _ in kernels.values())
             print(f"\n== {args.shape} {level} T={tokens} at {args.context}: {total:.1f} us of kernels, {n} launches")
@@ -82,6 +102,11 @@ def main() -> None:
                 print(f"  {cls:20s} {count:5d} launches {us:9.1f} us ({100 * us / total:4.1f}%), {us / max(count, 1):6.2f} us each")
             for name, (count, us) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:8]:
                 print(f"    {us:9.1f} us x{count:4d}  {name[:110]}")
+            if args.sequence:
+                layers = (target if level != "draft" else draft).config.num_layers
+                print("  one layer in order (us, idle us before):")
+                for name, us, gap in layer_sequence(keep[0], n, layers):
+                    print(f"    {us:8.2f} {gap:6.2f}  {kernel_class(name):18s} {name[:60]}")
     bench.close()
 
 

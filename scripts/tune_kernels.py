@@ -1,6 +1,6 @@
 """Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear] [--prologues] [--top-p] [--pdl]
+    python scripts/tune_kernels.py [--attention] [--linear] [--prologues] [--top-p] [--no-pdl]
 
 Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
 graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
@@ -120,7 +120,9 @@ def tune_prologues(bw: float) -> None:
     from triforce.kernels.norm import rms_norm
 
     for name, (n, kdim, kind) in {"qkv-7b": (12288, 4096, "norm"), "gate_up-7b": (22016, 4096, "norm"),
-                                  "down-7b": (4096, 11008, "silu"), "lm_head-7b": (32000, 4096, "norm")}.items():
+                                  "down-7b": (4096, 11008, "silu"), "lm_head-7b": (32000, 4096, "norm"),
+                                  "qkv-8b": (6144, 4096, "norm"), "gate_up-8b": (28672, 4096, "norm"),
+                                  "down-8b": (4096, 14336, "silu")}.items():
         wb = n * kdim * 2
         ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         nw = torch.ones(kdim, device="cuda", dtype=torch.bfloat16)
@@ -182,12 +184,12 @@ def main() -> None:
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--prologues", action="store_true")
     ap.add_argument("--top-p", action="store_true")
-    ap.add_argument("--pdl", action="store_true", help="launch the kernels with programmatic dependent launch")
+    ap.add_argument("--no-pdl", action="store_true", help="kernels without programmatic dependent launch")
     args = ap.parse_args()
-    if args.pdl:
+    if args.no_pdl:
         from triforce.kernels import use_pdl
 
-        use_pdl(True)
+        use_pdl(False)
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     everything = not (args.attention or args.linear or args.prologues or args.top_p)

@@ -15,9 +15,10 @@ import torch
 
 _ON_CPU = False  # tests: route CPU tensors through the kernels too (see triton_on_cpu)
 # Programmatic dependent launch (Hopper and later): each kernel of a captured forward may launch
-# while its predecessor finishes and waits for it in-kernel (triton_pdl.py). Off by default until
-# measured on the GPU: TRIFORCE_PDL=1 or use_pdl(True).
-PDL = os.environ.get("TRIFORCE_PDL", "0") == "1"
+# while its predecessor finishes, prefetch its weights into L2 and wait for it in-kernel
+# (triton_pdl.py). On by default (every level faster on an H100 and an H200:
+# scripts/tune_launch.py); TRIFORCE_PDL=0 or use_pdl(False) turns it off.
+PDL = os.environ.get("TRIFORCE_PDL", "1") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,7 +52,7 @@ def triton_on_cpu():
 
 
 def use_pdl(enabled: bool) -> None:
-    """Launch the decode kernels with programmatic dependent launch (CUDA sm90+) or not."""
+    """Launch the captured decode kernels with programmatic dependent launch (CUDA sm90+) or not."""
     global PDL
     PDL = bool(enabled)
 
@@ -62,7 +63,10 @@ def _sm90(index: int) -> bool:
 
 
 def pdl_enabled(t: torch.Tensor) -> bool:
-    return PDL and t.is_cuda and not interpreted() and _sm90(t.device.index if t.device.index is not None else 0)
+    """PDL for a kernel on `t`: on sm90+, while a CUDA graph is being captured (the captured levels,
+    where gpu_check validates it; eager launches, e.g. an offloaded forward, stay plain)."""
+    return (PDL and t.is_cuda and not interpreted() and _sm90(t.device.index if t.device.index is not None else 0)
+            and torch.cuda.is_current_stream_capturing())
 
 
 def kernels_usable(t: torch.Tensor, use_triton: bool | None = None) -> bool:

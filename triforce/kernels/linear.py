@@ -10,12 +10,13 @@ applies the step that precedes every product in a Llama layer as it loads the in
     silu_linear(gate_up, linear)             ->  (silu(gate) * up) @ W.T + b
     linear(x, linear)                        ->  x @ W.T + b
 
-so RMSNorm, the residual add and SwiGLU cost no launches of their own. That fusion pays for one
-input row (a decode step: measured on an H100, the fused kernel is as fast as the product alone);
-with several rows (verification, the middle level) the extra arithmetic between the loads and the
-matrix unit stalls the pipeline (1.3-1.7x slower), so there the step runs as its own kernel and
-the product as the plain Triton kernel. Longer inputs (prefill, > MAX_ROWS) take the reference
-path, torch's own ops, which is also the CPU path.
+so RMSNorm, the residual add and SwiGLU need no launches of their own. That fusion pays only for
+one input row of a small product (the draft's decode step; `fuse_prologue`). With several rows
+(verification, the middle level) the extra arithmetic between the loads and the matrix unit
+stalls the pipeline (1.3-1.7x slower), and in a 7B/8B decode step each program's pass over the
+input before its first weight load is a ramp nothing hides: there the step runs as its own kernel
+and the product as the plain Triton kernel. Longer inputs (prefill, > MAX_ROWS) take the
+reference path, torch's own ops, which is also the CPU path.
 """
 
 from __future__ import annotations
@@ -40,6 +41,24 @@ def use_backend(name: str) -> None:
     BACKEND = name
 
 
+# Inputs of up to this many rows may get the step before the product (RMSNorm + residual, SwiGLU)
+# inside the product's kernel; more rows run it as a kernel of its own (see the module docstring).
+FUSED_PROLOGUE_ROWS = 1
+# ... where that pays: a small product (the draft's), whose own launch would cost more than the
+# prologue. A 7B/8B product runs it apart: every program's prologue (a pass over the input row
+# before its first weight load) is a ramp that nothing hides, and a separate 2.5 us kernel costs
+# less (scripts/tune_launch.py, H100, 8B at 32K with PDL: autoregressive step 1.113 of its floor
+# fused, 1.089 apart; the draft's step is 7-9% slower apart).
+FUSED_PROLOGUE_SMALL_BYTES = 16 * 2 ** 20
+
+
+def fuse_prologue(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the product of `x` with `weight` takes its prologue inside (see above)."""
+    if x.numel() // x.shape[-1] > FUSED_PROLOGUE_ROWS:
+        return False
+    return weight.numel() * weight.element_size() < FUSED_PROLOGUE_SMALL_BYTES
+
+
 def _fused(x: torch.Tensor, weight: torch.Tensor, use_triton: bool | None, *, max_rows: int = MAX_ROWS) -> bool:
     if BACKEND == "torch" and not use_triton:
         return False
@@ -51,7 +70,7 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: tor
                 weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(h) @ weight.T + bias, h) with h = x + residual (or x when residual is None)."""
-    if _fused(x, weight, use_triton, max_rows=1) and (residual is None or residual.is_contiguous()):
+    if fuse_prologue(x, weight) and _fused(x, weight, use_triton) and (residual is None or residual.is_contiguous()):
         from triforce.kernels.triton_linear import fused_linear
 
         return fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps)
@@ -62,7 +81,7 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: tor
 def silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 use_triton: bool | None = None) -> torch.Tensor:
     """(silu(gate) * up) @ weight.T + bias, gate_up = [gate | up] on the last dim."""
-    if _fused(gate_up, weight, use_triton, max_rows=1):
+    if fuse_prologue(gate_up, weight) and _fused(gate_up, weight, use_triton):
         from triforce.kernels.triton_linear import fused_linear
 
         return fused_linear(gate_up, weight, bias, silu=True)[0]
@@ -105,7 +124,7 @@ def qkv_rope_store(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: 
     spec = RopeStore(positions=rope.positions.start if from_start else rope.positions, from_start=from_start,
                      inv_freq=rope.inv_freq, scale=float(rope.scale), k_cache=k_cache, v_cache=v_cache, slot=slot,
                      num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
-    if T == 1:  # the norm (and residual add) fused into the product too, as in norm_linear
+    if fuse_prologue(x, weight):  # the norm (and residual add) fused into the product too, as in norm_linear
         qkv, h = fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, rope=spec)
     else:
         normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton)

@@ -15,7 +15,9 @@ import triton.language as tl
 
 from triforce.kernels import interpreted
 from triforce.kernels.decode_attention import BLOCK_N
-from triforce.kernels.triton_pdl import pdl_args, pdl_start
+from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
+
+PREFETCH_PER_PROGRAM = 16 * 1024  # with PDL: bytes of its key slice (and as many of values) a program prefetches
 
 
 @triton.jit
@@ -49,23 +51,38 @@ def _finish(OUT, O_PART, L_PART, part, rows, row_ok, dims, b, h, T, GROUP, strid
 
 
 @triton.jit
+def _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N: tl.constexpr):
+    """(kv_len, start, end): this program's slice of the keys, in whole blocks, derived from the
+    live length so the work stays balanced as the cache grows."""
+    kv_len = tl.load(KV_LEN).to(tl.int32) + kv_offset
+    per_split = tl.cdiv(tl.cdiv(kv_len, BLOCK_N), num_splits)
+    start = split * per_split * BLOCK_N
+    return kv_len, start, tl.minimum(start + per_split * BLOCK_N, kv_len)
+
+
+@triton.jit
 def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
                   BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr):
-    pdl_start(PDL)
+                  PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
+                  PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // NUM_KV_HEADS
     h = bh % NUM_KV_HEADS
-    kv_len = tl.load(KV_LEN).to(tl.int32) + kv_offset
-    # this program's slice of the keys, in whole blocks, derived from the live length
-    blocks = tl.cdiv(kv_len, BLOCK_N)
-    per_split = tl.cdiv(blocks, num_splits)
-    start = split * per_split * BLOCK_N
-    end = tl.minimum(start + per_split * BLOCK_N, kv_len)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    if PREFETCH > 0:  # with PDL (contiguous keys): the slice's first keys and values into L2
+        # the length read before the wait may be the previous step's: a prefetch is only a hint
+        hint_len, hint_start, hint_end = _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N)
+        if hint_start < hint_end:
+            nbytes = tl.minimum(PREFETCH, (hint_end - hint_start) * KEY_BYTES)
+            l2_prefetch(k_base + hint_start * stride_kn, nbytes)
+            l2_prefetch(v_base + hint_start * stride_vn, nbytes)
+    pdl_start(PDL)
+    kv_len, start, end = _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N)
     num_rows = GROUP * T
     dims = tl.arange(0, HEAD_DIM)
     q_base = Q + b * stride_qb + h * GROUP * stride_qh
@@ -88,8 +105,6 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
         l2 = tl.zeros([TAIL_M], tl.float32)
         acc2 = tl.zeros([TAIL_M, HEAD_DIM], tl.float32)
 
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
     if LOOP_FOR:  # compiled: a for loop, which Triton software-pipelines
         for n0 in range(start, end, BLOCK_N):
             keys = n0 + tl.arange(0, BLOCK_N)
@@ -185,7 +200,7 @@ def default_splits(q: torch.Tensor, k: torch.Tensor, cfg: dict | None = None) ->
 
 
 def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, block_n=BLOCK_N, num_warps=None,
-                     num_stages=3):
+                     num_stages=3, prefetch: int | None = None):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -200,6 +215,8 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         o_part = torch.empty((B * Hkv * splits, rows_pad, D), device=q.device, dtype=torch.float32)
         l_part = torch.empty((B * Hkv * splits, rows_pad), device=q.device, dtype=torch.float32)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    contiguous = k.stride(2) == D and v.stride(2) == D
+    prefetch = prefetch_bytes(q, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, 16 if contiguous else 1)
     _split_kernel[(B * Hkv, splits)](
         q, k, v, kv_len, out, o_part, l_part, kv_offset,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -207,7 +224,7 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         T, group, Hkv, splits, scale * 1.4426950408889634,
         BLOCK_M=cfg["block_m"], TAIL_M=cfg["tail_m"], BLOCK_N=cfg["block_n"], HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreted(), DIRECT=direct, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **pdl_args(q))
+        PREFETCH=prefetch, KEY_BYTES=D * k.element_size(), **pdl_args(q))
     if not direct:
         splits_block = triton.next_power_of_2(splits)
         _merge_kernel[(B * Hkv, rows)](

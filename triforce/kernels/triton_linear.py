@@ -11,7 +11,7 @@ import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL, SILU = 0, 1, 2, 3
 
-from triforce.kernels.triton_pdl import pdl_args, pdl_start
+from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
 
 @triton.jit
@@ -70,8 +70,8 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
                    POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS,
                    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr,
-                   ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr, PDL: tl.constexpr):
-    pdl_start(PDL)
+                   ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr, PDL: tl.constexpr,
+                   PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr):
     # K is a compile-time constant: the loops over it unroll and pipeline (few distinct K per model)
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
@@ -85,6 +85,15 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
     else:
         cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
+    if PREFETCH > 0:  # with PDL: this program's first weight rows (two runs: rotary pairs), while the predecessor ends
+        first = pid * BLOCK_N
+        if ROPE:
+            first = head * HEAD_DIM + j0
+        second = first + (HEAD_DIM // 2 if ROPE else BLOCK_N // 2)
+        l2_prefetch(W + first * stride_wn, tl.minimum(PREFETCH // 2, (N - first) * stride_wn * ELEMENT_BYTES))
+        if second < N:
+            l2_prefetch(W + second * stride_wn, tl.minimum(PREFETCH // 2, (N - second) * stride_wn * ELEMENT_BYTES))
+    pdl_start(PDL)
     if PROLOGUE == 1 or PROLOGUE == 2:
         # first pass over the (few) input rows: their mean square; program 0 also writes h = x + r
         sq = tl.zeros([BLOCK_M], tl.float32)
@@ -133,6 +142,9 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
 # more rows: the weight tile as the MMA's M side.
 ONE_ROW = (2, 16, 1024, 8, 2)
 FEW_ROWS = (1, 64, 256, 4, 4)
+# With PDL, each program pulls this many bytes of its weight rows into L2 before it waits for its
+# predecessor (the first programs of a launch run beside the previous kernel's last ones).
+PREFETCH_PER_PROGRAM = 16 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +163,8 @@ class RopeStore:
 
 
 def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, silu=False, rope=None,
-                 block_n=None, block_k=None, num_warps=None, num_stages=None, design=None, block_m=None):
+                 block_n=None, block_k=None, num_warps=None, num_stages=None, design=None, block_m=None,
+                 prefetch=None):
     """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else.
     rope (a RopeStore): the columns are q|k|v heads; q is written rotated, k and v go to the cache."""
     K = x.shape[-1] // 2 if silu else x.shape[-1]
@@ -186,5 +199,8 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
-        POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages, **pdl_args(x))
+        POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages,
+        PREFETCH=prefetch_bytes(x, PREFETCH_PER_PROGRAM if prefetch is None else prefetch,
+                                weight.stride(0) * weight.element_size()), ELEMENT_BYTES=weight.element_size(),
+        **pdl_args(x))
     return out, h
