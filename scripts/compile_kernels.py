@@ -143,6 +143,13 @@ def cases(only: set[str] | None):
             if t == 1:
                 add("linear", f"{name} T=1 norm+residual", lambda x=x, w=w, nw=nw: triton_linear.fused_linear(
                     x, w, residual=x, norm_weight=nw, eps=1e-5))
+    from triforce.kernels import triton_allreduce
+
+    for world in (2, 4):
+        for dtype in (bf16, torch.float32):
+            x, ptrs = torch.empty(3 * 4096, dtype=dtype), torch.zeros(world, dtype=torch.int64)
+            add("allreduce", f"world={world} {dtype}", lambda x=x, ptrs=ptrs, world=world: triton_allreduce.all_reduce(
+                x, ptrs, ptrs, 0, world, 1, 1 << 19, 256))
     return out
 
 
@@ -150,7 +157,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--pdl", action="store_true", help="compile the kernels as launched with TRIFORCE_PDL=1")
-    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding,verify,streaming")
+    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding,verify,streaming,allreduce")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)

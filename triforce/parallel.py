@@ -18,6 +18,7 @@ every rank runs the same program on its own GPU (NCCL) or CPU process (gloo, tes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -29,45 +30,73 @@ if TYPE_CHECKING:  # models/llama.py imports this module
     from triforce.models.config import ModelConfig
 
 
-class OneShotAllReduce:
-    """All-reduce for the few-token activations of a decode step over NVLink: each rank copies its
-    partial sums into a symmetric-memory buffer (torch.distributed._symmetric_memory) and one
-    kernel reads every peer's buffer and sums (a one-shot all-reduce). NCCL's ring takes
-    ~20 us for a 24 KB message, twice per layer; a middle step of a 7B model makes 64 of them.
-    Larger messages (prefill) and other dtypes go to NCCL. Capturable in a CUDA graph; buffers
-    are made (a collective rendezvous) on first use, which the warm-up before capture is."""
+class SymmetricAllReduce:
+    """All-reduce for the few-token activations of a decode step over NVLink, in symmetric memory
+    (torch.distributed._symmetric_memory): one Triton kernel per call copies the partial sums
+    into this rank's buffer, meets the peers at one flag barrier and sums every rank's buffer
+    (kernels/triton_allreduce.py). NCCL's ring takes ~20 us for a 24 KB message, twice per
+    layer; a middle step of a 7B model makes 64 of them. `kernel="torch"` uses torch's one-shot
+    all-reduce instead (a copy, then a kernel with two barriers: ~10 us). Larger messages
+    (prefill) and other dtypes go to NCCL. Capturable in a CUDA graph; buffers are made (a
+    collective rendezvous) on first use, which the warm-up before capture is. `slot` must
+    alternate between 0 and 1 from one call to the next (a layer's two all-reduces: 0, 1)."""
 
     MAX_BYTES = 1 << 20
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+    def __init__(self, device: torch.device, kernel: str = "triton"):
         import torch.distributed as dist
 
+        self.device, self.kernel = device, kernel
         self.group_name = dist.group.WORLD.group_name
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.state: dict[torch.dtype, tuple] = {}
 
     def fits(self, t: torch.Tensor) -> bool:
         return t.is_cuda and t.numel() * t.element_size() <= self.MAX_BYTES and t.is_contiguous()
 
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+    def _buffers(self, dtype: torch.dtype) -> tuple:
+        """(buffer, buffer addresses, flag addresses, elements per slot, programs, flags) for
+        `dtype`, made on first use: every rank's addresses as an int64 device tensor (the buffer
+        and flags are held here: freeing them would leave the addresses dangling)."""
+        import torch.distributed as dist
         import torch.distributed._symmetric_memory as symm_mem
 
-        buf = self.buffers.get(t.dtype)
-        if buf is None:
-            buf = symm_mem.empty(self.MAX_BYTES // t.element_size(), dtype=t.dtype, device=self.device)
-            symm_mem.rendezvous(buf, self.group_name)
-            self.buffers[t.dtype] = buf
-        n = t.numel()
-        buf[:n].copy_(t.view(-1))
-        torch.ops.symm_mem.one_shot_all_reduce_out(buf[:n], "sum", self.group_name, t.view(-1))
-        return t
+        from triforce.kernels import triton_allreduce
+
+        if dtype not in self.state:
+            elements = self.MAX_BYTES // dtype.itemsize
+            programs = triton_allreduce.max_programs(elements)
+            buf = symm_mem.empty(2 * elements, dtype=dtype, device=self.device)
+            flags = symm_mem.empty(2 * programs * self.world, dtype=torch.int32, device=self.device).zero_()
+
+            def addresses(t: torch.Tensor) -> torch.Tensor:
+                handle = symm_mem.rendezvous(t, self.group_name)
+                offset = t.data_ptr() - handle.buffer_ptrs[self.rank]  # the same on every rank
+                return torch.tensor([p + offset for p in handle.buffer_ptrs], dtype=torch.int64, device=self.device)
+
+            buf_ptrs, flag_ptrs = addresses(buf), addresses(flags)
+            torch.cuda.synchronize(self.device)
+            dist.barrier()  # every rank's flags are zero before any rank raises one
+            self.state[dtype] = (buf, buf_ptrs, flag_ptrs, elements, programs, flags)  # flags: kept alive
+        return self.state[dtype]
+
+    def __call__(self, t: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        buf, buf_ptrs, flag_ptrs, elements, programs, _ = self._buffers(t.dtype)
+        if self.kernel == "torch":
+            n = t.numel()
+            buf[:n].copy_(t.view(-1))
+            torch.ops.symm_mem.one_shot_all_reduce_out(buf[:n], "sum", self.group_name, t.view(-1))
+            return t
+        from triforce.kernels import triton_allreduce
+
+        return triton_allreduce.all_reduce(t, buf_ptrs, flag_ptrs, self.rank, self.world, slot, elements, programs)
 
 
 @dataclasses.dataclass(frozen=True)
 class Parallel:
     rank: int = 0
     world: int = 1
-    fast_reduce: OneShotAllReduce | None = None  # small messages on CUDA (None: NCCL / gloo only)
+    fast_reduce: SymmetricAllReduce | None = None  # small messages on CUDA (None: NCCL / gloo only)
 
     @property
     def enabled(self) -> bool:
@@ -77,11 +106,12 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum `t` over the ranks, in place (capturable in a CUDA graph with NCCL)."""
+    def all_reduce(self, t: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        """Sum `t` over the ranks, in place (capturable in a CUDA graph with NCCL). `slot` (0, 1)
+        must alternate between consecutive calls: see SymmetricAllReduce."""
         if self.world > 1:
             if self.fast_reduce is not None and self.fast_reduce.fits(t):
-                return self.fast_reduce(t)
+                return self.fast_reduce(t, slot)
             import torch.distributed as dist
 
             dist.all_reduce(t)
@@ -151,13 +181,16 @@ def init_parallel(tensor_parallel: int, device: str | torch.device) -> tuple[Par
         dist.init_process_group(backend, **({"device_id": device} if device.type == "cuda" else {}))
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     fast = None
-    if device.type == "cuda" and os.environ.get("TRIFORCE_ALLREDUCE", "auto") != "nccl":
+    choice = os.environ.get("TRIFORCE_ALLREDUCE", "auto")  # auto (the Triton kernel) | torch | nccl
+    if device.type == "cuda" and choice != "nccl":
         try:
-            fast = OneShotAllReduce(device)
-            probe = torch.full((8,), float(rank + 1), device=device)
-            fast(probe)
-            if not torch.all(probe == world * (world + 1) / 2):
-                raise RuntimeError(f"one-shot all-reduce summed to {probe.tolist()}")
+            fast = SymmetricAllReduce(device, kernel="torch" if choice == "torch" else "triton")
+            for slot in (0, 1, 0, 1):  # both slots, twice: the flags come down as they should
+                probe = torch.arange(5000, device=device, dtype=torch.float32) * (rank + 1)
+                fast(probe, slot)
+                want = torch.arange(5000, device=device, dtype=torch.float32) * (world * (world + 1) / 2)
+                if not torch.equal(probe, want):
+                    raise RuntimeError(f"symmetric-memory all-reduce summed wrong ({probe[:4].tolist()} ...)")
         except Exception as e:  # noqa: BLE001 - no peer access / older torch: NCCL does it all
             import logging
 
@@ -217,7 +250,9 @@ def shard_model(model, par: Parallel):
                                                   requires_grad=False)
         if mlp.down_proj.bias is not None and r:
             mlp.down_proj.bias.zero_()
-        attn.reduce = mlp.reduce = par.all_reduce
+        # consecutive all-reduces alternate buffer slots (SymmetricAllReduce): o_proj 0, down_proj 1
+        attn.reduce = functools.partial(par.all_reduce, slot=0)
+        mlp.reduce = functools.partial(par.all_reduce, slot=1)
     model.config = shard_config(cfg, w)
     model.parallel = par
     return model
