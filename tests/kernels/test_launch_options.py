@@ -29,7 +29,8 @@ def test_prefetch_only_with_programmatic_launch_and_aligned_rows(monkeypatch):
     t = torch.empty(4)
     assert prefetch_bytes(t, 16384, 8192) == 0  # no PDL on a CPU tensor: nothing runs beside a predecessor
     monkeypatch.setattr(kernels, "pdl_enabled", lambda _: True)
-    assert prefetch_bytes(t, 16384, 8192) == 16384
+    assert prefetch_bytes(t, 16384, 0x7F0000000100, 8192) == 16384
     assert prefetch_bytes(t, 1000, 8192) == 992  # two runs of a multiple of 16 bytes each
-    assert prefetch_bytes(t, 16384, 8) == 0  # rows not 16-byte aligned: a bulk prefetch would fault
+    assert prefetch_bytes(t, 16384, 8192, 8) == 0  # a stride not 16-byte aligned: a bulk prefetch would fault
+    assert prefetch_bytes(t, 16384, 0x7F0000000108, 8192) == 0  # nor a base address
     assert prefetch_bytes(t, 0, 8192) == 0

@@ -215,8 +215,10 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         o_part = torch.empty((B * Hkv * splits, rows_pad, D), device=q.device, dtype=torch.float32)
         l_part = torch.empty((B * Hkv * splits, rows_pad), device=q.device, dtype=torch.float32)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    contiguous = k.stride(2) == D and v.stride(2) == D
-    prefetch = prefetch_bytes(q, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, 16 if contiguous else 1)
+    contiguous = k.stride(2) == D and v.stride(2) == D  # a slice of keys is one run of bytes
+    e = k.element_size()
+    prefetch = prefetch_bytes(q, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, 0 if contiguous else 1,
+                              k.data_ptr(), v.data_ptr(), *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
     _split_kernel[(B * Hkv, splits)](
         q, k, v, kv_len, out, o_part, l_part, kv_offset,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

@@ -200,7 +200,7 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
         POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages,
-        PREFETCH=prefetch_bytes(x, PREFETCH_PER_PROGRAM if prefetch is None else prefetch,
+        PREFETCH=prefetch_bytes(x, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, weight.data_ptr(),
                                 weight.stride(0) * weight.element_size()), ELEMENT_BYTES=weight.element_size(),
         **pdl_args(x))
     return out, h

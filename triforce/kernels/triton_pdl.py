@@ -46,11 +46,12 @@ def l2_prefetch(ptr, nbytes):
         is_pure=False, pack=1)
 
 
-def prefetch_bytes(t: torch.Tensor, per_program: int, stride_bytes: int = 16) -> int:
+def prefetch_bytes(t: torch.Tensor, per_program: int, *byte_offsets: int) -> int:
     """Bytes a program prefetches before its wait (`per_program`, a multiple of 32): 0 without PDL
-    (nothing to overlap, and the interpreter has no such instruction) or when the rows it reads
-    are not 16-byte aligned."""
-    if per_program <= 0 or not kernels.pdl_enabled(t) or stride_bytes % 16:
+    (nothing to overlap, and the interpreter has no such instruction) or when any of the addresses
+    and strides a program's prefetch address is built from (`byte_offsets`, in bytes) is not a
+    multiple of 16, as a bulk prefetch requires."""
+    if per_program <= 0 or not kernels.pdl_enabled(t) or any(b % 16 for b in byte_offsets):
         return 0
     return per_program // 32 * 32
 
