@@ -37,8 +37,8 @@ class SymmetricAllReduce:
     (kernels/triton_allreduce.py). NCCL's ring takes ~20 us for a 24 KB message, twice per
     layer; a middle step of a 7B model makes 64 of them. `kernel="torch"` uses torch's one-shot
     all-reduce instead (a copy, then a kernel with two barriers: ~10 us). Larger messages
-    (prefill) and other dtypes go to NCCL. Capturable in a CUDA graph; buffers are made (a
-    collective rendezvous) on first use, which the warm-up before capture is. `slot` must
+    (prefill) go to NCCL. Capturable in a CUDA graph; each dtype's buffers are made (a
+    collective rendezvous) on its first use, which the warm-up before capture is. `slot` must
     alternate between 0 and 1 from one call to the next (a layer's two all-reduces: 0, 1)."""
 
     MAX_BYTES = 1 << 20
