@@ -49,15 +49,13 @@ class SymmetricAllReduce:
         self.device, self.kernel = device, kernel
         self.group_name = dist.group.WORLD.group_name
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.state: dict[torch.dtype, tuple] = {}
+        self.state: dict[torch.dtype, _SymmetricBuffers] = {}
 
     def fits(self, t: torch.Tensor) -> bool:
         return t.is_cuda and t.numel() * t.element_size() <= self.MAX_BYTES and t.is_contiguous()
 
-    def _buffers(self, dtype: torch.dtype) -> tuple:
-        """(buffer, buffer addresses, flag addresses, elements per slot, programs, flags) for
-        `dtype`, made on first use: every rank's addresses as an int64 device tensor (the buffer
-        and flags are held here: freeing them would leave the addresses dangling)."""
+    def _buffers(self, dtype: torch.dtype) -> "_SymmetricBuffers":
+        """This dtype's buffers and every rank's addresses of them, made on first use."""
         import torch.distributed as dist
         import torch.distributed._symmetric_memory as symm_mem
 
@@ -74,22 +72,36 @@ class SymmetricAllReduce:
                 offset = t.data_ptr() - handle.buffer_ptrs[self.rank]  # the same on every rank
                 return torch.tensor([p + offset for p in handle.buffer_ptrs], dtype=torch.int64, device=self.device)
 
-            buf_ptrs, flag_ptrs = addresses(buf), addresses(flags)
+            state = _SymmetricBuffers(buf, flags, addresses(buf), addresses(flags), elements, programs)
             torch.cuda.synchronize(self.device)
             dist.barrier()  # every rank's flags are zero before any rank raises one
-            self.state[dtype] = (buf, buf_ptrs, flag_ptrs, elements, programs, flags)  # flags: kept alive
+            self.state[dtype] = state
         return self.state[dtype]
 
-    def __call__(self, t: torch.Tensor, slot: int = 0) -> torch.Tensor:
-        buf, buf_ptrs, flag_ptrs, elements, programs, _ = self._buffers(t.dtype)
+    def __call__(self, t: torch.Tensor, slot: int) -> torch.Tensor:
+        s = self._buffers(t.dtype)
         if self.kernel == "torch":
             n = t.numel()
-            buf[:n].copy_(t.view(-1))
-            torch.ops.symm_mem.one_shot_all_reduce_out(buf[:n], "sum", self.group_name, t.view(-1))
+            s.buf[:n].copy_(t.view(-1))
+            torch.ops.symm_mem.one_shot_all_reduce_out(s.buf[:n], "sum", self.group_name, t.view(-1))
             return t
         from triforce.kernels import triton_allreduce
 
-        return triton_allreduce.all_reduce(t, buf_ptrs, flag_ptrs, self.rank, self.world, slot, elements, programs)
+        return triton_allreduce.all_reduce(t, s.buf_ptrs, s.flag_ptrs, self.rank, self.world, slot, s.elements,
+                                           s.programs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SymmetricBuffers:
+    """One dtype's symmetric buffers (held here: freeing them would leave the addresses dangling)
+    and every rank's address of each, as int64 device tensors."""
+
+    buf: torch.Tensor  # 2 slots x `elements`
+    flags: torch.Tensor  # 2 slots x `programs` x world arrival flags, int32
+    buf_ptrs: torch.Tensor
+    flag_ptrs: torch.Tensor
+    elements: int
+    programs: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +118,7 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce(self, t: torch.Tensor, slot: int = 0) -> torch.Tensor:
+    def all_reduce(self, t: torch.Tensor, slot: int) -> torch.Tensor:
         """Sum `t` over the ranks, in place (capturable in a CUDA graph with NCCL). `slot` (0, 1)
         must alternate between consecutive calls: see SymmetricAllReduce."""
         if self.world > 1:

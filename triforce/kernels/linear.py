@@ -59,11 +59,11 @@ def fuse_prologue(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.numel() * weight.element_size() < FUSED_PROLOGUE_SMALL_BYTES
 
 
-def _fused(x: torch.Tensor, weight: torch.Tensor, use_triton: bool | None, *, max_rows: int = MAX_ROWS) -> bool:
+def _fused(x: torch.Tensor, weight: torch.Tensor, use_triton: bool | None) -> bool:
     if BACKEND == "torch" and not use_triton:
         return False
     rows = x.numel() // x.shape[-1]
-    return rows <= max_rows and x.is_contiguous() and weight.is_contiguous() and kernels_usable(x, use_triton)
+    return rows <= MAX_ROWS and x.is_contiguous() and weight.is_contiguous() and kernels_usable(x, use_triton)
 
 
 def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,

@@ -215,10 +215,12 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         o_part = torch.empty((B * Hkv * splits, rows_pad, D), device=q.device, dtype=torch.float32)
         l_part = torch.empty((B * Hkv * splits, rows_pad), device=q.device, dtype=torch.float32)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    contiguous = k.stride(2) == D and v.stride(2) == D  # a slice of keys is one run of bytes
     e = k.element_size()
-    prefetch = prefetch_bytes(q, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, 0 if contiguous else 1,
-                              k.data_ptr(), v.data_ptr(), *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
+    if k.stride(2) == D and v.stride(2) == D:  # a program's slice of keys (of values) is one run of bytes
+        prefetch = prefetch_bytes(q, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, k.data_ptr(),
+                                  v.data_ptr(), *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
+    else:
+        prefetch = 0
     _split_kernel[(B * Hkv, splits)](
         q, k, v, kv_len, out, o_part, l_part, kv_offset,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -226,7 +228,7 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         T, group, Hkv, splits, scale * 1.4426950408889634,
         BLOCK_M=cfg["block_m"], TAIL_M=cfg["tail_m"], BLOCK_N=cfg["block_n"], HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreted(), DIRECT=direct, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        PREFETCH=prefetch, KEY_BYTES=D * k.element_size(), **pdl_args(q))
+        PREFETCH=prefetch, KEY_BYTES=D * e, **pdl_args(q))
     if not direct:
         splits_block = triton.next_power_of_2(splits)
         _merge_kernel[(B * Hkv, rows)](
