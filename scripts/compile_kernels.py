@@ -133,8 +133,8 @@ def cases(only: set[str] | None):
             else:
                 add("linear", f"qkv+rope-{name} T={t}", lambda x=x, w=w, spec=spec: triton_linear.fused_linear(
                     x, w, rope=spec))
-    for name, (n, kdim) in {"qkv-8b": (6144, 4096), "down-8b": (4096, 14336), "lm_head-8b": (128256, 4096),
-                            "qkv-68m": (2304, 768), "lm_head-68m": (32000, 768)}.items():
+    for name, (n, kdim) in {"qkv-8b": (6144, 4096), "o-8b": (4096, 4096), "down-8b": (4096, 14336),
+                            "lm_head-8b": (128256, 4096), "qkv-68m": (2304, 768), "lm_head-68m": (32000, 768)}.items():
         w = torch.empty(n, kdim, dtype=bf16)
         nw = torch.empty(kdim, dtype=bf16)
         for t in (1, 7, 17):
@@ -143,6 +143,11 @@ def cases(only: set[str] | None):
             if t == 1:
                 add("linear", f"{name} T=1 norm+residual", lambda x=x, w=w, nw=nw: triton_linear.fused_linear(
                     x, w, residual=x, norm_weight=nw, eps=1e-5))
+    for name, (n, kdim) in {"gate_up-8b": (28672, 4096), "gate_up-68m": (6144, 768)}.items():
+        w = torch.empty(n, kdim, dtype=bf16)
+        for t in (1, 3, 17):  # SwiGLU in the epilogue
+            x = torch.empty(1, t, kdim, dtype=bf16)
+            add("linear", f"{name} T={t} gated", lambda x=x, w=w: triton_linear.fused_linear(x, w, gated=True))
     from triforce.kernels import triton_allreduce
 
     for world in (2, 4):

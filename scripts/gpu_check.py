@@ -3,7 +3,8 @@
     python scripts/gpu_check.py [--device cuda]
 
 1. Each Triton kernel against its torch reference at realistic sizes (a 7B layer's attention
-   at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; the sampling
+   at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; split-K
+   and gated products, also replayed from a graph; the sampling
    transform at the 32K, 49K and 128K vocabularies, peaked and flat rows, its split path run
    repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs.
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
@@ -93,6 +94,7 @@ def check_kernels(device) -> bool:
             outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
         errs["rope_store"] = rel_err(*outs)
         errs.update(check_qkv_projection(device, dtype, g))
+        errs.update(check_split_k_and_gated(device, dtype, g))
         from triforce.kernels.embedding import TokenSlice, embed
 
         table = torch.randn(32000, 4096, device=device, dtype=dtype, generator=g)
@@ -153,6 +155,37 @@ def check_race(device) -> bool:
             print(f"race verify V={vocab:6d} k={k:2d}: {bad}/200 disagree with the torch rule, sample agrees="
                   f"{sampled} {'ok' if good else 'FAILED'}")
     return ok
+
+
+def check_split_k_and_gated(device, dtype, g) -> dict[str, float]:
+    """The products of several rows: split-K (each tile's last program adds the partials; o_proj
+    and down_proj shapes) and the gate/up product with SwiGLU in its epilogue, eagerly and replayed
+    three times from a CUDA graph (the arrival counters must be back at zero after every launch).
+    An error of inf marks a replay that differs from the eager result in any bit."""
+    from triforce.kernels.activation import silu_mul_reference
+    from triforce.kernels.triton_linear import fused_linear
+
+    errs = {}
+    for name, n, k, t, split_k, gated in (("o split 2", 4096, 4096, 17, 2, False), ("o split 4", 4096, 4096, 7, 4, False),
+                                          ("down split 2", 4096, 14336, 17, 2, False),
+                                          ("gate_up gated", 28672, 4096, 17, 1, True),
+                                          ("gate_up gated split", 2048, 4096, 3, 2, True)):
+        w = torch.randn(n, k, device=device, dtype=dtype, generator=g) / k ** 0.5
+        x = torch.randn(1, t, k, device=device, dtype=dtype, generator=g)
+        ref = torch.nn.functional.linear(x.float(), w.float())
+        ref = silu_mul_reference(ref.to(dtype)) if gated else ref
+        out = fused_linear(x, w, gated=gated, split_k=split_k)[0]
+        err = rel_err(out, ref)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = fused_linear(x, w, gated=gated, split_k=split_k)[0]
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            if not torch.equal(captured, out):
+                err = float("inf")
+        errs[f"linear {name}"] = err
+    return errs
 
 
 def check_qkv_projection(device, dtype, g) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear] [--prologues] [--top-p] [--no-pdl]
+    python scripts/tune_kernels.py [--attention] [--linear] [--split-k] [--prologues] [--top-p] [--no-pdl]
 
 Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
 graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
@@ -12,6 +12,9 @@ power-of-two splits for about two programs per SM) against (splits, block, warps
 variants, achieved bandwidth (KV bytes / time) as a share of the device-to-device copy bandwidth.
 Linear: the 7B / 8B weight shapes at 1 to 17 rows: cuBLAS against the fused Triton kernel over
 (design, block_n, block_k, warps, stages) variants, weight bytes / time as a share of copy bandwidth.
+Split-K: the narrow products (o, down, q/k/v) and the gated gate/up product at 3-17 rows over
+(split_k, block_n, block_k, stages). Prologues: RMSNorm inside the product and SwiGLU in the
+gate/up product's epilogue, against running them as kernels of their own.
 Top-p: the sampling transform at the 32K, 49K and 128K vocabularies, 1 / 7 / 17 rows, peaked and
 flat rows: the one-program kernel (32K), the split path, torch's sort path.
 """
@@ -113,31 +116,70 @@ def tune_linear(bw: float) -> None:
                   f"block_k={best[3]} warps={best[4]} stages={best[5]}", flush=True)
 
 
+def tune_split_k(bw: float) -> None:
+    """Split-K for the products of several rows whose column tiles do not fill the GPU, and the
+    gate/up product with SwiGLU in its epilogue: (split_k, block_n, block_k, warps, stages)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = {"o": (4096, 4096, False), "down-7b": (4096, 11008, False), "down-8b": (4096, 14336, False),
+              "qkv-8b": (6144, 4096, False), "qkv-7b": (12288, 4096, False), "gate_up-8b": (28672, 4096, True)}
+    for name, (n, kdim, gated) in shapes.items():
+        wb = n * kdim * 2
+        ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
+        for t in (3, 7, 17):
+            x = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
+            default = graph_time(rotating(ws, lambda w: fused_linear(x, w, gated=gated)))
+            results = []
+            for split_k in (1, 2, 3, 4):
+                for block_n in (32, 64):
+                    for block_k, warps, stages in ((256, 4, 4), (256, 4, 3), (128, 4, 4)):
+                        if kdim % (split_k * 8):
+                            continue
+                        try:
+                            s = graph_time(rotating(ws, lambda w: fused_linear(
+                                x, w, gated=gated, block_n=block_n, block_k=block_k, num_warps=warps,
+                                num_stages=stages, split_k=split_k)))
+                        except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
+                            continue
+                        results.append((s, split_k, block_n, block_k, warps, stages))
+            results.sort()
+            tiles = triton.cdiv(n, 64)
+            print(f"split-k {name:10s} T={t:2d} ({tiles} tiles of 64 on {sms} SMs): default {wb / default / bw:5.3f} "
+                  f"({default * 1e6:6.1f} us); best: " + "; ".join(
+                      f"{wb / r[0] / bw:5.3f} split={r[1]} bn={r[2]} bk={r[3]} w={r[4]} st={r[5]}" for r in results[:4]),
+                  flush=True)
+            by_split = {}
+            for r in results:
+                by_split.setdefault(r[1], r)
+            print("    best per split: " + "; ".join(f"{k}: {wb / r[0] / bw:5.3f} (bn={r[2]} bk={r[3]} st={r[5]})"
+                                                    for k, r in sorted(by_split.items())), flush=True)
+
+
 def tune_prologues(bw: float) -> None:
-    """The fused step before a product (norm + residual, SwiGLU) against running it apart."""
+    """The fused steps around a product against running them apart: RMSNorm (+ residual) inside
+    the product, and SwiGLU as the gate/up product's epilogue (`gated`)."""
     from triforce.kernels.activation import silu_mul
-    from triforce.kernels.linear import linear, norm_linear, silu_linear
+    from triforce.kernels.linear import linear, norm_linear
     from triforce.kernels.norm import rms_norm
 
     for name, (n, kdim, kind) in {"qkv-7b": (12288, 4096, "norm"), "gate_up-7b": (22016, 4096, "norm"),
-                                  "down-7b": (4096, 11008, "silu"), "lm_head-7b": (32000, 4096, "norm"),
+                                  "gate_up-7b ": (22016, 4096, "gated"), "lm_head-7b": (32000, 4096, "norm"),
                                   "qkv-8b": (6144, 4096, "norm"), "gate_up-8b": (28672, 4096, "norm"),
-                                  "down-8b": (4096, 14336, "silu")}.items():
+                                  "gate_up-8b ": (28672, 4096, "gated")}.items():
         wb = n * kdim * 2
         ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         nw = torch.ones(kdim, device="cuda", dtype=torch.bfloat16)
-        for t in (1, 7):
-            x = torch.randn(1, t, 2 * kdim if kind == "silu" else kdim, device="cuda", dtype=torch.bfloat16)
+        for t in (1, 7, 17):
+            x = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
             r = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
             if kind == "norm":
                 fused = graph_time(rotating(ws, lambda w: norm_linear(x, r, nw, 1e-5, w)))
                 apart = graph_time(rotating(ws, lambda w: linear(rms_norm(x, nw, 1e-5, r)[0], w)))
                 cublas = graph_time(rotating(ws, lambda w: torch.nn.functional.linear(rms_norm(x, nw, 1e-5, r)[0], w)))
             else:
-                fused = graph_time(rotating(ws, lambda w: silu_linear(x, w)))
-                apart = graph_time(rotating(ws, lambda w: linear(silu_mul(x), w)))
-                cublas = graph_time(rotating(ws, lambda w: torch.nn.functional.linear(silu_mul(x), w)))
-            print(f"prologue {kind:4s} {name:11s} T={t:2d}: fused {wb / fused / bw:5.3f} ({fused * 1e6:6.1f} us), "
+                fused = graph_time(rotating(ws, lambda w: linear(x, w, gated=True)))
+                apart = graph_time(rotating(ws, lambda w: silu_mul(linear(x, w))))
+                cublas = graph_time(rotating(ws, lambda w: silu_mul(torch.nn.functional.linear(x, w))))
+            print(f"prologue {kind:5s} {name:11s} T={t:2d}: fused {wb / fused / bw:5.3f} ({fused * 1e6:6.1f} us), "
                   f"triton apart {wb / apart / bw:5.3f} ({apart * 1e6:6.1f} us), cublas apart {wb / cublas / bw:5.3f} "
                   f"({cublas * 1e6:6.1f} us)", flush=True)
 
@@ -183,6 +225,7 @@ def main() -> None:
     ap.add_argument("--contexts", default="32768,65536,131072", help="attention key counts")
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--prologues", action="store_true")
+    ap.add_argument("--split-k", action="store_true")
     ap.add_argument("--top-p", action="store_true")
     ap.add_argument("--no-pdl", action="store_true", help="kernels without programmatic dependent launch")
     args = ap.parse_args()
@@ -192,7 +235,7 @@ def main() -> None:
         use_pdl(False)
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
-    everything = not (args.attention or args.linear or args.prologues or args.top_p)
+    everything = not (args.attention or args.linear or args.prologues or args.top_p or args.split_k)
     if args.top_p or everything:
         tune_top_p()
     if args.attention or everything:
@@ -201,6 +244,8 @@ def main() -> None:
         tune_prologues(bw)
     if args.linear or everything:
         tune_linear(bw)
+    if args.split_k or everything:
+        tune_split_k(bw)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ benchmark times it) against its byte floor, once per variant, graphs captured an
 - `pdl+prefetch<L>/<A>`: + each program prefetching L KiB of its weight rows (linear) or A KiB of
   its key and of its value slice (attention) into L2 before its wait, i.e. while its predecessor's
   last programs run;
+- `...+nosplit`: no split-K (every product one program per column tile);
 - `...+fused`: every one-row product takes its RMSNorm / SwiGLU inside its kernel; `+apart`: none
   does; the default (neither): small ones do (kernels.linear.fuse_prologue).
 
@@ -31,34 +32,39 @@ from triforce import kernels
 from triforce.kernels import linear, triton_decode, triton_linear, use_pdl
 
 PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_gamma=2)
-# name: (pdl, linear prefetch KiB, attention prefetch KiB, weight bytes below which a one-row product fuses its prologue)
+# name: (pdl, linear prefetch KiB, attention prefetch KiB, weight bytes below which a one-row product
+# fuses its prologue, split-K choices)
 FUSED, APART, SMALL = 1 << 40, 0, linear.FUSED_PROLOGUE_SMALL_BYTES
+SPLIT, NO_SPLIT = triton_linear.SPLIT_K_CHOICES, (1,)
 VARIANTS = {
-    "plain+fused": (False, 0, 0, FUSED),
-    "plain": (False, 0, 0, SMALL),
-    "pdl+fused": (True, 0, 0, FUSED),
-    "pdl": (True, 0, 0, SMALL),
-    "pdl+prefetch16/16+fused": (True, 16, 16, FUSED),
-    "pdl+prefetch16/16+apart": (True, 16, 16, APART),
-    "pdl+prefetch16/16": (True, 16, 16, SMALL),
-    "pdl+prefetch32/16": (True, 32, 16, SMALL),
-    "pdl+prefetch8/8": (True, 8, 8, SMALL),
+    "plain+fused": (False, 0, 0, FUSED, SPLIT),
+    "plain": (False, 0, 0, SMALL, SPLIT),
+    "pdl+fused": (True, 0, 0, FUSED, SPLIT),
+    "pdl": (True, 0, 0, SMALL, SPLIT),
+    "pdl+prefetch16/16+fused": (True, 16, 16, FUSED, SPLIT),
+    "pdl+prefetch16/16+apart": (True, 16, 16, APART, SPLIT),
+    "pdl+prefetch16/16": (True, 16, 16, SMALL, SPLIT),
+    "pdl+prefetch16/16+nosplit": (True, 16, 16, SMALL, NO_SPLIT),
+    "pdl+prefetch32/16": (True, 32, 16, SMALL, SPLIT),
+    "pdl+prefetch8/8": (True, 8, 8, SMALL, SPLIT),
 }
 
 
 @contextlib.contextmanager
-def variant(pdl: bool, linear_kib: int, attention_kib: int, small_bytes: int):
+def variant(pdl: bool, linear_kib: int, attention_kib: int, small_bytes: int, split_choices: tuple[int, ...]):
     saved = (kernels.PDL, triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM,
-             linear.FUSED_PROLOGUE_SMALL_BYTES)
+             linear.FUSED_PROLOGUE_SMALL_BYTES, triton_linear.SPLIT_K_CHOICES)
     use_pdl(pdl)
     linear.FUSED_PROLOGUE_SMALL_BYTES = small_bytes
     triton_linear.PREFETCH_PER_PROGRAM = linear_kib * 1024
     triton_decode.PREFETCH_PER_PROGRAM = attention_kib * 1024
+    triton_linear.SPLIT_K_CHOICES = split_choices
     try:
         yield
     finally:
         use_pdl(saved[0])
-        triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM, linear.FUSED_PROLOGUE_SMALL_BYTES = saved[1:]
+        (triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM, linear.FUSED_PROLOGUE_SMALL_BYTES,
+         triton_linear.SPLIT_K_CHOICES) = saved[1:]
 
 
 def main() -> None:

@@ -139,32 +139,63 @@ LINEAR_CASES = [  # (rows, in features, out features, bias)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "m{}-k{}-n{}-bias{}".format(*c))
-@pytest.mark.parametrize("prologue", ["none", "norm", "norm+residual", "silu"])
+@pytest.mark.parametrize("prologue", ["none", "norm", "norm+residual", "gated", "norm+gated"])
 def test_fused_linear_matches_reference(prologue, case, dtype):
-    from triforce.kernels.linear import linear, norm_linear, silu_linear
+    from triforce.kernels.linear import linear, norm_linear
 
     M, K, N, with_bias = case
     g = torch.Generator().manual_seed(M * 1000 + K)
     w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
     b = torch.randn(N, generator=g).to(DEVICE, dtype) if with_bias else None
-    x = torch.randn(1, M, 2 * K if prologue == "silu" else K, generator=g).to(DEVICE, dtype)
+    x = torch.randn(1, M, K, generator=g).to(DEVICE, dtype)
     r = torch.randn(1, M, K, generator=g).to(DEVICE, dtype)
     nw = (1 + 0.1 * torch.randn(K, generator=g)).to(DEVICE, dtype)
     tol = 1e-5 if dtype == torch.float32 else 3e-3
+    gated = prologue.endswith("gated")
     outs = {}
     for use_triton in (True, False):
-        if prologue == "none":
-            outs[use_triton] = (linear(x, w, b, use_triton=use_triton),)
-        elif prologue == "silu":
-            outs[use_triton] = (silu_linear(x, w, b, use_triton=use_triton),)
+        if prologue in ("none", "gated"):
+            outs[use_triton] = (linear(x, w, b, gated=gated, use_triton=use_triton),)
         else:
             residual = r if prologue == "norm+residual" else None
-            outs[use_triton] = norm_linear(x, residual, nw, 1e-5, w, b, use_triton=use_triton)
+            outs[use_triton] = norm_linear(x, residual, nw, 1e-5, w, b, gated=gated, use_triton=use_triton)
+    assert outs[True][0].shape == (1, M, N // 2 if gated else N)
     for out, ref in zip(outs[True], outs[False]):
         assert out.shape == ref.shape
         assert rel_err(out, ref) < tol
     if prologue == "norm+residual":
         torch.testing.assert_close(outs[True][1], outs[False][1], atol=0, rtol=0)  # h = x + r, rounded as torch
+
+
+@pytest.mark.parametrize("split_k", [2, 3, 4])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("case", [(17, 300, 96, True), (3, 1024, 64, False)], ids=lambda c: "m{}-k{}-n{}".format(*c))
+def test_split_k_linear_matches_one_pass(case, gated, split_k):
+    """Split-K: each tile's inputs in split_k parts, reduced by the tile's last program, equals the
+    one-pass product, again on a second call (the arrival counters are back at zero)."""
+    from triforce.kernels.triton_linear import fused_linear, split_k_counters
+
+    M, K, N, with_bias = case
+    g = torch.Generator().manual_seed(K + split_k)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE)
+    b = torch.randn(N, generator=g).to(DEVICE) if with_bias else None
+    x = torch.randn(1, M, K, generator=g).to(DEVICE)
+    one_pass = fused_linear(x, w, b, gated=gated, split_k=1)[0]
+    for _ in range(2):
+        out = fused_linear(x, w, b, gated=gated, split_k=split_k)[0]
+        assert rel_err(out, one_pass) < 1e-5
+        assert not split_k_counters(x.device).any()
+
+
+def test_default_split_k_fills_the_gpu_once():
+    from triforce.kernels.triton_linear import default_split_k
+
+    cpu = torch.device("cpu")  # counts as 132 SMs
+    assert default_split_k(64, 17, 4096, 256, cpu) == 2  # o_proj / down_proj: 64 tiles -> 128 programs
+    assert default_split_k(64, 1, 4096, 256, cpu) == 1  # one row: 16-wide tiles fill the GPU already
+    assert default_split_k(448, 17, 4096, 256, cpu) == 1  # gate/up fills it
+    assert default_split_k(30, 7, 4096, 256, cpu) == 4
+    assert default_split_k(64, 17, 768, 256, cpu) == 1  # too short to split: parts of fewer than two blocks
 
 
 @pytest.mark.parametrize("top_p", [0.9, 0.5, 1.0])

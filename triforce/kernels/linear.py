@@ -7,10 +7,13 @@ gives each program a slice of output columns, streams its rows of the weight mat
 applies the step that precedes every product in a Llama layer as it loads the input:
 
     norm_linear(x, residual, norm, linear)  ->  (rmsnorm(x + residual) @ W.T + b, x + residual)
-    silu_linear(gate_up, linear)             ->  (silu(gate) * up) @ W.T + b
     linear(x, linear)                        ->  x @ W.T + b
 
-so RMSNorm, the residual add and SwiGLU need no launches of their own. That fusion pays only for
+and SwiGLU is the gate/up product's epilogue (`gated=True`: each program's columns are gate
+columns and the same up columns, and it writes silu(gate) * up), so it never takes a launch of
+its own. Products of a few rows whose column tiles do not fill the GPU (o_proj, down_proj) split
+their inputs too (split-K, reduced by each tile's last program: triton_linear.default_split_k).
+The fused RMSNorm pays only for
 one input row of a small product (the draft's decode step; `fuse_prologue`). With several rows
 (verification, the middle level) the extra arithmetic between the loads and the matrix unit
 stalls the pipeline (1.3-1.7x slower), and in a 7B/8B decode step each program's pass over the
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from triforce.kernels import kernels_usable
-from triforce.kernels.activation import silu_mul
+from triforce.kernels.activation import silu_mul_reference
 from triforce.kernels.norm import rms_norm
 
 MAX_ROWS = 32
@@ -41,8 +44,8 @@ def use_backend(name: str) -> None:
     BACKEND = name
 
 
-# Inputs of up to this many rows may get the step before the product (RMSNorm + residual, SwiGLU)
-# inside the product's kernel; more rows run it as a kernel of its own (see the module docstring).
+# Inputs of up to this many rows may get the step before the product (RMSNorm + residual) inside
+# the product's kernel; more rows run it as a kernel of its own (see the module docstring).
 FUSED_PROLOGUE_ROWS = 1
 # ... where that pays: a small product (the draft's), whose own launch would cost more than the
 # prologue. A 7B/8B product runs it apart: every program's prologue (a pass over the input row
@@ -67,34 +70,27 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, use_triton: bool | None) -> bo
 
 
 def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                weight: torch.Tensor, bias: torch.Tensor | None = None, *, gated: bool = False,
                 use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(RMSNorm(h) @ weight.T + bias, h) with h = x + residual (or x when residual is None)."""
+    """(RMSNorm(h) @ weight.T + bias, h) with h = x + residual (or x when residual is None);
+    gated: the product's columns are [gate | up] and the result is silu(gate) * up."""
     if fuse_prologue(x, weight) and _fused(x, weight, use_triton) and (residual is None or residual.is_contiguous()):
         from triforce.kernels.triton_linear import fused_linear
 
-        return fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps)
+        return fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, gated=gated)
     normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton)
-    return linear(normed, weight, bias, use_triton=use_triton), h
+    return linear(normed, weight, bias, gated=gated, use_triton=use_triton), h
 
 
-def silu_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                use_triton: bool | None = None) -> torch.Tensor:
-    """(silu(gate) * up) @ weight.T + bias, gate_up = [gate | up] on the last dim."""
-    if fuse_prologue(gate_up, weight) and _fused(gate_up, weight, use_triton):
-        from triforce.kernels.triton_linear import fused_linear
-
-        return fused_linear(gate_up, weight, bias, silu=True)[0]
-    return linear(silu_mul(gate_up, use_triton=use_triton), weight, bias, use_triton=use_triton)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, gated: bool = False,
            use_triton: bool | None = None) -> torch.Tensor:
+    """x @ weight.T + bias; gated: silu(gate) * up of it, for columns [gate | up]."""
     if _fused(x, weight, use_triton):
         from triforce.kernels.triton_linear import fused_linear
 
-        return fused_linear(x, weight, bias)[0]
-    return F.linear(x, weight, bias)
+        return fused_linear(x, weight, bias, gated=gated)[0]
+    out = F.linear(x, weight, bias)
+    return silu_mul_reference(out) if gated else out
 
 
 def qkv_rope_store(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,

@@ -4,30 +4,26 @@ where the kernel runs, so CPU runs never import Triton."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-NONE, NORM, NORM_RESIDUAL, SILU = 0, 1, 2, 3
+NONE, NORM, NORM_RESIDUAL = 0, 1, 2
 
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
 
 @triton.jit
-def _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, K, PROLOGUE: tl.constexpr):
+def _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, PROLOGUE: tl.constexpr):
     """One [rows, BLOCK_K] chunk of the product's input before normalisation: x (+ residual,
-    rounded to the model's dtype as torch rounds the add), or silu(gate) * up."""
+    rounded to the model's dtype as torch rounds the add)."""
     mask = row_ok[:, None] & k_ok[None, :]
     x = tl.load(X + rows[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
     if PROLOGUE == 2:
         r = tl.load(R + rows[:, None] * stride_rm + ks[None, :], mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(X.dtype.element_ty)
-    if PROLOGUE == 3:
-        up = tl.load(X + rows[:, None] * stride_xm + K + ks[None, :], mask=mask, other=0.0)
-        g = x.to(tl.float32)
-        silu = (g / (1.0 + tl.exp(-g))).to(X.dtype.element_ty)
-        x = (silu.to(tl.float32) * up.to(tl.float32)).to(X.dtype.element_ty)
     return x
 
 
@@ -66,17 +62,60 @@ def _rope_epilogue(y, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC,
 
 
 @triton.jit
+def _split_k_sum(acc, row_ok, WS, COUNTERS, tile, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """Split-K's reduction without a second launch: each of a tile's SPLIT_K programs stores its
+    partial sums and counts itself in; the last to arrive adds the partials in split order (the
+    same float sum whichever program is last) and resets the tile's counter for the next call.
+    Returns (sum, whether this program is the last)."""
+    lr = tl.arange(0, BLOCK_M)
+    lc = tl.arange(0, BLOCK_N)
+    ws = WS + tile * (SPLIT_K * BLOCK_M * BLOCK_N) + lr[:, None] * BLOCK_N + lc[None, :]
+    tl.store(ws + tl.program_id(1) * (BLOCK_M * BLOCK_N), acc, mask=row_ok[:, None])
+    tl.debug_barrier()  # every thread's partial precedes the release below
+    last = tl.atomic_add(COUNTERS + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
+    total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for s in tl.static_range(SPLIT_K):  # read at L2 (.cg): the other programs' stores, not a stale L1 line
+        total += tl.load(ws + s * (BLOCK_M * BLOCK_N), mask=row_ok[:, None] & last, other=0.0, cache_modifier=".cg")
+    tl.atomic_xchg(COUNTERS + tile, 0, mask=last, sem="relaxed", scope="gpu")
+    return total, last
+
+
+@triton.jit
+def _gated_epilogue(y, rows, row_ok, j0, gate_cols, OUT, stride_om, BLOCK_M: tl.constexpr, HALF_N: tl.constexpr):
+    """SwiGLU as the gate/up projection's epilogue: this program's columns are gate columns
+    j0.. j0+HALF_N and the same up columns; it writes silu(gate) * up, rounded as torch rounds
+    the projection, the silu and the product (activation.silu_mul_reference)."""
+    y = y.to(OUT.dtype.element_ty).to(tl.float32)
+    gate, up = tl.split(tl.permute(tl.reshape(y, [BLOCK_M, 2, HALF_N]), [0, 2, 1]))
+    silu = (gate / (1.0 + tl.exp(-gate))).to(OUT.dtype.element_ty).to(tl.float32)
+    c = j0 + tl.arange(0, HALF_N)
+    tl.store(OUT + rows[:, None] * stride_om + c[None, :], (silu * up).to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & (c < gate_cols)[None, :])
+
+
+@triton.jit
 def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn, stride_om, eps,
                    POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS,
+                   WS, COUNTERS, gate_cols,
                    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr,
                    ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr, PDL: tl.constexpr,
-                   PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr):
+                   PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr, SPLIT_K: tl.constexpr,
+                   GATED: tl.constexpr):
     # K is a compile-time constant: the loops over it unroll and pipeline (few distinct K per model)
     pid = tl.program_id(0)
+    # split-K: program (pid, s) sums over inputs [s * K_SPLIT, (s + 1) * K_SPLIT) only
+    K_SPLIT: tl.constexpr = (K + SPLIT_K - 1) // SPLIT_K
+    k_start = tl.program_id(1) * K_SPLIT
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    if ROPE:  # columns in rotary pairs: half of them dims j0.., the other half HEAD_DIM/2 + j0..
+    if GATED:  # columns in gate/up pairs: half of them gate columns j0.., the other half the same up columns
+        j0 = pid * (BLOCK_N // 2)
+        i = tl.arange(0, BLOCK_N)
+        cols = tl.where(i < BLOCK_N // 2, j0 + i, gate_cols + j0 + i - BLOCK_N // 2)
+        col_ok = j0 + i % (BLOCK_N // 2) < gate_cols
+    elif ROPE:  # columns in rotary pairs: half of them dims j0.., the other half HEAD_DIM/2 + j0..
         groups = HEAD_DIM // BLOCK_N  # programs per head
         head = pid // groups
         j0 = (pid % groups) * (BLOCK_N // 2)
@@ -84,15 +123,22 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
         cols = head * HEAD_DIM + tl.where(i < BLOCK_N // 2, j0 + i, HEAD_DIM // 2 + j0 + i - BLOCK_N // 2)
     else:
         cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
+    if not GATED:
+        col_ok = cols < N
     if PREFETCH > 0:  # with PDL: this program's first weight rows (two runs: rotary pairs), while the predecessor ends
         first = pid * BLOCK_N
+        second = first + BLOCK_N // 2
         if ROPE:
             first = head * HEAD_DIM + j0
-        second = first + (HEAD_DIM // 2 if ROPE else BLOCK_N // 2)
-        l2_prefetch(W + first * stride_wn, tl.minimum(PREFETCH // 2, (N - first) * stride_wn * ELEMENT_BYTES))
+            second = first + HEAD_DIM // 2
+        if GATED:
+            first = j0
+            second = gate_cols + j0
+        l2_prefetch(W + first * stride_wn + k_start,
+                    tl.minimum(PREFETCH // 2, ((N - first) * stride_wn - k_start) * ELEMENT_BYTES))
         if second < N:
-            l2_prefetch(W + second * stride_wn, tl.minimum(PREFETCH // 2, (N - second) * stride_wn * ELEMENT_BYTES))
+            l2_prefetch(W + second * stride_wn + k_start,
+                        tl.minimum(PREFETCH // 2, ((N - second) * stride_wn - k_start) * ELEMENT_BYTES))
     pdl_start(PDL)
     if PROLOGUE == 1 or PROLOGUE == 2:
         # first pass over the (few) input rows: their mean square; program 0 also writes h = x + r
@@ -100,18 +146,18 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < K
-            x = _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, K, PROLOGUE)
+            x = _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, PROLOGUE)
             xf = x.to(tl.float32)
             sq += tl.sum(xf * xf, 1)
             if PROLOGUE == 2:
-                if pid == 0:
+                if pid == 0 and k_start == 0:
                     tl.store(H + rows[:, None] * K + ks[None, :], x, mask=row_ok[:, None] & k_ok[None, :])
         rstd = 1.0 / tl.sqrt(sq / K + eps)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        x = _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, K, PROLOGUE)
+    for kk in range(0, K_SPLIT, BLOCK_K):
+        ks = k_start + kk + tl.arange(0, BLOCK_K)
+        k_ok = (kk + tl.arange(0, BLOCK_K) < K_SPLIT) & (ks < K)
+        x = _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, PROLOGUE)
         if PROLOGUE == 1 or PROLOGUE == 2:  # RMSNorm as the model computes it: round, then scale
             normed = (x.to(tl.float32) * rstd[:, None]).to(X.dtype.element_ty)
             nw = tl.load(NW + ks, mask=k_ok, other=0.0)
@@ -126,9 +172,14 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
                 xm = tl.sum(tl.where(rows[:, None] == m, x.to(tl.float32), 0.0), 0)
                 part = tl.sum(w.to(tl.float32) * xm[None, :], 1)
                 acc += tl.where(rows[:, None] == m, part[None, :], 0.0)
+    if SPLIT_K > 1:
+        acc, last = _split_k_sum(acc, row_ok, WS, COUNTERS, pid, SPLIT_K, BLOCK_M, BLOCK_N)
+        row_ok = row_ok & last  # only the last program of a tile writes the output
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if ROPE:
+    if GATED:
+        _gated_epilogue(acc, rows, row_ok, j0, gate_cols, OUT, stride_om, BLOCK_M, BLOCK_N // 2)
+    elif ROPE:
         _rope_epilogue(acc, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC, VC, SLOT, rope_scale,
                        stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_N // 2, BLOCK_M,
                        POS_FROM_START)
@@ -142,9 +193,47 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
 # more rows: the weight tile as the MMA's M side.
 ONE_ROW = (2, 16, 1024, 8, 2)
 FEW_ROWS = (1, 64, 256, 4, 4)
+ONE_WAVE_STAGES = 3  # FEW_ROWS' stages where its programs fill the GPU at most once
 # With PDL, each program pulls this many bytes of its weight rows into L2 before it waits for its
 # predecessor (the first programs of a launch run beside the previous kernel's last ones).
 PREFETCH_PER_PROGRAM = 16 * 1024
+# Split-K for products of several rows whose 64-wide column tiles do not fill the GPU (o_proj and
+# down_proj: 4096 outputs = 64 tiles on 132 SMs, one program each): each tile's inputs are cut in
+# SPLIT_K parts, one program each, and the tile's last program adds the partials.
+SPLIT_K_CHOICES = (1, 2, 4)
+MAX_TILES = 1 << 14  # tiles of one split-K launch (the counters below)
+_counters: dict = {}
+
+
+def split_k_counters(device: torch.device) -> torch.Tensor:
+    """The split-K arrival counters of a device: zeros, and zero again after every launch (the last
+    program of a tile resets its own). One array per device, shared by every launch: the decode
+    path runs its products one at a time, in stream order."""
+    key = (device.type, device.index)
+    if key not in _counters:
+        _counters[key] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+    return _counters[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sms(device: torch.device) -> int:
+    return _sm_count(device.index or 0) if device.type == "cuda" else 132  # the interpreter: as an H100
+
+
+def default_split_k(tiles: int, rows: int, k: int, block_k: int, device: torch.device) -> int:
+    """Split-K parts for a product of `rows` input rows and `tiles` column tiles: 1 for one row
+    (its 16-wide tiles fill the GPU) and for products that fill every SM once; else the most parts
+    (of SPLIT_K_CHOICES) that keep the tiles x parts programs within one wave of one per SM, each
+    part at least two input blocks long."""
+    sms = _sms(device)
+    if rows == 1 or tiles >= sms:
+        return 1
+    fits = [s for s in SPLIT_K_CHOICES if tiles * s <= sms and k >= 2 * s * block_k]
+    return max(fits, default=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,16 +251,20 @@ class RopeStore:
     head_dim: int
 
 
-def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, silu=False, rope=None,
-                 block_n=None, block_k=None, num_warps=None, num_stages=None, design=None, block_m=None,
-                 prefetch=None):
+def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, rope=None,
+                 gated=False, block_n=None, block_k=None, num_warps=None, num_stages=None, design=None,
+                 block_m=None, prefetch=None, split_k=None):
     """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else.
-    rope (a RopeStore): the columns are q|k|v heads; q is written rotated, k and v go to the cache."""
-    K = x.shape[-1] // 2 if silu else x.shape[-1]
+    rope (a RopeStore): the columns are q|k|v heads; q is written rotated, k and v go to the cache.
+    gated: the columns are [gate | up]; out is silu(gate) * up (half as wide).
+    split_k: input parts per column tile (default_split_k when None)."""
+    K = x.shape[-1]
     N = weight.shape[0]
     M = x.numel() // x.shape[-1]
-    prologue = SILU if silu else (NORM_RESIDUAL if residual is not None else NORM) if norm_weight is not None else NONE
-    out = torch.empty((*x.shape[:-1], N), device=x.device, dtype=x.dtype)
+    if gated and (rope is not None or N % 2):
+        raise ValueError("gated: an even number of [gate | up] columns, and no rotary epilogue")
+    prologue = (NORM_RESIDUAL if residual is not None else NORM) if norm_weight is not None else NONE
+    out = torch.empty((*x.shape[:-1], N // 2 if gated else N), device=x.device, dtype=x.dtype)
     h = torch.empty_like(x) if prologue == NORM_RESIDUAL else (x if prologue == NORM else None)
     default = ONE_ROW if M == 1 else FEW_ROWS
     design = default[0] if design is None else design
@@ -180,9 +273,7 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     # narrower tiles that fill every SM measured slower in graphs on an H100 for 3-17 rows (o 0.72
     # vs 0.75 of the copy bandwidth, 8B q/k/v 0.76 vs 0.81: scripts/tune_kernels.py --linear)
     block_n = block_n or default[1]
-    # float32 tiles are twice bf16's: half the pipeline stages keep them within shared memory
     num_warps = num_warps or default[3]
-    num_stages = num_stages or (default[4] if x.element_size() <= 2 else max(2, default[4] // 2))
     if block_m is None:
         block_m = triton.next_power_of_2(M) if design == 2 else max(16, triton.next_power_of_2(M))
     if rope is not None:
@@ -190,17 +281,37 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         kc, vc, pos, inv_freq, slot = rope.k_cache, rope.v_cache, rope.positions, rope.inv_freq, rope.slot
     else:
         kc = vc = pos = inv_freq = slot = out  # unused
-    _linear_kernel[(triton.cdiv(N, block_n),)](
+    tiles = triton.cdiv(N // 2, block_n // 2) if gated else triton.cdiv(N, block_n)
+    if split_k is None:
+        split_k = default_split_k(tiles, M, K, block_k, x.device)
+    if num_stages is None:
+        num_stages = default[4]
+        if design != 2 and tiles * split_k <= _sms(x.device):
+            # one wave of programs: a shallower pipeline fills sooner (H100, tune_kernels.py --split-k:
+            # 8B q/k/v 0.84 vs 0.82 of the copy bandwidth, o and down split in two 0.77-0.93 vs 0.77-0.91)
+            num_stages = ONE_WAVE_STAGES
+        if x.element_size() > 2:  # float32 tiles are twice bf16's: half the stages keep them within shared memory
+            num_stages = max(2, num_stages // 2)
+    if split_k > 1:
+        if tiles > MAX_TILES:
+            raise ValueError(f"split-K over {tiles} column tiles: at most {MAX_TILES}")
+        ws = torch.empty(tiles * split_k * block_m * block_n, device=x.device, dtype=torch.float32)
+        counters = split_k_counters(x.device)
+    else:
+        ws = counters = out  # unused
+    k_split = triton.cdiv(K, split_k)
+    _linear_kernel[(tiles, split_k)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else weight, out, h if h is not None else out, M, N,
-        x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), N, eps,
+        x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), out.shape[-1], eps,
         pos, inv_freq, kc, vc, slot, rope.scale if rope else 1.0, kc.stride(1) if rope else 0,
-        kc.stride(2) if rope else 0, rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0, K=K,
+        kc.stride(2) if rope else 0, rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0,
+        ws, counters, N // 2, K=K,
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
         POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages,
         PREFETCH=prefetch_bytes(x, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, weight.data_ptr(),
-                                weight.stride(0) * weight.element_size()), ELEMENT_BYTES=weight.element_size(),
-        **pdl_args(x))
+                                weight.stride(0) * weight.element_size(), k_split * weight.element_size()),
+        ELEMENT_BYTES=weight.element_size(), SPLIT_K=split_k, GATED=gated, **pdl_args(x))
     return out, h

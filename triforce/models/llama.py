@@ -11,7 +11,8 @@ the captured GPU path (a `StaticView` of the cache reads lengths from device ten
 attention runs the split-KV decode kernel). Every linear layer goes through kernels/linear.py:
 on CUDA, for the few rows of a decode step, a Triton kernel that streams the weights and applies
 the step before the product as it loads its input (the residual add and RMSNorm before q/k/v,
-gate/up and the output head; SwiGLU before down); elsewhere (CPU, prefill) torch's own ops.
+gate/up and the output head) and SwiGLU as the gate/up product's epilogue; elsewhere (CPU,
+prefill) torch's own ops.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from triforce.attention import AttentionFn, attend, sdpa_attention
 from triforce.kernels.embedding import embed
-from triforce.kernels.linear import linear, norm_linear, qkv_rope_store, silu_linear
+from triforce.kernels.linear import linear, norm_linear, qkv_rope_store
 from triforce.kernels.norm import rms_norm
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
@@ -38,9 +39,11 @@ class RMSNorm(nn.Module):
         """(normed, h): h = x + residual (the new residual stream), normed = RMSNorm(h)."""
         return rms_norm(x, self.weight, self.eps, residual)
 
-    def then(self, x: torch.Tensor, residual: torch.Tensor | None, proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-        """(proj(RMSNorm(h)), h) with h = x + residual: the norm fused into the product."""
-        return norm_linear(x, residual, self.weight, self.eps, proj.weight, proj.bias)
+    def then(self, x: torch.Tensor, residual: torch.Tensor | None, proj: nn.Linear,
+             gated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(proj(RMSNorm(h)), h) with h = x + residual: the norm fused into the product (gated: the
+        product's SwiGLU, silu(gate) * up, in its epilogue)."""
+        return norm_linear(x, residual, self.weight, self.eps, proj.weight, proj.bias, gated=gated)
 
 
 class Attention(nn.Module):
@@ -88,9 +91,10 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, gate_up):
-        """gate_up: the fused gate/up projection of the normed input (see DecoderLayer)."""
-        out = silu_linear(gate_up, self.down_proj.weight, self.down_proj.bias)
+    def forward(self, act):
+        """act: silu(gate) * up of the normed input, from the gate/up projection's epilogue (see
+        DecoderLayer)."""
+        out = linear(act, self.down_proj.weight, self.down_proj.bias)
         return out if self.reduce is None else self.reduce(out)
 
 
@@ -107,8 +111,8 @@ class DecoderLayer(nn.Module):
         first layer, whose x is the embedding): the add is fused into this layer's first norm."""
         q, keys, values, residual = self.self_attn.project(x, residual, self.input_layernorm, rope, cache, layer_idx)
         h = self.self_attn(q, keys, values, mask, is_causal, attention)
-        gate_up, residual = self.post_attention_layernorm.then(h, residual, self.mlp.gate_up_proj)
-        return self.mlp(gate_up), residual
+        act, residual = self.post_attention_layernorm.then(h, residual, self.mlp.gate_up_proj, gated=True)
+        return self.mlp(act), residual
 
 
 class Transformer(nn.Module):
