@@ -143,6 +143,26 @@ def cases(only: set[str] | None):
             if t == 1:
                 add("linear", f"{name} T=1 norm+residual", lambda x=x, w=w, nw=nw: triton_linear.fused_linear(
                     x, w, residual=x, norm_weight=nw, eps=1e-5))
+    from triforce.kernels.linear import PreNormed
+
+    for t in (1, 7, 17):  # an RMSNorm folded into the products around it: o_proj / down_proj, then the next ones
+        x, r, nw = torch.empty(1, t, 4096, dtype=bf16), torch.empty(1, t, 4096, dtype=bf16), torch.empty(4096, dtype=bf16)
+        o, down = torch.empty(4096, 4096, dtype=bf16), torch.empty(4096, 14336, dtype=bf16)
+        add("linear", f"o-8b T={t} norm out", lambda x=x, r=r, nw=nw, o=o: triton_linear.fused_linear(
+            x, o, residual=r, norm_out=nw))
+        add("linear", f"down-8b T={t} norm out", lambda t=t, r=r, nw=nw, down=down: triton_linear.fused_linear(
+            torch.empty(1, t, 14336, dtype=bf16), down, residual=r, norm_out=nw))
+        pre = PreNormed(h=x, scaled=x, sq=torch.empty(64 if t > 1 else 256, t))
+        for name, n in (("gate_up-8b", 28672), ("lm_head-8b", 128256)):
+            w = torch.empty(n, 4096, dtype=bf16)
+            add("linear", f"{name} T={t} row scale", lambda pre=pre, w=w, name=name: triton_linear.fused_linear(
+                pre, w, eps=1e-5, gated=name.startswith("gate")))
+        cache = torch.empty(1, 8, 300, 128, dtype=bf16)
+        start = torch.zeros((), dtype=torch.int64)
+        spec = RopeStore(positions=start, from_start=True, inv_freq=torch.empty(64), scale=1.0, k_cache=cache,
+                         v_cache=cache, slot=start, num_heads=32, num_kv_heads=8, head_dim=128)
+        add("linear", f"qkv+rope-8b T={t} row scale", lambda pre=pre, spec=spec: triton_linear.fused_linear(
+            pre, torch.empty(6144, 4096, dtype=bf16), eps=1e-5, rope=spec))
     for name, (n, kdim) in {"gate_up-8b": (28672, 4096), "gate_up-68m": (6144, 768)}.items():
         w = torch.empty(n, kdim, dtype=bf16)
         for t in (1, 3, 17):  # SwiGLU in the epilogue

@@ -12,6 +12,8 @@ benchmark times it) against its byte floor, once per variant, graphs captured an
   its key and of its value slice (attention) into L2 before its wait, i.e. while its predecessor's
   last programs run;
 - `...+nosplit`: no split-K (every product one program per column tile);
+- `...+nofold`: every RMSNorm between two products as a kernel of its own (not split across the
+  products' epilogues: kernels.linear.PreNormed);
 - `...+fused`: every one-row product takes its RMSNorm / SwiGLU inside its kernel; `+apart`: none
   does; the default (neither): small ones do (kernels.linear.fuse_prologue).
 
@@ -33,38 +35,41 @@ from triforce.kernels import linear, triton_decode, triton_linear, use_pdl
 
 PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_gamma=2)
 # name: (pdl, linear prefetch KiB, attention prefetch KiB, weight bytes below which a one-row product
-# fuses its prologue, split-K choices)
+# fuses its prologue, split-K choices, RMSNorm folded into the products around it)
 FUSED, APART, SMALL = 1 << 40, 0, linear.FUSED_PROLOGUE_SMALL_BYTES
 SPLIT, NO_SPLIT = triton_linear.SPLIT_K_CHOICES, (1,)
 VARIANTS = {
-    "plain+fused": (False, 0, 0, FUSED, SPLIT),
-    "plain": (False, 0, 0, SMALL, SPLIT),
-    "pdl+fused": (True, 0, 0, FUSED, SPLIT),
-    "pdl": (True, 0, 0, SMALL, SPLIT),
-    "pdl+prefetch16/16+fused": (True, 16, 16, FUSED, SPLIT),
-    "pdl+prefetch16/16+apart": (True, 16, 16, APART, SPLIT),
-    "pdl+prefetch16/16": (True, 16, 16, SMALL, SPLIT),
-    "pdl+prefetch16/16+nosplit": (True, 16, 16, SMALL, NO_SPLIT),
-    "pdl+prefetch32/16": (True, 32, 16, SMALL, SPLIT),
-    "pdl+prefetch8/8": (True, 8, 8, SMALL, SPLIT),
+    "plain+fused": (False, 0, 0, FUSED, SPLIT, True),
+    "plain": (False, 0, 0, SMALL, SPLIT, True),
+    "pdl+fused": (True, 0, 0, FUSED, SPLIT, True),
+    "pdl": (True, 0, 0, SMALL, SPLIT, True),
+    "pdl+prefetch16/16+fused": (True, 16, 16, FUSED, SPLIT, True),
+    "pdl+prefetch16/16+apart": (True, 16, 16, APART, SPLIT, True),
+    "pdl+prefetch16/16": (True, 16, 16, SMALL, SPLIT, True),
+    "pdl+prefetch16/16+nosplit": (True, 16, 16, SMALL, NO_SPLIT, True),
+    "pdl+prefetch16/16+nofold": (True, 16, 16, SMALL, SPLIT, False),
+    "pdl+prefetch32/16": (True, 32, 16, SMALL, SPLIT, True),
+    "pdl+prefetch8/8": (True, 8, 8, SMALL, SPLIT, True),
 }
 
 
 @contextlib.contextmanager
-def variant(pdl: bool, linear_kib: int, attention_kib: int, small_bytes: int, split_choices: tuple[int, ...]):
+def variant(pdl: bool, linear_kib: int, attention_kib: int, small_bytes: int, split_choices: tuple[int, ...],
+            fold: bool):
     saved = (kernels.PDL, triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM,
-             linear.FUSED_PROLOGUE_SMALL_BYTES, triton_linear.SPLIT_K_CHOICES)
+             linear.FUSED_PROLOGUE_SMALL_BYTES, triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM)
     use_pdl(pdl)
     linear.FUSED_PROLOGUE_SMALL_BYTES = small_bytes
     triton_linear.PREFETCH_PER_PROGRAM = linear_kib * 1024
     triton_decode.PREFETCH_PER_PROGRAM = attention_kib * 1024
     triton_linear.SPLIT_K_CHOICES = split_choices
+    linear.FOLD_NORM = fold
     try:
         yield
     finally:
         use_pdl(saved[0])
         (triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM, linear.FUSED_PROLOGUE_SMALL_BYTES,
-         triton_linear.SPLIT_K_CHOICES) = saved[1:]
+         triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM) = saved[1:]
 
 
 def main() -> None:

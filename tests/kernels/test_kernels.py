@@ -187,6 +187,36 @@ def test_split_k_linear_matches_one_pass(case, gated, split_k):
         assert not split_k_counters(x.device).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rows,split_k,gated", [(1, 1, False), (7, 2, True), (17, 1, False), (3, 3, True)])
+def test_norm_folded_into_the_products_around_it(rows, split_k, gated, dtype):
+    """PreNormed: the producer adds the residual and writes h, h * norm weight and its tiles' sums of
+    squares; the consumer scales its rows in the epilogue. Equals the norm as its own step: h exactly,
+    the consumer's output to rounding (torch rounds h * rstd before the weight, the fold h * weight)."""
+    from triforce.kernels.linear import PreNormed, linear, linear_add_norm, norm_linear
+    from triforce.kernels.triton_linear import fused_linear
+
+    K, N, P = 192, 96, 130  # producer 192 -> 96, consumer 96 -> 130 (260 gated)
+    g = torch.Generator().manual_seed(rows + split_k)
+    wp = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
+    bp = torch.randn(N, generator=g).to(DEVICE, dtype)
+    wc = (torch.randn(2 * P if gated else P, N, generator=g) / N ** 0.5).to(DEVICE, dtype)
+    x = torch.randn(1, rows, K, generator=g).to(DEVICE, dtype)
+    r = torch.randn(1, rows, N, generator=g).to(DEVICE, dtype)
+    nw = (1 + 0.1 * torch.randn(N, generator=g)).to(DEVICE, dtype)
+    pre = fused_linear(x, wp, bp, residual=r, norm_out=nw, split_k=split_k)[0]
+    assert isinstance(pre, PreNormed) and pre.sq.dtype == torch.float32
+    out, h = norm_linear(pre, None, nw, 1e-5, wc, gated=gated, use_triton=True)
+    ref, h_ref = norm_linear(linear(x, wp, bp, use_triton=False), r, nw, 1e-5, wc, gated=gated, use_triton=False)
+    product = fused_linear(x, wp, bp, split_k=split_k)[0]
+    torch.testing.assert_close(h, product + r, atol=0, rtol=0)  # h = product + residual, rounded as torch
+    assert rel_err(h, h_ref) < (1e-6 if dtype == torch.float32 else 1e-3)
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 5e-3)
+    # the model's entry point (its own split) gives the same to rounding
+    again = linear_add_norm(x, wp, bp, r, nw)
+    assert rel_err(again.h, h) < (1e-6 if dtype == torch.float32 else 1e-3)
+
+
 def test_default_split_k_fills_the_gpu_once():
     from triforce.kernels.triton_linear import default_split_k
 

@@ -24,6 +24,8 @@ reference path, torch's own ops, which is also the CPU path.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,40 @@ from triforce.kernels.activation import silu_mul_reference
 from triforce.kernels.norm import rms_norm
 
 MAX_ROWS = 32
+# RMSNorm between two products of the kernel path split across their epilogues (see PreNormed):
+# no launch of its own. False: the norm runs as its own kernel (scripts/tune_launch.py compares).
+FOLD_NORM = True
+
+
+@dataclasses.dataclass(frozen=True)
+class PreNormed:
+    """An RMSNorm's input, half normalised by the product before it (o_proj or down_proj, on the
+    kernel path; `linear_add_norm`): that product's epilogue adds the residual, writes h, h times
+    the norm's weight and each of its column tiles' share of every row's sum of squares. The
+    product after the norm (gate/up, the next q/k/v, the output head) multiplies h * weight by its
+    weights and scales each row by 1/sqrt(mean square + eps) in its epilogue, which equals
+    RMSNorm(h) @ W.T up to rounding (torch rounds h * rstd before the weight; this rounds
+    h * weight). So the norm, which needs whole rows, takes no launch of its own."""
+    h: torch.Tensor  # the new residual stream: product + residual
+    scaled: torch.Tensor  # h * norm weight, rounded to h's dtype
+    sq: torch.Tensor  # (tiles, rows) float32
+
+
+def folds_norm(x: torch.Tensor, producer: torch.Tensor, consumer: torch.Tensor, use_triton: bool | None = None) -> bool:
+    """Whether the RMSNorm between the product of `x` with `producer` and the next product (with
+    `consumer`) is split across their epilogues (PreNormed): both run on the kernel path, and the
+    consumer would not take the norm into its own prologue (a small one-row product: the draft's)."""
+    return (FOLD_NORM and not fuse_prologue(x, consumer) and _fused(x, producer, use_triton)
+            and _fused(x, consumer, use_triton))
+
+
+def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
+                    norm_weight: torch.Tensor) -> PreNormed:
+    """x @ weight.T + bias + residual as a PreNormed for the RMSNorm with `norm_weight` (call only
+    where folds_norm holds)."""
+    from triforce.kernels.triton_linear import fused_linear
+
+    return fused_linear(x, weight, bias, residual=residual.contiguous(), norm_out=norm_weight)[0]
 # "triton": the fused kernel for decode-sized inputs on CUDA; "torch": always the reference path
 # (cuBLAS), e.g. to compare the two in a benchmark (set through `use_backend`)
 BACKEND = "triton"
@@ -69,11 +105,17 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, use_triton: bool | None) -> bo
     return rows <= MAX_ROWS and x.is_contiguous() and weight.is_contiguous() and kernels_usable(x, use_triton)
 
 
-def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+def norm_linear(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                 weight: torch.Tensor, bias: torch.Tensor | None = None, *, gated: bool = False,
                 use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(RMSNorm(h) @ weight.T + bias, h) with h = x + residual (or x when residual is None);
-    gated: the product's columns are [gate | up] and the result is silu(gate) * up."""
+    """(RMSNorm(h) @ weight.T + bias, h) with h = x + residual (or x when residual is None; x.h for
+    a PreNormed x); gated: the product's columns are [gate | up] and the result is silu(gate) * up."""
+    if isinstance(x, PreNormed):
+        if _fused(x.scaled, weight, use_triton):
+            from triforce.kernels.triton_linear import fused_linear
+
+            return fused_linear(x, weight, bias, eps=eps, gated=gated)[0], x.h
+        x, residual = x.h, None
     if fuse_prologue(x, weight) and _fused(x, weight, use_triton) and (residual is None or residual.is_contiguous()):
         from triforce.kernels.triton_linear import fused_linear
 
@@ -93,22 +135,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return silu_mul_reference(out) if gated else out
 
 
-def qkv_rope_store(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                    weight: torch.Tensor, bias: torch.Tensor | None, rope, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, slot: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
                    *, use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's attention input, all of it: q/k/v = RMSNorm(x + residual) @ weight.T + bias, q and k
     rotated (rope: models.rope.Rope), k and v written to the cache slots slot.. slot + T. Returns
     (q as a (B, Hq, T, D) view, x + residual). On the GPU the rotation and the cache write are the
-    product's epilogue (no launch of their own); elsewhere norm_linear then kernels.rotary."""
+    product's epilogue (no launch of their own); elsewhere norm_linear then kernels.rotary. A
+    PreNormed x brings its h (residual is then unused)."""
     from triforce.kernels.rotary import positions_1d, rope_store
 
+    pre_normed = x if isinstance(x, PreNormed) else None
+    if pre_normed is not None:  # the norm's row scale in this product's epilogue, where it takes the kernel path
+        x, residual = x.h, None
     B, T, _ = x.shape
     q_cols = num_heads * head_dim
     fuse = (B == 1 and _fused(x, weight, use_triton) and (residual is None or residual.is_contiguous())
             and head_dim % 16 == 0 and positions_1d(rope) and k_cache.is_contiguous() and v_cache.is_contiguous())
     if not fuse:
-        qkv, h = norm_linear(x, residual, norm_weight, eps, weight, bias, use_triton=use_triton)
+        qkv, h = norm_linear(pre_normed if pre_normed is not None else x, residual, norm_weight, eps, weight, bias, use_triton=use_triton)
         q, k, v = (t.view(B, T, -1, head_dim).transpose(1, 2)
                    for t in qkv.split([q_cols, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))
         rope_store(q, k, v, rope, k_cache, v_cache, slot, use_triton=use_triton)
@@ -120,7 +166,9 @@ def qkv_rope_store(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: 
     spec = RopeStore(positions=rope.positions.start if from_start else rope.positions, from_start=from_start,
                      inv_freq=rope.inv_freq, scale=float(rope.scale), k_cache=k_cache, v_cache=v_cache, slot=slot,
                      num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
-    if fuse_prologue(x, weight):  # the norm (and residual add) fused into the product too, as in norm_linear
+    if pre_normed is not None:
+        qkv, h = fused_linear(pre_normed, weight, bias, eps=eps, rope=spec)[0], x
+    elif fuse_prologue(x, weight):  # the norm (and residual add) fused into the product too, as in norm_linear
         qkv, h = fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, rope=spec)
     else:
         normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton)

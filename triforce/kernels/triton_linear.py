@@ -12,6 +12,7 @@ import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL = 0, 1, 2
 
+from triforce.kernels.linear import PreNormed
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
 
@@ -95,14 +96,31 @@ def _gated_epilogue(y, rows, row_ok, j0, gate_cols, OUT, stride_om, BLOCK_M: tl.
 
 
 @triton.jit
+def _norm_out_epilogue(y, rows, row_ok, cols, col_ok, pid, M, R, stride_rm, H, N, NW, OUT, stride_om, SQ):
+    """The product before an RMSNorm (o_proj, down_proj) adds the residual and does the norm's
+    work that needs no full row: h = y + residual (rounded as torch rounds the add) to H, h * norm
+    weight to OUT, and this tile's share of each row's sum of squares to SQ[tile, row]. The
+    product after the norm scales its rows by 1/sqrt(mean square + eps) (ROW_SCALE)."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    y = y.to(OUT.dtype.element_ty).to(tl.float32)
+    r = tl.load(R + rows[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    h = (y + r).to(OUT.dtype.element_ty)
+    tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
+    hf = tl.where(mask, h.to(tl.float32), 0.0)
+    tl.store(SQ + pid * M + rows, tl.sum(hf * hf, 1), mask=row_ok)
+    nw = tl.load(NW + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(OUT + rows[:, None] * stride_om + cols[None, :], (hf * nw[None, :]).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn, stride_om, eps,
                    POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS,
-                   WS, COUNTERS, gate_cols,
+                   WS, COUNTERS, gate_cols, SQ, sq_tiles,
                    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr,
                    ROPE: tl.constexpr, HEAD_DIM: tl.constexpr, POS_FROM_START: tl.constexpr, PDL: tl.constexpr,
                    PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr, SPLIT_K: tl.constexpr,
-                   GATED: tl.constexpr):
+                   GATED: tl.constexpr, NORM_OUT: tl.constexpr, ROW_SCALE: tl.constexpr, SQ_TILES: tl.constexpr):
     # K is a compile-time constant: the loops over it unroll and pipeline (few distinct K per model)
     pid = tl.program_id(0)
     # split-K: program (pid, s) sums over inputs [s * K_SPLIT, (s + 1) * K_SPLIT) only
@@ -175,6 +193,10 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
     if SPLIT_K > 1:
         acc, last = _split_k_sum(acc, row_ok, WS, COUNTERS, pid, SPLIT_K, BLOCK_M, BLOCK_N)
         row_ok = row_ok & last  # only the last program of a tile writes the output
+    if ROW_SCALE:  # the input is h * norm weight (a NORM_OUT product's): RMSNorm's row scale, from its sums of squares
+        t = tl.arange(0, SQ_TILES)
+        sq_in = tl.load(SQ + t[:, None] * M + rows[None, :], mask=(t < sq_tiles)[:, None] & row_ok[None, :], other=0.0)
+        acc = acc * (1.0 / tl.sqrt(tl.sum(sq_in, 0) / K + eps))[:, None]
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if GATED:
@@ -183,6 +205,8 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
         _rope_epilogue(acc, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC, VC, SLOT, rope_scale,
                        stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_N // 2, BLOCK_M,
                        POS_FROM_START)
+    elif NORM_OUT:
+        _norm_out_epilogue(acc, rows, row_ok, cols, col_ok, pid, M, R, stride_rm, H, N, NW, OUT, stride_om, SQ)
     else:
         tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & col_ok[None, :])
@@ -252,20 +276,32 @@ class RopeStore:
 
 
 def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, rope=None,
-                 gated=False, block_n=None, block_k=None, num_warps=None, num_stages=None, design=None,
-                 block_m=None, prefetch=None, split_k=None):
+                 gated=False, norm_out=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
+                 design=None, block_m=None, prefetch=None, split_k=None):
     """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else.
     rope (a RopeStore): the columns are q|k|v heads; q is written rotated, k and v go to the cache.
     gated: the columns are [gate | up]; out is silu(gate) * up (half as wide).
+    norm_out (the next RMSNorm's weight, with residual): out is a linear.PreNormed of h = product +
+    residual, for the next product. x may be a PreNormed too (its norm's eps given): its RMSNorm
+    is finished in this product's epilogue.
     split_k: input parts per column tile (default_split_k when None)."""
+    pre_normed = x if isinstance(x, PreNormed) else None
+    if pre_normed is not None:
+        if norm_weight is not None or norm_out is not None:
+            raise ValueError("a PreNormed input takes neither a norm prologue nor a norm epilogue")
+        x = pre_normed.scaled
     K = x.shape[-1]
     N = weight.shape[0]
     M = x.numel() // x.shape[-1]
     if gated and (rope is not None or N % 2):
         raise ValueError("gated: an even number of [gate | up] columns, and no rotary epilogue")
+    if norm_out is not None and (residual is None or norm_weight is not None or rope is not None or gated):
+        raise ValueError("norm_out: a residual, and no norm prologue, rotary or gated epilogue")
     prologue = (NORM_RESIDUAL if residual is not None else NORM) if norm_weight is not None else NONE
     out = torch.empty((*x.shape[:-1], N // 2 if gated else N), device=x.device, dtype=x.dtype)
     h = torch.empty_like(x) if prologue == NORM_RESIDUAL else (x if prologue == NORM else None)
+    if norm_out is not None:
+        h = torch.empty_like(out)
     default = ONE_ROW if M == 1 else FEW_ROWS
     design = default[0] if design is None else design
     block_k = block_k or default[2]
@@ -300,18 +336,29 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     else:
         ws = counters = out  # unused
     k_split = triton.cdiv(K, split_k)
+    if norm_out is not None:
+        sq = torch.empty((tiles, M), device=x.device, dtype=torch.float32)
+    elif pre_normed is not None:
+        sq = pre_normed.sq
+    else:
+        sq = out  # unused
     _linear_kernel[(tiles, split_k)](
-        x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
+        x, residual if residual is not None else x,
+        norm_weight if norm_weight is not None else norm_out if norm_out is not None else x, weight,
         bias if bias is not None else weight, out, h if h is not None else out, M, N,
         x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), out.shape[-1], eps,
         pos, inv_freq, kc, vc, slot, rope.scale if rope else 1.0, kc.stride(1) if rope else 0,
         kc.stride(2) if rope else 0, rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0,
-        ws, counters, N // 2, K=K,
+        ws, counters, N // 2, sq, sq.shape[0] if pre_normed is not None else 0, K=K,
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
         POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages,
         PREFETCH=prefetch_bytes(x, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, weight.data_ptr(),
                                 weight.stride(0) * weight.element_size(), k_split * weight.element_size()),
-        ELEMENT_BYTES=weight.element_size(), SPLIT_K=split_k, GATED=gated, **pdl_args(x))
+        ELEMENT_BYTES=weight.element_size(), SPLIT_K=split_k, GATED=gated, NORM_OUT=norm_out is not None,
+        ROW_SCALE=pre_normed is not None,
+        SQ_TILES=triton.next_power_of_2(pre_normed.sq.shape[0]) if pre_normed is not None else 1, **pdl_args(x))
+    if norm_out is not None:
+        return PreNormed(h=h, scaled=out, sq=sq), h
     return out, h

@@ -22,7 +22,7 @@ from torch import nn
 
 from triforce.attention import AttentionFn, attend, sdpa_attention
 from triforce.kernels.embedding import embed
-from triforce.kernels.linear import linear, norm_linear, qkv_rope_store
+from triforce.kernels.linear import PreNormed, folds_norm, linear, linear_add_norm, norm_linear, qkv_rope_store
 from triforce.kernels.norm import rms_norm
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
@@ -44,6 +44,22 @@ class RMSNorm(nn.Module):
         """(proj(RMSNorm(h)), h) with h = x + residual: the norm fused into the product (gated: the
         product's SwiGLU, silu(gate) * up, in its epilogue)."""
         return norm_linear(x, residual, self.weight, self.eps, proj.weight, proj.bias, gated=gated)
+
+
+class NextNorm:
+    """The RMSNorm and product after a layer's o_proj or down_proj, and the residual it adds to:
+    where the kernels allow (kernels.linear.folds_norm), the product before the norm does the
+    residual add and the norm's elementwise half in its epilogue (a PreNormed), and the product
+    after it the norm's row scale, so the norm takes no launch of its own."""
+
+    def __init__(self, residual: torch.Tensor | None, norm: RMSNorm, proj: nn.Linear):
+        self.residual, self.norm, self.proj = residual, norm, proj
+
+    def folds(self, x: torch.Tensor, producer: nn.Linear) -> bool:
+        return self.residual is not None and folds_norm(x, producer.weight, self.proj.weight)
+
+    def fold(self, x: torch.Tensor, producer: nn.Linear) -> PreNormed:
+        return linear_add_norm(x, producer.weight, producer.bias, self.residual, self.norm.weight)
 
 
 class Attention(nn.Module):
@@ -75,11 +91,15 @@ class Attention(nn.Module):
         v = v.view(b, t, hkv, d).transpose(1, 2)
         return (*cache.store(layer_idx, q, k, v, rope), residual)  # rotary + cache write
 
-    def forward(self, q, keys, values, mask, is_causal: bool, attention: AttentionFn):
-        """o_proj of the attention of q (B, Hq, T, D) over the cached keys and values."""
+    def forward(self, q, keys, values, mask, is_causal: bool, attention: AttentionFn, then: NextNorm | None = None):
+        """o_proj of the attention of q (B, Hq, T, D) over the cached keys and values; with `then`
+        (the norm after it) where the kernels allow, a PreNormed of o_proj + residual instead."""
         b, _, t, _ = q.shape
         out = attend(attention, q, keys, values, mask=mask, is_causal=is_causal, scale=self.scale)
-        out = linear(out.reshape(b, t, -1), self.o_proj.weight, self.o_proj.bias)  # out was (B, T, Hq, D)
+        out = out.reshape(b, t, -1)  # out was (B, T, Hq, D)
+        if then is not None and self.reduce is None and then.folds(out, self.o_proj):
+            return then.fold(out, self.o_proj)
+        out = linear(out, self.o_proj.weight, self.o_proj.bias)
         return out if self.reduce is None else self.reduce(out)
 
 
@@ -91,9 +111,11 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, act):
+    def forward(self, act, then: NextNorm | None = None):
         """act: silu(gate) * up of the normed input, from the gate/up projection's epilogue (see
-        DecoderLayer)."""
+        DecoderLayer); `then` as in Attention.forward."""
+        if then is not None and self.reduce is None and then.folds(act, self.down_proj):
+            return then.fold(act, self.down_proj)
         out = linear(act, self.down_proj.weight, self.down_proj.bias)
         return out if self.reduce is None else self.reduce(out)
 
@@ -106,13 +128,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, residual, rope, cache, layer_idx, mask, is_causal, attention):
+    def forward(self, x, residual, rope, cache, layer_idx, mask, is_causal, attention, then: NextNorm | None = None):
         """x: the previous layer's output, not yet added to the residual stream (None for the
-        first layer, whose x is the embedding): the add is fused into this layer's first norm."""
+        first layer, whose x is the embedding): the add is fused into this layer's first norm; or
+        a PreNormed (the add and half the norm done by the previous layer's down_proj).
+        then: the norm and product after this layer (the next layer's, or the output head's)."""
         q, keys, values, residual = self.self_attn.project(x, residual, self.input_layernorm, rope, cache, layer_idx)
-        h = self.self_attn(q, keys, values, mask, is_causal, attention)
+        h = self.self_attn(q, keys, values, mask, is_causal, attention,
+                           NextNorm(residual, self.post_attention_layernorm, self.mlp.gate_up_proj))
         act, residual = self.post_attention_layernorm.then(h, residual, self.mlp.gate_up_proj, gated=True)
-        return self.mlp(act), residual
+        out = self.mlp(act, then if then is None else NextNorm(residual, then.norm, then.proj))
+        return out, out.h if isinstance(out, PreNormed) else residual
 
 
 class Transformer(nn.Module):
@@ -146,10 +172,17 @@ class Transformer(nn.Module):
         rope = self.rotary.at(positions, x.dtype)
         mask, is_causal = cache.attention_mask(num_tokens)
         residual = None
+        all_logits = num_logits is None or num_logits == num_tokens
         for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, rope, cache, i, mask, is_causal, self.attention)
+            if i + 1 < len(self.layers):
+                then = NextNorm(None, self.layers[i + 1].input_layernorm, self.layers[i + 1].self_attn.qkv_proj)
+            else:  # the output head's norm: folded only when every token's logits are wanted
+                then = NextNorm(None, self.norm, self.lm_head) if all_logits else None
+            x, residual = layer(x, residual, rope, cache, i, mask, is_causal, self.attention, then)
         cache.advance(num_tokens)
-        if num_logits is not None:
+        if isinstance(x, PreNormed):
+            return self.norm.then(x, None, self.lm_head)[0]
+        if not all_logits:
             x, residual = x[:, x.shape[1] - num_logits:], residual[:, residual.shape[1] - num_logits:]
         return self.norm.then(x.contiguous(), residual.contiguous(), self.lm_head)[0]
 
