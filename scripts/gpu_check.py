@@ -4,7 +4,7 @@
 
 1. Each Triton kernel against its torch reference at realistic sizes (a 7B layer's attention
    at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; split-K
-   and gated products, also replayed from a graph; the sampling
+   and gated products, also replayed from a graph; an RMSNorm folded into the products around it; the sampling
    transform at the 32K, 49K and 128K vocabularies, peaked and flat rows, its split path run
    repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs.
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
@@ -185,6 +185,17 @@ def check_split_k_and_gated(device, dtype, g) -> dict[str, float]:
             if not torch.equal(captured, out):
                 err = float("inf")
         errs[f"linear {name}"] = err
+    from triforce.kernels.linear import linear, linear_add_norm, norm_linear
+
+    for t in (1, 17):  # an RMSNorm folded into o_proj's and gate/up's epilogues, against the norm as a step
+        x = torch.randn(1, t, 4096, device=device, dtype=dtype, generator=g)
+        r = torch.randn(1, t, 4096, device=device, dtype=dtype, generator=g)
+        wo = torch.randn(4096, 4096, device=device, dtype=dtype, generator=g) / 64
+        wg = torch.randn(2 * 14336, 4096, device=device, dtype=dtype, generator=g) / 64
+        nw = 1 + 0.1 * torch.randn(4096, device=device, dtype=dtype, generator=g)
+        out, h = norm_linear(linear_add_norm(x, wo, None, r, nw), None, nw, 1e-5, wg, gated=True)
+        ref, h_ref = norm_linear(linear(x, wo, use_triton=False), r, nw, 1e-5, wg, gated=True, use_triton=False)
+        errs[f"norm fold T={t}"] = max(rel_err(out, ref), rel_err(h, h_ref))
     return errs
 
 

@@ -13,7 +13,7 @@ benchmark times it) against its byte floor, once per variant, graphs captured an
   last programs run;
 - `...+nosplit`: no split-K (every product one program per column tile);
 - `...+nofold`: every RMSNorm between two products as a kernel of its own (not split across the
-  products' epilogues: kernels.linear.PreNormed);
+  products' epilogues: kernels.linear.PreNormed); `+foldmulti`: folded only for several rows;
 - `...+fused`: every one-row product takes its RMSNorm / SwiGLU inside its kernel; `+apart`: none
   does; the default (neither): small ones do (kernels.linear.fuse_prologue).
 
@@ -48,6 +48,7 @@ VARIANTS = {
     "pdl+prefetch16/16": (True, 16, 16, SMALL, SPLIT, True),
     "pdl+prefetch16/16+nosplit": (True, 16, 16, SMALL, NO_SPLIT, True),
     "pdl+prefetch16/16+nofold": (True, 16, 16, SMALL, SPLIT, False),
+    "pdl+prefetch16/16+foldmulti": (True, 16, 16, SMALL, SPLIT, 2),
     "pdl+prefetch32/16": (True, 32, 16, SMALL, SPLIT, True),
     "pdl+prefetch8/8": (True, 8, 8, SMALL, SPLIT, True),
 }
@@ -55,21 +56,23 @@ VARIANTS = {
 
 @contextlib.contextmanager
 def variant(pdl: bool, linear_kib: int, attention_kib: int, small_bytes: int, split_choices: tuple[int, ...],
-            fold: bool):
+            fold: bool | int):
     saved = (kernels.PDL, triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM,
-             linear.FUSED_PROLOGUE_SMALL_BYTES, triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM)
+             linear.FUSED_PROLOGUE_SMALL_BYTES, triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM,
+             linear.FOLD_NORM_MIN_ROWS)
     use_pdl(pdl)
     linear.FUSED_PROLOGUE_SMALL_BYTES = small_bytes
     triton_linear.PREFETCH_PER_PROGRAM = linear_kib * 1024
     triton_decode.PREFETCH_PER_PROGRAM = attention_kib * 1024
     triton_linear.SPLIT_K_CHOICES = split_choices
-    linear.FOLD_NORM = fold
+    linear.FOLD_NORM = bool(fold)
+    linear.FOLD_NORM_MIN_ROWS = 1 if fold is True else int(fold)
     try:
         yield
     finally:
         use_pdl(saved[0])
         (triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM, linear.FUSED_PROLOGUE_SMALL_BYTES,
-         triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM) = saved[1:]
+         triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM, linear.FOLD_NORM_MIN_ROWS) = saved[1:]
 
 
 def main() -> None:

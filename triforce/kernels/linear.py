@@ -37,6 +37,7 @@ MAX_ROWS = 32
 # RMSNorm between two products of the kernel path split across their epilogues (see PreNormed):
 # no launch of its own. False: the norm runs as its own kernel (scripts/tune_launch.py compares).
 FOLD_NORM = True
+FOLD_NORM_MIN_ROWS = 1  # ... for inputs of at least this many rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,8 @@ def folds_norm(x: torch.Tensor, producer: torch.Tensor, consumer: torch.Tensor, 
     """Whether the RMSNorm between the product of `x` with `producer` and the next product (with
     `consumer`) is split across their epilogues (PreNormed): both run on the kernel path, and the
     consumer would not take the norm into its own prologue (a small one-row product: the draft's)."""
-    return (FOLD_NORM and not fuse_prologue(x, consumer) and _fused(x, producer, use_triton)
+    return (FOLD_NORM and x.numel() // x.shape[-1] >= FOLD_NORM_MIN_ROWS and not fuse_prologue(x, consumer)
+            and _fused(x, producer, use_triton)
             and _fused(x, consumer, use_triton))
 
 

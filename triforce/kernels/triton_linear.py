@@ -96,20 +96,20 @@ def _gated_epilogue(y, rows, row_ok, j0, gate_cols, OUT, stride_om, BLOCK_M: tl.
 
 
 @triton.jit
-def _norm_out_epilogue(y, rows, row_ok, cols, col_ok, pid, M, R, stride_rm, H, N, NW, OUT, stride_om, SQ):
+def _norm_out_epilogue(y, rows, row_ok, cols, col_ok, pid, M, res, H, N, nw, OUT, stride_om, SQ):
     """The product before an RMSNorm (o_proj, down_proj) adds the residual and does the norm's
     work that needs no full row: h = y + residual (rounded as torch rounds the add) to H, h * norm
     weight to OUT, and this tile's share of each row's sum of squares to SQ[tile, row]. The
-    product after the norm scales its rows by 1/sqrt(mean square + eps) (ROW_SCALE)."""
+    product after the norm scales its rows by 1/sqrt(mean square + eps) (ROW_SCALE). res and nw:
+    this tile's residual and norm weights, loaded before the main loop."""
     mask = row_ok[:, None] & col_ok[None, :]
     y = y.to(OUT.dtype.element_ty).to(tl.float32)
-    r = tl.load(R + rows[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    h = (y + r).to(OUT.dtype.element_ty)
+    h = (y + res.to(tl.float32)).to(OUT.dtype.element_ty)
     tl.store(H + rows[:, None] * N + cols[None, :], h, mask=mask)
     hf = tl.where(mask, h.to(tl.float32), 0.0)
     tl.store(SQ + pid * M + rows, tl.sum(hf * hf, 1), mask=row_ok)
-    nw = tl.load(NW + cols, mask=col_ok, other=0.0).to(tl.float32)
-    tl.store(OUT + rows[:, None] * stride_om + cols[None, :], (hf * nw[None, :]).to(OUT.dtype.element_ty), mask=mask)
+    tl.store(OUT + rows[:, None] * stride_om + cols[None, :], (hf * nw.to(tl.float32)[None, :]).to(OUT.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
@@ -158,6 +158,13 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
             l2_prefetch(W + second * stride_wn + k_start,
                         tl.minimum(PREFETCH // 2, ((N - second) * stride_wn - k_start) * ELEMENT_BYTES))
     pdl_start(PDL)
+    # what the epilogue reads from the predecessors is loaded first, so its latency hides behind the main loop
+    if ROW_SCALE:  # the input is h * norm weight (a NORM_OUT product's): RMSNorm's row scale, from its sums of squares
+        t = tl.arange(0, SQ_TILES)
+        sq_in = tl.load(SQ + t[:, None] * M + rows[None, :], mask=(t < sq_tiles)[:, None] & row_ok[None, :], other=0.0)
+    if NORM_OUT:
+        res = tl.load(R + rows[:, None] * stride_rm + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        nw_out = tl.load(NW + cols, mask=col_ok, other=0.0)
     if PROLOGUE == 1 or PROLOGUE == 2:
         # first pass over the (few) input rows: their mean square; program 0 also writes h = x + r
         sq = tl.zeros([BLOCK_M], tl.float32)
@@ -193,9 +200,7 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
     if SPLIT_K > 1:
         acc, last = _split_k_sum(acc, row_ok, WS, COUNTERS, pid, SPLIT_K, BLOCK_M, BLOCK_N)
         row_ok = row_ok & last  # only the last program of a tile writes the output
-    if ROW_SCALE:  # the input is h * norm weight (a NORM_OUT product's): RMSNorm's row scale, from its sums of squares
-        t = tl.arange(0, SQ_TILES)
-        sq_in = tl.load(SQ + t[:, None] * M + rows[None, :], mask=(t < sq_tiles)[:, None] & row_ok[None, :], other=0.0)
+    if ROW_SCALE:  # (computed here, not before the main loop: nothing waits for the load there)
         acc = acc * (1.0 / tl.sqrt(tl.sum(sq_in, 0) / K + eps))[:, None]
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -206,7 +211,7 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
                        stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_N // 2, BLOCK_M,
                        POS_FROM_START)
     elif NORM_OUT:
-        _norm_out_epilogue(acc, rows, row_ok, cols, col_ok, pid, M, R, stride_rm, H, N, NW, OUT, stride_om, SQ)
+        _norm_out_epilogue(acc, rows, row_ok, cols, col_ok, pid, M, res, H, N, nw_out, OUT, stride_om, SQ)
     else:
         tl.store(OUT + rows[:, None] * stride_om + cols[None, :], acc.to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & col_ok[None, :])
