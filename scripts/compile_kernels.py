@@ -114,6 +114,13 @@ def cases(only: set[str] | None):
         add("verify", f"sample V={vocab}", lambda vocab=vocab: triton_verify.race_sample(
             torch.empty(vocab), torch.empty(vocab), out_tokens=torch.zeros(64, dtype=torch.int64), index=5))
 
+    from triforce.kernels import triton_norm
+
+    for hidden in (4096, 768):
+        for t in (1, 17):
+            x, nw = torch.empty(1, t, hidden, dtype=bf16), torch.empty(hidden, dtype=bf16)
+            add("norm", f"rms_norm {hidden} T={t}", lambda x=x, nw=nw: triton_norm.rms_norm(x, nw, 1e-5, x))
+            add("norm", f"pre_norm {hidden} T={t}", lambda x=x, nw=nw: triton_norm.rms_norm(x, nw, 0.0, x, True))
     for name, hidden in (("8b", 4096), ("68m", 768)):
         w = torch.empty(1000, hidden, dtype=bf16)
         ids = torch.zeros(64, dtype=torch.int64)
@@ -182,7 +189,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--pdl", action="store_true", help="compile the kernels as launched with TRIFORCE_PDL=1")
-    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,embedding,verify,streaming,allreduce")
+    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,norm,embedding,verify,streaming,allreduce")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)

@@ -63,6 +63,17 @@ def folds_norm(x: torch.Tensor, producer: torch.Tensor, consumer: torch.Tensor, 
             and _fused(x, consumer, use_triton))
 
 
+def pre_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor) -> PreNormed:
+    """h = x + residual as a PreNormed for the RMSNorm with `norm_weight`, by the norm kernel (where
+    no product before the norm does it: the first layer, tensor parallelism): the kernel path
+    normalises every product's input the same way, so a step of one token and a verification of
+    several round alike."""
+    from triforce.kernels.triton_norm import rms_norm as triton_rms_norm
+
+    scaled, h, sq = triton_rms_norm(x, norm_weight, 0.0, residual, pre_normed=True)
+    return PreNormed(h=h, scaled=scaled, sq=sq)
+
+
 def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
                     norm_weight: torch.Tensor) -> PreNormed:
     """x @ weight.T + bias + residual as a PreNormed for the RMSNorm with `norm_weight` (call only
@@ -118,10 +129,14 @@ def norm_linear(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, norm
 
             return fused_linear(x, weight, bias, eps=eps, gated=gated)[0], x.h
         x, residual = x.h, None
-    if fuse_prologue(x, weight) and _fused(x, weight, use_triton) and (residual is None or residual.is_contiguous()):
+    contiguous = x.is_contiguous() and (residual is None or residual.is_contiguous())
+    if _fused(x, weight, use_triton) and contiguous:
         from triforce.kernels.triton_linear import fused_linear
 
-        return fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, gated=gated)
+        if fuse_prologue(x, weight):
+            return fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, gated=gated)
+        pre = pre_norm(x, residual, norm_weight)
+        return fused_linear(pre, weight, bias, eps=eps, gated=gated)[0], pre.h
     normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton)
     return linear(normed, weight, bias, gated=gated, use_triton=use_triton), h
 
@@ -173,6 +188,6 @@ def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, n
     elif fuse_prologue(x, weight):  # the norm (and residual add) fused into the product too, as in norm_linear
         qkv, h = fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, rope=spec)
     else:
-        normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton)
-        qkv, _ = fused_linear(normed, weight, bias, rope=spec)
+        pre = pre_norm(x, residual, norm_weight)
+        qkv, h = fused_linear(pre, weight, bias, eps=eps, rope=spec)[0], pre.h
     return qkv[..., :q_cols].view(B, T, num_heads, head_dim).transpose(1, 2), h

@@ -183,10 +183,9 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
         ks = k_start + kk + tl.arange(0, BLOCK_K)
         k_ok = (kk + tl.arange(0, BLOCK_K) < K_SPLIT) & (ks < K)
         x = _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, PROLOGUE)
-        if PROLOGUE == 1 or PROLOGUE == 2:  # RMSNorm as the model computes it: round, then scale
-            normed = (x.to(tl.float32) * rstd[:, None]).to(X.dtype.element_ty)
+        if PROLOGUE == 1 or PROLOGUE == 2:  # RMSNorm as PreNormed computes it: h * weight here, the row scale after
             nw = tl.load(NW + ks, mask=k_ok, other=0.0)
-            x = (normed.to(tl.float32) * nw.to(tl.float32)[None, :]).to(X.dtype.element_ty)
+            x = (x.to(tl.float32) * nw.to(tl.float32)[None, :]).to(X.dtype.element_ty)
         w = tl.load(W + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         if DESIGN == 0:  # input rows as the MMA's M side
             acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
@@ -202,6 +201,8 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
         row_ok = row_ok & last  # only the last program of a tile writes the output
     if ROW_SCALE:  # (computed here, not before the main loop: nothing waits for the load there)
         acc = acc * (1.0 / tl.sqrt(tl.sum(sq_in, 0) / K + eps))[:, None]
+    if PROLOGUE == 1 or PROLOGUE == 2:
+        acc = acc * rstd[:, None]
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if GATED:
