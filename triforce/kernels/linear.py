@@ -13,13 +13,18 @@ and SwiGLU is the gate/up product's epilogue (`gated=True`: each program's colum
 columns and the same up columns, and it writes silu(gate) * up), so it never takes a launch of
 its own. Products of a few rows whose column tiles do not fill the GPU (o_proj, down_proj) split
 their inputs too (split-K, reduced by each tile's last program: triton_linear.default_split_k).
-The fused RMSNorm pays only for
-one input row of a small product (the draft's decode step; `fuse_prologue`). With several rows
-(verification, the middle level) the extra arithmetic between the loads and the matrix unit
-stalls the pipeline (1.3-1.7x slower), and in a 7B/8B decode step each program's pass over the
-input before its first weight load is a ramp nothing hides: there the step runs as its own kernel
-and the product as the plain Triton kernel. Longer inputs (prefill, > MAX_ROWS) take the
-reference path, torch's own ops, which is also the CPU path.
+
+RMSNorm needs whole rows, which no program of a product sees. Inside the product's kernel it
+pays only for one input row of a small product (the draft's decode step; `fuse_prologue`): with
+several rows the extra arithmetic between the loads and the matrix unit stalls the pipeline
+(1.3-1.7x slower), and in a 7B/8B decode step each program's pass over the input before its
+first weight load is a ramp nothing hides. Everywhere else on the kernel path the norm is split
+across the products around it (`PreNormed`: the product before it adds the residual and writes
+h * weight and its share of the rows' sums of squares, the product after it scales its rows),
+or, where no product precedes it (the first layer, tensor parallelism), a small kernel writes
+the PreNormed (`pre_norm`). All of them round the same way, so a one-token step and a
+verification of several agree as closely as their sums allow. Longer inputs (prefill,
+> MAX_ROWS) take the reference path, torch's own ops, which is also the CPU path.
 """
 
 from __future__ import annotations
@@ -94,13 +99,13 @@ def use_backend(name: str) -> None:
 
 
 # Inputs of up to this many rows may get the step before the product (RMSNorm + residual) inside
-# the product's kernel; more rows run it as a kernel of its own (see the module docstring).
+# the product's kernel; more rows split it across the products around it (see the module docstring).
 FUSED_PROLOGUE_ROWS = 1
 # ... where that pays: a small product (the draft's), whose own launch would cost more than the
-# prologue. A 7B/8B product runs it apart: every program's prologue (a pass over the input row
-# before its first weight load) is a ramp that nothing hides, and a separate 2.5 us kernel costs
-# less (scripts/tune_launch.py, H100, 8B at 32K with PDL: autoregressive step 1.113 of its floor
-# fused, 1.089 apart; the draft's step is 7-9% slower apart).
+# prologue. A 7B/8B product does not: every program's prologue (a pass over the input row before
+# its first weight load) is a ramp that nothing hides (scripts/tune_launch.py, H100, 8B at 32K
+# with PDL: autoregressive step 1.113 of its floor fused, 1.089 with a norm kernel apart; the
+# draft's step is 7-9% slower apart). It now takes the split norm (PreNormed), as several rows do.
 FUSED_PROLOGUE_SMALL_BYTES = 16 * 2 ** 20
 
 

@@ -9,10 +9,11 @@ step is a chain of small launches. `loading.match_checkpoint` maps checkpoint na
 The same forward serves the eager path (the cache slices with host lengths and builds masks) and
 the captured GPU path (a `StaticView` of the cache reads lengths from device tensors and
 attention runs the split-KV decode kernel). Every linear layer goes through kernels/linear.py:
-on CUDA, for the few rows of a decode step, a Triton kernel that streams the weights and applies
-the step before the product as it loads its input (the residual add and RMSNorm before q/k/v,
-gate/up and the output head) and SwiGLU as the gate/up product's epilogue; elsewhere (CPU,
-prefill) torch's own ops.
+on CUDA, for the few rows of a decode step, a Triton kernel that streams the weights, with the
+residual add and RMSNorm before q/k/v, gate/up and the output head split across the products
+around them (`NextNorm`: o_proj and down_proj do the add and the norm's elementwise half in
+their epilogues) and SwiGLU as the gate/up product's epilogue; elsewhere (CPU, prefill) torch's
+own ops.
 """
 
 from __future__ import annotations
