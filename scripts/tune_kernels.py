@@ -83,6 +83,15 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
             del caches
 
 
+def variant_time(ws: list[torch.Tensor], x: torch.Tensor, **launch) -> float | None:
+    """Seconds per fused_linear(x, w, **launch) over the rotating weights; None for a variant that
+    does not fit the SM's resources."""
+    try:
+        return graph_time(rotating(ws, lambda w: fused_linear(x, w, **launch)))
+    except Exception:  # noqa: BLE001 - e.g. out of shared memory
+        return None
+
+
 def tune_linear(bw: float) -> None:
     shapes = {"qkv-7b": (12288, 4096), "o": (4096, 4096), "gate_up-7b": (22016, 4096), "down-7b": (4096, 11008),
               "lm_head-7b": (32000, 4096), "qkv-8b": (6144, 4096), "gate_up-8b": (28672, 4096),
@@ -101,13 +110,10 @@ def tune_linear(bw: float) -> None:
                     if triton.cdiv(n, block_n) < 64 or (design == 2 and block_n > 32):
                         continue
                     for block_k, warps, stages in ((128, 4, 4), (256, 4, 4), (256, 8, 3), (512, 4, 2), (1024, 8, 2)):
-                        try:
-                            s = graph_time(rotating(ws, lambda w: fused_linear(
-                                x, w, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
-                                design=design, block_m=block_m)))
-                        except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
-                            continue
-                        results.append((s, design, block_n, block_k, warps, stages))
+                        s = variant_time(ws, x, block_n=block_n, block_k=block_k, num_warps=warps,
+                                         num_stages=stages, design=design, block_m=block_m)
+                        if s is not None:
+                            results.append((s, design, block_n, block_k, warps, stages))
             default = graph_time(rotating(ws, lambda w: fused_linear(x, w)))
             best = min(results)
             print(f"linear {name:11s} T={t:2d}: cublas {wb / cublas / bw:5.3f} ({cublas * 1e6:6.1f} us), "
@@ -134,13 +140,10 @@ def tune_split_k(bw: float) -> None:
                     for block_k, warps, stages in ((256, 4, 4), (256, 4, 3), (128, 4, 4)):
                         if kdim % (split_k * 8):
                             continue
-                        try:
-                            s = graph_time(rotating(ws, lambda w: fused_linear(
-                                x, w, gated=gated, block_n=block_n, block_k=block_k, num_warps=warps,
-                                num_stages=stages, split_k=split_k)))
-                        except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
-                            continue
-                        results.append((s, split_k, block_n, block_k, warps, stages))
+                        s = variant_time(ws, x, gated=gated, block_n=block_n, block_k=block_k, num_warps=warps,
+                                         num_stages=stages, split_k=split_k)
+                        if s is not None:
+                            results.append((s, split_k, block_n, block_k, warps, stages))
             results.sort()
             tiles = triton.cdiv(n, 64)
             print(f"split-k {name:10s} T={t:2d} ({tiles} tiles of 64 on {sms} SMs): default {wb / default / bw:5.3f} "

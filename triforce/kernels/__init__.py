@@ -62,6 +62,17 @@ def _sm90(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 132 (an H100's) elsewhere, so the interpreter
+    and the CPU compile tool choose the launches an H100 gets."""
+    return _sm_count(device.index or 0) if device.type == "cuda" else 132
+
+
 def pdl_enabled(t: torch.Tensor) -> bool:
     """PDL for a kernel on `t`: on sm90+, while a CUDA graph is being captured (the captured levels,
     where gpu_check validates it; eager launches, e.g. an offloaded forward, stay plain)."""

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from triforce.kernels import kernels_usable
-from triforce.kernels.activation import silu_mul_reference
+from triforce.kernels.activation import silu_mul
 from triforce.kernels.norm import rms_norm
 
 MAX_ROWS = 32
@@ -154,7 +154,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
         return fused_linear(x, weight, bias, gated=gated)[0]
     out = F.linear(x, weight, bias)
-    return silu_mul_reference(out) if gated else out
+    return silu_mul(out, use_triton=use_triton) if gated else out
 
 
 def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,

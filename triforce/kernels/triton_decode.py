@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triforce.kernels import interpreted
+from triforce.kernels import interpreted, sm_count
 from triforce.kernels.decode_attention import BLOCK_N
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
@@ -193,8 +193,7 @@ def default_splits(q: torch.Tensor, k: torch.Tensor, cfg: dict | None = None) ->
     B, Hq, T, D = q.shape
     Hkv, capacity = k.shape[1], k.shape[2]
     cfg = cfg or launch_config(Hq // Hkv * T, D)
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
-    slots = sms * programs_per_sm(cfg, D, q.element_size())
+    slots = sm_count(q.device) * programs_per_sm(cfg, D, q.element_size())
     most = max(1, capacity // (4 * cfg["block_n"]))
     return max(1, min(slots // (B * Hkv), most))
 

@@ -4,7 +4,6 @@ where the kernel runs, so CPU runs never import Triton."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import triton
@@ -12,6 +11,7 @@ import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL = 0, 1, 2
 
+from triforce.kernels import sm_count
 from triforce.kernels.linear import PreNormed
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
@@ -245,21 +245,12 @@ def split_k_counters(device: torch.device) -> torch.Tensor:
     return _counters[key]
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sms(device: torch.device) -> int:
-    return _sm_count(device.index or 0) if device.type == "cuda" else 132  # the interpreter: as an H100
-
-
 def default_split_k(tiles: int, rows: int, k: int, block_k: int, device: torch.device) -> int:
     """Split-K parts for a product of `rows` input rows and `tiles` column tiles: 1 for one row
     (its 16-wide tiles fill the GPU) and for products that fill every SM once; else the most parts
     (of SPLIT_K_CHOICES) that keep the tiles x parts programs within one wave of one per SM, each
     part at least two input blocks long."""
-    sms = _sms(device)
+    sms = sm_count(device)
     if rows == 1 or tiles >= sms:
         return 1
     fits = [s for s in SPLIT_K_CHOICES if tiles * s <= sms and k >= 2 * s * block_k]
@@ -328,7 +319,7 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         split_k = default_split_k(tiles, M, K, block_k, x.device)
     if num_stages is None:
         num_stages = default[4]
-        if design != 2 and tiles * split_k <= _sms(x.device):
+        if design != 2 and tiles * split_k <= sm_count(x.device):
             # one wave of programs: a shallower pipeline fills sooner (H100, tune_kernels.py --split-k:
             # 8B q/k/v 0.84 vs 0.82 of the copy bandwidth, o and down split in two 0.77-0.93 vs 0.77-0.91)
             num_stages = ONE_WAVE_STAGES

@@ -53,11 +53,11 @@ class NextNorm:
     residual add and the norm's elementwise half in its epilogue (a PreNormed), and the product
     after it the norm's row scale, so the norm takes no launch of its own."""
 
-    def __init__(self, residual: torch.Tensor | None, norm: RMSNorm, proj: nn.Linear):
+    def __init__(self, residual: torch.Tensor, norm: RMSNorm, proj: nn.Linear):
         self.residual, self.norm, self.proj = residual, norm, proj
 
     def folds(self, x: torch.Tensor, producer: nn.Linear) -> bool:
-        return self.residual is not None and folds_norm(x, producer.weight, self.proj.weight)
+        return folds_norm(x, producer.weight, self.proj.weight)
 
     def fold(self, x: torch.Tensor, producer: nn.Linear) -> PreNormed:
         return linear_add_norm(x, producer.weight, producer.bias, self.residual, self.norm.weight)
@@ -129,7 +129,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, residual, rope, cache, layer_idx, mask, is_causal, attention, then: NextNorm | None = None):
+    def forward(self, x, residual, rope, cache, layer_idx, mask, is_causal, attention,
+                then: tuple[RMSNorm, nn.Linear] | None = None):
         """x: the previous layer's output, not yet added to the residual stream (None for the
         first layer, whose x is the embedding): the add is fused into this layer's first norm; or
         a PreNormed (the add and half the norm done by the previous layer's down_proj).
@@ -138,7 +139,7 @@ class DecoderLayer(nn.Module):
         h = self.self_attn(q, keys, values, mask, is_causal, attention,
                            NextNorm(residual, self.post_attention_layernorm, self.mlp.gate_up_proj))
         act, residual = self.post_attention_layernorm.then(h, residual, self.mlp.gate_up_proj, gated=True)
-        out = self.mlp(act, then if then is None else NextNorm(residual, then.norm, then.proj))
+        out = self.mlp(act, None if then is None else NextNorm(residual, *then))
         return out, out.h if isinstance(out, PreNormed) else residual
 
 
@@ -176,9 +177,9 @@ class Transformer(nn.Module):
         all_logits = num_logits is None or num_logits == num_tokens
         for i, layer in enumerate(self.layers):
             if i + 1 < len(self.layers):
-                then = NextNorm(None, self.layers[i + 1].input_layernorm, self.layers[i + 1].self_attn.qkv_proj)
+                then = (self.layers[i + 1].input_layernorm, self.layers[i + 1].self_attn.qkv_proj)
             else:  # the output head's norm: folded only when every token's logits are wanted
-                then = NextNorm(None, self.norm, self.lm_head) if all_logits else None
+                then = (self.norm, self.lm_head) if all_logits else None
             x, residual = layer(x, residual, rope, cache, i, mask, is_causal, self.attention, then)
         cache.advance(num_tokens)
         if isinstance(x, PreNormed):
