@@ -95,6 +95,14 @@ def cases(only: set[str] | None):
             length = torch.tensor([keys], dtype=torch.int64)
             add("attention", f"{name} T={t}", lambda q=q, k=k, length=length: triton_decode.decode_attention(
                 q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
+    # the stage rule's other ends: float32 (gpu_check's reference runs) and head_dim 256, with a 128-row tile
+    for dtype, d in ((torch.float32, 128), (bf16, 256)):
+        k = torch.empty(1, 8, 4096, d, dtype=dtype)
+        for t in (1, 17):
+            q = torch.empty(1, t, 32, d, dtype=dtype).transpose(1, 2)
+            length = torch.tensor([4000], dtype=torch.int64)
+            add("attention", f"{str(dtype)[6:]} d={d} T={t}", lambda q=q, k=k, length=length:
+                triton_decode.decode_attention(q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
 
     from triforce.kernels import triton_embedding, triton_streaming, triton_verify
 

@@ -36,14 +36,10 @@ def rotating(tensors: list[torch.Tensor], fn) -> list:
     return [lambda t=t: fn(t) for t in tensors]
 
 
-def previous_splits(hkv: int, capacity: int, sms: int) -> int:
-    """The split count before the one-wave rule: power of two, about two programs per SM."""
-    want = -(-2 * sms // hkv)
-    most = max(1, capacity // 256)
-    return 1 << (max(1, min(want, most)).bit_length() - 1)
-
-
 def tune_attention(bw: float, contexts: list[int]) -> None:
+    """The split kernel with its merge over tiles (the smallest power of two >= 16 rows, 64, 128),
+    warps, stages and programs per SM (key slices = SMs x programs // KV heads), against the default
+    launch; the five fastest per case (docs/data/tune_attention_tiles_h100.txt)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for hq, hkv in ((32, 32), (32, 8)):
         for keys in contexts:
@@ -52,34 +48,31 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
             caches = [torch.randn(2, 1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
             length = torch.tensor([keys], device="cuda")
             for t in (1, 3, 7, 17):
+                rows = hq // hkv * t
                 q = torch.randn(1, t, hq, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-                base = default_splits(q, caches[0][0])
-                old = previous_splits(hkv, keys + 64, sms)
-                cfg = launch_config(hq // hkv * t, 128)
-                default_variant = (base, cfg["block_n"], cfg["num_warps"], cfg["num_stages"])
-                variants = {default_variant, (old, 64, 4 if t * hq // hkv <= 64 else 8, 3)}
-                for splits in sorted({max(1, base // 2), base, old, base * 2 // 3, base * 3 // 2}):
-                    for block_n, warps, stages in ((64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3),
-                                                   (32, 4, 4), (64, 4, 2)):
-                        variants.add((splits, block_n, warps, stages))
-                results = {}
-                for v in sorted(variants):
-                    splits, block_n, warps, stages = v
+                cfg = launch_config(rows, 128)
+                variants = {"default": (default_splits(q, caches[0][0]), {})}
+                for block_m in sorted({max(16, triton.next_power_of_2(rows)), 64, 128}):
+                    if block_m < rows:
+                        continue
+                    for warps in (4, 8):
+                        for stages in (3, 4, 5):
+                            for per_sm in (1, 2, 3):
+                                variants[f"{block_m} w{warps} s{stages} p{per_sm}"] = (
+                                    max(1, sms * per_sm // hkv),
+                                    dict(block_m=block_m, num_warps=warps, num_stages=stages))
+                results = []
+                for name, (splits, launch) in variants.items():
                     try:
-                        results[v] = graph_time(rotating(caches, lambda c: decode_attention(
-                            q, c[0], c[1], length, 0.088, splits, block_n=block_n, num_warps=warps, num_stages=stages)))
-                    except Exception as e:  # noqa: BLE001 - a variant that does not fit the SM's resources
-                        print(f"  skipped {v}: {type(e).__name__}", flush=True)
-                best = min(results, key=results.get)
-                prev = next(v for v in results if v[0] == old and v[1:] == (64, 4 if t * hq // hkv <= 64 else 8, 3))
-
-                def show(v):
-                    return f"{results[v] * 1e6:7.1f} us ({kv_bytes / results[v] / bw:5.3f})"
-
-                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d}: default {show(default_variant)} "
-                      f"splits={base} tiles={cfg['block_m']}+{cfg['tail_m']}; previous default {show(prev)} "
-                      f"splits={old}; best {show(best)} splits={best[0]} block={best[1]} warps={best[2]} "
-                      f"stages={best[3]}", flush=True)
+                        s = graph_time(rotating(caches, lambda c: decode_attention(
+                            q, c[0], c[1], length, 0.088, splits, **launch)))
+                    except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
+                        continue
+                    results.append((s, f"{name}[{splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
+                results.sort()
+                default = next(r for _, r in results if r.startswith("default"))
+                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d} rows={rows} (tile {cfg['block_m']}): "
+                      f"{default}; fastest: " + "; ".join(r for _, r in results[:5]), flush=True)
             del caches
 
 

@@ -57,11 +57,33 @@ def test_decode_attention_matches_reference(case, dtype):
     torch.testing.assert_close(offset, out, atol=0, rtol=0)
 
 
-def test_query_row_tiles():
-    from triforce.kernels.triton_decode import row_tiles
+def test_query_rows_take_one_warpgroup_tile_per_64():
+    from triforce.kernels.triton_decode import launch_config
 
-    assert row_tiles(4) == (16, 0) and row_tiles(28) == (32, 0) and row_tiles(17) == (32, 0)
-    assert row_tiles(68) == (64, 16) and row_tiles(36) == (32, 16) and row_tiles(100) == (128, 0)
+    for rows, block_m, warps in ((1, 64, 4), (28, 64, 4), (64, 64, 4), (65, 128, 8), (68, 128, 8), (128, 128, 8)):
+        cfg = launch_config(rows, 128)
+        assert (cfg["block_m"], cfg["num_warps"]) == (block_m, warps)
+    assert launch_config(68, 128)["num_stages"] == 4 and launch_config(4, 128)["num_stages"] == 3
+    # fewer stages where the buffers would not fit shared memory (float32, head_dim 256)
+    assert launch_config(68, 128, dtype_bytes=4)["num_stages"] == 2
+    assert launch_config(68, 256)["num_stages"] == 2 and launch_config(4, 256)["num_stages"] == 2
+    from triforce.kernels.triton_decode import decode_attention as split_kv_attention
+    with pytest.raises(ValueError, match="a tile of 64 query rows for 68"):  # a tuning sweep's bad choice
+        split_kv_attention(torch.empty(1, 32, 17, 128), torch.empty(1, 8, 64, 128), torch.empty(1, 8, 64, 128),
+                           torch.tensor([64]), 0.1, 1, block_m=64)
+
+
+def test_key_slices_fill_one_wave_of_programs():
+    """CPU tensors plan for an H100's 132 SMs: two 64-row programs per SM, at most 16 slices per KV
+    head; the 128-row tile fits once per SM; short caches keep four key blocks per slice."""
+    from triforce.kernels.triton_decode import default_splits
+
+    def splits(hq, hkv, t, keys):
+        return default_splits(torch.empty(1, hq, t, 128), torch.empty(1, hkv, keys, 128))
+
+    assert splits(32, 32, 1, 32768) == 8 and splits(32, 32, 17, 32768) == 8  # 7B: 256 programs
+    assert splits(32, 8, 1, 32768) == 16 and splits(32, 8, 17, 32768) == 16  # 8B: 128 programs
+    assert splits(32, 32, 1, 1024) == 4 and splits(12, 12, 1, 256) == 1  # four blocks of 64 keys each
 
 
 def test_decode_attention_is_causal_inside_the_new_block():

@@ -1,10 +1,11 @@
 """The split-KV decode attention kernels (Triton); decode_attention.py has the contract and the
 torch reference. Imported only where a kernel runs, so CPU runs never import Triton.
 
-Query rows: a KV head serves GROUP query heads x T new tokens = R rows, held by one program as a
-main tile of BLOCK_M rows (a power of two, the largest <= R) plus, where R exceeds it, a tail tile
-of TAIL_M rows (e.g. 68 rows = 64 + 16, not one tile of 128: 37% less matrix-unit work per key
-block, and less shared memory). Both tiles use the same loaded key and value blocks.
+Query rows: a KV head serves GROUP query heads x T new tokens = R rows, held by one program as one
+tile of BLOCK_M rows: 64 (one warpgroup, 4 warps) for R <= 64, else 128 (two warpgroups, 8 warps),
+so the products run on Hopper's warpgroup MMA however few rows there are (measured on an H100, 8B
+shape at 32K keys: 4 rows 53.2 -> 49.2 us, 68 rows 62.3 -> 55.0 us, against a 16-row tile, resp. a
+64-row tile plus a 16-row tail on the older MMA: scripts/tune_kernels.py --attention).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from triforce.kernels import interpreted, sm_count
 from triforce.kernels.decode_attention import BLOCK_N
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
+MIN_BLOCK_M = 64  # query rows of the smallest tile: one warpgroup, so Hopper's warpgroup MMA runs it
+MAX_SPLITS = 16  # key slices per KV head
+SHARED_MEMORY_BYTES = 144 * 1024  # of an SM's 227 KiB: the pipeline buffers, with room for the compiler's own
 PREFETCH_PER_PROGRAM = 16 * 1024  # with PDL: bytes of its key slice (and as many of values) a program prefetches
 
 
@@ -65,7 +69,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
-                  BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                   PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
                   PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr):
     bh = tl.program_id(0)
@@ -95,15 +99,6 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if TAIL_M > 0:  # the tail tile
-        rows2 = BLOCK_M + tl.arange(0, TAIL_M)
-        row2_ok = rows2 < num_rows
-        q2 = tl.load(q_base + (rows2 // T)[:, None] * stride_qh + (rows2 % T)[:, None] * stride_qt + dims[None, :],
-                     mask=row2_ok[:, None], other=0.0)
-        last_key2 = kv_len - T + rows2 % T
-        m2 = tl.full([TAIL_M], float("-inf"), tl.float32)
-        l2 = tl.zeros([TAIL_M], tl.float32)
-        acc2 = tl.zeros([TAIL_M, HEAD_DIM], tl.float32)
 
     if LOOP_FOR:  # compiled: a for loop, which Triton software-pipelines
         for n0 in range(start, end, BLOCK_N):
@@ -112,8 +107,6 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
             k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
             m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, PRECISION)
-            if TAIL_M > 0:
-                m2, l2, acc2 = _update(q2, k, v, keys, key_ok, last_key2, m2, l2, acc2, scale_log2, PRECISION)
     else:  # Triton's CPU interpreter cannot take loaded values as range() bounds
         n0 = start
         while n0 < end:
@@ -122,15 +115,10 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
             k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
             m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, PRECISION)
-            if TAIL_M > 0:
-                m2, l2, acc2 = _update(q2, k, v, keys, key_ok, last_key2, m2, l2, acc2, scale_log2, PRECISION)
             n0 += BLOCK_N
     part = bh * num_splits + split
     _finish(OUT, O_PART, L_PART, part, rows, row_ok, dims, b, h, T, GROUP, stride_ob, stride_ot, stride_oh,
-            m_i, l_i, acc, BLOCK_M + TAIL_M, HEAD_DIM, DIRECT)
-    if TAIL_M > 0:
-        _finish(OUT, O_PART, L_PART, part, rows2, row2_ok, dims, b, h, T, GROUP, stride_ob, stride_ot, stride_oh,
-                m2, l2, acc2, BLOCK_M + TAIL_M, HEAD_DIM, DIRECT)
+            m_i, l_i, acc, BLOCK_M, HEAD_DIM, DIRECT)
 
 
 @triton.jit
@@ -158,54 +146,47 @@ def _merge_kernel(O_PART, L_PART, OUT, stride_ob, stride_ot, stride_oh,
              out.to(OUT.dtype.element_ty))
 
 
-def row_tiles(rows: int) -> tuple[int, int]:
-    """(BLOCK_M, TAIL_M) for R query rows per KV head: a power-of-two main tile (>= 16) and, when R
-    exceeds it, a power-of-two tail tile (>= 16), unless one tile of the next power of two is no
-    larger."""
-    full = max(16, triton.next_power_of_2(rows))
-    main = max(16, 1 << (rows.bit_length() - 1))
-    if main >= rows:
-        return main, 0
-    tail = max(16, triton.next_power_of_2(rows - main))
-    return (main, tail) if main + tail < full else (full, 0)
+def launch_config(rows: int, head_dim: int, num_warps: int | None = None, num_stages: int | None = None,
+                  block_n: int = BLOCK_N, dtype_bytes: int = 2, block_m: int | None = None) -> dict:
+    """One tile of the next power of two >= MIN_BLOCK_M query rows: 4 warps and 3 stages up to 64
+    rows, 8 warps and 4 stages for 128 (the 8B shape's 68 rows at 32K keys: 55.0 us; 3 stages
+    56.2, 5 stages 57.0), with as many stages as fit shared memory: (stages - 1) key and value
+    blocks in flight plus the query tile."""
+    block_m = block_m or max(MIN_BLOCK_M, triton.next_power_of_2(rows))
+    stages = num_stages or (3 if block_m <= 64 else 4)
+    if num_stages is None:
+        while stages > 2 and ((stages - 1) * 2 * block_n + block_m) * head_dim * dtype_bytes > SHARED_MEMORY_BYTES:
+            stages -= 1
+    return dict(block_m=block_m, block_n=block_n, num_stages=stages, num_warps=num_warps or (4 if block_m <= 64 else 8))
 
 
-def launch_config(rows: int, head_dim: int, num_warps: int | None = None, num_stages: int = 3,
-                  block_n: int = BLOCK_N) -> dict:
-    block_m, tail_m = row_tiles(rows)
-    return dict(block_m=block_m, tail_m=tail_m, block_n=block_n, num_stages=num_stages,
-                num_warps=num_warps or (4 if block_m <= 64 else 8))
-
-
-def programs_per_sm(cfg: dict, head_dim: int, dtype_bytes: int = 2) -> int:
-    """Split programs one SM holds at once, from their shared memory (measured with
-    scripts/compile_kernels.py: (stages - 1) key and value blocks in flight plus the query tiles)
-    and, for 8 warps, their registers (about 160 per thread: one program)."""
-    smem = ((cfg["num_stages"] - 1) * 2 * cfg["block_n"] + cfg["block_m"] + cfg["tail_m"]) * head_dim * dtype_bytes
-    by_smem = (228 * 1024) // (smem + 5 * 1024)
-    return max(1, min(by_smem, 3 if cfg["num_warps"] <= 4 else 1))
-
-
-def default_splits(q: torch.Tensor, k: torch.Tensor, cfg: dict | None = None) -> int:
-    """Key slices per KV head: as many as fill the GPU in one wave of programs (a second, partial
-    wave costs more than it spreads: measured on an H100, a 7B layer at 128K keys streams at 1.00
-    of the copy bandwidth with 256 programs, 0.92 with 512), with at least four key blocks each."""
+def default_splits(q: torch.Tensor, k: torch.Tensor) -> int:
+    """Key slices per KV head: one wave of programs, two per SM where the tile lets two fit (the
+    128-row tile's 8 warps take the register file), at most MAX_SPLITS per head, and at least four
+    key blocks per slice. Measured on an H100 over whole captured levels at 32K: the 7B shape (32
+    KV heads, 8 slices) two per SM, autoregressive step 1.050 -> 1.024 of its floor against one;
+    the 8B shape (8 KV heads) 16 slices, 1.065 -> 1.058 against 33, verify of 17 1.206 -> 1.167
+    (a second wave); a slice too short to hide its pipeline's fill, and every slice's partial to
+    merge, cost more than the second program per SM gains. Two 64-row programs (112 KiB of shared
+    memory each) fit an sm90 SM, not an sm80 one (164 KiB): one there."""
     B, Hq, T, D = q.shape
     Hkv, capacity = k.shape[1], k.shape[2]
-    cfg = cfg or launch_config(Hq // Hkv * T, D)
-    slots = sm_count(q.device) * programs_per_sm(cfg, D, q.element_size())
-    most = max(1, capacity // (4 * cfg["block_n"]))
-    return max(1, min(slots // (B * Hkv), most))
+    hopper = not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] >= 9  # CPU: plan as an H100
+    per_sm = 2 if hopper and launch_config(Hq // Hkv * T, D)["block_m"] <= 64 else 1
+    most = max(1, min(MAX_SPLITS, capacity // (4 * BLOCK_N)))
+    return max(1, min(sm_count(q.device) * per_sm // (B * Hkv), most))
 
 
 def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, block_n=BLOCK_N, num_warps=None,
-                     num_stages=3, prefetch: int | None = None):
+                     num_stages=None, prefetch: int | None = None, block_m: int | None = None):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
     rows = group * T
-    cfg = launch_config(rows, D, num_warps, num_stages, block_n)
-    rows_pad = cfg["block_m"] + cfg["tail_m"]
+    cfg = launch_config(rows, D, num_warps, num_stages, block_n, q.element_size(), block_m)
+    if cfg["block_m"] < rows:
+        raise ValueError(f"a tile of {cfg['block_m']} query rows for {rows} rows per KV head")
+    rows_pad = cfg["block_m"]
     out = torch.empty((B, T, Hq, D), device=q.device, dtype=q.dtype)
     direct = splits == 1
     if direct:
@@ -225,7 +206,7 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, splits, scale * 1.4426950408889634,
-        BLOCK_M=cfg["block_m"], TAIL_M=cfg["tail_m"], BLOCK_N=cfg["block_n"], HEAD_DIM=D, PRECISION=precision,
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreted(), DIRECT=direct, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         PREFETCH=prefetch, KEY_BYTES=D * e, **pdl_args(q))
     if not direct:
