@@ -58,8 +58,10 @@ def use_pdl(enabled: bool) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _sm90(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+def sm90(device: torch.device) -> bool:
+    """A CUDA device of compute capability 9.0 or later (Hopper); True elsewhere, as sm_count
+    answers an H100's SM count, so the interpreter and the CPU compile tool plan an H100's launches."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,7 +78,7 @@ def sm_count(device: torch.device) -> int:
 def pdl_enabled(t: torch.Tensor) -> bool:
     """PDL for a kernel on `t`: on sm90+, while a CUDA graph is being captured (the captured levels,
     where gpu_check validates it; eager launches, e.g. an offloaded forward, stay plain)."""
-    return (PDL and t.is_cuda and not interpreted() and _sm90(t.device.index if t.device.index is not None else 0)
+    return (PDL and t.is_cuda and not interpreted() and sm90(t.device)
             and torch.cuda.is_current_stream_capturing())
 
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triforce.kernels import interpreted, sm_count
+from triforce.kernels import interpreted, sm90, sm_count
 from triforce.kernels.decode_attention import BLOCK_N
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 
@@ -171,8 +171,7 @@ def default_splits(q: torch.Tensor, k: torch.Tensor) -> int:
     memory each) fit an sm90 SM, not an sm80 one (164 KiB): one there."""
     B, Hq, T, D = q.shape
     Hkv, capacity = k.shape[1], k.shape[2]
-    hopper = not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] >= 9  # CPU: plan as an H100
-    per_sm = 2 if hopper and launch_config(Hq // Hkv * T, D)["block_m"] <= 64 else 1
+    per_sm = 2 if sm90(q.device) and launch_config(Hq // Hkv * T, D)["block_m"] <= 64 else 1
     most = max(1, min(MAX_SPLITS, capacity // (4 * BLOCK_N)))
     return max(1, min(sm_count(q.device) * per_sm // (B * Hkv), most))
 
