@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from triforce.data.gutenberg import load_books
-from triforce.engine import Engine, MethodConfig
+from triforce.config import MethodConfig
+from triforce.engine import Engine
 from triforce.models.loading import load_model, load_tokenizer
 from triforce.report import markdown_table
 

@@ -1,4 +1,4 @@
-"""Latency benchmark on one GPU: every level at its memory-bandwidth floor? (DESIGN.md §7)
+"""Latency benchmark on one GPU: every level at its memory-bandwidth floor? (docs/DESIGN.md §7)
 
     python experiments/latency_benchmark.py                       # llama2-7b + llama3-8b shapes, 32K/64K/120K
     python experiments/latency_benchmark.py shapes=[llama2-7b] contexts=[32768] transformers=false
@@ -44,11 +44,15 @@ def fits(shape: str, method, context: int, new_tokens: int, dtype_bytes: int, ch
                        draft=SHAPES[DRAFT_OF[shape]])
     free, _ = torch.cuda.mem_get_info()
     try:
-        check_memory(plan, free, where="this GPU", target=SHAPES[shape], dtype_bytes=dtype_bytes,
-                     prompt_len=context, prefill_chunk=chunk)
+        check_memory(plan, free, where="this GPU")
     except ConfigError as e:
         return str(e)
     return None
+
+
+def kernels(cfg: DictConfig) -> dict:
+    """The kernel policy's overrides this run asks for (kernels/policy.py)."""
+    return {"pdl": bool(cfg.pdl), "linear": str(cfg.linear)}
 
 
 def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str, list], save) -> None:
@@ -64,7 +68,8 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
         draft = random_model(SHAPES[DRAFT_OF[shape]], dtype=dtype, device="cuda", seed=1)
         if cfg.levels:
             levels = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
-                                           bandwidth=card.bandwidth, repeats=cfg.repeats)
+                                           bandwidth=card.bandwidth, repeats=cfg.repeats,
+                                           engine_kw={"kernels": kernels(cfg)})
             for row in levels:
                 tables["levels"].append(dict(shape=shape, **row))
             for row in latency.speedups(levels, method.gamma, method.draft_gamma,
@@ -76,6 +81,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                                    generator=torch.Generator().manual_seed(0)).tolist()
             for m in (method_config({"name": "autoregressive"}), method):
                 row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt,
+                                         engine_kw={"kernels": kernels(cfg)},
                                          new_tokens=cfg.new_tokens, sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk)
                 tables["end_to_end"].append(dict(shape=shape, **row))
                 print(json.dumps(tables["end_to_end"][-1]), flush=True)
@@ -117,13 +123,15 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
         sys.exit(2)
-    from triforce.kernels import use_pdl
-    from triforce.kernels.linear import use_backend
+    from triforce.kernels.policy import KernelPolicy
 
-    use_backend(cfg.linear)
-    use_pdl(cfg.pdl)
+    try:
+        policy = KernelPolicy.resolve("cuda", kernels(cfg))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     card = latency.Card.measure()
-    print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s", flush=True)
+    print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s; kernel policy {policy.describe()}", flush=True)
     tables: dict[str, list] = {k: [] for k in ("levels", "speedup", "end_to_end", "transformers", "smollm2", "skipped")}
     from hydra.core.hydra_config import HydraConfig
 
@@ -132,7 +140,8 @@ def main(cfg: DictConfig) -> None:
     def save(complete: bool = False) -> str:
         text = report(cfg, card, tables) + ("" if complete else "\n\n(incomplete: the run was still going)")
         payload = json.dumps({"card": card.name, "bandwidth": card.bandwidth, "date": datetime.date.today().isoformat(),
-                              "complete": complete, "config": OmegaConf.to_container(cfg), **tables},
+                              "complete": complete, "config": OmegaConf.to_container(cfg),
+                              "kernel_policy": policy.describe(), **tables},
                              indent=1, default=str)
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ Only rank 0 prints and writes (offload.json, offload.md, identity.json in the ru
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import sys
@@ -65,10 +64,8 @@ def fits_on_chip(cfg: DictConfig, method, context: int, dtype_bytes: int, par: P
     plan = plan_memory(shard_config(SHAPES[cfg.shape], par.world), method, context, 64, dtype_bytes=dtype_bytes,
                        prefill_chunk=cfg.prefill_chunk, draft=SHAPES[DRAFT_OF[cfg.shape]])
     # the weights are loaded already: their memory is not free but is not needed again either
-    plan = dataclasses.replace(plan, items={k: v for k, v in plan.items.items() if "weights" not in k})
     try:
-        check_memory(plan, torch.cuda.mem_get_info()[0], where="this GPU", target=SHAPES[cfg.shape],
-                     dtype_bytes=dtype_bytes, prompt_len=context, prefill_chunk=cfg.prefill_chunk)
+        check_memory(plan.without_weights(), torch.cuda.mem_get_info()[0], where="this GPU")
     except ConfigError:
         return False
     return True
@@ -77,13 +74,14 @@ def fits_on_chip(cfg: DictConfig, method, context: int, dtype_bytes: int, par: P
 def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
     dtype = parse_dtype(cfg.dtype, "cuda")
     method = method_config(OmegaConf.to_container(cfg.method))
-    offload = dict(offload=True, on_chip_layers=cfg.on_chip_layers)
+    kernels = {"linear": str(cfg.linear)}  # the kernel policy's overrides (kernels/policy.py)
+    offload = dict(offload=True, on_chip_layers=cfg.on_chip_layers, kernels=kernels)
     target, draft = models(cfg, par, device, dtype)
     for context in cfg.contexts:
-        for where, kw in (("offloaded", offload), ("on-chip", None)):
-            if kw is not None and not cfg.offloaded_levels:
+        for where, kw in (("offloaded", offload), ("on-chip", {"kernels": kernels})):
+            if where == "offloaded" and not cfg.offloaded_levels:
                 continue
-            if kw is None and not (cfg.onchip_levels and fits_on_chip(cfg, method, context, dtype.itemsize, par)):
+            if where == "on-chip" and not (cfg.onchip_levels and fits_on_chip(cfg, method, context, dtype.itemsize, par)):
                 say(f"[{where} @ {context}] skipped: the full cache does not fit this GPU")
                 continue
             rows = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
@@ -116,7 +114,8 @@ def run_identity(cfg, par, device, tables, say) -> dict:
     for where, kw in (("on-chip", {}), ("offloaded", dict(offload=True, on_chip_layers=cfg.on_chip_layers))):
         for name, m in IDENTITY_METHODS.items():
             engine = Engine(target, draft if name in ("spec", "triforce") else None, m, SamplingParams(0.0),
-                            executor="graphs", prefill_chunk=cfg.prefill_chunk, **kw)
+                            executor="graphs", prefill_chunk=cfg.prefill_chunk, kernels={"linear": str(cfg.linear)},
+                            **kw)
             tokens[f"{where}/{name}"] = engine.generate(prompt, cfg.identity.new_tokens, seed=0,
                                                         stop_at_eos=False).tokens
     reference = json.loads(Path(cfg.identity.reference).read_text()) if cfg.identity.reference else None
@@ -166,9 +165,6 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    from triforce.kernels.linear import use_backend
-
-    use_backend(cfg.linear)
     card = latency.Card.measure()
     h2d = host_to_device_bandwidth(device)
     latency.free_memory()

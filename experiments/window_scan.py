@@ -23,7 +23,7 @@ import torch
 
 from triforce.cache.retrieval import RetrievalCache
 from triforce.data.gutenberg import load_books
-from triforce.engine import MethodConfig
+from triforce.config import MethodConfig
 from triforce.models.loading import load_model, load_tokenizer
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams, probabilities

@@ -70,12 +70,22 @@ def install(target: GPUTarget, label: list[str]) -> None:
     JITFunction.run = run
 
 
-def cases(only: set[str] | None):
-    """(group, label, thunk) for each launch configuration the engine uses."""
+def cases(only: set[str] | None, pdl: bool = False):
+    """(group, label, thunk) for each launch configuration the engine uses: the launches the kernel
+    policy plans for an H100 (kernels/policy.py; on a CPU it answers with an H100's properties),
+    with programmatic dependent launch as a captured graph takes it when `pdl`."""
     from triforce.kernels import triton_decode, triton_linear, triton_top_p
+    from triforce.kernels.policy import H100, KernelPolicy
 
     bf16 = torch.bfloat16
     out = []
+    policy = KernelPolicy(H100)
+    pf = dict(pdl=pdl, prefetch=policy.linear_prefetch if pdl else 0)
+
+    def splits_launch(q, k):
+        B, Hq, T, D = q.shape
+        return policy.attention_launch(batch=B, kv_heads=k.shape[1], rows=Hq // k.shape[1] * T, head_dim=D,
+                                       capacity=k.shape[2], element_size=q.element_size())
 
     def add(group, label, fn):
         if only is None or group in only:
@@ -84,9 +94,10 @@ def cases(only: set[str] | None):
     for vocab in (32000, 49152, 128256):
         for rows in (1, 7, 17):
             logits = torch.empty(rows, vocab, dtype=bf16)
-            add("top_p", f"split V={vocab} rows={rows}", lambda lg=logits: triton_top_p.top_p_split(lg, 0.6, 0.9))
-        add("top_p", f"split V={vocab} top_p=1", lambda lg=logits: triton_top_p.top_p_split(lg, 0.6, 1.0))
-    add("top_p", "single V=32000", lambda: triton_top_p.top_p_probabilities(torch.empty(1, 32000, dtype=bf16), 0.6, 0.9))
+            add("top_p", f"split V={vocab} rows={rows}", lambda lg=logits: triton_top_p.top_p_split(lg, 0.6, 0.9, pdl=pdl))
+        add("top_p", f"split V={vocab} top_p=1", lambda lg=logits: triton_top_p.top_p_split(lg, 0.6, 1.0, pdl=pdl))
+    add("top_p", "single V=32000", lambda: triton_top_p.top_p_probabilities(torch.empty(1, 32000, dtype=bf16), 0.6, 0.9,
+                                                                             pdl=pdl))
 
     for name, hq, hkv, d, keys in (("7b", 32, 32, 128, 32768), ("8b", 32, 8, 128, 32768), ("68m", 12, 12, 64, 256)):
         k = torch.empty(1, hkv, keys + 64, d, dtype=bf16)
@@ -94,7 +105,8 @@ def cases(only: set[str] | None):
             q = torch.empty(1, t, hq, d, dtype=bf16).transpose(1, 2)
             length = torch.tensor([keys], dtype=torch.int64)
             add("attention", f"{name} T={t}", lambda q=q, k=k, length=length: triton_decode.decode_attention(
-                q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
+                q, k, k, length, d ** -0.5, splits_launch(q, k), pdl=pdl,
+                prefetch=policy.attention_prefetch if pdl else 0))
     # the stage rule's other ends: float32 (gpu_check's reference runs) and head_dim 256, with a 128-row tile
     for dtype, d in ((torch.float32, 128), (bf16, 256)):
         k = torch.empty(1, 8, 4096, d, dtype=dtype)
@@ -102,7 +114,8 @@ def cases(only: set[str] | None):
             q = torch.empty(1, t, 32, d, dtype=dtype).transpose(1, 2)
             length = torch.tensor([4000], dtype=torch.int64)
             add("attention", f"{str(dtype)[6:]} d={d} T={t}", lambda q=q, k=k, length=length:
-                triton_decode.decode_attention(q, k, k, length, d ** -0.5, triton_decode.default_splits(q, k)))
+                triton_decode.decode_attention(q, k, k, length, d ** -0.5, splits_launch(q, k), pdl=pdl,
+                prefetch=policy.attention_prefetch if pdl else 0))
 
     from triforce.kernels import triton_embedding, triton_streaming, triton_verify
 
@@ -127,12 +140,12 @@ def cases(only: set[str] | None):
     for hidden in (4096, 768):
         for t in (1, 17):
             x, nw = torch.empty(1, t, hidden, dtype=bf16), torch.empty(hidden, dtype=bf16)
-            add("norm", f"rms_norm {hidden} T={t}", lambda x=x, nw=nw: triton_norm.rms_norm(x, nw, 1e-5, x))
-            add("norm", f"pre_norm {hidden} T={t}", lambda x=x, nw=nw: triton_norm.rms_norm(x, nw, 0.0, x, True))
+            add("norm", f"rms_norm {hidden} T={t}", lambda x=x, nw=nw: triton_norm.rms_norm(x, nw, 1e-5, x, pdl=pdl))
+            add("norm", f"pre_norm {hidden} T={t}", lambda x=x, nw=nw: triton_norm.rms_norm(x, nw, 0.0, x, True, pdl=pdl))
     for name, hidden in (("8b", 4096), ("68m", 768)):
         w = torch.empty(1000, hidden, dtype=bf16)
         ids = torch.zeros(64, dtype=torch.int64)
-        add("embedding", f"{name}", lambda w=w, ids=ids: triton_embedding.embed_slice(w, ids, ids[0], 1))
+        add("embedding", f"{name}", lambda w=w, ids=ids: triton_embedding.embed_slice(w, ids, ids[0], 1, pdl=pdl))
     for name, hq, hkv, d, hidden in (("7b", 32, 32, 128, 4096), ("8b", 32, 8, 128, 4096), ("68m", 12, 12, 64, 768)):
         w = torch.empty((hq + 2 * hkv) * d, hidden, dtype=bf16)
         nw = torch.empty(hidden, dtype=bf16)
@@ -144,45 +157,51 @@ def cases(only: set[str] | None):
             x = torch.empty(1, t, hidden, dtype=bf16)
             if t == 1:
                 add("linear", f"qkv+rope-{name} T=1 norm+residual", lambda x=x, w=w, nw=nw, spec=spec: (
-                    triton_linear.fused_linear(x, w, residual=x, norm_weight=nw, eps=1e-5, rope=spec)))
+                    triton_linear.fused_linear(x, w, residual=x, norm_weight=nw, eps=1e-5, rope=spec, **pf)))
             else:
                 add("linear", f"qkv+rope-{name} T={t}", lambda x=x, w=w, spec=spec: triton_linear.fused_linear(
-                    x, w, rope=spec))
+                    x, w, rope=spec, **pf))
     for name, (n, kdim) in {"qkv-8b": (6144, 4096), "o-8b": (4096, 4096), "down-8b": (4096, 14336),
                             "lm_head-8b": (128256, 4096), "qkv-68m": (2304, 768), "lm_head-68m": (32000, 768)}.items():
         w = torch.empty(n, kdim, dtype=bf16)
         nw = torch.empty(kdim, dtype=bf16)
         for t in (1, 7, 17):
             x = torch.empty(1, t, kdim, dtype=bf16)
-            add("linear", f"{name} T={t}", lambda x=x, w=w: triton_linear.fused_linear(x, w))
+            add("linear", f"{name} T={t}", lambda x=x, w=w: triton_linear.fused_linear(x, w, **pf))
             if t == 1:
                 add("linear", f"{name} T=1 norm+residual", lambda x=x, w=w, nw=nw: triton_linear.fused_linear(
-                    x, w, residual=x, norm_weight=nw, eps=1e-5))
+                    x, w, residual=x, norm_weight=nw, eps=1e-5, **pf))
     from triforce.kernels.linear import PreNormed
 
     for t in (1, 7, 17):  # an RMSNorm folded into the products around it: o_proj / down_proj, then the next ones
         x, r, nw = torch.empty(1, t, 4096, dtype=bf16), torch.empty(1, t, 4096, dtype=bf16), torch.empty(4096, dtype=bf16)
         o, down = torch.empty(4096, 4096, dtype=bf16), torch.empty(4096, 14336, dtype=bf16)
         add("linear", f"o-8b T={t} norm out", lambda x=x, r=r, nw=nw, o=o: triton_linear.fused_linear(
-            x, o, residual=r, norm_out=nw))
+            x, o, residual=r, norm_out=nw, **pf))
         add("linear", f"down-8b T={t} norm out", lambda t=t, r=r, nw=nw, down=down: triton_linear.fused_linear(
-            torch.empty(1, t, 14336, dtype=bf16), down, residual=r, norm_out=nw))
+            torch.empty(1, t, 14336, dtype=bf16), down, residual=r, norm_out=nw, **pf))
         pre = PreNormed(h=x, scaled=x, sq=torch.empty(64 if t > 1 else 256, t))
         for name, n in (("gate_up-8b", 28672), ("lm_head-8b", 128256)):
             w = torch.empty(n, 4096, dtype=bf16)
             add("linear", f"{name} T={t} row scale", lambda pre=pre, w=w, name=name: triton_linear.fused_linear(
-                pre, w, eps=1e-5, gated=name.startswith("gate")))
+                pre, w, eps=1e-5, gated=name.startswith("gate"), **pf))
         cache = torch.empty(1, 8, 300, 128, dtype=bf16)
         start = torch.zeros((), dtype=torch.int64)
         spec = RopeStore(positions=start, from_start=True, inv_freq=torch.empty(64), scale=1.0, k_cache=cache,
                          v_cache=cache, slot=start, num_heads=32, num_kv_heads=8, head_dim=128)
         add("linear", f"qkv+rope-8b T={t} row scale", lambda pre=pre, spec=spec: triton_linear.fused_linear(
-            pre, torch.empty(6144, 4096, dtype=bf16), eps=1e-5, rope=spec))
+            pre, torch.empty(6144, 4096, dtype=bf16), eps=1e-5, rope=spec, **pf))
     for name, (n, kdim) in {"gate_up-8b": (28672, 4096), "gate_up-68m": (6144, 768)}.items():
         w = torch.empty(n, kdim, dtype=bf16)
         for t in (1, 3, 17):  # SwiGLU in the epilogue
             x = torch.empty(1, t, kdim, dtype=bf16)
-            add("linear", f"{name} T={t} gated", lambda x=x, w=w: triton_linear.fused_linear(x, w, gated=True))
+            add("linear", f"{name} T={t} gated", lambda x=x, w=w: triton_linear.fused_linear(x, w, gated=True, **pf))
+    # the tuning files' launches (kernels/tuning/*.json): the 8B gate/up with 128-deep input blocks
+    tuned = KernelPolicy.resolve("cuda", environ={}, props=H100)
+    w, x = torch.empty(28672, 4096, dtype=bf16), torch.empty(1, 17, 4096, dtype=bf16)
+    launch = tuned.linear_launch(17, 28672, 4096, gated=True)
+    add("linear", f"gate_up-8b T=17 gated [{launch.entry}]", lambda x=x, w=w, launch=launch: triton_linear.fused_linear(
+        x, w, gated=True, launch=launch, **pf))
     from triforce.kernels import triton_allreduce
 
     for world in (2, 4):
@@ -196,17 +215,14 @@ def cases(only: set[str] | None):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--pdl", action="store_true", help="compile the kernels as launched with TRIFORCE_PDL=1")
+    ap.add_argument("--pdl", action="store_true", help="compile the kernels as a captured graph launches them with "
+                    "programmatic dependent launch (the policy's default on sm90+)")
     ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,norm,embedding,verify,streaming,allreduce")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)
-    if args.pdl:
-        import triforce.kernels
-
-        triforce.kernels.pdl_enabled = lambda t: True  # the launchers ask this; here tensors are on the CPU
     failed = False
-    for group, name, thunk in cases(set(args.only.split(",")) if args.only else None):
+    for group, name, thunk in cases(set(args.only.split(",")) if args.only else None, pdl=args.pdl):
         label[0] = f"{group}: {name}"
         start = len(RESULTS)
         try:

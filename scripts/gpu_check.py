@@ -15,7 +15,9 @@
    near-tie may flip).
 
 With --pdl both (the default on sm90+), 1-4 run twice: kernels launched plainly, then with
-programmatic dependent launch (on by default for captured graphs), which the CPU tests cannot exercise.
+programmatic dependent launch (on by default for captured graphs), which the CPU tests cannot exercise:
+each check's engines and kernel contexts get the kernel policy with PDL off, then on
+(`hardware.kernels.pdl`).
 
 Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass (in
 every PDL mode checked).
@@ -24,6 +26,7 @@ every PDL mode checked).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 
@@ -33,6 +36,7 @@ from triforce.engine import Engine
 from triforce.kernels.activation import silu_mul, silu_mul_reference
 from triforce.kernels.decode_attention import decode_attention, decode_attention_reference
 from triforce.kernels.norm import rms_norm, rms_norm_reference
+from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.rotary import rope_store, rope_store_reference
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
@@ -54,7 +58,10 @@ def rel_err(out, ref) -> float:
     return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
-def check_kernels(device) -> bool:
+def check_kernels(device, policy: KernelPolicy) -> bool:
+    """Every kernel against its reference, launched eagerly (plainly) and, where a check captures a
+    graph, as the decode plan launches it (with PDL where the policy says)."""
+    ctx = KernelContext(policy, pdl=False)
     ok = True
     g = torch.Generator(device=device).manual_seed(0)
     for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float32, 1e-5)):
@@ -65,11 +72,11 @@ def check_kernels(device) -> bool:
                 k = torch.randn(1, hkv, S, 128, device=device, dtype=dtype, generator=g)
                 v = torch.randn(1, hkv, S, 128, device=device, dtype=dtype, generator=g)
                 length = torch.tensor([kv_len], device=device)
-                out = decode_attention(q, k, v, length, 128 ** -0.5)
+                out = decode_attention(q, k, v, length, 128 ** -0.5, ctx=ctx)
                 ref = decode_attention_reference(q.float(), k.float(), v.float(), length, 128 ** -0.5)
                 err = rel_err(out, ref)
                 # the captured path's form: the block's first slot + T, added in the kernel
-                same = torch.equal(decode_attention(q, k, v, length - t, 128 ** -0.5, kv_offset=t), out)
+                same = torch.equal(decode_attention(q, k, v, length - t, 128 ** -0.5, kv_offset=t, ctx=ctx), out)
                 good = err < tol and torch.isfinite(out).all().item() and same
                 ok &= good
                 print(f"decode_attention {str(dtype)[6:]:8s} hq={hq} hkv={hkv} T={t:2d}: rel err {err:.1e} "
@@ -93,8 +100,8 @@ def check_kernels(device) -> bool:
             fn(q, k, v, rope, kc, vc, torch.tensor(50, device=device))
             outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten()]))
         errs["rope_store"] = rel_err(*outs)
-        errs.update(check_qkv_projection(device, dtype, g))
-        errs.update(check_split_k_and_gated(device, dtype, g))
+        errs.update(check_qkv_projection(device, dtype, g, ctx))
+        errs.update(check_split_k_and_gated(device, dtype, g, KernelContext(policy, pdl=policy.pdl)))
         from triforce.kernels.embedding import TokenSlice, embed
 
         table = torch.randn(32000, 4096, device=device, dtype=dtype, generator=g)
@@ -157,15 +164,17 @@ def check_race(device) -> bool:
     return ok
 
 
-def check_split_k_and_gated(device, dtype, g) -> dict[str, float]:
+def check_split_k_and_gated(device, dtype, g, ctx: KernelContext) -> dict[str, float]:
     """The products of several rows: split-K (each tile's last program adds the partials; o_proj
     and down_proj shapes) and the gate/up product with SwiGLU in its epilogue, eagerly and replayed
     three times from a CUDA graph (the arrival counters must be back at zero after every launch).
     An error of inf marks a replay that differs from the eager result in any bit."""
     from triforce.kernels.activation import silu_mul_reference
     from triforce.kernels.triton_linear import fused_linear
+    from triforce.kernels.workspace import Workspace
 
     errs = {}
+    workspace = Workspace(device)
     for name, n, k, t, split_k, gated in (("o split 2", 4096, 4096, 17, 2, False), ("o split 4", 4096, 4096, 7, 4, False),
                                           ("down split 2", 4096, 14336, 17, 2, False),
                                           ("gate_up gated", 28672, 4096, 17, 1, True),
@@ -174,11 +183,14 @@ def check_split_k_and_gated(device, dtype, g) -> dict[str, float]:
         x = torch.randn(1, t, k, device=device, dtype=dtype, generator=g)
         ref = torch.nn.functional.linear(x.float(), w.float())
         ref = silu_mul_reference(ref.to(dtype)) if gated else ref
-        out = fused_linear(x, w, gated=gated, split_k=split_k)[0]
+        launch = dataclasses.replace(ctx.policy.linear_launch(t, n, k, gated=gated, element_size=x.element_size()),
+                                     split_k=split_k)
+        out = fused_linear(x, w, gated=gated, launch=launch, workspace=workspace)[0]
         err = rel_err(out, ref)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = fused_linear(x, w, gated=gated, split_k=split_k)[0]
+        with torch.cuda.graph(graph):  # captured as the decode plan launches (PDL where the context says)
+            captured = fused_linear(x, w, gated=gated, launch=launch, workspace=workspace, pdl=ctx.pdl,
+                                    prefetch=ctx.policy.linear_prefetch)[0]
         for _ in range(3):
             graph.replay()
             torch.cuda.synchronize()
@@ -193,13 +205,14 @@ def check_split_k_and_gated(device, dtype, g) -> dict[str, float]:
         wo = torch.randn(4096, 4096, device=device, dtype=dtype, generator=g) / 64
         wg = torch.randn(2 * 14336, 4096, device=device, dtype=dtype, generator=g) / 64
         nw = 1 + 0.1 * torch.randn(4096, device=device, dtype=dtype, generator=g)
-        out, h = norm_linear(linear_add_norm(x, wo, None, r, nw), None, nw, 1e-5, wg, gated=True)
-        ref, h_ref = norm_linear(linear(x, wo, use_triton=False), r, nw, 1e-5, wg, gated=True, use_triton=False)
+        eager = dataclasses.replace(ctx, pdl=False)
+        out, h = norm_linear(linear_add_norm(x, wo, None, r, nw, eager), None, nw, 1e-5, wg, gated=True, ctx=eager)
+        ref, h_ref = norm_linear(linear(x, wo), r, nw, 1e-5, wg, gated=True)
         errs[f"norm fold T={t}"] = max(rel_err(out, ref), rel_err(h, h_ref))
     return errs
 
 
-def check_qkv_projection(device, dtype, g) -> dict[str, float]:
+def check_qkv_projection(device, dtype, g, ctx: KernelContext) -> dict[str, float]:
     """The q/k/v projection with the rotary + cache write in its epilogue (7B and 8B layers, 1 to
     17 tokens, positions from a start scalar as the captured path passes them) against the
     projection followed by the reference rotary and store."""
@@ -223,7 +236,8 @@ def check_qkv_projection(device, dtype, g) -> dict[str, float]:
                 kc = torch.zeros(1, hkv, 200, 128, device=device, dtype=dtype)
                 vc = torch.zeros_like(kc)
                 q, h = qkv_rope_store(x, r, nw, 1e-5, w, None, rotary.at(positions, dtype), kc, vc,
-                                      torch.tensor(50, device=device), hq, hkv, 128, use_triton=use_triton)
+                                      torch.tensor(50, device=device), hq, hkv, 128,
+                                      ctx=ctx if use_triton else None)
                 outs.append(torch.cat([q.flatten(), kc.flatten(), vc.flatten(), h.flatten()]))
             errs[f"qkv+rope hkv={hkv} T={t}"] = rel_err(*outs)
     return errs
@@ -296,15 +310,17 @@ def random_model(seed: int, device, dtype) -> Transformer:
     return model.to(device=device, dtype=dtype).eval()
 
 
-def check_engine(device) -> bool:
+def check_engine(device, kernels: dict) -> bool:
     ok = True
     target, draft = random_model(0, device, torch.float32), random_model(1, device, torch.float32)
     models = {"target": target, "draft": draft, None: None}
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     for executor in ("eager", "graphs"):
-        reference = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor=executor).generate(prompt, 48).tokens
+        reference = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor=executor,
+                           kernels=kernels).generate(prompt, 48).tokens
         for name, d, extra in METHODS:
-            res = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor=executor).generate(prompt, 48)
+            res = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor=executor,
+                         kernels=kernels).generate(prompt, 48)
             same = res.tokens == reference
             ok &= same
             print(f"{executor:6s} {name:15s} {extra} greedy-identical={same} "
@@ -314,18 +330,18 @@ def check_engine(device) -> bool:
             ok &= eager_ref.tokens == reference
             print(f"graphs autoregressive == eager autoregressive: {eager_ref.tokens == reference}")
     sampled = Engine(target, draft, {"name": "triforce", "budget": 64}, {"temperature": 0.6, "top_p": 0.9},
-                     executor="graphs")
+                     executor="graphs", kernels=kernels)
     a, b = sampled.generate(prompt, 32, seed=3).tokens, sampled.generate(prompt, 32, seed=3).tokens
     print(f"graphs: seeded sampling reproducible={a == b}")
     return ok and a == b
 
 
-def check_synchronisations(device) -> bool:
+def check_synchronisations(device, kernels: dict) -> bool:
     """Count the implicit host synchronisations (torch's sync debug mode) of a graph-path run."""
     target, draft = random_model(0, device, torch.bfloat16), random_model(1, device, torch.bfloat16)
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     engine = Engine(target, draft, {"name": "triforce", "budget": 64}, {"temperature": 0.6, "top_p": 0.9},
-                    executor="graphs")
+                    executor="graphs", kernels=kernels)
     engine.generate(prompt, 32, seed=0)  # capture first: capture itself synchronises
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -344,20 +360,20 @@ def check_synchronisations(device) -> bool:
     return ok
 
 
-def report_bf16(device) -> None:
+def report_bf16(device, kernels: dict) -> None:
     target, draft = random_model(0, device, torch.bfloat16), random_model(1, device, torch.bfloat16)
     models = {"target": target, "draft": draft, None: None}
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
-    ref = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor="graphs").generate(prompt, 48).tokens
+    ref = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor="graphs",
+                 kernels=kernels).generate(prompt, 48).tokens
     for name, d, extra in METHODS:
-        out = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor="graphs").generate(prompt, 48).tokens
+        out = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor="graphs",
+                     kernels=kernels).generate(prompt, 48).tokens
         agree = next((i for i, (a, b) in enumerate(zip(out, ref)) if a != b), len(ref))
         print(f"bf16 graphs {name:15s} {extra}: agrees with autoregressive for {agree}/{len(ref)} tokens")
 
 
 def main() -> int:
-    from triforce.kernels import use_pdl
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--pdl", choices=("off", "on", "both"), default="both",
@@ -371,14 +387,14 @@ def main() -> int:
         modes = [False]  # PDL needs sm90+
     verdicts = {}
     for pdl in modes:
-        use_pdl(pdl)
+        kernels = {"pdl": pdl}
+        policy = KernelPolicy.resolve(args.device, kernels)
         print(f"\n=== programmatic dependent launch {'on' if pdl else 'off'} ===")
-        ok = check_kernels(args.device)
-        ok &= check_engine(args.device)
-        ok &= check_synchronisations(args.device)
-        report_bf16(args.device)
+        ok = check_kernels(args.device, policy)
+        ok &= check_engine(args.device, kernels)
+        ok &= check_synchronisations(args.device, kernels)
+        report_bf16(args.device, kernels)
         verdicts[pdl] = ok
-    use_pdl(False)
     ok = all(verdicts.values())
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: "
           + ", ".join(f"PDL {'on' if k else 'off'} {'OK' if v else 'FAILED'}" for k, v in verdicts.items()))

@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from triforce.bench.latency import LevelBench
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
-from triforce.engine import MethodConfig
+from triforce.config import MethodConfig
 
 PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_gamma=2)
 
@@ -79,13 +79,10 @@ def main() -> None:
     ap.add_argument("--no-pdl", action="store_true", help="kernels without programmatic dependent launch")
     ap.add_argument("--sequence", action="store_true", help="also one middle layer's kernels in order, with gaps")
     args = ap.parse_args()
-    if args.no_pdl:
-        from triforce.kernels import use_pdl
-
-        use_pdl(False)
     target = random_model(SHAPES[args.shape], dtype=torch.bfloat16, device="cuda")
     draft = random_model(SHAPES[DRAFT_OF[args.shape]], dtype=torch.bfloat16, device="cuda", seed=1)
-    bench = LevelBench(target, draft, PAPER, args.context)
+    bench = LevelBench(target, draft, PAPER, args.context, {"kernels": {"pdl": not args.no_pdl}})
+    print(f"kernel policy: {bench.policy.describe()}")
     with torch.inference_mode():
         for spec in args.levels.split(","):
             level, tokens = spec.split(":")

@@ -1,6 +1,6 @@
 """Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear] [--split-k] [--prologues] [--top-p] [--no-pdl]
+    python scripts/tune_kernels.py [--attention] [--linear] [--split-k] [--prologues] [--top-p] [--write-tuning PATH]
 
 Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
 graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
@@ -22,14 +22,19 @@ flat rows: the one-program kernel (32K), the split path, torch's sort path.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import triton
 
 from triforce.bench.floors import copy_bandwidth
 from triforce.bench.kernel_timing import copies_needed, graph_time
-from triforce.kernels.triton_decode import decode_attention, default_splits, launch_config
+from triforce.kernels.policy import AttentionLaunch, KernelPolicy, LinearLaunch, Tile
+from triforce.kernels.triton_decode import decode_attention
 from triforce.kernels.triton_linear import fused_linear
+
+POLICY = KernelPolicy.resolve("cuda")  # this device's rules and tuning file: the "default" of every sweep
+FOUND: list[dict] = []  # tuning entries a sweep found (--write-tuning)
 
 
 def rotating(tensors: list[torch.Tensor], fn) -> list:
@@ -38,9 +43,10 @@ def rotating(tensors: list[torch.Tensor], fn) -> list:
 
 def tune_attention(bw: float, contexts: list[int]) -> None:
     """The split kernel with its merge over tiles (the smallest power of two >= 16 rows, 64, 128),
-    warps, stages and programs per SM (key slices = SMs x programs // KV heads), against the default
-    launch; the five fastest per case (docs/data/tune_attention_tiles_h100.txt)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    warps, stages and programs per SM (key slices = SMs x programs // KV heads), against the policy's
+    launch; the five fastest per case (docs/data/tune_attention_tiles_h100.txt). Kernel-alone timings
+    choose tiles; slices are chosen over whole levels (scripts/tune_launch.py `slices ...`)."""
+    sms = POLICY.device.sm_count
     for hq, hkv in ((32, 32), (32, 8)):
         for keys in contexts:
             kv_bytes = 2 * hkv * keys * 128 * 2
@@ -50,39 +56,58 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
             for t in (1, 3, 7, 17):
                 rows = hq // hkv * t
                 q = torch.randn(1, t, hq, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-                cfg = launch_config(rows, 128)
-                variants = {"default": (default_splits(q, caches[0][0]), {})}
+                default = POLICY.attention_launch(batch=1, kv_heads=hkv, rows=rows, head_dim=128, capacity=keys + 64)
+                variants = {"default": default}
                 for block_m in sorted({max(16, triton.next_power_of_2(rows)), 64, 128}):
                     if block_m < rows:
                         continue
                     for warps in (4, 8):
                         for stages in (3, 4, 5):
                             for per_sm in (1, 2, 3):
-                                variants[f"{block_m} w{warps} s{stages} p{per_sm}"] = (
-                                    max(1, sms * per_sm // hkv),
-                                    dict(block_m=block_m, num_warps=warps, num_stages=stages))
+                                variants[f"{block_m} w{warps} s{stages} p{per_sm}"] = AttentionLaunch(
+                                    block_m, default.block_n, warps, stages, max(1, sms * per_sm // hkv))
                 results = []
-                for name, (splits, launch) in variants.items():
+                for name, launch in variants.items():
                     try:
                         s = graph_time(rotating(caches, lambda c: decode_attention(
-                            q, c[0], c[1], length, 0.088, splits, **launch)))
+                            q, c[0], c[1], length, 0.088, launch)))
                     except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
                         continue
-                    results.append((s, f"{name}[{splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
+                    results.append((s, f"{name}[{launch.splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
                 results.sort()
-                default = next(r for _, r in results if r.startswith("default"))
-                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d} rows={rows} (tile {cfg['block_m']}): "
-                      f"{default}; fastest: " + "; ".join(r for _, r in results[:5]), flush=True)
+                chosen = next(r for _, r in results if r.startswith("default"))
+                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d} rows={rows} (tile {default.block_m}): "
+                      f"{chosen}; fastest: " + "; ".join(r for _, r in results[:5]), flush=True)
             del caches
 
 
-def variant_time(ws: list[torch.Tensor], x: torch.Tensor, **launch) -> float | None:
-    """Seconds per fused_linear(x, w, **launch) over the rotating weights; None for a variant that
-    does not fit the SM's resources."""
+def launch_of(x, w, *, gated=False, design=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
+              split_k=None) -> LinearLaunch:
+    """The policy's launch for this product with the given fields changed."""
+    base = POLICY.linear_launch(x.numel() // x.shape[-1], w.shape[0], w.shape[1], gated=gated)
+    t = base.tile
+    tile = Tile(t.design if design is None else design, block_n or t.block_n, block_k or t.block_k,
+                num_warps or t.warps, num_stages or t.stages)
+    return LinearLaunch(tile, base.split_k if split_k is None else split_k, num_stages or base.stages)
+
+
+def variant_time(ws: list[torch.Tensor], x: torch.Tensor, gated: bool = False, block_m=None, **launch) -> float | None:
+    """Seconds per fused_linear(x, w) with a launch variant over the rotating weights; None for a
+    variant that does not fit the SM's resources."""
     try:
-        return graph_time(rotating(ws, lambda w: fused_linear(x, w, **launch)))
+        chosen = launch_of(x, ws[0], gated=gated, **launch)
+        return graph_time(rotating(ws, lambda w: fused_linear(x, w, gated=gated, launch=chosen, block_m=block_m)))
     except Exception:  # noqa: BLE001 - e.g. out of shared memory
         return None
+
+
+def found(name: str, n: int, k: int, gated: bool, rows: int, default_s: float, best_s: float, best: dict,
+          why: str) -> None:
+    """A launch measured faster than the policy's by more than 2%: a candidate tuning entry."""
+    if best_s < 0.98 * default_s:
+        FOUND.append({"name": f"linear: {name} from {rows} rows", "kind": "linear",
+                      "match": {"n": n, "k": k, "gated": gated, "min_rows": rows},
+                      "launch": best, "measured": f"{why}: {default_s * 1e6:.1f} -> {best_s * 1e6:.1f} us alone"})
 
 
 def tune_linear(bw: float) -> None:
@@ -107,8 +132,12 @@ def tune_linear(bw: float) -> None:
                                          num_stages=stages, design=design, block_m=block_m)
                         if s is not None:
                             results.append((s, design, block_n, block_k, warps, stages))
-            default = graph_time(rotating(ws, lambda w: fused_linear(x, w)))
+            default = graph_time(rotating(ws, lambda w: fused_linear(x, w, launch=launch_of(x, w))))
             best = min(results)
+            if t > 1 and best[1] == 1:
+                found(name, n, kdim, False, t, default, best[0], {"block_n": best[2], "block_k": best[3],
+                                                                  "warps": best[4], "stages": best[5]},
+                      f"tune_kernels --linear on {torch.cuda.get_device_name()}")
             print(f"linear {name:11s} T={t:2d}: cublas {wb / cublas / bw:5.3f} ({cublas * 1e6:6.1f} us), "
                   f"triton default {wb / default / bw:5.3f} ({default * 1e6:6.1f} us), "
                   f"best {wb / best[0] / bw:5.3f} ({best[0] * 1e6:6.1f} us) design={best[1]} block_n={best[2]} "
@@ -126,7 +155,8 @@ def tune_split_k(bw: float) -> None:
         ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         for t in (3, 7, 17):
             x = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
-            default = graph_time(rotating(ws, lambda w: fused_linear(x, w, gated=gated)))
+            default = graph_time(rotating(ws, lambda w: fused_linear(x, w, gated=gated,
+                                                                     launch=launch_of(x, w, gated=gated))))
             results = []
             for split_k in (1, 2, 3, 4):
                 for block_n in (32, 64):
@@ -156,6 +186,9 @@ def tune_prologues(bw: float) -> None:
     from triforce.kernels.activation import silu_mul
     from triforce.kernels.linear import linear, norm_linear
     from triforce.kernels.norm import rms_norm
+    from triforce.kernels.policy import KernelContext
+
+    ctx = KernelContext(POLICY)
 
     for name, (n, kdim, kind) in {"qkv-7b": (12288, 4096, "norm"), "gate_up-7b": (22016, 4096, "norm"),
                                   "gate_up-7b ": (22016, 4096, "gated"), "lm_head-7b": (32000, 4096, "norm"),
@@ -168,12 +201,12 @@ def tune_prologues(bw: float) -> None:
             x = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
             r = torch.randn(1, t, kdim, device="cuda", dtype=torch.bfloat16)
             if kind == "norm":
-                fused = graph_time(rotating(ws, lambda w: norm_linear(x, r, nw, 1e-5, w)))
-                apart = graph_time(rotating(ws, lambda w: linear(rms_norm(x, nw, 1e-5, r)[0], w)))
+                fused = graph_time(rotating(ws, lambda w: norm_linear(x, r, nw, 1e-5, w, ctx=ctx)))
+                apart = graph_time(rotating(ws, lambda w: linear(rms_norm(x, nw, 1e-5, r)[0], w, ctx=ctx)))
                 cublas = graph_time(rotating(ws, lambda w: torch.nn.functional.linear(rms_norm(x, nw, 1e-5, r)[0], w)))
             else:
-                fused = graph_time(rotating(ws, lambda w: linear(x, w, gated=True)))
-                apart = graph_time(rotating(ws, lambda w: silu_mul(linear(x, w))))
+                fused = graph_time(rotating(ws, lambda w: linear(x, w, gated=True, ctx=ctx)))
+                apart = graph_time(rotating(ws, lambda w: silu_mul(linear(x, w, ctx=ctx))))
                 cublas = graph_time(rotating(ws, lambda w: silu_mul(torch.nn.functional.linear(x, w))))
             print(f"prologue {kind:5s} {name:11s} T={t:2d}: fused {wb / fused / bw:5.3f} ({fused * 1e6:6.1f} us), "
                   f"triton apart {wb / apart / bw:5.3f} ({apart * 1e6:6.1f} us), cublas apart {wb / cublas / bw:5.3f} "
@@ -223,12 +256,10 @@ def main() -> None:
     ap.add_argument("--prologues", action="store_true")
     ap.add_argument("--split-k", action="store_true")
     ap.add_argument("--top-p", action="store_true")
-    ap.add_argument("--no-pdl", action="store_true", help="kernels without programmatic dependent launch")
+    ap.add_argument("--write-tuning", default=None, metavar="PATH",
+                    help="write the launches measured >2%% faster than the policy's as a tuning file "
+                         "(review it, then copy it to triforce/kernels/tuning/<device>.json)")
     args = ap.parse_args()
-    if args.no_pdl:
-        from triforce.kernels import use_pdl
-
-        use_pdl(False)
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     everything = not (args.attention or args.linear or args.prologues or args.top_p or args.split_k)
@@ -242,6 +273,11 @@ def main() -> None:
         tune_linear(bw)
     if args.split_k or everything:
         tune_split_k(bw)
+    if args.write_tuning:
+        import json
+
+        Path(args.write_tuning).write_text(json.dumps({"device": POLICY.device.name, "entries": FOUND}, indent=2))
+        print(f"{len(FOUND)} candidate tuning entries -> {args.write_tuning}")
 
 
 if __name__ == "__main__":

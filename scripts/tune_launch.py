@@ -15,7 +15,11 @@ benchmark times it) against its byte floor, once per variant, graphs captured an
 - `...+nofold`: every RMSNorm between two products as a kernel of its own (not split across the
   products' epilogues: kernels.linear.PreNormed); `+foldmulti`: folded only for several rows;
 - `...+fused`: every one-row product takes its RMSNorm / SwiGLU inside its kernel; `+apart`: none
-  does; the default (neither): small ones do (kernels.linear.fuse_prologue).
+  does; the default (neither): small ones do (KernelPolicy.fuses_prologue);
+- `slices pP capC`: attention with P programs per SM for the 64-row tile, at most C key slices per
+  KV head (KernelPolicy.attention_launch).
+
+Each variant is a KernelPolicy (kernels/policy.py) the levels are built with: nothing is patched.
 
 Prints one table per shape and context: ms per forward and the ratio to the floor, per level.
 """
@@ -23,56 +27,36 @@ Prints one table per shape and context: ms per forward and the ratio to the floo
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
 from triforce.bench.latency import Card, free_memory, level_timings
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
-from triforce.engine import MethodConfig
-from triforce import kernels
-from triforce.kernels import linear, triton_decode, triton_linear, use_pdl
+from triforce.config import MethodConfig
+from triforce.kernels.policy import KernelPolicy
 
 PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_gamma=2)
-# name: (pdl, linear prefetch KiB, attention prefetch KiB, weight bytes below which a one-row product
-# fuses its prologue, split-K choices, RMSNorm folded into the products around it)
-FUSED, APART, SMALL = 1 << 40, 0, linear.FUSED_PROLOGUE_SMALL_BYTES
-SPLIT, NO_SPLIT = triton_linear.SPLIT_K_CHOICES, (1,)
+FUSED, APART = 1 << 40, 0  # weight bytes below which a one-row product fuses its prologue
+# name: the policy fields the variant changes (everything else: the device's resolved policy)
 VARIANTS = {
-    "plain+fused": (False, 0, 0, FUSED, SPLIT, True),
-    "plain": (False, 0, 0, SMALL, SPLIT, True),
-    "pdl+fused": (True, 0, 0, FUSED, SPLIT, True),
-    "pdl": (True, 0, 0, SMALL, SPLIT, True),
-    "pdl+prefetch16/16+fused": (True, 16, 16, FUSED, SPLIT, True),
-    "pdl+prefetch16/16+apart": (True, 16, 16, APART, SPLIT, True),
-    "pdl+prefetch16/16": (True, 16, 16, SMALL, SPLIT, True),
-    "pdl+prefetch16/16+nosplit": (True, 16, 16, SMALL, NO_SPLIT, True),
-    "pdl+prefetch16/16+nofold": (True, 16, 16, SMALL, SPLIT, False),
-    "pdl+prefetch16/16+foldmulti": (True, 16, 16, SMALL, SPLIT, 2),
-    "pdl+prefetch32/16": (True, 32, 16, SMALL, SPLIT, True),
-    "pdl+prefetch8/8": (True, 8, 8, SMALL, SPLIT, True),
+    "plain+fused": dict(pdl=False, linear_prefetch=0, attention_prefetch=0, fuse_prologue_small_bytes=FUSED),
+    "plain": dict(pdl=False, linear_prefetch=0, attention_prefetch=0),
+    "pdl+fused": dict(linear_prefetch=0, attention_prefetch=0, fuse_prologue_small_bytes=FUSED),
+    "pdl": dict(linear_prefetch=0, attention_prefetch=0),
+    "pdl+prefetch16/16+fused": dict(fuse_prologue_small_bytes=FUSED),
+    "pdl+prefetch16/16+apart": dict(fuse_prologue_small_bytes=APART),
+    "pdl+prefetch16/16": dict(),
+    "pdl+prefetch16/16+nosplit": dict(split_k_choices=(1,)),
+    "pdl+prefetch16/16+nofold": dict(fold_norm=False),
+    "pdl+prefetch16/16+foldmulti": dict(fold_norm_min_rows=2),
+    "pdl+prefetch32/16": dict(linear_prefetch=32 * 1024),
+    "pdl+prefetch8/8": dict(linear_prefetch=8 * 1024, attention_prefetch=8 * 1024),
+    # attention key slices (KernelPolicy.attention_launch): programs per SM for the 64-row tile, slice cap
+    "slices p1 cap16": dict(attention_programs_per_sm=1, attention_max_slices=16),
+    "slices p2 cap16": dict(attention_programs_per_sm=2, attention_max_slices=16),
+    "slices p2 cap32": dict(attention_programs_per_sm=2, attention_max_slices=32),
+    "slices p3 cap48": dict(attention_programs_per_sm=3, attention_max_slices=48),
 }
-
-
-@contextlib.contextmanager
-def variant(pdl: bool, linear_kib: int, attention_kib: int, small_bytes: int, split_choices: tuple[int, ...],
-            fold: bool | int):
-    saved = (kernels.PDL, triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM,
-             linear.FUSED_PROLOGUE_SMALL_BYTES, triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM,
-             linear.FOLD_NORM_MIN_ROWS)
-    use_pdl(pdl)
-    linear.FUSED_PROLOGUE_SMALL_BYTES = small_bytes
-    triton_linear.PREFETCH_PER_PROGRAM = linear_kib * 1024
-    triton_decode.PREFETCH_PER_PROGRAM = attention_kib * 1024
-    triton_linear.SPLIT_K_CHOICES = split_choices
-    linear.FOLD_NORM = bool(fold)
-    linear.FOLD_NORM_MIN_ROWS = 1 if fold is True else int(fold)
-    try:
-        yield
-    finally:
-        use_pdl(saved[0])
-        (triton_linear.PREFETCH_PER_PROGRAM, triton_decode.PREFETCH_PER_PROGRAM, linear.FUSED_PROLOGUE_SMALL_BYTES,
-         triton_linear.SPLIT_K_CHOICES, linear.FOLD_NORM, linear.FOLD_NORM_MIN_ROWS) = saved[1:]
 
 
 def main() -> None:
@@ -87,16 +71,17 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}: choose from {list(VARIANTS)}")
     card = Card.measure()
-    print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s", flush=True)
+    base = KernelPolicy.resolve("cuda")
+    print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s; policy {base.describe()}", flush=True)
     for shape in args.shapes.split(","):
         target = random_model(SHAPES[shape], dtype=torch.bfloat16, device="cuda")
         draft = random_model(SHAPES[DRAFT_OF[shape]], dtype=torch.bfloat16, device="cuda", seed=1)
         for context in (int(c) for c in args.contexts.split(",")):
             table: dict[str, dict[str, tuple[float, float]]] = {}
             for name in names:
-                with variant(*VARIANTS[name]):
-                    rows = level_timings(target, draft, PAPER, context, verify_blocks=(7, 17),
-                                         bandwidth=card.bandwidth, repeats=args.repeats)
+                policy = base.with_(**VARIANTS[name])
+                rows = level_timings(target, draft, PAPER, context, verify_blocks=(7, 17),
+                                     bandwidth=card.bandwidth, repeats=args.repeats, engine_kw={"kernels": policy})
                 free_memory()
                 for r in rows:
                     if r["level"] != "sampling transform":

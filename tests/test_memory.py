@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from triforce.engine import MethodConfig
+from triforce.config import MethodConfig
 from triforce.errors import ConfigError
 from triforce.memory import GiB, check_memory, kv_bytes_per_token, plan_memory, weight_bytes
 from triforce.models.config import ModelConfig
@@ -26,8 +26,7 @@ def test_sizes_match_the_published_model_sizes():
 def test_the_paper_setting_fits_an_80_gb_card_with_16k_prefill_chunks():
     plan = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=16384, draft=LLAMA_68M)
     assert 70 * GiB < plan.total < 78 * GiB  # an H100 / A100 80GB leaves about 79 GiB to programs
-    check_memory(plan, 79 * GiB, where="H100", target=LLAMA2_7B, dtype_bytes=2, prompt_len=124_928,
-                 prefill_chunk=16384)
+    check_memory(plan, 79 * GiB, where="H100")
     assert plan.items["full KV cache"] > 60 * GiB
     assert 2 * GiB < plan.items["middle and draft caches, rebuild"] < 3 * GiB  # larger than a 16K chunk's
 
@@ -35,8 +34,7 @@ def test_the_paper_setting_fits_an_80_gb_card_with_16k_prefill_chunks():
 def test_a_setting_that_cannot_fit_names_the_prefill_that_would():
     plan = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=16384, draft=LLAMA_68M)
     with pytest.raises(ConfigError, match=r"lower dataset.prefill to <= (\d+)") as err:
-        check_memory(plan, 40 * GiB, where="a 40 GB card", target=LLAMA2_7B, dtype_bytes=2, prompt_len=124_928,
-                     prefill_chunk=16384)
+        check_memory(plan, 40 * GiB, where="a 40 GB card")
     room = int(err.value.args[0].split("dataset.prefill to <= ")[1].split(";")[0])
     smaller = plan_memory(LLAMA2_7B, PAPER, room, 256, dtype_bytes=2, prefill_chunk=16384, draft=LLAMA_68M)
     assert smaller.total <= 40 * GiB  # the suggestion really fits
@@ -47,5 +45,4 @@ def test_large_prefill_chunks_are_named_when_they_are_the_excess():
     plan = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=124_928, draft=LLAMA_68M)
     small = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=4096, draft=LLAMA_68M)
     with pytest.raises(ConfigError, match="hardware.prefill_chunk to 4096"):
-        check_memory(plan, small.total + GiB, where="H100", target=LLAMA2_7B, dtype_bytes=2, prompt_len=124_928,
-                     prefill_chunk=124_928)
+        check_memory(plan, small.total + GiB, where="H100")

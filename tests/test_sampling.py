@@ -354,7 +354,7 @@ def test_same_seed_gives_the_same_verdicts():
 
 
 def test_biased_rule_on_the_design_example():
-    """DESIGN.md §2: p = [.5, .5], q = [1, 0]. Exact: the emitted token is [.5, .5]; resampling
+    """docs/DESIGN.md §2: p = [.5, .5], q = [1, 0]. Exact: the emitted token is [.5, .5]; resampling
     from p instead of the residual (residual=False) gives [.75, .25]."""
     q = torch.tensor([[1.0, 0.0]])
     p = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
@@ -409,11 +409,13 @@ def test_outcome_enumeration_is_complete():
 # -- the device path: sample_into / verify_into with the race kernel (Triton's interpreter) ------
 
 def _race_kernels():
-    from triforce.kernels import triton_available, triton_on_cpu
+    """The context that runs the Triton kernels on CPU tensors (through the interpreter)."""
+    from triforce.kernels import triton_available
+    from triforce.kernels.policy import KernelContext, KernelPolicy
 
     if not triton_available():
         pytest.skip("Triton is not installed")
-    return triton_on_cpu()
+    return KernelContext(KernelPolicy.resolve("cpu", {"kernels": True}))
 
 
 def run_verify_into(tokens, q, p, n: int, seed: int, residual: bool = True) -> dict:
@@ -423,12 +425,12 @@ def run_verify_into(tokens, q, p, n: int, seed: int, residual: bool = True) -> d
     t, qt, pt = torch.tensor(tokens), torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
     buffer = torch.zeros(len(tokens) + 4, dtype=torch.int64)
     counts: dict[tuple[int, int], int] = {}
-    with _race_kernels():
-        for _ in range(n):
-            buffer[1:1 + len(tokens)] = t
-            out = verify_into(buffer[1:1 + len(tokens)], qt, pt, gen, buffer, 1, residual=residual).tolist()
-            assert buffer[1 + out[0]] == out[1] and out[2:2 + out[0]] == tokens[:out[0]]
-            counts[(out[0], out[1])] = counts.get((out[0], out[1]), 0) + 1
+    ctx = _race_kernels()
+    for _ in range(n):
+        buffer[1:1 + len(tokens)] = t
+        out = verify_into(buffer[1:1 + len(tokens)], qt, pt, gen, buffer, 1, residual=residual, ctx=ctx).tolist()
+        assert buffer[1 + out[0]] == out[1] and out[2:2 + out[0]] == tokens[:out[0]]
+        counts[(out[0], out[1])] = counts.get((out[0], out[1]), 0) + 1
     return counts
 
 
@@ -459,10 +461,10 @@ def test_race_kernel_sampling_matches_probs():
     gen = torch.Generator().manual_seed(3)
     buffer = torch.zeros(4, dtype=torch.int64)
     counts = [0] * 5
-    with _race_kernels():
-        for _ in range(3000):
-            sample_into(probs, gen, buffer, 2)
-            counts[int(buffer[2])] += 1
+    ctx = _race_kernels()
+    for _ in range(3000):
+        sample_into(probs, gen, buffer, 2, ctx=ctx)
+        counts[int(buffer[2])] += 1
     assert counts[1] == 0
     assert chi2_pvalue({i: c for i, c in enumerate(counts) if c}, {i: float(v) for i, v in enumerate(probs) if v > 0},
                        3000) > P_MIN

@@ -9,12 +9,12 @@ __all__ = ["Engine", "GenerationResult", "MethodConfig", "SamplingParams"]
 
 def __getattr__(name: str):
     # Lazy, so `python -m triforce.assets` and config composition do not import torch.
-    if name in ("Engine", "GenerationResult", "MethodConfig"):
+    if name in ("Engine", "GenerationResult"):
         from triforce import engine
 
         return getattr(engine, name)
-    if name == "SamplingParams":
-        from triforce.sampling import SamplingParams
+    if name in ("MethodConfig", "SamplingParams"):
+        from triforce import config
 
-        return SamplingParams
+        return getattr(config, name)
     raise AttributeError(f"module 'triforce' has no attribute {name!r}")

@@ -1,27 +1,47 @@
-"""Turn a composed config (Hydra DictConfig or a plain dict) into engine parts.
+"""The one owner of configuration: typed, frozen objects parsed once from a composed config.
 
-Expected keys (all but `model` optional):
+    run = RunConfig.parse(cfg)          # the app, once per job: every section typed and checked
+    run.method, run.hardware, run.model, run.draft, run.sampling, run.dataset, run.logger
 
-    model:    {name, dtype, max_context, rope_scaling}
-    draft:    {name: null | self | <alias/path/HF id>, dtype}
-    method:   fields of engine.MethodConfig
-    sampling: fields of sampling.SamplingParams
-    hardware: {device, attention, prefill_chunk, executor, offload, on_chip_layers, tensor_parallel}
+A composed config (a Hydra DictConfig or a plain dict) is parsed section by section into
+dataclasses whose fields carry their types: a value of the wrong type (`method.gamma=2.5`,
+`sampling.temperature=abc`) or an unknown key (`method.gama=4`, `+foo=1`) is a ConfigError naming
+the key, the value and what it accepts, before anything heavy happens. The engine takes these
+objects (`Engine(target, draft, method=MethodConfig(...), ...)` or `Engine.from_config(cfg)`); no
+other module reads a config mapping key by key.
+
+Nothing here imports torch: composing and validating a config stays cheap (docs/DESIGN.md §8).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+import types
+import typing
+from typing import Any, Mapping
 
 from triforce.errors import ConfigError
 
-if TYPE_CHECKING:  # imported lazily at run time: composing configs must not import torch
-    from triforce.engine import MethodConfig
-    from triforce.sampling import SamplingParams
+METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
+REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
+# The middle level's cache, a selection of `budget` tokens of the full cache (cache/retrieval.py):
+# retrieval = sink chunk + top-scored chunks (the paper), streaming = sink chunk + recent window
+# (StreamingLLM of the same budget, at true positions), hybrid = sink + retrieved chunks + a
+# recent window (the share `recent` of the budget, at least `recent_min` tokens).
+MIDDLE_CACHES = ("retrieval", "streaming", "hybrid")
+SCORERS = ("mean", "bound")
+EXECUTORS = ("auto", "eager", "static", "graphs")
+# Queries a full cache keeps of its latest forward's last rows (cache/static.py): more than any
+# verify width (gamma + 1), so a rebuild can score with the query of any of them
+QUERY_HISTORY = 64
+# The caches' room beyond prompt + new tokens: the speculative lookahead plus this many spare slots
+SPARE_TOKENS = 2
 
+
+# -- typed parsing ------------------------------------------------------------------------------
 
 def to_dict(cfg: Any) -> dict:
+    """A plain, resolved dict of a DictConfig or mapping (None: empty)."""
     if cfg is None:
         return {}
     try:
@@ -31,72 +51,427 @@ def to_dict(cfg: Any) -> dict:
             return OmegaConf.to_container(cfg, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"expected a mapping of options, got {type(cfg).__name__} {cfg!r}")
     return dict(cfg)
 
 
-def _known_fields(cls, values: Mapping, section: str) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+def _describe(tp) -> str:
+    if tp is int:
+        return "a whole number"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [a for a in typing.get_args(tp) if a is not type(None)]
+        text = " or ".join(_describe(a) for a in parts)
+        return text + (" or null" if len(parts) < len(typing.get_args(tp)) else "")
+    if origin in (tuple, list):
+        return "a list"
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(value: Any, tp) -> tuple[bool, Any]:
+    """(fits, value as the field keeps it) for a value of the type `tp`."""
+    if tp is Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return True, None
+                continue
+            ok, out = _check(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:  # an int is a number too (kept as given, so messages show what the user wrote)
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        checked = [_check(v, arg) for v in value]
+        return all(ok for ok, _ in checked), tuple(v for _, v in checked)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        return True, list(value)
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+    return isinstance(value, tp), value
+
+
+def parse(cls, values: Any, section: str):
+    """A `cls` dataclass from a mapping: unknown keys and values of the wrong type are ConfigErrors
+    naming `section.key`; missing keys take the field defaults; the dataclass then checks ranges."""
+    values = to_dict(values)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {section} option(s) {sorted(unknown)}; known: {sorted(names)}")
-    return dict(values)
+        raise ConfigError(f"unknown {section} option(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        ok, value = _check(value, hints[name])
+        if not ok:
+            raise ConfigError(f"{section}.{name}={values[name]!r} must be {_describe(hints[name])}")
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
-def method_config(values: Mapping) -> "MethodConfig":
-    from triforce.engine import MethodConfig
-
-    return MethodConfig(**_known_fields(MethodConfig, values, "method"))
+def method_config(values: Any) -> "MethodConfig":
+    return parse(MethodConfig, values, "method")
 
 
-def sampling_params(values: Mapping) -> "SamplingParams":
-    from triforce.sampling import SamplingParams
-
-    return SamplingParams(**_known_fields(SamplingParams, values, "sampling"))
+def sampling_params(values: Any) -> "SamplingParams":
+    return parse(SamplingParams, values, "sampling")
 
 
-def _load_target(model_cfg: Mapping, **kw):
-    """The target model: the seeded tiny random model (`tiny-random`, no files) or a checkpoint."""
-    from triforce.models import tiny
-    from triforce.models.loading import load_model
-
-    if model_cfg["name"] == tiny.NAME:
-        return tiny.build_tiny(model_cfg.get("tiny"), seed=model_cfg.get("seed", 0),
-                               rope_scaling=model_cfg.get("rope_scaling"), **kw)
-    return load_model(model_cfg["name"], rope_scaling=model_cfg.get("rope_scaling"), **kw)
+def _choice(section: str, name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name}={value!r}: choose one of {', '.join(map(str, choices))}")
 
 
-def engine_kwargs_from_config(cfg: Any) -> dict:
-    """Validate everything cheap first, then load the weights."""
-    from triforce.attention import get_attention
-    from triforce.models.loading import load_model, parse_dtype
+def _positive(section: str, name: str, value: int | float | None, what: str = "positive", allow_none=False,
+              minimum: float = 1) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < minimum:
+        raise ConfigError(f"{section}.{name}={value!r} must be {what}")
 
-    cfg = to_dict(cfg)
-    model_cfg, draft_cfg = to_dict(cfg.get("model")), to_dict(cfg.get("draft"))
-    hardware = to_dict(cfg.get("hardware"))
-    method = method_config(to_dict(cfg.get("method")))
-    sampling = sampling_params(to_dict(cfg.get("sampling")))
-    if "name" not in model_cfg:
-        raise ConfigError("model.name is required (an alias such as smollm2-135m, a local folder or an HF id)")
-    device = hardware.get("device", "cpu")
-    attention = get_attention(hardware.get("attention", "sdpa"))
-    dtype = parse_dtype(model_cfg.get("dtype", "auto"), device)
-    draft_name = draft_cfg.get("name")
-    if method.uses_draft and not draft_name:
-        raise ConfigError(f"method={method.name} needs a draft model: set draft=self or draft=<model>")
 
-    from triforce.parallel import init_parallel, shard_model
+# -- the method ---------------------------------------------------------------------------------
 
-    # tensor parallelism: join the process group, take this rank's GPU, keep this rank's slice
-    par, device = init_parallel(hardware.get("tensor_parallel") or 1, device)
-    target = shard_model(_load_target(model_cfg, dtype=dtype, device=device, attention=attention), par)
-    draft = None  # replicated on every rank
-    if method.uses_draft:
-        if draft_name == "self":  # self-speculation: the same weights at every level
-            draft = target
-        else:
-            draft = load_model(draft_name, dtype=parse_dtype(draft_cfg.get("dtype") or dtype, device),
-                               device=device, attention=attention)
-    return dict(target=target, draft=draft, method=method, sampling=sampling,
-                max_context=model_cfg.get("max_context"), prefill_chunk=hardware.get("prefill_chunk"),
-                executor=hardware.get("executor") or "auto", offload=bool(hardware.get("offload")),
-                on_chip_layers=hardware.get("on_chip_layers"))
+def validate_retrieval(budget: int, chunk_size: int, scorer: str, recent: int = 0) -> None:
+    if chunk_size <= 0:
+        raise ConfigError(f"method.chunk_size={chunk_size} must be a positive number of tokens")
+    if budget < 2 * chunk_size:
+        raise ConfigError(f"method.budget={budget} must be at least 2 * chunk_size = {2 * chunk_size} "
+                          "(the sink chunk and the partial tail chunk are always kept)")
+    if scorer not in SCORERS:
+        raise ConfigError(f"method.scorer={scorer!r}: choose one of {', '.join(SCORERS)}")
+    if not 0 <= recent <= budget - chunk_size:
+        raise ConfigError(f"recent window of {recent} tokens: it must lie in [0, budget - chunk_size = "
+                          f"{budget - chunk_size}] (the sink chunk is always kept)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    name: str = "triforce"
+    gamma: int = 6  # γ2: tokens the top level verifies per forward
+    draft_gamma: int = 2  # γ1: tokens the draft proposes per middle round (triforce)
+    budget: int | None = 4096  # middle cache size, tokens (None: set budget_fraction)
+    budget_fraction: float | None = None  # middle cache size as a fraction of each prompt's length
+    chunk_size: int = 8
+    scorer: str = "mean"
+    recent: float = 0.5  # hybrid: share of the budget (beyond the sink chunk) kept as the recent window...
+    recent_min: int = 384  # ...but at least this many tokens (all of it: StreamingLLM) — see recent_tokens
+    rebuild: str = "never"
+    rebuild_every: int = 64  # every_n: generated tokens between rebuilds
+    rebuild_threshold: float = 0.5  # on_low_acceptance: rebuild when the middle's recent acceptance falls below
+    rebuild_window: int = 4  # on_low_acceptance: top-level rounds averaged
+    draft_cache: str = "streaming"  # streaming | full
+    draft_sink: int = 16
+    draft_window: int = 240
+    # retrieval | streaming | hybrid (MIDDLE_CACHES). The library default is the paper's cache; the app's
+    # method configs (conf/method/triforce.yaml, retrieval_spec.yaml) default to hybrid: docs/RESULTS.md
+    middle_cache: str = "retrieval"
+
+    def __post_init__(self) -> None:
+        for name, tp in (("gamma", int), ("draft_gamma", int), ("chunk_size", int), ("rebuild_every", int),
+                         ("rebuild_window", int), ("draft_sink", int), ("draft_window", int), ("recent_min", int),
+                         ("rebuild_threshold", float), ("recent", float)):
+            ok, _ = _check(getattr(self, name), tp)
+            if not ok:
+                raise ConfigError(f"method.{name}={getattr(self, name)!r} must be {_describe(tp)}")
+        _choice("method", "name", self.name, METHODS)
+        _positive("method", "gamma", self.gamma, "a positive number of tokens")
+        _positive("method", "draft_gamma", self.draft_gamma, "a positive number of tokens")
+        _choice("method", "rebuild", self.rebuild, REBUILD_POLICIES)
+        if self.rebuild != "never" and self.gamma + 2 > QUERY_HISTORY:
+            raise ConfigError(f"method.gamma={self.gamma} is too large for rebuilds during generation "
+                              f"(at most {QUERY_HISTORY - 2})")
+        if self.rebuild == "every_n":
+            _positive("method", "rebuild_every", self.rebuild_every, "a positive number of tokens")
+        if self.rebuild == "on_low_acceptance":
+            _positive("method", "rebuild_window", self.rebuild_window, "a positive number of rounds")
+        _choice("method", "draft_cache", self.draft_cache, ("streaming", "full"))
+        _choice("method", "middle_cache", self.middle_cache, MIDDLE_CACHES)
+        if not 0 <= self.recent <= 1:
+            raise ConfigError(f"method.recent={self.recent!r} must be a share of the budget in [0, 1] "
+                              "(the hybrid's recent window: 0 is retrieval, 1 is StreamingLLM)")
+        if self.recent_min < 0:
+            raise ConfigError(f"method.recent_min={self.recent_min!r} must be a number of tokens >= 0")
+        if self.draft_sink < 0:
+            raise ConfigError(f"method.draft_sink={self.draft_sink} must be a number of tokens >= 0")
+        if self.budget is not None and not _check(self.budget, int)[0]:
+            raise ConfigError(f"method.budget={self.budget!r} must be a whole number of tokens")
+        if self.budget is not None and self.budget <= 0:
+            raise ConfigError(f"method.budget={self.budget} must be a positive number of tokens (>= 2 * chunk_size)")
+        if self.chunk_size <= 0:
+            raise ConfigError(f"method.chunk_size={self.chunk_size} must be a positive number of tokens")
+        if self.budget is not None and self.budget < self.chunk_size:  # meaningless for any method, even unused
+            raise ConfigError(f"method.budget={self.budget} is smaller than method.chunk_size={self.chunk_size}; "
+                              f"allowed: budget >= 2 * chunk_size = {2 * self.chunk_size}")
+        if self.uses_middle:
+            self._check_budget()
+        if self.uses_draft and self.draft_cache == "streaming":
+            need = 2 * self.lookahead + 2
+            if self.draft_window < need:
+                raise ConfigError(f"method.draft_window={self.draft_window} must be >= {need} "
+                                  "(2 * (gamma + draft_gamma) + 6) to roll back rejected tokens")
+
+    def _check_budget(self) -> None:
+        if (self.budget is None) == (self.budget_fraction is None):
+            raise ConfigError(
+                f"method.budget={_null(self.budget)} and method.budget_fraction={_null(self.budget_fraction)}: "
+                "set exactly one (tokens, or a fraction of the prompt), e.g. method.budget=null "
+                "method.budget_fraction=0.125")
+        if self.budget is not None:
+            validate_retrieval(self.budget, self.chunk_size, self.scorer, self.recent_tokens(self.budget))
+            return
+        f = self.budget_fraction
+        if not _check(f, float)[0] or not 0 < f <= 1:
+            raise ConfigError(f"method.budget_fraction={f!r} must be a fraction of the prompt in (0, 1]")
+        validate_retrieval(2 * max(self.chunk_size, 1), self.chunk_size, self.scorer)  # chunk size, scorer
+
+    def budget_for(self, prompt_len: int) -> int:
+        """The middle cache's budget in tokens for a prompt of `prompt_len` tokens."""
+        if self.budget is not None:
+            return self.budget
+        return max(1, round(self.budget_fraction * prompt_len))
+
+    def for_prompt(self, prompt_len: int) -> "MethodConfig":
+        """This method with its budget in tokens for that prompt; a ConfigError if a budget
+        fraction leaves too few tokens (before any work)."""
+        if not self.uses_middle or self.budget_fraction is None:
+            return self
+        budget = self.budget_for(prompt_len)
+        try:
+            return dataclasses.replace(self, budget=budget, budget_fraction=None)
+        except ConfigError as e:
+            raise ConfigError(f"method.budget_fraction={self.budget_fraction} of a {prompt_len}-token prompt "
+                              f"gives a budget of {budget} tokens: {e}") from None
+
+    def recent_tokens(self, budget: int) -> int:
+        """Tokens of the middle cache's recent window at that budget (cache/retrieval.py):
+        retrieval keeps only the partial tail chunk, StreamingLLM everything but the sink chunk,
+        hybrid the share `recent` of it but at least `recent_min` tokens.
+
+        Why a floor: the window pays off only once it spans the local context the model leans on
+        (on SmolLM2, ~250-500 tokens whatever the budget and prompt length: docs/RESULTS.md), so
+        below it a window share is wasted and the hybrid is StreamingLLM; above it, retrieved chunks
+        add the distant context a window cannot reach."""
+        if self.middle_cache == "retrieval":
+            return 0
+        room = max(budget - self.chunk_size, 0)
+        if self.middle_cache == "streaming":
+            return room
+        return min(room, max(self.recent_min, round(self.recent * room)))
+
+    @property
+    def uses_draft(self) -> bool:
+        return self.name in ("spec", "triforce")
+
+    @property
+    def uses_middle(self) -> bool:
+        return self.name in ("retrieval_spec", "triforce")
+
+    @property
+    def scores_chunks(self) -> bool:
+        """The middle cache scores chunks of the full cache (retrieval, hybrid; not StreamingLLM)."""
+        return self.uses_middle and self.middle_cache != "streaming"
+
+    @property
+    def lookahead(self) -> int:
+        """Most tokens any cache can hold beyond the committed prefix."""
+        return self.gamma + self.draft_gamma + 2
+
+
+def _null(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def context_needed(prompt_len: int, max_new_tokens: int, method: MethodConfig) -> int:
+    """Positions a generation may occupy: the prompt, the new tokens and the speculative lookahead."""
+    return prompt_len + max_new_tokens + method.lookahead
+
+
+# -- the sampling transform ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 0  # 0 = off
+
+    def __post_init__(self) -> None:
+        for name, tp in (("temperature", float), ("top_p", float), ("top_k", int)):
+            ok, _ = _check(getattr(self, name), tp)
+            if not ok:
+                raise ConfigError(f"sampling.{name}={getattr(self, name)!r} must be {_describe(tp)}")
+        if self.temperature < 0:
+            raise ConfigError(f"sampling.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ConfigError(f"sampling.top_k={self.top_k} must be >= 0 (0 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+# -- models and the hardware --------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str | None = None  # alias, local folder or Hugging Face id; tiny-random: the seeded tiny model
+    tokenizer: str | None = None  # null: the model's own; bytes: the byte-level fallback; or a model name
+    dtype: str = "auto"
+    max_context: int | None = None  # null: the checkpoint's max_position_embeddings (+ rope scaling)
+    rope_scaling: dict | None = None
+    seed: int = 0  # tiny-random only
+    tiny: dict | None = None  # tiny-random only: ModelConfig overrides
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name is required: a model config (model=smollm2, tiny, llama2-7b-128k, ...), "
+                              "a local folder or a Hugging Face id owner/name")
+        _positive("model", "max_context", self.max_context, "a positive number of positions or null", allow_none=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftSpec:
+    name: str | None = None  # null: none; self: the target itself; or a model name as model.name
+    dtype: str | None = None  # null: the target's
+
+    @property
+    def is_self(self) -> bool:
+        return self.name == "self"
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "cpu"
+    attention: str = "sdpa"  # prefill attention (decode steps use the split-KV kernel on a GPU)
+    executor: str = "auto"  # auto (CUDA graphs on a GPU, eager on a CPU) | graphs | static | eager
+    threads: int | None = None  # torch's CPU threads; null: torch's default
+    prefill_chunk: int | None = None  # tokens per prefill forward; null: the whole prompt
+    offload: bool = False  # the full KV cache in pinned host memory
+    on_chip_layers: int | None = None  # with offload: layers whose KV stays on the GPU
+    tensor_parallel: int = 1  # GPUs sharing each layer (torchrun)
+    prefill_memo_gb: float = 0  # host memory keeping prefilled prompts across a sweep's jobs
+    progress: bool = True  # tqdm bars (on a terminal)
+    kernels: dict | None = None  # KernelPolicy overrides (kernels/policy.py): pdl, linear, fold_norm, ...
+
+    def __post_init__(self) -> None:
+        _choice("hardware", "executor", self.executor, EXECUTORS)
+        _choice("hardware", "attention", self.attention, ("sdpa", "flash"))
+        _positive("hardware", "threads", self.threads, "a positive integer or null (torch's default)", allow_none=True)
+        _positive("hardware", "prefill_chunk", self.prefill_chunk, "positive or null (whole prompt)", allow_none=True)
+        if self.on_chip_layers is not None and self.on_chip_layers < 0:
+            raise ConfigError(f"hardware.on_chip_layers={self.on_chip_layers!r} must be a non-negative integer or "
+                              "null (0)")
+        _positive("hardware", "tensor_parallel", self.tensor_parallel,
+                  "a positive integer (GPUs sharing each layer)")
+        if self.prefill_memo_gb < 0:
+            raise ConfigError(f"hardware.prefill_memo_gb={self.prefill_memo_gb!r} must be a number of GB >= 0 (0: off)")
+        if not self.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"hardware.device={self.device!r}: choose cpu, cuda or cuda:<index>")
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def check_executor(self) -> None:
+        """graphs needs a CUDA device: refused on a CPU before any work."""
+        if self.executor == "graphs" and not self.cuda:
+            raise ConfigError("hardware.executor=graphs needs a CUDA device; use eager or static on a CPU")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run of the app (conf/config.yaml): the engine's sections, typed, and the run's own
+    options. Parsed once per job; `dataset` and `logger` stay mappings their own modules check."""
+    model: ModelSpec
+    draft: DraftSpec
+    method: MethodConfig
+    sampling: SamplingParams
+    hardware: HardwareConfig
+    dataset: dict
+    logger: dict
+    seed: int = 0
+    max_new_tokens: int = 32
+    baseline: bool = True
+    reference_acceptance: bool = False
+    stop_at_eos: bool = False
+    warmup: bool = True
+    print_text: bool = True
+    tags: tuple[str, ...] = ()
+
+    SECTIONS = {"model": ModelSpec, "draft": DraftSpec, "method": MethodConfig, "sampling": SamplingParams,
+                "hardware": HardwareConfig}
+
+    @classmethod
+    def parse(cls, cfg: Any) -> "RunConfig":
+        values = to_dict(cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown top-level option(s) {unknown}; known: {sorted(known)} "
+                              "(a typo, or an override with + that the run does not read?)")
+        kwargs: dict[str, Any] = {name: parse(tp, values.get(name), name) for name, tp in cls.SECTIONS.items()}
+        for name in ("dataset", "logger"):
+            kwargs[name] = to_dict(values.get(name))
+        hints = typing.get_type_hints(cls)
+        for name in ("seed", "max_new_tokens", "baseline", "reference_acceptance", "stop_at_eos", "warmup",
+                     "print_text", "tags"):
+            if name in values:
+                ok, value = _check(values[name], hints[name])
+                if not ok:
+                    raise ConfigError(f"{name}={values[name]!r} must be {_describe(hints[name])}")
+                kwargs[name] = value
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        _positive("", "max_new_tokens", self.max_new_tokens, "a positive integer")
+        if self.reference_acceptance and not self.baseline:
+            raise ConfigError("reference_acceptance=true measures along the autoregressive baseline's tokens: "
+                              "set baseline=true")
+        if self.method.uses_draft and not self.draft.name:
+            raise ConfigError(f"method={self.method.name} needs a draft model: set draft=self, draft=llama-68m "
+                              "or draft.name=<model>")
+
+    def engine_sections(self) -> dict:
+        return {name: getattr(self, name) for name in self.SECTIONS}
+
+
+def engine_config(cfg: Any) -> dict:
+    """The engine's typed sections from a mapping with `model`, `draft`, `method`, `sampling` and
+    `hardware` (the app's RunConfig, or a plain dict for Engine.from_config)."""
+    if isinstance(cfg, RunConfig):
+        return cfg.engine_sections()
+    values = to_dict(cfg)
+    unknown = sorted(set(values) - set(RunConfig.SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown engine config section(s) {unknown}; known: {sorted(RunConfig.SECTIONS)}")
+    sections = {name: parse(tp, values.get(name), name) for name, tp in RunConfig.SECTIONS.items()}
+    if sections["method"].uses_draft and not sections["draft"].name:
+        raise ConfigError(f"method={sections['method'].name} needs a draft model: set draft=self or draft=<model>")
+    return sections

@@ -14,11 +14,13 @@ draws filled just before the replay), which saves the host a kernel launch per d
   The CPU reference path, and the prefill of every path.
 - `StaticExecutor`: per (level, T, num_logits), a forward whose shapes never change: tokens,
   positions and cache lengths come from device tensors (`cache.static_view.StaticView`), the
-  sampling transform is part of it, attention is the split-KV decode kernel. With
-  `capture=True` (CUDA) each is captured once as a CUDA graph and replayed; without (CPU tests)
-  it runs as it is, which tests the static path's bookkeeping on any machine. A level whose
-  cache cannot be captured (`capturable = False`: the offloaded full cache, whose copies vary in
-  length and take tens of milliseconds, so launch overhead does not matter there) runs eagerly.
+  forward is the level's decode plan (decode_plan.py: the fused kernels the policy chooses; on a
+  CPU the model's own forward through the view), the sampling transform is part of it. With
+  `capture=True` (CUDA) each is captured once as a CUDA graph and replayed, its kernels launched
+  with programmatic dependent launch where the policy says so; without (CPU tests) it runs as it
+  is, which tests the static path's bookkeeping on any machine. A level whose cache cannot be
+  captured (`capturable = False`: the offloaded full cache, whose copies vary in length and take
+  tens of milliseconds, so launch overhead does not matter there) runs eagerly.
 
 Both time each forward under its level's phase (CUDA events on a GPU: no synchronisation).
 """
@@ -32,8 +34,11 @@ from typing import Callable, Protocol
 import torch
 
 from triforce.cache.static_view import StaticView
-from triforce.metrics import GenerationStats
+from triforce.decode_plan import DecodePlan, build_plan
+from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.verify import race_sample
+from triforce.kernels.workspace import Workspace
+from triforce.metrics import GenerationStats
 from triforce.sampling import SamplingParams, probabilities, sample_into
 
 EXECUTORS = ("auto", "eager", "static", "graphs")
@@ -64,25 +69,31 @@ def resolve_executor(name: str, device: torch.device) -> str:
 
 
 def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
-                  generator: torch.Generator | None = None) -> Executor:
+                  generator: torch.Generator | None = None, policy: KernelPolicy | None = None) -> Executor:
     kind = resolve_executor(name, tokens.device)
+    policy = policy or KernelPolicy.resolve(tokens.device)
     if kind == "eager":
-        return EagerExecutor(tokens, sampling, stats, generator)
-    return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs", generator=generator)
+        return EagerExecutor(tokens, sampling, stats, generator, policy)
+    return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs", generator=generator, policy=policy)
 
 
 class EagerExecutor:
+    """The model's forward; the sampling transform and the draft's sample through the policy's
+    kernels where it runs them (launched plainly: nothing is captured here)."""
+
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, policy: KernelPolicy | None = None):
         self.tokens, self.sampling, self.stats, self.generator = tokens, sampling, stats, generator
+        self.ctx = KernelContext(policy or KernelPolicy.resolve(tokens.device), pdl=False,
+                                 workspace=Workspace(tokens.device))
 
     def forward(self, level, start: int, stop: int, num_logits: int, phase: str, *,
                 sample: bool = False) -> torch.Tensor:
         with self.stats.timed(phase):
             logits = level.model(self.tokens[start:stop][None], None, level.cache, num_logits=num_logits)
-            probs = probabilities(logits[0], self.sampling)
+            probs = probabilities(logits[0], self.sampling, ctx=self.ctx)
         if sample:
-            sample_into(probs[-1], self.generator, self.tokens, stop)  # stays on the device
+            sample_into(probs[-1], self.generator, self.tokens, stop, ctx=self.ctx)  # stays on the device
         return probs
 
     def release(self) -> None:
@@ -91,10 +102,11 @@ class EagerExecutor:
 
 @dataclasses.dataclass
 class Runner:
-    """One static forward: its view of the cache, and either its captured graph with the graph's
-    output buffer, or (uncaptured) the forward itself."""
+    """One static forward: its view of the cache, its decode plan, and either its captured graph
+    with the graph's output buffer, or (uncaptured) the forward itself."""
     view: StaticView
     body: Callable[[], torch.Tensor]
+    plan: DecodePlan
     graph: torch.cuda.CUDAGraph | None = None
     out: torch.Tensor | None = None
     race: torch.Tensor | None = None  # the Exp(1) draws a graph that samples reads (filled before replay)
@@ -108,13 +120,17 @@ class Runner:
 
 class StaticExecutor:
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
-                 capture: bool, generator: torch.Generator | None = None):
+                 capture: bool, generator: torch.Generator | None = None, policy: KernelPolicy | None = None):
         self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
         self.generator = generator
+        policy = policy or KernelPolicy.resolve(tokens.device)
+        # what a graph captures launches with programmatic dependent launch (where the policy says);
+        # an uncaptured forward launches plainly
+        self.ctx = KernelContext(policy, pdl=policy.pdl and capture, workspace=Workspace(tokens.device))
         self.runners: dict[tuple, Runner] = {}
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None
-        self.eager = EagerExecutor(tokens, sampling, stats, generator)
+        self.eager = EagerExecutor(tokens, sampling, stats, generator, policy)
 
     def forward(self, level, start: int, stop: int, num_logits: int, phase: str, *,
                 sample: bool = False) -> torch.Tensor:
@@ -131,7 +147,7 @@ class StaticExecutor:
             probs = runner.run()
         cache.advance(num_tokens)
         if sample and runner.race is None:
-            sample_into(probs[-1], self.generator, self.tokens, stop)
+            sample_into(probs[-1], self.generator, self.tokens, stop, ctx=self.eager.ctx)
         return probs
 
     def runner(self, level, num_tokens: int, num_logits: int, *, sample: bool = False) -> Runner:
@@ -144,22 +160,29 @@ class StaticExecutor:
 
     def _make_runner(self, level, num_tokens: int, num_logits: int, sample: bool = False) -> Runner:
         view = StaticView(level.cache, num_tokens)
-        model, tokens, sampling = level.model, self.tokens, self.sampling
-        race = torch.ones(model.config.vocab_size, dtype=torch.float32, device=tokens.device) if sample else None
+        tokens, sampling, ctx = self.tokens, self.sampling, self.ctx
+        plan = build_plan(level.model, num_tokens, num_logits, ctx)
+        race = torch.ones(level.model.config.vocab_size, dtype=torch.float32, device=tokens.device) if sample else None
 
         def body() -> torch.Tensor:
-            logits = model(view.tokens(tokens), None, view, num_logits=num_logits)
-            probs = probabilities(logits[0], sampling)
+            logits = plan.run(view, tokens)
+            probs = probabilities(logits[0], sampling, ctx=ctx)
             if race is not None:  # tokens[start + num_tokens] = the race's winner over the last row
-                race_sample(probs[-1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start)
+                race_sample(probs[-1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start,
+                            use_triton=ctx.on(probs), workspace=ctx.workspace)
             return probs
 
         if not self.capture:
-            return Runner(view, body)
+            return Runner(view, body, plan)
         start = time.perf_counter()
         graph, out = self._capture(body, view, level.cache)
         self.stats.time_s["capture"] += time.perf_counter() - start
-        return Runner(view, body, graph, out, race)
+        return Runner(view, body, plan, graph, out, race)
+
+    @property
+    def tuning_used(self) -> tuple[str, ...]:
+        """The tuning-file entries the captured plans' launches came from."""
+        return tuple(dict.fromkeys(e for r in self.runners.values() for e in r.plan.tuning_used))
 
     def _capture(self, body, view: StaticView, cache):
         # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:

@@ -12,6 +12,12 @@ is done (the engine allocates them only then), the middle and draft caches with 
 rebuild's transient (one layer's chunk statistics); plus a reserve for library workspaces,
 captured graphs and allocator fragmentation (the CUDA context is outside the free memory the
 plan is compared with).
+
+The plan is made once per run: the app's pre-flight makes it from the configs before any weights
+load (app/validate.py), checks it, and hands it to the engine, which re-checks the device's free
+memory against it before each generation allocates (Engine.check_memory). Each cache states what
+it allocates (`Cache.memory`, cache/static.py); this module adds them up with the weights and the
+transients.
 """
 
 from __future__ import annotations
@@ -19,13 +25,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from triforce.cache.static import QUERY_HISTORY
+from triforce.cache.offload import OffloadedKVCache
+from triforce.cache.retrieval import RetrievalCache
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token
+from triforce.cache.streaming import StreamingCache
+from triforce.config import SPARE_TOKENS, MethodConfig
 from triforce.errors import ConfigError
 from triforce.models.config import ModelConfig
 
+__all__ = ["GiB", "MemoryPlan", "check_host_memory", "check_memory", "check_plan", "host_available",
+           "kv_bytes_per_token", "plan_for_engine", "plan_memory", "weight_bytes"]
+
 GiB = 1024 ** 3
 RESERVE = GiB  # library workspaces, graph pools, allocator fragmentation
-SPARE_TOKENS = 2  # the engine's caches hold prompt + new + lookahead + 2 tokens
 
 
 def weight_bytes(cfg: ModelConfig, dtype_bytes: int) -> int:
@@ -34,14 +46,6 @@ def weight_bytes(cfg: ModelConfig, dtype_bytes: int) -> int:
                  + 3 * h * cfg.intermediate_size + 2 * h)
     embeddings = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
     return dtype_bytes * (cfg.num_layers * per_layer + embeddings + h)
-
-
-def kv_bytes_per_token(cfg: ModelConfig, dtype_bytes: int) -> int:
-    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
-
-
-def _queries(cfg: ModelConfig, dtype_bytes: int) -> int:
-    return cfg.num_layers * cfg.num_heads * QUERY_HISTORY * cfg.head_dim * dtype_bytes
 
 
 def prefill_activation_bytes(cfg: ModelConfig, chunk: int, dtype_bytes: int) -> int:
@@ -66,6 +70,12 @@ def rebuild_bytes(cfg: ModelConfig, prompt_len: int, chunk_size: int, scorer: st
 class MemoryPlan:
     items: dict[str, int]  # what -> bytes, on the device
     host: dict[str, int] = dataclasses.field(default_factory=dict)  # what -> bytes, pinned host memory
+    # what the refusals name a fix in terms of
+    target: ModelConfig | None = None
+    dtype_bytes: int = 2
+    prompt_len: int = 0
+    prefill_chunk: int | None = None
+    on_chip_layers: int = 0
 
     @property
     def total(self) -> int:
@@ -74,56 +84,84 @@ class MemoryPlan:
     def describe(self) -> str:
         return ", ".join(f"{name} {size / GiB:.2f}" for name, size in self.items.items() if size) + " GiB"
 
+    def without_weights(self) -> "MemoryPlan":
+        """What remains to allocate once the weights are loaded."""
+        return dataclasses.replace(self, items={k: v for k, v in self.items.items() if "weights" not in k})
 
-def plan_memory(target: ModelConfig, method, prompt_len: int, max_new_tokens: int, *, dtype_bytes: int,
+
+def plan_memory(target: ModelConfig, method: MethodConfig, prompt_len: int, max_new_tokens: int, *, dtype_bytes: int,
                 prefill_chunk: int | None, draft: ModelConfig | None = None, draft_is_target: bool = False,
                 draft_dtype_bytes: int | None = None, offload: bool = False, on_chip_layers: int = 0) -> MemoryPlan:
-    """The plan of one generation. `method`: an engine.MethodConfig. `draft`: the draft model's
-    config when it is a separate model (None: unknown or none; its weights then count 0).
-    With tensor parallelism pass one rank's configs (parallel.shard_config). `offload`: the full
-    cache in host memory but `on_chip_layers` layers (cache/offload.py), two layers staged on the
-    device, retrieval chunk statistics, and the layer-major prefill's hidden states."""
+    """The plan of one generation. `draft`: the draft model's config when it is a separate model
+    (None: unknown or none; its weights then count 0). With tensor parallelism pass one rank's
+    configs (parallel.shard_config). `offload`: the full cache in host memory but `on_chip_layers`
+    layers (cache/offload.py), and the layer-major prefill's hidden states."""
     ddb = draft_dtype_bytes or dtype_bytes
+    method = method.for_prompt(prompt_len)
     lookahead = method.lookahead
-    capacity = prompt_len + max_new_tokens + lookahead + SPARE_TOKENS  # as Engine._build_levels
+    capacity = prompt_len + max_new_tokens + lookahead + SPARE_TOKENS  # as levels.capacity
     items = {"target weights": weight_bytes(target, dtype_bytes)}
     host = {}
-    layer_kv = capacity * kv_bytes_per_token(target, dtype_bytes) // target.num_layers
     if offload:
-        on_chip = min(on_chip_layers or 0, target.num_layers)
-        offloaded = target.num_layers - on_chip
-        host["offloaded KV cache"] = offloaded * layer_kv
-        items["on-chip KV layers and staging"] = (on_chip + min(offloaded, 2)) * layer_kv + _queries(target, dtype_bytes)
-        if method.uses_middle and method.middle_cache != "streaming":
-            slots = 1 if method.scorer == "mean" else 2
-            items["retrieval chunk statistics"] = (offloaded * target.num_kv_heads * (capacity // method.chunk_size)
-                                                   * slots * target.head_dim * dtype_bytes)
+        full = OffloadedKVCache.memory(target, capacity, dtype_bytes, on_chip_layers=on_chip_layers,
+                                       chunk_size=method.chunk_size if method.scores_chunks else None,
+                                       scorer=method.scorer)
+        host["offloaded KV cache"] = full["host"]
+        items["on-chip KV layers and staging"] = full["device"]
     else:
-        items["full KV cache"] = capacity * kv_bytes_per_token(target, dtype_bytes) + _queries(target, dtype_bytes)
+        items["full KV cache"] = StaticKVCache.memory(target, capacity, dtype_bytes)["device"]
     after_prefill = 0  # the lower levels' caches and the rebuild, allocated once the prefill is done
     if method.uses_middle:
-        budget = method.budget_for(prompt_len)
-        middle_tokens = budget + max_new_tokens + lookahead + SPARE_TOKENS  # every middle cache is selected
-        after_prefill += middle_tokens * kv_bytes_per_token(target, dtype_bytes) + _queries(target, dtype_bytes)
-        if method.recent_tokens(budget) < budget - method.chunk_size:  # some chunks are scored
+        middle_tokens = method.budget + max_new_tokens + lookahead + SPARE_TOKENS  # every middle cache is selected
+        after_prefill += RetrievalCache.memory(target, middle_tokens, dtype_bytes)["device"]
+        if method.recent_tokens(method.budget) < method.budget - method.chunk_size:  # some chunks are scored
             after_prefill += rebuild_bytes(target, prompt_len, method.chunk_size, method.scorer)
     if method.uses_draft:
         draft_cfg = target if draft_is_target else draft
         if draft_cfg is not None:
             if not draft_is_target:
                 items["draft weights"] = weight_bytes(draft_cfg, ddb)
-            tokens = (method.draft_sink + method.draft_window if method.draft_cache == "streaming" else capacity)
-            after_prefill += tokens * kv_bytes_per_token(draft_cfg, ddb) + _queries(draft_cfg, ddb)
+            if method.draft_cache == "streaming":
+                after_prefill += StreamingCache.memory(draft_cfg, method.draft_sink + method.draft_window, ddb)["device"]
+            else:
+                after_prefill += StaticKVCache.memory(draft_cfg, capacity, ddb)["device"]
     chunk = min(prompt_len, prefill_chunk or prompt_len)
     prefill = prefill_activation_bytes(target, chunk, dtype_bytes)
-    if offload:  # layer-major: the whole prompt's hidden state and residual, in and out
-        prefill += 4 * prompt_len * target.hidden_size * dtype_bytes
+    if offload:  # layer-major: the whole prompt's hidden state, in and out
+        prefill += 2 * prompt_len * target.hidden_size * dtype_bytes
     if prefill >= after_prefill:
         items["prefill activations"] = prefill
     else:
         items["middle and draft caches, rebuild"] = after_prefill
     items["workspaces and fragmentation"] = RESERVE
-    return MemoryPlan(items, host)
+    return MemoryPlan(items, host, target=target, dtype_bytes=dtype_bytes, prompt_len=prompt_len,
+                      prefill_chunk=prefill_chunk, on_chip_layers=on_chip_layers if offload else 0)
+
+
+def plan_for_engine(engine, prompt_len: int, max_new_tokens: int) -> MemoryPlan:
+    """The plan of one generation of an engine built without one (the Python API)."""
+    draft = engine.draft
+    draft_cfg = None if draft is None or draft is engine.target else draft.config
+    return plan_memory(engine.target.config, engine.method, prompt_len, max_new_tokens,
+                       dtype_bytes=engine.target.dtype.itemsize, prefill_chunk=engine.prefill_chunk, draft=draft_cfg,
+                       draft_is_target=draft is engine.target,
+                       draft_dtype_bytes=None if draft_cfg is None else draft.dtype.itemsize, offload=engine.offload,
+                       on_chip_layers=engine.on_chip_layers)
+
+
+def check_plan(plan: MemoryPlan, device, *, loaded: bool = False) -> None:
+    """Raise a ConfigError naming what to change when `plan` does not fit the device's free memory
+    and the host's (pinned memory for an offloaded cache). loaded: the weights are on the device
+    already (the engine's re-check before a generation allocates)."""
+    import torch
+
+    if loaded:
+        plan = plan.without_weights()
+    check_host_memory(plan, host_available())
+    free, _ = torch.cuda.mem_get_info(device)
+    if loaded:  # blocks torch's allocator keeps cached are free to this process
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    check_memory(plan, free, where=torch.cuda.get_device_name(device))
 
 
 def host_available() -> int:
@@ -154,32 +192,33 @@ def host_available() -> int:
     return free
 
 
-def check_host_memory(plan: MemoryPlan, available: int, *, target: ModelConfig, dtype_bytes: int,
-                      prompt_len: int, on_chip_layers: int) -> None:
+def check_host_memory(plan: MemoryPlan, available: int) -> None:
     """Raise a ConfigError when an offloaded cache cannot fit the host's free memory."""
     need = sum(plan.host.values())
     if need <= available:
         return
-    per_token_layer = kv_bytes_per_token(target, dtype_bytes) // target.num_layers
-    offloaded = max(target.num_layers - (on_chip_layers or 0), 1)
+    target = plan.target
+    per_token_layer = kv_bytes_per_token(target, plan.dtype_bytes) // target.num_layers
+    offloaded = max(target.num_layers - (plan.on_chip_layers or 0), 1)
     room = available // (per_token_layer * offloaded)
     raise ConfigError(
         f"the offloaded KV cache needs {need / GiB:.1f} GiB of pinned host memory but {available / GiB:.1f} GiB "
-        f"are free; to fit: lower dataset.prefill to below {room} (from {prompt_len}), or keep more layers on the GPU (hardware.on_chip_layers), or free host memory")
+        f"are free; to fit: lower dataset.prefill to below {room} (from {plan.prompt_len}), or keep more layers on "
+        "the GPU (hardware.on_chip_layers), or free host memory")
 
 
-def check_memory(plan: MemoryPlan, available: int, *, where: str, target: ModelConfig, dtype_bytes: int,
-                 prompt_len: int, prefill_chunk: int | None) -> None:
+def check_memory(plan: MemoryPlan, available: int, *, where: str) -> None:
     """Raise a ConfigError naming what to change when the plan does not fit `available` bytes."""
     if plan.total <= available:
         return
     over = plan.total - available
+    target, dtype_bytes, prompt_len = plan.target, plan.dtype_bytes, plan.prompt_len
     per_token = kv_bytes_per_token(target, dtype_bytes)
     fixes = []
     room = prompt_len - -(-over // per_token)  # ceil: tokens the full cache must give up
     if room > 0:
         fixes.append(f"lower dataset.prefill to <= {room}")
-    chunk = min(prompt_len, prefill_chunk or prompt_len)
+    chunk = min(prompt_len, plan.prefill_chunk or prompt_len)
     activations = prefill_activation_bytes(target, chunk, dtype_bytes)
     if chunk > 4096 and activations - prefill_activation_bytes(target, 4096, dtype_bytes) >= over:
         fixes.append("lower hardware.prefill_chunk to 4096")

@@ -171,8 +171,11 @@ def check_launch(tensor_parallel: int) -> None:
                           f"use --nproc-per-node {tensor_parallel}")
 
 
-def init_parallel(tensor_parallel: int, device: str | torch.device) -> tuple[Parallel, torch.device]:
-    """Join the process group (NCCL on CUDA, gloo on CPU); this rank's Parallel and device."""
+def init_parallel(tensor_parallel: int, device: str | torch.device,
+                  allreduce: str = "triton") -> tuple[Parallel, torch.device]:
+    """Join the process group (NCCL on CUDA, gloo on CPU); this rank's Parallel and device.
+    allreduce (the kernel policy's choice for small messages on CUDA): triton (the one-kernel
+    all-reduce over symmetric memory), torch (its one-shot all-reduce) or nccl (NCCL only)."""
     device = torch.device(device)
     if tensor_parallel <= 1:
         return SINGLE, device
@@ -193,10 +196,9 @@ def init_parallel(tensor_parallel: int, device: str | torch.device) -> tuple[Par
         dist.init_process_group(backend, **({"device_id": device} if device.type == "cuda" else {}))
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     fast = None
-    choice = os.environ.get("TRIFORCE_ALLREDUCE", "auto")  # auto (the Triton kernel) | torch | nccl
-    if device.type == "cuda" and choice != "nccl":
+    if device.type == "cuda" and allreduce != "nccl":
         try:
-            fast = SymmetricAllReduce(device, kernel="torch" if choice == "torch" else "triton")
+            fast = SymmetricAllReduce(device, kernel="torch" if allreduce == "torch" else "triton")
             for slot in (0, 1, 0, 1):  # both slots, twice: the flags come down as they should
                 probe = torch.arange(5000, device=device, dtype=torch.float32) * (rank + 1)
                 fast(probe, slot)

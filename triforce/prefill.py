@@ -6,7 +6,7 @@ bytes moved grow with the square of the prompt (the reference implementation rel
 for each 128-token chunk). Layer-major, a layer's keys and values stay in its device staging
 buffer while all its chunks run and each token's keys and values cross the host link once, back
 to host memory: the traffic is linear in the prompt. The price is the whole prompt's hidden state
-and residual stream in device memory (2 x prompt x hidden, 2 GB for a 7B model at 120K).
+in device memory, twice (in and out: 2 x prompt x hidden, 2 GB for a 7B model at 120K).
 
 The same layers, chunks, masks and rotary tables as token-major prefill: the same cache contents.
 """
@@ -32,22 +32,14 @@ def layer_major_prefill(model: Transformer, tokens: torch.Tensor, cache, chunk: 
     positions = torch.arange(base, base + n, device=tokens.device)
     spans = [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
     x = model.embed_tokens(tokens)
-    residual = None
-    x_out, residual_out = torch.empty_like(x), torch.empty_like(x)
+    x_out = torch.empty_like(x)
     cache.prefetch = False
     try:
         for i, layer in enumerate(model.layers):
             for s, e in spans:
                 cache.length = cache.seq_len = base + s
-                mask, is_causal = cache.attention_mask(e - s)
-                rope = model.rotary.at(positions[s:e], x.dtype)
-                h, r = layer(x[:, s:e], None if residual is None else residual[:, s:e], rope, cache, i,
-                             mask, is_causal, model.attention)
-                x_out[:, s:e], residual_out[:, s:e] = h, r
+                x_out[:, s:e] = layer(x[:, s:e], model.context(cache, positions[s:e], e - s, x.dtype))
             x, x_out = x_out, x
-            if residual is None:
-                residual = torch.empty_like(x)
-            residual, residual_out = residual_out, residual
             if on_layer is not None:
                 on_layer(i)
     finally:
@@ -56,4 +48,4 @@ def layer_major_prefill(model: Transformer, tokens: torch.Tensor, cache, chunk: 
     last = spans[-1][1] - spans[-1][0]
     cache.length = cache.seq_len = base + n - last
     cache.advance(last)
-    return model.norm.then(x[:, -1:].contiguous(), residual[:, -1:].contiguous(), model.lm_head)[0]
+    return model.head(x, 1)

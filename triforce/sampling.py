@@ -24,44 +24,26 @@ import dataclasses
 
 import torch
 
-from triforce.errors import ConfigError
+from triforce.config import SamplingParams  # noqa: F401 - the sampling transform's parameters live there
+from triforce.kernels.policy import KernelContext
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.6
-    top_p: float = 0.9
-    top_k: int = 0  # 0 = off
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"sampling.temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling.top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
-            raise ConfigError(f"sampling.top_k={self.top_k} must be >= 0 (0 = off)")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, params: SamplingParams, *, ctx: KernelContext | None = None) -> torch.Tensor:
     """(..., V) logits -> (..., V) float32 probabilities after the sampling transform.
 
     Nucleus (top-p): token i is kept iff the tokens strictly more likely than i hold less than
     top_p of the mass (the most likely token always stays; tokens tied at the boundary are kept
-    or dropped together, so the set does not depend on any sort order). On a GPU, without top-k,
-    Triton kernels compute the whole transform without a sort, for any vocabulary
-    (kernels/top_p.py); elsewhere these torch ops, which define it."""
+    or dropped together, so the set does not depend on any sort order). Where the kernel context
+    runs kernels (a GPU), without top-k, Triton kernels compute the whole transform without a sort,
+    for any vocabulary (kernels/top_p.py); elsewhere these torch ops, which define it."""
     if params.greedy:  # (scatter, not one_hot: one_hot may check its input on the host)
         logits = logits.float()
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    if not params.top_k:
+    if not params.top_k and ctx is not None and ctx.on(logits):
         from triforce.kernels.top_p import top_p_probabilities, top_p_usable
 
-        if top_p_usable(logits):
-            return top_p_probabilities(logits, params.temperature, params.top_p)
+        if top_p_usable(logits, use_triton=True):
+            return top_p_probabilities(logits, params.temperature, params.top_p, pdl=ctx.pdl)
     logits = logits.float() / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
@@ -103,27 +85,30 @@ def _race_draws(generator: torch.Generator | None, device: torch.device, vocab: 
     return torch.empty(vocab, dtype=torch.float32, device=device).exponential_(generator=generator)
 
 
-def sample_into(probs: torch.Tensor, generator: torch.Generator | None, out_tokens: torch.Tensor, index: int) -> None:
+def sample_into(probs: torch.Tensor, generator: torch.Generator | None, out_tokens: torch.Tensor, index: int, *,
+                ctx: KernelContext | None = None) -> None:
     """out_tokens[index] = a token drawn from probs (V,), on the device (no synchronisation)."""
     from triforce.kernels.verify import race_sample, race_usable
 
-    if probs.dim() == 1 and race_usable(probs):
-        race_sample(probs, _race_draws(generator, probs.device, probs.shape[-1]), out_tokens=out_tokens, index=index)
+    if probs.dim() == 1 and ctx is not None and ctx.on(probs) and race_usable(probs, use_triton=True):
+        race_sample(probs, _race_draws(generator, probs.device, probs.shape[-1]), out_tokens=out_tokens, index=index,
+                    use_triton=True, workspace=ctx.workspace)
     else:
         out_tokens[index] = sample(probs, generator)
 
 
 def verify_into(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
-                out_tokens: torch.Tensor, base: int, *, residual: bool = True) -> torch.Tensor:
+                out_tokens: torch.Tensor, base: int, *, residual: bool = True,
+                ctx: KernelContext | None = None) -> torch.Tensor:
     """`verify_tensor`, with the emitted token also written to out_tokens[base + num_accepted] on the
     device. Returns the int64 device tensor [num_accepted, next_token, *tokens] (one read-back)."""
     from triforce.kernels.verify import MAX_PROPOSALS, race_usable, race_verify
 
     k = tokens.shape[0]
-    if k <= MAX_PROPOSALS and race_usable(p, q, tokens):
+    if k <= MAX_PROPOSALS and ctx is not None and ctx.on(p) and race_usable(p, q, tokens, use_triton=True):
         u = torch.rand(k, generator=generator, device=p.device)  # the draws verify_tensor makes, in its order
         return race_verify(tokens, q, p, u, _race_draws(generator, p.device, p.shape[-1]), residual=residual,
-                           out_tokens=out_tokens, base=base)
+                           out_tokens=out_tokens, base=base, use_triton=True, workspace=ctx.workspace)
     verdict = verify_tensor(tokens, q, p, generator, residual=residual)
     out_tokens[base + verdict[0]] = verdict[1]
     return torch.cat([verdict, tokens.to(torch.int64)])

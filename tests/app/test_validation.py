@@ -41,7 +41,7 @@ def cfg_of(*overrides: str) -> dict:
     ("method.middle_cache=h2o", r"method.middle_cache='h2o': choose one of retrieval, streaming, hybrid"),
     ("method.recent=1.5", r"method.recent=1.5 must be a share of the budget in \[0, 1\]"),
     ("method.recent_min=-1", r"method.recent_min=-1 must be a number of tokens >= 0"),
-    ("method.recent_min=0.5", r"method.recent_min=0.5 must be a number of tokens"),
+    ("method.recent_min=0.5", r"method.recent_min=0.5 must be a whole number"),
     ("method.budget_fraction=0.125", r"set exactly one.*method.budget=null method.budget_fraction=0.125"),
     ("method.budget=null", r"method.budget=null and method.budget_fraction=null: set exactly one"),
     ("method.budget=null method.budget_fraction=0", r"method.budget_fraction=0 must be a fraction of the prompt"),

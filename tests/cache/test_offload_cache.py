@@ -23,7 +23,7 @@ def model(kv_heads=2):
 def caches(m, capacity, on_chip, chunk_size=4, scorer="mean"):
     full = m.new_cache(capacity)
     off = OffloadedKVCache.for_model(m.config, capacity, m.dtype, m.device, on_chip_layers=on_chip)
-    off.track_chunks(chunk_size, scorer)
+    off.serves(chunk_size, scorer)  # what a selection will score: the cache keeps its chunks' statistics
     return full, off
 
 
@@ -89,7 +89,7 @@ def test_retrieval_needs_tracked_statistics():
     feed(m, off, torch.arange(40) % 64)
     rc = RetrievalCache.for_model(m.config, budget=16, chunk_size=4, scorer="mean", extra_capacity=8,
                                   dtype=m.dtype, device=m.device)
-    with pytest.raises(RuntimeError, match="track_chunks"):
+    with pytest.raises(RuntimeError, match=r"serves\(chunk_size, scorer\)"):
         rc.rebuild(off)
 
 

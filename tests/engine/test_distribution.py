@@ -1,4 +1,4 @@
-"""Distribution identity (DESIGN.md §6.3): with sampling, every speculative method draws its tokens
+"""Distribution identity (docs/DESIGN.md §10.3): with sampling, every speculative method draws its tokens
 exactly from the target model with the full cache.
 
 The exact joint distribution of the first NEW = 3 generated tokens of a tiny 5-token-vocabulary
@@ -41,7 +41,8 @@ from scipy import stats
 
 from tests.engine.conftest import random_model
 from triforce.cache.retrieval import RetrievalCache
-from triforce.engine import Engine, MethodConfig
+from triforce.config import MethodConfig
+from triforce.engine import Engine
 from triforce.sampling import SamplingParams, probabilities
 
 VOCAB = 5

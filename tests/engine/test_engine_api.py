@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from triforce import Engine
 from triforce.errors import ConfigError, PromptTooLongError
@@ -30,7 +31,13 @@ def test_metrics_rounds_and_released_caches(model, name, extra):
     for level in ("draft", "middle"):
         if f"accept_rate/{level}" in m:
             assert sum(r.get(f"accepted/{level}", 0) for r in result.rounds) == m[f"accepted/{level}"]
-    assert engine.levels == []  # the KV caches are not kept alive between generations
+    # per-generation state is the generation's, not the engine's: no caches kept between generations
+    assert not any(isinstance(v, torch.Tensor) for v in vars(engine).values()) and "levels" not in vars(engine)
+    stream = engine.stream(list(range(100)), 12, seed=1, stop_at_eos=False)
+    steps = list(stream)
+    assert [t for step in steps for t in step] == result.tokens  # streaming yields generate's tokens
+    assert stream.result.tokens == result.tokens and stream.result.metrics["forwards/top"] == m["forwards/top"]
+    assert stream._generation.levels == [] and stream._generation.tokens is None  # freed at the end
 
 
 def test_bad_arguments_fail_before_work(model):
@@ -65,4 +72,3 @@ def test_budget_fraction_is_resolved_per_prompt(model):
         assert got.rounds == [dict(r, ms=g["ms"]) for r, g in zip(want.rounds, got.rounds)]
     with pytest.raises(ConfigError, match="of a 20-token prompt gives a budget of 5 tokens"):
         engine.generate(list(range(20)), 4)
-    assert engine.levels == []

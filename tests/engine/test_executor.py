@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from tests.engine.conftest import random_model
-from triforce.engine import Level
+from triforce.levels import Level
 from triforce.executor import StaticExecutor
 from triforce.kernels.verify import race_sample_reference
 from triforce.metrics import GenerationStats

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.engine.conftest import perturbed, random_model
-from triforce.engine import Engine, MethodConfig
+from triforce.config import MethodConfig
+from triforce.engine import Engine
 
 SAMPLING = dict(temperature=0.8, top_p=0.95)
 BASE = dict(name="triforce", gamma=4, draft_gamma=2, budget=40, chunk_size=4, draft_sink=2, draft_window=18)

@@ -10,12 +10,32 @@ from triforce.kernels import triton_available
 from triforce.kernels.activation import silu_mul, silu_mul_reference
 from triforce.kernels.decode_attention import decode_attention, decode_attention_reference
 from triforce.kernels.norm import rms_norm, rms_norm_reference
+from triforce.kernels.policy import H100, H200, AttentionLaunch, KernelContext, KernelPolicy
 from triforce.kernels.rotary import rope_store, rope_store_reference
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed (pip install triton)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def kernels_ctx() -> KernelContext:
+    """The Triton kernels on this device (through the interpreter on a CPU), launched plainly."""
+    return KernelContext(KernelPolicy.resolve(DEVICE, {"kernels": True}))
+
+
+def splits_launch(q, k, splits: int) -> AttentionLaunch:
+    """The policy's attention launch for these shapes, with `splits` key slices per KV head."""
+    import dataclasses
+
+    B, Hq, T, D = q.shape
+    launch = kernels_ctx().policy.attention_launch(batch=B, kv_heads=k.shape[1], rows=Hq // k.shape[1] * T,
+                                                   head_dim=D, capacity=k.shape[2], element_size=q.element_size())
+    return dataclasses.replace(launch, splits=splits)
+
+
+def attention(q, k, v, length, scale, splits, **kw):
+    return decode_attention(q, k, v, length, scale, ctx=kernels_ctx(), launch=splits_launch(q, k, splits), **kw)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -47,43 +67,28 @@ def test_decode_attention_matches_reference(case, dtype):
     k[:, :, kv_len:] = float("nan")  # slots past the length must never be read into the result
     v[:, :, kv_len:] = float("nan")
     length = torch.tensor([kv_len], device=DEVICE)
-    out = decode_attention(q, k, v, length, D ** -0.5, num_splits=splits, use_triton=True)
+    out = attention(q, k, v, length, D ** -0.5, splits)
     ref = decode_attention_reference(q.double(), k.double().nan_to_num(), v.double().nan_to_num(), length, D ** -0.5)
     assert out.shape == (B, T, Hq, D) and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
     # the captured path's form of the same length: the block's first slot (a device scalar) + T
-    offset = decode_attention(q, k, v, length - T, D ** -0.5, kv_offset=T, num_splits=splits, use_triton=True)
+    offset = attention(q, k, v, length - T, D ** -0.5, splits, kv_offset=T)
     torch.testing.assert_close(offset, out, atol=0, rtol=0)
 
 
 def test_query_rows_take_one_warpgroup_tile_per_64():
-    from triforce.kernels.triton_decode import launch_config
-
+    tile = KernelPolicy(H100).attention_tile
     for rows, block_m, warps in ((1, 64, 4), (28, 64, 4), (64, 64, 4), (65, 128, 8), (68, 128, 8), (128, 128, 8)):
-        cfg = launch_config(rows, 128)
-        assert (cfg["block_m"], cfg["num_warps"]) == (block_m, warps)
-    assert launch_config(68, 128)["num_stages"] == 4 and launch_config(4, 128)["num_stages"] == 3
+        assert tile(rows, 128)[:2] == (block_m, warps)
+    assert tile(68, 128)[2] == 4 and tile(4, 128)[2] == 3
     # fewer stages where the buffers would not fit shared memory (float32, head_dim 256)
-    assert launch_config(68, 128, dtype_bytes=4)["num_stages"] == 2
-    assert launch_config(68, 256)["num_stages"] == 2 and launch_config(4, 256)["num_stages"] == 2
+    assert tile(68, 128, element_size=4)[2] == 2
+    assert tile(68, 256)[2] == 2 and tile(4, 256)[2] == 2
     from triforce.kernels.triton_decode import decode_attention as split_kv_attention
     with pytest.raises(ValueError, match="a tile of 64 query rows for 68"):  # a tuning sweep's bad choice
         split_kv_attention(torch.empty(1, 32, 17, 128), torch.empty(1, 8, 64, 128), torch.empty(1, 8, 64, 128),
-                           torch.tensor([64]), 0.1, 1, block_m=64)
-
-
-def test_key_slices_fill_one_wave_of_programs():
-    """CPU tensors plan for an H100's 132 SMs: two 64-row programs per SM, at most 16 slices per KV
-    head; the 128-row tile fits once per SM; short caches keep four key blocks per slice."""
-    from triforce.kernels.triton_decode import default_splits
-
-    def splits(hq, hkv, t, keys):
-        return default_splits(torch.empty(1, hq, t, 128), torch.empty(1, hkv, keys, 128))
-
-    assert splits(32, 32, 1, 32768) == 8 and splits(32, 32, 17, 32768) == 8  # 7B: 256 programs
-    assert splits(32, 8, 1, 32768) == 16 and splits(32, 8, 17, 32768) == 16  # 8B: 128 programs
-    assert splits(32, 32, 1, 1024) == 4 and splits(12, 12, 1, 256) == 1  # four blocks of 64 keys each
+                           torch.tensor([64]), 0.1, AttentionLaunch(64, 64, 4, 3, 1))
 
 
 def test_decode_attention_is_causal_inside_the_new_block():
@@ -93,10 +98,10 @@ def test_decode_attention_is_causal_inside_the_new_block():
     g = torch.Generator().manual_seed(7)
     q = torch.randn(B, Hq, T, D, generator=g)
     k, v = torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
-    block = decode_attention(q, k, v, torch.tensor([150]), D ** -0.5, num_splits=4, use_triton=True)
-    first = decode_attention(q[:, :, :1], k, v, torch.tensor([146]), D ** -0.5, num_splits=4, use_triton=True)
+    block = attention(q, k, v, torch.tensor([150]), D ** -0.5, 4)
+    first = attention(q[:, :, :1], k, v, torch.tensor([146]), D ** -0.5, 4)
     torch.testing.assert_close(block[:, :1], first, atol=1e-5, rtol=1e-5)
-    shifted = decode_attention(q, k, v, torch.tensor([151]), D ** -0.5, num_splits=4, use_triton=True)
+    shifted = attention(q, k, v, torch.tensor([151]), D ** -0.5, 4)
     assert (shifted - block).abs().max() > 1e-3
 
 
@@ -176,11 +181,12 @@ def test_fused_linear_matches_reference(prologue, case, dtype):
     gated = prologue.endswith("gated")
     outs = {}
     for use_triton in (True, False):
+        ctx = kernels_ctx() if use_triton else None
         if prologue in ("none", "gated"):
-            outs[use_triton] = (linear(x, w, b, gated=gated, use_triton=use_triton),)
+            outs[use_triton] = (linear(x, w, b, gated=gated, ctx=ctx),)
         else:
             residual = r if prologue == "norm+residual" else None
-            outs[use_triton] = norm_linear(x, residual, nw, 1e-5, w, b, gated=gated, use_triton=use_triton)
+            outs[use_triton] = norm_linear(x, residual, nw, 1e-5, w, b, gated=gated, ctx=ctx)
     assert outs[True][0].shape == (1, M, N // 2 if gated else N)
     for out, ref in zip(outs[True], outs[False]):
         assert out.shape == ref.shape
@@ -189,24 +195,35 @@ def test_fused_linear_matches_reference(prologue, case, dtype):
         torch.testing.assert_close(outs[True][1], outs[False][1], atol=0, rtol=0)  # h = x + r, rounded as torch
 
 
+def split(x, w, split_k: int, gated: bool = False):
+    """The policy's launch for this product with `split_k` input parts."""
+    import dataclasses
+
+    launch = KernelPolicy(H100).linear_launch(x.numel() // x.shape[-1], w.shape[0], w.shape[1], gated=gated,
+                                              element_size=x.element_size())
+    return dataclasses.replace(launch, split_k=split_k)
+
+
 @pytest.mark.parametrize("split_k", [2, 3, 4])
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("case", [(17, 300, 96, True), (3, 1024, 64, False)], ids=lambda c: "m{}-k{}-n{}".format(*c))
 def test_split_k_linear_matches_one_pass(case, gated, split_k):
     """Split-K: each tile's inputs in split_k parts, reduced by the tile's last program, equals the
     one-pass product, again on a second call (the arrival counters are back at zero)."""
-    from triforce.kernels.triton_linear import fused_linear, split_k_counters
+    from triforce.kernels.triton_linear import fused_linear
+    from triforce.kernels.workspace import Workspace
 
+    workspace = Workspace(DEVICE)
     M, K, N, with_bias = case
     g = torch.Generator().manual_seed(K + split_k)
     w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE)
     b = torch.randn(N, generator=g).to(DEVICE) if with_bias else None
     x = torch.randn(1, M, K, generator=g).to(DEVICE)
-    one_pass = fused_linear(x, w, b, gated=gated, split_k=1)[0]
+    one_pass = fused_linear(x, w, b, gated=gated, launch=split(x, w, 1, gated))[0]
     for _ in range(2):
-        out = fused_linear(x, w, b, gated=gated, split_k=split_k)[0]
+        out = fused_linear(x, w, b, gated=gated, launch=split(x, w, split_k, gated), workspace=workspace)[0]
         assert rel_err(out, one_pass) < 1e-5
-        assert not split_k_counters(x.device).any()
+        assert not workspace.counters("split_k", 1).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -226,28 +243,26 @@ def test_norm_folded_into_the_products_around_it(rows, split_k, gated, dtype):
     x = torch.randn(1, rows, K, generator=g).to(DEVICE, dtype)
     r = torch.randn(1, rows, N, generator=g).to(DEVICE, dtype)
     nw = (1 + 0.1 * torch.randn(N, generator=g)).to(DEVICE, dtype)
-    pre = fused_linear(x, wp, bp, residual=r, norm_out=nw, split_k=split_k)[0]
+    pre = fused_linear(x, wp, bp, residual=r, norm_out=nw, launch=split(x, wp, split_k))[0]
     assert isinstance(pre, PreNormed) and pre.sq.dtype == torch.float32
-    out, h = norm_linear(pre, None, nw, 1e-5, wc, gated=gated, use_triton=True)
-    ref, h_ref = norm_linear(linear(x, wp, bp, use_triton=False), r, nw, 1e-5, wc, gated=gated, use_triton=False)
-    product = fused_linear(x, wp, bp, split_k=split_k)[0]
+    out, h = norm_linear(pre, None, nw, 1e-5, wc, gated=gated, ctx=kernels_ctx())
+    ref, h_ref = norm_linear(linear(x, wp, bp), r, nw, 1e-5, wc, gated=gated)
+    product = fused_linear(x, wp, bp, launch=split(x, wp, split_k))[0]
     torch.testing.assert_close(h, product + r, atol=0, rtol=0)  # h = product + residual, rounded as torch
     assert rel_err(h, h_ref) < (1e-6 if dtype == torch.float32 else 1e-3)
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 5e-3)
     # the model's entry point (its own split) gives the same to rounding
-    again = linear_add_norm(x, wp, bp, r, nw)
+    again = linear_add_norm(x, wp, bp, r, nw, kernels_ctx())
     assert rel_err(again.h, h) < (1e-6 if dtype == torch.float32 else 1e-3)
 
 
 def test_default_split_k_fills_the_gpu_once():
-    from triforce.kernels.triton_linear import default_split_k
-
-    cpu = torch.device("cpu")  # counts as 132 SMs
-    assert default_split_k(64, 17, 4096, 256, cpu) == 2  # o_proj / down_proj: 64 tiles -> 128 programs
-    assert default_split_k(64, 1, 4096, 256, cpu) == 1  # one row: 16-wide tiles fill the GPU already
-    assert default_split_k(448, 17, 4096, 256, cpu) == 1  # gate/up fills it
-    assert default_split_k(30, 7, 4096, 256, cpu) == 4
-    assert default_split_k(64, 17, 768, 256, cpu) == 1  # too short to split: parts of fewer than two blocks
+    split_k = KernelPolicy(H100).split_k  # 132 SMs
+    assert split_k(64, 17, 4096, 256) == 2  # o_proj / down_proj: 64 tiles -> 128 programs
+    assert split_k(64, 1, 4096, 256) == 1  # one row: 16-wide tiles fill the GPU already
+    assert split_k(448, 17, 4096, 256) == 1  # gate/up fills it
+    assert split_k(30, 7, 4096, 256) == 4
+    assert split_k(64, 17, 768, 256) == 1  # too short to split: parts of fewer than two blocks
 
 
 @pytest.mark.parametrize("top_p", [0.9, 0.5, 1.0])
@@ -377,7 +392,7 @@ def test_qkv_projection_with_rotary_and_cache_write_matches_reference(case, dtyp
         kc = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
         vc = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
         q, h = qkv_rope_store(x, r, nw, 1e-5, w, b, rotary.at(positions, dtype), kc, vc,
-                              torch.tensor(slot, device=DEVICE), hq, hkv, D, use_triton=use_triton)
+                              torch.tensor(slot, device=DEVICE), hq, hkv, D, ctx=kernels_ctx() if use_triton else None)
         assert q.shape == (1, hq, T, D)
         outs.append((q, kc, vc, h))
     tol = 1e-5 if dtype == torch.float32 else 3e-3

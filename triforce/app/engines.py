@@ -14,7 +14,8 @@ from typing import Mapping
 import torch
 
 from triforce.app.validate import RunPlan
-from triforce.engine import Engine, MethodConfig
+from triforce.config import MethodConfig
+from triforce.engine import Engine
 from triforce.prefill_memo import PrefillMemo
 
 ENGINE_SECTIONS = ("model", "draft", "method", "sampling", "hardware")

@@ -1,6 +1,6 @@
 """Experiment tracking: Weights & Biases, or nothing.
 
-W&B mode (DESIGN.md §9): WANDB_MODE in the environment wins; otherwise `logger.mode: auto` is
+W&B mode (docs/DESIGN.md §9): WANDB_MODE in the environment wins; otherwise `logger.mode: auto` is
 online when an account is configured (WANDB_API_KEY, or a ~/.netrc entry for the W&B host) and
 offline when not — with no mode and no key wandb would raise at once. An online run that cannot
 start (no network) falls back to offline, so a run never hangs or fails for lack of network.

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from triforce.config import method_config, sampling_params
 from triforce.data.sources import check_dataset
-from triforce.engine import MethodConfig, context_needed
+from triforce.config import MethodConfig, context_needed
 from triforce.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from triforce.models import tiny
 from triforce.sampling import SamplingParams
@@ -175,7 +175,7 @@ def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:
     any weights load (DESIGN: the paper's 7B / 124,928-token setting fills an 80 GB card)."""
     import torch
 
-    from triforce.memory import check_host_memory, check_memory, host_available, plan_memory
+    from triforce.memory import check_plan, plan_memory
     from triforce.models.loading import parse_dtype
 
     hw, model, draft = cfg.get("hardware") or {}, cfg["model"], cfg.get("draft") or {}
@@ -200,11 +200,7 @@ def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:
     plan = plan_memory(target, method, prompt_len, cfg["max_new_tokens"], dtype_bytes=dtype_bytes,
                        prefill_chunk=chunk, draft=draft_cfg, draft_is_target=draft_name == "self",
                        offload=offload, on_chip_layers=on_chip)
-    check_host_memory(plan, host_available(), target=target, dtype_bytes=dtype_bytes, prompt_len=prompt_len,
-                      on_chip_layers=on_chip)
-    free, _ = torch.cuda.mem_get_info(device)
-    check_memory(plan, free, where=torch.cuda.get_device_name(device), target=target, dtype_bytes=dtype_bytes,
-                 prompt_len=prompt_len, prefill_chunk=chunk)
+    check_plan(plan, device)
 
 
 def check_fits(prompt_len: int, max_new_tokens: int, method: MethodConfig, context: int) -> None:

@@ -1,1 +1,1 @@
-"""Latency benchmarks on a GPU: every level against its memory-bandwidth floor (DESIGN.md §7)."""
+"""Latency benchmarks on a GPU: every level against its memory-bandwidth floor (docs/DESIGN.md §7)."""

@@ -2,7 +2,7 @@
 
 Floor of a step = bytes it must read (the weights it multiplies by, the KV it attends over)
 divided by the device-to-device copy bandwidth measured in the same run, counting bytes read
-plus bytes written (DESIGN.md §7).
+plus bytes written (docs/DESIGN.md §7).
 """
 
 from __future__ import annotations

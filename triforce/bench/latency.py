@@ -19,8 +19,10 @@ import time
 import torch
 
 from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, offloaded_step_floor, step_bytes
-from triforce.engine import Engine, MethodConfig
+from triforce.config import MethodConfig
+from triforce.engine import Engine
 from triforce.executor import StaticExecutor
+from triforce.levels import capacity, lower_levels, top_level
 from triforce.metrics import FORWARD_PHASES, GenerationStats
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams
@@ -58,12 +60,11 @@ class LevelBench:
         self.sampling = SamplingParams(temperature=0.6, top_p=0.9)
         engine = Engine(target, draft, method, self.sampling, executor="graphs", **(engine_kw or {}))
         new = 64
-        engine._max_new_tokens = new
-        self.context, self.method = context, method
-        capacity = context + new + method.lookahead + 2
-        tokens = torch.randint(0, target.config.vocab_size, (capacity,), device=engine.device)
-        top = engine._top_level(context, new)
-        self.levels = {lv.name: lv for lv in [*engine._lower_levels(context, new), top]}
+        self.context, self.method, self.policy = context, method, engine.policy
+        tokens = torch.randint(0, target.config.vocab_size, (capacity(context, new, method),), device=engine.device)
+        spec = engine.level_spec()
+        top = top_level(spec, context, new)
+        self.levels = {lv.name: lv for lv in [*lower_levels(spec, context, new), top]}
         top.cache.k[:, :, :, :context].normal_()
         top.cache.v[:, :, :, :context].normal_()
         top.cache.length = top.cache.seq_len = context
@@ -77,7 +78,8 @@ class LevelBench:
         dcache.v.normal_()
         dcache.length, dcache.seq_len = dcache.capacity - 1, context
         self.tokens = tokens
-        self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device), capture=True)
+        self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device), capture=True,
+                                       policy=engine.policy)
 
     def time_eager(self, level: str, num_tokens: int, repeats: int) -> float:
         """Seconds per forward of a level that runs eagerly (an offloaded full cache: it streams
@@ -114,15 +116,16 @@ class LevelBench:
         free_memory()
 
 
-def _transform_graph(rows: int, vocab: int, sampling: SamplingParams) -> torch.cuda.CUDAGraph:
+def _transform_graph(rows: int, vocab: int, sampling: SamplingParams, ctx) -> torch.cuda.CUDAGraph:
+    """The sampling transform as a captured forward launches it (ctx: the executor's kernel context)."""
     from triforce.sampling import probabilities
 
     logits = torch.randn(rows, vocab, device="cuda", dtype=torch.bfloat16) * 3
     for _ in range(2):
-        probabilities(logits, sampling)
+        probabilities(logits, sampling, ctx=ctx)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        probabilities(logits, sampling)
+        probabilities(logits, sampling, ctx=ctx)
     return graph
 
 
@@ -162,11 +165,12 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
     for t, cfg in ((1, draft.config), (method.gamma + 1, target.config)):
         # the sampling transform (temperature, top-p) inside each captured forward, timed alone:
         # its floor is reading the logits and writing the probabilities
-        s = _time_graph(_transform_graph(t, cfg.vocab_size, bench.sampling), repeats)
+        s = _time_graph(_transform_graph(t, cfg.vocab_size, bench.sampling, bench.executor.ctx), repeats)
         rows.append(dict(level="sampling transform", tokens=t, kv_tokens=0, ms=1e3 * s,
                          floor_ms=1e3 * 8 * t * cfg.vocab_size / bandwidth))
+    tuning = ", ".join(bench.executor.tuning_used)
     for row in rows:
-        row.update(context=context, ratio=row["ms"] / row["floor_ms"])
+        row.update(context=context, ratio=row["ms"] / row["floor_ms"], tuning=tuning)
     bench.close()
     return rows
 

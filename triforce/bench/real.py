@@ -14,7 +14,7 @@ import torch
 
 from triforce.bench.latency import end_to_end
 from triforce.data.gutenberg import load_books
-from triforce.engine import MethodConfig
+from triforce.config import MethodConfig
 from triforce.models.loading import load_model, load_tokenizer
 from triforce.sampling import SamplingParams
 

@@ -15,10 +15,11 @@ simply overwritten later. A staging buffer remembers which layer and how many to
 a layer-major prefill (prefill.py), which runs every chunk of one layer before the next layer,
 finds its prefix already there and moves each token's keys and values across the link once.
 
-Retrieval rebuilds do not stream the keys: with `track_chunks` the cache keeps each complete
-chunk's statistics (`retrieval.chunk_stats`, in the cache's dtype) on the GPU, computed from the
-staging buffer when the chunk's last token is written (a chunk rewritten after a rollback is
-recomputed then), chooses the chunks from them, and copies only the chosen ones from host memory.
+Retrieval rebuilds do not stream the keys: told that a selection will score its chunks
+(`serves`), the cache keeps each complete chunk's statistics (`retrieval.chunk_stats`, in the
+cache's dtype) on the GPU, computed from the staging buffer when the chunk's last token is written
+(a chunk rewritten after a rollback is recomputed then); the selection chooses from them
+(`chunk_statistics`), and only the chosen tokens are copied from host memory (`gather`).
 
 On a CPU (tests) the same code runs with host and "device" both in CPU memory and synchronous
 copies. It is never captured in a CUDA graph: its copies vary in length (`capturable`).
@@ -29,18 +30,19 @@ from __future__ import annotations
 import torch
 
 from triforce.cache.retrieval import chunk_stats
-from triforce.cache.static import StaticKVCache
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token, query_bytes
 
 STAGES = 2  # staging buffers: one layer computes while the next streams in
 
 
 class OffloadedKVCache(StaticKVCache):
     capturable = False
+    snapshots = False  # an offloaded prefill is not kept: a second host copy of tens of GB
 
     def __init__(self, *, on_chip_layers: int = 0, **kw):
         self.on_chip = on_chip_layers
         super().__init__(**kw)
-        self.bytes_h2d = 0  # bytes moved host -> device and back since the last reset_traffic()
+        self.bytes_h2d = 0  # bytes moved host -> device and back since the cache was made
         self.bytes_d2h = 0
         self.stats: torch.Tensor | None = None
         self.stats_chunk, self.stats_scorer = 0, ""
@@ -69,6 +71,46 @@ class OffloadedKVCache(StaticKVCache):
         self.ready = [torch.cuda.Event() if cuda else None for _ in range(staged)]
         self.num_layers = layers
 
+    @classmethod
+    def memory(cls, cfg, tokens: int, dtype_bytes: int, *, on_chip_layers: int = 0,
+               chunk_size: int | None = None, scorer: str = "mean") -> dict[str, int]:
+        """The offloaded layers in pinned host memory; on the device the on-chip layers, two staging
+        buffers, the recorded queries and (`chunk_size`: a selection scores this cache) the chunk
+        statistics of the offloaded layers."""
+        layer_kv = tokens * kv_bytes_per_token(cfg, dtype_bytes) // cfg.num_layers
+        on_chip = min(on_chip_layers or 0, cfg.num_layers)
+        offloaded = cfg.num_layers - on_chip
+        device = (on_chip + min(offloaded, 2)) * layer_kv + query_bytes(cfg, dtype_bytes)
+        if chunk_size:
+            slots = 1 if scorer == "mean" else 2
+            device += offloaded * cfg.num_kv_heads * (tokens // chunk_size) * slots * cfg.head_dim * dtype_bytes
+        return {"device": device, "host": offloaded * layer_kv}
+
+    # -- the engine-facing contract -------------------------------------------------------------
+    def absorb(self, model, tokens, upto: int, *, chunk: int | None = None, source=None, report=None) -> None:
+        """Layer-major (prefill.py): each token's keys and values cross the host link once."""
+        from triforce.prefill import layer_major_prefill
+
+        start, layers = self.seq_len, len(model.layers)
+        if start >= upto:
+            return
+        if report is not None:
+            report(start, upto)
+
+        def layer_done(i: int) -> None:
+            if report is not None:
+                report(start + (upto - start) * (i + 1) // layers, upto)
+
+        layer_major_prefill(model, tokens[start:upto][None], self, chunk, layer_done)
+
+    def serves(self, chunk_size: int, scorer: str) -> None:
+        """Keep the statistics `scorer` reads of every complete chunk of `chunk_size` tokens of the
+        offloaded layers (before the prefill): a selection then chooses without streaming keys."""
+        self.track_chunks(chunk_size, scorer)
+
+    def traffic(self) -> dict[str, int]:
+        return {"h2d": self.bytes_h2d, "d2h": self.bytes_d2h}
+
     # -- chunk statistics for retrieval rebuilds ------------------------------------------------
     def track_chunks(self, chunk_size: int, scorer: str) -> None:
         """Keep the statistics `scorer` reads of every complete chunk of `chunk_size` tokens of the
@@ -88,21 +130,24 @@ class OffloadedKVCache(StaticKVCache):
             self.stats[host_layer, :, :, first:last] = chunk_stats(keys[:, :, first * cs:last * cs], cs,
                                                                    self.stats_scorer).to(self.stats.dtype)
 
-    def retrieve(self, layer: int, n: int, selector, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def chunk_statistics(self, layer: int, chunks: int, chunk_size: int, scorer: str) -> torch.Tensor:
         if layer < self.on_chip:
-            return super().retrieve(layer, n, selector, query)
+            return super().chunk_statistics(layer, chunks, chunk_size, scorer)
+        if self.stats is None or (chunk_size, scorer) != (self.stats_chunk, self.stats_scorer):
+            raise RuntimeError("an offloaded cache gives the chunk statistics it keeps: tell it what a selection "
+                               "scores (serves(chunk_size, scorer)) before the prefill")
+        return self.stats[layer - self.on_chip, :, :, :chunks]
+
+    def gather(self, layer: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen tokens of an offloaded layer, copied from host memory to the device."""
+        if layer < self.on_chip:
+            return super().gather(layer, idx)
         h = layer - self.on_chip
-        scored = n > selector.budget and selector._retrieved_chunks(n) > 0
-        if scored and (self.stats is None or (selector.chunk_size, selector.scorer)
-                       != (self.stats_chunk, self.stats_scorer)):
-            raise RuntimeError("an offloaded cache chooses retrieval chunks from statistics it keeps: "
-                               "call track_chunks(chunk_size, scorer) before the prefill")
-        idx = selector.choose(self.stats[h] if scored else None, query, n)  # (B, Hkv, m)
         self._drain()  # host memory holds every written token
         idx_host = idx.cpu()
-        gather = idx_host[..., None].expand(*idx_host.shape, self.k_host.shape[-1])
-        keys = torch.gather(self.k_host[h, :, :, :n], 2, gather)
-        values = torch.gather(self.v_host[h, :, :, :n], 2, gather)
+        index = idx_host[..., None].expand(*idx_host.shape, self.k_host.shape[-1])
+        keys = torch.gather(self.k_host[h], 2, index)
+        values = torch.gather(self.v_host[h], 2, index)
         self.bytes_h2d += 2 * keys.numel() * keys.element_size()
         cuda = self.device.type == "cuda"
         if cuda:
@@ -182,9 +227,6 @@ class OffloadedKVCache(StaticKVCache):
     def reset(self) -> None:
         super().reset()
         self.resident = [(-1, 0)] * len(self.resident)
-
-    def reset_traffic(self) -> None:
-        self.bytes_h2d = self.bytes_d2h = 0
 
 
 def _copy_tokens(dst: torch.Tensor, src: torch.Tensor, start: int, end: int) -> None:

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import torch
 
-from triforce.cache.static import StaticKVCache
-from triforce.errors import ConfigError
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token, query_bytes
+from triforce.config import SCORERS, validate_retrieval
 
-SCORERS = ("mean", "bound")
+__all__ = ["SCORERS", "RetrievalCache", "chunk_stats", "validate_retrieval"]
 
 
 class RetrievalCache(StaticKVCache):
+    selects = True
+
     def __init__(self, *, budget: int, chunk_size: int, scorer: str = "mean", recent: int = 0,
                  extra_capacity: int = 64, **kw):
         validate_retrieval(budget, chunk_size, scorer, recent)
@@ -54,6 +56,16 @@ class RetrievalCache(StaticKVCache):
         return cls(budget=budget, chunk_size=chunk_size, scorer=scorer, recent=recent, extra_capacity=extra_capacity,
                    num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                    num_heads=cfg.num_heads, dtype=dtype, device=device, **kw)
+
+    @classmethod
+    def memory(cls, cfg, tokens: int, dtype_bytes: int) -> dict[str, int]:
+        """`tokens`: budget + room for the generated tokens (what it allocates)."""
+        return {"device": tokens * kv_bytes_per_token(cfg, dtype_bytes) + query_bytes(cfg, dtype_bytes), "host": 0}
+
+    @property
+    def scores(self) -> bool:
+        """It ranks chunks (retrieval, hybrid); a StreamingLLM selection of the budget does not."""
+        return self.recent < self.budget - self.chunk_size
 
     def select(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Token indices to keep, (L, B, Hkv, m) in ascending order, for keys (L, B, Hkv, n, D)
@@ -74,23 +86,28 @@ class RetrievalCache(StaticKVCache):
         a float32 accumulator; only the per-chunk statistics, an eighth of the layer for chunks of
         8, are ever float32 (a float copy of a 7B model's 120K-token cache would be 64 GB)."""
         n = keys.shape[2]
-        if n <= self.budget:
-            return self.choose(None, query, n)
-        candidates = self.window_start(n) // self.chunk_size
         stats = None
-        if self._retrieved_chunks(n) > 0:
-            stats = chunk_stats(keys[:, :, : candidates * self.chunk_size], self.chunk_size, self.scorer)
+        if self.retrieved_chunks(n) > 0:
+            stats = chunk_stats(keys[:, :, : self.candidates(n) * self.chunk_size], self.chunk_size, self.scorer)
         return self.choose(stats, query, n)
 
-    def _retrieved_chunks(self, n: int) -> int:
+    def candidates(self, n: int) -> int:
+        """Whole chunks below the recent window of an n-token sequence (chunk 0 is the sink)."""
+        return self.window_start(n) // self.chunk_size
+
+    def retrieved_chunks(self, n: int) -> int:
+        """Chunks the selection of an n-token sequence ranks and keeps beside the sink and window."""
+        if n <= self.budget:
+            return 0
         start = self.window_start(n)
         return (self.budget - self.chunk_size - (n - start)) // self.chunk_size  # <= candidates - 1
 
     def choose(self, stats: torch.Tensor | None, query: torch.Tensor, n: int) -> torch.Tensor:
         """Indices (B, Hkv, m) of the kept tokens of an n-token layer, from the statistics of its
         complete chunks (B, Hkv, >= candidates, S, D) (`chunk_stats`; None when nothing is
-        retrieved) and its query (B, Hq, D). An offloaded full cache keeps the statistics on the
-        GPU and never streams its keys to choose (cache/offload.py)."""
+        retrieved) and its query (B, Hq, D). The statistics come from the source cache
+        (`chunk_statistics`): an offloaded full cache keeps them on the GPU and never streams its
+        keys to choose (cache/offload.py)."""
         cs = self.chunk_size
         B, H = self.k.shape[1], self.k.shape[2]
         arange = torch.arange(n, device=query.device)
@@ -98,7 +115,7 @@ class RetrievalCache(StaticKVCache):
             return arange.expand(B, H, n)
         start = self.window_start(n)
         candidates = start // cs  # whole chunks below the window; chunk 0 is the sink
-        retrieved = self._retrieved_chunks(n)
+        retrieved = self.retrieved_chunks(n)
         ids = torch.zeros(B, H, 1, dtype=torch.int64, device=query.device)  # the sink chunk
         if retrieved > 0:
             scores = self._scores(stats[:, :, :candidates], query)
@@ -120,21 +137,33 @@ class RetrievalCache(StaticKVCache):
         bound = torch.maximum(qe * kmax[:, :, None], qe * kmin[:, :, None]).sum(-1)
         return bound.amax(2)
 
-    def rebuild(self, full: StaticKVCache, query: torch.Tensor | None = None) -> None:
-        """Refill from `full` (which must be a plain full cache: slot i = sequence position i),
-        scoring chunks with `query` (L, B, Hq, D); default: the last query of full's last forward.
-        Layer by layer, so the transient memory is one layer's chunk statistics."""
-        n = full.length
-        query = full.last_query if query is None else query
+    def absorb(self, model, tokens, upto: int, *, chunk: int | None = None, source=None, report=None) -> None:
+        """The prompt, selected from the full cache that absorbed it (`source`), scored with the
+        query of its last forward's last token (the last prompt token, as the paper)."""
+        if source is None:
+            raise ValueError("a selection cache absorbs a prompt from the full cache that holds it (source=...)")
+        self.rebuild(source)
+
+    def rebuild(self, source: StaticKVCache, query: torch.Tensor | None = None) -> bool:
+        """Refill from `source` (a full cache: slot i = sequence position i), scoring chunks with
+        `query` (L, B, Hq, D); default: the last query of source's last forward. Layer by layer,
+        so the transient memory is one layer's chunk statistics."""
+        n = source.length
+        query = source.last_query if query is None else query
         m = 0
         for layer in range(self.k.shape[0]):
-            keys, values = full.retrieve(layer, n, self, query[layer])
+            stats = None
+            if self.retrieved_chunks(n) > 0:
+                stats = source.chunk_statistics(layer, self.candidates(n), self.chunk_size, self.scorer)
+            idx = self.choose(stats, query[layer], n)
+            keys, values = source.gather(layer, idx)
             m = keys.shape[2]
             self.k[layer, :, :, :m] = keys
             self.v[layer, :, :, :m] = values
         self.length = self.retrieved = m
-        self.seq_len = full.seq_len
+        self.seq_len = source.seq_len
         self.rebuilds += 1
+        return True
 
     def crop(self, seq_len: int) -> None:
         drop = self.seq_len - seq_len
@@ -156,16 +185,3 @@ def chunk_stats(keys: torch.Tensor, chunk_size: int, scorer: str) -> torch.Tenso
     if scorer == "mean":
         return (chunked.sum(-2, dtype=torch.float32) / chunk_size)[:, :, :, None]
     return torch.stack([chunked.amax(-2), chunked.amin(-2)], dim=3)
-
-
-def validate_retrieval(budget: int, chunk_size: int, scorer: str, recent: int = 0) -> None:
-    if chunk_size <= 0:
-        raise ConfigError(f"method.chunk_size={chunk_size} must be a positive number of tokens")
-    if budget < 2 * chunk_size:
-        raise ConfigError(f"method.budget={budget} must be at least 2 * chunk_size = {2 * chunk_size} "
-                          "(the sink chunk and the partial tail chunk are always kept)")
-    if scorer not in SCORERS:
-        raise ConfigError(f"method.scorer={scorer!r}: choose one of {', '.join(SCORERS)}")
-    if not 0 <= recent <= budget - chunk_size:
-        raise ConfigError(f"recent window of {recent} tokens: it must lie in [0, budget - chunk_size = "
-                          f"{budget - chunk_size}] (the sink chunk is always kept)")

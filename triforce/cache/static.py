@@ -1,18 +1,29 @@
 """The full KV cache: static, pre-allocated buffers with rollback to any earlier length.
 
-Every cache in triforce shares this contract, which is all the model needs:
+Every cache in triforce (full, offloaded, StreamingLLM, retrieval / hybrid) is a StaticKVCache and
+keeps one contract (docs/DESIGN.md §4). What a model's forward calls:
 
     positions = cache.next_positions(T)       # rotary positions of the next T tokens
     mask, is_causal = cache.attention_mask(T)  # once per forward
-    slots = cache.store_slots(layer)           # per layer: None here (the host-side path), so
     q, keys, values = cache.store(layer, q, k, v, rope)  # rotate q and k, store k/v, return
                                                # what to attend over
     cache.advance(T)                           # after the last layer
 
-A captured (CUDA-graph) forward uses the same contract through `StaticView`
-(cache/static_view.py), which keeps the lengths in device tensors and names its slots
-(`store_slots`: k cache, v cache, first slot), so the q/k/v projection writes them itself and
-then reports the rotated q (`stored`).
+What the engine calls, never asking which kind of cache it holds:
+
+    cache.absorb(model, tokens, upto, chunk=..., source=...)  # prefill: take the prompt [seq_len, upto)
+    cache.crop(seq_len)                         # roll back rejected speculative tokens
+    cache.rebuild(source, query)                # a selection re-selects from its source; False: not one
+    cache.serves(chunk_size, scorer)            # a selection will score this cache's chunks: keep what it needs
+    cache.chunk_statistics(layer, ...) / cache.gather(layer, idx)  # what a selection reads of its source
+    cache.traffic()                             # bytes moved over the host link (an offloaded cache)
+    cache.snapshot() / restore(...)             # the prefill memo (None: this cache cannot be kept)
+    Cache.memory(cfg, ...)                      # device and host bytes it will allocate (memory.py)
+    capturable, max_step_tokens                 # how a forward may use it
+
+A captured (CUDA-graph) forward uses it through `StaticView` (cache/static_view.py), which keeps
+the lengths in device tensors and names its slots (`store_slots`: k cache, v cache, first slot),
+so the decode plan's q/k/v projection writes them itself and then reports the rotated q (`stored`).
 
 `seq_len` counts the sequence tokens the cache has absorbed; `length` counts filled slots. They
 are equal here and differ for the StreamingLLM and retrieval caches, which keep a subset.
@@ -25,10 +36,23 @@ import dataclasses
 
 import torch
 
+from typing import Callable
+
+from triforce.config import QUERY_HISTORY
 from triforce.errors import ConfigError
 from triforce.models.rope import apply_rotary
 
-QUERY_HISTORY = 64  # > any verify width (gamma + 1, checked by MethodConfig), so its rows are all kept
+__all__ = ["QUERY_HISTORY", "CacheSnapshot", "StaticKVCache", "kv_bytes_per_token"]
+
+
+def kv_bytes_per_token(cfg, dtype_bytes: int) -> int:
+    """Bytes of keys and values one token takes in a cache of every layer of `cfg`."""
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
+
+
+def query_bytes(cfg, dtype_bytes: int) -> int:
+    """The recorded queries (QUERY_HISTORY rows per layer and query head)."""
+    return cfg.num_layers * cfg.num_heads * QUERY_HISTORY * cfg.head_dim * dtype_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +69,10 @@ class CacheSnapshot:
 
 
 class StaticKVCache:
+    capturable = True  # a static-shape (captured) forward may run on it
+    selects = False  # a selection of another cache, refilled by `rebuild` (retrieval, hybrid)
+    snapshots = True  # its prefill can be kept for later generations (snapshot / restore)
+
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  dtype: torch.dtype, device: torch.device | str, batch_size: int = 1,
                  num_heads: int | None = None):
@@ -74,13 +102,50 @@ class StaticKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=dtype, device=self.device)
 
-    def retrieve(self, layer: int, n: int, selector, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and values of the first n tokens of `layer` that `selector` (a RetrievalCache)
-        keeps when scored with `query` (B, Hq, D): (B, Hkv, m, D) each."""
-        keys, values = self.k[layer, :, :, :n], self.v[layer, :, :, :n]
-        idx = selector.select_layer(keys, query)
-        gather = idx[..., None].expand(*idx.shape, keys.shape[-1])
-        return torch.gather(keys, 2, gather), torch.gather(values, 2, gather)
+    @classmethod
+    def memory(cls, cfg, tokens: int, dtype_bytes: int) -> dict[str, int]:
+        """Bytes this cache allocates for `tokens` slots: {"device": ..., "host": ...}."""
+        return {"device": tokens * kv_bytes_per_token(cfg, dtype_bytes) + query_bytes(cfg, dtype_bytes), "host": 0}
+
+    # -- the engine-facing contract ----------------------------------------------------------
+    def absorb(self, model, tokens: torch.Tensor, upto: int, *, chunk: int | None = None, source=None,
+               report: Callable[[int, int], None] | None = None) -> None:
+        """Prefill: run tokens[seq_len:upto] (the 1-D token buffer) through `model` into this cache,
+        `chunk` tokens per forward (the whole span when None). report(done, total) after each one."""
+        step = self.max_step_tokens or chunk or upto
+        if report is not None:
+            report(self.seq_len, upto)
+        while self.seq_len < upto:
+            end = min(upto, self.seq_len + step)
+            model(tokens[self.seq_len:end][None], None, self, num_logits=1)
+            if report is not None:
+                report(self.seq_len, upto)
+
+    def rebuild(self, source: "StaticKVCache", query: torch.Tensor | None = None) -> bool:
+        """Refill from `source` if this cache is a selection of it (True); a cache that keeps its
+        own tokens has nothing to rebuild (False)."""
+        return False
+
+    def serves(self, chunk_size: int, scorer: str) -> None:
+        """A selection will score this cache's chunks of `chunk_size` with `scorer` (call before the
+        prefill). A cache on the device computes chunk statistics from its keys when asked."""
+
+    def chunk_statistics(self, layer: int, chunks: int, chunk_size: int, scorer: str) -> torch.Tensor:
+        """The statistics `scorer` reads of the first `chunks` complete chunks of `layer`:
+        (B, Hkv, chunks, S, D) (retrieval.chunk_stats)."""
+        from triforce.cache.retrieval import chunk_stats
+
+        return chunk_stats(self.k[layer, :, :, : chunks * chunk_size], chunk_size, scorer)
+
+    def gather(self, layer: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of `layer` at slots `idx` (B, Hkv, m): (B, Hkv, m, D) each, on the device."""
+        keys, values = self.k[layer], self.v[layer]
+        index = idx[..., None].expand(*idx.shape, keys.shape[-1])
+        return torch.gather(keys, 2, index), torch.gather(values, 2, index)
+
+    def traffic(self) -> dict[str, int]:
+        """Bytes this cache moved over the host link ({} for a cache on the device)."""
+        return {}
 
     # -- the model-facing contract ---------------------------------------------------------
     def reserve(self, num_tokens: int) -> int:
@@ -163,7 +228,7 @@ class StaticKVCache:
     # -- snapshots (triforce.prefill_memo) ------------------------------------------------------
     def snapshot(self) -> "CacheSnapshot":
         """A host copy of everything a later reader sees: the filled slots, the recorded queries and
-        the lengths. Only for a plain full cache (slot i = position i)."""
+        the lengths. Only for a plain full cache (slot i = position i; `snapshots`)."""
         n = self.length
         return CacheSnapshot(k=self.k[:, :, :, :n].to("cpu", copy=True), v=self.v[:, :, :, :n].to("cpu", copy=True),
                              recent_queries=self.recent_queries.to("cpu", copy=True), query_rows=self._query_rows,

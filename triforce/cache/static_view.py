@@ -10,7 +10,8 @@ cache slot the first one is written to), set by the executor before each replay 
 cache's host bookkeeping, which stays the single source of truth. Through this view the model's
 forward reads its tokens, positions and lengths from `meta` (kernels read the fields themselves:
 no launch builds an index), writes the new keys from the q/k/v projection's epilogue
-(`store_slots`), and attends with the split-KV decode kernel (`DeviceLength`). The host lengths
+(`store_slots`, the decode plan) or through `store` (the model's own forward, the reference), and
+attends with the split-KV decode kernel or its reference (`DeviceLength`). The host lengths
 advance outside the graph (`cache.advance`), so `advance` here does nothing.
 """
 
@@ -21,6 +22,7 @@ import torch
 from triforce.attention import DeviceLength
 from triforce.cache.static import QUERY_HISTORY, StaticKVCache
 from triforce.kernels.embedding import TokenSlice
+from triforce.kernels.rotary import rope_store_reference
 from triforce.models.rope import DevicePositions
 
 TOKEN_START, POSITION_START, SLOT_START = range(3)
@@ -57,6 +59,8 @@ class StaticView:
         return DeviceLength(self._fields[SLOT_START], num_tokens), False
 
     def store_slots(self, layer: int):
+        """(k cache, v cache, first slot as a device scalar): where the decode plan's q/k/v
+        projection writes this forward's keys and values itself (its epilogue)."""
         return self.cache.k[layer], self.cache.v[layer], self._fields[SLOT_START]
 
     def stored(self, layer: int, q: torch.Tensor):
@@ -67,6 +71,12 @@ class StaticView:
             n = min(q.shape[2], QUERY_HISTORY)
             cache.recent_queries[layer, :, :, :n] = q[:, :, -n:]
         return q, cache.k[layer], cache.v[layer]
+
+    def store(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope):
+        """The model-facing contract (the reference forward through this view): rotate q and k,
+        write k and v at the slots from the device start; (q, keys, values) to attend over."""
+        rope_store_reference(q, k, v, rope, *self.store_slots(layer))
+        return self.stored(layer, q)
 
     def advance(self, num_tokens: int) -> None:
         pass

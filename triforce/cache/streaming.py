@@ -8,7 +8,7 @@ kept keys are re-rotated to their new slots (rotations compose, so this is exact
 
 from __future__ import annotations
 
-from triforce.cache.static import StaticKVCache
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token, query_bytes
 from triforce.errors import ConfigError
 from triforce.kernels.streaming import shift_window
 
@@ -28,9 +28,24 @@ class StreamingCache(StaticKVCache):
                    num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, num_heads=cfg.num_heads,
                    dtype=model.dtype, device=model.device, **kw)
 
+    @classmethod
+    def memory(cls, cfg, tokens: int, dtype_bytes: int) -> dict[str, int]:
+        """`tokens`: sink + window (what it holds whatever the sequence's length)."""
+        return {"device": tokens * kv_bytes_per_token(cfg, dtype_bytes) + query_bytes(cfg, dtype_bytes), "host": 0}
+
     @property
     def max_step_tokens(self) -> int:
         return self.window
+
+    def absorb(self, model, tokens, upto: int, *, chunk: int | None = None, source=None, report=None) -> None:
+        """The prompt's sink and last `window` tokens only, the ones this cache would keep (their
+        keys then attend to sink + window while computed, not to the whole stream: a proposer's
+        cache needs no more, and a 120K-token prompt is not run through the draft window by window)."""
+        keep_from = upto - self.window
+        if keep_from > self.sink:
+            super().absorb(model, tokens, self.sink, chunk=chunk)
+            self.skip(keep_from - self.seq_len)
+        super().absorb(model, tokens, upto, chunk=chunk)
 
     def reserve(self, num_tokens: int) -> int:
         """Evict the oldest window tokens the next T need room for; positions are slots."""
@@ -42,10 +57,8 @@ class StreamingCache(StaticKVCache):
         return self.length
 
     def skip(self, num_tokens: int) -> None:
-        """Count tokens as seen and already evicted: the prefill of a long prompt feeds only the
-        sink and the last `window` tokens, the only ones this cache would keep (their keys then
-        attend to sink + window while computed, not to the whole stream: a proposer's cache
-        needs no more, and a 120K-token prompt is not run through the draft window by window)."""
+        """Count tokens as seen and already evicted (the prefill feeds only the sink and the last
+        `window` tokens: absorb)."""
         if self.length < self.sink and num_tokens:
             raise ValueError("skip only after the sink tokens are stored")
         self.seq_len += num_tokens

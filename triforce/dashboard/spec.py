@@ -2,7 +2,7 @@
 
 Built with wandb-workspaces twice from the same sections: as a workspace (the project's live
 view of its runs) and as a report (a page to share). Names are those runs really log
-(DESIGN.md §5; `tests/dashboard` checks every one against a real run): config keys as W&B
+(docs/DESIGN.md §9; `tests/dashboard` checks every one against a real run): config keys as W&B
 columns (`method.budget`: the app logs the nested resolved config), per-prompt metrics with
 `run.log` (whose summary the run overwrites with their means over prompts), and the `rounds`
 table of per-step records.

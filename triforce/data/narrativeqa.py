@@ -1,5 +1,5 @@
 """NarrativeQA (deepmind/narrativeqa) prompts for LWM-Text-Chat: each distinct book or script,
-cut so that the LWM chat prompt around it (DESIGN.md §2) is exactly `prefill` tokens.
+cut so that the LWM chat prompt around it (docs/DESIGN.md §2) is exactly `prefill` tokens.
 
 Rows are questions; several share one document, so documents are deduplicated by id.
 """

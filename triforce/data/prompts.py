@@ -7,7 +7,7 @@ import dataclasses
 from triforce.data.tokenizers import Tokenizer
 from triforce.errors import ConfigError
 
-# The LWM-Text-Chat prompt the paper uses for NarrativeQA (DESIGN.md §2).
+# The LWM-Text-Chat prompt the paper uses for NarrativeQA (docs/DESIGN.md §2).
 LWM_PREFIX = ("You are a helpful assistant. USER: Please read a part of the book below, and then give me "
               "the summary.\n[start of the book]\n")
 LWM_SUFFIX = ("\n[end of the book]\n\nNow you have read it. Please summarize it for me. First, tell me the "

@@ -13,9 +13,9 @@ def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def silu_mul(gate_up: torch.Tensor, *, use_triton: bool | None = None) -> torch.Tensor:
+def silu_mul(gate_up: torch.Tensor, *, use_triton: bool | None = None, pdl: bool = False) -> torch.Tensor:
     if not kernels_usable(gate_up, use_triton) or not gate_up.is_contiguous():
         return silu_mul_reference(gate_up)
     from triforce.kernels.triton_activation import silu_mul as triton_silu_mul
 
-    return triton_silu_mul(gate_up)
+    return triton_silu_mul(gate_up, pdl=pdl)

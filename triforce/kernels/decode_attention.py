@@ -7,7 +7,7 @@ block starts and T, so no kernel adds them), so the same launch serves every ste
 
 Why a kernel of our own: with batch 1, a prefill-class kernel parallelises over query blocks and
 heads only (32 programs for a 7B model) and cannot fill the GPU, and the masked path of SDPA is
-prefill-class (DESIGN.md §7). Here every program owns one KV head and one slice of the keys
+prefill-class (docs/DESIGN.md §7). Here every program owns one KV head and one slice of the keys
 (split-KV): it loads each key block ONCE for all the query rows that share that KV head (the
 group of query heads under grouped-query attention times the T new tokens), so a verify of 7 or
 17 tokens reads the same bytes as a single-token step. A second small kernel merges the slices
@@ -24,10 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from triforce.kernels import kernels_usable
+from triforce.kernels.policy import AttentionLaunch, KernelContext
 
 MAX_QUERY_ROWS = 128  # group size x new tokens handled by one program (e.g. 4 x 32, or 8 x 16)
-BLOCK_N = 64  # keys per block of the split kernel
 
 
 def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,
@@ -43,16 +42,20 @@ def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, scale: float,
-                     *, kv_offset: int = 0, num_splits: int | None = None,
-                     use_triton: bool | None = None) -> torch.Tensor:
-    """Triton split-KV attention where it can run, else the reference. Returns (B, T, Hq, D).
-    Keys [0, kv_len + kv_offset) are valid."""
+                     *, kv_offset: int = 0, ctx: KernelContext | None = None,
+                     launch: AttentionLaunch | None = None) -> torch.Tensor:
+    """Triton split-KV attention where the context's policy runs kernels, else the reference.
+    Returns (B, T, Hq, D). Keys [0, kv_len + kv_offset) are valid. launch: the policy's when None."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
-    if not kernels_usable(q, use_triton) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256):
+    if ctx is None or not ctx.on(q) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256):
         return decode_attention_reference(q, k, v, kv_len, scale, kv_offset=kv_offset)
     from triforce.kernels import triton_decode
 
-    splits = num_splits or triton_decode.default_splits(q, k)
-    return triton_decode.decode_attention(q, k, v, kv_len, scale, splits, kv_offset=kv_offset)
+    policy = ctx.policy
+    launch = launch or policy.attention_launch(batch=B, kv_heads=Hkv, rows=group * T, head_dim=D,
+                                               capacity=k.shape[2], element_size=q.element_size())
+    return triton_decode.decode_attention(q, k, v, kv_len, scale, launch, kv_offset=kv_offset, pdl=ctx.pdl,
+                                          prefetch=policy.attention_prefetch if ctx.pdl else 0,
+                                          interpreter=policy.interpreter)

@@ -36,10 +36,11 @@ def embed_reference(weight: torch.Tensor, tokens: torch.Tensor | TokenSlice) -> 
     return F.embedding(tokens.ids() if isinstance(tokens, TokenSlice) else tokens, weight)
 
 
-def embed(weight: torch.Tensor, tokens: torch.Tensor | TokenSlice, *, use_triton: bool | None = None) -> torch.Tensor:
+def embed(weight: torch.Tensor, tokens: torch.Tensor | TokenSlice, *, use_triton: bool | None = None,
+          pdl: bool = False) -> torch.Tensor:
     """(B, T, hidden) rows of `weight` for the ids in `tokens`."""
     if isinstance(tokens, TokenSlice) and weight.is_contiguous() and kernels_usable(weight, use_triton):
         from triforce.kernels.triton_embedding import embed_slice
 
-        return embed_slice(weight, tokens.buffer, tokens.start, tokens.count)
+        return embed_slice(weight, tokens.buffer, tokens.start, tokens.count, pdl=pdl)
     return embed_reference(weight, tokens)

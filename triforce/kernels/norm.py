@@ -18,10 +18,10 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             *, use_triton: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             *, use_triton: bool | None = None, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     contiguous = x.is_contiguous() and (residual is None or residual.is_contiguous())
     if not contiguous or not kernels_usable(x, use_triton):
         return rms_norm_reference(x, weight, eps, residual)
     from triforce.kernels.triton_norm import rms_norm as triton_rms_norm
 
-    return triton_rms_norm(x, weight, eps, residual)
+    return triton_rms_norm(x, weight, eps, residual, pdl=pdl)

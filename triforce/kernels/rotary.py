@@ -30,7 +30,8 @@ def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
     v_cache.index_copy_(2, slots, v)
 
 
-def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool | None = None) -> None:
+def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool | None = None,
+               pdl: bool = False) -> None:
     half = q.shape[-1] // 2
     ok = (kernels_usable(q, use_triton) and half & (half - 1) == 0 and q.shape[0] == 1
           and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1 and positions_1d(rope)
@@ -39,4 +40,4 @@ def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool 
         return rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start)
     from triforce.kernels.triton_rotary import rope_store as triton_rope_store
 
-    triton_rope_store(q, k, v, rope, k_cache, v_cache, slot_start)
+    triton_rope_store(q, k, v, rope, k_cache, v_cache, slot_start, pdl=pdl)

@@ -1,7 +1,7 @@
 """The sampling transform (temperature, softmax, nucleus) of logits rows, without a sort.
 
 Sorting a 32K-token row is four radix passes plus a scan and a scatter: about 90 microseconds of
-small launches, half of a 68M draft step and a visible share of a 7B verify (DESIGN.md §7); a
+small launches, half of a 68M draft step and a visible share of a 7B verify (docs/DESIGN.md §7); a
 128K-token row (Llama 3) takes 140 microseconds, 410 for seven rows. The nucleus needs no sort:
 with G(t) = sum of the probabilities strictly greater than t, token i is kept iff G(p_i) < top_p,
 i.e. iff p_i >= t* = the smallest t with G(t) < top_p. t* is found by bisection over the bit
@@ -29,9 +29,9 @@ def top_p_usable(logits: torch.Tensor, use_triton: bool | None = None) -> bool:
     return logits.is_contiguous() and kernels_usable(logits, use_triton)
 
 
-def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float, *, pdl: bool = False) -> torch.Tensor:
     from triforce.kernels import triton_top_p
 
     if logits.shape[-1] <= SINGLE_MAX:
-        return triton_top_p.top_p_probabilities(logits, temperature, top_p)
-    return triton_top_p.top_p_split(logits, temperature, top_p)
+        return triton_top_p.top_p_probabilities(logits, temperature, top_p, pdl=pdl)
+    return triton_top_p.top_p_split(logits, temperature, top_p, pdl=pdl)

@@ -22,11 +22,11 @@ def _silu_mul_kernel(GU, OUT, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
     tl.store(OUT + row * n_cols + cols, out.to(OUT.dtype.element_ty), mask=ok)
 
 
-def silu_mul(gate_up):
+def silu_mul(gate_up, *, pdl: bool = False):
     n_cols = gate_up.shape[-1] // 2
     rows = gate_up.numel() // (2 * n_cols)
     out = torch.empty((*gate_up.shape[:-1], n_cols), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(n_cols, block))](gate_up, out, n_cols, BLOCK=block, num_warps=4,
-                                                         **pdl_args(gate_up))
+                                                         **pdl_args(pdl))
     return out

@@ -5,7 +5,8 @@ Query rows: a KV head serves GROUP query heads x T new tokens = R rows, held by 
 tile of BLOCK_M rows: 64 (one warpgroup, 4 warps) for R <= 64, else 128 (two warpgroups, 8 warps),
 so the products run on Hopper's warpgroup MMA however few rows there are (measured on an H100, 8B
 shape at 32K keys: 4 rows 53.2 -> 49.2 us, 68 rows 62.3 -> 55.0 us, against a 16-row tile, resp. a
-64-row tile plus a 16-row tail on the older MMA: scripts/tune_kernels.py --attention).
+64-row tile plus a 16-row tail on the older MMA: scripts/tune_kernels.py --attention). The tile,
+warps, stages and key slices are the policy's (KernelPolicy.attention_launch).
 """
 
 from __future__ import annotations
@@ -14,14 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from triforce.kernels import interpreted, sm90, sm_count
-from triforce.kernels.decode_attention import BLOCK_N
+from triforce.kernels.policy import AttentionLaunch
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
-
-MIN_BLOCK_M = 64  # query rows of the smallest tile: one warpgroup, so Hopper's warpgroup MMA runs it
-MAX_SPLITS = 16  # key slices per KV head
-SHARED_MEMORY_BYTES = 144 * 1024  # of an SM's 227 KiB: the pipeline buffers, with room for the compiler's own
-PREFETCH_PER_PROGRAM = 16 * 1024  # with PDL: bytes of its key slice (and as many of values) a program prefetches
 
 
 @triton.jit
@@ -146,46 +141,18 @@ def _merge_kernel(O_PART, L_PART, OUT, stride_ob, stride_ot, stride_oh,
              out.to(OUT.dtype.element_ty))
 
 
-def launch_config(rows: int, head_dim: int, num_warps: int | None = None, num_stages: int | None = None,
-                  block_n: int = BLOCK_N, dtype_bytes: int = 2, block_m: int | None = None) -> dict:
-    """One tile of the next power of two >= MIN_BLOCK_M query rows: 4 warps and 3 stages up to 64
-    rows, 8 warps and 4 stages for 128 (the 8B shape's 68 rows at 32K keys: 55.0 us; 3 stages
-    56.2, 5 stages 57.0), with as many stages as fit shared memory: (stages - 1) key and value
-    blocks in flight plus the query tile."""
-    block_m = block_m or max(MIN_BLOCK_M, triton.next_power_of_2(rows))
-    stages = num_stages or (3 if block_m <= 64 else 4)
-    if num_stages is None:
-        while stages > 2 and ((stages - 1) * 2 * block_n + block_m) * head_dim * dtype_bytes > SHARED_MEMORY_BYTES:
-            stages -= 1
-    return dict(block_m=block_m, block_n=block_n, num_stages=stages, num_warps=num_warps or (4 if block_m <= 64 else 8))
-
-
-def default_splits(q: torch.Tensor, k: torch.Tensor) -> int:
-    """Key slices per KV head: one wave of programs, two per SM where the tile lets two fit (the
-    128-row tile's 8 warps take the register file), at most MAX_SPLITS per head, and at least four
-    key blocks per slice. Measured on an H100 over whole captured levels at 32K: the 7B shape (32
-    KV heads, 8 slices) two per SM, autoregressive step 1.050 -> 1.024 of its floor against one;
-    the 8B shape (8 KV heads) 16 slices, 1.065 -> 1.058 against 33, verify of 17 1.206 -> 1.167
-    (a second wave); a slice too short to hide its pipeline's fill, and every slice's partial to
-    merge, cost more than the second program per SM gains. Two 64-row programs (112 KiB of shared
-    memory each) fit an sm90 SM, not an sm80 one (164 KiB): one there."""
-    B, Hq, T, D = q.shape
-    Hkv, capacity = k.shape[1], k.shape[2]
-    per_sm = 2 if sm90(q.device) and launch_config(Hq // Hkv * T, D)["block_m"] <= 64 else 1
-    most = max(1, min(MAX_SPLITS, capacity // (4 * BLOCK_N)))
-    return max(1, min(sm_count(q.device) * per_sm // (B * Hkv), most))
-
-
-def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, block_n=BLOCK_N, num_warps=None,
-                     num_stages=None, prefetch: int | None = None, block_m: int | None = None):
+def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offset: int = 0, pdl: bool = False,
+                     prefetch: int = 0, interpreter: bool = False):
+    """The split kernel and, with more than one slice, the merge; `launch` from the policy
+    (KernelPolicy.attention_launch); prefetch: bytes per program before the PDL wait."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
     rows = group * T
-    cfg = launch_config(rows, D, num_warps, num_stages, block_n, q.element_size(), block_m)
-    if cfg["block_m"] < rows:
-        raise ValueError(f"a tile of {cfg['block_m']} query rows for {rows} rows per KV head")
-    rows_pad = cfg["block_m"]
+    splits = launch.splits
+    if launch.block_m < rows:
+        raise ValueError(f"a tile of {launch.block_m} query rows for {rows} rows per KV head")
+    rows_pad = launch.block_m
     out = torch.empty((B, T, Hq, D), device=q.device, dtype=q.dtype)
     direct = splits == 1
     if direct:
@@ -196,8 +163,8 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     e = k.element_size()
     if k.stride(2) == D and v.stride(2) == D:  # a program's slice of keys (of values) is one run of bytes
-        prefetch = prefetch_bytes(q, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, k.data_ptr(),
-                                  v.data_ptr(), *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
+        prefetch = prefetch_bytes(pdl, prefetch, k.data_ptr(), v.data_ptr(),
+                                  *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
     else:
         prefetch = 0
     _split_kernel[(B * Hkv, splits)](
@@ -205,13 +172,13 @@ def decode_attention(q, k, v, kv_len, scale, splits, *, kv_offset: int = 0, bloc
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, splits, scale * 1.4426950408889634,
-        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], HEAD_DIM=D, PRECISION=precision,
-        LOOP_FOR=not interpreted(), DIRECT=direct, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        PREFETCH=prefetch, KEY_BYTES=D * e, **pdl_args(q))
+        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
+        LOOP_FOR=not interpreter, DIRECT=direct, num_warps=launch.warps, num_stages=launch.stages,
+        PREFETCH=prefetch, KEY_BYTES=D * e, **pdl_args(pdl))
     if not direct:
         splits_block = triton.next_power_of_2(splits)
         _merge_kernel[(B * Hkv, rows)](
             o_part, l_part, out, out.stride(0), out.stride(1), out.stride(2),
             T, group, Hkv, splits, SPLITS_BLOCK=splits_block, ROWS_PAD=rows_pad, HEAD_DIM=D,
-            num_warps=max(1, min(4, splits_block * D // 2048)), **pdl_args(q))  # about 64 values per thread
+            num_warps=max(1, min(4, splits_block * D // 2048)), **pdl_args(pdl))  # about 64 values per thread
     return out

@@ -20,10 +20,11 @@ def _embed_kernel(W, IDS, START, OUT, hidden, BLOCK: tl.constexpr, PDL: tl.const
     tl.store(OUT + t * hidden + cols, tl.load(W + token * hidden + cols, mask=ok), mask=ok)
 
 
-def embed_slice(weight: torch.Tensor, ids: torch.Tensor, start: torch.Tensor, count: int) -> torch.Tensor:
+def embed_slice(weight: torch.Tensor, ids: torch.Tensor, start: torch.Tensor, count: int, *,
+                pdl: bool = False) -> torch.Tensor:
     hidden = weight.shape[1]
     out = torch.empty((1, count, hidden), dtype=weight.dtype, device=weight.device)
     block = min(1024, triton.next_power_of_2(hidden))
     _embed_kernel[(count, triton.cdiv(hidden, block))](weight, ids, start, out, hidden, BLOCK=block, num_warps=4,
-                                                       **pdl_args(weight))
+                                                       **pdl_args(pdl))
     return out

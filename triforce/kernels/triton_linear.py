@@ -11,9 +11,10 @@ import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL = 0, 1, 2
 
-from triforce.kernels import sm_count
 from triforce.kernels.linear import PreNormed
+from triforce.kernels.policy import DeviceProps, KernelPolicy, LinearLaunch
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
+from triforce.kernels.workspace import Workspace, counters
 
 
 @triton.jit
@@ -218,49 +219,7 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
                  mask=row_ok[:, None] & col_ok[None, :])
 
 
-# Launch configurations measured best on an H100 (scripts/tune_kernels.py, 7B and 8B weight shapes):
-# (design, block_n, block_k, warps, stages). One input row: no MMA, long contiguous weight rows;
-# more rows: the weight tile as the MMA's M side.
-ONE_ROW = (2, 16, 1024, 8, 2)
-FEW_ROWS = (1, 64, 256, 4, 4)
-ONE_WAVE_STAGES = 3  # FEW_ROWS' stages where its programs fill the GPU at most once
-# FEW_ROWS' exceptions, by weight shape (N, K): (from how many input rows, launch), measured on an
-# H100. Llama-3-8B's gate/up (448 column tiles) with 128-deep input blocks, two programs per SM
-# instead of one: 17 rows 86.6 -> 84.2 us alone, the 8B verify of 17 at 32K 7.506 -> 7.404 ms;
-# not below 16 rows, where the captured verify of 7 measured 0.2-0.4% slower with it. Llama-2-7B's
-# gate/up and the output heads are faster with FEW_ROWS (63.1 vs 64.8 us, 344.8 vs 351.6).
-FEW_ROWS_BY_SHAPE = {(28672, 4096): (16, (1, 64, 128, 4, 4))}
-# With PDL, each program pulls this many bytes of its weight rows into L2 before it waits for its
-# predecessor (the first programs of a launch run beside the previous kernel's last ones).
-PREFETCH_PER_PROGRAM = 16 * 1024
-# Split-K for products of several rows whose 64-wide column tiles do not fill the GPU (o_proj and
-# down_proj: 4096 outputs = 64 tiles on 132 SMs, one program each): each tile's inputs are cut in
-# SPLIT_K parts, one program each, and the tile's last program adds the partials.
-SPLIT_K_CHOICES = (1, 2, 4)
-MAX_TILES = 1 << 14  # tiles of one split-K launch (the counters below)
-_counters: dict = {}
-
-
-def split_k_counters(device: torch.device) -> torch.Tensor:
-    """The split-K arrival counters of a device: zeros, and zero again after every launch (the last
-    program of a tile resets its own). One array per device, shared by every launch: the decode
-    path runs its products one at a time, in stream order."""
-    key = (device.type, device.index)
-    if key not in _counters:
-        _counters[key] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
-    return _counters[key]
-
-
-def default_split_k(tiles: int, rows: int, k: int, block_k: int, device: torch.device) -> int:
-    """Split-K parts for a product of `rows` input rows and `tiles` column tiles: 1 for one row
-    (its 16-wide tiles fill the GPU) and for products that fill every SM once; else the most parts
-    (of SPLIT_K_CHOICES) that keep the tiles x parts programs within one wave of one per SM, each
-    part at least two input blocks long."""
-    sms = sm_count(device)
-    if rows == 1 or tiles >= sms:
-        return 1
-    fits = [s for s in SPLIT_K_CHOICES if tiles * s <= sms and k >= 2 * s * block_k]
-    return max(fits, default=1)
+MAX_TILES = 1 << 14  # tiles of one split-K launch (the arrival counters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,16 +237,17 @@ class RopeStore:
     head_dim: int
 
 
-def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, rope=None,
-                 gated=False, norm_out=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
-                 design=None, block_m=None, prefetch=None, split_k=None):
+def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, rope=None, gated=False,
+                 norm_out=None, launch: LinearLaunch | None = None, pdl: bool = False, prefetch: int = 0,
+                 workspace: Workspace | None = None, block_m: int | None = None):
     """(out, h): see linear.py. h is x + residual for norm with residual, x for norm alone, None else.
     rope (a RopeStore): the columns are q|k|v heads; q is written rotated, k and v go to the cache.
     gated: the columns are [gate | up]; out is silu(gate) * up (half as wide).
     norm_out (the next RMSNorm's weight, with residual): out is a linear.PreNormed of h = product +
     residual, for the next product. x may be a PreNormed too (its norm's eps given): its RMSNorm
     is finished in this product's epilogue.
-    split_k: input parts per column tile (default_split_k when None)."""
+    launch: tile, split-K and stages (the policy's rule for this product when None); pdl and
+    prefetch (bytes per program before the PDL wait): what a captured forward launches with."""
     pre_normed = x if isinstance(x, PreNormed) else None
     if pre_normed is not None:
         if norm_weight is not None or norm_out is not None:
@@ -300,22 +260,16 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         raise ValueError("gated: an even number of [gate | up] columns, and no rotary epilogue")
     if norm_out is not None and (residual is None or norm_weight is not None or rope is not None or gated):
         raise ValueError("norm_out: a residual, and no norm prologue, rotary or gated epilogue")
+    if launch is None:
+        launch = KernelPolicy(DeviceProps.of(x.device)).linear_launch(
+            M, N, K, gated=gated, element_size=x.element_size(), rope_head_dim=rope.head_dim if rope else None)
+    tile, split_k, num_stages = launch.tile, launch.split_k, launch.stages
     prologue = (NORM_RESIDUAL if residual is not None else NORM) if norm_weight is not None else NONE
     out = torch.empty((*x.shape[:-1], N // 2 if gated else N), device=x.device, dtype=x.dtype)
     h = torch.empty_like(x) if prologue == NORM_RESIDUAL else (x if prologue == NORM else None)
     if norm_out is not None:
         h = torch.empty_like(out)
-    default = ONE_ROW if M == 1 else FEW_ROWS
-    from_rows, launch = FEW_ROWS_BY_SHAPE.get(tuple(weight.shape), (0, None))
-    if launch is not None and M >= from_rows:
-        default = launch
-    design = default[0] if design is None else design
-    block_k = block_k or default[2]
-    # 64-wide tiles also for narrow outputs (o_proj, down_proj: 4096 rows, 64 programs on 132 SMs):
-    # narrower tiles that fill every SM measured slower in graphs on an H100 for 3-17 rows (o 0.72
-    # vs 0.75 of the copy bandwidth, 8B q/k/v 0.76 vs 0.81: scripts/tune_kernels.py --linear)
-    block_n = block_n or default[1]
-    num_warps = num_warps or default[3]
+    design, block_k, block_n = tile.design, tile.block_k, tile.block_n
     if block_m is None:
         block_m = triton.next_power_of_2(M) if design == 2 else max(16, triton.next_power_of_2(M))
     if rope is not None:
@@ -324,23 +278,13 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     else:
         kc = vc = pos = inv_freq = slot = out  # unused
     tiles = triton.cdiv(N // 2, block_n // 2) if gated else triton.cdiv(N, block_n)
-    if split_k is None:
-        split_k = default_split_k(tiles, M, K, block_k, x.device)
-    if num_stages is None:
-        num_stages = default[4]
-        if design != 2 and tiles * split_k <= sm_count(x.device):
-            # one wave of programs: a shallower pipeline fills sooner (H100, tune_kernels.py --split-k:
-            # 8B q/k/v 0.84 vs 0.82 of the copy bandwidth, o and down split in two 0.77-0.93 vs 0.77-0.91)
-            num_stages = ONE_WAVE_STAGES
-        if x.element_size() > 2:  # float32 tiles are twice bf16's: half the stages keep them within shared memory
-            num_stages = max(2, num_stages // 2)
     if split_k > 1:
         if tiles > MAX_TILES:
             raise ValueError(f"split-K over {tiles} column tiles: at most {MAX_TILES}")
         ws = torch.empty(tiles * split_k * block_m * block_n, device=x.device, dtype=torch.float32)
-        counters = split_k_counters(x.device)
+        arrivals = counters(workspace, "split_k", MAX_TILES, x.device)
     else:
-        ws = counters = out  # unused
+        ws = arrivals = out  # unused
     k_split = triton.cdiv(K, split_k)
     if norm_out is not None:
         sq = torch.empty((tiles, M), device=x.device, dtype=torch.float32)
@@ -355,16 +299,16 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), out.shape[-1], eps,
         pos, inv_freq, kc, vc, slot, rope.scale if rope else 1.0, kc.stride(1) if rope else 0,
         kc.stride(2) if rope else 0, rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0,
-        ws, counters, N // 2, sq, sq.shape[0] if pre_normed is not None else 0, K=K,
+        ws, arrivals, N // 2, sq, sq.shape[0] if pre_normed is not None else 0, K=K,
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         DESIGN=design, ROPE=rope is not None, HEAD_DIM=rope.head_dim if rope else 0,
-        POS_FROM_START=bool(rope and rope.from_start), num_warps=num_warps, num_stages=num_stages,
-        PREFETCH=prefetch_bytes(x, PREFETCH_PER_PROGRAM if prefetch is None else prefetch, weight.data_ptr(),
-                                weight.stride(0) * weight.element_size(), k_split * weight.element_size()),
+        POS_FROM_START=bool(rope and rope.from_start), num_warps=tile.warps, num_stages=num_stages,
+        PREFETCH=prefetch_bytes(pdl, prefetch, weight.data_ptr(), weight.stride(0) * weight.element_size(),
+                                k_split * weight.element_size()),
         ELEMENT_BYTES=weight.element_size(), SPLIT_K=split_k, GATED=gated, NORM_OUT=norm_out is not None,
         ROW_SCALE=pre_normed is not None,
-        SQ_TILES=triton.next_power_of_2(pre_normed.sq.shape[0]) if pre_normed is not None else 1, **pdl_args(x))
+        SQ_TILES=triton.next_power_of_2(pre_normed.sq.shape[0]) if pre_normed is not None else 1, **pdl_args(pdl))
     if norm_out is not None:
         return PreNormed(h=h, scaled=out, sq=sq), h
     return out, h

@@ -33,7 +33,7 @@ def _rms_norm_kernel(X, R, W, Y, H, SQ, n_cols, eps, HAS_RESIDUAL: tl.constexpr,
         tl.store(Y + row * n_cols + cols, (w.to(tl.float32) * normed.to(tl.float32)).to(Y.dtype.element_ty), mask=ok)
 
 
-def rms_norm(x, weight, eps, residual, pre_normed: bool = False):
+def rms_norm(x, weight, eps, residual, pre_normed: bool = False, *, pdl: bool = False):
     """(normed, h); pre_normed: (h * weight, h, sums of squares (1, rows)) for a linear.PreNormed."""
     n_cols = x.shape[-1]
     rows = x.numel() // n_cols
@@ -43,5 +43,5 @@ def rms_norm(x, weight, eps, residual, pre_normed: bool = False):
     _rms_norm_kernel[(rows,)](x, residual if residual is not None else x, weight, y, h, sq, n_cols, eps,
                               HAS_RESIDUAL=residual is not None, PRE_NORMED=pre_normed,
                               BLOCK=triton.next_power_of_2(n_cols), num_warps=4 if n_cols <= 4096 else 8,
-                              **pdl_args(x))
+                              **pdl_args(pdl))
     return (y, h, sq) if pre_normed else (y, h)

@@ -7,7 +7,9 @@ is still running: its first statement (`pdl_start`) waits until the predecessor 
 its memory is visible, then lets its own successor launch. Every access to memory comes after the
 wait, so the order of every read and write is the stream's; only launch latency and the CTAs'
 setup overlap. Kernels launched without the attribute (torch's) wait for their predecessors as
-always. On for captured graphs on sm90+; triforce.kernels.use_pdl(False) / TRIFORCE_PDL=0 turns it off.
+always. The caller says whether a launch uses it (`pdl`): the decode plan and the executors pass
+`policy.pdl` for what a CUDA graph captures (on by default on sm90+; `hardware.kernels.pdl=false`
+or TRIFORCE_PDL=0 turns it off), False for everything launched eagerly.
 
 The one thing a kernel does before the wait is `l2_prefetch`: data no predecessor writes (weights,
 the cache prefix) is pulled into L2 while the predecessor's last programs finish, so the memory
@@ -19,12 +21,9 @@ wait read whatever the predecessors wrote.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-from triforce import kernels
 
 
 @triton.jit
@@ -46,16 +45,16 @@ def l2_prefetch(ptr, nbytes):
         is_pure=False, pack=1)
 
 
-def prefetch_bytes(t: torch.Tensor, per_program: int, *byte_offsets: int) -> int:
+def prefetch_bytes(pdl: bool, per_program: int, *byte_offsets: int) -> int:
     """Bytes a program prefetches before its wait (`per_program`, a multiple of 32): 0 without PDL
     (nothing to overlap, and the interpreter has no such instruction) or when any of the addresses
     and strides a program's prefetch address is built from (`byte_offsets`, in bytes) is not a
     multiple of 16, as a bulk prefetch requires."""
-    if per_program <= 0 or not kernels.pdl_enabled(t) or any(b % 16 for b in byte_offsets):
+    if per_program <= 0 or not pdl or any(b % 16 for b in byte_offsets):
         return 0
     return per_program // 32 * 32
 
 
-def pdl_args(t: torch.Tensor) -> dict:
+def pdl_args(pdl: bool) -> dict:
     """The launch keywords: the kernels' PDL constexpr, and Triton's launch_pdl option when on."""
-    return {"PDL": True, "launch_pdl": True} if kernels.pdl_enabled(t) else {"PDL": False}
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}

@@ -46,7 +46,7 @@ def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qh, stride_q
         tl.store(vout + HALF + d, tl.load(vbase + HALF + d))
 
 
-def rope_store(q, k, v, rope, k_cache, v_cache, slot_start):
+def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, pdl: bool = False):
     from triforce.models.rope import DevicePositions
 
     _, hq, T, D = q.shape
@@ -56,4 +56,4 @@ def rope_store(q, k, v, rope, k_cache, v_cache, slot_start):
         q, k, v, rope.positions.start if from_start else rope.positions, rope.inv_freq, k_cache, v_cache, slot_start,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
         k_cache.stride(1), k_cache.stride(2), hq, float(rope.scale), HALF=D // 2, POS_FROM_START=from_start,
-        num_warps=1, **pdl_args(q))
+        num_warps=1, **pdl_args(pdl))

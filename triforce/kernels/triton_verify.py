@@ -7,17 +7,10 @@ import torch
 import triton
 import triton.language as tl
 
+from triforce.kernels.workspace import Workspace, counters
+
 BLOCK = 4096  # vocabulary entries per program
 SAMPLE, RESIDUAL, PLAIN = 0, 1, 2  # modes: one race over probs; verify with the residual; verify, p_n itself
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counter(device: torch.device) -> torch.Tensor:
-    """A zeroed int32 the kernel counts its finished programs in; its last program sets it back to
-    zero, so one allocation serves every launch on the device (launches on one stream)."""
-    if device not in _COUNTERS:
-        _COUNTERS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _COUNTERS[device]
 
 
 @triton.jit(do_not_specialize=["base"])
@@ -85,26 +78,30 @@ def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER,
         tl.store(COUNTER, 0)  # ready for the next launch
 
 
-def _launch(p, q, tokens, u, race, out, out_tokens, base, k, mode, base_from=None):
+def _launch(p, q, tokens, u, race, out, out_tokens, base, k, mode, base_from=None, workspace: Workspace | None = None):
+    # the kernel counts its finished programs in a zeroed int32 its last program sets back to zero
+    # (so a workspace's counter serves every launch on its stream)
     V = p.shape[-1]
     C = triton.cdiv(V, BLOCK)
     part_f = torch.empty(C * 4, dtype=torch.float32, device=p.device)
     part_i = torch.empty(C * 2, dtype=torch.int32, device=p.device)
     _race_kernel[(C,)](p, q, tokens, u, race, out, out_tokens if out_tokens is not None else out, part_f, part_i,
-                       _counter(p.device), base_from if base_from is not None else out, base, k, V, C,
+                       counters(workspace, "race", 1, p.device), base_from if base_from is not None else out, base, k, V, C,
                        torch.finfo(torch.float32).tiny, BLOCK=BLOCK, K_BLOCK=max(2, triton.next_power_of_2(max(k, 1))),
                        C_BLOCK=max(2, triton.next_power_of_2(C)), MODE=mode, WRITE_TOKEN=out_tokens is not None,
                        BASE_FROM_PTR=base_from is not None, num_warps=4)
     return out
 
 
-def race_verify(tokens, q, p, u, race, *, residual=True, out_tokens=None, base=0):
+def race_verify(tokens, q, p, u, race, *, residual=True, out_tokens=None, base=0, workspace=None):
     k = tokens.shape[0]
     out = torch.empty(k + 2, dtype=torch.int64, device=p.device)
-    return _launch(p, q, tokens, u, race, out, out_tokens, base, k, RESIDUAL if residual else PLAIN)
+    return _launch(p, q, tokens, u, race, out, out_tokens, base, k, RESIDUAL if residual else PLAIN,
+                   workspace=workspace)
 
 
-def race_sample(probs, race, *, out_tokens=None, index=0, index_from=None):
+def race_sample(probs, race, *, out_tokens=None, index=0, index_from=None, workspace=None):
     out = torch.empty(2, dtype=torch.int64, device=probs.device)
-    _launch(probs, probs, out, race, race, out, out_tokens, index, 0, SAMPLE, base_from=index_from)
+    _launch(probs, probs, out, race, race, out, out_tokens, index, 0, SAMPLE, base_from=index_from,
+            workspace=workspace)
     return out[1]

@@ -59,13 +59,14 @@ def race_usable(p: torch.Tensor, *others: torch.Tensor, use_triton: bool | None 
 
 def race_verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, u: torch.Tensor, race: torch.Tensor, *,
                 residual: bool = True, out_tokens: torch.Tensor | None = None, base: int = 0,
-                use_triton: bool | None = None) -> torch.Tensor:
+                use_triton: bool | None = None, workspace=None) -> torch.Tensor:
     """race_verify_reference, and out_tokens[base + n] = next token when given."""
     k = tokens.shape[0]
     if k <= MAX_PROPOSALS and race_usable(p, q, tokens, use_triton=use_triton):
         from triforce.kernels.triton_verify import race_verify as triton_race_verify
 
-        return triton_race_verify(tokens, q, p, u, race, residual=residual, out_tokens=out_tokens, base=base)
+        return triton_race_verify(tokens, q, p, u, race, residual=residual, out_tokens=out_tokens, base=base,
+                                  workspace=workspace)
     verdict = race_verify_reference(tokens, q, p, u, race, residual=residual)
     if out_tokens is not None:
         out_tokens[base + verdict[0]] = verdict[1]
@@ -74,14 +75,15 @@ def race_verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, u: torch
 
 def race_sample(probs: torch.Tensor, race: torch.Tensor, *, out_tokens: torch.Tensor | None = None,
                 index: int = 0, index_from: torch.Tensor | None = None,
-                use_triton: bool | None = None) -> torch.Tensor:
+                use_triton: bool | None = None, workspace=None) -> torch.Tensor:
     """race_sample_reference, and out_tokens[index] = the token when given; with `index_from` (a
     one-element int64 device tensor) at index_from + index, read on the device (so a captured
     graph writes where its replay points it)."""
     if race_usable(probs, use_triton=use_triton):
         from triforce.kernels.triton_verify import race_sample as triton_race_sample
 
-        return triton_race_sample(probs, race, out_tokens=out_tokens, index=index, index_from=index_from)
+        return triton_race_sample(probs, race, out_tokens=out_tokens, index=index, index_from=index_from,
+                                  workspace=workspace)
     token = race_sample_reference(probs, race)
     if out_tokens is not None:
         if index_from is None:

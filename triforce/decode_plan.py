@@ -1,0 +1,242 @@
+"""The captured GPU decode path: a flat list of fused steps built once from a loaded model.
+
+The model (models/llama.py) reads like the math; a decode step on a GPU should instead be as few
+memory passes as possible. The plan is that step, written out (docs/DESIGN.md §5):
+
+    Embed                       ids gathered from the engine's token buffer at the view's start
+    per layer i:
+      QKV i                     RMSNorm (its row scale) + q/k/v product + rotary + cache write
+      Attend i                  split-KV decode attention over the cache's valid prefix
+      OProj i                   o_proj + residual add + the next norm's elementwise half (PreNormed)
+      GateUp i                  the norm's row scale + gate/up product + SwiGLU
+      Down i                    down_proj + residual add + the next layer's norm's half
+    Head                        the final norm's row scale + the output head
+
+Which fusions a step takes is the policy's (kernels/policy.py): an RMSNorm folds into the
+products around it where both run the fused kernel and no all-reduce sits between them (tensor
+parallelism reduces o_proj and down_proj first, then a norm kernel runs); a small one-row product
+(the draft's) takes its norm inside its own kernel; products of more rows than the fused kernel
+takes run on cuBLAS with the norm and SwiGLU as kernels of their own. Every step calls the same
+kernel entry points as the tests (kernels/linear.py, kernels/decode_attention.py).
+
+Without kernels (a CPU), the plan is one step, the model's own forward through the static view:
+the static executor then tests its bookkeeping with the reference arithmetic.
+
+`print(plan)` lists the steps with their launches; `plan.tuning_used` names the tuning-file
+entries any launch came from (recorded in the run's outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Callable
+
+import torch
+
+from triforce.kernels.decode_attention import decode_attention
+from triforce.kernels.embedding import embed
+from triforce.kernels.linear import PreNormed, launch_of, linear, linear_add_norm, norm_linear, qkv_rope_store
+from triforce.kernels.policy import KernelContext
+from triforce.models.llama import Transformer
+
+
+@dataclasses.dataclass
+class State:
+    """The live tensors of one forward: the residual stream as (x, residual) or a PreNormed, the
+    current layer's queries and attention output, the logits."""
+    x: Any = None
+    residual: torch.Tensor | None = None
+    q: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    attn: torch.Tensor | None = None
+    act: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a bound plan reads at replay: the view (positions, slots, lengths on the device) and the
+    engine's token buffer."""
+    view: Any  # cache.static_view.StaticView
+    tokens: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[State, Inputs], None]
+    detail: str = ""
+
+    def __repr__(self) -> str:
+        return f"{self.name}{(': ' + self.detail) if self.detail else ''}"
+
+
+@dataclasses.dataclass
+class DecodePlan:
+    steps: list[Step]
+    num_tokens: int
+    num_logits: int
+    tuning_used: tuple[str, ...] = ()
+
+    def run(self, view, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (1, num_logits, V) of the forward over the view's tokens."""
+        state, inputs = State(), Inputs(view, tokens)
+        for step in self.steps:
+            step.run(state, inputs)
+        return state.logits
+
+    def __repr__(self) -> str:
+        lines = [f"DecodePlan(T={self.num_tokens}, logits={self.num_logits}, {len(self.steps)} steps)"]
+        lines += [f"  {i:3d} {step!r}" for i, step in enumerate(self.steps)]
+        if self.tuning_used:
+            lines.append(f"  tuning entries: {list(self.tuning_used)}")
+        return "\n".join(lines)
+
+
+def build_plan(model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext) -> DecodePlan:
+    """The decode step of `model` over `num_tokens` new tokens (logits of the last `num_logits`),
+    fused as the context's policy says."""
+    probe = model.embed_tokens.weight
+    if not ctx.on(probe):
+        return DecodePlan([_reference_step(model, num_tokens, num_logits)], num_tokens, num_logits)
+    return _Builder(model, num_tokens, num_logits, ctx).build()
+
+
+def _reference_step(model: Transformer, num_tokens: int, num_logits: int) -> Step:
+    def run(s: State, io: Inputs) -> None:
+        s.logits = model(io.view.tokens(io.tokens), None, io.view, num_logits=num_logits)
+
+    return Step("Forward", run, "the model's own forward through the static view (reference arithmetic)")
+
+
+class _Builder:
+    def __init__(self, model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext):
+        self.model, self.T, self.num_logits, self.ctx = model, num_tokens, num_logits, ctx
+        self.policy = ctx.policy
+        self.cfg = model.config
+        self.tuning: list[str] = []
+        self.dtype = model.dtype
+        self.device = model.device
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _probe(self, cols: int) -> torch.Tensor:
+        """A (1, T, cols) tensor of the forward's shape and dtype (the launch rules read shapes only)."""
+        return torch.empty((1, self.T, cols), dtype=self.dtype, device=self.device)
+
+    def _launch(self, weight: torch.Tensor, *, gated: bool = False, rope=None) -> str:
+        if not self.policy.fused(self.T):
+            return "cuBLAS"
+        launch = launch_of(self.ctx, self._probe(weight.shape[1]), weight, gated=gated, rope=rope)
+        if launch.entry:
+            self.tuning.append(launch.entry)
+        t = launch.tile
+        return (f"tile d{t.design} n{t.block_n} k{t.block_k} w{t.warps} s{launch.stages} split{launch.split_k}"
+                + (f" [tuning: {launch.entry}]" if launch.entry else ""))
+
+    def _folds(self, reduce, consumer: torch.Tensor) -> bool:
+        """The norm after a product folds into it and into `consumer` (no all-reduce between)."""
+        return reduce is None and self.policy.folds_norm(self.T, consumer.numel() * consumer.element_size())
+
+    # -- the plan ----------------------------------------------------------------------------
+    def build(self) -> DecodePlan:
+        model, ctx, T = self.model, self.ctx, self.T
+        steps = [self._embed()]
+        layers = list(model.layers)
+        for i, layer in enumerate(layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            steps.append(self._qkv(layer))
+            steps.append(self._attend(attn))
+            post = layer.post_attention_layernorm
+            steps.append(self._product_before_norm(f"OProj {i}", attn.o_proj, attn.reduce, post.weight,
+                                                   mlp.gate_up_proj.weight))
+            steps.append(self._gate_up(i, post, mlp.gate_up_proj))
+            if i + 1 < len(layers):
+                nxt = layers[i + 1]
+                after = (nxt.input_layernorm.weight, nxt.self_attn.qkv_proj.weight)
+            else:  # the output head's norm: folded only when every token's logits are wanted
+                after = (model.norm.weight, model.lm_head.weight) if self.num_logits == T else None
+            steps.append(self._product_before_norm(f"Down {i}", mlp.down_proj, mlp.reduce, *(after or (None, None))))
+        steps.append(self._head())
+        return DecodePlan(steps, T, self.num_logits, tuple(dict.fromkeys(self.tuning)))
+
+    def _embed(self) -> Step:
+        weight, ctx = self.model.embed_tokens.weight, self.ctx
+
+        def run(s: State, io: Inputs) -> None:
+            s.x = embed(weight, io.view.tokens(io.tokens), use_triton=True, pdl=ctx.pdl)
+            s.residual = None
+
+        return Step("Embed", run, "ids from the token buffer at the view's start")
+
+    def _qkv(self, layer) -> Step:
+        attn, norm, ctx, model = layer.self_attn, layer.input_layernorm, self.ctx, self.model
+        w, b, i, T = attn.qkv_proj.weight, attn.qkv_proj.bias, attn.index, self.T
+        hq, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+
+        def run(s: State, io: Inputs) -> None:
+            view = io.view
+            rope = model.rotary.at(view.next_positions(T), w.dtype)
+            q, s.residual = qkv_rope_store(s.x, s.residual, norm.weight, norm.eps, w, b, rope, *view.store_slots(i),
+                                           hq, hkv, d, ctx=ctx)
+            s.q, s.keys, s.values = view.stored(i, q)
+
+        launch = self._launch(w, rope=types.SimpleNamespace(head_dim=d))  # the rule reads only the head size
+        return Step(f"QKV {i}", run, f"norm + q/k/v + rotary + cache write; {launch}")
+
+    def _attend(self, attn) -> Step:
+        ctx, i, T, scale = self.ctx, attn.index, self.T, attn.scale
+        rows = attn.num_heads // attn.num_kv_heads * T
+
+        def run(s: State, io: Inputs) -> None:
+            length = io.view.attention_mask(T)[0]  # a DeviceLength: the block's first slot + T
+            out = decode_attention(s.q, s.keys, s.values, length.kv_len, scale, kv_offset=length.offset, ctx=ctx)
+            s.attn = out.reshape(out.shape[0], T, -1)
+
+        return Step(f"Attend {i}", run, f"{rows} query rows per KV head, {attn.num_kv_heads} KV heads")
+
+    def _product_before_norm(self, name: str, proj, reduce, norm_weight, consumer) -> Step:
+        """o_proj or down_proj: with the next norm folded in (a PreNormed for the next product), or
+        plain (+ the all-reduce), the next product then normalising its input itself."""
+        ctx, w, b = self.ctx, proj.weight, proj.bias
+        fold = norm_weight is not None and self._folds(reduce, consumer)
+        source = "attn" if name.startswith("OProj") else "act"
+
+        def run(s: State, io: Inputs) -> None:
+            x = getattr(s, source)
+            if fold:
+                s.x = linear_add_norm(x, w, b, s.residual, norm_weight, ctx)
+                s.residual = None
+            else:
+                out = linear(x, w, b, ctx=ctx)
+                s.x = out if reduce is None else reduce(out)
+
+        what = "+ residual + next norm's half (PreNormed)" if fold else ("+ all-reduce" if reduce else "")
+        return Step(name, run, f"{what}; {self._launch(w)}".lstrip("; "))
+
+    def _gate_up(self, i: int, norm, proj) -> Step:
+        ctx, w, b = self.ctx, proj.weight, proj.bias
+
+        def run(s: State, io: Inputs) -> None:
+            s.act, s.residual = norm_linear(s.x, s.residual, norm.weight, norm.eps, w, b, gated=True, ctx=ctx)
+
+        return Step(f"GateUp {i}", run, f"norm + gate/up + SwiGLU; {self._launch(w, gated=True)}")
+
+    def _head(self) -> Step:
+        model, ctx, n, T = self.model, self.ctx, self.num_logits, self.T
+        norm, w = model.norm, model.lm_head.weight
+
+        def run(s: State, io: Inputs) -> None:
+            x, residual = s.x, s.residual
+            if isinstance(x, PreNormed):  # folded: every row's logits
+                s.logits = norm_linear(x, None, norm.weight, norm.eps, w, ctx=ctx)[0]
+                return
+            if n < T:
+                x = x[:, T - n:]
+                residual = residual[:, T - n:] if residual is not None else None
+            s.logits = norm_linear(x.contiguous(), None if residual is None else residual.contiguous(), norm.weight,
+                                   norm.eps, w, ctx=ctx)[0]
+
+        return Step("Head", run, f"final norm + output head, {n} of {T} rows; {self._launch(w)}")
+
