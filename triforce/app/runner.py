@@ -122,11 +122,11 @@ def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker:
 
 def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> pd.DataFrame:
     from triforce.data.sources import load_samples
-    from triforce.data.tokenizers import load_text_tokenizer
+    from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name
 
     model, dataset = values["model"], values["dataset"]
     max_new = values["max_new_tokens"]
-    tokenizer = load_text_tokenizer(model.get("tokenizer") or model["name"])
+    tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.get("tokenizer")))
     samples = load_samples(dataset, tokenizer)
     if plan.max_context is not None:
         for s in samples:

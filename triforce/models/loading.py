@@ -227,6 +227,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
 
 
 def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
+    """The tokenizer of a model (alias, folder or hub id), or of a folder holding only tokenizer files."""
+    from triforce.models.tokenizer import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+    return load(name_or_path)
