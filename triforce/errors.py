@@ -24,3 +24,6 @@ class PromptTooLongError(TriforceError, ValueError):
 class TokenizerError(TriforceError, ValueError):
     """A model's tokenizer is missing, needs a package that is not installed, or does not load."""
 
+
+class CorruptCheckpointError(TriforceError, OSError):
+    """A weight file is truncated, corrupt or not a weight file at all (e.g. an interrupted download)."""

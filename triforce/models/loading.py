@@ -17,6 +17,7 @@ import torch
 
 from triforce.attention import AttentionFn, sdpa_attention
 from triforce.errors import ConfigError, ModelNotFoundError
+from triforce.models.checkpoint import check_weight_file, read_weight_file
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 from triforce.models.rope import RotaryEmbedding
@@ -119,14 +120,11 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     if missing:
         raise ModelNotFoundError(f"{model_dir} is missing weight shards {missing}; the download is "
                                  "incomplete: download the checkpoint again")
+    for f in files:  # cheap, before reading any: a broken last shard costs no minutes of reading
+        check_weight_file(f)
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(f))
-        else:
-            state.update(torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+        state.update(read_weight_file(f))
     return state
 
 
