@@ -102,7 +102,7 @@ def offline_hub(tmp_path, monkeypatch):
 def test_unknown_hub_id_offline_says_how_to_download(offline_hub, download):
     repo = "triforce-tests/definitely-not-a-model"
     start = time.perf_counter()
-    with pytest.raises(ModelNotFoundError, match=f"huggingface-cli download {repo}"):
+    with pytest.raises(ModelNotFoundError, match=f"hf download {repo} --local-dir definitely-not-a-model"):
         resolve_model_dir(repo, download=download)
     assert time.perf_counter() - start < 10.0
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.paper_models import LLAMA2_FAMILY, PAPER_MODELS
-from triforce.models.loading import load_model, load_tokenizer
+from triforce.errors import ConfigError
+from triforce.models.loading import load_config, load_model, load_tokenizer
 
 TOL = 1e-4
 TEXT = "Who's there? Nay, answer me: stand, and unfold yourself. Long live the king! 1234 " * 4
@@ -44,3 +45,17 @@ def test_llama2_family_shares_the_draft_vocabulary(paper_models):
     """llama-68m drafts for every Llama-2-family target: one tokenizer, one vocabulary."""
     vocab = {name: load_tokenizer(str(paper_models[name])).get_vocab() for name in LLAMA2_FAMILY}
     assert all(v == vocab["llama-68m"] for v in vocab.values())
+
+
+def test_end_of_sequence_ids_include_generation_config(paper_models, tmp_path):
+    assert load_config(paper_models["llama-3.1-8b-instruct"]).eos_token_id == (513, 520, 521)  # 128001, 128008, 128009
+    assert load_config(paper_models["yarn-llama-2-7b-128k"]).eos_token_id == (2,)
+    # Meta-Llama-3-8B-Instruct: config.json has 128001 only, generation_config.json adds <|eot_id|>
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=128256, eos_token_id=128001).save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [128001, 128009]}))
+    assert load_config(tmp_path).eos_token_id == (128001, 128009)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [128001,')  # cut short
+    with pytest.raises(ConfigError, match="generation_config.json is not a JSON object"):
+        load_config(tmp_path)

@@ -60,6 +60,11 @@ def resolve_model_dir(name_or_path: str, *, download: bool = True) -> Path:
     return _hub_snapshot(name_or_path, download=download)
 
 
+def hf_download(repo_id: str) -> str:
+    """The download command of huggingface_hub >= 1.0 (`hf`; `huggingface-cli` is gone)."""
+    return f"hf download {repo_id} --local-dir {repo_id.rsplit('/', 1)[-1]}"
+
+
 def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -73,14 +78,14 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
         if not download:
             raise ModelNotFoundError(
                 f"{repo_id} is not in the local Hugging Face cache; download it with "
-                f"`huggingface-cli download {repo_id}` or pass a local folder") from None
+                f"`{hf_download(repo_id)}` and pass that folder") from None
     try:
         path = Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise ModelNotFoundError(
             f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200]}); download it where the hub is reachable with "
-            f"`huggingface-cli download {repo_id}` and copy the folder here, then pass its path") from None
+            f"`{hf_download(repo_id)}` and copy the folder here, then pass its path") from None
     if not _weight_files(path):
         # some repos ship only .bin shards: fetch those as a fallback
         path = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
@@ -95,7 +100,25 @@ def load_config(model_dir: Path) -> ModelConfig:
     except ValueError as e:  # unknown model_type
         raise ConfigError(f"{model_dir}: {str(e).splitlines()[0]}; triforce runs Llama-family "
                           "checkpoints") from None
-    return ModelConfig.from_hf(hf_config)
+    cfg = ModelConfig.from_hf(hf_config)
+    extra = [i for i in generation_eos_ids(model_dir) if i not in cfg.eos_token_id]
+    return dataclasses.replace(cfg, eos_token_id=cfg.eos_token_id + tuple(extra)) if extra else cfg
+
+
+def generation_eos_ids(model_dir: Path) -> tuple[int, ...]:
+    """End-of-sequence ids of generation_config.json, where many checkpoints keep the ones chat
+    turns end with (Llama-3-8B-Instruct: config.json 128001, generation_config [128001, 128009])."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{path} is not a JSON object (an interrupted download?); download it again "
+                          "or delete it") from None
+    if eos is None:
+        return ()
+    return tuple(int(i) for i in eos) if isinstance(eos, list) else (int(eos),)
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
