@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -92,9 +93,23 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
     return path
 
 
+class _YarnFinetunedFlag(logging.Filter):
+    """Yarn-Llama-2's config.json carries YaRN's `finetuned` flag (read by its own modeling code for
+    dynamic scaling only; static YaRN, what transformers and triforce compute, has no use for it):
+    transformers warns about it on every load, a line that would only puzzle a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Unrecognized keys in `rope_parameters`") and message.endswith("{'finetuned'}"))
+
+
+_QUIET_YARN = _YarnFinetunedFlag()
+
+
 def load_config(model_dir: Path) -> ModelConfig:
     from transformers import AutoConfig
 
+    logging.getLogger("transformers.modeling_rope_utils").addFilter(_QUIET_YARN)  # once: the same filter object
     try:
         hf_config = AutoConfig.from_pretrained(model_dir)
     except ValueError as e:  # unknown model_type
