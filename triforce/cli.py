@@ -19,7 +19,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from triforce.app.rundirs import register_resolver
 from triforce.app.runner import JobContext, run_job
+
+register_resolver()  # conf/config.yaml names the run folders with it
 
 
 def _context() -> JobContext:
