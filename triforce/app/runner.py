@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from triforce import progress
-from triforce.app import engines, plots, tables
+from triforce.app import advice, engines, plots, tables
 from triforce.app.tracking import NullTracker, Tracker, open_tracker
 from triforce.app.validate import RunPlan, check_fits, validate
 from triforce.errors import ConfigError, TriforceError
@@ -142,6 +142,8 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
     if plan.max_context is not None:
         for s in samples:
             check_fits(len(s.prompt_ids), max_new, plan.method, plan.max_context)
+    for warning in advice.run_warnings(values, plan.method, [len(s.prompt_ids) for s in samples]):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     log.info("%d prompt(s) of %s tokens from %s", len(samples), dataset["prefill"], dataset["name"])
 
     t0 = time.perf_counter()
