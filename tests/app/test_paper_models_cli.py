@@ -91,3 +91,19 @@ def test_truncated_weight_file_is_one_error_line(tmp_path, books_dir, paper_mode
     assert len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith(f"error: weight file {shard} is truncated")
     assert lines[0].endswith(f"download it again: `hf download OWNER/NAME {shard.name} --local-dir {folder}`")
+
+
+def test_a_draft_of_another_vocabulary_is_refused_before_any_weights_load(books_dir, paper_models):
+    """llama-68m (Llama-2's 32000 tokens) cannot draft for Llama-3.1 (128256): said at validation."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from triforce.app.validate import validate
+    from triforce.errors import ConfigError
+
+    cfg = OmegaConf.to_container(compose(*overrides(books_dir, f"model.name={paper_models['llama-3.1-8b-instruct']}",
+                                                    "draft=llama-68m", f"draft.name={paper_models['llama-68m']}")),
+                                 resolve=True)
+    with pytest.raises(ConfigError, match=r"draft.name=.*llama-68m has a vocabulary of 1000 tokens, model.name=.*"
+                                          r"llama-3.1-8b-instruct one of 768: a draft must share the target's tokenizer"):
+        validate(cfg)
