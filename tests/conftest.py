@@ -122,3 +122,12 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def gutenberg_dir() -> Path:
     return _fetched("texts/gutenberg", "Gutenberg books")
+
+
+@pytest.fixture(scope="session")
+def paper_models(tmp_path_factory, gutenberg_dir) -> dict[str, Path]:
+    """Shrunk folders of every paper checkpoint (+ Llama-3.1-8B-Instruct), each in its real
+    layout with its own kind of tokenizer (tests/paper_models.py): name -> folder."""
+    from tests.paper_models import build_paper_models
+
+    return build_paper_models(tmp_path_factory.mktemp("paper-models"), gutenberg_dir)

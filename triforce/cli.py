@@ -7,8 +7,9 @@
 
 The last stdout line is one JSON object: the run's summary metrics (a multirun ends with one
 line describing the sweep and its aggregated table). A bad config or missing asset prints one
-`error: ...` line on stderr and exits 2; in a multirun a failing job is recorded and the sweep
-goes on.
+`error: ...` line on stderr and exits 2; in a multirun a failing job is recorded, the sweep goes
+on, and the sweep exits 1 at the end. Ctrl-C ends a run (and a sweep) with one line, exit 130,
+its summary.json saying `interrupted`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from triforce.app.callbacks import sweep_exit_code
+from triforce.app.rundirs import register_resolver
 from triforce.app.runner import JobContext, run_job
+
+register_resolver()  # conf/config.yaml names the run folders with it
 
 
 def _context() -> JobContext:
@@ -52,6 +57,8 @@ def _headline(method: str, s: dict) -> str:
 def _app(cfg: DictConfig) -> float | None:
     ctx = _context()
     result = run_job(cfg, ctx)
+    if result.status == "interrupted":
+        sys.exit(130)  # a sweep stops too: SystemExit passes Hydra's per-job error handling
     if result.ok:
         print(_headline(cfg.method.name, result.summary))
         print(json.dumps({**result.summary, "run_dir": str(ctx.run_dir)}), flush=True)
@@ -65,7 +72,12 @@ def main() -> None:
     from triforce.parallel import quiet_other_ranks
 
     quiet_other_ranks()
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt:  # outside a job (Hydra starting up, a sweep between jobs): no traceback either
+        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(sweep_exit_code())
 
 
 if __name__ == "__main__":

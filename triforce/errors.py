@@ -19,3 +19,11 @@ class AssetError(TriforceError, RuntimeError):
 
 class PromptTooLongError(TriforceError, ValueError):
     """A prompt (plus the tokens to generate) does not fit the model's context."""
+
+
+class TokenizerError(TriforceError, ValueError):
+    """A model's tokenizer is missing, needs a package that is not installed, or does not load."""
+
+
+class CorruptCheckpointError(TriforceError, OSError):
+    """A weight file is truncated, corrupt or not a weight file at all (e.g. an interrupted download)."""

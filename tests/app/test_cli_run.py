@@ -6,6 +6,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 
 from tests.app.helpers import last_json, run_cli, tiny_overrides
 
@@ -117,3 +118,35 @@ def test_tensor_parallel_run_under_torchrun_writes_once(tmp_path, books_dir):
     assert tp_text == pd.read_parquet(tmp_path / "single" / "samples.parquet")["text"].tolist()
     assert not list(tmp_path.glob("outputs"))  # the other rank kept its Hydra folder out of the cwd
     shutil.rmtree(run_dir)
+
+
+@pytest.mark.slow  # a CLI start plus the wait for the run to begin (~12 s)
+def test_ctrl_c_ends_the_run_without_a_traceback(tmp_path, books_dir):
+    """SIGINT (Ctrl-C) during a long generation: one error line, exit 130, summary.json `interrupted`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.app.helpers import cli_env
+
+    run_dir = tmp_path / "run"
+    script = Path(sys.executable).with_name("triforce")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "triforce.cli"]
+    args = tiny_overrides(books_dir, "max_new_tokens=6000", "method=autoregressive", "draft=none", "warmup=false",
+                          f"hydra.run.dir={run_dir}")
+    proc = subprocess.Popen(cmd + args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "config.yaml").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # written as the job starts: from here on the job is running
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines() == [f"error: interrupted (Ctrl-C); {run_dir / 'summary.json'} records the run "
+                                        "as interrupted"]
+    record = json.loads((run_dir / "summary.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == "interrupted (Ctrl-C)"

@@ -50,8 +50,9 @@ def test_paper_presets_keep_the_papers_retrieval_cache():
 
 def test_hydra_dirs_are_under_outputs():
     hc = compose(hydra_cfg=True).hydra
-    assert hc.run.dir.startswith("outputs/runs/")
-    assert hc.sweep.dir.startswith("outputs/multirun/")
+    dirs = OmegaConf.to_container(hc, resolve=False)  # resolving would claim the folders (rundirs.py)
+    assert dirs["run"]["dir"].startswith("${triforce.unique_dir:outputs/runs/")
+    assert dirs["sweep"]["dir"].startswith("${triforce.unique_dir:outputs/multirun/")
     assert "triforce.app.callbacks.AggregateSweep" in OmegaConf.to_yaml(hc.callbacks)
 
 

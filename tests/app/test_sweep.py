@@ -116,17 +116,44 @@ def test_study_table_script(tiny_study):
         "accept_rate/middle", "token_accept/middle", "ref_accept/middle", "mean_accepted_len"}
 
 
-def test_failing_job_does_not_stop_the_sweep(tmp_path, books_dir):
+def test_failing_job_does_not_stop_the_sweep_but_fails_it(tmp_path, books_dir):
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(["-m", *tiny_overrides(books_dir, f"hydra.sweep.dir={sweep_dir}", "method.gamma=0,4,-1")],
                    tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # every job ran and is in the table; the sweep failed
     assert last_json(proc.stdout)["failed"] == 2
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: 2 of 3 sweep jobs failed; {sweep_dir / 'sweep.csv'} has "
+                                                    "each job's status and error")
     runs = pd.read_parquet(sweep_dir / "sweep.parquet").sort_values("job_num")
     assert list(runs["status"]) == ["failed", "ok", "failed"]
     assert "method.gamma=0 must be a positive" in runs["error"].iloc[0]
     assert runs["ms_per_token"].iloc[1] > 0
     assert proc.stderr.count("error: method.gamma=") == 2
+
+
+def test_sweep_exit_code_follows_the_last_sweep(monkeypatch):
+    from triforce.app.callbacks import AggregateSweep, sweep_exit_code
+
+    for info, code in ((None, 0), ({"jobs": 4, "ok": 4, "failed": 0}, 0), ({"jobs": 4, "ok": 3, "failed": 1}, 1),
+                       ({"sweep_dir": "x", "error": "OSError: disk full"}, 1), ({"sweep_dir": "x", "jobs": 0}, 0)):
+        monkeypatch.setattr(AggregateSweep, "last", info)
+        assert sweep_exit_code() == code, info
+
+
+def test_interrupted_job_says_so(tmp_path, books_dir, monkeypatch):
+    """Ctrl-C mid-run (here: while the models load): status interrupted, not failed with no error."""
+    from triforce.app import runner
+    from triforce.app.runner import JobContext, run_job
+    from tests.app.helpers import compose
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.engines, "build_engine", ctrl_c)
+    result = run_job(compose(*tiny_overrides(books_dir)), JobContext(run_dir=tmp_path / "job"))
+    assert result.status == "interrupted" and not result.ok
+    record = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == "interrupted (Ctrl-C)"
 
 
 def test_crashing_job_is_recorded_and_wandb_finished(tmp_path, books_dir, monkeypatch):

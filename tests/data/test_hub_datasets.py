@@ -77,3 +77,29 @@ def test_narrativeqa_wraps_distinct_books_in_the_lwm_prompt(narrativeqa_file):
 def test_missing_dataset_file_is_an_asset_error(tmp_path):
     with pytest.raises(AssetError, match="could not load dataset 'parquet'"):
         load_samples(pg19_cfg(tmp_path / "missing.parquet", streaming=False), ByteTokenizer())
+
+
+def test_narrativeqa_picks_the_rows_asked_for_as_the_reference(narrativeqa_file):
+    """rows: documents by row index (the reference's 20 train rows), text from `text_start` on."""
+    tok = ByteTokenizer()
+    cfg = {"name": "narrativeqa", "path": "json", "data_files": {"test": str(narrativeqa_file)}, "split": "test",
+           "rows": [4, 1], "text_start": 3, "num_samples": 20, "prefill": 600}
+    samples = load_samples(cfg, tok)
+    assert [s.id for s in samples] == ["doc2", "doc0"]
+    assert tok.decode(samples[1].prompt_ids).startswith(LWM_PREFIX + "ry 0. Story 0.")  # "Story 0." from char 3
+    assert [s.id for s in load_samples({**cfg, "num_samples": 1}, tok)] == ["doc2"]
+    with pytest.raises(ConfigError, match=r"dataset.rows: the split has only 6 rows, so rows \[9\] do not exist"):
+        load_samples({**cfg, "rows": [0, 9]}, tok)
+    with pytest.raises(ConfigError, match=r"dataset.rows=\[-1\] must be row indices"):
+        load_samples({**cfg, "rows": [-1]}, tok)
+
+
+def test_narrativeqa_config_is_the_references_lwm_set():
+    from omegaconf import OmegaConf
+
+    from tests.app.helpers import compose
+
+    cfg = OmegaConf.to_container(compose("dataset=narrativeqa"), resolve=True)["dataset"]
+    assert cfg["split"] == "train" and cfg["text_start"] == 3 and cfg["num_samples"] == 20
+    assert cfg["rows"] == [0, 50, 300, 800, 950, 1100, 2150, 2450, 2550, 2750, 3350, 3400, 3600, 3900, 4000, 4100,
+                           4200, 4400, 4500, 4550]

@@ -102,7 +102,7 @@ def offline_hub(tmp_path, monkeypatch):
 def test_unknown_hub_id_offline_says_how_to_download(offline_hub, download):
     repo = "triforce-tests/definitely-not-a-model"
     start = time.perf_counter()
-    with pytest.raises(ModelNotFoundError, match=f"huggingface-cli download {repo}"):
+    with pytest.raises(ModelNotFoundError, match=f"hf download {repo} --local-dir definitely-not-a-model"):
         resolve_model_dir(repo, download=download)
     assert time.perf_counter() - start < 10.0
 
@@ -207,3 +207,81 @@ def test_load_model_from_pytorch_bin(tmp_path):
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     model = load_model(str(tmp_path))
     assert torch.equal(model.layers[1].mlp.down_proj.weight, hf.model.layers[1].mlp.down_proj.weight)
+
+
+# -- broken downloads: one clear error naming the file ---------------------------------------
+
+@pytest.fixture
+def checkpoint_copy(tmp_path, paper_models):
+    """Writable copies of a sharded safetensors and a sharded .bin paper checkpoint."""
+    import shutil
+
+    return {fmt: Path(shutil.copytree(paper_models[name], tmp_path / name))
+            for fmt, name in (("safetensors", "llama-3.1-8b-instruct"), ("bin", "yarn-llama-2-7b-128k"))}
+
+
+def cut(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("fmt,shard", [("safetensors", "model-00004-of-00004.safetensors"),
+                                       ("bin", "pytorch_model-00002-of-00002.bin")])
+def test_truncated_weight_file_is_named_before_any_is_read(checkpoint_copy, monkeypatch, fmt, shard):
+    from triforce.errors import CorruptCheckpointError
+    from triforce.models import loading
+
+    folder = checkpoint_copy[fmt]
+    reads = []
+    monkeypatch.setattr(loading, "read_weight_file", lambda f: reads.append(f) or {})
+    read_state_dict(folder)
+    assert folder / shard in reads  # intact: every file is read
+    reads.clear()
+    cut(folder / shard)
+    with pytest.raises(CorruptCheckpointError, match=rf"weight file {folder / shard} is truncated.*download it again: "
+                                                     rf"`hf download OWNER/NAME {shard} --local-dir {folder}`"):
+        read_state_dict(folder)
+    assert reads == []  # the broken last shard is found before the first one is read
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4976698672\n", "is a Git LFS pointer.*git lfs pull"),
+    (b"<!DOCTYPE html><html><body>Access denied</body></html>", "is an HTML page"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00not a json header", "is corrupt: its header is not a safetensors header"),
+    (b"\x01\x02", "is truncated"),
+])
+def test_a_file_that_is_not_weights_says_what_it_is(checkpoint_copy, content, pattern):
+    from triforce.errors import CorruptCheckpointError
+
+    shard = checkpoint_copy["safetensors"] / "model-00002-of-00004.safetensors"
+    shard.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match=pattern):
+        read_state_dict(checkpoint_copy["safetensors"])
+
+
+def test_a_bin_file_that_is_no_archive_or_a_wrong_one(checkpoint_copy):
+    import zipfile
+
+    from triforce.errors import CorruptCheckpointError
+
+    shard = checkpoint_copy["bin"] / "pytorch_model-00001-of-00002.bin"
+    shard.write_bytes(b"\x00" * 1000)
+    with pytest.raises(CorruptCheckpointError, match="is corrupt: neither a zip archive nor a pickle"):
+        read_state_dict(checkpoint_copy["bin"])
+    with zipfile.ZipFile(shard, "w") as z:  # a whole zip archive, but not one torch wrote
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(CorruptCheckpointError, match=r"could not be read \(.*\); download it again"):
+        read_state_dict(checkpoint_copy["bin"])
+
+
+def test_a_checkpoint_in_the_hub_cache_names_its_repo(tmp_path, paper_models):
+    import shutil
+
+    from triforce.errors import CorruptCheckpointError
+
+    folder = tmp_path / "models--LargeWorldModel--LWM-Text-128K" / "snapshots" / "abc123"
+    shutil.copytree(paper_models["lwm-text-128k"], folder)
+    cut(folder / "pytorch_model-00001-of-00002.bin", 0.9)
+    with pytest.raises(CorruptCheckpointError, match="`hf download LargeWorldModel/LWM-Text-128K "
+                                                     "pytorch_model-00001-of-00002.bin --local-dir "):
+        read_state_dict(folder)

@@ -2,7 +2,8 @@
 
 - AggregateSweep: at the end of a multirun, aggregate every job folder into one sweep table
   (sweep.parquet + sweep.csv, one row per job; sweep_samples.parquet, one row per prompt) at the
-  sweep root, and print one JSON line describing the sweep.
+  sweep root, and print one JSON line describing the sweep; when a job failed, one `error:` line
+  on stderr, and the CLI exits non-zero (sweep_exit_code).
 - AnnounceJobs: as each job of a multirun starts, log "job i/N: <its swept values>", so a long
   sweep shows where it is.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,10 @@ def aggregate_sweep(sweep_dir: Path) -> dict[str, Any]:
 
 
 class AggregateSweep(Callback):
+    # the last sweep's outcome in this process, for the CLI's exit code (Hydra builds the callback
+    # itself, so the CLI reads it here)
+    last: dict[str, Any] | None = None
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
@@ -44,7 +50,17 @@ class AggregateSweep(Callback):
         except Exception as e:  # noqa: BLE001 - report, never lose the jobs' own folders
             log.error("could not aggregate the sweep in %s: %s", sweep_dir, e)
             info = {"sweep_dir": str(sweep_dir), "error": f"{type(e).__name__}: {e}"}
+        AggregateSweep.last = info
         print(json.dumps(info), flush=True)
+        if info.get("failed"):
+            print(f"error: {info['failed']} of {info['jobs']} sweep jobs failed; {info['csv']} has each job's status "
+                  "and error", file=sys.stderr, flush=True)
+
+
+def sweep_exit_code() -> int:
+    """0 unless the last sweep had a failed job or could not be aggregated (1); 0 when no sweep ran."""
+    info = AggregateSweep.last
+    return 1 if info is not None and (info.get("failed") or "error" in info) else 0
 
 
 def sweep_plan(config: DictConfig) -> tuple[int | None, frozenset[str]]:

@@ -2,8 +2,9 @@
 the autoregressive baseline on every prompt, and write the run folder.
 
 Everything that can fail on a bad config fails before any weights load. A job never raises: it
-returns a JobResult (status ok | failed) so a sweep goes on past a failing job; the caller (the
-CLI) turns a failed single run into a non-zero exit.
+returns a JobResult (status ok | failed | interrupted) so a sweep goes on past a failing job; the
+caller (the CLI) turns a failed single run into a non-zero exit, and an interrupted one (Ctrl-C)
+into exit code 130 that ends a sweep too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from triforce import progress
-from triforce.app import engines, plots, tables
+from triforce.app import advice, engines, plots, tables
 from triforce.app.tracking import NullTracker, Tracker, open_tracker
 from triforce.app.validate import RunPlan, check_fits, validate
 from triforce.errors import ConfigError, TriforceError
@@ -55,7 +56,7 @@ class JobContext:
 
 @dataclasses.dataclass
 class JobResult:
-    status: str  # ok | failed
+    status: str  # ok | failed | interrupted (Ctrl-C)
     summary: dict[str, Any]
     error: str | None = None
     user_error: bool = False  # a TriforceError (bad config, missing asset): exit code 2
@@ -93,11 +94,21 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         result = JobResult("failed", {}, error=f"{type(e).__name__}: {e}")
         traceback.print_exc(file=sys.stderr)
         print(f"error: {result.error}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # the user stopped it: no traceback, and the folder says so
+        result = JobResult("interrupted", {}, error="interrupted (Ctrl-C)")
+        print(f"error: {interrupted_note(ctx)}", file=sys.stderr, flush=True)
     finally:
         result.summary = {**result.summary, "status": result.status}
         _finish(values, ctx, result, frame, tracker)
         engines.release((values.get("hardware") or {}).get("device"))
     return result
+
+
+def interrupted_note(ctx: JobContext) -> str:
+    note = f"interrupted (Ctrl-C); {ctx.run_dir / tables.SUMMARY} records the run as interrupted"
+    if ctx.multirun:  # the sweep stops here: its table is not written, the finished jobs' folders are whole
+        note += f"; the sweep stops (`python scripts/aggregate.py {ctx.run_dir.parent}` tables the finished jobs)"
+    return note
 
 
 def resolve(cfg: DictConfig | Mapping) -> dict:
@@ -122,15 +133,17 @@ def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker:
 
 def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> pd.DataFrame:
     from triforce.data.sources import load_samples
-    from triforce.data.tokenizers import load_text_tokenizer
+    from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name
 
     model, dataset = values["model"], values["dataset"]
     max_new = values["max_new_tokens"]
-    tokenizer = load_text_tokenizer(model.get("tokenizer") or model["name"])
+    tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.get("tokenizer")))
     samples = load_samples(dataset, tokenizer)
     if plan.max_context is not None:
         for s in samples:
             check_fits(len(s.prompt_ids), max_new, plan.method, plan.max_context)
+    for warning in advice.run_warnings(values, plan.method, [len(s.prompt_ids) for s in samples]):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     log.info("%d prompt(s) of %s tokens from %s", len(samples), dataset["prefill"], dataset["name"])
 
     t0 = time.perf_counter()

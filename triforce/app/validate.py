@@ -42,6 +42,7 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
     if context is not None:
         check_fits(cfg["dataset"]["prefill"], cfg["max_new_tokens"], method, context)
     if environment:
+        check_draft_vocabulary(cfg["model"], cfg.get("draft") or {}, method)
         check_device_memory(cfg, method)
     return RunPlan(method, sampling, context)
 
@@ -168,6 +169,19 @@ def model_context(model: Mapping, *, read_files: bool = True) -> int | None:
         return int(model["max_context"])
     cfg = model_config(model, read_files=read_files)
     return None if cfg is None else cfg.max_position_embeddings
+
+
+def check_draft_vocabulary(model: Mapping, draft: Mapping, method: MethodConfig) -> None:
+    """A draft's distributions are compared token by token with the target's: one vocabulary
+    (config.json only; a hub id not downloaded yet is checked by nothing before its weights)."""
+    name = draft.get("name")
+    if not method.uses_draft or name in (None, "self"):
+        return
+    target, proposer = model_config(model), model_config({"name": name})
+    if target is not None and proposer is not None and target.vocab_size != proposer.vocab_size:
+        raise ConfigError(f"draft.name={name} has a vocabulary of {proposer.vocab_size} tokens, model.name="
+                          f"{model['name']} one of {target.vocab_size}: a draft must share the target's tokenizer "
+                          "(llama-68m drafts for the Llama-2 family); use draft=self or a draft of the same family")
 
 
 def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:

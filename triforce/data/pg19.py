@@ -1,7 +1,9 @@
-"""PG-19 (deepmind/pg19) prompts as in the paper: each book's text cut to `prefill` tokens.
+"""PG-19 prompts as in the paper: each book's text cut to `prefill` tokens.
 
-The paper's `gs` set is the first 20 books of the test split (`num_samples: 20`);
-`num_samples: null` takes the whole split (100 test books).
+The source is any dataset with deepmind/pg19's columns (conf/dataset/pg19.yaml reads the parquet
+copy emozilla/pg19; deepmind/pg19's loading script goes through data/hub.py's fallback). The
+paper's `gs` set is the first 20 books of the test split (`num_samples: 20`); `num_samples: null`
+takes the whole split (100 test books).
 """
 
 from __future__ import annotations

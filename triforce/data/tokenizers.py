@@ -6,7 +6,7 @@ the tiny random test model (UTF-8 bytes 0..255, then BOS and EOS).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Mapping, Protocol
 
 
 class Tokenizer(Protocol):
@@ -28,10 +28,16 @@ class ByteTokenizer:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
-def load_text_tokenizer(name: str) -> Tokenizer:
-    """`bytes` for the byte-level fallback, else the tokenizer of a model (alias, folder or HF id)."""
+def tokenizer_name(model: Mapping) -> str:
+    """What a run tokenizes with: model.tokenizer, else the model's own (model.name)."""
+    return model.get("tokenizer") or model["name"]
+
+
+def load_text_tokenizer(name: str, *, explicit: bool = True) -> Tokenizer:
+    """`bytes` for the byte-level fallback, else the tokenizer of a model (alias, folder or HF id);
+    `explicit`: `name` came from model.tokenizer (else from model.name), for the error messages."""
     if name == "bytes":
         return ByteTokenizer()
-    from triforce.models.loading import load_tokenizer
+    from triforce.models.tokenizer import load_tokenizer
 
-    return load_tokenizer(name)
+    return load_tokenizer(name, explicit=explicit)

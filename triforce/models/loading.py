@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from triforce.attention import AttentionFn, sdpa_attention
 from triforce.errors import ConfigError, ModelNotFoundError
+from triforce.models.checkpoint import check_weight_file, read_weight_file
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 from triforce.models.rope import RotaryEmbedding
@@ -59,6 +61,11 @@ def resolve_model_dir(name_or_path: str, *, download: bool = True) -> Path:
     return _hub_snapshot(name_or_path, download=download)
 
 
+def hf_download(repo_id: str) -> str:
+    """The download command of huggingface_hub >= 1.0 (`hf`; `huggingface-cli` is gone)."""
+    return f"hf download {repo_id} --local-dir {repo_id.rsplit('/', 1)[-1]}"
+
+
 def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -72,29 +79,61 @@ def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
         if not download:
             raise ModelNotFoundError(
                 f"{repo_id} is not in the local Hugging Face cache; download it with "
-                f"`huggingface-cli download {repo_id}` or pass a local folder") from None
+                f"`{hf_download(repo_id)}` and pass that folder") from None
     try:
         path = Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # network, auth, missing repo: all end the same way for the user
         raise ModelNotFoundError(
             f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200]}); download it where the hub is reachable with "
-            f"`huggingface-cli download {repo_id}` and copy the folder here, then pass its path") from None
+            f"`{hf_download(repo_id)}` and copy the folder here, then pass its path") from None
     if not _weight_files(path):
         # some repos ship only .bin shards: fetch those as a fallback
         path = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
     return path
 
 
+class _YarnFinetunedFlag(logging.Filter):
+    """Yarn-Llama-2's config.json carries YaRN's `finetuned` flag (read by its own modeling code for
+    dynamic scaling only; static YaRN, what transformers and triforce compute, has no use for it):
+    transformers warns about it on every load, a line that would only puzzle a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Unrecognized keys in `rope_parameters`") and message.endswith("{'finetuned'}"))
+
+
+_QUIET_YARN = _YarnFinetunedFlag()
+
+
 def load_config(model_dir: Path) -> ModelConfig:
     from transformers import AutoConfig
 
+    logging.getLogger("transformers.modeling_rope_utils").addFilter(_QUIET_YARN)  # once: the same filter object
     try:
         hf_config = AutoConfig.from_pretrained(model_dir)
     except ValueError as e:  # unknown model_type
         raise ConfigError(f"{model_dir}: {str(e).splitlines()[0]}; triforce runs Llama-family "
                           "checkpoints") from None
-    return ModelConfig.from_hf(hf_config)
+    cfg = ModelConfig.from_hf(hf_config)
+    extra = [i for i in generation_eos_ids(model_dir) if i not in cfg.eos_token_id]
+    return dataclasses.replace(cfg, eos_token_id=cfg.eos_token_id + tuple(extra)) if extra else cfg
+
+
+def generation_eos_ids(model_dir: Path) -> tuple[int, ...]:
+    """End-of-sequence ids of generation_config.json, where many checkpoints keep the ones chat
+    turns end with (Llama-3-8B-Instruct: config.json 128001, generation_config [128001, 128009])."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{path} is not a JSON object (an interrupted download?); download it again "
+                          "or delete it") from None
+    if eos is None:
+        return ()
+    return tuple(int(i) for i in eos) if isinstance(eos, list) else (int(eos),)
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -119,14 +158,11 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     if missing:
         raise ModelNotFoundError(f"{model_dir} is missing weight shards {missing}; the download is "
                                  "incomplete: download the checkpoint again")
+    for f in files:  # cheap, before reading any: a broken last shard costs no minutes of reading
+        check_weight_file(f)
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(f))
-        else:
-            state.update(torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+        state.update(read_weight_file(f))
     return state
 
 
@@ -227,6 +263,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
 
 
 def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
+    """The tokenizer of a model (alias, folder or hub id), or of a folder holding only tokenizer files."""
+    from triforce.models.tokenizer import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+    return load(name_or_path)
