@@ -538,3 +538,31 @@ def test_streaming_window_shift_matches_reference(start, end, n, dtype):
     torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
     assert torch.equal(outs[0][0][:, :, :, end - n:], k[:, :, :, end - n:])  # slots past the new end untouched
     assert torch.equal(outs[0][0][:, :, :, :start], k[:, :, :, :start])  # the sink too
+
+
+# -- batches: B sequences at once, each with its own starts and lengths ----------------------------
+# Every decode kernel takes a batch with per-sequence device values (kernels/*.py): each is
+# compared with its reference for B = 1 (a one-element start tensor) and B = 3 (different starts),
+# and the batched reference with B one-sequence calls, row by row.
+
+BATCHES = [1, 3]
+
+
+def _starts(batch: int, *values: int) -> torch.Tensor:
+    return torch.tensor(values[:batch], device=DEVICE)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_embedding_of_a_batch_reads_each_sequence_at_its_start(batch):
+    from triforce.kernels.embedding import TokenSlice, embed, embed_reference
+
+    g = torch.Generator().manual_seed(15)
+    weight = torch.randn(50, 80, generator=g).to(DEVICE)
+    buffer = torch.randint(0, 50, (batch, 30), generator=g).to(DEVICE)
+    tokens = TokenSlice(buffer, _starts(batch, 11, 0, 26), 4)
+    assert tokens.shape == (batch, 4) and tokens.ids().shape == (batch, 4)
+    out = embed(weight, tokens, use_triton=True)
+    expected = torch.stack([weight[buffer[b, s:s + 4]] for b, s in enumerate((11, 0, 26)[:batch])])
+    assert out.shape == (batch, 4, 80)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    torch.testing.assert_close(embed_reference(weight, tokens), expected, atol=0, rtol=0)
