@@ -566,3 +566,111 @@ def test_embedding_of_a_batch_reads_each_sequence_at_its_start(batch):
     assert out.shape == (batch, 4, 80)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
     torch.testing.assert_close(embed_reference(weight, tokens), expected, atol=0, rtol=0)
+
+
+def _rope(hq: int, hkv: int, D: int):
+    cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
+                      num_kv_heads=hkv, head_dim=D, max_position_embeddings=4096,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
+    return RotaryEmbedding(cfg).to(DEVICE)
+
+
+def _batch_positions(kind: str, batch: int, T: int):
+    """(positions as the kernels take them, the same as a (B, T) tensor)."""
+    from triforce.models.rope import DevicePositions
+
+    starts = _starts(batch, 2000, 7, 513)
+    table = starts[:, None] + torch.arange(T, device=DEVICE)
+    if kind == "start":
+        return DevicePositions(starts, T), table
+    if kind == "shared":  # one row of positions for every sequence
+        return table[0], table[:1].expand(batch, T)
+    return table, table
+
+
+def _untouched(cache: torch.Tensor, slots, T: int, fill: float = 7.0) -> None:
+    """Row b's cache holds new values at slots[b] .. slots[b] + T and the fill everywhere else."""
+    S = cache.shape[2]
+    for b, slot in enumerate(slots):
+        keep = torch.ones(S, dtype=torch.bool)
+        keep[slot:slot + T] = False
+        assert (cache[b][:, keep] == fill).all() and not (cache[b][:, ~keep] == fill).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("positions", ["start", "table", "shared"])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_rope_store_of_a_batch_matches_reference(batch, positions, dtype):
+    hq, hkv, T, D, S = 4, 2, 3, 64, 40
+    slots = (17, 0, 30)[:batch]
+    rotary = _rope(hq, hkv, D)
+    pos, table = _batch_positions(positions, batch, T)
+    qkv = torch.randn(batch, T, (hq + 2 * hkv) * D, generator=torch.Generator().manual_seed(16)).to(DEVICE, dtype)
+
+    def run(fn, rope, rows=slice(None), slot=None, **kw):
+        buf = qkv[rows].clone()
+        q, k, v = (t.view(buf.shape[0], T, -1, D).transpose(1, 2) for t in buf.split([hq * D, hkv * D, hkv * D], -1))
+        kc = torch.full((buf.shape[0], hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        vc = kc.clone()
+        fn(q, k, v, rope, kc, vc, _starts(batch, *slots) if slot is None else slot, **kw)
+        return q, kc, vc
+
+    out = run(rope_store, rotary.at(pos, dtype), use_triton=True)
+    ref = run(rope_store_reference, rotary.at(pos, dtype))
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, atol=tol, rtol=tol)
+    _untouched(out[1], slots, T)
+    _untouched(out[2], slots, T)
+    for b in range(batch):  # the batched reference is B one-sequence calls
+        one = run(rope_store_reference, rotary.at(table[b], dtype), slice(b, b + 1), torch.tensor(slots[b]))
+        for o, r in zip(ref, one):
+            torch.testing.assert_close(o[b:b + 1], r, atol=0, rtol=0)
+
+
+QKV_BATCH_CASES = [  # (batch, tokens, q heads, kv heads, head dim, positions, bias, input)
+    (1, 3, 4, 2, 64, "start", False, "x"),  # one sequence with a one-element start tensor
+    (3, 1, 4, 2, 64, "start", False, "x"),  # three one-token steps: 3 rows of the product
+    (3, 3, 8, 2, 32, "table", True, "x"),
+    (3, 2, 2, 1, 128, "start", False, "prenormed"),  # two programs per head; the norm's row scale in the epilogue
+    (3, 7, 4, 4, 32, "shared", False, "x"),  # 21 rows
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", QKV_BATCH_CASES, ids=lambda c: "b{}-t{}-hq{}-hkv{}-d{}-{}-bias{}-{}".format(*c))
+def test_qkv_projection_of_a_batch_matches_reference(case, dtype):
+    """The q/k/v product's rotary + cache-write epilogue over B sequences: row r of the product is
+    token r % T of sequence r // T, at its sequence's positions and slots, in its cache row."""
+    from triforce.kernels.linear import linear_add_norm, qkv_rope_store
+
+    batch, T, hq, hkv, D, positions, with_bias, given = case
+    hidden, S = 96, 40
+    slots = (17, 0, 30)[:batch]
+    rotary = _rope(hq, hkv, D)
+    pos, _ = _batch_positions(positions, batch, T)
+    g = torch.Generator().manual_seed(batch * 100 + T)
+    n = (hq + 2 * hkv) * D
+    x = torch.randn(batch, T, hidden, generator=g).to(DEVICE, dtype)
+    r = torch.randn(batch, T, hidden, generator=g).to(DEVICE, dtype)
+    nw = (1 + 0.1 * torch.randn(hidden, generator=g)).to(DEVICE, dtype)
+    w = (torch.randn(n, hidden, generator=g) / hidden ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if with_bias else None
+    if given == "prenormed":  # as the decode plan hands it from the previous layer's down_proj
+        wp = (torch.randn(hidden, 64, generator=g) / 8).to(DEVICE, dtype)
+        x = linear_add_norm(torch.randn(batch, T, 64, generator=g).to(DEVICE, dtype), wp, None, r, nw, kernels_ctx())
+        r = None
+    outs = []
+    for use_triton in (True, False):
+        kc = torch.full((batch, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        vc = torch.full((batch, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        q, h = qkv_rope_store(x, r, nw, 1e-5, w, b, rotary.at(pos, dtype), kc, vc, _starts(batch, *slots), hq, hkv,
+                              D, ctx=kernels_ctx() if use_triton else None)
+        assert q.shape == (batch, hq, T, D)
+        outs.append((q, kc, vc, h))
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    for out, ref in zip(outs[0][:3], outs[1][:3]):
+        assert rel_err(out, ref) < tol
+    torch.testing.assert_close(outs[0][3], outs[1][3], atol=0, rtol=0)  # h = x + r, rounded as torch
+    _untouched(outs[0][1], slots, T)
+    _untouched(outs[0][2], slots, T)
