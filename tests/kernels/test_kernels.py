@@ -674,3 +674,36 @@ def test_qkv_projection_of_a_batch_matches_reference(case, dtype):
     torch.testing.assert_close(outs[0][3], outs[1][3], atol=0, rtol=0)  # h = x + r, rounded as torch
     _untouched(outs[0][1], slots, T)
     _untouched(outs[0][2], slots, T)
+
+
+# (batch, q heads, kv heads, new tokens, head dim, capacity, per-sequence kv_len, splits)
+ATTENTION_BATCH_CASES = [
+    (3, 8, 2, 3, 32, 200, (37, 200, 3), 4),  # one sequence only its new block, one full
+    (3, 4, 4, 1, 64, 130, (130, 1, 64), 1),  # one slice: the output written directly
+    (1, 8, 2, 2, 32, 150, (99,), 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ATTENTION_BATCH_CASES,
+                         ids=lambda c: "b{}-hq{}-hkv{}-t{}-d{}-s{}-len{}-sp{}".format(*c))
+def test_decode_attention_of_a_batch_sees_each_sequence_to_its_length(case, dtype):
+    B, Hq, Hkv, T, D, S, lengths, splits = case
+    g = torch.Generator().manual_seed(sum(lengths))
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    for b, n in enumerate(lengths):  # slots past a sequence's own length are never read
+        k[b, :, n:] = float("nan")
+        v[b, :, n:] = float("nan")
+    length = torch.tensor(lengths, device=DEVICE)
+    out = attention(q, k, v, length, D ** -0.5, splits)
+    ref = decode_attention_reference(q.double(), k.double().nan_to_num(), v.double().nan_to_num(), length, D ** -0.5)
+    assert out.shape == (B, T, Hq, D) and torch.isfinite(out).all()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    offset = attention(q, k, v, length - T, D ** -0.5, splits, kv_offset=T)  # the captured path's form
+    torch.testing.assert_close(offset, out, atol=0, rtol=0)
+    for b, n in enumerate(lengths):  # the batched reference is B one-sequence calls
+        one = decode_attention_reference(q[b:b + 1].double(), k[b:b + 1].double().nan_to_num(),
+                                         v[b:b + 1].double().nan_to_num(), torch.tensor([n]), D ** -0.5)
+        torch.testing.assert_close(ref[b:b + 1], one, atol=1e-12, rtol=1e-12)
