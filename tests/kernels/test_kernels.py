@@ -707,3 +707,86 @@ def test_decode_attention_of_a_batch_sees_each_sequence_to_its_length(case, dtyp
         one = decode_attention_reference(q[b:b + 1].double(), k[b:b + 1].double().nan_to_num(),
                                          v[b:b + 1].double().nan_to_num(), torch.tensor([n]), D ** -0.5)
         torch.testing.assert_close(ref[b:b + 1], one, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("use_triton", [True, False])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_race_sample_of_a_batch_writes_each_row_at_its_slot(batch, use_triton):
+    from triforce.kernels.verify import race_sample, race_sample_reference
+    from triforce.kernels.workspace import Workspace
+
+    g = torch.Generator().manual_seed(17)
+    workspace = Workspace(DEVICE)
+    for vocab in (5, 9000):
+        probs = torch.softmax(torch.randn(batch, vocab, generator=g) * 2, -1).to(DEVICE)
+        race = torch.empty(batch, vocab).exponential_(generator=g).to(DEVICE)
+        expected = race_sample_reference(probs, race)
+        assert expected.shape == (batch,)
+        for index_from in (None, _starts(batch, 4, 0, 7)):
+            buffer = torch.full((batch, 12), -1, dtype=torch.int64, device=DEVICE)
+            tokens = race_sample(probs, race, out_tokens=buffer, index=2, index_from=index_from,
+                                 use_triton=use_triton, workspace=workspace)
+            assert tokens.tolist() == expected.tolist()
+            want = torch.full((batch, 12), -1, dtype=torch.int64, device=DEVICE)
+            for b in range(batch):
+                want[b, 2 + (0 if index_from is None else int(index_from[b]))] = expected[b]
+            assert torch.equal(buffer, want)
+            assert not workspace.counters("race", 1).any()  # every row's counter is back at zero
+    ties = torch.zeros(batch, 9000, device=DEVICE)
+    for b in range(batch):  # three equal ratios in three chunks, a different set per row: the smallest wins
+        ties[b, [100 + b, 4500, 8000 - b]] = 1 / 3
+    assert race_sample(ties, torch.ones(batch, 9000, device=DEVICE), use_triton=use_triton).tolist() == [
+        100 + b for b in range(batch)]
+
+
+def _verify_batch_case(batch: int, k: int, vocab: int, seed: int):
+    """Rows of different kinds in one batch: random; every proposal accepted (the bonus row); p = q
+    with u = 1 (rejected, an empty residual: drawn from p_n itself)."""
+    rows = [_verify_case(k, vocab, seed + b) for b in range(batch)]
+    tokens, q, p, u, race = (torch.stack(x) for x in zip(*rows))
+    if batch > 1:
+        u[1] = 0.0
+    if batch > 2:
+        p[2, :k] = q[2]
+        u[2] = 1.0
+    return tokens, q, p, u, race
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("k,vocab", [(3, 50), (6, 10000)])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_race_verify_of_a_batch_matches_reference(batch, k, vocab, residual):
+    from triforce.kernels.verify import race_verify, race_verify_reference
+    from triforce.kernels.workspace import Workspace
+
+    workspace = Workspace(DEVICE)
+    for seed in (0, 10):
+        tokens, q, p, u, race = (t.to(DEVICE) for t in _verify_batch_case(batch, k, vocab, seed))
+        ref = race_verify_reference(tokens, q, p, u, race, residual=residual)
+        assert ref.shape == (batch, 2 + k)
+        for b in range(batch):  # the batched reference is B one-sequence calls
+            assert ref[b].tolist() == race_verify_reference(tokens[b], q[b], p[b], u[b], race[b],
+                                                            residual=residual).tolist()
+        if batch > 2:
+            assert ref[1, 0] == k and ref[2, 0] == 0
+        # the proposals as the engine keeps them: a view of each sequence's row of the token buffer
+        buffer = torch.full((batch, k + 10), -1, dtype=torch.int64, device=DEVICE)
+        buffer[:, 2:2 + k] = tokens
+        out = race_verify(buffer[:, 2:2 + k], q, p, u, race, residual=residual, out_tokens=buffer, base=2,
+                          use_triton=True, workspace=workspace)
+        assert out.tolist() == ref.tolist()
+        for b in range(batch):
+            n = int(ref[b, 0])
+            assert buffer[b, 2 + n] == ref[b, 1] and buffer[b, 2:2 + n].tolist() == tokens[b, :n].tolist()
+        # each sequence at its own base: a device tensor (+ a constant)
+        base_from = _starts(batch, 0, 5, 2)
+        for use_triton in (True, False):
+            buffer = torch.full((batch, k + 10), -1, dtype=torch.int64, device=DEVICE)
+            out = race_verify(tokens, q, p, u, race, residual=residual, out_tokens=buffer, base=1, base_from=base_from,
+                              use_triton=use_triton, workspace=workspace)
+            assert out.tolist() == ref.tolist()
+            want = torch.full((batch, k + 10), -1, dtype=torch.int64, device=DEVICE)
+            for b in range(batch):
+                want[b, 1 + int(base_from[b]) + int(ref[b, 0])] = ref[b, 1]
+            assert torch.equal(buffer, want)
+        assert not workspace.counters("race", 1).any()
