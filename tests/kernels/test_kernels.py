@@ -790,3 +790,40 @@ def test_race_verify_of_a_batch_matches_reference(batch, k, vocab, residual):
                 want[b, 1 + int(base_from[b]) + int(ref[b, 0])] = ref[b, 1]
             assert torch.equal(buffer, want)
         assert not workspace.counters("race", 1).any()
+
+
+@pytest.mark.parametrize("per_sequence", ["lists", "tensors", "int end"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_streaming_window_shift_per_sequence_matches_reference(dtype, per_sequence):
+    """Each sequence of a batch evicts its own count from its own end (n_b = 0: it keeps its slots),
+    in one launch; the batched reference is one call per sequence."""
+    from triforce.kernels.streaming import shift_window, shift_window_reference
+
+    start, S = 4, 120
+    ends, ns = [120, 100, 40], [1, 0, 33]
+    if per_sequence == "int end":
+        ends = 100
+    elif per_sequence == "tensors":
+        ends, ns = torch.tensor(ends, device=DEVICE), torch.tensor(ns, device=DEVICE)
+    rope = _rope(4, 2, 64)
+    g = torch.Generator().manual_seed(18)
+    k = torch.randn(2, 3, 2, S, 64, generator=g).to(DEVICE, dtype)
+    v = torch.randn(2, 3, 2, S, 64, generator=g).to(DEVICE, dtype)
+    kk, vv = k.clone(), v.clone()
+    shift_window(kk, vv, start, ends, ns, rope, use_triton=True)
+    rk, rv = k.clone(), v.clone()
+    shift_window_reference(rk, rv, start, ends, ns, rope)
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(kk, rk, atol=tol, rtol=tol)
+    torch.testing.assert_close(vv, rv, atol=0, rtol=0)
+    host_ends = ends.tolist() if isinstance(ends, torch.Tensor) else [ends] * 3 if isinstance(ends, int) else ends
+    host_ns = ns.tolist() if isinstance(ns, torch.Tensor) else ns
+    for b, (end, n) in enumerate(zip(host_ends, host_ns)):
+        one_k, one_v = k[:, b:b + 1].clone(), v[:, b:b + 1].clone()
+        if n:
+            shift_window_reference(one_k, one_v, start, end, n, rope)
+        torch.testing.assert_close(rk[:, b:b + 1], one_k, atol=0, rtol=0)
+        torch.testing.assert_close(rv[:, b:b + 1], one_v, atol=0, rtol=0)
+        assert torch.equal(kk[:, b, :, end - n:], k[:, b, :, end - n:])  # past the new end: untouched
+        assert torch.equal(kk[:, b, :, :start], k[:, b, :, :start])  # the sink too
+    assert torch.equal(kk[:, 1], k[:, 1]) and torch.equal(vv[:, 1], v[:, 1])  # n = 0: bit for bit as it was
