@@ -117,12 +117,39 @@ def cases(only: set[str] | None, pdl: bool = False):
                 triton_decode.decode_attention(q, k, k, length, d ** -0.5, splits_launch(q, k), pdl=pdl,
                 prefetch=policy.attention_prefetch if pdl else 0))
 
-    from triforce.kernels import triton_embedding, triton_streaming, triton_verify
+    # a batch of 4 sequences, each at its own length
+    for name, hq, hkv, d in (("8b", 32, 8, 128), ("68m", 12, 12, 64)):
+        k = torch.empty(4, hkv, 4096 + 64, d, dtype=bf16)
+        for t in (1, 7):
+            q = torch.empty(4, t, hq, d, dtype=bf16).transpose(1, 2)
+            length = torch.tensor([4096, 100, 2000, 7], dtype=torch.int64)
+            add("attention", f"{name} B=4 T={t}", lambda q=q, k=k, length=length: triton_decode.decode_attention(
+                q, k, k, length, d ** -0.5, splits_launch(q, k), pdl=pdl,
+                prefetch=policy.attention_prefetch if pdl else 0))
+
+    from triforce.kernels import triton_embedding, triton_rotary, triton_streaming, triton_verify
+    from triforce.models.rope import DevicePositions, Rope
 
     for name, heads, d in (("68m", 12, 64), ("7b-self", 32, 128)):
         cache = torch.empty(2, 1, heads, 256, d, dtype=bf16)
         add("streaming", f"evict {name}", lambda cache=cache, d=d: triton_streaming.shift_window(
             cache, cache, 16, 256, 1, torch.empty(d // 2)))
+        add("streaming", f"evict {name} B=4 per sequence", lambda d=d, heads=heads: (
+            triton_streaming.shift_window_per_sequence(torch.empty(2, 4, heads, 256, d, dtype=bf16),
+                                                       torch.empty(2, 4, heads, 256, d, dtype=bf16), 16,
+                                                       torch.zeros(4, dtype=torch.int32),
+                                                       torch.zeros(4, dtype=torch.int32), torch.empty(d // 2))))
+    for name, hq, hkv, d in (("8b", 32, 8, 128), ("68m", 12, 12, 64)):  # the standalone rotary + cache write
+        for batch, t in ((1, 1), (1, 7), (4, 1), (4, 7)):
+            qkv = torch.empty(batch, t, (hq + 2 * hkv) * d, dtype=bf16)
+            cache = torch.empty(batch, hkv, 300, d, dtype=bf16)
+            starts = torch.zeros(batch, dtype=torch.int64)
+            rope = Rope(DevicePositions(starts, t), torch.empty(d // 2), 1.0, bf16)
+            add("rotary", f"rope_store-{name} B={batch} T={t}", lambda qkv=qkv, cache=cache, starts=starts, rope=rope,
+                hq=hq, hkv=hkv, d=d, batch=batch, t=t: triton_rotary.rope_store(
+                    *(x.view(batch, t, -1, d).transpose(1, 2) for x in qkv.split([hq * d, hkv * d, hkv * d], -1)),
+                    rope, cache, cache, starts, pdl=pdl))
+    from triforce.kernels.linear import PreNormed
     from triforce.kernels.triton_linear import RopeStore
 
     for vocab in (32000, 128256):
@@ -134,6 +161,14 @@ def cases(only: set[str] | None, pdl: bool = False):
                                           base=3)))
         add("verify", f"sample V={vocab}", lambda vocab=vocab: triton_verify.race_sample(
             torch.empty(vocab), torch.empty(vocab), out_tokens=torch.zeros(64, dtype=torch.int64), index=5))
+        q, p = torch.empty(4, 6, vocab), torch.empty(4, 7, vocab)  # a batch of 4, each at its own base
+        tokens, u, race = torch.zeros(4, 6, dtype=torch.int64), torch.empty(4, 6), torch.empty(4, vocab)
+        add("verify", f"V={vocab} B=4 k=6", lambda q=q, p=p, tokens=tokens, u=u, race=race: (
+            triton_verify.race_verify(tokens, q, p, u, race, out_tokens=torch.zeros(4, 64, dtype=torch.int64), base=1,
+                                      base_from=torch.zeros(4, dtype=torch.int64))))
+        add("verify", f"sample V={vocab} B=4", lambda vocab=vocab: triton_verify.race_sample(
+            torch.empty(4, vocab), torch.empty(4, vocab), out_tokens=torch.zeros(4, 64, dtype=torch.int64), index=5,
+            index_from=torch.zeros(4, dtype=torch.int64)))
 
     from triforce.kernels import triton_norm
 
@@ -146,6 +181,9 @@ def cases(only: set[str] | None, pdl: bool = False):
         w = torch.empty(1000, hidden, dtype=bf16)
         ids = torch.zeros(64, dtype=torch.int64)
         add("embedding", f"{name}", lambda w=w, ids=ids: triton_embedding.embed_slice(w, ids, ids[0], 1, pdl=pdl))
+        rows = torch.zeros(4, 64, dtype=torch.int64)
+        add("embedding", f"{name} B=4 T=7", lambda w=w, rows=rows: triton_embedding.embed_slice(w, rows, rows[:, 0], 7,
+                                                                                                 pdl=pdl))
     for name, hq, hkv, d, hidden in (("7b", 32, 32, 128, 4096), ("8b", 32, 8, 128, 4096), ("68m", 12, 12, 64, 768)):
         w = torch.empty((hq + 2 * hkv) * d, hidden, dtype=bf16)
         nw = torch.empty(hidden, dtype=bf16)
@@ -161,6 +199,22 @@ def cases(only: set[str] | None, pdl: bool = False):
             else:
                 add("linear", f"qkv+rope-{name} T={t}", lambda x=x, w=w, spec=spec: triton_linear.fused_linear(
                     x, w, rope=spec, **pf))
+    for name, hq, hkv, d, hidden in (("8b", 32, 8, 128, 4096), ("68m", 12, 12, 64, 768)):  # a batch of 4 sequences
+        w = torch.empty((hq + 2 * hkv) * d, hidden, dtype=bf16)
+        nw = torch.empty(hidden, dtype=bf16)
+        cache = torch.empty(4, hkv, 300, d, dtype=bf16)
+        starts = torch.zeros(4, dtype=torch.int64)
+        for t in (1, 4, 8):
+            x = torch.empty(4, t, hidden, dtype=bf16)
+            for kind, positions in (("start", starts), ("table", torch.zeros(4, t, dtype=torch.int64))):
+                spec = RopeStore(positions=positions, from_start=kind == "start", inv_freq=torch.empty(d // 2),
+                                 scale=1.0, k_cache=cache, v_cache=cache, slot=starts, num_heads=hq, num_kv_heads=hkv,
+                                 head_dim=d)
+                add("linear", f"qkv+rope-{name} B=4 T={t} {kind}", lambda x=x, w=w, spec=spec: (
+                    triton_linear.fused_linear(x, w, rope=spec, **pf)))
+            pre = PreNormed(h=x, scaled=x, sq=torch.empty(64, 4 * t))
+            add("linear", f"qkv+rope-{name} B=4 T={t} row scale", lambda pre=pre, w=w, spec=spec: (
+                triton_linear.fused_linear(pre, w, eps=1e-5, rope=spec, **pf)))
     for name, (n, kdim) in {"qkv-8b": (6144, 4096), "o-8b": (4096, 4096), "down-8b": (4096, 14336),
                             "lm_head-8b": (128256, 4096), "qkv-68m": (2304, 768), "lm_head-68m": (32000, 768)}.items():
         w = torch.empty(n, kdim, dtype=bf16)
@@ -217,7 +271,8 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--pdl", action="store_true", help="compile the kernels as a captured graph launches them with "
                     "programmatic dependent launch (the policy's default on sm90+)")
-    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,norm,embedding,verify,streaming,allreduce")
+    ap.add_argument("--only", default=None, help="comma-separated groups: top_p,attention,linear,norm,embedding,verify,"
+                    "streaming,rotary,allreduce")
     args = ap.parse_args()
     label = [""]
     install(GPUTarget("cuda", args.arch, 32), label)

@@ -468,3 +468,148 @@ def test_race_kernel_sampling_matches_probs():
     assert counts[1] == 0
     assert chi2_pvalue({i: c for i, c in enumerate(counts) if c}, {i: float(v) for i, v in enumerate(probs) if v > 0},
                        3000) > P_MIN
+
+
+# -- batches: B sequences verified / sampled at once ------------------------------------------------
+
+def batch_case(seed: int, k: int = 2, vocab: int = 4, batch: int = 2):
+    """B rows of one shape, each its own random (q, p) with proposals likely to be rejected (for
+    seeds 0 and 1 every row's biased law is far from its exact one: total variation 0.29 to 0.84)."""
+    rng = np.random.default_rng(seed)
+    q = np.stack([normalise(rng.dirichlet(np.ones(vocab) * 0.4, size=k)) for _ in range(batch)])
+    p = np.stack([normalise(rng.dirichlet(np.ones(vocab) * 0.4, size=k + 1)) for _ in range(batch)])
+    tokens = [[int(np.argmax(q[b, i] - p[b, i])) if (b + i) % 2 == 0
+               else int(rng.choice(vocab, p=q[b, i] / q[b, i].sum())) for i in range(k)] for b in range(batch)]
+    return tokens, q, p
+
+
+def run_verify_batch(tokens, q, p, n: int, seed: int, *, residual: bool = True, kernel: bool = False) -> list[dict]:
+    """Per-row outcome counts of n batched calls: verify_tensor (kernel=False), or verify_into with the
+    race kernel through Triton's interpreter, each row at its own base in its own buffer row."""
+    from triforce.sampling import verify_into, verify_tensor
+
+    gen = torch.Generator().manual_seed(seed)
+    t, qt, pt = torch.tensor(tokens), torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
+    B, k = t.shape
+    ctx = _race_kernels() if kernel else None
+    base = torch.arange(B) + 1  # sequence b's proposals start at column b + 1
+    buffer = torch.zeros(B, k + B + 3, dtype=torch.int64)
+    counts: list[dict] = [{} for _ in range(B)]
+    for _ in range(n):
+        if kernel:
+            for b in range(B):
+                buffer[b, 1 + b:1 + b + k] = t[b]
+            out = verify_into(t, qt, pt, gen, buffer, base, residual=residual, ctx=ctx).tolist()
+            for b in range(B):
+                assert buffer[b, 1 + b + out[b][0]] == out[b][1] and out[b][2:] == tokens[b]
+        else:
+            out = verify_tensor(t, qt, pt, gen, residual=residual).tolist()
+        for b, row in enumerate(out):
+            counts[b][(row[0], row[1])] = counts[b].get((row[0], row[1]), 0) + 1
+    return counts
+
+
+def check_rows_follow_the_law(tokens, q, p, counts: list[dict], n: int) -> None:
+    for b, row_counts in enumerate(counts):
+        expected = outcome_distribution(tokens[b], q[b], p[b])
+        assert chi2_pvalue(row_counts, expected, n) > P_MIN, (b, row_counts, expected)
+
+
+def check_bias_detected(tokens, q, p, counts: list[dict], n: int) -> None:
+    for b, row_counts in enumerate(counts):
+        assert chi2_pvalue(row_counts, outcome_distribution(tokens[b], q[b], p[b]), n) < 1e-6, b
+        assert chi2_pvalue(row_counts, outcome_distribution(tokens[b], q[b], p[b], residual=False), n) > P_MIN, b
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_verification_rows_each_follow_the_analytic_law(seed):
+    """verify_tensor over a batch of 2 (the CPU reference rule, vectorised over the rows): each row's
+    outcomes follow the exact law of its own (q, p, proposals), and the biased rule is caught in
+    every row."""
+    tokens, q, p = batch_case(seed)
+    n = 2000
+    check_rows_follow_the_law(tokens, q, p, run_verify_batch(tokens, q, p, n, seed), n)
+    check_bias_detected(tokens, q, p, run_verify_batch(tokens, q, p, 3000, seed + 7, residual=False), 3000)
+
+
+@pytest.mark.slow
+def test_batched_race_kernel_verification_rows_each_follow_the_analytic_law():
+    """The same for verify_into's race kernel over a batch of 2 (one launch per call, Triton's
+    interpreter): each row by the exact law, each token written at its own row's base; the biased
+    rule detected in every row."""
+    tokens, q, p = batch_case(1)
+    n = 1500
+    check_rows_follow_the_law(tokens, q, p, run_verify_batch(tokens, q, p, n, 3, kernel=True), n)
+    check_bias_detected(tokens, q, p, run_verify_batch(tokens, q, p, 1000, 4, residual=False, kernel=True), 1000)
+
+
+def test_batched_verify_into_draws_u_then_the_race_per_row():
+    """The draws of a batched verify_into: u (B, k), then the race's (B, V) exponentials, from the
+    generator in that order (the kernel path equals the torch rule on those draws); at B = 1 the
+    one-sequence draws of today (u (k,) then (V,))."""
+    from triforce.kernels.verify import race_verify_reference
+    from triforce.sampling import verify_into
+
+    ctx = _race_kernels()
+    g = torch.Generator().manual_seed(21)
+    B, k, V = 3, 4, 5000
+    q = torch.softmax(torch.randn(B, k, V, generator=g) * 3, -1)
+    p = torch.softmax(torch.randn(B, k + 1, V, generator=g) * 3, -1)
+    p[1, :k] = q[1]  # every proposal of row 1 accepted
+    tokens = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, k)
+    base = torch.tensor([0, 3, 1])
+    for seed in range(4):
+        buffer = torch.full((B, 12), -1, dtype=torch.int64)
+        out = verify_into(tokens, q, p, torch.Generator().manual_seed(seed), buffer, base, ctx=ctx)
+        draws = torch.Generator().manual_seed(seed)
+        u = torch.rand((B, k), generator=draws)
+        race = torch.empty(B, V).exponential_(generator=draws)
+        ref = race_verify_reference(tokens, q, p, u, race)
+        assert out.tolist() == ref.tolist() and ref[1, 0] == k
+        for b in range(B):
+            assert buffer[b, int(base[b]) + int(ref[b, 0])] == ref[b, 1]
+        # the reference path (no kernels) writes the same places
+        buffer2 = torch.full((B, 12), -1, dtype=torch.int64)
+        verdict = verify_into(tokens, q, p, torch.Generator().manual_seed(seed), buffer2, base)
+        assert verdict.shape == (B, 2 + k) and verdict[:, 2:].tolist() == tokens.tolist()
+        for b in range(B):
+            assert buffer2[b, int(base[b]) + int(verdict[b, 0])] == verdict[b, 1]
+        # one sequence: today's draws, u (k,) then (V,)
+        one = verify_into(tokens[0], q[0], p[0], torch.Generator().manual_seed(seed), buffer[0].clone(), 2, ctx=ctx)
+        draws = torch.Generator().manual_seed(seed)
+        u1 = torch.rand(k, generator=draws)
+        assert one.tolist() == race_verify_reference(tokens[0], q[0], p[0], u1,
+                                                     torch.empty(V).exponential_(generator=draws)).tolist()
+
+
+def test_batched_verify_tensor_of_one_row_draws_as_the_one_sequence_call():
+    from triforce.sampling import verify_tensor
+
+    g = torch.Generator().manual_seed(22)
+    q = torch.softmax(torch.randn(3, 7, generator=g), -1)
+    p = torch.softmax(torch.randn(4, 7, generator=g), -1)
+    tokens = torch.tensor([1, 5, 2])
+    for seed in range(20):
+        one = verify_tensor(tokens, q, p, torch.Generator().manual_seed(seed))
+        batch = verify_tensor(tokens[None], q[None], p[None], torch.Generator().manual_seed(seed))
+        assert batch.shape == (1, 2) and batch[0].tolist() == one.tolist()
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_sample_into_a_batch_writes_each_row(kernel):
+    """sample_into over (B, V): row b's token at out_tokens[b, index] or index_from[b] + index; the
+    kernel path is the race on the (B, V) draws, the reference torch.multinomial's rows."""
+    from triforce.kernels.verify import race_sample_reference
+    from triforce.sampling import sample, sample_into
+
+    ctx = _race_kernels() if kernel else None
+    probs = torch.softmax(torch.randn(3, 6000, generator=torch.Generator().manual_seed(23)) * 3, -1)
+    for index_from in (None, torch.tensor([2, 0, 5])):
+        buffer = torch.full((3, 10), -1, dtype=torch.int64)
+        sample_into(probs, torch.Generator().manual_seed(1), buffer, 3, index_from=index_from, ctx=ctx)
+        draws = torch.Generator().manual_seed(1)
+        expected = (race_sample_reference(probs, torch.empty(3, 6000).exponential_(generator=draws)) if kernel
+                    else sample(probs, draws))
+        for b in range(3):
+            at = 3 + (0 if index_from is None else int(index_from[b]))
+            assert buffer[b, at] == expected[b] and (buffer[b] >= 0).sum() == 1

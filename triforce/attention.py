@@ -26,7 +26,7 @@ from triforce.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class DeviceLength:
-    kv_len: torch.Tensor  # 0-d or (1,) integer tensor on the cache's device
+    kv_len: torch.Tensor  # 0-d / (1,) integer tensor on the cache's device, or (B,): one length per sequence
     offset: int = 0  # added to kv_len (by the kernel: no launch of its own)
 
 

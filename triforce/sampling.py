@@ -80,38 +80,55 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 
-def _race_draws(generator: torch.Generator | None, device: torch.device, vocab: int) -> torch.Tensor:
-    """Exp(1) draws for an exponential race over `vocab` tokens, as `sample` draws them on a GPU."""
-    return torch.empty(vocab, dtype=torch.float32, device=device).exponential_(generator=generator)
+def _race_draws(generator: torch.Generator | None, device: torch.device,
+                shape: int | tuple[int, ...]) -> torch.Tensor:
+    """Exp(1) draws for an exponential race over `shape` ((V,) or one row per sequence, (B, V)),
+    as `sample` draws them on a GPU."""
+    return torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
 
 
 def sample_into(probs: torch.Tensor, generator: torch.Generator | None, out_tokens: torch.Tensor, index: int, *,
-                ctx: KernelContext | None = None) -> None:
-    """out_tokens[index] = a token drawn from probs (V,), on the device (no synchronisation)."""
-    from triforce.kernels.verify import race_sample, race_usable
+                index_from: torch.Tensor | None = None, ctx: KernelContext | None = None) -> None:
+    """out_tokens[index] = a token drawn from probs (V,), on the device (no synchronisation). A
+    batch: probs (B, V), out_tokens (B, N), out_tokens[b, index] = row b's token, or at
+    index_from[b] + index with index_from a (B,) int64 device tensor (each sequence's own place)."""
+    from triforce.kernels.verify import race_sample, race_usable, write_tokens
 
-    if probs.dim() == 1 and ctx is not None and ctx.on(probs) and race_usable(probs, use_triton=True):
-        race_sample(probs, _race_draws(generator, probs.device, probs.shape[-1]), out_tokens=out_tokens, index=index,
-                    use_triton=True, workspace=ctx.workspace)
-    else:
+    if probs.dim() in (1, 2) and ctx is not None and ctx.on(probs) and race_usable(probs, use_triton=True):
+        race_sample(probs, _race_draws(generator, probs.device, tuple(probs.shape)), out_tokens=out_tokens,
+                    index=index, index_from=index_from, use_triton=True, workspace=ctx.workspace)
+    elif probs.dim() == 1 and index_from is None:
         out_tokens[index] = sample(probs, generator)
+    else:
+        write_tokens(out_tokens, sample(probs, generator), index, index_from)
 
 
 def verify_into(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
-                out_tokens: torch.Tensor, base: int, *, residual: bool = True,
+                out_tokens: torch.Tensor, base: int | torch.Tensor, *, residual: bool = True,
                 ctx: KernelContext | None = None) -> torch.Tensor:
     """`verify_tensor`, with the emitted token also written to out_tokens[base + num_accepted] on the
-    device. Returns the int64 device tensor [num_accepted, next_token, *tokens] (one read-back)."""
-    from triforce.kernels.verify import MAX_PROPOSALS, race_usable, race_verify
+    device. Returns the int64 device tensor [num_accepted, next_token, *tokens] (one read-back).
 
-    k = tokens.shape[0]
+    A batch of B sequences: tokens (B, k), q (B, k, V), p (B, k + 1, V), out_tokens (B, N), base an
+    int (every sequence) or a (B,) int64 device tensor (each sequence's own); writes
+    out_tokens[b, base_b + n_b] = next_b and returns (B, 2 + k). The draws: u (B, k), then the
+    race's (B, V) exponentials (for one sequence u (k,) then (V,), as always)."""
+    from triforce.kernels.verify import MAX_PROPOSALS, race_usable, race_verify, write_tokens
+
+    k = tokens.shape[-1]
+    base_from = base if isinstance(base, torch.Tensor) else None
+    offset = 0 if base_from is not None else base
     if k <= MAX_PROPOSALS and ctx is not None and ctx.on(p) and race_usable(p, q, tokens, use_triton=True):
-        u = torch.rand(k, generator=generator, device=p.device)  # the draws verify_tensor makes, in its order
-        return race_verify(tokens, q, p, u, _race_draws(generator, p.device, p.shape[-1]), residual=residual,
-                           out_tokens=out_tokens, base=base, use_triton=True, workspace=ctx.workspace)
+        u = torch.rand(tuple(tokens.shape), generator=generator, device=p.device)  # verify_tensor's draws, in its order
+        race = _race_draws(generator, p.device, (*tokens.shape[:-1], p.shape[-1]))
+        return race_verify(tokens, q, p, u, race, residual=residual, out_tokens=out_tokens, base=offset,
+                           base_from=base_from, use_triton=True, workspace=ctx.workspace)
     verdict = verify_tensor(tokens, q, p, generator, residual=residual)
-    out_tokens[base + verdict[0]] = verdict[1]
-    return torch.cat([verdict, tokens.to(torch.int64)])
+    if tokens.dim() == 1 and base_from is None:
+        out_tokens[base + verdict[0]] = verdict[1]
+    else:
+        write_tokens(out_tokens, verdict[..., 1], offset + verdict[..., 0], base_from)
+    return torch.cat([verdict, tokens.to(torch.int64)], -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +148,11 @@ def verify_tensor(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     norm(max(0, p_k - 0)) is p_k itself.
     residual=False replaces the residual by a plain sample of p_i — the biased rule of the
     published reference implementation's middle level, kept only so tests can show it fails.
+    A batch of B sequences (tokens (B, k), q (B, k, V), p (B, k + 1, V)): the same rule on every
+    row, vectorised, returning (B, 2); it draws u (B, k), then one sample per row.
     """
+    if tokens.dim() == 2:
+        return _verify_batch(tokens, q, p, generator, residual=residual)
     k = tokens.shape[0]
     idx = torch.arange(k, device=tokens.device)
     p_tok, q_tok = p[idx, tokens], q[idx, tokens]
@@ -149,6 +170,29 @@ def verify_tensor(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     else:
         dist = p_n
     return torch.cat([n.to(torch.int64), sample(dist, generator).reshape(1).to(torch.int64)])
+
+
+def _verify_batch(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None, *,
+                  residual: bool) -> torch.Tensor:
+    """verify_tensor's rule on each row of a batch, in the same ops with a leading B (row b's
+    outcome is exactly what the one-sequence call would decide on row b's draws)."""
+    B, k = tokens.shape
+    V = p.shape[-1]
+    at_token = tokens.to(torch.int64)[..., None]
+    p_tok, q_tok = p[:, :k].gather(2, at_token)[..., 0], q.gather(2, at_token)[..., 0]
+    u = torch.rand((B, k), generator=generator, device=p.device)
+    accepted = (u * q_tok < p_tok).int()
+    n = accepted.cumprod(1).sum(1)  # (B,): each row's first rejection, or k
+    at_n = n.reshape(B, 1, 1).expand(B, 1, V)
+    p_n = p.gather(1, at_n)[:, 0]
+    if residual:
+        q_n = torch.cat([q, q.new_zeros(B, 1, V)], 1).gather(1, at_n)[:, 0]
+        dist = torch.clamp(p_n - q_n, min=0.0)
+        total = dist.sum(-1, keepdim=True)
+        dist = torch.where(total > 0, dist / total.clamp_min(torch.finfo(dist.dtype).tiny), p_n)
+    else:
+        dist = p_n
+    return torch.stack([n.to(torch.int64), sample(dist, generator).to(torch.int64)], 1)
 
 
 def verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,

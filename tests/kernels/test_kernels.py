@@ -538,3 +538,292 @@ def test_streaming_window_shift_matches_reference(start, end, n, dtype):
     torch.testing.assert_close(outs[0][1], outs[1][1], atol=0, rtol=0)
     assert torch.equal(outs[0][0][:, :, :, end - n:], k[:, :, :, end - n:])  # slots past the new end untouched
     assert torch.equal(outs[0][0][:, :, :, :start], k[:, :, :, :start])  # the sink too
+
+
+# -- batches: B sequences at once, each with its own starts and lengths ----------------------------
+# Every decode kernel takes a batch with per-sequence device values (kernels/*.py): each is
+# compared with its reference for B = 1 (a one-element start tensor) and B = 3 (different starts),
+# and the batched reference with B one-sequence calls, row by row.
+
+BATCHES = [1, 3]
+
+
+def _starts(batch: int, *values: int) -> torch.Tensor:
+    return torch.tensor(values[:batch], device=DEVICE)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_embedding_of_a_batch_reads_each_sequence_at_its_start(batch):
+    from triforce.kernels.embedding import TokenSlice, embed, embed_reference
+
+    g = torch.Generator().manual_seed(15)
+    weight = torch.randn(50, 80, generator=g).to(DEVICE)
+    buffer = torch.randint(0, 50, (batch, 30), generator=g).to(DEVICE)
+    tokens = TokenSlice(buffer, _starts(batch, 11, 0, 26), 4)
+    assert tokens.shape == (batch, 4) and tokens.ids().shape == (batch, 4)
+    out = embed(weight, tokens, use_triton=True)
+    expected = torch.stack([weight[buffer[b, s:s + 4]] for b, s in enumerate((11, 0, 26)[:batch])])
+    assert out.shape == (batch, 4, 80)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    torch.testing.assert_close(embed_reference(weight, tokens), expected, atol=0, rtol=0)
+
+
+def _rope(hq: int, hkv: int, D: int):
+    cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
+                      num_kv_heads=hkv, head_dim=D, max_position_embeddings=4096,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
+    return RotaryEmbedding(cfg).to(DEVICE)
+
+
+def _batch_positions(kind: str, batch: int, T: int):
+    """(positions as the kernels take them, the same as a (B, T) tensor)."""
+    from triforce.models.rope import DevicePositions
+
+    starts = _starts(batch, 2000, 7, 513)
+    table = starts[:, None] + torch.arange(T, device=DEVICE)
+    if kind == "start":
+        return DevicePositions(starts, T), table
+    if kind == "shared":  # one row of positions for every sequence
+        return table[0], table[:1].expand(batch, T)
+    return table, table
+
+
+def _untouched(cache: torch.Tensor, slots, T: int, fill: float = 7.0) -> None:
+    """Row b's cache holds new values at slots[b] .. slots[b] + T and the fill everywhere else."""
+    S = cache.shape[2]
+    for b, slot in enumerate(slots):
+        keep = torch.ones(S, dtype=torch.bool)
+        keep[slot:slot + T] = False
+        assert (cache[b][:, keep] == fill).all() and not (cache[b][:, ~keep] == fill).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("positions", ["start", "table", "shared"])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_rope_store_of_a_batch_matches_reference(batch, positions, dtype):
+    hq, hkv, T, D, S = 4, 2, 3, 64, 40
+    slots = (17, 0, 30)[:batch]
+    rotary = _rope(hq, hkv, D)
+    pos, table = _batch_positions(positions, batch, T)
+    qkv = torch.randn(batch, T, (hq + 2 * hkv) * D, generator=torch.Generator().manual_seed(16)).to(DEVICE, dtype)
+
+    def run(fn, rope, rows=slice(None), slot=None, **kw):
+        buf = qkv[rows].clone()
+        q, k, v = (t.view(buf.shape[0], T, -1, D).transpose(1, 2) for t in buf.split([hq * D, hkv * D, hkv * D], -1))
+        kc = torch.full((buf.shape[0], hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        vc = kc.clone()
+        fn(q, k, v, rope, kc, vc, _starts(batch, *slots) if slot is None else slot, **kw)
+        return q, kc, vc
+
+    out = run(rope_store, rotary.at(pos, dtype), use_triton=True)
+    ref = run(rope_store_reference, rotary.at(pos, dtype))
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, atol=tol, rtol=tol)
+    _untouched(out[1], slots, T)
+    _untouched(out[2], slots, T)
+    for b in range(batch):  # the batched reference is B one-sequence calls
+        one = run(rope_store_reference, rotary.at(table[b], dtype), slice(b, b + 1), torch.tensor(slots[b]))
+        for o, r in zip(ref, one):
+            torch.testing.assert_close(o[b:b + 1], r, atol=0, rtol=0)
+
+
+QKV_BATCH_CASES = [  # (batch, tokens, q heads, kv heads, head dim, positions, bias, input)
+    (1, 3, 4, 2, 64, "start", False, "x"),  # one sequence with a one-element start tensor
+    (3, 1, 4, 2, 64, "start", False, "x"),  # three one-token steps: 3 rows of the product
+    (3, 3, 8, 2, 32, "table", True, "x"),
+    (3, 2, 2, 1, 128, "start", False, "prenormed"),  # two programs per head; the norm's row scale in the epilogue
+    (3, 7, 4, 4, 32, "shared", False, "x"),  # 21 rows
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", QKV_BATCH_CASES, ids=lambda c: "b{}-t{}-hq{}-hkv{}-d{}-{}-bias{}-{}".format(*c))
+def test_qkv_projection_of_a_batch_matches_reference(case, dtype):
+    """The q/k/v product's rotary + cache-write epilogue over B sequences: row r of the product is
+    token r % T of sequence r // T, at its sequence's positions and slots, in its cache row."""
+    from triforce.kernels.linear import linear_add_norm, qkv_rope_store
+
+    batch, T, hq, hkv, D, positions, with_bias, given = case
+    hidden, S = 96, 40
+    slots = (17, 0, 30)[:batch]
+    rotary = _rope(hq, hkv, D)
+    pos, _ = _batch_positions(positions, batch, T)
+    g = torch.Generator().manual_seed(batch * 100 + T)
+    n = (hq + 2 * hkv) * D
+    x = torch.randn(batch, T, hidden, generator=g).to(DEVICE, dtype)
+    r = torch.randn(batch, T, hidden, generator=g).to(DEVICE, dtype)
+    nw = (1 + 0.1 * torch.randn(hidden, generator=g)).to(DEVICE, dtype)
+    w = (torch.randn(n, hidden, generator=g) / hidden ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(n, generator=g).to(DEVICE, dtype) if with_bias else None
+    if given == "prenormed":  # as the decode plan hands it from the previous layer's down_proj
+        wp = (torch.randn(hidden, 64, generator=g) / 8).to(DEVICE, dtype)
+        x = linear_add_norm(torch.randn(batch, T, 64, generator=g).to(DEVICE, dtype), wp, None, r, nw, kernels_ctx())
+        r = None
+    outs = []
+    for use_triton in (True, False):
+        kc = torch.full((batch, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        vc = torch.full((batch, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
+        q, h = qkv_rope_store(x, r, nw, 1e-5, w, b, rotary.at(pos, dtype), kc, vc, _starts(batch, *slots), hq, hkv,
+                              D, ctx=kernels_ctx() if use_triton else None)
+        assert q.shape == (batch, hq, T, D)
+        outs.append((q, kc, vc, h))
+    tol = 1e-5 if dtype == torch.float32 else 3e-3
+    for out, ref in zip(outs[0][:3], outs[1][:3]):
+        assert rel_err(out, ref) < tol
+    torch.testing.assert_close(outs[0][3], outs[1][3], atol=0, rtol=0)  # h = x + r, rounded as torch
+    _untouched(outs[0][1], slots, T)
+    _untouched(outs[0][2], slots, T)
+
+
+# (batch, q heads, kv heads, new tokens, head dim, capacity, per-sequence kv_len, splits)
+ATTENTION_BATCH_CASES = [
+    (3, 8, 2, 3, 32, 200, (37, 200, 3), 4),  # one sequence only its new block, one full
+    (3, 4, 4, 1, 64, 130, (130, 1, 64), 1),  # one slice: the output written directly
+    (1, 8, 2, 2, 32, 150, (99,), 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ATTENTION_BATCH_CASES,
+                         ids=lambda c: "b{}-hq{}-hkv{}-t{}-d{}-s{}-len{}-sp{}".format(*c))
+def test_decode_attention_of_a_batch_sees_each_sequence_to_its_length(case, dtype):
+    B, Hq, Hkv, T, D, S, lengths, splits = case
+    g = torch.Generator().manual_seed(sum(lengths))
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    for b, n in enumerate(lengths):  # slots past a sequence's own length are never read
+        k[b, :, n:] = float("nan")
+        v[b, :, n:] = float("nan")
+    length = torch.tensor(lengths, device=DEVICE)
+    out = attention(q, k, v, length, D ** -0.5, splits)
+    ref = decode_attention_reference(q.double(), k.double().nan_to_num(), v.double().nan_to_num(), length, D ** -0.5)
+    assert out.shape == (B, T, Hq, D) and torch.isfinite(out).all()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    offset = attention(q, k, v, length - T, D ** -0.5, splits, kv_offset=T)  # the captured path's form
+    torch.testing.assert_close(offset, out, atol=0, rtol=0)
+    for b, n in enumerate(lengths):  # the batched reference is B one-sequence calls
+        one = decode_attention_reference(q[b:b + 1].double(), k[b:b + 1].double().nan_to_num(),
+                                         v[b:b + 1].double().nan_to_num(), torch.tensor([n]), D ** -0.5)
+        torch.testing.assert_close(ref[b:b + 1], one, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("use_triton", [True, False])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_race_sample_of_a_batch_writes_each_row_at_its_slot(batch, use_triton):
+    from triforce.kernels.verify import race_sample, race_sample_reference
+    from triforce.kernels.workspace import Workspace
+
+    g = torch.Generator().manual_seed(17)
+    workspace = Workspace(DEVICE)
+    for vocab in (5, 9000):
+        probs = torch.softmax(torch.randn(batch, vocab, generator=g) * 2, -1).to(DEVICE)
+        race = torch.empty(batch, vocab).exponential_(generator=g).to(DEVICE)
+        expected = race_sample_reference(probs, race)
+        assert expected.shape == (batch,)
+        for index_from in (None, _starts(batch, 4, 0, 7)):
+            buffer = torch.full((batch, 12), -1, dtype=torch.int64, device=DEVICE)
+            tokens = race_sample(probs, race, out_tokens=buffer, index=2, index_from=index_from,
+                                 use_triton=use_triton, workspace=workspace)
+            assert tokens.tolist() == expected.tolist()
+            want = torch.full((batch, 12), -1, dtype=torch.int64, device=DEVICE)
+            for b in range(batch):
+                want[b, 2 + (0 if index_from is None else int(index_from[b]))] = expected[b]
+            assert torch.equal(buffer, want)
+            assert not workspace.counters("race", 1).any()  # every row's counter is back at zero
+    ties = torch.zeros(batch, 9000, device=DEVICE)
+    for b in range(batch):  # three equal ratios in three chunks, a different set per row: the smallest wins
+        ties[b, [100 + b, 4500, 8000 - b]] = 1 / 3
+    assert race_sample(ties, torch.ones(batch, 9000, device=DEVICE), use_triton=use_triton).tolist() == [
+        100 + b for b in range(batch)]
+
+
+def _verify_batch_case(batch: int, k: int, vocab: int, seed: int):
+    """Rows of different kinds in one batch: random; every proposal accepted (the bonus row); p = q
+    with u = 1 (rejected, an empty residual: drawn from p_n itself)."""
+    rows = [_verify_case(k, vocab, seed + b) for b in range(batch)]
+    tokens, q, p, u, race = (torch.stack(x) for x in zip(*rows))
+    if batch > 1:
+        u[1] = 0.0
+    if batch > 2:
+        p[2, :k] = q[2]
+        u[2] = 1.0
+    return tokens, q, p, u, race
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("k,vocab", [(3, 50), (6, 10000)])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_race_verify_of_a_batch_matches_reference(batch, k, vocab, residual):
+    from triforce.kernels.verify import race_verify, race_verify_reference
+    from triforce.kernels.workspace import Workspace
+
+    workspace = Workspace(DEVICE)
+    for seed in (0, 10):
+        tokens, q, p, u, race = (t.to(DEVICE) for t in _verify_batch_case(batch, k, vocab, seed))
+        ref = race_verify_reference(tokens, q, p, u, race, residual=residual)
+        assert ref.shape == (batch, 2 + k)
+        for b in range(batch):  # the batched reference is B one-sequence calls
+            assert ref[b].tolist() == race_verify_reference(tokens[b], q[b], p[b], u[b], race[b],
+                                                            residual=residual).tolist()
+        if batch > 2:
+            assert ref[1, 0] == k and ref[2, 0] == 0
+        # the proposals as the engine keeps them: a view of each sequence's row of the token buffer
+        buffer = torch.full((batch, k + 10), -1, dtype=torch.int64, device=DEVICE)
+        buffer[:, 2:2 + k] = tokens
+        out = race_verify(buffer[:, 2:2 + k], q, p, u, race, residual=residual, out_tokens=buffer, base=2,
+                          use_triton=True, workspace=workspace)
+        assert out.tolist() == ref.tolist()
+        for b in range(batch):
+            n = int(ref[b, 0])
+            assert buffer[b, 2 + n] == ref[b, 1] and buffer[b, 2:2 + n].tolist() == tokens[b, :n].tolist()
+        # each sequence at its own base: a device tensor (+ a constant)
+        base_from = _starts(batch, 0, 5, 2)
+        for use_triton in (True, False):
+            buffer = torch.full((batch, k + 10), -1, dtype=torch.int64, device=DEVICE)
+            out = race_verify(tokens, q, p, u, race, residual=residual, out_tokens=buffer, base=1, base_from=base_from,
+                              use_triton=use_triton, workspace=workspace)
+            assert out.tolist() == ref.tolist()
+            want = torch.full((batch, k + 10), -1, dtype=torch.int64, device=DEVICE)
+            for b in range(batch):
+                want[b, 1 + int(base_from[b]) + int(ref[b, 0])] = ref[b, 1]
+            assert torch.equal(buffer, want)
+        assert not workspace.counters("race", 1).any()
+
+
+@pytest.mark.parametrize("per_sequence", ["lists", "tensors", "int end"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_streaming_window_shift_per_sequence_matches_reference(dtype, per_sequence):
+    """Each sequence of a batch evicts its own count from its own end (n_b = 0: it keeps its slots),
+    in one launch; the batched reference is one call per sequence."""
+    from triforce.kernels.streaming import shift_window, shift_window_reference
+
+    start, S = 4, 120
+    ends, ns = [120, 100, 40], [1, 0, 33]
+    if per_sequence == "int end":
+        ends = 100
+    elif per_sequence == "tensors":
+        ends, ns = torch.tensor(ends, device=DEVICE), torch.tensor(ns, device=DEVICE)
+    rope = _rope(4, 2, 64)
+    g = torch.Generator().manual_seed(18)
+    k = torch.randn(2, 3, 2, S, 64, generator=g).to(DEVICE, dtype)
+    v = torch.randn(2, 3, 2, S, 64, generator=g).to(DEVICE, dtype)
+    kk, vv = k.clone(), v.clone()
+    shift_window(kk, vv, start, ends, ns, rope, use_triton=True)
+    rk, rv = k.clone(), v.clone()
+    shift_window_reference(rk, rv, start, ends, ns, rope)
+    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(kk, rk, atol=tol, rtol=tol)
+    torch.testing.assert_close(vv, rv, atol=0, rtol=0)
+    host_ends = ends.tolist() if isinstance(ends, torch.Tensor) else [ends] * 3 if isinstance(ends, int) else ends
+    host_ns = ns.tolist() if isinstance(ns, torch.Tensor) else ns
+    for b, (end, n) in enumerate(zip(host_ends, host_ns)):
+        one_k, one_v = k[:, b:b + 1].clone(), v[:, b:b + 1].clone()
+        if n:
+            shift_window_reference(one_k, one_v, start, end, n, rope)
+        torch.testing.assert_close(rk[:, b:b + 1], one_k, atol=0, rtol=0)
+        torch.testing.assert_close(rv[:, b:b + 1], one_v, atol=0, rtol=0)
+        assert torch.equal(kk[:, b, :, end - n:], k[:, b, :, end - n:])  # past the new end: untouched
+        assert torch.equal(kk[:, b, :, :start], k[:, b, :, :start])  # the sink too
+    assert torch.equal(kk[:, 1], k[:, 1]) and torch.equal(vv[:, 1], v[:, 1])  # n = 0: bit for bit as it was

@@ -122,6 +122,29 @@ def test_attention_tiles_and_slices_are_the_h100s_best():
     assert two < one  # 64/2 (8 slices) beat 64/1 (4 slices) over the whole level
 
 
+def test_attention_slices_of_a_batch_keep_one_wave():
+    """A batch of B sequences has B x Hkv (sequence, KV head) pairs: the slices per pair shrink so
+    the programs still fill the GPU once (at most one wave; at least half of one unless the slice
+    cap or the cache's length binds), one slice once the pairs alone fill it."""
+    for props in (H100, H200):
+        policy = policy_for(props)
+        for kv_heads, t in ((8, 1), (8, 17), (32, 1), (12, 1)):
+            rows = 32 // kv_heads * t if kv_heads < 32 else t
+            before = None
+            for batch in (1, 2, 3, 4, 8, 16, 64):
+                a = policy.attention_launch(batch=batch, kv_heads=kv_heads, rows=rows, head_dim=128,
+                                            capacity=32768 + 64)
+                wave = props.sm_count * (policy.attention_programs_per_sm if a.block_m <= 64 else 1)
+                pairs = batch * kv_heads
+                if pairs >= wave:
+                    assert a.splits == 1, (props.name, kv_heads, batch)
+                else:
+                    assert pairs * a.splits <= wave
+                    assert 2 * pairs * a.splits > wave or a.splits == policy.attention_max_slices
+                assert before is None or a.splits <= before  # more sequences, never more slices each
+                before = a.splits
+
+
 def h200_levels() -> dict[str, dict[str, float]]:
     """{'<context> <variant>': {'autoregressive 1': ratio, ...}} from the H200 whole-level sweep."""
     out = {}

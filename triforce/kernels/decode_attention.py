@@ -2,8 +2,10 @@
 
 The new block's keys are already written at the end of the valid cache prefix, so the queries
 attend to keys [0, kv_len): query t (of T) sees keys up to kv_len - T + t (causal inside the
-block). kv_len = a device scalar + a constant offset (the captured path passes the slot where the
+block). kv_len = a device value + a constant offset (the captured path passes the slot where the
 block starts and T, so no kernel adds them), so the same launch serves every step of a graph.
+A batch of B sequences has one length per sequence, kv_len (B,) (or one element for every row):
+sequence b's queries see keys [0, kv_len[b] + kv_offset) of its own cache row.
 
 Why a kernel of our own: with batch 1, a prefill-class kernel parallelises over query blocks and
 heads only (32 programs for a 7B model) and cannot fill the GPU, and the masked path of SDPA is
@@ -31,12 +33,17 @@ MAX_QUERY_ROWS = 128  # group size x new tokens handled by one program (e.g. 4 x
 
 def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,
                                scale: float, *, kv_offset: int = 0) -> torch.Tensor:
-    """The same function with SDPA and a mask built from the device length (static shapes, so it
-    is also graph-capturable): the CPU path of the static executor and the kernel's reference."""
+    """The same function with SDPA and a mask built from the device lengths (static shapes, so it
+    is also graph-capturable): the CPU path of the static executor and the kernel's reference.
+    kv_len: one element (every sequence) or (B,), one per sequence."""
     T, S = q.shape[2], k.shape[2]
     key_pos = torch.arange(S, device=q.device)
-    query_pos = kv_len.reshape(()).to(torch.int64) + (kv_offset - T) + torch.arange(T, device=q.device)
-    mask = key_pos[None, :] <= query_pos[:, None]  # also excludes every slot >= kv_len
+    if kv_len.numel() == 1:
+        query_pos = kv_len.reshape(()).to(torch.int64) + (kv_offset - T) + torch.arange(T, device=q.device)
+        mask = key_pos[None, :] <= query_pos[:, None]  # also excludes every slot >= kv_len
+    else:  # each sequence's own mask: (B, 1, T, S), broadcast over the heads
+        query_pos = kv_len.reshape(-1, 1).to(torch.int64) + (kv_offset - T) + torch.arange(T, device=q.device)
+        mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return out.transpose(1, 2).contiguous()
 
@@ -45,11 +52,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: 
                      *, kv_offset: int = 0, ctx: KernelContext | None = None,
                      launch: AttentionLaunch | None = None) -> torch.Tensor:
     """Triton split-KV attention where the context's policy runs kernels, else the reference.
-    Returns (B, T, Hq, D). Keys [0, kv_len + kv_offset) are valid. launch: the policy's when None."""
+    Returns (B, T, Hq, D). Sequence b's keys [0, kv_len[b] + kv_offset) are valid (kv_len (B,), or
+    one element for every sequence). launch: the policy's when None."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
-    if ctx is None or not ctx.on(q) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256):
+    if (ctx is None or not ctx.on(q) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256)
+            or kv_len.numel() not in (1, B) or kv_len.dim() > 1):
         return decode_attention_reference(q, k, v, kv_len, scale, kv_offset=kv_offset)
     from triforce.kernels import triton_decode
 

@@ -146,16 +146,22 @@ def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, n
     rotated (rope: models.rope.Rope), k and v written to the cache slots slot.. slot + T. Returns
     (q as a (B, Hq, T, D) view, x + residual). On the kernel path the rotation and the cache write
     are the product's epilogue (no launch of their own); elsewhere norm_linear then kernels.rotary.
-    A PreNormed x brings its h (residual is then unused)."""
-    from triforce.kernels.rotary import positions_1d, rope_store
+    A PreNormed x brings its h (residual is then unused).
+
+    A batch: x (B, T, K) holds T new tokens of each of B sequences (the product's B * T rows);
+    positions (T,) / (B, T) or a DevicePositions with a start of one element or (B,); slot one
+    element or (B,): sequence b's keys go to slots slot[b] .. slot[b] + T of its cache row
+    (caches (B, Hkv, S, D), as kernels.rotary)."""
+    from triforce.kernels.rotary import batch_stride, kernel_positions, rope_store
 
     pre_normed = x if isinstance(x, PreNormed) else None
     if pre_normed is not None:  # the norm's row scale in this product's epilogue, where it takes the kernel path
         x, residual = x.h, None
     B, T, _ = x.shape
     q_cols = num_heads * head_dim
-    fuse = (B == 1 and _fused(x, weight, ctx) and (residual is None or residual.is_contiguous())
-            and head_dim % 16 == 0 and positions_1d(rope) and k_cache.is_contiguous() and v_cache.is_contiguous())
+    fuse = (_fused(x, weight, ctx) and (residual is None or residual.is_contiguous()) and head_dim % 16 == 0
+            and kernel_positions(rope, B, T) is not None and batch_stride(slot, B) is not None
+            and k_cache.is_contiguous() and v_cache.is_contiguous())
     if not fuse:
         qkv, h = norm_linear(pre_normed if pre_normed is not None else x, residual, norm_weight, eps, weight, bias,
                              ctx=ctx)

@@ -322,13 +322,15 @@ class KernelPolicy:
 
     def attention_launch(self, *, batch: int, kv_heads: int, rows: int, head_dim: int, capacity: int,
                          element_size: int = 2) -> AttentionLaunch:
-        """Key slices per KV head: one wave of programs, `attention_programs_per_sm` per SM where
-        the tile lets two fit (a 64-row tile on a Hopper SM; the 128-row tile's 8 warps take the
+        """Key slices per KV head: one wave of programs over the batch's `batch` x `kv_heads`
+        (sequence, KV head) pairs, `attention_programs_per_sm` per SM where the tile lets two fit (a 64-row tile on a Hopper SM; the 128-row tile's 8 warps take the
         register file), at most `attention_max_slices` per head, each at least four key blocks.
         Measured over whole captured levels at 32K (docs/data/tune_levels_h200.txt): on an H200 the
         8B shape (8 KV heads) is 5% faster with 32 slices than with 16 (autoregressive step 1.210
         -> 1.148 of its floor; 1.236 -> 1.070 at 120K), the 7B shape (32 KV heads, 8 slices) is the
-        same; the H100 measured 16 slices 0.7% faster for the 8B shape (its tuning file)."""
+        same; the H100 measured 16 slices 0.7% faster for the 8B shape (its tuning file). A batch
+        whose pairs alone fill the wave gets one slice (its programs then take more than one wave:
+        nothing splitting keys could change that)."""
         bm, warps, stages = self.attention_tile(rows, head_dim, element_size)
         per_sm = self.attention_programs_per_sm if self.device.hopper and bm <= 64 else 1
         most = max(1, min(self.attention_max_slices, capacity // (4 * ATTENTION_BLOCK_N)))

@@ -3,7 +3,13 @@
 Called once per layer by the static (graph) path: q is rotated in place, k is rotated straight
 into its cache slots and v copied beside it. The angles are computed in the kernel from the
 positions (the eager path's cos/sin tables cost eight small launches per forward), and the slots
-start at a device scalar, so a captured graph writes wherever the cache ends at replay time.
+start at a device value, so a captured graph writes wherever the cache ends at replay time.
+
+A batch of B sequences: q (B, Hq, T, D), k, v (B, Hkv, T, D), caches (B, Hkv, S, D). Each
+sequence has its own positions and its own first slot (ragged prompts, different accepted
+counts): positions (T,) (the same for every row) or (B, T), or `DevicePositions` with a start of
+one element or (B,); slot_start one element (every row) or (B,). Sequence b's T keys go to slots
+slot_start[b] .. slot_start[b] + T of its own cache row.
 """
 
 from __future__ import annotations
@@ -14,28 +20,58 @@ from triforce.kernels import kernels_usable
 from triforce.models.rope import DevicePositions, apply_rotary
 
 
-def positions_1d(rope) -> bool:
-    return isinstance(rope.positions, DevicePositions) or rope.positions.dim() == 1
+def batch_stride(t: torch.Tensor, batch: int) -> int | None:
+    """The stride between the per-sequence values of `t` (one element or (B,)): 0 for one value
+    shared by every row, None where it is neither (the caller then takes the reference path)."""
+    if t.numel() == 1:
+        return 0
+    return t.stride(0) if t.dim() == 1 and t.shape[0] == batch else None
+
+
+def kernel_positions(rope, batch: int, tokens: int) -> tuple[torch.Tensor, bool, int, int] | None:
+    """How a kernel reads the positions of `rope`: (tensor, from_start, batch stride, token stride),
+    or None where it cannot (the reference path then runs). from_start: `tensor` holds each
+    sequence's first position (DevicePositions), else each token's position."""
+    p = rope.positions
+    if isinstance(p, DevicePositions):
+        stride = batch_stride(p.start, batch)
+        return None if stride is None else (p.start, True, stride, 0)
+    if p.dim() == 1 and p.shape[0] == tokens:
+        return p, False, 0, p.stride(0)
+    if p.dim() == 2 and p.shape[1] == tokens and p.shape[0] in (1, batch):
+        return p, False, p.stride(0) if p.shape[0] > 1 else 0, p.stride(1)
+    return None
 
 
 def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
-    """q, k, v: (B, H, T, D) views; rope: models.rope.Rope of the T positions; caches
-    (B, Hkv, S, D); slot_start: device scalar. Rotates q in place, writes rotated k and v at slots
-    slot_start .. slot_start + T."""
+    """q, k, v: (B, H, T, D) views; rope: models.rope.Rope of the positions ((T,), (B, T), or a
+    DevicePositions); caches (B, Hkv, S, D); slot_start: a device value, or (B,) one per sequence.
+    Rotates q in place, writes rotated k and v at slots slot_start[b] .. slot_start[b] + T."""
     T = q.shape[2]
     cos, sin = rope.cos_sin
     q.copy_(apply_rotary(q, cos, sin))  # (cos_sin materialises DevicePositions)
-    slots = slot_start.reshape(()).to(torch.int64) + torch.arange(T, device=q.device)
-    k_cache.index_copy_(2, slots, apply_rotary(k, cos, sin))
-    v_cache.index_copy_(2, slots, v)
+    steps = torch.arange(T, device=q.device)
+    if slot_start.numel() == 1:  # every row's keys at the same slots
+        slots = slot_start.reshape(()).to(torch.int64) + steps
+        k_cache.index_copy_(2, slots, apply_rotary(k, cos, sin))
+        v_cache.index_copy_(2, slots, v)
+        return
+    # per-sequence slots: a scatter along the slot dimension, row by row (static shapes, no sync)
+    slots = slot_start.reshape(-1, 1, 1, 1).to(torch.int64) + steps[:, None]  # (B, 1, T, 1)
+    shape = (k.shape[0], k.shape[1], T, k.shape[3])
+    k_cache.scatter_(2, slots.expand(shape), apply_rotary(k, cos, sin).to(k_cache.dtype))
+    v_cache.scatter_(2, slots.expand(shape), v.to(v_cache.dtype))
 
 
 def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool | None = None,
                pdl: bool = False) -> None:
-    half = q.shape[-1] // 2
-    ok = (kernels_usable(q, use_triton) and half & (half - 1) == 0 and q.shape[0] == 1
-          and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1 and positions_1d(rope)
-          and k_cache.is_contiguous() and v_cache.is_contiguous())
+    """rope_store_reference, in one Triton kernel where it runs (any batch)."""
+    B, _, T, D = q.shape
+    half = D // 2
+    ok = (kernels_usable(q, use_triton) and half & (half - 1) == 0
+          and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+          and k_cache.is_contiguous() and v_cache.is_contiguous()
+          and kernel_positions(rope, B, T) is not None and batch_stride(slot_start, B) is not None)
     if not ok:
         return rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start)
     from triforce.kernels.triton_rotary import rope_store as triton_rope_store

@@ -51,8 +51,9 @@ def _finish(OUT, O_PART, L_PART, part, rows, row_ok, dims, b, h, T, GROUP, strid
 
 @triton.jit
 def _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N: tl.constexpr):
-    """(kv_len, start, end): this program's slice of the keys, in whole blocks, derived from the
-    live length so the work stays balanced as the cache grows."""
+    """(kv_len, start, end): this program's slice of its sequence's keys (KV_LEN points at that
+    sequence's length), in whole blocks, derived from the live length so the work stays balanced
+    as the cache grows."""
     kv_len = tl.load(KV_LEN).to(tl.int32) + kv_offset
     per_split = tl.cdiv(tl.cdiv(kv_len, BLOCK_N), num_splits)
     start = split * per_split * BLOCK_N
@@ -60,7 +61,7 @@ def _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
+def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
@@ -73,6 +74,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset,
     h = bh % NUM_KV_HEADS
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
+    KV_LEN += b * stride_lb  # this sequence's length (stride 0: one length for every sequence)
     if PREFETCH > 0:  # with PDL (contiguous keys): the slice's first keys and values into L2
         # the length read before the wait may be the previous step's: a prefetch is only a hint
         hint_len, hint_start, hint_end = _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N)
@@ -144,7 +146,8 @@ def _merge_kernel(O_PART, L_PART, OUT, stride_ob, stride_ot, stride_oh,
 def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offset: int = 0, pdl: bool = False,
                      prefetch: int = 0, interpreter: bool = False):
     """The split kernel and, with more than one slice, the merge; `launch` from the policy
-    (KernelPolicy.attention_launch); prefetch: bytes per program before the PDL wait."""
+    (KernelPolicy.attention_launch); prefetch: bytes per program before the PDL wait. kv_len: one
+    element, or (B,) one per sequence (program (b, head, slice) reads kv_len[b])."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -168,7 +171,7 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
     else:
         prefetch = 0
     _split_kernel[(B * Hkv, splits)](
-        q, k, v, kv_len, out, o_part, l_part, kv_offset,
+        q, k, v, kv_len, out, o_part, l_part, kv_offset, kv_len.stride(0) if kv_len.numel() > 1 else 0,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, splits, scale * 1.4426950408889634,

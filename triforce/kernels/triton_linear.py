@@ -31,18 +31,24 @@ def _load_input(X, R, rows, row_ok, ks, k_ok, stride_xm, stride_rm, PROLOGUE: tl
 
 @triton.jit
 def _rope_epilogue(y, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC, VC, SLOT, rope_scale,
-                   stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM: tl.constexpr, HALF_N: tl.constexpr,
-                   BLOCK_M: tl.constexpr, POS_FROM_START: tl.constexpr):
+                   stride_cb, stride_ch, stride_cs, stride_pb, stride_pt, stride_sb, tokens, NUM_Q_HEADS,
+                   NUM_KV_HEADS, HEAD_DIM: tl.constexpr, HALF_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   POS_FROM_START: tl.constexpr):
     """The q/k/v projection's rotary embedding and cache write (rotary.py's kernel, fused): this
     program's columns are dims j0.. j0+HALF_N and HEAD_DIM/2 + the same of one head, the rotary
-    pairs. q is written back rotated, k rotated to its cache slots, v to its own."""
+    pairs. q is written back rotated, k rotated to its cache slots, v to its own. Row r is token
+    r % tokens of sequence r // tokens (a batch of B sequences of `tokens` new tokens each): its
+    position and slot are its sequence's start + its token (or its own position), its cache row
+    its sequence's (strides 0 for one sequence, or one value shared by all)."""
     y = y.to(OUT.dtype.element_ty).to(tl.float32)  # the projection rounds to the model's dtype first
     x1, x2 = tl.split(tl.permute(tl.reshape(y, [BLOCK_M, 2, HALF_N]), [0, 2, 1]))
     d = j0 + tl.arange(0, HALF_N)
+    seq = rows // tokens
+    t = rows % tokens
     if POS_FROM_START:
-        pos = tl.load(POS) + rows
+        pos = tl.load(POS + seq * stride_pb, mask=row_ok, other=0) + t
     else:
-        pos = tl.load(POS + rows, mask=row_ok, other=0)
+        pos = tl.load(POS + seq * stride_pb + t * stride_pt, mask=row_ok, other=0)
     angle = pos.to(tl.float32)[:, None] * tl.load(INV_FREQ + d)[None, :]
     cos = (tl.cos(angle) * rope_scale).to(OUT.dtype.element_ty).to(tl.float32)
     sin = (tl.sin(angle) * rope_scale).to(OUT.dtype.element_ty).to(tl.float32)
@@ -52,13 +58,14 @@ def _rope_epilogue(y, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC,
         tl.store(base, (x1 * cos - x2 * sin).to(OUT.dtype.element_ty), mask=mask)
         tl.store(base + HEAD_DIM // 2, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
     else:
-        slot = tl.load(SLOT).to(tl.int64) + rows
+        slot = tl.load(SLOT + seq * stride_sb, mask=row_ok, other=0).to(tl.int64) + t
+        row = seq.to(tl.int64) * stride_cb + slot * stride_cs  # int64: B x Hkv x S x D may pass 2^31
         if head < NUM_Q_HEADS + NUM_KV_HEADS:
-            base = KC + (head - NUM_Q_HEADS) * stride_ch + slot[:, None] * stride_cs + d[None, :]
+            base = KC + (head - NUM_Q_HEADS) * stride_ch + row[:, None] + d[None, :]
             tl.store(base, (x1 * cos - x2 * sin).to(KC.dtype.element_ty), mask=mask)
             tl.store(base + HEAD_DIM // 2, (x2 * cos + x1 * sin).to(KC.dtype.element_ty), mask=mask)
         else:
-            base = VC + (head - NUM_Q_HEADS - NUM_KV_HEADS) * stride_ch + slot[:, None] * stride_cs + d[None, :]
+            base = VC + (head - NUM_Q_HEADS - NUM_KV_HEADS) * stride_ch + row[:, None] + d[None, :]
             tl.store(base, x1.to(VC.dtype.element_ty), mask=mask)
             tl.store(base + HEAD_DIM // 2, x2.to(VC.dtype.element_ty), mask=mask)
 
@@ -115,7 +122,8 @@ def _norm_out_epilogue(y, rows, row_ok, cols, col_ok, pid, M, res, H, N, nw, OUT
 
 @triton.jit
 def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn, stride_om, eps,
-                   POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS,
+                   POS, INV_FREQ, KC, VC, SLOT, rope_scale, stride_cb, stride_ch, stride_cs, stride_pb, stride_pt,
+                   stride_sb, tokens, NUM_Q_HEADS, NUM_KV_HEADS,
                    WS, COUNTERS, gate_cols, SQ, sq_tiles,
                    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DESIGN: tl.constexpr,
@@ -210,8 +218,8 @@ def _linear_kernel(X, R, NW, W, B, OUT, H, M, N, stride_xm, stride_rm, stride_wn
         _gated_epilogue(acc, rows, row_ok, j0, gate_cols, OUT, stride_om, BLOCK_M, BLOCK_N // 2)
     elif ROPE:
         _rope_epilogue(acc, rows, row_ok, head, j0, OUT, stride_om, POS, INV_FREQ, KC, VC, SLOT, rope_scale,
-                       stride_ch, stride_cs, NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_N // 2, BLOCK_M,
-                       POS_FROM_START)
+                       stride_cb, stride_ch, stride_cs, stride_pb, stride_pt, stride_sb, tokens, NUM_Q_HEADS,
+                       NUM_KV_HEADS, HEAD_DIM, BLOCK_N // 2, BLOCK_M, POS_FROM_START)
     elif NORM_OUT:
         _norm_out_epilogue(acc, rows, row_ok, cols, col_ok, pid, M, res, H, N, nw_out, OUT, stride_om, SQ)
     else:
@@ -224,17 +232,36 @@ MAX_TILES = 1 << 14  # tiles of one split-K launch (the arrival counters)
 
 @dataclasses.dataclass(frozen=True)
 class RopeStore:
-    """The rotary + cache-write epilogue's operands (see linear.qkv_rope_store)."""
-    positions: torch.Tensor  # (T,) positions, or a device scalar: the first of T consecutive ones
+    """The rotary + cache-write epilogue's operands (see linear.qkv_rope_store). The product's
+    input x (B, T, K) is B sequences of T new tokens each; per-sequence values are one element
+    (shared by every row) or (B,)."""
+    positions: torch.Tensor  # (T,) / (B, T) positions, or from_start: each sequence's first, one element or (B,)
     from_start: bool
     inv_freq: torch.Tensor
     scale: float
-    k_cache: torch.Tensor  # (1, Hkv, S, D) contiguous
+    k_cache: torch.Tensor  # (B, Hkv, S, D) contiguous
     v_cache: torch.Tensor
-    slot: torch.Tensor  # device scalar: the cache slot of the first new token
+    slot: torch.Tensor  # the cache slot of each sequence's first new token: one element or (B,)
     num_heads: int
     num_kv_heads: int
     head_dim: int
+
+    def strides(self, batch: int, tokens: int) -> tuple[int, int, int]:
+        """(positions' batch stride, their token stride, slots' batch stride) for the kernel."""
+        from triforce.kernels.rotary import batch_stride
+
+        p = self.positions
+        if self.from_start:
+            stride_pb, stride_pt = batch_stride(p, batch), 0
+        elif p.dim() == 1:
+            stride_pb, stride_pt = 0, p.stride(0)
+        else:
+            stride_pb, stride_pt = p.stride(0) if p.shape[0] > 1 else 0, p.stride(1)
+        stride_sb = batch_stride(self.slot, batch)
+        if stride_pb is None or stride_sb is None or (not self.from_start and p.shape[-1] != tokens):
+            raise ValueError(f"rotary epilogue: positions {tuple(p.shape)} / slots {tuple(self.slot.shape)} "
+                             f"for {batch} sequences of {tokens} tokens")
+        return stride_pb, stride_pt, stride_sb
 
 
 def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0.0, rope=None, gated=False,
@@ -275,8 +302,11 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
     if rope is not None:
         block_n = min(block_n, rope.head_dim)  # a program's columns lie within one head
         kc, vc, pos, inv_freq, slot = rope.k_cache, rope.v_cache, rope.positions, rope.inv_freq, rope.slot
+        tokens = x.shape[-2] if x.dim() > 1 else 1  # x (B, T, K): B sequences of T tokens (rows b * T + t)
+        rope_strides = (kc.stride(0), kc.stride(1), kc.stride(2), *rope.strides(M // tokens, tokens), tokens)
     else:
         kc = vc = pos = inv_freq = slot = out  # unused
+        rope_strides = (0, 0, 0, 0, 0, 0, 1)
     tiles = triton.cdiv(N // 2, block_n // 2) if gated else triton.cdiv(N, block_n)
     if split_k > 1:
         if tiles > MAX_TILES:
@@ -297,8 +327,8 @@ def fused_linear(x, weight, bias=None, *, residual=None, norm_weight=None, eps=0
         norm_weight if norm_weight is not None else norm_out if norm_out is not None else x, weight,
         bias if bias is not None else weight, out, h if h is not None else out, M, N,
         x.shape[-1], residual.shape[-1] if residual is not None else 0, weight.stride(0), out.shape[-1], eps,
-        pos, inv_freq, kc, vc, slot, rope.scale if rope else 1.0, kc.stride(1) if rope else 0,
-        kc.stride(2) if rope else 0, rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0,
+        pos, inv_freq, kc, vc, slot, rope.scale if rope else 1.0, *rope_strides,
+        rope.num_heads if rope else 0, rope.num_kv_heads if rope else 0,
         ws, arrivals, N // 2, sq, sq.shape[0] if pre_normed is not None else 0, K=K,
         PROLOGUE=prologue, HAS_BIAS=bias is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",

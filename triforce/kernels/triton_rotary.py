@@ -10,50 +10,54 @@ from triforce.kernels.triton_pdl import pdl_args, pdl_start
 
 
 @triton.jit
-def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qh, stride_qt, stride_kh, stride_kt,
-                       stride_vh, stride_vt, stride_ch, stride_cs, NUM_Q_HEADS, scale, HALF: tl.constexpr,
+def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
+                       stride_kt, stride_vb, stride_vh, stride_vt, stride_cb, stride_ch, stride_cs,
+                       stride_pb, stride_pt, stride_sb, NUM_Q_HEADS, scale, HALF: tl.constexpr,
                        POS_FROM_START: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     t = tl.program_id(0)
     head = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)  # the sequence (its positions, slots and cache row)
     d = tl.arange(0, HALF)
     # the eager path's arithmetic: float32 angle, cos / sin scaled, rounded to the model's dtype
     if POS_FROM_START:  # positions start, start + 1, ...: read from the captured view's metadata
-        pos = tl.load(POS) + t
+        pos = tl.load(POS + b * stride_pb) + t
     else:
-        pos = tl.load(POS + t)
+        pos = tl.load(POS + b * stride_pb + t * stride_pt)
     angle = pos.to(tl.float32) * tl.load(INV_FREQ + d)
     cos = (tl.cos(angle) * scale).to(Q.dtype.element_ty).to(tl.float32)
     sin = (tl.sin(angle) * scale).to(Q.dtype.element_ty).to(tl.float32)
     if head < NUM_Q_HEADS:
-        base = Q + head * stride_qh + t * stride_qt
+        base = Q + b * stride_qb + head * stride_qh + t * stride_qt
         x1 = tl.load(base + d).to(tl.float32)
         x2 = tl.load(base + HALF + d).to(tl.float32)
         tl.store(base + d, (x1 * cos - x2 * sin).to(Q.dtype.element_ty))
         tl.store(base + HALF + d, (x2 * cos + x1 * sin).to(Q.dtype.element_ty))
     else:
         h = head - NUM_Q_HEADS
-        slot = tl.load(SLOT).to(tl.int64) + t
-        base = K + h * stride_kh + t * stride_kt
+        slot = tl.load(SLOT + b * stride_sb).to(tl.int64) + t
+        base = K + b * stride_kb + h * stride_kh + t * stride_kt
         x1 = tl.load(base + d).to(tl.float32)
         x2 = tl.load(base + HALF + d).to(tl.float32)
-        out = KC + h * stride_ch + slot * stride_cs
+        out = KC + b * stride_cb + h * stride_ch + slot * stride_cs
         tl.store(out + d, (x1 * cos - x2 * sin).to(KC.dtype.element_ty))
         tl.store(out + HALF + d, (x2 * cos + x1 * sin).to(KC.dtype.element_ty))
-        vbase = V + h * stride_vh + t * stride_vt
-        vout = VC + h * stride_ch + slot * stride_cs
+        vbase = V + b * stride_vb + h * stride_vh + t * stride_vt
+        vout = VC + b * stride_cb + h * stride_ch + slot * stride_cs
         tl.store(vout + d, tl.load(vbase + d))
         tl.store(vout + HALF + d, tl.load(vbase + HALF + d))
 
 
 def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, pdl: bool = False):
-    from triforce.models.rope import DevicePositions
+    """One program per (token, head, sequence); q/k/v/caches as rotary.rope_store checked them."""
+    from triforce.kernels.rotary import batch_stride, kernel_positions
 
-    _, hq, T, D = q.shape
+    B, hq, T, D = q.shape
     hkv = k.shape[1]
-    from_start = isinstance(rope.positions, DevicePositions)
-    _rope_store_kernel[(T, hq + hkv)](
-        q, k, v, rope.positions.start if from_start else rope.positions, rope.inv_freq, k_cache, v_cache, slot_start,
-        q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-        k_cache.stride(1), k_cache.stride(2), hq, float(rope.scale), HALF=D // 2, POS_FROM_START=from_start,
+    positions, from_start, stride_pb, stride_pt = kernel_positions(rope, B, T)
+    _rope_store_kernel[(T, hq + hkv, B)](
+        q, k, v, positions, rope.inv_freq, k_cache, v_cache, slot_start,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+        v.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), stride_pb, stride_pt,
+        batch_stride(slot_start, B), hq, float(rope.scale), HALF=D // 2, POS_FROM_START=from_start,
         num_warps=1, **pdl_args(pdl))

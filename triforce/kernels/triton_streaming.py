@@ -8,9 +8,16 @@ import triton.language as tl
 
 
 @triton.jit(do_not_specialize=["start", "end", "n"])
-def _shift_kernel(K, V, INV_FREQ, start, end, n, stride_row, stride_slot, HALF: tl.constexpr,
-                  BLOCK_S: tl.constexpr):
+def _shift_kernel(K, V, INV_FREQ, END, N, stride_e, stride_n, start, end, n, batch, heads, stride_row, stride_slot,
+                  HALF: tl.constexpr, BLOCK_S: tl.constexpr, PER_SEQUENCE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    if PER_SEQUENCE:  # this row's sequence evicts its own count from its own end
+        b = (row // heads) % batch
+        end = tl.load(END + b * stride_e).to(tl.int32)
+        n = tl.load(N + b * stride_n).to(tl.int32)
+        stop = tl.where(n > 0, end - n, start)  # n_b = 0: the sequence keeps its slots (no copy onto itself)
+    else:
+        stop = end - n
     d = tl.arange(0, HALF)
     # the rotation by -n positions, in float32 without the magnitude scale (RotaryEmbedding.shift)
     angle = -n.to(tl.float32) * tl.load(INV_FREQ + d)
@@ -19,9 +26,9 @@ def _shift_kernel(K, V, INV_FREQ, start, end, n, stride_row, stride_slot, HALF: 
     k_row = K + row * stride_row
     v_row = V + row * stride_row
     j0 = start
-    while j0 < end - n:  # ascending tiles: a tile's sources lie at or after its destinations
+    while j0 < stop:  # ascending tiles: a tile's sources lie at or after its destinations
         dst = j0 + tl.arange(0, BLOCK_S)
-        ok = (dst < end - n)[:, None]
+        ok = (dst < stop)[:, None]
         src = (dst + n)[:, None] * stride_slot
         x1 = tl.load(k_row + src + d[None, :], mask=ok, other=0.0).to(tl.float32)
         x2 = tl.load(k_row + src + HALF + d[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -38,5 +45,17 @@ def _shift_kernel(K, V, INV_FREQ, start, end, n, stride_row, stride_slot, HALF: 
 
 
 def shift_window(k, v, start: int, end: int, n: int, inv_freq) -> None:
+    """Every sequence alike: the values are kernel arguments."""
     L, B, H, S, D = k.shape
-    _shift_kernel[(L * B * H,)](k, v, inv_freq, start, end, n, S * D, D, HALF=D // 2, BLOCK_S=32, num_warps=4)
+    _shift_kernel[(L * B * H,)](k, v, inv_freq, inv_freq, inv_freq, 0, 0, start, end, n, B, H, S * D, D,
+                                HALF=D // 2, BLOCK_S=32, PER_SEQUENCE=False, num_warps=4)
+
+
+def shift_window_per_sequence(k, v, start: int, ends, ns, inv_freq) -> None:
+    """ends, ns: (B,) integer device tensors, sequence b's end and eviction count (one element:
+    the same for every sequence)."""
+    from triforce.kernels.rotary import batch_stride
+
+    L, B, H, S, D = k.shape
+    _shift_kernel[(L * B * H,)](k, v, inv_freq, ends, ns, batch_stride(ends, B), batch_stride(ns, B), start, 0, 0, B,
+                                H, S * D, D, HALF=D // 2, BLOCK_S=32, PER_SEQUENCE=True, num_warps=4)

@@ -11,31 +11,49 @@ from triforce.kernels.workspace import Workspace, counters
 
 BLOCK = 4096  # vocabulary entries per program
 SAMPLE, RESIDUAL, PLAIN = 0, 1, 2  # modes: one race over probs; verify with the residual; verify, p_n itself
+# arrival counters, one per row: at least this many, so a workspace's array (whose address a captured
+# graph records) is not reallocated when a larger batch comes
+MIN_ROWS = 256
 
 
 @triton.jit(do_not_specialize=["base"])
 def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER, BASE_PTR, base, k, V, C, tiny,
-                 BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, MODE: tl.constexpr,
+                 stride_pb, stride_pk, stride_qb, stride_qk, stride_tb, stride_ub, stride_rb, stride_ob, stride_bb,
+                 stride_fb, BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, C_BLOCK: tl.constexpr, MODE: tl.constexpr,
                  WRITE_TOKEN: tl.constexpr, BASE_FROM_PTR: tl.constexpr):
     c = tl.program_id(0)
+    # the row (sequence) of a batch: its own operands, partials and arrival counter (row strides 0
+    # for one sequence)
+    row = tl.program_id(1).to(tl.int64)
+    P += row * stride_pb
+    Q += row * stride_qb
+    TOKENS += row * stride_tb
+    U += row * stride_ub
+    RACE += row * stride_rb
+    OUT += row * stride_ob
+    TOKEN_BUF += row * stride_bb
+    BASE_PTR += row * stride_fb
+    PART_F += row * (C * 4)
+    PART_I += row * (C * 2)
+    COUNTER += row
     i = tl.arange(0, K_BLOCK)
     if MODE == 0:
         n = tl.zeros([], tl.int32)
     else:  # the acceptance prefix: every program computes it (k gathers)
         ok = i < k
         tok = tl.load(TOKENS + i, mask=ok, other=0)
-        p_tok = tl.load(P + i * V + tok, mask=ok, other=0.0)
-        q_tok = tl.load(Q + i * V + tok, mask=ok, other=1.0)
+        p_tok = tl.load(P + i * stride_pk + tok, mask=ok, other=0.0)
+        q_tok = tl.load(Q + i * stride_qk + tok, mask=ok, other=1.0)
         u = tl.load(U + i, mask=ok, other=0.0)
         rejected = ok & (u * q_tok >= p_tok)  # u < p / q written without the division
         n = tl.min(tl.where(rejected, i, k), 0)
     cols = c * BLOCK + tl.arange(0, BLOCK)
     col_ok = cols < V
-    p_n = tl.load(P + n * V + cols, mask=col_ok, other=0.0)
+    p_n = tl.load(P + n * stride_pk + cols, mask=col_ok, other=0.0)
     if MODE == 1:
         # row k: an all-zero proposal. (n < k) compared as a block: a scalar condition in a mask is
         # not a boolean array to Triton's interpreter from 3.7 on
-        q_n = tl.load(Q + n * V + cols, mask=col_ok & (cols * 0 + n < k), other=0.0)
+        q_n = tl.load(Q + n * stride_qk + cols, mask=col_ok & (cols * 0 + n < k), other=0.0)
         w = tl.maximum(p_n - q_n, 0.0)
     else:
         w = p_n
@@ -52,7 +70,7 @@ def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER,
         tl.store(PART_F + part + 2, best2)
         tl.store(PART_I + c * 2 + 1, tl.min(tl.where(r2 == best2, cols, 2147483647), 0))
     tl.debug_barrier()  # every thread's stores precede the release
-    if tl.atomic_add(COUNTER, 1, sem="acq_rel") == C - 1:  # the last program: pick the winner
+    if tl.atomic_add(COUNTER, 1, sem="acq_rel") == C - 1:  # the row's last program: pick the winner
         parts = tl.arange(0, C_BLOCK)
         part_ok = parts < C
         vals = tl.load(PART_F + parts * 4, mask=part_ok, other=-2.0, cache_modifier=".cg")
@@ -78,30 +96,45 @@ def _race_kernel(P, Q, TOKENS, U, RACE, OUT, TOKEN_BUF, PART_F, PART_I, COUNTER,
         tl.store(COUNTER, 0)  # ready for the next launch
 
 
+def _row_stride(t: torch.Tensor, batched_dim: int) -> int:
+    """The stride between a batch's rows of `t`, 0 for one sequence's (no batch dimension)."""
+    return t.stride(0) if t.dim() == batched_dim else 0
+
+
 def _launch(p, q, tokens, u, race, out, out_tokens, base, k, mode, base_from=None, workspace: Workspace | None = None):
-    # the kernel counts its finished programs in a zeroed int32 its last program sets back to zero
-    # (so a workspace's counter serves every launch on its stream)
+    # the kernel counts each row's finished programs in a zeroed int32 that the row's last program
+    # sets back to zero (so a workspace's counters serve every launch on its stream)
+    batch = out.shape[0] if out.dim() == 2 else 1
     V = p.shape[-1]
     C = triton.cdiv(V, BLOCK)
-    part_f = torch.empty(C * 4, dtype=torch.float32, device=p.device)
-    part_i = torch.empty(C * 2, dtype=torch.int32, device=p.device)
-    _race_kernel[(C,)](p, q, tokens, u, race, out, out_tokens if out_tokens is not None else out, part_f, part_i,
-                       counters(workspace, "race", 1, p.device), base_from if base_from is not None else out, base, k, V, C,
-                       torch.finfo(torch.float32).tiny, BLOCK=BLOCK, K_BLOCK=max(2, triton.next_power_of_2(max(k, 1))),
-                       C_BLOCK=max(2, triton.next_power_of_2(C)), MODE=mode, WRITE_TOKEN=out_tokens is not None,
-                       BASE_FROM_PTR=base_from is not None, num_warps=4)
+    part_f = torch.empty(batch * C * 4, dtype=torch.float32, device=p.device)
+    part_i = torch.empty(batch * C * 2, dtype=torch.int32, device=p.device)
+    p_dims = 2 if mode == SAMPLE else 3  # probs (B, V) / p (B, k + 1, V)
+    _race_kernel[(C, batch)](
+        p, q, tokens, u, race, out, out_tokens if out_tokens is not None else out, part_f, part_i,
+        counters(workspace, "race", max(batch, MIN_ROWS), p.device), base_from if base_from is not None else out,
+        base, k, V, C, torch.finfo(torch.float32).tiny,
+        _row_stride(p, p_dims), p.stride(-2) if p.dim() > 1 else V, _row_stride(q, p_dims),
+        q.stride(-2) if q.dim() > 1 else V, _row_stride(tokens, 2), _row_stride(u, 2), _row_stride(race, 2),
+        out.shape[-1] if batch > 1 else 0, _row_stride(out_tokens, 2) if out_tokens is not None else 0,
+        base_from.stride(0) if base_from is not None and base_from.numel() > 1 else 0,
+        BLOCK=BLOCK, K_BLOCK=max(2, triton.next_power_of_2(max(k, 1))),
+        C_BLOCK=max(2, triton.next_power_of_2(C)), MODE=mode, WRITE_TOKEN=out_tokens is not None,
+        BASE_FROM_PTR=base_from is not None, num_warps=4)
     return out
 
 
-def race_verify(tokens, q, p, u, race, *, residual=True, out_tokens=None, base=0, workspace=None):
-    k = tokens.shape[0]
-    out = torch.empty(k + 2, dtype=torch.int64, device=p.device)
+def race_verify(tokens, q, p, u, race, *, residual=True, out_tokens=None, base=0, base_from=None, workspace=None):
+    """tokens (k,) or (B, k) (and the rest as verify.race_verify): the verdict (k + 2,) or (B, k + 2)."""
+    k = tokens.shape[-1]
+    out = torch.empty((*tokens.shape[:-1], k + 2), dtype=torch.int64, device=p.device)
     return _launch(p, q, tokens, u, race, out, out_tokens, base, k, RESIDUAL if residual else PLAIN,
-                   workspace=workspace)
+                   base_from=base_from, workspace=workspace)
 
 
 def race_sample(probs, race, *, out_tokens=None, index=0, index_from=None, workspace=None):
-    out = torch.empty(2, dtype=torch.int64, device=probs.device)
+    """probs (V,) or (B, V): the token (0-d) or tokens (B,)."""
+    out = torch.empty((*probs.shape[:-1], 2), dtype=torch.int64, device=probs.device)
     _launch(probs, probs, out, race, race, out, out_tokens, index, 0, SAMPLE, base_from=index_from,
             workspace=workspace)
-    return out[1]
+    return out[..., 1]

@@ -16,11 +16,15 @@ class Workspace:
     def __init__(self, device: torch.device | str):
         self.device = torch.device(device)
         self._counters: dict[str, torch.Tensor] = {}
+        self._retired: list[torch.Tensor] = []
 
     def counters(self, name: str, size: int) -> torch.Tensor:
-        """A zeroed int32 array of at least `size` entries, the same one on every call."""
+        """A zeroed int32 array of at least `size` entries, the same one on every call (a larger
+        size replaces it; the old one stays allocated, as a graph captured with it reads it)."""
         have = self._counters.get(name)
         if have is None or have.numel() < size:
+            if have is not None:
+                self._retired.append(have)
             have = self._counters[name] = torch.zeros(size, dtype=torch.int32, device=self.device)
         return have
 

@@ -94,21 +94,24 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class DevicePositions:
-    """The positions start, start + 1, ..., start + count - 1 with `start` a device scalar: a
-    captured forward's positions, which the kernels read from `start` without a launch to
-    materialise them (`tensor()` does, for the reference path)."""
-    start: torch.Tensor
+    """The positions start, start + 1, ..., start + count - 1 with `start` a device scalar, or per
+    sequence of a batch with `start` (B,): a captured forward's positions, which the kernels read
+    from `start` without a launch to materialise them (`tensor()` does, for the reference path)."""
+    start: torch.Tensor  # 0-d or one element: (count,) positions; (B,): (B, count)
     count: int
 
     def tensor(self) -> torch.Tensor:
-        return self.start + torch.arange(self.count, device=self.start.device)
+        steps = torch.arange(self.count, device=self.start.device)
+        if self.start.numel() == 1:
+            return self.start + steps
+        return self.start.reshape(-1, 1) + steps
 
 
 @dataclasses.dataclass
 class Rope:
-    """The rotary inputs of one forward: positions (T,) plus what turns them into angles. cos/sin
-    are computed on first use (the eager path); the fused rotary + store kernels of the captured
-    path compute them themselves from `positions`, `inv_freq` and `scale` and never ask."""
+    """The rotary inputs of one forward: positions (T,) or (B, T) plus what turns them into angles.
+    cos/sin are computed on first use (the eager path); the fused rotary + store kernels of the
+    captured path compute them themselves from `positions`, `inv_freq` and `scale` and never ask."""
     positions: torch.Tensor | DevicePositions
     inv_freq: torch.Tensor  # (head_dim / 2,) float32
     scale: float  # YaRN's magnitude scale of cos / sin
