@@ -1,7 +1,8 @@
 """Tensor parallelism (parallel.py) on CPU with gloo: two processes, each with half of every
 layer's heads and MLP columns and half of every cache's KV heads, generate exactly the tokens of
-one process, for every method, MHA and GQA, on-chip and with an offloaded full cache; and under
-sampling rank 0's draws decide every token (rank 1 is seeded differently and still agrees)."""
+one process, for every method, MHA and GQA, on-chip and with an offloaded full cache, one prompt
+and a batch of three ragged ones; and under sampling rank 0's draws decide every token (rank 1 is
+seeded differently and still agrees)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,22 @@ def models(kind: str):
     return target, draft, prompt
 
 
+def batch_of(prompt: list[int]) -> list[list[int]]:
+    """Three ragged prompts: a shorter, the prompt, a longer."""
+    extra = torch.randint(0, 64, (17,), generator=torch.Generator().manual_seed(33)).tolist()
+    return [prompt[:40], prompt, prompt + extra]
+
+
 def generate_all(target, draft, prompt, seed_of=lambda method: 0, sampling=None):
+    """Every method's tokens, on chip and offloaded, for the prompt alone and for a batch of three."""
     out = {}
     for kind_kw, kw in ENGINE_KW.items():
         for name, method in METHODS.items():
             d = target if name.endswith("self-bound") else draft
             engine = Engine(target, d, method, sampling or dict(temperature=0.0), executor="static", **kw)
             out[(kind_kw, name)] = engine.generate(prompt, NEW, seed=seed_of(name)).tokens
+            batch = engine.generate(batch_of(prompt), NEW, seed=seed_of(name))
+            out[(kind_kw, name, "batch")] = [r.tokens for r in batch]
     return out
 
 
@@ -98,6 +108,9 @@ def test_two_ranks_generate_the_tokens_of_one_process(kind):
             p.join(timeout=60)
             if p.is_alive():
                 p.kill()
+    for key, tokens in single.items():  # a batch's sequences: each its prompt's tokens alone (one process)
+        if key[-1] == "batch":
+            assert tokens[1] == single[key[:2]], key
     for rank in (0, 1):
         greedy, sampled, kv_heads = results[rank]
         assert kv_heads == KINDS[kind]["kv_heads"] // 2  # each rank's caches hold half the KV heads

@@ -68,6 +68,7 @@ def test_engine_reports_prefill_chunks_and_every_step(method):
     model = tiny.build_tiny()
     engine = Engine(model, model, {"name": method, "budget": 32, "gamma": 4}, {"temperature": 0.6}, prefill_chunk=40)
     seen = Recorder()
+    state_before = set(vars(engine))
     result = engine.generate(list(range(100)), 12, seed=0, stop_at_eos=False, progress=seen)
     # the top level absorbs the 100-token prompt in chunks of 40: reported at 0, 40, 80, 100
     assert seen.prefills == [(0, 100), (40, 100), (80, 100), (100, 100)]
@@ -75,7 +76,9 @@ def test_engine_reports_prefill_chunks_and_every_step(method):
     assert {m for _, m in seen.steps} == {12}
     assert news[0] == 0 and news[-1] == 12 and news == sorted(news)
     assert len(news) == len(result.rounds) + 1  # once when decoding starts, then after every top-level step
-    assert engine.progress is None
+    # the progress sink is per-generation state: it lives with the generation, never on the engine
+    assert set(vars(engine)) == state_before
+    assert seen not in vars(engine).values()
 
 
 def test_engine_without_progress_is_silent(capsys):

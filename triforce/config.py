@@ -379,6 +379,7 @@ class HardwareConfig:
     prefill_memo_gb: float = 0  # host memory keeping prefilled prompts across a sweep's jobs
     progress: bool = True  # tqdm bars (on a terminal)
     kernels: dict | None = None  # KernelPolicy overrides (kernels/policy.py): pdl, linear, fold_norm, ...
+    batch_size: int = 1  # prompts generated together (one batch of caches, every forward serves them all)
 
     def __post_init__(self) -> None:
         _choice("hardware", "executor", self.executor, EXECUTORS)
@@ -390,6 +391,7 @@ class HardwareConfig:
                               "null (0)")
         _positive("hardware", "tensor_parallel", self.tensor_parallel,
                   "a positive integer (GPUs sharing each layer)")
+        _positive("hardware", "batch_size", self.batch_size, "a positive number of prompts generated together")
         if self.prefill_memo_gb < 0:
             raise ConfigError(f"hardware.prefill_memo_gb={self.prefill_memo_gb!r} must be a number of GB >= 0 (0: off)")
         if not self.device.startswith(("cpu", "cuda")):

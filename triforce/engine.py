@@ -38,10 +38,10 @@ import torch
 from triforce.config import (EXECUTORS, METHODS, MIDDLE_CACHES, REBUILD_POLICIES, MethodConfig,  # noqa: F401
                              SamplingParams, context_needed)
 from triforce.errors import ConfigError, PromptTooLongError
-from triforce.executor import make_executor, resolve_executor
+from triforce.executor import device_index, make_executor, resolve_executor
 from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.workspace import Workspace
-from triforce.levels import Level, LevelSpec, lower_levels, top_level
+from triforce.levels import Level, LevelSpec, lower_levels, spare_slots, top_level
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.prefill_memo import PrefillMemo, weights_key
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from triforce.memory import MemoryPlan
     from triforce.progress import GenerationProgress
 
-__all__ = ["Engine", "GenerationResult", "MethodConfig", "Stream", "context_needed"]
+__all__ = ["BatchResult", "Engine", "GenerationResult", "MethodConfig", "Stream", "context_needed"]
 
 
 @dataclasses.dataclass
@@ -62,6 +62,20 @@ class GenerationResult:
     rounds: list[dict[str, float]] = dataclasses.field(default_factory=list)
     # the kernel tuning-file entries its captured forwards were launched with (kernels/policy.py)
     tuning_used: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """A batch's generation: one result per sequence (in the prompts' order) and the batch's own
+    metrics (`batch_size`, `throughput`: generated tokens per second over the batch, ...)."""
+    results: list[GenerationResult]
+    metrics: dict[str, float]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, b: int) -> GenerationResult:
+        return self.results[b]
 
 
 class Engine:
@@ -135,31 +149,26 @@ class Engine:
                 f"speculative) exceeds the model's context of {self.max_context}; shorten the prompt "
                 "(dataset.prefill) or max_new_tokens, or use a model with a longer context")
 
-    def check_memory(self, prompt_len: int, max_new_tokens: int) -> None:
-        """On a GPU, raise before allocating if the caches and transients cannot fit (the weights
-        are already loaded; the app checked the whole plan before loading them)."""
-        if self.device.type != "cuda":
-            return
-        from triforce.memory import check_plan, plan_for_engine
-
-        plan = self.memory_plan or plan_for_engine(self, prompt_len, max_new_tokens)
-        check_plan(plan, self.device, loaded=True)
-
     # -- public API ------------------------------------------------------------------------
-    def stream(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
+    def stream(self, prompts, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
                progress: "GenerationProgress | None" = None) -> "Stream":
-        """Iterate the tokens each top-level step emits (a list per step: one token for
-        autoregressive decoding, up to gamma + 1 for a speculative round), until max_new_tokens or
-        the first EOS; `.result` is the GenerationResult afterwards. Checked before any work."""
-        prompt = self._checked_prompt(prompt_ids, max_new_tokens)
-        return Stream(Generation(self, prompt, max_new_tokens, seed, progress), stop_at_eos)
+        """Iterate the tokens each top-level step emits until every sequence has max_new_tokens or
+        its first EOS; `.result` is the GenerationResult (one prompt) or BatchResult (a batch)
+        afterwards. A step yields a list of tokens for one prompt (one for autoregressive decoding,
+        up to gamma + 1 for a speculative round); for a batch, one such list per sequence (empty
+        for a sequence that has finished). Checked before any work."""
+        batch, single = self._checked_prompts(prompts, max_new_tokens)
+        return Stream(Generation(self, batch, max_new_tokens, seed, progress), stop_at_eos, single)
 
     @torch.inference_mode()
-    def generate(self, prompt_ids, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
-                 progress: "GenerationProgress | None" = None) -> GenerationResult:
-        """`progress`: hooks told of the top level's prefill and of each top-level step
+    def generate(self, prompts, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
+                 progress: "GenerationProgress | None" = None) -> "GenerationResult | BatchResult":
+        """One prompt (a list of token ids, or a 1-D tensor): its GenerationResult. A batch (a list
+        of such prompts, of any lengths, or a 2-D tensor): a BatchResult, one result per sequence.
+        Every sequence is distributed as plain autoregressive sampling of its own prompt; a seed
+        reproduces the batch. `progress`: hooks told of each prefill and of each top-level step
         (triforce.progress.TokenProgress shows them as tqdm bars); None: silent."""
-        stream = self.stream(prompt_ids, max_new_tokens, seed, stop_at_eos=stop_at_eos, progress=progress)
+        stream = self.stream(prompts, max_new_tokens, seed, stop_at_eos=stop_at_eos, progress=progress)
         for _ in stream:
             pass
         return stream.result
@@ -176,34 +185,61 @@ class Engine:
         budgets is paired and free of both. The caches are built exactly as generate() builds them
         (prefill, retrieval, no rebuilds); one forward per level."""
         continuation = [int(t) for t in continuation]
-        prompt = self._checked_prompt(prompt_ids, len(continuation))
-        gen = Generation(self, prompt, len(continuation), seed=0)
+        (prompt,), _ = self._checked_prompts(prompt_ids, len(continuation), single_only=True)
+        gen = Generation(self, [prompt], len(continuation), seed=0)
         try:
             n, T = len(prompt), len(continuation)
-            gen.tokens[n:n + T] = torch.tensor(continuation, dtype=torch.int64)
+            gen.tokens[0, n:n + T] = torch.tensor(continuation, dtype=torch.int64)
             gen.prefill()
-            dists = [gen.forward_all(level, gen.tokens[n - 1:n - 1 + T]) for level in gen.levels]
+            dists = [gen.forward_all(level, gen.tokens[0, n - 1:n - 1 + T]) for level in gen.levels]
             return {level.name: torch.minimum(q, p).sum(-1).tolist()
                     for level, q, p in zip(gen.levels, dists, dists[1:])}
         finally:
             gen.release()
 
-    def _checked_prompt(self, prompt_ids, max_new_tokens: int) -> list[int]:
-        """The prompt as a list, after every check that can fail before work."""
-        if torch.is_tensor(prompt_ids) and prompt_ids.dim() > 1:
-            raise ConfigError("generate() takes one prompt (batch size 1): pass a 1-D list of token ids")
-        prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    def _checked_prompts(self, prompts, max_new_tokens: int, single_only: bool = False) -> tuple[list[list[int]], bool]:
+        """(the prompts as lists, whether one prompt was given), after every check that can fail
+        before work."""
+        if torch.is_tensor(prompts):
+            if prompts.dim() > 2:
+                raise ConfigError(f"prompts of shape {tuple(prompts.shape)}: give one prompt (1-D) or a batch (2-D)")
+            prompts = prompts.tolist()
+        prompts = list(prompts)
+        single = not prompts or not isinstance(prompts[0], (list, tuple)) and not torch.is_tensor(prompts[0])
+        if single_only and not single:
+            raise ConfigError("this takes one prompt: pass a 1-D list of token ids")
+        batch = [prompts] if single else [list(p.tolist() if torch.is_tensor(p) else p) for p in prompts]
+        if not batch:
+            raise ConfigError("the batch is empty: give at least one prompt")
+        batch = [[int(t) for t in p] for p in batch]
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
         vocab = self.target.config.vocab_size
-        if prompt and not 0 <= min(prompt) <= max(prompt) < vocab:
-            # caught here: on a GPU an out-of-range id is a device-side assert, not an error
-            raise ConfigError(f"prompt token ids must lie in [0, {vocab}) (the model's vocabulary); got "
-                              f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
-        self.check_prompt(len(prompt), max_new_tokens)
-        self.method.for_prompt(len(prompt))  # a budget fraction too small for this prompt: fail before work
-        self.check_memory(len(prompt), max_new_tokens)
-        return prompt
+        for b, prompt in enumerate(batch):
+            where = "" if single else f"prompt {b}: "
+            if prompt and not 0 <= min(prompt) <= max(prompt) < vocab:
+                # caught here: on a GPU an out-of-range id is a device-side assert, not an error
+                raise ConfigError(f"{where}token ids must lie in [0, {vocab}) (the model's vocabulary); got "
+                                  f"{min(prompt)}..{max(prompt)}: was the prompt tokenized for another model?")
+            try:
+                self.check_prompt(len(prompt), max_new_tokens)
+                self.method.for_prompt(len(prompt))  # a budget fraction too small for this prompt
+            except (ConfigError, PromptTooLongError) as e:
+                raise type(e)(where + str(e)) from None
+        self.check_memory(max(len(p) for p in batch), max_new_tokens, batch_size=len(batch))
+        return batch, single
+
+    def check_memory(self, prompt_len: int, max_new_tokens: int, batch_size: int = 1) -> None:
+        """On a GPU, raise before allocating if the caches and transients cannot fit (the weights
+        are already loaded; the app checked the whole plan before loading them)."""
+        if self.device.type != "cuda":
+            return
+        from triforce.memory import check_plan, plan_for_engine
+
+        plan = self.memory_plan
+        if plan is None or plan.batch_size < batch_size or plan.prompt_len < prompt_len:
+            plan = plan_for_engine(self, prompt_len, max_new_tokens, batch_size)
+        check_plan(plan, self.device, loaded=True)
 
     def level_spec(self) -> LevelSpec:
         return LevelSpec(self.method, self.target, self.draft, self.offload, self.on_chip_layers, self.biased_levels)
@@ -214,21 +250,21 @@ class Stream:
     step; `result` once it is exhausted. Its caches and graphs are freed when it ends, however it
     ends (exhausted, an error, `close()`, garbage)."""
 
-    def __init__(self, generation: "Generation", stop_at_eos: bool):
-        self._generation, self._stop = generation, stop_at_eos
-        self.result: GenerationResult | None = None
+    def __init__(self, generation: "Generation", stop_at_eos: bool, single: bool = True):
+        self._generation, self._stop, self._single = generation, stop_at_eos, single
+        self.result: GenerationResult | BatchResult | None = None
         self._steps = self._run()
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator:
         return self._steps
 
-    def __next__(self) -> list[int]:
+    def __next__(self):
         return next(self._steps)
 
     def close(self) -> None:
         self._steps.close()
 
-    def _run(self) -> Iterator[list[int]]:
+    def _run(self) -> Iterator:
         gen = self._generation
         try:
             with torch.inference_mode():
@@ -239,80 +275,111 @@ class Stream:
                     new = gen.step(self._stop)
                 if new is None:
                     break
-                yield new
+                yield new[0] if self._single else new
             with torch.inference_mode():
-                self.result = gen.finish()
+                batch = gen.finish()
+            self.result = batch.results[0] if self._single else batch
         finally:
             gen.release()
 
 
 class Generation:
-    """Everything one generation changes: the token buffer and its length, the generator, the
-    counters, the executor and the levels with their caches. Made by Engine.stream; released at
-    its end (a long-context KV cache is the largest allocation of a run, and a second engine, the
-    autoregressive baseline, must not find this one's held)."""
+    """Everything one generation of a batch of B sequences (B >= 1) changes: the token buffer
+    (B, N) and each sequence's length, the generator, the counters, the executor and the levels with
+    their caches. Made by Engine.stream; released at its end (a long-context KV cache is the largest
+    allocation of a run, and a second engine, the autoregressive baseline, must not find this one's
+    held).
 
-    def __init__(self, engine: Engine, prompt: list[int], max_new_tokens: int, seed: int,
+    Every forward serves the whole batch with the same number of new tokens per sequence (static
+    shapes: one captured graph per level and width); each sequence then advances by its own
+    accepted count. `rows` (booleans) names the sequences a round or forward runs for: a sequence
+    that has its tokens for the level above already, or has finished, is frozen (its rows are
+    computed, its caches and length stay as they are: docs/DESIGN.md §3)."""
+
+    def __init__(self, engine: Engine, prompts: list[list[int]], max_new_tokens: int, seed: int,
                  progress: "GenerationProgress | None" = None):
         self.engine, self.method, self.progress = engine, engine.method, progress
-        self.prompt_len, self.max_new_tokens = len(prompt), max_new_tokens
+        self.B = len(prompts)
+        self.prompt_lens = [len(p) for p in prompts]
+        self.max_new_tokens = max_new_tokens
         device = engine.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.stats = GenerationStats(device)
-        self.tokens = torch.zeros(len(prompt) + max_new_tokens + self.method.lookahead + 2, dtype=torch.int64,
-                                  device=device)
-        self.tokens[: len(prompt)] = torch.tensor(prompt, dtype=torch.int64)
-        self.n = len(prompt)
-        self.recent_middle: list[float] = []
-        self.since_rebuild = 0
-        self.out: list[int] = []
-        self.rounds: list[dict] = []
+        self.stats = GenerationStats(device, batch_size=self.B)
+        spare = spare_slots(self.method, self.B)
+        width = max(self.prompt_lens) + max_new_tokens + self.method.lookahead + 2 + spare
+        self.tokens = torch.zeros(self.B, width, dtype=torch.int64, device=device)
+        for b, prompt in enumerate(prompts):
+            self.tokens[b, : len(prompt)] = torch.tensor(prompt, dtype=torch.int64)
+        self.n = list(self.prompt_lens)
+        self.recent_middle: list[list[float]] = [[] for _ in range(self.B)]
+        self.since_rebuild = [0] * self.B
+        self.out: list[list[int]] = [[] for _ in range(self.B)]
+        self.rounds: list[list[dict]] = [[] for _ in range(self.B)]
+        self.emitted = [0] * self.B
+        self.done = [False] * self.B
+        self.finished_at: list[float | None] = [None] * self.B
         self.spec = engine.level_spec()
         self.executor = make_executor(engine.executor_name, self.tokens, engine.sampling, self.stats,
                                       self.generator, engine.policy)
         # verification and the draft's samples between graph replays: launched plainly
         self.ctx = KernelContext(engine.policy, pdl=False, workspace=Workspace(device))
         self.parallel = engine.parallel
-        self.levels: list[Level] = [top_level(self.spec, self.prompt_len, max_new_tokens)]  # the others: prefill
+        self.levels: list[Level] = [top_level(self.spec, max(self.prompt_lens), max_new_tokens, self.B)]
         self._started = 0.0
+
+    @property
+    def all_rows(self) -> list[bool]:
+        return [True] * self.B
 
     # -- prefill ---------------------------------------------------------------------------
     def prefill(self) -> None:
-        """Absorb all prompt tokens but the last into every cache (the last is fed with the first
-        proposals, so the first round's forward yields its distribution). The full prompt runs
-        once through the top level so a selection is scored with the last prompt token's query
-        (as the paper); the last token is then rolled back."""
+        """Absorb all prompt tokens but the last into every cache, sequence by sequence (the last
+        is fed with the first proposals, so the first round's forward yields its distribution). The
+        full prompt runs once through the top level so a selection is scored with the last prompt
+        token's query (as the paper); the last token is then rolled back."""
         with self.stats.wall("prefill"):
             top = self.levels[-1]
-            self._prefill_top(top)
-            top.cache.crop(self.prompt_len - 1)
-            self.levels = lower_levels(self.spec, self.prompt_len, self.max_new_tokens) + [top]
+            reused = []
+            for b in range(self.B):
+                reused.append(self._prefill_top(top, b))
+                top.cache.row(b).crop(self.prompt_lens[b] - 1)
+            self.stats.prefill_reused = bool(reused) and all(reused)
+            self.levels = lower_levels(self.spec, self.prompt_lens, self.max_new_tokens) + [top]
             for level in self.levels[:-1]:
-                level.prefill(self.tokens, self.prompt_len - 1, source=top, chunk=self.engine.prefill_chunk)
+                for b in range(self.B):
+                    level.prefill(b, self.tokens[b], self.prompt_lens[b] - 1, source=top,
+                                  chunk=self.engine.prefill_chunk)
 
-    def _prefill_top(self, top: Level) -> None:
-        """The top level's prefill, from the memo when it holds this target and prompt."""
-        engine, memo = self.engine, self.engine.prefill_memo
-        report = self._report_prefill if self.progress is not None else None
+    def _prefill_top(self, top: Level, b: int) -> bool:
+        """Sequence b's prefill of the top level, from the memo when it holds this target and
+        prompt; whether it came from the memo."""
+        engine, memo, n = self.engine, self.engine.prefill_memo, self.prompt_lens[b]
+        report = self._report_prefill(b) if self.progress is not None else None
+        row = top.cache.row(b)
         if memo is None or not top.cache.snapshots:  # an offloaded prefill is not kept
-            top.prefill(self.tokens, self.prompt_len, chunk=engine.prefill_chunk, report=report)
-            return
+            top.prefill(b, self.tokens[b], n, chunk=engine.prefill_chunk, report=report)
+            return False
         if engine._weights_key is None:
             engine._weights_key = weights_key(engine.target)
-        key = (engine._weights_key, engine.prefill_chunk, tuple(self.tokens[:self.prompt_len].tolist()))
+        key = (engine._weights_key, engine.prefill_chunk, tuple(self.tokens[b, :n].tolist()))
         snap = memo.get(key)
-        self.stats.prefill_reused = snap is not None
         if snap is None:
-            top.prefill(self.tokens, self.prompt_len, chunk=engine.prefill_chunk, report=report)
-            memo.put(key, top.cache.snapshot())
-            return
-        top.cache.restore(snap)
+            top.prefill(b, self.tokens[b], n, chunk=engine.prefill_chunk, report=report)
+            memo.put(key, row.snapshot())
+            return False
+        row.restore(snap)
         if self.progress is not None:
-            self.progress.prefill(self.prompt_len, self.prompt_len)
+            self.progress.prefill(sum(self.prompt_lens[:b + 1]), sum(self.prompt_lens))
+        return True
 
-    def _report_prefill(self, done: int, total: int) -> None:
-        self.stats.sync()  # the bar's tokens/s should count finished work
-        self.progress.prefill(done, total)
+    def _report_prefill(self, b: int):
+        done_before, total = sum(self.prompt_lens[:b]), sum(self.prompt_lens)
+
+        def report(done: int, _total: int) -> None:
+            self.stats.sync()  # the bar's tokens/s should count finished work
+            self.progress.prefill(done_before + done, total)
+
+        return report
 
     # -- the decode loop -------------------------------------------------------------------
     def begin_decode(self) -> None:
@@ -320,44 +387,74 @@ class Generation:
         self.stats.sync()
         self._started = time.perf_counter()
         if self.progress is not None:
-            self.progress.generated(0, self.max_new_tokens)
+            self.progress.generated(0, self.B * self.max_new_tokens)
 
-    def step(self, stop_at_eos: bool) -> list[int] | None:
-        """One top-level step: the tokens it emits (cut at max_new_tokens and after the first EOS),
-        or None when the generation is done."""
-        if len(self.out) >= self.max_new_tokens or getattr(self, "_stopped", False):
+    def step(self, stop_at_eos: bool) -> list[list[int]] | None:
+        """One top-level step of every unfinished sequence: each sequence's tokens (cut at
+        max_new_tokens and after its first EOS; [] for a finished one), or None when all are done."""
+        rows = [not d for d in self.done]
+        if not any(rows):
             return None
         top = len(self.levels) - 1
-        with self.stats.round_record(self.rounds, step=len(self.rounds)):
-            new = self._autoregressive_step() if top == 0 else self._round(top)[1]
-        self.rounds[-1]["emitted"] = len(new)
-        eos = self.engine.eos_ids
-        if stop_at_eos and eos.intersection(new):
-            new = new[: min(i for i, t in enumerate(new) if t in eos) + 1]
-            self._stopped = True
-        new = new[: self.max_new_tokens - len(self.out)]
-        self.out.extend(new)
-        if self.progress is not None:
-            self.progress.generated(len(self.out), self.max_new_tokens)
-        if not getattr(self, "_stopped", False):
-            self._maybe_rebuild(self.rounds[-1]["emitted"])
-        return new
-
-    def finish(self) -> GenerationResult:
+        before = [counts.frozen() for counts in self.stats.rows]
         self.stats.sync()
-        decode_s = time.perf_counter() - self._started - self.stats.time_s.get("capture", 0.0)
-        tokens = self.out
-        metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
-                                     emitted=sum(r["emitted"] for r in self.rounds), decode_s=decode_s)
+        start = time.perf_counter()
+        emitted = self._autoregressive_step(rows) if top == 0 else self._round(top, rows)[2]
+        self.stats.sync()
+        ms = 1000 * (time.perf_counter() - start)
+        eos = self.engine.eos_ids
+        news: list[list[int]] = [[] for _ in range(self.B)]
+        for b in range(self.B):
+            if not rows[b]:
+                continue
+            new = emitted[b]
+            record = self.stats.step_record(len(self.rounds[b]), before[b], self.stats.rows[b])
+            record.update(ms=ms, emitted=len(new))
+            self.rounds[b].append(record)
+            self.emitted[b] += len(new)
+            stopped = False
+            if stop_at_eos and eos.intersection(new):
+                new = new[: min(i for i, t in enumerate(new) if t in eos) + 1]
+                stopped = True
+            new = new[: self.max_new_tokens - len(self.out[b])]
+            self.out[b].extend(new)
+            news[b] = new
+            if stopped or len(self.out[b]) >= self.max_new_tokens:
+                self.done[b] = True
+                self.finished_at[b] = time.perf_counter()
+            if not stopped:
+                self._maybe_rebuild(b, len(emitted[b]))
+        if self.progress is not None:
+            self.progress.generated(sum(len(o) for o in self.out), self.B * self.max_new_tokens)
+        return news
+
+    def finish(self) -> BatchResult:
+        self.stats.sync()
+        end = time.perf_counter()
+        capture = self.stats.time_s.get("capture", 0.0)
+        decode_s = end - self._started - capture
         traffic = sum(self.levels[-1].cache.traffic().values())
-        if traffic:  # host-link traffic of an offloaded cache (this rank's share under TP)
-            metrics.update({"offload/prefill_gb": self.prefill_traffic / 1e9,
-                            "offload/decode_gb_per_token": (traffic - self.prefill_traffic) / 1e9
-                            / max(len(tokens), 1)})
-        if self.method.uses_middle:  # in tokens, also when given as a fraction of the prompt
-            metrics["middle_budget"] = self.method.budget_for(self.prompt_len)
         used = getattr(self.executor, "tuning_used", ())
-        return GenerationResult(tokens=tokens, metrics=metrics, rounds=self.rounds, tuning_used=used)
+        results = []
+        for b in range(self.B):
+            tokens = self.out[b]
+            # a sequence's own time: until its last token (the batch's when it ran to the end)
+            seq_s = (self.finished_at[b] or end) - self._started - capture if self.B > 1 else decode_s
+            metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
+                                         emitted=self.emitted[b], decode_s=seq_s, row=b)
+            if traffic:  # host-link traffic of an offloaded cache (this rank's share under TP)
+                metrics.update({"offload/prefill_gb": self.prefill_traffic / 1e9 / self.B,
+                                "offload/decode_gb_per_token": (traffic - self.prefill_traffic) / 1e9
+                                / max(sum(len(o) for o in self.out), 1)})
+            if self.method.uses_middle:  # in tokens, also when given as a fraction of the prompt
+                metrics["middle_budget"] = self.method.budget_for(self.prompt_lens[b])
+            if self.B > 1:
+                metrics["batch_size"] = self.B
+            results.append(GenerationResult(tokens=tokens, metrics=metrics, rounds=self.rounds[b], tuning_used=used))
+        batch = self.stats.batch_summary(new_tokens=[len(o) for o in self.out], decode_s=decode_s)
+        for result in results:
+            result.metrics["throughput"] = batch["throughput"]
+        return BatchResult(results, batch)
 
     def release(self) -> None:
         self.levels = []
@@ -365,105 +462,169 @@ class Generation:
         self.tokens = None
 
     # -- forwards --------------------------------------------------------------------------
-    def forward(self, i: int, first_needed: int, *, sample: bool = False) -> torch.Tensor:
-        """Distributions of level i for the next token after each of tokens[first_needed:n]:
-        a (n - first_needed, V) tensor, from one forward over the tokens its cache has not seen.
-        sample: also tokens[n] = a draw from the last of them (on the device)."""
+    def forward(self, i: int, first_needed: list[int], rows: list[bool], *, sample: bool = False) -> torch.Tensor:
+        """Distributions of level i for the next token after each of tokens[b, first_needed[b]:n[b]]
+        for every row b: a (B, n - first_needed, V) tensor (the same width for every row), from one
+        forward over the tokens the level's cache has not seen. Rows with fewer unseen tokens than
+        the widest are rolled back to feed as many (the same tokens again: the same keys).
+        sample: also tokens[b, n[b]] = a draw from each row's last distribution (on the device)."""
         level = self.levels[i]
         cache = level.cache
-        if cache.seq_len > first_needed:
-            cache.crop(first_needed)
+        seq = cache.rows_of("seq_len")
+        for b in range(self.B):
+            if rows[b] and seq[b] > first_needed[b]:
+                cache.row(b).crop(first_needed[b])
+                seq[b] = first_needed[b]
+        num_logits = next(self.n[b] - first_needed[b] for b in range(self.B) if rows[b])
         phase = level.name if i < len(self.levels) - 1 else ("decode" if len(self.levels) == 1 else "verify")
-        probs = self.executor.forward(level, cache.seq_len, self.n, self.n - first_needed, phase, sample=sample)
-        self.stats.forwards[level.name] += 1
-        return probs
+        out = None
+        for num_tokens, group in self._widths(cache, seq, rows):
+            starts = [max(self.n[b] - num_tokens, 0) for b in range(self.B)]
+            probs = self.executor.forward(level, starts, num_tokens, num_logits, phase, sample=sample, rows=group)
+            self.stats.forward_of(level.name, group)
+            if out is None:
+                out = probs
+            else:  # this group's rows from its forward
+                take = device_index(group, probs.device).bool()[:, None, None]
+                out = torch.where(take, probs, out)
+        return out
+
+    def _widths(self, cache, seq: list[int], rows: list[bool]) -> list[tuple[int, list[bool]]]:
+        """The forwards a level's step takes: (tokens per sequence, the rows it serves). One, as
+        wide as the row with the most unseen tokens, where every other row can roll back to feed
+        as many (the same tokens again: the same keys); a row that cannot (a selection just
+        rebuilt) gets a forward of its own width."""
+        unseen = {b: self.n[b] - seq[b] for b in range(self.B) if rows[b]}
+        width = max(unseen.values())
+        groups: dict[int, list[bool]] = {}
+        for b, t in unseen.items():
+            if t < width and cache.row(b).can_crop(self.n[b] - width):
+                cache.row(b).crop(self.n[b] - width)
+                t = width
+            groups.setdefault(t, [False] * self.B)[b] = True
+        return sorted(groups.items(), reverse=True)
 
     def forward_all(self, level: Level, inputs: torch.Tensor) -> torch.Tensor:
-        """Sampling distributions after each of `inputs` (T, V), in forwards the cache accepts
-        (a StreamingLLM cache takes at most its window at once)."""
-        step = level.cache.max_step_tokens or len(inputs)
-        logits = [level.model(inputs[i:i + step][None], None, level.cache, num_logits=len(inputs[i:i + step]))[0]
+        """Sampling distributions after each of `inputs` (T, V) of the one sequence, in forwards
+        the cache accepts (a StreamingLLM cache takes at most its window at once)."""
+        cache = level.cache.row(0)
+        step = cache.max_step_tokens or len(inputs)
+        logits = [level.model(inputs[i:i + step][None], None, cache, num_logits=len(inputs[i:i + step]))[0]
                   for i in range(0, len(inputs), step)]
         return probabilities(torch.cat(logits), self.engine.sampling)
 
-    def _crop_all(self, upto_level: int, seq_len: int) -> None:
+    def _crop(self, upto_level: int, b: int, seq_len: int) -> None:
         for level in self.levels[: upto_level + 1]:
-            if level.cache.seq_len > seq_len:
-                level.cache.crop(seq_len)
+            row = level.cache.row(b)
+            if row.seq_len > seq_len:
+                row.crop(seq_len)
 
     # -- the hierarchy -----------------------------------------------------------------------
-    def _autoregressive_step(self) -> list[int]:
-        """The one-level method: sample one token; read it back (the step's one synchronisation)."""
-        self._extend(0, 1)
-        return self.tokens[self.n - 1: self.n].tolist()
+    def _autoregressive_step(self, rows: list[bool]) -> list[list[int]]:
+        """The one-level method: sample one token per row; read them back (the step's one
+        synchronisation)."""
+        self._extend(0, 1, rows)
+        last = device_index([n - 1 for n in self.n], self.tokens.device)
+        values = self.tokens.gather(1, last[:, None])[:, 0].tolist()
+        return [[values[b]] if rows[b] else [] for b in range(self.B)]
 
-    def _extend(self, i: int, n: int) -> torch.Tensor:
-        """Append exactly n tokens sampled from level i; return their distributions (n, V)."""
+    def _extend(self, i: int, n: int, rows: list[bool]) -> torch.Tensor:
+        """Append exactly n tokens sampled from level i to every row of `rows`; their distributions
+        (B, n, V) (a frozen row's are not used)."""
         if i == 0:
             dists = []
             for _ in range(n):
-                p = self.forward(0, self.n - 1, sample=True)[-1]  # and tokens[n] drawn from p, on the device
-                self.parallel.broadcast(self.tokens[self.n:self.n + 1])
-                self.n += 1
+                # and tokens[b, n_b] drawn from each row's p, on the device
+                p = self.forward(0, [m - 1 for m in self.n], rows, sample=True)[:, -1]
+                self._broadcast_new_tokens()
+                self.n = [m + 1 if on else m for m, on in zip(self.n, rows)]
                 dists.append(p)
-            return torch.stack(dists)
-        start = self.n
-        dists, count = [], 0
-        while count < n:
-            emitted_dists, _ = self._round(i)
-            dists.append(emitted_dists)
-            count += emitted_dists.shape[0]
-        self.n = start + n
-        self._crop_all(i, self.n - 1)
-        return torch.cat(dists)[:n]
+            return torch.stack(dists, dim=1)
+        start = list(self.n)
+        counts = [0] * self.B
+        pending = list(rows)
+        out = None
+        while any(pending):
+            p, accepted, _ = self._round(i, pending)  # p: (B, gamma + 1, V)
+            if out is None:
+                out = torch.full((self.B, n, p.shape[-1]), 1.0 / p.shape[-1], dtype=p.dtype, device=p.device)
+            for b in range(self.B):
+                if not pending[b]:
+                    continue
+                take = min(accepted[b] + 1, n - counts[b])
+                out[b, counts[b]:counts[b] + take] = p[b, :take]
+                counts[b] += accepted[b] + 1
+                pending[b] = counts[b] < n
+        for b in range(self.B):
+            if rows[b]:
+                self.n[b] = start[b] + n
+                self._crop(i, b, self.n[b] - 1)
+        return out
 
-    def _round(self, i: int) -> tuple[torch.Tensor, list[int] | None]:
-        """One speculative round at level i: the distributions of the emitted tokens (n + 1, V),
-        and at the top level the emitted tokens themselves (read with the verdict)."""
+    def _round(self, i: int, rows: list[bool]) -> tuple[torch.Tensor, list[int], list[list[int]] | None]:
+        """One speculative round at level i for every row of `rows`: the verifier's distributions
+        (B, gamma + 1, V) (row b's first accepted + 1 are its emitted tokens'), each row's
+        accepted count, and at the top level each row's emitted tokens (read with the verdict)."""
         level = self.levels[i]
-        base = self.n
-        q = self._extend(i - 1, level.gamma)
-        p = self.forward(i, base - 1)  # (gamma + 1, V)
-        proposals = self.tokens[base:base + level.gamma]
-        # [n, next token, proposals...]; the next token is already written at tokens[base + n]
-        verdict = verify_into(proposals, q, p, self.generator, self.tokens, base, residual=level.residual,
+        base = list(self.n)
+        gamma = level.gamma
+        q = self._extend(i - 1, gamma, rows)  # (B, gamma, V)
+        p = self.forward(i, [m - 1 for m in base], rows)  # (B, gamma + 1, V)
+        device = self.tokens.device
+        bases = device_index(base, device)
+        proposals = self.tokens.gather(1, bases[:, None] + torch.arange(gamma, device=device))
+        # [n, next token, proposals...] per row; row b's next token is already written at tokens[b, base_b + n_b]
+        verdict = verify_into(proposals, q, p, self.generator, self.tokens, bases, residual=level.residual,
                               ctx=self.ctx)
-        if self.parallel.enabled:  # rank 0's verdict and token, on every rank
+        if self.parallel.enabled:  # rank 0's verdicts and tokens, on every rank
             self.parallel.broadcast(verdict)
-            self.tokens.index_copy_(0, base + verdict[:1], verdict[1:2])
-        if i == len(self.levels) - 1:
-            values = verdict.tolist()  # the round's one synchronisation
-            n, emitted = values[0], values[2:2 + values[0]] + [values[1]]
-        else:
-            n, emitted = int(verdict[0]), None  # the round's one synchronisation
-        self.n = base + n + 1
-        self._crop_all(i, base + n)
+            self.tokens[torch.arange(self.B, device=device), bases + verdict[:, 0]] = verdict[:, 1]
+        top = i == len(self.levels) - 1
+        values = verdict.tolist()  # the round's one synchronisation
+        accepted = [v[0] for v in values]
+        emitted: list[list[int]] | None = [[] for _ in range(self.B)] if top else None
         below = self.levels[i - 1].name
-        self.stats.proposed[below] += level.gamma
-        self.stats.accepted[below] += n
-        if below == "middle":
-            self.recent_middle.append(n / level.gamma)
-        return p[: n + 1], emitted
+        for b in range(self.B):
+            if not rows[b]:
+                continue
+            acc = accepted[b]
+            self.n[b] = base[b] + acc + 1
+            self._crop(i, b, base[b] + acc)
+            self.stats.verified(below, b, gamma, acc)
+            if below == "middle":
+                self.recent_middle[b].append(acc / gamma)
+            if top:
+                emitted[b] = values[b][2:2 + acc] + [values[b][1]]
+        return p, accepted, emitted
+
+    def _broadcast_new_tokens(self) -> None:
+        """Tensor parallelism: rank 0's draws of the tokens just sampled, on every rank."""
+        if not self.parallel.enabled:
+            return
+        idx = device_index(self.n, self.tokens.device)[:, None]
+        new = self.tokens.gather(1, idx)
+        self.parallel.broadcast(new)
+        self.tokens.scatter_(1, idx, new)
 
     # -- rebuilds of the middle's selection --------------------------------------------------
-    def _maybe_rebuild(self, emitted: int) -> None:
+    def _maybe_rebuild(self, b: int, emitted: int) -> None:
         m = self.method
         if m.rebuild == "never" or not any(level.cache.selects for level in self.levels):
             return
-        self.since_rebuild += emitted
+        self.since_rebuild[b] += emitted
         if m.rebuild == "every_n":
-            due = self.since_rebuild >= m.rebuild_every
+            due = self.since_rebuild[b] >= m.rebuild_every
         else:
-            recent = self.recent_middle[-m.rebuild_window:]
+            recent = self.recent_middle[b][-m.rebuild_window:]
             due = len(recent) >= m.rebuild_window and sum(recent) / len(recent) < m.rebuild_threshold
         if not due:
             return
         top = self.levels[-1]
         # score with the query of the last accepted token (position n - 2: the newest token is the
         # verifier's own sample, not yet run through any model)
-        query = top.cache.query_at(self.n - 2)
+        query = top.cache.row(b).query_at(self.n[b] - 2)
         with self.stats.wall("rebuild"):
-            rebuilt = sum(level.rebuild(top, query) for level in self.levels[:-1])
-        self.stats.rebuilds += bool(rebuilt)
-        self.since_rebuild = 0
-        self.recent_middle.clear()
+            rebuilt = sum(level.rebuild(b, top, query) for level in self.levels[:-1])
+        self.stats.rows[b].rebuilds += bool(rebuilt)
+        self.since_rebuild[b] = 0
+        self.recent_middle[b].clear()

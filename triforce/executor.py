@@ -1,14 +1,17 @@
 """How the engine runs one level's forward: eagerly (the reference), or with static shapes and,
 on a GPU, as a replayed CUDA graph. The round logic (engine.py) is the same for both.
 
-    probs = executor.forward(level, start, stop, num_logits, phase, sample=False)
+    probs = executor.forward(level, starts, num_tokens, num_logits, phase, sample=False, rows=None)
 
-feeds the tokens [start, stop) of the engine's token buffer to the level's model and cache and
-returns the sampling distributions (num_logits, V) of its last `num_logits` positions. With
-`sample=True` it also draws the next token from the last distribution into tokens[stop] (the
-draft's step): on the device, with the engine's generator, the same draws in the same order on
-every path (`sampling.sample_into`); a captured forward does it inside its graph (its Exp(1)
-draws filled just before the replay), which saves the host a kernel launch per draft step.
+feeds, for every sequence b of the batch, the tokens [starts[b], starts[b] + num_tokens) of row b
+of the engine's token buffer (B, N) to the level's model and cache and returns the sampling
+distributions (B, num_logits, V) of each row's last `num_logits` positions. `rows` (booleans)
+names the sequences the forward advances; the others are frozen (their rows are computed, their
+caches keep their state, their outputs are not used). With `sample=True` it also draws each
+row's next token from its last distribution into tokens[b, starts[b] + num_tokens] (the draft's
+step): on the device, with the engine's generator, the same draws in the same order on every path
+(`sampling.sample_into`); a captured forward does it inside its graph (its Exp(1) draws filled just
+before the replay), which saves the host a kernel launch per draft step.
 
 - `EagerExecutor`: the model's forward with the cache's host-side lengths (slices and masks).
   The CPU reference path, and the prefill of every path.
@@ -51,8 +54,8 @@ class LevelLike(Protocol):
 
 
 class Executor(Protocol):
-    def forward(self, level: LevelLike, start: int, stop: int, num_logits: int, phase: str, *,
-                sample: bool = False) -> torch.Tensor: ...
+    def forward(self, level: LevelLike, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
+                sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor: ...
 
     def release(self) -> None: ...
 
@@ -77,9 +80,29 @@ def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, sta
     return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs", generator=generator, policy=policy)
 
 
+def device_index(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small int64 device tensor of host values, copied without a synchronisation (through pinned
+    memory on a GPU; the caching host allocator keeps the block until the copy has run)."""
+    host = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _uniform_rows(probs: torch.Tensor, rows: list[bool] | None) -> torch.Tensor:
+    """Frozen rows' outputs replaced by a uniform distribution: never used, but always a valid one
+    for the batched verification that runs over every row."""
+    if rows is None or all(rows):
+        return probs
+    frozen = device_index([b for b, on in enumerate(rows) if not on], probs.device)
+    return probs.index_fill(0, frozen, 1.0 / probs.shape[-1])
+
+
 class EagerExecutor:
     """The model's forward; the sampling transform and the draft's sample through the policy's
-    kernels where it runs them (launched plainly: nothing is captured here)."""
+    kernels where it runs them (launched plainly: nothing is captured here). A cache that runs
+    one sequence per forward (an offloaded one: `capturable` is False) gets one forward per active
+    row."""
 
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
                  generator: torch.Generator | None = None, policy: KernelPolicy | None = None):
@@ -87,14 +110,38 @@ class EagerExecutor:
         self.ctx = KernelContext(policy or KernelPolicy.resolve(tokens.device), pdl=False,
                                  workspace=Workspace(tokens.device))
 
-    def forward(self, level, start: int, stop: int, num_logits: int, phase: str, *,
-                sample: bool = False) -> torch.Tensor:
+    def forward(self, level, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
+                sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
+        cache, B = level.cache, len(starts)
         with self.stats.timed(phase):
-            logits = level.model(self.tokens[start:stop][None], None, level.cache, num_logits=num_logits)
-            probs = probabilities(logits[0], self.sampling, ctx=self.ctx)
-        if sample:
-            sample_into(probs[-1], self.generator, self.tokens, stop, ctx=self.ctx)  # stays on the device
+            if B == 1:
+                logits = level.model(self.tokens[0, starts[0]:starts[0] + num_tokens][None], None, cache,
+                                     num_logits=num_logits)
+            elif not cache.capturable:
+                logits = self._row_by_row(level, starts, num_tokens, num_logits, rows)
+            else:
+                batch = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
+                cache.active = tuple(rows) if rows is not None else None
+                try:
+                    logits = level.model(batch, None, cache, num_logits=num_logits)
+                finally:
+                    cache.active = None
+            probs = probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling, ctx=self.ctx)
+            probs = _uniform_rows(probs.view(B, num_logits, -1), rows)
+        if sample:  # tokens[b, starts[b] + T] drawn from row b's last distribution, on the device
+            index = device_index([s + num_tokens for s in starts], self.tokens.device)
+            sample_into(probs[:, -1], self.generator, self.tokens, 0, index_from=index, ctx=self.ctx)
         return probs
+
+    def _row_by_row(self, level, starts, num_tokens, num_logits, rows) -> torch.Tensor:
+        out = []
+        for b, s in enumerate(starts):
+            if rows is None or rows[b]:
+                out.append(level.model(self.tokens[b, s:s + num_tokens][None], None, level.cache.row(b),
+                                       num_logits=num_logits))
+            else:
+                out.append(torch.zeros(1, num_logits, level.model.config.vocab_size, device=self.tokens.device))
+        return torch.cat(out)
 
     def release(self) -> None:
         pass
@@ -132,27 +179,34 @@ class StaticExecutor:
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.eager = EagerExecutor(tokens, sampling, stats, generator, policy)
 
-    def forward(self, level, start: int, stop: int, num_logits: int, phase: str, *,
-                sample: bool = False) -> torch.Tensor:
+    def forward(self, level, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
+                sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
         cache = level.cache
-        if not getattr(cache, "capturable", True):
-            return self.eager.forward(level, start, stop, num_logits, phase, sample=sample)
-        num_tokens = stop - start
-        position = cache.reserve(num_tokens)  # host bookkeeping: capacity, StreamingLLM eviction
-        runner = self.runner(level, num_tokens, num_logits, sample=sample and self.capture)
-        runner.view.set(start, position, cache.length)
-        if runner.race is not None:  # the draws sample_into would make, in the same order
-            runner.race.exponential_(generator=self.generator)
-        with self.stats.timed(phase):
-            probs = runner.run()
-        cache.advance(num_tokens)
+        if not cache.capturable:
+            return self.eager.forward(level, starts, num_tokens, num_logits, phase, sample=sample, rows=rows)
+        # host bookkeeping: capacity, StreamingLLM eviction (active rows only); a frozen row writes
+        # past its length into the cache's spare slots
+        cache.active = tuple(rows) if rows is not None else None
+        try:
+            positions = cache.reserve_rows(num_tokens) if cache.batch_size > 1 else [cache.reserve(num_tokens)]
+            runner = self.runner(level, num_tokens, num_logits, sample=sample and self.capture)
+            runner.view.set(starts, positions, cache.rows_of("length"))
+            if runner.race is not None:  # the draws sample_into would make, in the same order
+                runner.race.exponential_(generator=self.generator)
+            with self.stats.timed(phase):
+                probs = runner.run()
+            cache.advance(num_tokens)
+        finally:
+            cache.active = None
+        probs = _uniform_rows(probs, rows)
         if sample and runner.race is None:
-            sample_into(probs[-1], self.generator, self.tokens, stop, ctx=self.eager.ctx)
+            index = device_index([s + num_tokens for s in starts], self.tokens.device)
+            sample_into(probs[:, -1], self.generator, self.tokens, 0, index_from=index, ctx=self.eager.ctx)
         return probs
 
     def runner(self, level, num_tokens: int, num_logits: int, *, sample: bool = False) -> Runner:
-        """The static forward of `level` over `num_tokens` tokens (captured on first use); with
-        `sample`, the graph also draws the next token into the token buffer."""
+        """The static forward of `level` over `num_tokens` tokens per sequence (captured on first
+        use); with `sample`, the graph also draws each row's next token into the token buffer."""
         key = (level.name, id(level.cache), num_tokens, num_logits, sample)
         if key not in self.runners:
             self.runners[key] = self._make_runner(level, num_tokens, num_logits, sample)
@@ -162,13 +216,14 @@ class StaticExecutor:
         view = StaticView(level.cache, num_tokens)
         tokens, sampling, ctx = self.tokens, self.sampling, self.ctx
         plan = build_plan(level.model, num_tokens, num_logits, ctx)
-        race = torch.ones(level.model.config.vocab_size, dtype=torch.float32, device=tokens.device) if sample else None
+        B, V = level.cache.batch_size, level.model.config.vocab_size
+        race = torch.ones(B, V, dtype=torch.float32, device=tokens.device) if sample else None
 
         def body() -> torch.Tensor:
-            logits = plan.run(view, tokens)
-            probs = probabilities(logits[0], sampling, ctx=ctx)
-            if race is not None:  # tokens[start + num_tokens] = the race's winner over the last row
-                race_sample(probs[-1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start,
+            logits = plan.run(view, tokens)  # (B, num_logits, V)
+            probs = probabilities(logits.reshape(B * num_logits, V), sampling, ctx=ctx).view(B, num_logits, V)
+            if race is not None:  # tokens[b, start_b + num_tokens] = the race's winner over row b's last row
+                race_sample(probs[:, -1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start,
                             use_triton=ctx.on(probs), workspace=ctx.workspace)
             return probs
 
@@ -187,9 +242,10 @@ class StaticExecutor:
     def _capture(self, body, view: StaticView, cache):
         # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:
         # nothing may compile or synchronise while a graph records. The warm-up writes keys at
-        # slots >= the cache's length, which the real forward overwrites, and (a sampling
-        # forward) a token into the token buffer's last slot, which never holds a live token.
-        view.set(self.tokens.numel() - 1 - view.num_tokens, cache.seq_len, cache.length)
+        # slots >= each row's length, which the real forward overwrites, and (a sampling forward) a
+        # token into each row's last slot of the token buffer, which never holds a live token.
+        last = self.tokens.shape[-1] - 1 - view.num_tokens
+        view.set([last] * cache.batch_size, cache.rows_of("seq_len"), cache.rows_of("length"))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -73,9 +73,11 @@ class MemoryPlan:
     # what the refusals name a fix in terms of
     target: ModelConfig | None = None
     dtype_bytes: int = 2
-    prompt_len: int = 0
+    prompt_len: int = 0  # the longest prompt of a batch
     prefill_chunk: int | None = None
     on_chip_layers: int = 0
+    batch_size: int = 1
+    per_sequence: int = 0  # device bytes one more sequence of the batch takes (its caches)
 
     @property
     def total(self) -> int:
@@ -91,29 +93,49 @@ class MemoryPlan:
 
 def plan_memory(target: ModelConfig, method: MethodConfig, prompt_len: int, max_new_tokens: int, *, dtype_bytes: int,
                 prefill_chunk: int | None, draft: ModelConfig | None = None, draft_is_target: bool = False,
-                draft_dtype_bytes: int | None = None, offload: bool = False, on_chip_layers: int = 0) -> MemoryPlan:
-    """The plan of one generation. `draft`: the draft model's config when it is a separate model
-    (None: unknown or none; its weights then count 0). With tensor parallelism pass one rank's
-    configs (parallel.shard_config). `offload`: the full cache in host memory but `on_chip_layers`
-    layers (cache/offload.py), and the layer-major prefill's hidden states."""
+                draft_dtype_bytes: int | None = None, offload: bool = False, on_chip_layers: int = 0,
+                batch_size: int = 1) -> MemoryPlan:
+    """The plan of one generation of `batch_size` sequences of up to `prompt_len` tokens. `draft`:
+    the draft model's config when it is a separate model (None: unknown or none; its weights then
+    count 0). With tensor parallelism pass one rank's configs (parallel.shard_config). `offload`:
+    the full cache in host memory but `on_chip_layers` layers (cache/offload.py), and the
+    layer-major prefill's hidden states. Every cache holds a row per sequence (and, in a batch,
+    spare slots: levels.spare_slots); a prefill runs one sequence at a time."""
+    from triforce.levels import spare_slots
+
+    plan = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
+                 draft_dtype_bytes, offload, on_chip_layers, batch_size, spare_slots(method, batch_size))
+    if batch_size == 1:  # what one more sequence would cost (for the refusal's largest batch)
+        one_more = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft,
+                         draft_is_target, draft_dtype_bytes, offload, on_chip_layers, 2, spare_slots(method, 2))
+    else:
+        one_more = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft,
+                         draft_is_target, draft_dtype_bytes, offload, on_chip_layers, batch_size + 1,
+                         spare_slots(method, batch_size + 1))
+    return dataclasses.replace(plan, per_sequence=one_more.total - plan.total)
+
+
+def _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
+          draft_dtype_bytes, offload, on_chip_layers, batch_size, spare) -> MemoryPlan:
     ddb = draft_dtype_bytes or dtype_bytes
     method = method.for_prompt(prompt_len)
     lookahead = method.lookahead
-    capacity = prompt_len + max_new_tokens + lookahead + SPARE_TOKENS  # as levels.capacity
+    capacity = prompt_len + max_new_tokens + lookahead + SPARE_TOKENS + spare  # as levels.capacity (+ spare)
+    B = batch_size
     items = {"target weights": weight_bytes(target, dtype_bytes)}
     host = {}
     if offload:
         full = OffloadedKVCache.memory(target, capacity, dtype_bytes, on_chip_layers=on_chip_layers,
                                        chunk_size=method.chunk_size if method.scores_chunks else None,
                                        scorer=method.scorer)
-        host["offloaded KV cache"] = full["host"]
-        items["on-chip KV layers and staging"] = full["device"]
+        host["offloaded KV cache"] = B * full["host"]
+        items["on-chip KV layers and staging"] = B * full["device"]
     else:
-        items["full KV cache"] = StaticKVCache.memory(target, capacity, dtype_bytes)["device"]
+        items["full KV cache"] = B * StaticKVCache.memory(target, capacity, dtype_bytes)["device"]
     after_prefill = 0  # the lower levels' caches and the rebuild, allocated once the prefill is done
     if method.uses_middle:
-        middle_tokens = method.budget + max_new_tokens + lookahead + SPARE_TOKENS  # every middle cache is selected
-        after_prefill += RetrievalCache.memory(target, middle_tokens, dtype_bytes)["device"]
+        middle_tokens = method.budget + max_new_tokens + lookahead + SPARE_TOKENS + spare  # every middle is selected
+        after_prefill += B * RetrievalCache.memory(target, middle_tokens, dtype_bytes)["device"]
         if method.recent_tokens(method.budget) < method.budget - method.chunk_size:  # some chunks are scored
             after_prefill += rebuild_bytes(target, prompt_len, method.chunk_size, method.scorer)
     if method.uses_draft:
@@ -122,9 +144,10 @@ def plan_memory(target: ModelConfig, method: MethodConfig, prompt_len: int, max_
             if not draft_is_target:
                 items["draft weights"] = weight_bytes(draft_cfg, ddb)
             if method.draft_cache == "streaming":
-                after_prefill += StreamingCache.memory(draft_cfg, method.draft_sink + method.draft_window, ddb)["device"]
+                tokens = method.draft_sink + method.draft_window + spare
+                after_prefill += B * StreamingCache.memory(draft_cfg, tokens, ddb)["device"]
             else:
-                after_prefill += StaticKVCache.memory(draft_cfg, capacity, ddb)["device"]
+                after_prefill += B * StaticKVCache.memory(draft_cfg, capacity, ddb)["device"]
     chunk = min(prompt_len, prefill_chunk or prompt_len)
     prefill = prefill_activation_bytes(target, chunk, dtype_bytes)
     if offload:  # layer-major: the whole prompt's hidden state, in and out
@@ -134,11 +157,15 @@ def plan_memory(target: ModelConfig, method: MethodConfig, prompt_len: int, max_
     else:
         items["middle and draft caches, rebuild"] = after_prefill
     items["workspaces and fragmentation"] = RESERVE
+    if B > 1:  # the decode steps' activations: B x (gamma + 1) rows of every product, and the logits
+        rows = B * (method.gamma + 1)
+        items["batch activations"] = rows * (4 * target.hidden_size + 2 * target.intermediate_size
+                                             + 3 * target.vocab_size) * 4
     return MemoryPlan(items, host, target=target, dtype_bytes=dtype_bytes, prompt_len=prompt_len,
-                      prefill_chunk=prefill_chunk, on_chip_layers=on_chip_layers if offload else 0)
+                      prefill_chunk=prefill_chunk, on_chip_layers=on_chip_layers if offload else 0, batch_size=B)
 
 
-def plan_for_engine(engine, prompt_len: int, max_new_tokens: int) -> MemoryPlan:
+def plan_for_engine(engine, prompt_len: int, max_new_tokens: int, batch_size: int = 1) -> MemoryPlan:
     """The plan of one generation of an engine built without one (the Python API)."""
     draft = engine.draft
     draft_cfg = None if draft is None or draft is engine.target else draft.config
@@ -146,7 +173,7 @@ def plan_for_engine(engine, prompt_len: int, max_new_tokens: int) -> MemoryPlan:
                        dtype_bytes=engine.target.dtype.itemsize, prefill_chunk=engine.prefill_chunk, draft=draft_cfg,
                        draft_is_target=draft is engine.target,
                        draft_dtype_bytes=None if draft_cfg is None else draft.dtype.itemsize, offload=engine.offload,
-                       on_chip_layers=engine.on_chip_layers)
+                       on_chip_layers=engine.on_chip_layers, batch_size=batch_size)
 
 
 def check_plan(plan: MemoryPlan, device, *, loaded: bool = False) -> None:
@@ -213,8 +240,12 @@ def check_memory(plan: MemoryPlan, available: int, *, where: str) -> None:
         return
     over = plan.total - available
     target, dtype_bytes, prompt_len = plan.target, plan.dtype_bytes, plan.prompt_len
-    per_token = kv_bytes_per_token(target, dtype_bytes)
+    per_token = kv_bytes_per_token(target, dtype_bytes) * plan.batch_size
     fixes = []
+    if plan.batch_size > 1 and plan.per_sequence > 0:
+        fits = plan.batch_size - -(-over // plan.per_sequence)  # ceil: sequences the batch must give up
+        if fits >= 1:
+            fixes.append(f"lower hardware.batch_size to <= {fits}")
     room = prompt_len - -(-over // per_token)  # ceil: tokens the full cache must give up
     if room > 0:
         fixes.append(f"lower dataset.prefill to <= {room}")
@@ -223,6 +254,7 @@ def check_memory(plan: MemoryPlan, available: int, *, where: str) -> None:
     if chunk > 4096 and activations - prefill_activation_bytes(target, 4096, dtype_bytes) >= over:
         fixes.append("lower hardware.prefill_chunk to 4096")
     fixes.append("use a GPU with more memory, or offload the KV cache to host memory (hardware.offload=true)")
+    batch = f" for a batch of {plan.batch_size}" if plan.batch_size > 1 else ""
     raise ConfigError(
-        f"this run needs about {plan.total / GiB:.1f} GiB on {where} but {available / GiB:.1f} GiB are free "
+        f"this run needs about {plan.total / GiB:.1f} GiB{batch} on {where} but {available / GiB:.1f} GiB are free "
         f"({plan.describe()}); to fit: " + "; or ".join(fixes))

@@ -8,6 +8,11 @@ Two kinds of time:
   op is synchronous, the host clock.
 `time_s/overhead` is then the decode wall time the forwards do not account for: sampling,
 verification, host work and synchronisation (the engine's overhead).
+
+In a batch the times and the forwards are the batch's (one forward serves every sequence); what
+each sequence accepted, was proposed, emitted and took part in is counted per sequence (`Counts`),
+and each sequence gets its own summary (`summary(row=b)`); `batch_summary` adds the batch's
+throughput (generated tokens per second over the batch).
 """
 
 from __future__ import annotations
@@ -23,15 +28,31 @@ FORWARD_PHASES = ("draft", "middle", "verify", "decode")  # decode: the autoregr
 
 
 @dataclasses.dataclass
-class GenerationStats:
-    device: torch.device
-    time_s: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+class Counts:
+    """What one sequence of a generation accepted, was proposed and emitted, per level, and the
+    forwards of each level it took part in."""
     forwards: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     proposed: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     accepted: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
     rebuilds: int = 0
-    prefill_reused: bool = False  # the top level's prefill came from a PrefillMemo
+
+    def frozen(self) -> dict[str, tuple[int, int]]:
+        return {level: (self.accepted[level], self.proposed[level]) for level in self.proposed}
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    device: torch.device
+    batch_size: int = 1
+    time_s: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+    forwards: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
+    prefill_reused: bool = False  # the top level's prefill came from a PrefillMemo (every sequence's)
+    rows: list[Counts] = dataclasses.field(default_factory=list)
     _events: dict[str, list] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            self.rows = [Counts() for _ in range(self.batch_size)]
 
     @property
     def _cuda(self) -> bool:
@@ -66,22 +87,27 @@ class GenerationStats:
             end.record()
             self._events[phase].append((begin, end))
 
-    @contextlib.contextmanager
-    def round_record(self, records: list, step: int):
-        """Append one record for a top-level step: per-level accepted/proposed and its wall time."""
-        before = {level: (self.accepted[level], self.proposed[level]) for level in self.proposed}
-        self.sync()
-        start = time.perf_counter()
+    def forward_of(self, level: str, rows) -> None:
+        """One forward of `level`, serving the sequences `rows` (booleans)."""
+        self.forwards[level] += 1
+        for b, on in enumerate(rows):
+            if on:
+                self.rows[b].forwards[level] += 1
+
+    def verified(self, below: str, b: int, proposed: int, accepted: int) -> None:
+        self.rows[b].proposed[below] += proposed
+        self.rows[b].accepted[below] += accepted
+
+    @staticmethod
+    def step_record(step: int, before: dict[str, tuple[int, int]], counts: Counts) -> dict[str, float]:
+        """One top-level step of one sequence: accepted/proposed per level since `before`."""
         record: dict[str, float] = {"step": step}
-        records.append(record)
-        yield record
-        self.sync()
-        record["ms"] = 1000 * (time.perf_counter() - start)
-        for level, proposed in self.proposed.items():
+        for level, proposed in counts.proposed.items():
             acc0, prop0 = before.get(level, (0, 0))
             if proposed > prop0:
-                record[f"accepted/{level}"] = self.accepted[level] - acc0
+                record[f"accepted/{level}"] = counts.accepted[level] - acc0
                 record[f"proposed/{level}"] = proposed - prop0
+        return record
 
     def sync(self) -> None:
         if self._cuda:
@@ -94,32 +120,47 @@ class GenerationStats:
                 self.time_s[phase] += sum(b.elapsed_time(e) for b, e in pairs) / 1000
             self._events.clear()
 
-    def summary(self, *, new_tokens: int, top_level: str, decode_s: float,
-                emitted: int | None = None) -> dict[str, float]:
-        """`decode_s`: wall time of the decode loop (graph capture excluded). `emitted`: tokens the
-        top level produced, before the cut at max_new_tokens or EOS (the mean accepted length
-        counts what each top-level forward yielded)."""
+    def summary(self, *, new_tokens: int, top_level: str, decode_s: float, emitted: int | None = None,
+                row: int = 0) -> dict[str, float]:
+        """Sequence `row`'s metrics. `decode_s`: wall time of the decode loop (graph capture
+        excluded; in a batch, the batch's). `emitted`: tokens the top level produced for it, before
+        the cut at max_new_tokens or EOS (the mean accepted length counts what each top-level
+        forward yielded)."""
         self._read_events()
+        counts = self.rows[row]
         emitted = new_tokens if emitted is None else emitted
         prefill = self.time_s.get("prefill", 0.0)
         forwards = sum(t for phase, t in self.time_s.items() if phase in FORWARD_PHASES)
+        top_forwards = counts.forwards[top_level]
         out: dict[str, float] = {
             "new_tokens": new_tokens,
             "prefill_s": prefill,
             "decode_s": decode_s,
             "ms_per_token": 1000 * decode_s / new_tokens if new_tokens else float("nan"),
             "tokens_per_s": new_tokens / decode_s if decode_s > 0 else float("nan"),
-            "mean_accepted_len": emitted / self.forwards[top_level] if self.forwards[top_level] else float("nan"),
-            "rebuilds": self.rebuilds,
+            "mean_accepted_len": emitted / top_forwards if top_forwards else float("nan"),
+            "rebuilds": counts.rebuilds,
             "prefill_reused": float(self.prefill_reused),
         }
-        for level, n in self.forwards.items():
+        for level, n in counts.forwards.items():
             out[f"forwards/{level}"] = n
-        for level, n in self.proposed.items():
-            out[f"accept_rate/{level}"] = self.accepted[level] / n if n else float("nan")
+        for level, n in counts.proposed.items():
+            out[f"accept_rate/{level}"] = counts.accepted[level] / n if n else float("nan")
             out[f"proposed/{level}"] = n
-            out[f"accepted/{level}"] = self.accepted[level]
+            out[f"accepted/{level}"] = counts.accepted[level]
         for phase, t in self.time_s.items():
             out[f"time_s/{phase}"] = t
         out["time_s/overhead"] = max(0.0, decode_s - forwards - self.time_s.get("rebuild", 0.0))
         return out
+
+    def batch_summary(self, *, new_tokens: list[int], decode_s: float) -> dict[str, float]:
+        """The batch's own metrics: its size, the tokens it generated and their rate over the batch."""
+        self._read_events()
+        total = sum(new_tokens)
+        forwards = sum(t for phase, t in self.time_s.items() if phase in FORWARD_PHASES)
+        return {"batch_size": self.batch_size, "new_tokens": total, "decode_s": decode_s,
+                "prefill_s": self.time_s.get("prefill", 0.0),
+                "throughput": total / decode_s if decode_s > 0 else float("nan"),
+                "time_s/overhead": max(0.0, decode_s - forwards - self.time_s.get("rebuild", 0.0)),
+                **{f"forwards/{level}": n for level, n in self.forwards.items()},
+                **{f"time_s/{phase}": t for phase, t in self.time_s.items()}}

@@ -70,12 +70,13 @@ class Case:
     executor: str = "eager"  # static: the GPU path's static-shape forwards, uncaptured on the CPU
     offload: bool = False  # the full cache in host memory (cache/offload.py)
     options: tuple[tuple[str, object], ...] = ()  # MethodConfig fields replacing METHOD's
+    batch: int = 1  # 2: the prompt and a second, shorter one generated together (each row checked)
 
     @property
     def id(self) -> str:
         return "-".join([self.method, self.sampling, *(f"biased-{b}" for b in self.biased),
                          *([self.executor] if self.executor != "eager" else []),
-                         *(["offload"] if self.offload else []),
+                         *(["offload"] if self.offload else []), *([f"batch{self.batch}"] if self.batch > 1 else []),
                          *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild"))])
 
 
@@ -89,6 +90,12 @@ def setup():
     draft = random_model(1, **kw)  # different random weights
     prompt = torch.randint(0, VOCAB, (PROMPT_LEN,), generator=torch.Generator().manual_seed(0)).tolist()
     return target, draft, prompt
+
+
+@functools.lru_cache(maxsize=1)
+def second_prompt() -> list[int]:
+    """The other sequence of a batch: another text, of another length (ragged)."""
+    return torch.randint(0, VOCAB, (PROMPT_LEN - 5,), generator=torch.Generator().manual_seed(5)).tolist()
 
 
 @torch.inference_mode()
@@ -180,12 +187,17 @@ def engine_for(case: Case) -> Engine:
 
 
 def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:
-    """Tokens of generate() for seeds start..stop-1 (module-level: worker processes call it)."""
+    """Tokens of generate() for seeds start..stop-1 (module-level: worker processes call it); a
+    batch case: each row's tokens, concatenated."""
     torch.set_num_threads(1)
     engine = engine_for(case)
     prompt = setup()[2]
     with torch.inference_mode():
-        return [tuple(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).tokens) for s in range(start, stop)]
+        if case.batch == 1:
+            return [tuple(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).tokens) for s in range(start, stop)]
+        batch = [prompt, second_prompt()]
+        return [tuple(t for r in engine.generate(batch, NEW, seed=s, stop_at_eos=False).results for t in r.tokens)
+                for s in range(start, stop)]
 
 
 def available_cores() -> int:
@@ -222,15 +234,24 @@ def sample_tokens(pool, case: Case, n: int) -> tuple[dict, float]:
     elapsed = time.perf_counter() - start
     counts: dict[tuple[int, ...], int] = {}
     for tokens in results:
-        assert len(tokens) == NEW
+        assert len(tokens) == NEW * case.batch
         counts[tokens] = counts.get(tokens, 0) + 1
     return counts, elapsed / n
 
 
+def row_counts(counts: dict, row: int) -> dict:
+    """The counts of one row's tokens of a batch case's joint counts."""
+    out: dict[tuple[int, ...], int] = {}
+    for tokens, c in counts.items():
+        key = tokens[row * NEW:(row + 1) * NEW]
+        out[key] = out.get(key, 0) + c
+    return out
+
+
 @functools.lru_cache(maxsize=None)
-def exact(sampling: str) -> dict:
+def exact(sampling: str, row: int = 0) -> dict:
     target, _, prompt = setup()
-    return enumerate_distribution(target, prompt, SAMPLINGS[sampling])
+    return enumerate_distribution(target, prompt if row == 0 else second_prompt(), SAMPLINGS[sampling])
 
 
 # -- tests ----------------------------------------------------------------------------------------
@@ -268,6 +289,12 @@ EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"]
                 Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"])]
 
 
+# batches of two ragged prompts (docs/DESIGN.md §3): each sequence's tokens are distributed exactly as
+# plain sampling of its own prompt, and the two are independent
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2),
+                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: c.id)
 def test_engine_samples_the_exact_distribution(pool, case):
@@ -275,9 +302,22 @@ def test_engine_samples_the_exact_distribution(pool, case):
         engine, prompt = engine_for(case), setup()[2]
         assert sum(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).metrics["rebuilds"] for s in range(20))
     counts, per_call = sample_tokens(pool, case, N_EXACT)
-    outcome = compare(counts, exact(case.sampling), N_EXACT)
-    print(f"\n{case.method} {case.sampling} exact: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
-    assert outcome.passed, outcome
+    if case.batch == 1:
+        outcome = compare(counts, exact(case.sampling), N_EXACT)
+        print(f"\n{case.method} {case.sampling} exact: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
+        assert outcome.passed, outcome
+        return
+    for row in range(case.batch):
+        outcome = compare(row_counts(counts, row), exact(case.sampling, row), N_EXACT)
+        print(f"\n{case.id} row {row}: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
+        assert outcome.passed, (row, outcome)
+    # independence: the first tokens of the two rows, against the product of their marginals
+    first = {}
+    for tokens, c in counts.items():
+        first[(tokens[0], tokens[NEW])] = first.get((tokens[0], tokens[NEW]), 0) + c
+    table = np.array([[first.get((a, b), 0) for b in range(VOCAB)] for a in range(VOCAB)], dtype=float)
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    assert stats.chi2_contingency(table)[1] > P_MIN, table
 
 
 BIASED_CASES = [
@@ -290,6 +330,7 @@ BIASED_CASES = [
     Case("retrieval_spec", "t0.6-p0.9", ("top",)),
     Case("triforce", "t0.6-p0.9", ("middle",), executor="static"),
     Case("triforce", "t0.6-p0.9", ("middle",), options=HYBRID + REBUILDS["every_n"]),
+    Case("triforce", "t0.6-p0.9", ("middle",), batch=2),
 ]
 
 
@@ -300,7 +341,7 @@ def test_biased_variant_is_rejected(pool, case):
     one level must be rejected by the same check — already with N_BIASED < N_EXACT runs (a smaller
     sample only makes rejection harder), and by a wide margin."""
     counts, per_call = sample_tokens(pool, case, N_BIASED)
-    outcome = compare(counts, exact(case.sampling), N_BIASED)
+    outcome = compare(row_counts(counts, 0), exact(case.sampling), N_BIASED)
     print(f"\n{case.method} {case.sampling} biased at {case.biased}: {outcome} "
           f"({1000 * per_call:.2f} ms/generate wall)")
     assert not outcome.passed

@@ -74,8 +74,9 @@ def weight_bytes_read(cfg: ModelConfig, dtype_bytes: int) -> int:
     return total if cfg.tie_word_embeddings else total - cfg.vocab_size * cfg.hidden_size * dtype_bytes
 
 
-def step_bytes(cfg: ModelConfig, kv_tokens: int, dtype_bytes: int) -> int:
-    return weight_bytes_read(cfg, dtype_bytes) + kv_tokens * kv_bytes_per_token(cfg, dtype_bytes)
+def step_bytes(cfg: ModelConfig, kv_tokens: int, dtype_bytes: int, batch: int = 1) -> int:
+    """A step of `batch` sequences reads the weights once and every sequence's KV."""
+    return weight_bytes_read(cfg, dtype_bytes) + batch * kv_tokens * kv_bytes_per_token(cfg, dtype_bytes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,9 @@ cache's dtype) on the GPU, computed from the staging buffer when the chunk's las
 (`chunk_statistics`), and only the chosen tokens are copied from host memory (`gather`).
 
 On a CPU (tests) the same code runs with host and "device" both in CPU memory and synchronous
-copies. It is never captured in a CUDA graph: its copies vary in length (`capturable`).
+copies. It is never captured in a CUDA graph: its copies vary in length (`capturable`). A batch
+runs its forwards one sequence at a time (`row(b)`: each sequence streams its own prefix; the
+host link, not the weights, bounds such a step).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from triforce.cache.retrieval import chunk_stats
-from triforce.cache.static import StaticKVCache, kv_bytes_per_token, query_bytes
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token, per_row, query_bytes
 
 STAGES = 2  # staging buffers: one layer computes while the next streams in
 
@@ -38,12 +40,14 @@ STAGES = 2  # staging buffers: one layer computes while the next streams in
 class OffloadedKVCache(StaticKVCache):
     capturable = False
     snapshots = False  # an offloaded prefill is not kept: a second host copy of tens of GB
+    resident = per_row("resident", "per staging buffer: (layer, valid tokens) it holds of this sequence")
 
     def __init__(self, *, on_chip_layers: int = 0, **kw):
         self.on_chip = on_chip_layers
         super().__init__(**kw)
-        self.bytes_h2d = 0  # bytes moved host -> device and back since the cache was made
-        self.bytes_d2h = 0
+        # bytes moved host -> device and back since the cache was made (shared by the row views)
+        self._traffic = {"h2d": 0, "d2h": 0}
+        self._state.values["resident"] = [[(-1, 0)] * len(self.stage_k) for _ in self.rows]
         self.stats: torch.Tensor | None = None
         self.stats_chunk, self.stats_scorer = 0, ""
         self.prefetch = True  # off during a layer-major prefill: the next layer is not computed yet
@@ -66,7 +70,6 @@ class OffloadedKVCache(StaticKVCache):
         staged = STAGES if layers > self.on_chip else 0
         self.stage_k = [torch.zeros(rest, dtype=dtype, device=self.device) for _ in range(staged)]
         self.stage_v = [torch.zeros(rest, dtype=dtype, device=self.device) for _ in range(staged)]
-        self.resident = [(-1, 0)] * staged  # per staging buffer: (layer, valid tokens)
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.ready = [torch.cuda.Event() if cuda else None for _ in range(staged)]
         self.num_layers = layers
@@ -109,13 +112,38 @@ class OffloadedKVCache(StaticKVCache):
         self.track_chunks(chunk_size, scorer)
 
     def traffic(self) -> dict[str, int]:
-        return {"h2d": self.bytes_h2d, "d2h": self.bytes_d2h}
+        return dict(self._traffic)
+
+    @property
+    def bytes_h2d(self) -> int:
+        return self._traffic["h2d"]
+
+    @bytes_h2d.setter
+    def bytes_h2d(self, value: int) -> None:
+        self._traffic["h2d"] = value
+
+    @property
+    def bytes_d2h(self) -> int:
+        return self._traffic["d2h"]
+
+    @bytes_d2h.setter
+    def bytes_d2h(self, value: int) -> None:
+        self._traffic["d2h"] = value
+
+    def _row_storage(self, view: "OffloadedKVCache", b: int) -> None:
+        super()._row_storage(view, b)
+        view.k_host, view.v_host = self.k_host[:, b:b + 1], self.v_host[:, b:b + 1]
+        view.stage_k = [s[b:b + 1] for s in self.stage_k]
+        view.stage_v = [s[b:b + 1] for s in self.stage_v]
+        if self.stats is not None:
+            view.stats = self.stats[:, b:b + 1]
 
     # -- chunk statistics for retrieval rebuilds ------------------------------------------------
     def track_chunks(self, chunk_size: int, scorer: str) -> None:
         """Keep the statistics `scorer` reads of every complete chunk of `chunk_size` tokens of the
         offloaded layers (call before the prefill)."""
         L, B, H, C, D = self.k_host.shape
+        self.__dict__.pop("_views", None)  # row views made before see the statistics too
         slots = 1 if scorer == "mean" else 2
         self.stats = torch.zeros((L, B, H, C // chunk_size, slots, D), dtype=self.k_host.dtype,
                                  device=self.device)
@@ -156,6 +184,8 @@ class OffloadedKVCache(StaticKVCache):
 
     # -- the model-facing contract ----------------------------------------------------------
     def attention_mask(self, num_tokens: int):
+        if self.batch_size > 1:
+            raise ValueError("an offloaded cache runs one sequence per forward: use row(b)")
         # a forward begins: start streaming the first offloaded layer under the on-chip ones
         if self.prefetch:
             self._request(self.on_chip)
@@ -226,7 +256,7 @@ class OffloadedKVCache(StaticKVCache):
 
     def reset(self) -> None:
         super().reset()
-        self.resident = [(-1, 0)] * len(self.resident)
+        self.resident = [(-1, 0)] * len(self.stage_k)
 
 
 def _copy_tokens(dst: torch.Tensor, src: torch.Tensor, start: int, end: int) -> None:

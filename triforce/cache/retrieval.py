@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from triforce.cache.static import StaticKVCache, kv_bytes_per_token, query_bytes
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token, per_row, query_bytes
 from triforce.config import SCORERS, validate_retrieval
 
 __all__ = ["SCORERS", "RetrievalCache", "chunk_stats", "validate_retrieval"]
@@ -41,14 +41,18 @@ __all__ = ["SCORERS", "RetrievalCache", "chunk_stats", "validate_retrieval"]
 
 class RetrievalCache(StaticKVCache):
     selects = True
+    retrieved = per_row("retrieved", "slots holding selected tokens; rollback never reaches below them")
+    rebuilds = per_row("rebuilds", "selections made")
+    # each sequence's own (a budget given as a fraction of the prompt): the capacity fits the largest
+    budget = per_row("budget", "tokens a selection keeps")
+    recent = per_row("recent", "tokens of the recent window")
 
     def __init__(self, *, budget: int, chunk_size: int, scorer: str = "mean", recent: int = 0,
                  extra_capacity: int = 64, **kw):
         validate_retrieval(budget, chunk_size, scorer, recent)
         super().__init__(capacity=budget + extra_capacity, **kw)
-        self.budget, self.chunk_size, self.scorer, self.recent = budget, chunk_size, scorer, recent
-        self.retrieved = 0  # slots holding retrieved tokens; rollback never reaches below them
-        self.rebuilds = 0
+        self.chunk_size, self.scorer = chunk_size, scorer
+        self._state.add(retrieved=0, rebuilds=0, budget=budget, recent=recent)
 
     @classmethod
     def for_model(cls, cfg, *, budget: int, chunk_size: int, scorer: str, extra_capacity: int,
@@ -170,6 +174,9 @@ class RetrievalCache(StaticKVCache):
         if drop > self.length - self.retrieved:
             raise ValueError(f"cannot roll back {drop} tokens past the last retrieval rebuild")
         super().crop(seq_len)
+
+    def can_crop(self, seq_len: int) -> bool:
+        return super().can_crop(seq_len) and self.seq_len - seq_len <= self.length - self.retrieved
 
     def reset(self) -> None:
         super().reset()

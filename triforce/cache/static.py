@@ -28,10 +28,20 @@ so the decode plan's q/k/v projection writes them itself and then reports the ro
 `seq_len` counts the sequence tokens the cache has absorbed; `length` counts filled slots. They
 are equal here and differ for the StreamingLLM and retrieval caches, which keep a subset.
 `crop(seq_len)` rolls back the most recent tokens (speculative tokens that were rejected).
+
+**Batches** (docs/DESIGN.md §4): a cache of B sequences keeps its storage as one tensor (L, B, Hkv,
+S, D) and every per-sequence scalar (`length`, `seq_len`, a StreamingLLM cache's evictions, ...) per
+row (`RowState`). `cache.row(b)` is a cache of one sequence over row b of the same storage and
+state: everything written for one sequence (a prefill, a rollback, a rebuild) goes through it, with
+the single-sequence code. A forward over all B sequences at once (T new tokens each, at per-row
+positions and slots) uses the model-facing contract of the batch cache itself; `active` names the
+rows a forward advances (the others, frozen for the rest of a round or finished, keep their state:
+their writes land in `spare` slots past the capacity and are never read).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -57,7 +67,7 @@ def query_bytes(cfg, dtype_bytes: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class CacheSnapshot:
-    k: torch.Tensor  # (L, B, Hkv, n, D), host memory
+    k: torch.Tensor  # (L, 1, Hkv, n, D), host memory
     v: torch.Tensor
     recent_queries: torch.Tensor
     query_rows: tuple[int, int]
@@ -68,28 +78,69 @@ class CacheSnapshot:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.recent_queries))
 
 
+class RowState:
+    """The per-sequence scalars of a batch cache, one list per field, shared with its row views."""
+
+    def __init__(self, batch_size: int, **fields):
+        self.values = {name: [value] * batch_size for name, value in fields.items()}
+
+    def add(self, **fields) -> None:
+        for name, value in fields.items():
+            self.values.setdefault(name, [value] * len(next(iter(self.values.values()))))
+
+
+def per_row(name: str, doc: str = "") -> property:
+    """A cache attribute kept per sequence: a row view reads and writes its own row; a batch cache
+    reads the value all its rows share (an error if they differ) and writes it to every row."""
+
+    def get(self):
+        values = self._state.values[name]
+        if self._row is not None:
+            return values[self._row]
+        if any(v != values[0] for v in values[1:]):
+            raise ValueError(f"{name} differs between the sequences of this batch: use cache.row(b) or "
+                             f"cache.rows_of({name!r})")
+        return values[0]
+
+    def put(self, value) -> None:
+        values = self._state.values[name]
+        if self._row is not None:
+            values[self._row] = value
+        else:
+            values[:] = [value] * len(values)
+
+    return property(get, put, doc=doc)
+
+
 class StaticKVCache:
     capturable = True  # a static-shape (captured) forward may run on it
     selects = False  # a selection of another cache, refilled by `rebuild` (retrieval, hybrid)
     snapshots = True  # its prefill can be kept for later generations (snapshot / restore)
 
+    length = per_row("length", "filled slots")
+    seq_len = per_row("seq_len", "sequence tokens absorbed")
+    _query_rows = per_row("query_rows", "(sequence position of recent_queries row 0, rows filled)")
+    _rows_written = per_row("rows_written", "rows the latest forward filled")
+    # Captured forwards record queries only where a rebuild will read them (a copy per layer)
+    record_queries = per_row("record_queries", "this cache's forwards record their queries")
+
     def __init__(self, *, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
                  dtype: torch.dtype, device: torch.device | str, batch_size: int = 1,
-                 num_heads: int | None = None):
+                 num_heads: int | None = None, spare: int = 0):
         self.capacity = capacity
+        self.spare = spare  # slots past the capacity a frozen row's forward may write into (batches)
+        self.batch_size = batch_size
         self.device = torch.device(device)
-        self._allocate((num_layers, batch_size, num_kv_heads, capacity, head_dim), dtype)
+        self._row: int | None = None  # a row view: the sequence it is
+        self._state = RowState(batch_size, length=0, seq_len=0, query_rows=(0, 0), rows_written=0,
+                               record_queries=True)
+        self.active: tuple[bool, ...] | None = None  # rows the next batched forward advances (None: all)
+        self._allocate((num_layers, batch_size, num_kv_heads, capacity + spare, head_dim), dtype)
         # Queries of the most recent forward's last rows, per layer: the retrieval cache scores
         # chunks with the query of a chosen committed token (a verify forward's last row may be a
         # proposal the verifier then rejected).
         q_shape = (num_layers, batch_size, num_heads or num_kv_heads, QUERY_HISTORY, head_dim)
         self.recent_queries = torch.zeros(q_shape, dtype=dtype, device=device)
-        self._query_rows = (0, 0)  # (sequence position of recent_queries row 0, rows filled)
-        self._rows_written = 0  # rows the latest forward filled
-        # Captured forwards record queries only where a rebuild will read them (a copy per layer)
-        self.record_queries = True
-        self.length = 0
-        self.seq_len = 0
 
     @classmethod
     def for_model(cls, cfg, capacity: int, dtype: torch.dtype, device, **kw) -> "StaticKVCache":
@@ -97,7 +148,7 @@ class StaticKVCache:
                    num_heads=cfg.num_heads, capacity=capacity, dtype=dtype, device=device, **kw)
 
     def _allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        """The key and value storage, (L, B, Hkv, capacity, D) each (an offloaded cache keeps
+        """The key and value storage, (L, B, Hkv, capacity + spare, D) each (an offloaded cache keeps
         most of it in host memory: cache/offload.py)."""
         self.k = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=dtype, device=self.device)
@@ -107,11 +158,47 @@ class StaticKVCache:
         """Bytes this cache allocates for `tokens` slots: {"device": ..., "host": ...}."""
         return {"device": tokens * kv_bytes_per_token(cfg, dtype_bytes) + query_bytes(cfg, dtype_bytes), "host": 0}
 
+    # -- sequences of a batch ----------------------------------------------------------------
+    def row(self, b: int) -> "StaticKVCache":
+        """The cache of sequence b: a one-sequence cache of the same kind over row b of this
+        storage and state (writes through it are this cache's)."""
+        if self._row is not None:
+            if b != 0:
+                raise IndexError(f"a row view holds one sequence, not row {b}")
+            return self
+        if not 0 <= b < self.batch_size:
+            raise IndexError(f"row {b} of a batch of {self.batch_size}")
+        views = self.__dict__.setdefault("_views", {})  # made once: a round crops every row
+        if b not in views:
+            view = copy.copy(self)
+            view._row, view.batch_size, view.active, view._views = b, 1, None, None
+            self._row_storage(view, b)
+            views[b] = view
+        return views[b]
+
+    def _row_storage(self, view: "StaticKVCache", b: int) -> None:
+        """Point a row view's tensors at row b (subclasses add their own)."""
+        view.k, view.v = self.k[:, b:b + 1], self.v[:, b:b + 1]
+        view.recent_queries = self.recent_queries[:, b:b + 1]
+
+    def rows_of(self, name: str) -> list:
+        """A per-sequence attribute for every row (a copy)."""
+        values = self._state.values[name]
+        return list(values) if self._row is None else [values[self._row]]
+
+    @property
+    def rows(self) -> range:
+        return range(self.batch_size)
+
+    def _is_active(self, b: int) -> bool:
+        return self.active is None or self.active[b]
+
     # -- the engine-facing contract ----------------------------------------------------------
     def absorb(self, model, tokens: torch.Tensor, upto: int, *, chunk: int | None = None, source=None,
                report: Callable[[int, int], None] | None = None) -> None:
-        """Prefill: run tokens[seq_len:upto] (the 1-D token buffer) through `model` into this cache,
-        `chunk` tokens per forward (the whole span when None). report(done, total) after each one."""
+        """Prefill one sequence (a row view, or a one-sequence cache): run tokens[seq_len:upto] (its
+        1-D token buffer) through `model`, `chunk` tokens per forward (the whole span when None).
+        report(done, total) after each one."""
         step = self.max_step_tokens or chunk or upto
         if report is not None:
             report(self.seq_len, upto)
@@ -154,7 +241,20 @@ class StaticKVCache:
         self._check_room(num_tokens)
         return self.seq_len
 
+    def reserve_rows(self, num_tokens: int) -> list[int]:
+        """Every row's `reserve`: the first position of each sequence's T new tokens (a frozen row
+        reserves nothing and keeps its slots: its forward writes past its length)."""
+        return [self.row(b).reserve(num_tokens) if self._is_active(b) else self.row(b).first_position()
+                for b in self.rows]
+
+    def first_position(self) -> int:
+        """The rotary position the next token would get (without making room)."""
+        return self.seq_len
+
     def next_positions(self, num_tokens: int) -> torch.Tensor:
+        if self.batch_size > 1:
+            starts = torch.tensor(self.reserve_rows(num_tokens), device=self.device)
+            return starts[:, None] + torch.arange(num_tokens, device=self.device)
         start = self.reserve(num_tokens)
         return torch.arange(start, start + num_tokens, device=self.device)
 
@@ -163,6 +263,8 @@ class StaticKVCache:
 
         Called once per forward before any write, so it also guards the capacity (positions
         may have been passed explicitly, bypassing next_positions)."""
+        if self.batch_size > 1:
+            return self._batch_mask(num_tokens), False
         self._check_room(num_tokens)
         if num_tokens == 1:
             return None, False
@@ -179,6 +281,19 @@ class StaticKVCache:
         k_idx = torch.arange(total, device=self.device)[None, :]
         return k_idx <= q_idx, False
 
+    def _batch_mask(self, num_tokens: int) -> torch.Tensor:
+        """(B, 1, T, S) booleans: query t of row b sees the slots below length_b + t + 1."""
+        lengths = self.rows_of("length")
+        for b in self.rows:
+            if self._is_active(b):
+                self.row(b)._check_room(num_tokens)
+            elif lengths[b] + num_tokens > self.capacity + self.spare:
+                raise ValueError(f"row {b} is frozen at {lengths[b]} slots: a {num_tokens}-token forward needs "
+                                 f"{num_tokens} spare slots past the capacity of {self.capacity} ({self.spare})")
+        last = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(num_tokens, device=self.device)
+        slots = torch.arange(self.k.shape[3], device=self.device)
+        return (slots[None, None, :] <= last[:, :, None])[:, None]
+
     def store_slots(self, layer: int) -> None:
         """(k cache, v cache, first slot as a device scalar) for a kernel that writes this
         forward's keys itself; None: use `store` (the host-side path)."""
@@ -194,14 +309,24 @@ class StaticKVCache:
         return q, keys, values
 
     def write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        n = min(q.shape[2], QUERY_HISTORY)
+        self.recent_queries[layer, :, :, :n] = q[:, :, -n:]
+        if self.batch_size > 1:  # every row at its own slots; attention reads all slots, masked
+            for b, start in enumerate(self.rows_of("length")):
+                self.k[layer, b, :, start:start + k.shape[2]] = k[b]
+                self.v[layer, b, :, start:start + k.shape[2]] = v[b]
+            return self.k[layer], self.v[layer]
         start, end = self.length, self.length + k.shape[2]
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
-        n = min(q.shape[2], QUERY_HISTORY)
-        self.recent_queries[layer, :, :, :n] = q[:, :, -n:]
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def advance(self, num_tokens: int) -> None:
+        if self.batch_size > 1:
+            for b in self.rows:
+                if self._is_active(b):
+                    self.row(b).advance(num_tokens)
+            return
         n = min(num_tokens, QUERY_HISTORY)
         self._query_rows = (self.seq_len + num_tokens - n, n)
         self._rows_written = n
@@ -227,8 +352,9 @@ class StaticKVCache:
 
     # -- snapshots (triforce.prefill_memo) ------------------------------------------------------
     def snapshot(self) -> "CacheSnapshot":
-        """A host copy of everything a later reader sees: the filled slots, the recorded queries and
-        the lengths. Only for a plain full cache (slot i = position i; `snapshots`)."""
+        """A host copy of everything a later reader sees of one sequence: the filled slots, the
+        recorded queries and the lengths. Only for a plain full cache (slot i = position i;
+        `snapshots`)."""
         n = self.length
         return CacheSnapshot(k=self.k[:, :, :, :n].to("cpu", copy=True), v=self.v[:, :, :, :n].to("cpu", copy=True),
                              recent_queries=self.recent_queries.to("cpu", copy=True), query_rows=self._query_rows,
@@ -256,6 +382,10 @@ class StaticKVCache:
             raise ValueError(f"cannot roll back {drop} tokens: only {self.length} are cached")
         self.length -= drop
         self.seq_len = seq_len
+
+    def can_crop(self, seq_len: int) -> bool:
+        """Whether `crop(seq_len)` would succeed (a batch rolls rows back to feed one width)."""
+        return seq_len <= self.seq_len and self.seq_len - seq_len <= self.length
 
     def reset(self) -> None:
         self.length = 0

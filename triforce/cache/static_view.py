@@ -3,11 +3,11 @@
 A CUDA graph replays exactly the kernels it captured, with the tensor addresses it captured: it
 cannot take a Python int. So the graph path keeps, per captured forward, a small device tensor
 
-    meta = [token_start, position_start, slot_start]
+    meta = [token_start, position_start, slot_start]    per sequence of the batch: (3, B)
 
-(where the new tokens are read from the engine's token buffer, their first rotary position, the
-cache slot the first one is written to), set by the executor before each replay from the
-cache's host bookkeeping, which stays the single source of truth. Through this view the model's
+(where each sequence's new tokens are read from its row of the engine's token buffer, their first
+rotary position, the cache slot the first one is written to), set by the executor before each
+replay from the cache's host bookkeeping, which stays the single source of truth. Through this view the model's
 forward reads its tokens, positions and lengths from `meta` (kernels read the fields themselves:
 no launch builds an index), writes the new keys from the q/k/v projection's epilogue
 (`store_slots`, the decode plan) or through `store` (the model's own forward, the reference), and
@@ -29,25 +29,35 @@ TOKEN_START, POSITION_START, SLOT_START = range(3)
 
 
 class StaticView:
+    """meta (3, B): per sequence of the batch, [token_start, position_start, slot_start]."""
+
     def __init__(self, cache: StaticKVCache, num_tokens: int):
         self.cache = cache
         self.num_tokens = num_tokens
-        self.meta = torch.zeros(3, dtype=torch.int64, device=cache.device)
-        self._fields = self.meta.unbind()  # views, made once
+        self.batch_size = cache.batch_size
+        self.meta = torch.zeros(3, self.batch_size, dtype=torch.int64, device=cache.device)
+        self._fields = self.meta.unbind()  # (B,) views, made once
 
-    def set(self, token_start: int, position_start: int, slot_start: int) -> None:
-        """Point the view at the next forward: one fill kernel per value, the value passed as a
-        kernel argument (no host buffer to stage or keep alive, no synchronisation)."""
-        for field, value in enumerate((token_start, position_start, slot_start)):
-            self._fields[field].fill_(value)
+    def set(self, token_starts: list[int], position_starts: list[int], slot_starts: list[int]) -> None:
+        """Point the view at the next forward. One sequence: one fill kernel per value, the value a
+        kernel argument (no host buffer to stage or keep alive, no synchronisation); a batch: one
+        copy of the 3 x B values from pinned host memory, without a synchronisation."""
+        if self.batch_size == 1:
+            for field, values in enumerate((token_starts, position_starts, slot_starts)):
+                self._fields[field].fill_(values[0])
+            return
+        host = torch.tensor([token_starts, position_starts, slot_starts], dtype=torch.int64)
+        if self.meta.is_cuda:
+            host = host.pin_memory()  # the caching host allocator keeps it until the copy has run
+        self.meta.copy_(host, non_blocking=True)
 
     @property
     def token_start(self) -> torch.Tensor:
-        """The forward's first token index in the engine's buffer, a one-element device tensor."""
-        return self.meta[TOKEN_START:TOKEN_START + 1]
+        """Each row's first token index in the engine's buffer, a (B,) device tensor."""
+        return self._fields[TOKEN_START]
 
     def tokens(self, buffer: torch.Tensor) -> TokenSlice:
-        """The forward's input: `num_tokens` ids of `buffer` from meta's token start."""
+        """The forward's input: `num_tokens` ids of each row of `buffer` (B, N) from its token start."""
         return TokenSlice(buffer, self._fields[TOKEN_START], self.num_tokens)
 
     # -- the cache contract (as StaticKVCache's, with device-resident lengths) ---------------

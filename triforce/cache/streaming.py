@@ -8,18 +8,20 @@ kept keys are re-rotated to their new slots (rotations compose, so this is exact
 
 from __future__ import annotations
 
-from triforce.cache.static import StaticKVCache, kv_bytes_per_token, query_bytes
+from triforce.cache.static import StaticKVCache, kv_bytes_per_token, per_row, query_bytes
 from triforce.errors import ConfigError
 from triforce.kernels.streaming import shift_window
 
 
 class StreamingCache(StaticKVCache):
+    evicted = per_row("evicted", "tokens dropped from the window so far")
+
     def __init__(self, *, sink: int, window: int, rope, **kw):
         if sink < 0 or window <= 0:
             raise ConfigError(f"streaming cache needs sink >= 0 and window > 0 (got sink={sink}, window={window})")
         super().__init__(capacity=sink + window, **kw)
         self.sink, self.window, self.rope = sink, window, rope
-        self.evicted = 0
+        self._state.add(evicted=0)
 
     @classmethod
     def for_model(cls, model, *, sink: int, window: int, **kw) -> "StreamingCache":
@@ -56,6 +58,25 @@ class StreamingCache(StaticKVCache):
             self._evict(overflow)
         return self.length
 
+    def reserve_rows(self, num_tokens: int) -> list[int]:
+        """Every active row's eviction in one shift over the batch (rows evict different amounts:
+        a rollback leaves some windows short); positions are slots."""
+        if num_tokens > self.window:
+            raise ValueError(f"a streaming cache takes at most window={self.window} tokens per forward")
+        lengths = self.rows_of("length")
+        drops = [max(0, n + num_tokens - self.capacity) if self._is_active(b) else 0 for b, n in enumerate(lengths)]
+        if any(drops):
+            shift_window(self.k, self.v, self.sink, lengths, drops, self.rope)  # one launch for the batch
+            evicted = self.rows_of("evicted")
+            for b, drop in enumerate(drops):
+                if drop:
+                    row = self.row(b)
+                    row.length, row.evicted = lengths[b] - drop, evicted[b] + drop
+        return self.rows_of("length")
+
+    def first_position(self) -> int:
+        return self.length
+
     def skip(self, num_tokens: int) -> None:
         """Count tokens as seen and already evicted (the prefill feeds only the sink and the last
         `window` tokens: absorb)."""
@@ -79,6 +100,10 @@ class StreamingCache(StaticKVCache):
             raise ValueError(f"cannot roll back {drop} tokens: the streaming window holds only "
                              f"{self.length - self.sink}; use a larger window")
         super().crop(seq_len)
+
+    def can_crop(self, seq_len: int) -> bool:
+        drop = self.seq_len - seq_len
+        return super().can_crop(seq_len) and not (self.evicted and drop > self.length - self.sink)
 
     def reset(self) -> None:
         super().reset()

@@ -196,7 +196,7 @@ class KernelPolicy:
         pdl, linear, fold_norm, allreduce, tuning_file (a path, or null: the device's own file).
         Environment variables override the defaults, config overrides override both."""
         environ = os.environ if environ is None else environ
-        overrides = dict(overrides or {})
+        overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}  # null: not given
         unknown = set(overrides) - set(cls.OVERRIDES)
         if unknown:
             raise ConfigError(f"unknown hardware.kernels option(s) {sorted(unknown)}; known: {list(cls.OVERRIDES)}")
