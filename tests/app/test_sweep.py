@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.app.helpers import last_json, run_cli, tiny_overrides
+from tests.app.helpers import last_json, run_cli, tiny_overrides, write_books
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_notebook_renders_the_middle_cache_study(tiny_study, tmp_path, monkeypat
     assert len(images) >= 3  # acceptance vs parameters, latency, the study's figure
     assert (sweep_dir / "middle_cache_study.png").is_file()
     assert "hybrid vs the better of retrieval and StreamingLLM" in text
-    assert "section skipped" not in text
+    assert "not a middle-cache study" not in text
 
 
 def test_study_sweep_rows_carry_the_resolved_budget_and_reference_acceptance(tiny_study):
@@ -205,3 +205,25 @@ def test_sweep_plan_counts_the_basic_sweepers_product():
     assert plan(["+extra=range(0,5)"]) == (5, {"+extra"})
     assert plan(["method.gamma=2,4"], target="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper") \
         == (None, set())
+
+
+def test_batch_size_sweep_tables_and_plots_throughput(tmp_path, monkeypatch):
+    """`triforce -m hardware.batch_size=1,4 experiment=smoke`: one row per prompt in every job's
+    samples.parquet (each with its batch), throughput and batch size in the sweep table, and the
+    notebook's throughput-vs-batch section."""
+    sweep_dir = tmp_path / "outputs" / "multirun" / "2026-01-03" / "00-00-00"
+    books_dir = write_books(tmp_path / "books", n=4)
+    proc = run_cli(["-m", "experiment=smoke", "hardware.batch_size=1,4", f"dataset.folder={books_dir}",
+                    "dataset.num_samples=4", "max_new_tokens=6", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = pd.read_parquet(sweep_dir / "sweep.parquet")
+    assert sorted(runs["hardware.batch_size"]) == [1, 4] and (runs["status"] == "ok").all()
+    assert runs["throughput"].gt(0).all() and runs["baseline_throughput"].gt(0).all()
+    for job in ("0", "1"):
+        samples = pd.read_parquet(sweep_dir / job / "samples.parquet")
+        assert len(samples) == 4 and samples["new_tokens"].eq(6).all()
+        size = int(runs.loc[runs["job_num"] == int(job), "hardware.batch_size"].iloc[0])
+        assert samples["batch_size"].eq(size).all() and samples["batch"].tolist() == [i // size for i in range(4)]
+    images, text = execute_notebook(sweep_dir, tmp_path, monkeypatch)
+    assert (sweep_dir / "throughput_vs_batch.png").is_file()
+    assert "throughput section skipped" not in text

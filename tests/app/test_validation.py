@@ -55,6 +55,33 @@ def test_bad_values_name_value_and_range(override, pattern):
         validate(cfg_of("model=tiny", *override.split()), environment=False)
 
 
+# The typed configuration (triforce/config.py): a value of the wrong type or an unknown key is one
+# error naming it, before any weights load (these passed validation and died after loading, or were
+# accepted silently, before the configuration had one owner).
+@pytest.mark.parametrize("override,pattern", [
+    ("method.gamma=2.5", r"method.gamma=2.5 must be a whole number"),
+    ("method.draft_gamma=2.5", r"method.draft_gamma=2.5 must be a whole number"),
+    ("method.chunk_size=2.5", r"method.chunk_size=2.5 must be a whole number"),
+    ("method.draft_window=2.5", r"method.draft_window=2.5 must be a whole number"),
+    ("hardware.prefill_chunk=2.5", r"hardware.prefill_chunk=2.5 must be a whole number or null"),
+    ("method.rebuild_every=2.5", r"method.rebuild_every=2.5 must be a whole number"),
+    ("+foo=1", r"unknown top-level option\(s\) \['foo'\]"),
+    ("+method.gama=4", r"unknown method option\(s\) \['gama'\]"),
+    ("+hardware.gpus=2", r"unknown hardware option\(s\) \['gpus'\]"),
+    ("sampling.temperature=abc", r"sampling.temperature='abc' must be a number"),
+    ("hardware.executor=bogus", r"hardware.executor='bogus': choose one of auto, eager, static, graphs"),
+    ("hardware.executor=graphs", r"hardware.executor=graphs needs a CUDA device"),
+    ("hardware.batch_size=0", r"hardware.batch_size=0 must be a positive number of prompts"),
+    ("hardware.batch_size=2.5", r"hardware.batch_size=2.5 must be a whole number"),
+    ("hardware.kernels.linear=cublas", r"hardware.kernels.linear='cublas': choose triton"),
+    ("seed=abc", r"seed='abc' must be a whole number"),
+    ("max_new_tokens=2.5", r"max_new_tokens=2.5 must be a whole number"),
+])
+def test_values_of_the_wrong_type_and_unknown_keys_are_refused(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        validate(cfg_of("model=tiny", override), environment=False)
+
+
 def test_unknown_model_name():
     with pytest.raises(ModelNotFoundError, match=r"model.name='nope' is unknown: use a model config"):
         validate(cfg_of("model.name=nope"), environment=False)
@@ -95,7 +122,8 @@ def test_run_job_rejects_before_any_model_loads(tmp_path, monkeypatch, books_dir
 
     monkeypatch.setattr(engines, "build_engine", forbidden)
     for bad in ("method.budget=0", "method.gamma=0", "dataset.prefill=9000", "model.name=nope",
-                "dataset.name=nope"):
+                "dataset.name=nope", "method.gamma=2.5", "method.chunk_size=2.5", "hardware.prefill_chunk=2.5",
+                "hardware.executor=graphs", "sampling.temperature=abc"):
         cfg = compose(*tiny_overrides(books_dir, bad))
         result = run_job(cfg, JobContext(run_dir=tmp_path / bad.replace("=", "_")))
         assert result.status == "failed" and result.user_error, (bad, result.error)

@@ -29,10 +29,11 @@ def test_every_panel_refers_to_names_real_runs_logged(logged_sweep):
     assert unlogged(refs_of(None), logged) == []  # the dashboard of all runs: same names
     # what the issue asks for is really on the dashboard, as the kind of name W&B resolves
     named = {(r.kind, r.name) for r in refs}
-    for param in ("method.budget", "method.gamma", "method.chunk_size", "method.name", "method.middle_cache"):
+    for param in ("method.budget", "method.gamma", "method.chunk_size", "method.name", "method.middle_cache",
+                  "hardware.batch_size"):
         assert ("config", param) in named
     for metric in ("mean_accepted_len", "accept_rate/middle", "accept_rate/draft", "speedup", "prefill_s",
-                   "prompt_tokens"):
+                   "prompt_tokens", "throughput", "throughput_speedup"):
         assert ("summary", metric) in named
     assert {("history", p) for p in spec.PHASES} <= named
     assert ("table", "rounds") in named

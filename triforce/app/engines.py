@@ -9,38 +9,33 @@ method settings then prefills each prompt once instead of once per job."""
 from __future__ import annotations
 
 import gc
-from typing import Mapping
 
 import torch
 
 from triforce.app.validate import RunPlan
+from triforce.assemble import engine_kwargs
 from triforce.config import MethodConfig
 from triforce.engine import Engine
 from triforce.prefill_memo import PrefillMemo
-
-ENGINE_SECTIONS = ("model", "draft", "method", "sampling", "hardware")
-
 
 PREFILLS = PrefillMemo(max_bytes=0)
 GB = 1024 ** 3
 
 
-def build_engine(cfg: Mapping, plan: RunPlan) -> Engine:
-    """The run's engine (`model.name: tiny-random` builds the seeded tiny model, no files)."""
-    hw = cfg.get("hardware") or {}
-    if hw.get("threads"):
-        torch.set_num_threads(int(hw["threads"]))
-    engine = Engine.from_config({k: cfg.get(k) for k in ENGINE_SECTIONS})
-    PREFILLS.resize(int(float(hw.get("prefill_memo_gb") or 0) * GB))  # 0: off, and memory given back
-    engine.prefill_memo = PREFILLS if PREFILLS.max_bytes else None
-    return engine
+def build_engine(plan: RunPlan) -> Engine:
+    """The run's engine from its typed configuration (`model.name: tiny-random` builds the seeded
+    tiny model, no files), with the run's memory plan."""
+    hw = plan.run.hardware
+    if hw.threads:
+        torch.set_num_threads(hw.threads)
+    PREFILLS.resize(int(hw.prefill_memo_gb * GB))  # 0: off, and memory given back
+    return Engine(**engine_kwargs(plan.run.engine_sections()), memory_plan=plan.memory,
+                  prefill_memo=PREFILLS if PREFILLS.max_bytes else None)
 
 
 def baseline_of(engine: Engine) -> Engine:
-    """Autoregressive decoding of the same target, same sampling and context."""
-    return Engine(engine.target, None, MethodConfig(name="autoregressive"), engine.sampling,
-                  max_context=engine.max_context, prefill_chunk=engine.prefill_chunk, executor=engine.executor_name,
-                  offload=engine.offload, on_chip_layers=engine.on_chip_layers, prefill_memo=engine.prefill_memo)
+    """Autoregressive decoding of the same target, same sampling, context, hardware settings."""
+    return engine.with_method(MethodConfig(name="autoregressive"))
 
 
 def release(device: torch.device | str | None) -> None:

@@ -80,6 +80,10 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         if not is_main_rank():  # tensor parallelism: rank 0 alone logs and writes
             values = {**values, "logger": {"name": "none"}, "print_text": False,
                       "hardware": {**(values.get("hardware") or {}), "progress": False}}
+            run = plan.run
+            plan = dataclasses.replace(plan, run=dataclasses.replace(
+                run, logger={"name": "none"}, print_text=False,
+                hardware=dataclasses.replace(run.hardware, progress=False)))
         tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
                                run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
                                tags=list(values.get("tags") or []))
@@ -122,6 +126,8 @@ def resolve(cfg: DictConfig | Mapping) -> dict:
 def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker: Tracker) -> None:
     record = {"status": result.status, "error": result.error, "run_dir": str(ctx.run_dir), "job_num": ctx.job_num,
               "overrides": list(ctx.overrides), "params": values, "metrics": result.summary}
+    if frame is not None and "kernel_policy" in frame.attrs:  # every kernel choice the run made
+        record["kernel_policy"] = frame.attrs["kernel_policy"]
     try:
         tables.write_summary(ctx.run_dir, record)
     finally:
@@ -135,8 +141,9 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
     from triforce.data.sources import load_samples
     from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name
 
+    run = plan.run
     model, dataset = values["model"], values["dataset"]
-    max_new = values["max_new_tokens"]
+    max_new = run.max_new_tokens
     tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.get("tokenizer")))
     samples = load_samples(dataset, tokenizer)
     if plan.max_context is not None:
@@ -147,61 +154,79 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
     log.info("%d prompt(s) of %s tokens from %s", len(samples), dataset["prefill"], dataset["name"])
 
     t0 = time.perf_counter()
-    engine = engines.build_engine(values, plan)
+    engine = engines.build_engine(plan)
     load_s = time.perf_counter() - t0
     log.info("loaded %s in %.1f s", model["name"], load_s)
-    baseline = engines.baseline_of(engine) if values.get("baseline", True) else None
+    baseline = engines.baseline_of(engine) if run.baseline else None
     same_method = plan.method.name == "autoregressive"
-    stop = bool(values.get("stop_at_eos", False))
-    if values.get("warmup", True):  # first forwards pay one-off costs (allocator, kernels): keep them out
+    stop = run.stop_at_eos
+    size = run.hardware.batch_size
+    batches = [samples[i:i + size] for i in range(0, len(samples), size)]
+    if run.warmup:  # first forwards pay one-off costs (allocator, kernels): keep them out
+        warm = [s.prompt_ids[:64] for s in batches[0]]
         for e in (engine, baseline):
             if e is not None:
-                e.generate(samples[0].prompt_ids[:64], 4, seed=0, stop_at_eos=False)
+                e.generate(warm if size > 1 else warm[0], 4, seed=0, stop_at_eos=False)
 
-    hardware = values.get("hardware") or {}
-    show = progress.enabled(hardware)  # per-generation bars: a terminal and hardware.progress
+    show = progress.enabled(values.get("hardware") or {})  # per-generation bars: a terminal and hardware.progress
 
     def watched(desc: str):
         return progress.TokenProgress(desc) if show else contextlib.nullcontext()
 
+    def generate(e, batch, seed: int, desc: str):
+        """One result per prompt of the batch, and the batch's metrics."""
+        with watched(desc) as watch:
+            out = e.generate([s.prompt_ids for s in batch] if size > 1 else batch[0].prompt_ids, max_new,
+                             seed=seed, stop_at_eos=stop, progress=watch)
+        return (out.results, out.metrics) if size > 1 else ([out], out.metrics)
+
     rows, rounds = [], []
     # the per-prompt bar stays on off a terminal (a batch log then shows a line per prompt);
     # hardware.progress=false turns it off with the others
-    bar = tqdm(samples, desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True,
-               disable=not hardware.get("progress", True))
-    for i, sample in enumerate(bar):
-        seed = int(values.get("seed", 0)) + i
-        with watched(f"{plan.method.name} #{i}") as watch:
-            out = engine.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop, progress=watch)
-        row = {"sample": i, "sample_id": sample.id, "title": sample.title, "prompt_tokens": len(sample.prompt_ids),
-               "seed": seed, "load_s": load_s, **out.metrics}
+    bar = tqdm(total=len(samples), desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True,
+               disable=not run.hardware.progress)
+    for k, batch in enumerate(batches):
+        first = k * size
+        seed = run.seed + first  # a batch of one: sample i's seed is seed + i, as always
+        tag = f"#{first}" if size == 1 else f"batch #{k}"
+        outs, batch_metrics = generate(engine, batch, seed, f"{plan.method.name} {tag}")
+        bases = None
         if baseline is not None:
-            if same_method:
-                base = out
-            else:
-                with watched(f"autoregressive #{i}") as watch:
-                    base = baseline.generate(sample.prompt_ids, max_new, seed=seed, stop_at_eos=stop, progress=watch)
-            row.update({f"baseline_{k}": v for k, v in base.metrics.items()
-                        if k in ("prefill_s", "ms_per_token", "tokens_per_s") or k.startswith("time_s/")})
-            row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]
-            if plan.sampling.greedy:
-                row["baseline_same_tokens"] = float(base.tokens == out.tokens)
-            if values.get("reference_acceptance") and not same_method:
-                # expected acceptance of each lower level along the baseline's tokens: the target's
-                # own continuation with this sample's seed, the same in every cell of a sweep
-                for level, probs in engine.reference_acceptance(sample.prompt_ids, base.tokens).items():
-                    row[f"ref_accept/{level}"] = sum(probs) / len(probs)
-        row["text"] = tokenizer.decode(out.tokens)
-        rows.append(row)
-        rounds.extend({"sample": i, **r} for r in out.rounds)
-        tracker.log_sample(i, row)
-        bar.set_postfix(ms_per_token=f"{out.metrics['ms_per_token']:.1f}",
-                        **({"speedup": f"{row['speedup']:.2f}"} if "speedup" in row else {}))
-        if i == 0 and values.get("print_text", True):
-            tqdm.write(f"--- generated text, sample 0 ({sample.title}) ---\n{row['text']}\n---", file=sys.stdout)
+            bases = (outs, batch_metrics) if same_method else generate(baseline, batch, seed, f"autoregressive {tag}")
+        for j, (sample, out) in enumerate(zip(batch, outs)):
+            i = first + j
+            row = {"sample": i, "sample_id": sample.id, "title": sample.title,
+                   "prompt_tokens": len(sample.prompt_ids), "seed": seed, "load_s": load_s, "batch": k,
+                   "batch_size": len(batch), **out.metrics, "throughput": batch_metrics["throughput"]}
+            if bases is not None:
+                base, base_batch = bases[0][j], bases[1]
+                row.update({f"baseline_{key}": v for key, v in base.metrics.items()
+                            if key in ("prefill_s", "ms_per_token", "tokens_per_s") or key.startswith("time_s/")})
+                row["baseline_throughput"] = base_batch["throughput"]
+                row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]
+                row["throughput_speedup"] = batch_metrics["throughput"] / base_batch["throughput"]
+                if plan.sampling.greedy:
+                    row["baseline_same_tokens"] = float(base.tokens == out.tokens)
+                if run.reference_acceptance and not same_method:
+                    # expected acceptance of each lower level along the baseline's tokens: the target's
+                    # own continuation with this sample's seed, the same in every cell of a sweep
+                    for level, probs in engine.reference_acceptance(sample.prompt_ids, base.tokens).items():
+                        row[f"ref_accept/{level}"] = sum(probs) / len(probs)
+            row["text"] = tokenizer.decode(out.tokens)
+            rows.append(row)
+            rounds.extend({"sample": i, **r} for r in out.rounds)
+            tracker.log_sample(i, row)
+            bar.update(1)
+            bar.set_postfix(ms_per_token=f"{out.metrics['ms_per_token']:.1f}",
+                            **({"tokens_per_s": f"{batch_metrics['throughput']:.1f}"} if size > 1 else {}),
+                            **({"speedup": f"{row['speedup']:.2f}"} if "speedup" in row else {}))
+            if i == 0 and run.print_text:
+                tqdm.write(f"--- generated text, sample 0 ({sample.title}) ---\n{row['text']}\n---", file=sys.stdout)
     bar.close()
 
     frame = pd.DataFrame(rows)
+    frame.attrs["kernel_policy"] = {**engine.policy.describe(),
+                                    "tuning_used": sorted({e for o in outs for e in o.tuning_used})}
     frame.to_parquet(ctx.run_dir / tables.SAMPLES, index=False)
     steps = pd.DataFrame(rounds)
     steps.to_parquet(ctx.run_dir / tables.ROUNDS, index=False)

@@ -1,111 +1,82 @@
 """Start-time validation of a composed run config: everything that can be checked before any
 weights load, with messages that name the bad value and what is allowed.
 
-`validate(cfg)` checks the config alone; with `environment=True` (the default, what a run does)
-it also checks the device exists and reads the model's config.json (never its weights) to know
-its context length.
+`validate(cfg)` parses the composed config once into typed objects (config.RunConfig: wrong types
+and unknown keys are refused there) and checks what they cannot alone; with `environment=True`
+(the default, what a run does) it also checks the device exists, reads the model's config.json
+(never its weights) to know its context length, and makes the run's memory plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-from triforce.config import method_config, sampling_params
+from triforce.config import MethodConfig, RunConfig, SamplingParams, context_needed
 from triforce.data.sources import check_dataset
-from triforce.config import MethodConfig, context_needed
 from triforce.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from triforce.models import tiny
-from triforce.sampling import SamplingParams
 
 LOGGERS = ("wandb", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-    method: MethodConfig
-    sampling: SamplingParams
+    """A job's configuration, parsed once (config.RunConfig), and what the pre-flight found: the
+    target's context and the run's memory plan (GPU runs; handed to the engine)."""
+    run: RunConfig
     max_context: int | None  # None: only known once the weights are downloaded
+    memory: Any = None  # memory.MemoryPlan
+
+    @property
+    def method(self) -> MethodConfig:
+        return self.run.method
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.run.sampling
 
 
 def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
-    method = check_method(cfg.get("method") or {})
-    sampling = sampling_params(cfg.get("sampling") or {})
-    check_run(cfg)
-    check_dataset(cfg.get("dataset") or {})
-    check_hardware(cfg.get("hardware") or {}, environment=environment)
-    check_models(cfg.get("model") or {}, cfg.get("draft") or {}, method)
-    check_logger(cfg.get("logger") or {})
-    method.for_prompt(cfg["dataset"]["prefill"])  # a budget fraction of the configured prompt length
-    context = model_context(cfg["model"], read_files=environment)
+    """Every check that needs no weights, in one pass over the typed configuration."""
+    run = RunConfig.parse(cfg)
+    check_dataset(run.dataset)
+    check_hardware(run, environment=environment)
+    check_models(dataclasses.asdict(run.model), dataclasses.asdict(run.draft), run.method)
+    check_logger(run.logger)
+    prefill = run.dataset["prefill"]
+    run.method.for_prompt(prefill)  # a budget fraction of the configured prompt length
+    context = model_context(dataclasses.asdict(run.model), read_files=environment)
     if context is not None:
-        check_fits(cfg["dataset"]["prefill"], cfg["max_new_tokens"], method, context)
+        check_fits(prefill, run.max_new_tokens, run.method, context)
+    memory = None
     if environment:
-        check_draft_vocabulary(cfg["model"], cfg.get("draft") or {}, method)
-        check_device_memory(cfg, method)
-    return RunPlan(method, sampling, context)
+        check_draft_vocabulary(dataclasses.asdict(run.model), dataclasses.asdict(run.draft), run.method)
+        memory = check_device_memory(run)
+    return RunPlan(run, context, memory)
 
 
-def check_run(cfg: Mapping) -> None:
-    n = cfg.get("max_new_tokens")
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise ConfigError(f"max_new_tokens={n!r} must be a positive integer")
-    if not isinstance(cfg.get("seed", 0), int):
-        raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer")
-    if cfg.get("reference_acceptance") and not cfg.get("baseline", True):
-        raise ConfigError("reference_acceptance=true measures along the autoregressive baseline's tokens: "
-                          "set baseline=true")
-
-
-def check_method(values: Mapping) -> MethodConfig:
-    """MethodConfig validates the fields its method uses; budget and chunk_size are checked for
-    every method so a sweep never silently carries a meaningless value."""
-    budget, chunk = values.get("budget", 1), values.get("chunk_size", 1)
-    if isinstance(budget, int) and budget <= 0:
-        raise ConfigError(f"method.budget={budget} must be a positive number of tokens (>= 2 * chunk_size)")
-    if isinstance(chunk, int) and chunk <= 0:
-        raise ConfigError(f"method.chunk_size={chunk} must be a positive number of tokens")
-    if isinstance(budget, int) and isinstance(chunk, int) and budget < chunk:
-        raise ConfigError(f"method.budget={budget} is smaller than method.chunk_size={chunk}; "
-                          f"allowed: budget >= 2 * chunk_size = {2 * chunk}")
-    return method_config(values)
-
-
-def check_hardware(hw: Mapping, *, environment: bool) -> None:
-    name = hw.get("name", "?")
-    on_chip = hw.get("on_chip_layers")
-    if on_chip is not None and (not isinstance(on_chip, int) or on_chip < 0):
-        raise ConfigError(f"hardware.on_chip_layers={on_chip!r} must be a non-negative integer or null (0)")
-    if not isinstance(hw.get("offload", False), bool):
-        raise ConfigError(f"hardware.offload={hw.get('offload')!r} must be true or false")
-    tp = hw.get("tensor_parallel")
-    tp = 1 if tp is None else tp
-    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
-        raise ConfigError(f"hardware.tensor_parallel={tp!r} must be a positive integer (GPUs sharing each layer)")
-    if tp > 1 and environment:
+def check_hardware(run: RunConfig, *, environment: bool) -> None:
+    hw = run.hardware
+    hw.check_executor()  # graphs on a CPU: refused before any work
+    if hw.tensor_parallel > 1 and environment:
         from triforce.parallel import check_launch
 
-        check_launch(tp)  # one process per GPU, started by torchrun
-    threads = hw.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads <= 0):
-        raise ConfigError(f"hardware.threads={threads!r} must be a positive integer or null (torch's default)")
-    shown = hw.get("progress", True)
-    if not isinstance(shown, bool):
-        raise ConfigError(f"hardware.progress={shown!r} must be true or false (tqdm bars for prefill and generation)")
-    memo = hw.get("prefill_memo_gb", 0)
-    if memo is not None and (isinstance(memo, bool) or not isinstance(memo, (int, float)) or memo < 0):
-        raise ConfigError(f"hardware.prefill_memo_gb={memo!r} must be a number of GB >= 0 (0: off)")
-    chunk = hw.get("prefill_chunk")
-    if chunk is not None and chunk <= 0:
-        raise ConfigError(f"hardware.prefill_chunk={chunk} must be positive or null (whole prompt)")
-    device = str(hw.get("device", "cpu"))
-    if environment and device.startswith("cuda"):
+        check_launch(hw.tensor_parallel)  # one process per GPU, started by torchrun
+    if environment and hw.cuda:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"hardware={name} uses device {device!r} but no CUDA device is available; "
+            raise ConfigError(f"hardware={hw.name} uses device {hw.device!r} but no CUDA device is available; "
                               "use hardware=cpu")
+    overrides = {k: v for k, v in (hw.kernels or {}).items() if v is not None}
+    if overrides:  # the kernel policy's overrides: their names and values checked now, resolved by the engine
+        from triforce.kernels.policy import H100, KernelPolicy
+
+        if not (environment and not hw.cuda):  # kernels=true on a CPU is checked below, with its environment
+            overrides.pop("kernels", None)
+        KernelPolicy.resolve("cuda" if hw.cuda else "cpu", overrides, props=H100)
 
 
 def check_models(model: Mapping, draft: Mapping, method: MethodConfig) -> None:
@@ -184,37 +155,34 @@ def check_draft_vocabulary(model: Mapping, draft: Mapping, method: MethodConfig)
                           "(llama-68m drafts for the Llama-2 family); use draft=self or a draft of the same family")
 
 
-def check_device_memory(cfg: Mapping, method: MethodConfig) -> None:
-    """On a GPU: the memory plan of the longest prompt against the device's free memory, before
-    any weights load (DESIGN: the paper's 7B / 124,928-token setting fills an 80 GB card)."""
+def check_device_memory(run: RunConfig):
+    """On a GPU: the memory plan of the run (a batch of its longest prompts) against the device's
+    free memory, before any weights load (the paper's 7B / 124,928-token setting fills an 80 GB
+    card); the plan, for the engine (None off a GPU or for a hub id not downloaded yet: the engine
+    then plans for itself)."""
     import torch
 
     from triforce.memory import check_plan, plan_memory
     from triforce.models.loading import parse_dtype
-
-    hw, model, draft = cfg.get("hardware") or {}, cfg["model"], cfg.get("draft") or {}
-    device = torch.device(str(hw.get("device", "cpu")))
-    if device.type != "cuda":
-        return
-    target = model_config(model)
-    if target is None:
-        return  # a hub id not downloaded yet: the engine checks again before allocating
-    dtype_bytes = parse_dtype(model.get("dtype", "auto"), device).itemsize
-    draft_name = draft.get("name")
-    draft_cfg = None
-    if method.uses_draft and draft_name not in (None, "self"):
-        draft_cfg = model_config({"name": draft_name})
     from triforce.parallel import shard_config
 
-    target = shard_config(target, hw.get("tensor_parallel") or 1)  # one rank's share
-    if draft_cfg is not None and draft_name == "self":
-        draft_cfg = target
-    prompt_len, chunk = int(cfg["dataset"]["prefill"]), hw.get("prefill_chunk")
-    offload, on_chip = bool(hw.get("offload")), hw.get("on_chip_layers") or 0
-    plan = plan_memory(target, method, prompt_len, cfg["max_new_tokens"], dtype_bytes=dtype_bytes,
-                       prefill_chunk=chunk, draft=draft_cfg, draft_is_target=draft_name == "self",
-                       offload=offload, on_chip_layers=on_chip)
+    hw, model, draft, method = run.hardware, run.model, run.draft, run.method
+    device = torch.device(hw.device)
+    if device.type != "cuda":
+        return None
+    target = model_config(dataclasses.asdict(model))
+    if target is None:
+        return None
+    dtype_bytes = parse_dtype(model.dtype, device).itemsize
+    draft_cfg = None
+    if method.uses_draft and draft.name not in (None, "self"):
+        draft_cfg = model_config({"name": draft.name})
+    target = shard_config(target, hw.tensor_parallel)  # one rank's share
+    plan = plan_memory(target, method, int(run.dataset["prefill"]), run.max_new_tokens, dtype_bytes=dtype_bytes,
+                       prefill_chunk=hw.prefill_chunk, draft=draft_cfg, draft_is_target=draft.is_self,
+                       offload=hw.offload, on_chip_layers=hw.on_chip_layers or 0, batch_size=hw.batch_size)
     check_plan(plan, device)
+    return plan
 
 
 def check_fits(prompt_len: int, max_new_tokens: int, method: MethodConfig, context: int) -> None:

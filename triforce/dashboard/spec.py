@@ -59,6 +59,13 @@ def _latency() -> list:
                            y=wr.SummaryMetric("prefill_s"), layout=wr.Layout(x=16, y=0, w=8, h=8))]
 
 
+def _throughput() -> list:
+    return [wr.ScatterPlot(title="throughput (tokens/s over the batch) vs batch size", x=wr.Config("hardware.batch_size"),
+                           y=wr.SummaryMetric("throughput"), layout=wr.Layout(x=0, y=0, w=12, h=8)),
+            wr.ScatterPlot(title="throughput speedup vs batch size", x=wr.Config("hardware.batch_size"),
+                           y=wr.SummaryMetric("throughput_speedup"), layout=wr.Layout(x=12, y=0, w=12, h=8))]
+
+
 def _rounds() -> list:
     return [wr.WeavePanelSummaryTable(table_name=ROUNDS_TABLE, layout=wr.Layout(x=0, y=0, w=24, h=12))]
 
@@ -76,6 +83,10 @@ SECTIONS = (
             "Where does a prompt's time go (prefill, draft, middle, verify or decode, rebuild; the "
             "baseline's prefill and decode beside them), and how does prefill time grow with the prompt?",
             _latency),
+    Section("Throughput vs batch size",
+            "How many tokens per second does the batch generate as hardware.batch_size grows, and how "
+            "much faster than batched autoregressive decoding of the same prompts (throughput_speedup)?",
+            _throughput, rows=1),
     Section("Per-step records",
             "The `rounds` table: tokens emitted, accepted/<level> and proposed/<level>, and wall ms of "
             "every top-level step of every prompt, for finding slow or poorly accepted stretches.", _rounds),
