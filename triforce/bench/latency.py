@@ -22,7 +22,7 @@ from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, 
 from triforce.config import MethodConfig
 from triforce.engine import Engine
 from triforce.executor import StaticExecutor
-from triforce.levels import capacity, lower_levels, top_level
+from triforce.levels import capacity, lower_levels, spare_slots, top_level
 from triforce.metrics import FORWARD_PHASES, GenerationStats
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams
@@ -51,20 +51,22 @@ def _time_graph(graph: torch.cuda.CUDAGraph, repeats: int, batches: int = 5) -> 
 
 
 class LevelBench:
-    """The engine's levels at a given context, caches filled with random values as they stand
-    mid-generation (the full cache holds the context, the retrieval cache its budget, the draft's
-    StreamingLLM window is full once the new token is in), and their captured forwards."""
+    """The engine's levels at a given context for a batch of `batch` sequences, caches filled with
+    random values as they stand mid-generation (every row of the full cache holds the context, of
+    the retrieval cache its budget, the draft's StreamingLLM window is full once the new token is
+    in), and their captured forwards."""
 
     def __init__(self, target: Transformer, draft: Transformer, method: MethodConfig, context: int,
-                 engine_kw: dict | None = None):
+                 engine_kw: dict | None = None, batch: int = 1):
         self.sampling = SamplingParams(temperature=0.6, top_p=0.9)
         engine = Engine(target, draft, method, self.sampling, executor="graphs", **(engine_kw or {}))
         new = 64
-        self.context, self.method, self.policy = context, method, engine.policy
-        tokens = torch.randint(0, target.config.vocab_size, (capacity(context, new, method),), device=engine.device)
+        self.context, self.method, self.policy, self.batch = context, method, engine.policy, batch
+        width = capacity(context, new, method) + spare_slots(method, batch)
+        tokens = torch.randint(0, target.config.vocab_size, (batch, width), device=engine.device)
         spec = engine.level_spec()
-        top = top_level(spec, context, new)
-        self.levels = {lv.name: lv for lv in [*lower_levels(spec, context, new), top]}
+        top = top_level(spec, context, new, batch)
+        self.levels = {lv.name: lv for lv in [*lower_levels(spec, [context] * batch, new), top]}
         top.cache.k[:, :, :, :context].normal_()
         top.cache.v[:, :, :, :context].normal_()
         top.cache.length = top.cache.seq_len = context
@@ -78,23 +80,27 @@ class LevelBench:
         dcache.v.normal_()
         dcache.length, dcache.seq_len = dcache.capacity - 1, context
         self.tokens = tokens
-        self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device), capture=True,
-                                       policy=engine.policy)
+        self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device, batch_size=batch),
+                                       capture=True, policy=engine.policy)
 
     def time_eager(self, level: str, num_tokens: int, repeats: int) -> float:
         """Seconds per forward of a level that runs eagerly (an offloaded full cache: it streams
         tens of GB per forward, so 3 forwards after a warm-up suffice); the median."""
         lv = self.levels[level]
-        cache, start = lv.cache, lv.cache.length
+        cache = lv.cache.row(0)
+        start = cache.length
         times = []
         for _ in range(repeats + 1):
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-            lv.model(self.tokens[start:start + num_tokens][None], None, cache, num_logits=num_tokens)
+            for b in range(self.batch):  # an offloaded cache runs one sequence per forward
+                row = lv.cache.row(b)
+                lv.model(self.tokens[b, start:start + num_tokens][None], None, row, num_logits=num_tokens)
             end.record()
             end.synchronize()
             times.append(begin.elapsed_time(end) / 1000)
-            cache.crop(start)
+            for b in range(self.batch):
+                lv.cache.row(b).crop(start)
         times = sorted(times[1:])
         return times[len(times) // 2]
 
@@ -104,7 +110,8 @@ class LevelBench:
         runner = self.executor.runner(lv, num_tokens, num_tokens)
         cache = lv.cache
         position = cache.length if level == "draft" else cache.seq_len  # StreamingLLM: slot positions
-        runner.view.set(self.context - 32, position, cache.length)
+        B = self.batch
+        runner.view.set([self.context - 32] * B, [position] * B, [cache.length] * B)
         return runner.graph
 
     def kv_tokens(self, level: str, num_tokens: int) -> int:
@@ -132,11 +139,13 @@ def _transform_graph(rows: int, vocab: int, sampling: SamplingParams, ctx) -> to
 @torch.inference_mode()
 def level_timings(target: Transformer, draft: Transformer, method: MethodConfig, context: int, *,
                   verify_blocks: tuple[int, ...], bandwidth: float, repeats: int = 20,
-                  engine_kw: dict | None = None, h2d: float | None = None) -> list[dict]:
-    """One row per (level, tokens): ms per forward, its byte floor, the ratio. engine_kw
-    {offload, on_chip_layers}: the top level's full cache in host memory, timed eagerly against
-    the offloaded floor (its KV over the host link, `h2d` bytes/s)."""
-    bench = LevelBench(target, draft, method, context, engine_kw)
+                  engine_kw: dict | None = None, h2d: float | None = None, batch: int = 1,
+                  transforms: bool = True) -> list[dict]:
+    """One row per (level, tokens): ms per forward (of the whole batch: `tokens` new tokens for each
+    of `batch` sequences), its byte floor (the weights once, every sequence's KV), the ratio.
+    engine_kw {offload, on_chip_layers}: the top level's full cache in host memory, timed eagerly
+    against the offloaded floor (its KV over the host link, `h2d` bytes/s)."""
+    bench = LevelBench(target, draft, method, context, engine_kw, batch=batch)
     dtype_bytes = target.dtype.itemsize
     offload = bool((engine_kw or {}).get("offload"))
 
@@ -144,11 +153,11 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
         kv = bench.kv_tokens(level, num_tokens)
         if level == "top" and offload:
             seconds = bench.time_eager(level, num_tokens, 3)
-            floor = offloaded_step_floor(cfg, kv, dtype_bytes, (engine_kw or {}).get("on_chip_layers") or 0,
-                                         bandwidth, h2d)
+            floor = batch * offloaded_step_floor(cfg, kv, dtype_bytes, (engine_kw or {}).get("on_chip_layers") or 0,
+                                                 bandwidth, h2d)
             return seconds, floor, kv
         seconds = _time_graph(bench.graph(level, num_tokens), repeats)
-        return seconds, step_bytes(cfg, kv, dtype_bytes) / bandwidth, kv
+        return seconds, step_bytes(cfg, kv, dtype_bytes, batch) / bandwidth, kv
 
     rows = []
     ar_s, ar_floor, kv = measure("top", 1, target.config)
@@ -162,7 +171,7 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
     rows.append(dict(level="middle", tokens=t, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * floor))
     s, floor, kv = measure("draft", 1, draft.config)
     rows.append(dict(level="draft", tokens=1, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * floor))
-    for t, cfg in ((1, draft.config), (method.gamma + 1, target.config)):
+    for t, cfg in ((1, draft.config), (method.gamma + 1, target.config)) if transforms else ():
         # the sampling transform (temperature, top-p) inside each captured forward, timed alone:
         # its floor is reading the logits and writing the probabilities
         s = _time_graph(_transform_graph(t, cfg.vocab_size, bench.sampling, bench.executor.ctx), repeats)
@@ -170,7 +179,7 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
                          floor_ms=1e3 * 8 * t * cfg.vocab_size / bandwidth))
     tuning = ", ".join(bench.executor.tuning_used)
     for row in rows:
-        row.update(context=context, ratio=row["ms"] / row["floor_ms"], tuning=tuning)
+        row.update(context=context, batch=batch, ratio=row["ms"] / row["floor_ms"], tuning=tuning)
     bench.close()
     return rows
 
@@ -198,6 +207,48 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
                capture_s=m.get("time_s/capture", 0.0), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
     row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/", "offload/"))})
     del engine
+    free_memory()
+    return row
+
+
+@torch.no_grad()
+def scale_heads(model: Transformer, s: float) -> None:
+    """Controlled acceptance (docs/DESIGN.md §7): the output head's weights times `s` (< 1 flattens
+    the distributions, so the levels agree more: sum min(p, q) rises). In place."""
+    if model.config.tie_word_embeddings:
+        raise ValueError("a tied output head is the embedding too: scaling it would change the inputs")
+    model.lm_head.weight.mul_(s)
+
+
+@torch.inference_mode()
+def batch_end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompts: list[list[int]], *,
+                     new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
+                     engine_kw: dict | None = None, label: str | None = None) -> dict:
+    """One batched `generate`, as a user runs it (graphs on): the batch's measured throughput
+    (generated tokens per second over the batch), its acceptance, and its wall time split into the
+    levels' GPU time and the engine's overhead."""
+    free_memory()
+    engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk,
+                    **(engine_kw or {}))
+    # every kernel of the measured run compiled first (a prompt longer than the budget: chunks are
+    # chosen, the draft's window is full), at the batch's size (graphs are per batch size)
+    warm = min(len(prompts[0]), (method.budget or 0) + 2 * method.chunk_size + 1 if method.uses_middle else 64)
+    engine.generate([p[:max(warm, 64)] for p in prompts], 8, seed=seed, stop_at_eos=False)
+    free_memory()
+    result = engine.generate(prompts, new_tokens, seed=seed, stop_at_eos=False)
+    m = result.metrics
+    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and k[7:] in FORWARD_PHASES)
+    rows = result.results
+    mean = lambda key: sum(r.metrics.get(key, float("nan")) for r in rows) / len(rows)  # noqa: E731
+    row = dict(method=label or method.name, batch=len(prompts), context=max(len(p) for p in prompts),
+               new_tokens=m["new_tokens"], throughput=m["throughput"], ms_per_step=1e3 * m["decode_s"] / new_tokens,
+               prefill_s=m["prefill_s"], overhead=1 - levels_s / m["decode_s"], capture_s=m.get("time_s/capture", 0.0),
+               mean_accepted_len=mean("mean_accepted_len"), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
+    for key in ("accept_rate/draft", "accept_rate/middle"):
+        if key in rows[0].metrics:
+            row[key] = mean(key)
+    row.update({k: v for k, v in m.items() if k.startswith(("time_s/", "forwards/"))})
+    del engine, result
     free_memory()
     return row
 

@@ -1,0 +1,179 @@
+"""Batched decoding on one GPU: every level of a batch against its floor, and measured throughput
+at controlled acceptance (docs/DESIGN.md §7).
+
+    python experiments/batch_benchmark.py                           # 8B shape at 32K, B = 1, 4, 16 (32 if it fits)
+    python experiments/batch_benchmark.py 'shapes=[llama2-7b]' 'batch_sizes=[1,4]' end_to_end.enabled=false
+
+A Hydra app (config: triforce/conf/batch_benchmark.yaml). It measures the device-to-device copy
+bandwidth first; then, per random-weight shape, context and batch size that fits the GPU:
+
+- each level's captured forward over the batch (the autoregressive step, the verify of gamma + 1
+  tokens per sequence, the middle step, the draft step) against its byte floor (the weights once,
+  every sequence's KV cache), and the speedup modelled from those costs at the configured
+  acceptance rates;
+- end to end, the engine's own batched `generate` of autoregressive decoding, TriForce and
+  MagicDec's configuration (retrieval_spec with a StreamingLLM middle of 512 tokens, gamma 3) on
+  random prompts, with the output heads of target and draft scaled by s (s < 1 flattens their
+  distributions, so acceptance rises for real: every forward, sample and verification is the
+  engine's work; s = 1 is the unscaled worst case): throughput (tokens/s over the batch), the mean
+  accepted length and acceptance each s produced, the engine's overhead.
+
+Results: a table per section on stdout and in batch.md / batch.json (card, date, command, bandwidth).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from triforce.bench import latency
+from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
+from triforce.config import method_config
+from triforce.errors import ConfigError
+from triforce.memory import check_memory, plan_memory
+from triforce.models.loading import parse_dtype
+from triforce.report import markdown_table
+from triforce.sampling import SamplingParams
+
+SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
+
+
+def fits(shape: str, method, context: int, batch: int, new_tokens: int, dtype_bytes: int, chunk: int) -> str | None:
+    """None if a batch of `batch` TriForce sequences fits the free memory (weights not yet loaded)."""
+    plan = plan_memory(SHAPES[shape], method, context, new_tokens, dtype_bytes=dtype_bytes, prefill_chunk=chunk,
+                       draft=SHAPES[DRAFT_OF[shape]], batch_size=batch)
+    try:
+        check_memory(plan, torch.cuda.mem_get_info()[0], where="this GPU")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def prompts_for(shape: str, context: int, batch: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, SHAPES[shape].vocab_size, (context,), generator=g).tolist() for _ in range(batch)]
+
+
+def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str, list], save) -> None:
+    dtype = parse_dtype(cfg.dtype, "cuda")
+    method = method_config(OmegaConf.to_container(cfg.method))
+    magicdec = method_config(OmegaConf.to_container(cfg.magicdec))
+    kernels = OmegaConf.to_container(cfg.kernels)
+    target = random_model(SHAPES[shape], dtype=dtype, device="cuda")
+    draft = random_model(SHAPES[DRAFT_OF[shape]], dtype=dtype, device="cuda", seed=1)
+    for context in cfg.contexts:
+        for batch in cfg.batch_sizes:
+            why = fits(shape, method, context, batch, cfg.end_to_end.new_tokens, dtype.itemsize, cfg.prefill_chunk)
+            if why:
+                print(f"[{shape} @ {context} x{batch}] skipped: {why}", flush=True)
+                tables["skipped"].append(dict(shape=shape, context=context, batch=batch, reason=why))
+                continue
+            if cfg.levels:
+                rows = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
+                                             bandwidth=card.bandwidth, repeats=cfg.repeats, batch=batch,
+                                             engine_kw={"kernels": kernels}, transforms=False)
+                tables["levels"] += [dict(shape=shape, **r) for r in rows]
+                for r in latency.speedups(rows, method.gamma, method.draft_gamma, [tuple(a) for a in cfg.acceptance]):
+                    tables["speedup"].append(dict(shape=shape, batch=batch, **r))
+                print(markdown_table(pd.DataFrame(rows)), flush=True)
+            if cfg.end_to_end.enabled and batch in cfg.end_to_end.batch_sizes:
+                prompts = prompts_for(shape, context, batch)
+                scaled = 1.0
+                for s in cfg.end_to_end.head_scales:
+                    for model in (target, draft):  # from the last scale to this one
+                        latency.scale_heads(model, s / scaled)
+                    scaled = s
+                    for m, label, uses_draft in ((method_config({"name": "autoregressive"}), "autoregressive", False),
+                                                 (method, "triforce", True), (magicdec, "magicdec", False)):
+                        row = latency.batch_end_to_end(target, draft if uses_draft else None, m, prompts,
+                                                       new_tokens=cfg.end_to_end.new_tokens, sampling=SAMPLING,
+                                                       prefill_chunk=cfg.prefill_chunk, label=label,
+                                                       engine_kw={"kernels": kernels})
+                        tables["end_to_end"].append(dict(shape=shape, head_scale=s, **row))
+                        print(json.dumps(tables["end_to_end"][-1], default=str), flush=True)
+                        save()
+                for model in (target, draft):
+                    latency.scale_heads(model, 1.0 / scaled)
+            save()
+    del target, draft
+    latency.free_memory()
+
+
+def speedup_table(rows: list[dict]) -> list[dict]:
+    """Measured throughput of each method over batched autoregressive decoding, per shape, context,
+    batch and head scale."""
+    out = []
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return out
+    for key, group in frame.groupby(["shape", "context", "batch", "head_scale"]):
+        base = group.loc[group["method"] == "autoregressive", "throughput"]
+        if base.empty:
+            continue
+        for _, r in group.iterrows():
+            out.append(dict(zip(("shape", "context", "batch", "head_scale"), key), method=r["method"],
+                            throughput=r["throughput"], speedup=r["throughput"] / float(base.iloc[0]),
+                            mean_accepted_len=r["mean_accepted_len"], overhead=r["overhead"]))
+    return out
+
+
+def report(card: latency.Card, tables: dict[str, list]) -> str:
+    lines = [f"# Batched decoding benchmark: {card.name}, {datetime.date.today().isoformat()}",
+             f"device-to-device copy bandwidth {card.bandwidth / 1e12:.2f} TB/s (read + write counted); "
+             f"torch {torch.__version__}", "command: python experiments/batch_benchmark.py " + " ".join(sys.argv[1:])]
+    tables = {**tables, "measured speedup": speedup_table(tables["end_to_end"])}
+    for name, rows in tables.items():
+        if rows:
+            lines += ["", f"## {name}", "", markdown_table(pd.DataFrame(rows))]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../triforce/conf", config_name="batch_benchmark")
+def main(cfg: DictConfig) -> None:
+    if not torch.cuda.is_available():
+        print("error: the batch benchmark needs a CUDA GPU", file=sys.stderr)
+        sys.exit(2)
+    unknown = [s for s in cfg.shapes if s not in SHAPES or s not in DRAFT_OF]
+    if unknown:
+        print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
+        sys.exit(2)
+    from triforce.kernels.policy import KernelPolicy
+
+    try:
+        policy = KernelPolicy.resolve("cuda", OmegaConf.to_container(cfg.kernels))
+        method_config(OmegaConf.to_container(cfg.method)), method_config(OmegaConf.to_container(cfg.magicdec))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    card = latency.Card.measure()
+    print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s; kernel policy {policy.describe()}", flush=True)
+    tables: dict[str, list] = {k: [] for k in ("levels", "speedup", "end_to_end", "skipped")}
+    from hydra.core.hydra_config import HydraConfig
+
+    folders = [Path(HydraConfig.get().runtime.output_dir)] + ([Path(cfg.out)] if cfg.out else [])
+
+    def save(complete: bool = False) -> str:
+        text = report(card, tables) + ("" if complete else "\n\n(incomplete: the run was still going)")
+        payload = json.dumps({"card": card.name, "bandwidth": card.bandwidth, "date": datetime.date.today().isoformat(),
+                              "complete": complete, "config": OmegaConf.to_container(cfg),
+                              "kernel_policy": policy.describe(), **tables}, indent=1, default=str)
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "batch.json").write_text(payload)
+            (folder / "batch.md").write_text(text + "\n")
+        return text
+
+    for shape in cfg.shapes:
+        run_shape(cfg, shape, card, tables, save)
+    print(save(complete=True), flush=True)
+
+
+if __name__ == "__main__":
+    main()
