@@ -79,29 +79,31 @@ class DecodePlan:
     num_tokens: int
     num_logits: int
     tuning_used: tuple[str, ...] = ()
+    batch: int = 1  # sequences per forward: the plan's products have batch x num_tokens rows
 
     def run(self, view, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (1, num_logits, V) of the forward over the view's tokens."""
+        """Logits (B, num_logits, V) of the forward over the view's tokens."""
         state, inputs = State(), Inputs(view, tokens)
         for step in self.steps:
             step.run(state, inputs)
         return state.logits
 
     def __repr__(self) -> str:
-        lines = [f"DecodePlan(T={self.num_tokens}, logits={self.num_logits}, {len(self.steps)} steps)"]
+        lines = [f"DecodePlan(B={self.batch}, T={self.num_tokens}, logits={self.num_logits}, {len(self.steps)} steps)"]
         lines += [f"  {i:3d} {step!r}" for i, step in enumerate(self.steps)]
         if self.tuning_used:
             lines.append(f"  tuning entries: {list(self.tuning_used)}")
         return "\n".join(lines)
 
 
-def build_plan(model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext) -> DecodePlan:
-    """The decode step of `model` over `num_tokens` new tokens (logits of the last `num_logits`),
-    fused as the context's policy says."""
+def build_plan(model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext,
+               batch: int = 1) -> DecodePlan:
+    """The decode step of `model` over `num_tokens` new tokens for each of `batch` sequences (logits
+    of the last `num_logits`), fused as the context's policy says for its batch x tokens rows."""
     probe = model.embed_tokens.weight
     if not ctx.on(probe):
         return DecodePlan([_reference_step(model, num_tokens, num_logits)], num_tokens, num_logits)
-    return _Builder(model, num_tokens, num_logits, ctx).build()
+    return _Builder(model, num_tokens, num_logits, ctx, batch).build()
 
 
 def _reference_step(model: Transformer, num_tokens: int, num_logits: int) -> Step:
@@ -112,8 +114,11 @@ def _reference_step(model: Transformer, num_tokens: int, num_logits: int) -> Ste
 
 
 class _Builder:
-    def __init__(self, model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext):
-        self.model, self.T, self.num_logits, self.ctx = model, num_tokens, num_logits, ctx
+    def __init__(self, model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext, batch: int = 1):
+        self.model, self.T, self.num_logits, self.ctx, self.B = model, num_tokens, num_logits, ctx, batch
+        # the products' rows: every sequence's tokens (the launch rules and the fusion choices read
+        # rows, so a verify of 7 tokens for 16 sequences is planned as the 112-row product it is)
+        self.rows = batch * num_tokens
         self.policy = ctx.policy
         self.cfg = model.config
         self.tuning: list[str] = []
@@ -122,11 +127,11 @@ class _Builder:
 
     # -- helpers ----------------------------------------------------------------------------
     def _probe(self, cols: int) -> torch.Tensor:
-        """A (1, T, cols) tensor of the forward's shape and dtype (the launch rules read shapes only)."""
-        return torch.empty((1, self.T, cols), dtype=self.dtype, device=self.device)
+        """A (B, T, cols) tensor of the forward's shape and dtype (the launch rules read shapes only)."""
+        return torch.empty((self.B, self.T, cols), dtype=self.dtype, device=self.device)
 
     def _launch(self, weight: torch.Tensor, *, gated: bool = False, rope=None) -> str:
-        if not self.policy.fused(self.T):
+        if not self.policy.fused(self.rows):
             return "cuBLAS"
         launch = launch_of(self.ctx, self._probe(weight.shape[1]), weight, gated=gated, rope=rope)
         if launch.entry:
@@ -137,7 +142,7 @@ class _Builder:
 
     def _folds(self, reduce, consumer: torch.Tensor) -> bool:
         """The norm after a product folds into it and into `consumer` (no all-reduce between)."""
-        return reduce is None and self.policy.folds_norm(self.T, consumer.numel() * consumer.element_size())
+        return reduce is None and self.policy.folds_norm(self.rows, consumer.numel() * consumer.element_size())
 
     # -- the plan ----------------------------------------------------------------------------
     def build(self) -> DecodePlan:
@@ -159,7 +164,7 @@ class _Builder:
                 after = (model.norm.weight, model.lm_head.weight) if self.num_logits == T else None
             steps.append(self._product_before_norm(f"Down {i}", mlp.down_proj, mlp.reduce, *(after or (None, None))))
         steps.append(self._head())
-        return DecodePlan(steps, T, self.num_logits, tuple(dict.fromkeys(self.tuning)))
+        return DecodePlan(steps, T, self.num_logits, tuple(dict.fromkeys(self.tuning)), batch=self.B)
 
     def _embed(self) -> Step:
         weight, ctx = self.model.embed_tokens.weight, self.ctx

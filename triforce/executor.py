@@ -215,8 +215,8 @@ class StaticExecutor:
     def _make_runner(self, level, num_tokens: int, num_logits: int, sample: bool = False) -> Runner:
         view = StaticView(level.cache, num_tokens)
         tokens, sampling, ctx = self.tokens, self.sampling, self.ctx
-        plan = build_plan(level.model, num_tokens, num_logits, ctx)
         B, V = level.cache.batch_size, level.model.config.vocab_size
+        plan = build_plan(level.model, num_tokens, num_logits, ctx, batch=B)
         race = torch.ones(B, V, dtype=torch.float32, device=tokens.device) if sample else None
 
         def body() -> torch.Tensor:

@@ -227,3 +227,23 @@ def test_tuning_entries_match_on_their_facts(tmp_path):
     got = p.linear_launch(5, 100, 4096)
     assert got.tile == Tile(1, 32, 256, 4, 4)
     assert got.entry == "wide"
+
+
+# -- the decode plan reads rows, not tokens per sequence ------------------------------------------
+
+def test_a_batched_plan_is_chosen_for_its_batch_x_tokens_rows():
+    """A verify of 7 tokens for 16 sequences is a 112-row product: past the fused kernel's rows,
+    so no norm folds into it and its products go to cuBLAS; the same 7 tokens for one sequence are
+    fused. (On the H200 a plan built from the tokens per sequence alone launched the few-row tile
+    for 112 rows and ran out of shared memory.)"""
+    from triforce.models import tiny
+    from triforce.decode_plan import build_plan
+    from triforce.kernels.policy import MAX_ROWS, KernelContext
+
+    ctx = KernelContext(KernelPolicy.resolve("cpu", {"kernels": True}))
+    model = tiny.build_tiny()
+    one, batch = build_plan(model, 7, 7, ctx, batch=1), build_plan(model, 7, 7, ctx, batch=16)
+    assert 16 * 7 > MAX_ROWS >= 7 and batch.batch == 16 and "B=16" in repr(batch)
+    assert "PreNormed" in repr(one) and "cuBLAS" not in repr(one)
+    assert "PreNormed" not in repr(batch) and "cuBLAS" in repr(batch)
+    assert not ctx.policy.fused(16 * 7) and ctx.policy.fused(2 * 7)
