@@ -266,7 +266,7 @@ def test_rebuild_gathers_the_selected_keys_and_values(scorer):
     assert torch.equal(rc.k[:, :, :, :m], torch.gather(keys, 3, gather))
     assert torch.equal(rc.v[:, :, :, :m], torch.gather(values, 3, gather))
     # new tokens get absolute positions after the prompt
-    assert rc.next_positions(3).tolist() == [45, 46, 47]
+    assert rc.next_positions(3).tolist() == [[45, 46, 47]] * 2  # (B, T): each sequence its own positions
     # a second rebuild (longer sequence, appended tokens forgotten) starts over
     rc.advance(3)
     keys2, query2 = random_kv(53, batch=2, seed=9)
