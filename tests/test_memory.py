@@ -46,3 +46,26 @@ def test_large_prefill_chunks_are_named_when_they_are_the_excess():
     small = plan_memory(LLAMA2_7B, PAPER, 124_928, 256, dtype_bytes=2, prefill_chunk=4096, draft=LLAMA_68M)
     with pytest.raises(ConfigError, match="hardware.prefill_chunk to 4096"):
         check_memory(plan, small.total + GiB, where="H100")
+
+
+def test_a_batch_that_cannot_fit_names_the_largest_batch_that_would():
+    """Issue 20's measured case: a Llama-3-8B target at 32K on one H200 (about 139 GiB free) holds
+    a batch of 16, not of 32; the refusal names a batch size that fits, and it is the largest."""
+    llama3_8b = ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                            num_heads=32, num_kv_heads=8, head_dim=128, max_position_embeddings=131072)
+    draft = ModelConfig(vocab_size=128256, hidden_size=768, intermediate_size=3072, num_layers=2, num_heads=12,
+                        num_kv_heads=12, head_dim=64, max_position_embeddings=2048)
+
+    def plan(batch):
+        return plan_memory(llama3_8b, PAPER, 32768, 64, dtype_bytes=2, prefill_chunk=8192, draft=draft,
+                           batch_size=batch)
+
+    free = 139 * GiB
+    check_memory(plan(16), free, where="H200")
+    assert plan(16).batch_size == 16 and plan(32).total > plan(16).total + 15 * plan(1).items["full KV cache"]
+    with pytest.raises(ConfigError, match=r"for a batch of 32 .* lower hardware\.batch_size to <= (\d+)") as e:
+        check_memory(plan(32), free, where="H200")
+    named = int(e.value.args[0].split("hardware.batch_size to <= ")[1].split(";")[0])
+    check_memory(plan(named), free, where="H200")  # it fits ...
+    with pytest.raises(ConfigError):
+        check_memory(plan(named + 1), free, where="H200")  # ... and is the largest that does

@@ -105,13 +105,9 @@ def plan_memory(target: ModelConfig, method: MethodConfig, prompt_len: int, max_
 
     plan = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
                  draft_dtype_bytes, offload, on_chip_layers, batch_size, spare_slots(method, batch_size))
-    if batch_size == 1:  # what one more sequence would cost (for the refusal's largest batch)
-        one_more = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft,
-                         draft_is_target, draft_dtype_bytes, offload, on_chip_layers, 2, spare_slots(method, 2))
-    else:
-        one_more = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft,
-                         draft_is_target, draft_dtype_bytes, offload, on_chip_layers, batch_size + 1,
-                         spare_slots(method, batch_size + 1))
+    # what one more sequence would cost: the refusal of a batch that does not fit names the largest that does
+    one_more = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
+                     draft_dtype_bytes, offload, on_chip_layers, batch_size + 1, spare_slots(method, batch_size + 1))
     return dataclasses.replace(plan, per_sequence=one_more.total - plan.total)
 
 
