@@ -67,7 +67,8 @@ def test_dry_run_prints_the_specification_without_network(logged_sweep, tmp_path
     assert (workspace["entity"], workspace["project"], workspace["displayName"]) == ("lab", "triforce", f"TriForce: {GROUP}")
     sections = workspace["spec"]["section"]["panelBankConfig"]["sections"]
     assert [s["name"] for s in sections] == [s.title for s in spec.SECTIONS]
-    assert sum(len(s["panels"]) for s in sections) == 14
+    # 14 panels of one-sequence runs + 2 of the throughput-vs-batch-size section
+    assert sum(len(s["panels"]) for s in sections) == 16 == sum(len(s.panels()) for s in spec.SECTIONS)
     runs = workspace["spec"]["section"]["runSets"][0]
     assert runs["filters"]["filters"][0] == {"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP,
                                               "disabled": False}
