@@ -18,17 +18,18 @@ from triforce.sampling import SamplingParams
 def test_sampling_forward_writes_the_next_token_at_the_device_start():
     model = random_model(0)
     level = Level("draft", model, model.new_cache(64))
-    tokens = torch.full((40,), -1, dtype=torch.int64)
-    tokens[:10] = torch.arange(10) % 7
+    tokens = torch.full((1, 40), -1, dtype=torch.int64)  # the engine's buffer: one row per sequence
+    tokens[0, :10] = torch.arange(10) % 7
     ex = StaticExecutor(tokens, SamplingParams(temperature=0.8, top_p=0.9), GenerationStats(tokens.device),
                         capture=False, generator=torch.Generator().manual_seed(0))
     for start in range(9):  # a one-token forward per position, as a draft step runs
         level.cache.reserve(1)
         runner = ex.runner(level, 1, 1, sample=True)
-        runner.view.set(start, start, start)
+        runner.view.set([start], [start], [start])  # one sequence's [token, position, slot] starts
         probs = runner.body()
         level.cache.advance(1)
         # the body's race draws are all 1 when uncaptured: the winner is the most likely token
-        assert int(tokens[start + 1]) == int(race_sample_reference(probs[-1], torch.ones_like(probs[-1])))
-        tokens[start + 1] = start % 7  # the prompt again, for the next position's input
-    assert int((tokens[10:] != -1).sum()) == 0  # nothing written past the forwards' next slots
+        last = probs[0, -1]  # (B, num_logits, V): the one sequence's last row
+        assert int(tokens[0, start + 1]) == int(race_sample_reference(last, torch.ones_like(last)))
+        tokens[0, start + 1] = start % 7  # the prompt again, for the next position's input
+    assert int((tokens[0, 10:] != -1).sum()) == 0  # nothing written past the forwards' next slots
