@@ -418,56 +418,112 @@ def _race_kernels():
     return KernelContext(KernelPolicy.resolve("cpu", {"kernels": True}))
 
 
-def run_verify_into(tokens, q, p, n: int, seed: int, residual: bool = True) -> dict:
+def race_outcome_counts(tokens, q, p, n: int, seed: int, residual: bool = True) -> list[dict]:
+    """Per-row outcome counts of n independent verifications by the race rule's torch twin
+    (race_verify_reference), drawn at once: tokens (k,) or a batch (B, k); u (n, [B,] k) and the
+    races (n, [B,] V) from one generator."""
+    from triforce.kernels.verify import race_verify_reference
+
+    t = torch.tensor(tokens)
+    t = t[None] if t.dim() == 1 else t
+    qt, pt = torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
+    qt, pt = (qt[None], pt[None]) if qt.dim() == 2 else (qt, pt)
+    (B, k), V = t.shape, pt.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    u, race = torch.rand(n, B, k, generator=gen), torch.empty(n, B, V).exponential_(generator=gen)
+    out = race_verify_reference(t.expand(n, B, k).reshape(n * B, k), qt.expand(n, B, k, V).reshape(n * B, k, V),
+                                pt.expand(n, B, k + 1, V).reshape(n * B, k + 1, V), u.reshape(n * B, k),
+                                race.reshape(n * B, V), residual=residual).reshape(n, B, 2 + k)
+    counts: list[dict] = [{} for _ in range(B)]
+    for b in range(B):
+        for key in map(tuple, out[:, b, :2].tolist()):
+            counts[b][key] = counts[b].get(key, 0) + 1
+    return counts
+
+
+def check_race_kernel_equals_its_reference(tokens, q, p, calls: int, seed: int, residual: bool = True) -> set:
+    """verify_into through the race kernel (Triton's interpreter), call after call from one
+    generator, returns and writes exactly what race_verify_reference gives on the same draws (u, then
+    the race, in verify_into's order): the kernel's outcome law is then its reference's, which the
+    tests check statistically (race_outcome_counts), without thousands of interpreted launches.
+    Returns the outcomes (row, num_accepted, next token) the calls went through."""
+    from triforce.kernels.verify import race_verify_reference
     from triforce.sampling import verify_into
 
-    gen = torch.Generator().manual_seed(seed)
-    t, qt, pt = torch.tensor(tokens), torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
-    buffer = torch.zeros(len(tokens) + 4, dtype=torch.int64)
-    counts: dict[tuple[int, int], int] = {}
     ctx = _race_kernels()
-    for _ in range(n):
-        buffer[1:1 + len(tokens)] = t
-        out = verify_into(buffer[1:1 + len(tokens)], qt, pt, gen, buffer, 1, residual=residual, ctx=ctx).tolist()
-        assert buffer[1 + out[0]] == out[1] and out[2:2 + out[0]] == tokens[:out[0]]
-        counts[(out[0], out[1])] = counts.get((out[0], out[1]), 0) + 1
-    return counts
+    t, qt, pt = torch.tensor(tokens), torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
+    k, V = t.shape[-1], pt.shape[-1]
+    gen, twin = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    seen = set()
+    for _ in range(calls):
+        if t.dim() == 1:  # one sequence: proposals at buffer[1:1 + k], the token written at 1 + n
+            buffer = torch.zeros(k + 4, dtype=torch.int64)
+            buffer[1:1 + k] = t
+            out = verify_into(buffer[1:1 + k], qt, pt, gen, buffer, 1, residual=residual, ctx=ctx)
+            rows, written = out[None], [int(buffer[1 + int(out[0])])]
+        else:  # a batch: sequence b's proposals at buffer[b, 1 + b:], its token at its own base + n_b
+            B = t.shape[0]
+            buffer = torch.zeros(B, k + B + 3, dtype=torch.int64)
+            base = torch.arange(B) + 1
+            for b in range(B):
+                buffer[b, 1 + b:1 + b + k] = t[b]
+            out = verify_into(t, qt, pt, gen, buffer, base, residual=residual, ctx=ctx)
+            rows, written = out, [int(buffer[b, 1 + b + int(out[b, 0])]) for b in range(B)]
+        u = torch.rand(tuple(t.shape), generator=twin)
+        race = torch.empty(*t.shape[:-1], V).exponential_(generator=twin)
+        assert out.tolist() == race_verify_reference(t, qt, pt, u, race, residual=residual).tolist()
+        for b, row in enumerate(rows.tolist()):
+            assert written[b] == row[1] and row[2:] == t.reshape(-1, k)[b].tolist()
+            seen.add((b, row[0], row[1]))
+    return seen
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_race_kernel_verification_matches_the_analytic_distribution(seed):
-    """The GPU path's verification kernel (exponential race, run by Triton's interpreter) against
-    the exact outcome law, on random cases with rejections and bonus tokens; and the biased rule
-    (resampling from p) is detected."""
+    """The GPU path's verification rule (the exponential race) against the exact outcome law, on
+    random cases with rejections and bonus tokens, and the biased rule (resampling from p) detected;
+    the race kernel (Triton's interpreter) computes that rule draw for draw."""
     rng = np.random.default_rng(seed)
     k, vocab = 3, 4
     q = normalise(rng.dirichlet(np.ones(vocab) * 0.5, size=k))
     p = normalise(rng.dirichlet(np.ones(vocab) * 0.5, size=k + 1))
     tokens = [int(rng.choice(vocab, p=q[i] / q[i].sum())) for i in range(k)]
-    n = 2000
-    counts = run_verify_into(tokens, q, p, n, seed)
+    n = 20_000
+    counts = race_outcome_counts(tokens, q, p, n, seed)[0]
     assert chi2_pvalue(counts, outcome_distribution(tokens, q, p), n) > P_MIN, counts
+    seen = check_race_kernel_equals_its_reference(tokens, q, p, 60, seed)
+    assert len({n for _, n, _ in seen}) >= 2  # the calls took different numbers of proposals
     if seed == 0:
-        q1 = torch.tensor([[1.0, 0.0]])
-        p1 = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
-        biased = run_verify_into([0], q1.numpy(), p1.numpy(), 1000, seed, residual=False)
-        assert chi2_pvalue(biased, outcome_distribution([0], q1.double().numpy(), p1.double().numpy()), 1000) < 1e-6
+        q1 = np.array([[1.0, 0.0]])
+        p1 = np.array([[0.5, 0.5], [0.5, 0.5]])
+        biased = race_outcome_counts([0], q1, p1, 1000, seed, residual=False)[0]
+        assert chi2_pvalue(biased, outcome_distribution([0], q1, p1), 1000) < 1e-6
+        check_race_kernel_equals_its_reference([0], q1, p1, 20, seed, residual=False)
 
 
 def test_race_kernel_sampling_matches_probs():
+    """The race over probs picks i with probability probs_i (never a zero), and sample_into's race
+    kernel (Triton's interpreter) picks what the race's reference picks on the same draws."""
+    from triforce.kernels.verify import race_sample_reference
     from triforce.sampling import sample_into
 
     probs = torch.tensor([0.1, 0.0, 0.5, 0.15, 0.25])
-    gen = torch.Generator().manual_seed(3)
-    buffer = torch.zeros(4, dtype=torch.int64)
-    counts = [0] * 5
-    ctx = _race_kernels()
-    for _ in range(3000):
-        sample_into(probs, gen, buffer, 2, ctx=ctx)
-        counts[int(buffer[2])] += 1
+    n = 30_000
+    races = torch.empty(n, 5).exponential_(generator=torch.Generator().manual_seed(3))
+    counts = torch.bincount(race_sample_reference(probs.expand(n, 5), races), minlength=5).tolist()
     assert counts[1] == 0
     assert chi2_pvalue({i: c for i, c in enumerate(counts) if c}, {i: float(v) for i, v in enumerate(probs) if v > 0},
-                       3000) > P_MIN
+                       n) > P_MIN
+    gen, twin = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    buffer = torch.zeros(4, dtype=torch.int64)
+    ctx = _race_kernels()
+    picked = set()
+    for _ in range(60):
+        sample_into(probs, gen, buffer, 2, ctx=ctx)
+        expected = int(race_sample_reference(probs, torch.empty(5).exponential_(generator=twin)))
+        assert int(buffer[2]) == expected
+        picked.add(expected)
+    assert len(picked) >= 3
 
 
 # -- batches: B sequences verified / sampled at once ------------------------------------------------
@@ -483,28 +539,15 @@ def batch_case(seed: int, k: int = 2, vocab: int = 4, batch: int = 2):
     return tokens, q, p
 
 
-def run_verify_batch(tokens, q, p, n: int, seed: int, *, residual: bool = True, kernel: bool = False) -> list[dict]:
-    """Per-row outcome counts of n batched calls: verify_tensor (kernel=False), or verify_into with the
-    race kernel through Triton's interpreter, each row at its own base in its own buffer row."""
-    from triforce.sampling import verify_into, verify_tensor
+def run_verify_batch(tokens, q, p, n: int, seed: int, *, residual: bool = True) -> list[dict]:
+    """Per-row outcome counts of n batched verify_tensor calls (the CPU rule)."""
+    from triforce.sampling import verify_tensor
 
     gen = torch.Generator().manual_seed(seed)
     t, qt, pt = torch.tensor(tokens), torch.tensor(q, dtype=torch.float32), torch.tensor(p, dtype=torch.float32)
-    B, k = t.shape
-    ctx = _race_kernels() if kernel else None
-    base = torch.arange(B) + 1  # sequence b's proposals start at column b + 1
-    buffer = torch.zeros(B, k + B + 3, dtype=torch.int64)
-    counts: list[dict] = [{} for _ in range(B)]
+    counts: list[dict] = [{} for _ in range(t.shape[0])]
     for _ in range(n):
-        if kernel:
-            for b in range(B):
-                buffer[b, 1 + b:1 + b + k] = t[b]
-            out = verify_into(t, qt, pt, gen, buffer, base, residual=residual, ctx=ctx).tolist()
-            for b in range(B):
-                assert buffer[b, 1 + b + out[b][0]] == out[b][1] and out[b][2:] == tokens[b]
-        else:
-            out = verify_tensor(t, qt, pt, gen, residual=residual).tolist()
-        for b, row in enumerate(out):
+        for b, row in enumerate(verify_tensor(t, qt, pt, gen, residual=residual).tolist()):
             counts[b][(row[0], row[1])] = counts[b].get((row[0], row[1]), 0) + 1
     return counts
 
@@ -532,15 +575,17 @@ def test_batched_verification_rows_each_follow_the_analytic_law(seed):
     check_bias_detected(tokens, q, p, run_verify_batch(tokens, q, p, 3000, seed + 7, residual=False), 3000)
 
 
-@pytest.mark.slow
 def test_batched_race_kernel_verification_rows_each_follow_the_analytic_law():
-    """The same for verify_into's race kernel over a batch of 2 (one launch per call, Triton's
-    interpreter): each row by the exact law, each token written at its own row's base; the biased
-    rule detected in every row."""
+    """The same for a batch of 2: the race rule's rows each follow their own exact law and the
+    biased rule is detected in every row; verify_into's race kernel (one launch per call, Triton's
+    interpreter) computes that rule draw for draw, each token written at its own row's base."""
     tokens, q, p = batch_case(1)
-    n = 1500
-    check_rows_follow_the_law(tokens, q, p, run_verify_batch(tokens, q, p, n, 3, kernel=True), n)
-    check_bias_detected(tokens, q, p, run_verify_batch(tokens, q, p, 1000, 4, residual=False, kernel=True), 1000)
+    n = 20_000
+    check_rows_follow_the_law(tokens, q, p, race_outcome_counts(tokens, q, p, n, 3), n)
+    check_bias_detected(tokens, q, p, race_outcome_counts(tokens, q, p, 3000, 4, residual=False), 3000)
+    seen = check_race_kernel_equals_its_reference(tokens, q, p, 40, 3)
+    assert {b for b, _, _ in seen} == {0, 1} and len({(b, n) for b, n, _ in seen}) >= 3
+    check_race_kernel_equals_its_reference(tokens, q, p, 10, 4, residual=False)
 
 
 def test_batched_verify_into_draws_u_then_the_race_per_row():

@@ -4,8 +4,8 @@ exactly from the target model with the full cache.
 The exact joint distribution of the first NEW = 3 generated tokens of a tiny 5-token-vocabulary
 model is computed by enumeration (for each prefix: the target with a fresh full cache over prompt +
 prefix, `triforce.sampling.probabilities`; the product of the conditionals). It is compared with the
-tokens of N_EXACT = 20,000 seeded `generate` calls by a Pearson chi-square test (cells with an
-expected count < 5 merged) and a total-variation bound. Under exactness a false failure has
+tokens of N_EXACT = 10,000 seeded `generate` calls (N_VARIANT = 5,000 for variants of a path) by
+a Pearson chi-square test (cells with an expected count < 5 merged) and a total-variation bound. Under exactness a false failure has
 probability < 1e-4 (chi-square) + 1e-6 (TV, McDiarmid); the seeds are fixed, so the test is
 deterministic anyway.
 
@@ -48,7 +48,8 @@ from triforce.sampling import SamplingParams, probabilities
 VOCAB = 5
 PROMPT_LEN = 32
 NEW = 3
-N_EXACT = 20_000
+N_EXACT = 10_000  # runs of each method's own path
+N_VARIANT = 5_000  # runs of a variant path (executor, offload, middle cache, batch) of one already run
 N_BIASED = 2_000
 METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16)
 # the hybrid middle cache: sink chunk (2) + 2 retrieved chunks (4) + recent window of 5 (of 31 tokens)
@@ -71,6 +72,7 @@ class Case:
     offload: bool = False  # the full cache in host memory (cache/offload.py)
     options: tuple[tuple[str, object], ...] = ()  # MethodConfig fields replacing METHOD's
     batch: int = 1  # 2: the prompt and a second, shorter one generated together (each row checked)
+    runs: int = N_EXACT  # seeded generate calls
 
     @property
     def id(self) -> str:
@@ -280,19 +282,25 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
     assert greedy.generate(prompt, 1, seed=0).tokens[0] == int(np.argmax(marginal))
 
 
-EXACT_CASES = [Case(m, s) for m in ("spec", "retrieval_spec", "triforce") for s in SAMPLINGS]
-EXACT_CASES += [Case("triforce", s, executor="static") for s in SAMPLINGS]
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", offload=True)]
-# the hybrid middle cache under each rebuild policy (one case each: ~30-70 s apiece on 2 cores)
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"]),
-                Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"]),
-                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"])]
-
-
+# Each case costs ~runs x 5-9 ms of CPU: a path is sampled once, under the sampling that stresses
+# it (t0.6 / top-p 0.9 zeroes tokens, so residuals meet zero rows; t1 is the plain law). The three
+# methods, TriForce at both samplings, N_EXACT runs each; the variants of those paths (the static
+# executor, the offloaded full cache, the hybrid middle under each rebuild policy, batches) N_VARIANT
+# runs each: a variant that broke exactness would change the law as grossly as the biased variants
+# below do, which N_BIASED (< N_VARIANT) runs reject with p < 1e-12.
+V = N_VARIANT
+EXACT_CASES = [Case("spec", "t0.6-p0.9"), Case("retrieval_spec", "t1")]
+EXACT_CASES += [Case("triforce", s) for s in SAMPLINGS]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", runs=V),
+                Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=V)]
+# the hybrid middle cache under each rebuild policy
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"], runs=V),
+                Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=V),
+                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"], runs=V)]
 # batches of two ragged prompts (docs/DESIGN.md §3): each sequence's tokens are distributed exactly as
 # plain sampling of its own prompt, and the two are independent
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2),
-                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2)]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=V),
+                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2, runs=V)]
 
 
 @pytest.mark.slow
@@ -301,14 +309,14 @@ def test_engine_samples_the_exact_distribution(pool, case):
     if dict(case.options).get("rebuild", "never") != "never":  # the rebuild path really runs
         engine, prompt = engine_for(case), setup()[2]
         assert sum(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).metrics["rebuilds"] for s in range(20))
-    counts, per_call = sample_tokens(pool, case, N_EXACT)
+    counts, per_call = sample_tokens(pool, case, case.runs)
     if case.batch == 1:
-        outcome = compare(counts, exact(case.sampling), N_EXACT)
+        outcome = compare(counts, exact(case.sampling), case.runs)
         print(f"\n{case.method} {case.sampling} exact: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
         assert outcome.passed, outcome
         return
     for row in range(case.batch):
-        outcome = compare(row_counts(counts, row), exact(case.sampling, row), N_EXACT)
+        outcome = compare(row_counts(counts, row), exact(case.sampling, row), case.runs)
         print(f"\n{case.id} row {row}: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
         assert outcome.passed, (row, outcome)
     # independence: the first tokens of the two rows, against the product of their marginals
@@ -338,7 +346,7 @@ BIASED_CASES = [
 @pytest.mark.parametrize("case", BIASED_CASES, ids=lambda c: c.id)
 def test_biased_variant_is_rejected(pool, case):
     """A test that cannot fail proves nothing: resampling from p̂ (or p) instead of the residual at
-    one level must be rejected by the same check — already with N_BIASED < N_EXACT runs (a smaller
+    one level must be rejected by the same check — already with N_BIASED < N_VARIANT runs (a smaller
     sample only makes rejection harder), and by a wide margin."""
     counts, per_call = sample_tokens(pool, case, N_BIASED)
     outcome = compare(row_counts(counts, 0), exact(case.sampling), N_BIASED)
