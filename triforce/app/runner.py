@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from triforce import progress
 from triforce.app import advice, engines, plots, tables
+from triforce.app.interrupts import InterruptWatch, StopOnInterrupt
 from triforce.app.tracking import NullTracker, Tracker, open_tracker
 from triforce.app.validate import RunPlan, check_fits, validate
 from triforce.errors import ConfigError, TriforceError
@@ -73,7 +74,9 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
     result = JobResult("failed", {})
     values: dict = {}
     frame = None
+    watch = InterruptWatch()
     try:
+        watch.__enter__()
         values = resolve(cfg)
         (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
         plan = validate(values)  # before any weights load
@@ -87,7 +90,8 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
                                run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
                                tags=list(values.get("tags") or []))
-        frame = _run(values, plan, ctx, tracker)
+        frame = _run(values, plan, ctx, tracker, watch)
+        watch.check()  # a Ctrl-C that something swallowed: the user still stopped this run
         summary = tables.summarize(frame)
         summary["wall_s"] = time.perf_counter() - started
         result = JobResult("ok", summary)
@@ -102,6 +106,7 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         result = JobResult("interrupted", {}, error="interrupted (Ctrl-C)")
         print(f"error: {interrupted_note(ctx)}", file=sys.stderr, flush=True)
     finally:
+        watch.__exit__(None, None, None)
         result.summary = {**result.summary, "status": result.status}
         _finish(values, ctx, result, frame, tracker)
         engines.release((values.get("hardware") or {}).get("device"))
@@ -137,7 +142,7 @@ def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker:
             log.warning("W&B finish failed: %s", e)
 
 
-def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> pd.DataFrame:
+def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch) -> pd.DataFrame:
     from triforce.data.sources import load_samples
     from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name
 
@@ -175,9 +180,9 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker) -> p
 
     def generate(e, batch, seed: int, desc: str):
         """One result per prompt of the batch, and the batch's metrics."""
-        with watched(desc) as watch:
+        with watched(desc) as bars:  # a Ctrl-C stops the generation at its next chunk or step
             out = e.generate([s.prompt_ids for s in batch] if size > 1 else batch[0].prompt_ids, max_new,
-                             seed=seed, stop_at_eos=stop, progress=watch)
+                             seed=seed, stop_at_eos=stop, progress=StopOnInterrupt(watch, bars))
         return (out.results, out.metrics) if size > 1 else ([out], out.metrics)
 
     rows, rounds = [], []

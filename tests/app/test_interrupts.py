@@ -1,0 +1,56 @@
+"""Ctrl-C that something swallowed still stops the run (triforce/app/interrupts.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from triforce.app.interrupts import InterruptWatch, StopOnInterrupt
+
+
+class Bars:
+    def __init__(self):
+        self.calls = []
+
+    def prefill(self, done, total):
+        self.calls.append(("prefill", done, total))
+
+    def generated(self, new, max_new):
+        self.calls.append(("generated", new, max_new))
+
+
+def swallowing_sigint():
+    """A Ctrl-C raised where a library drops it (a catch-all, a finalizer)."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs at the next bytecode
+            pass
+    except BaseException:  # noqa: BLE001 - what the library does
+        pass
+
+
+def test_a_swallowed_ctrl_c_stops_the_generation_at_its_next_hook_and_is_remembered():
+    before = signal.getsignal(signal.SIGINT)
+    bars = Bars()
+    with InterruptWatch() as watch:
+        stop = StopOnInterrupt(watch, bars)
+        stop.prefill(0, 10)
+        stop.generated(0, 8)
+        assert bars.calls == [("prefill", 0, 10), ("generated", 0, 8)]  # passed on while nobody pressed Ctrl-C
+        swallowing_sigint()
+        assert watch.seen
+        with pytest.raises(KeyboardInterrupt):
+            stop.generated(4, 8)
+        with pytest.raises(KeyboardInterrupt):
+            watch.check()  # the job's end: never reported ok
+    assert len(bars.calls) == 2
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is the job's only
+
+
+def test_without_ctrl_c_the_hooks_only_pass_calls_on():
+    with InterruptWatch() as watch:
+        StopOnInterrupt(watch).generated(3, 8)  # no bars: silent
+        watch.check()
+        assert not watch.seen

@@ -1,0 +1,58 @@
+"""Ctrl-C during a job: stop at once, and never report a run the user stopped as complete.
+
+Python turns SIGINT into a KeyboardInterrupt wherever the main thread happens to be. Raised inside
+a finalizer or a library's catch-all it is printed or dropped, and the run would go on to finish
+and exit 0 as if nobody had asked it to stop. So the job's handler also records the signal: the
+generation then stops at its next prefill chunk or step (`StopOnInterrupt`), and a job that ends
+after a Ctrl-C is reported interrupted (`InterruptWatch.seen`), never ok.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class InterruptWatch:
+    """Within `with`: SIGINT raises KeyboardInterrupt (as Python's default does) and is recorded."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self) -> "InterruptWatch":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C came (and was swallowed where it was raised)."""
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+class StopOnInterrupt:
+    """A GenerationProgress (triforce.progress) that stops the generation at its next hook after a
+    Ctrl-C, passing every call on to `inner` (a progress bar, or None)."""
+
+    def __init__(self, watch: InterruptWatch, inner=None) -> None:
+        self.watch, self.inner = watch, inner
+
+    def prefill(self, done_tokens: int, total_tokens: int) -> None:
+        self.watch.check()
+        if self.inner is not None:
+            self.inner.prefill(done_tokens, total_tokens)
+
+    def generated(self, new_tokens: int, max_new_tokens: int) -> None:
+        self.watch.check()
+        if self.inner is not None:
+            self.inner.generated(new_tokens, max_new_tokens)
