@@ -136,8 +136,11 @@ def test_ctrl_c_ends_the_run_without_a_traceback(tmp_path, books_dir):
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "triforce.cli"]
     args = tiny_overrides(books_dir, "max_new_tokens=6000", "method=autoregressive", "draft=none", "warmup=false",
                           f"hydra.run.dir={run_dir}")
+    # the run gets SIGINT's default disposition, as a terminal's foreground job has it: a test
+    # runner started in the background of a script holds it ignored, and children inherit that
     proc = subprocess.Popen(cmd + args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (run_dir / "config.yaml").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)  # written as the job starts: from here on the job is running

@@ -31,7 +31,16 @@ def swallowing_sigint():
         pass
 
 
-def test_a_swallowed_ctrl_c_stops_the_generation_at_its_next_hook_and_is_remembered():
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as a terminal's foreground job has it (a test runner started in the background of a
+    script inherits it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_swallowed_ctrl_c_stops_the_generation_at_its_next_hook_and_is_remembered(terminal_sigint):
     before = signal.getsignal(signal.SIGINT)
     bars = Bars()
     with InterruptWatch() as watch:
@@ -49,7 +58,21 @@ def test_a_swallowed_ctrl_c_stops_the_generation_at_its_next_hook_and_is_remembe
     assert signal.getsignal(signal.SIGINT) is before  # the handler is the job's only
 
 
-def test_without_ctrl_c_the_hooks_only_pass_calls_on():
+def test_an_ignored_sigint_stays_ignored():
+    """A run started with SIGINT ignored (a script's background job) keeps it ignored."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with InterruptWatch() as watch:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+            watch.check()
+            assert not watch.seen and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_without_ctrl_c_the_hooks_only_pass_calls_on(terminal_sigint):
     with InterruptWatch() as watch:
         StopOnInterrupt(watch).generated(3, 8)  # no bars: silent
         watch.check()

@@ -21,13 +21,16 @@ class InterruptWatch:
         self._previous = None
 
     def __enter__(self) -> "InterruptWatch":
-        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+        # signal handlers live in the main thread only; an ignored SIGINT (a script's background
+        # job, nohup-like launchers) stays ignored, as the shell meant
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc) -> bool:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
         return False
 
     def _on_sigint(self, signum, frame) -> None:
