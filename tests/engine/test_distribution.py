@@ -5,9 +5,9 @@ The exact joint distribution of the first NEW = 3 generated tokens of a tiny 5-t
 model is computed by enumeration (for each prefix: the target with a fresh full cache over prompt +
 prefix, `triforce.sampling.probabilities`; the product of the conditionals). It is compared with the
 tokens of N_EXACT = 10,000 seeded `generate` calls (N_VARIANT = 5,000 for variants of a path) by
-a Pearson chi-square test (cells with an expected count < 5 merged) and a total-variation bound. Under exactness a false failure has
-probability < 1e-4 (chi-square) + 1e-6 (TV, McDiarmid); the seeds are fixed, so the test is
-deterministic anyway.
+a Pearson chi-square test (cells with an expected count < 5 merged) and a total-variation bound.
+Under exactness a false failure has probability < 1e-4 (chi-square) + 1e-6 (TV, McDiarmid); the
+seeds are fixed, so the test is deterministic anyway.
 
 The hierarchy is made non-trivial so the test has power: the prompt (32 tokens) is longer than
 the retrieval budget (12 tokens, chunks of 4: sink chunk + 1 retrieved chunk + tail of 3), the
@@ -288,19 +288,18 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
 # executor, the offloaded full cache, the hybrid middle under each rebuild policy, batches) N_VARIANT
 # runs each: a variant that broke exactness would change the law as grossly as the biased variants
 # below do, which N_BIASED (< N_VARIANT) runs reject with p < 1e-12.
-V = N_VARIANT
 EXACT_CASES = [Case("spec", "t0.6-p0.9"), Case("retrieval_spec", "t1")]
 EXACT_CASES += [Case("triforce", s) for s in SAMPLINGS]
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", runs=V),
-                Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=V)]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", runs=N_VARIANT),
+                Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=N_VARIANT)]
 # the hybrid middle cache under each rebuild policy
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"], runs=V),
-                Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=V),
-                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"], runs=V)]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"], runs=N_VARIANT),
+                Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=N_VARIANT),
+                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"], runs=N_VARIANT)]
 # batches of two ragged prompts (docs/DESIGN.md §3): each sequence's tokens are distributed exactly as
 # plain sampling of its own prompt, and the two are independent
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=V),
-                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2, runs=V)]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=N_VARIANT),
+                Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2, runs=N_VARIANT)]
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ class InterruptWatch:
     def __enter__(self) -> "InterruptWatch":
         # signal handlers live in the main thread only; an ignored SIGINT (a script's background
         # job, nohup-like launchers) stays ignored, as the shell meant
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 

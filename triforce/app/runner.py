@@ -74,24 +74,23 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
     result = JobResult("failed", {})
     values: dict = {}
     frame = None
-    watch = InterruptWatch()
     try:
-        watch.__enter__()
-        values = resolve(cfg)
-        (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
-        plan = validate(values)  # before any weights load
-        if not is_main_rank():  # tensor parallelism: rank 0 alone logs and writes
-            values = {**values, "logger": {"name": "none"}, "print_text": False,
-                      "hardware": {**(values.get("hardware") or {}), "progress": False}}
-            run = plan.run
-            plan = dataclasses.replace(plan, run=dataclasses.replace(
-                run, logger={"name": "none"}, print_text=False,
-                hardware=dataclasses.replace(run.hardware, progress=False)))
-        tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
-                               run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
-                               tags=list(values.get("tags") or []))
-        frame = _run(values, plan, ctx, tracker, watch)
-        watch.check()  # a Ctrl-C that something swallowed: the user still stopped this run
+        with InterruptWatch() as watch:  # restored when the job's work ends, however it ends
+            values = resolve(cfg)
+            (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
+            plan = validate(values)  # before any weights load
+            if not is_main_rank():  # tensor parallelism: rank 0 alone logs and writes
+                values = {**values, "logger": {"name": "none"}, "print_text": False,
+                          "hardware": {**(values.get("hardware") or {}), "progress": False}}
+                run = plan.run
+                plan = dataclasses.replace(plan, run=dataclasses.replace(
+                    run, logger={"name": "none"}, print_text=False,
+                    hardware=dataclasses.replace(run.hardware, progress=False)))
+            tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
+                                   run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
+                                   tags=list(values.get("tags") or []))
+            frame = _run(values, plan, ctx, tracker, watch)
+            watch.check()  # a Ctrl-C that something swallowed: the user still stopped this run
         summary = tables.summarize(frame)
         summary["wall_s"] = time.perf_counter() - started
         result = JobResult("ok", summary)
@@ -106,7 +105,6 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         result = JobResult("interrupted", {}, error="interrupted (Ctrl-C)")
         print(f"error: {interrupted_note(ctx)}", file=sys.stderr, flush=True)
     finally:
-        watch.__exit__(None, None, None)
         result.summary = {**result.summary, "status": result.status}
         _finish(values, ctx, result, frame, tracker)
         engines.release((values.get("hardware") or {}).get("device"))
