@@ -1,0 +1,123 @@
+"""kernels.decode_attention: the split-KV Triton attention against its torch reference, one
+sequence and a batch at per-sequence lengths; the policy's query-row tiles; causality in the block."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tests.kernels.helpers import DEVICE, kernels_ctx, rel_err, requires_triton
+from triforce.kernels.decode_attention import decode_attention, decode_attention_reference
+from triforce.kernels.policy import H100, AttentionLaunch, KernelPolicy
+
+pytestmark = requires_triton
+
+
+def splits_launch(q, k, splits: int) -> AttentionLaunch:
+    """The policy's attention launch for these shapes, with `splits` key slices per KV head."""
+    B, Hq, T, D = q.shape
+    launch = kernels_ctx().policy.attention_launch(batch=B, kv_heads=k.shape[1], rows=Hq // k.shape[1] * T,
+                                                   head_dim=D, capacity=k.shape[2], element_size=q.element_size())
+    return dataclasses.replace(launch, splits=splits)
+
+
+def attention(q, k, v, length, scale, splits, **kw):
+    return decode_attention(q, k, v, length, scale, ctx=kernels_ctx(), launch=splits_launch(q, k, splits), **kw)
+
+
+# (batch, q heads, kv heads, new tokens, head dim, capacity, kv_len, splits)
+ATTENTION_CASES = [
+    (1, 4, 4, 1, 64, 300, 200, 4),     # MHA, one token, kv_len not a multiple of the block
+    (1, 8, 2, 7, 64, 500, 333, 8),     # GQA group 4, a 7-token verify
+    (1, 6, 3, 17, 32, 257, 257, 2),    # a 17-token verify, cache full
+    (1, 4, 1, 3, 128, 130, 70, 1),     # MQA, one split
+    (2, 4, 2, 2, 64, 96, 2, 4),        # batch 2; kv_len == T: only the new block exists, most splits empty
+    (1, 32, 8, 4, 32, 1024, 900, 16),  # group 4 x 4 tokens, many splits
+    (1, 8, 2, 17, 64, 700, 650, 5),    # group 4 x 17 tokens = 68 rows: a 64-row tile + a 16-row tail; 5 splits
+    (1, 6, 2, 12, 32, 300, 280, 3),    # 36 rows: 32 + 16
+    (1, 12, 12, 1, 64, 256, 201, 1),   # the 68M draft: one split, the output written directly
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "b{}-hq{}-hkv{}-t{}-d{}-s{}-len{}-sp{}".format(*c))
+def test_decode_attention_matches_reference(case, dtype):
+    B, Hq, Hkv, T, D, S, kv_len, splits = case
+    g = torch.Generator().manual_seed(hash(case) % 2**31)
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)  # a strided view, as in the model
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    k[:, :, kv_len:] = float("nan")  # slots past the length must never be read into the result
+    v[:, :, kv_len:] = float("nan")
+    length = torch.tensor([kv_len], device=DEVICE)
+    out = attention(q, k, v, length, D ** -0.5, splits)
+    ref = decode_attention_reference(q.double(), k.double().nan_to_num(), v.double().nan_to_num(), length, D ** -0.5)
+    assert out.shape == (B, T, Hq, D) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    # the captured path's form of the same length: the block's first slot (a device scalar) + T
+    offset = attention(q, k, v, length - T, D ** -0.5, splits, kv_offset=T)
+    torch.testing.assert_close(offset, out, atol=0, rtol=0)
+
+
+def test_query_rows_take_one_warpgroup_tile_per_64():
+    tile = KernelPolicy(H100).attention_tile
+    for rows, block_m, warps in ((1, 64, 4), (28, 64, 4), (64, 64, 4), (65, 128, 8), (68, 128, 8), (128, 128, 8)):
+        assert tile(rows, 128)[:2] == (block_m, warps)
+    assert tile(68, 128)[2] == 4 and tile(4, 128)[2] == 3
+    # fewer stages where the buffers would not fit shared memory (float32, head_dim 256)
+    assert tile(68, 128, element_size=4)[2] == 2
+    assert tile(68, 256)[2] == 2 and tile(4, 256)[2] == 2
+    from triforce.kernels.triton_decode import decode_attention as split_kv_attention
+    with pytest.raises(ValueError, match="a tile of 64 query rows for 68"):  # a tuning sweep's bad choice
+        split_kv_attention(torch.empty(1, 32, 17, 128), torch.empty(1, 8, 64, 128), torch.empty(1, 8, 64, 128),
+                           torch.tensor([64]), 0.1, AttentionLaunch(64, 64, 4, 3, 1))
+
+
+def test_decode_attention_is_causal_inside_the_new_block():
+    """Query t must not see the block's later keys: moving the length by one changes the output,
+    and the first query of a block equals a single-token step at its own length."""
+    B, Hq, Hkv, T, D, S = 1, 4, 2, 5, 64, 200
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(B, Hq, T, D, generator=g)
+    k, v = torch.randn(B, Hkv, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g)
+    block = attention(q, k, v, torch.tensor([150]), D ** -0.5, 4)
+    first = attention(q[:, :, :1], k, v, torch.tensor([146]), D ** -0.5, 4)
+    torch.testing.assert_close(block[:, :1], first, atol=1e-5, rtol=1e-5)
+    shifted = attention(q, k, v, torch.tensor([151]), D ** -0.5, 4)
+    assert (shifted - block).abs().max() > 1e-3
+
+
+# (batch, q heads, kv heads, new tokens, head dim, capacity, per-sequence kv_len, splits)
+ATTENTION_BATCH_CASES = [
+    (3, 8, 2, 3, 32, 200, (37, 200, 3), 4),  # one sequence only its new block, one full
+    (3, 4, 4, 1, 64, 130, (130, 1, 64), 1),  # one slice: the output written directly
+    (1, 8, 2, 2, 32, 150, (99,), 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ATTENTION_BATCH_CASES,
+                         ids=lambda c: "b{}-hq{}-hkv{}-t{}-d{}-s{}-len{}-sp{}".format(*c))
+def test_decode_attention_of_a_batch_sees_each_sequence_to_its_length(case, dtype):
+    B, Hq, Hkv, T, D, S, lengths, splits = case
+    g = torch.Generator().manual_seed(sum(lengths))
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    for b, n in enumerate(lengths):  # slots past a sequence's own length are never read
+        k[b, :, n:] = float("nan")
+        v[b, :, n:] = float("nan")
+    length = torch.tensor(lengths, device=DEVICE)
+    out = attention(q, k, v, length, D ** -0.5, splits)
+    ref = decode_attention_reference(q.double(), k.double().nan_to_num(), v.double().nan_to_num(), length, D ** -0.5)
+    assert out.shape == (B, T, Hq, D) and torch.isfinite(out).all()
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    offset = attention(q, k, v, length - T, D ** -0.5, splits, kv_offset=T)  # the captured path's form
+    torch.testing.assert_close(offset, out, atol=0, rtol=0)
+    for b, n in enumerate(lengths):  # the batched reference is B one-sequence calls
+        one = decode_attention_reference(q[b:b + 1].double(), k[b:b + 1].double().nan_to_num(),
+                                         v[b:b + 1].double().nan_to_num(), torch.tensor([n]), D ** -0.5)
+        torch.testing.assert_close(ref[b:b + 1], one, atol=1e-12, rtol=1e-12)

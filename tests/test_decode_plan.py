@@ -1,0 +1,123 @@
+"""decode_plan: the plan build_plan writes out (the model's own forward without kernels, the fused
+steps with them, their printed launches) and its logits against the model's eager forward over a
+full cache, for one sequence and a batch at different lengths (kernels through Triton's interpreter)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from triforce.cache.static import StaticKVCache
+from triforce.cache.static_view import StaticView
+from triforce.decode_plan import build_plan
+from triforce.kernels import triton_available
+from triforce.kernels.policy import KernelContext, KernelPolicy
+from triforce.kernels.workspace import Workspace
+from triforce.models.tiny import build_tiny
+
+interpreted = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or not triton_available(),
+    reason="the kernels run on a CPU through Triton's interpreter (TRITON_INTERPRET=1, set by tests/conftest.py "
+           "without CUDA)")
+T, CAPACITY = 3, 32  # new tokens per forward, cache slots per sequence
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_tiny(None, seed=0)  # a random tiny Llama, float32, on the CPU
+
+
+def context(kernels: bool) -> KernelContext:
+    return KernelContext(KernelPolicy.resolve("cpu", {"kernels": kernels}), pdl=False, workspace=Workspace("cpu"))
+
+
+def full_cache(model, batch: int = 1) -> StaticKVCache:
+    cfg = model.config
+    return StaticKVCache(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                         num_heads=cfg.num_heads, capacity=CAPACITY, dtype=model.dtype, device="cpu",
+                         batch_size=batch)
+
+
+def reference(model, tokens: torch.Tensor, lengths: list[int], num_logits: int):
+    """The model's eager forward over each row's T tokens after its first lengths[b] (prefilled
+    into a full cache of its own): (logits (B, num_logits, V), the caches)."""
+    logits, caches = [], []
+    for b, n in enumerate(lengths):
+        cache = full_cache(model)
+        model(tokens[b:b + 1, :n], None, cache)
+        logits.append(model(tokens[b:b + 1, n:n + T], None, cache, num_logits=num_logits))
+        caches.append(cache)
+    return torch.cat(logits), caches
+
+
+def run_plan(model, tokens: torch.Tensor, lengths: list[int], num_logits: int, ctx: KernelContext):
+    """The plan's forward over the same tokens, through a StaticView of a batch cache whose row b
+    was prefilled with row b's first lengths[b] tokens: (logits, the cache)."""
+    batch = len(lengths)
+    cache = full_cache(model, batch)
+    for b, n in enumerate(lengths):
+        model(tokens[b:b + 1, :n], None, cache.row(b))
+    plan = build_plan(model, T, num_logits, ctx, batch=batch, kv_slots=cache.k.shape[3])
+    view = StaticView(cache, T)
+    positions = cache.reserve_rows(T) if batch > 1 else [cache.reserve(T)]
+    view.set(lengths, positions, cache.rows_of("length"))  # [token, position, slot] starts per sequence
+    logits = plan.run(view, tokens)
+    cache.advance(T)
+    return logits, cache
+
+
+def token_buffer(batch: int, seed: int, vocab: int) -> torch.Tensor:
+    """The engine's token buffer: (B, N) int64, one row per sequence."""
+    return torch.randint(0, vocab, (batch, 20), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("num_logits", [1, T])
+def test_without_kernels_the_plan_is_the_models_own_forward(model, num_logits):
+    ctx = context(kernels=False)
+    plan = build_plan(model, T, num_logits, ctx, kv_slots=CAPACITY)
+    assert [step.name for step in plan.steps] == ["Forward"]
+    assert plan.tuning_used == ()
+    tokens = token_buffer(1, 1, model.config.vocab_size)
+    logits, _ = run_plan(model, tokens, [9], num_logits, ctx)
+    ref, _ = reference(model, tokens, [9], num_logits)
+    assert logits.shape == ref.shape == (1, num_logits, model.config.vocab_size)
+    # the same arithmetic; attention over the view's masked capacity rather than the eager cache's
+    # sliced prefix sums in another order: equal to float32 rounding
+    torch.testing.assert_close(logits, ref)
+
+
+@interpreted
+@pytest.mark.parametrize("batch", [1, 2])
+def test_with_kernels_the_plan_lists_the_fused_steps_and_their_launches(model, batch):
+    plan = build_plan(model, T, T, context(kernels=True), batch=batch, kv_slots=CAPACITY)
+    layers = model.config.num_layers
+    names = ["Embed"] + [f"{step} {i}" for i in range(layers) for step in ("QKV", "Attend", "OProj", "GateUp", "Down")]
+    assert [step.name for step in plan.steps] == names + ["Head"]
+    assert len(plan.steps) == 2 + 5 * layers
+    shown = repr(plan).splitlines()
+    assert shown[0] == f"DecodePlan(B={batch}, T={T}, logits={T}, {2 + 5 * layers} steps)"
+    for i, step in enumerate(plan.steps):
+        assert shown[1 + i].split(maxsplit=1) == [str(i), repr(step)]
+        if step.name != "Embed":  # every product and attention prints the launch it resolved
+            assert "tile " in step.detail, repr(step)
+    assert plan.tuning_used == ()  # a CPU plans by the rules alone: no tuning-file entry
+    assert len(shown) == 1 + len(plan.steps)
+
+
+@interpreted
+@torch.inference_mode()
+@pytest.mark.parametrize("num_logits", [1, T])  # T: the final norm folded into the last product
+@pytest.mark.parametrize("lengths", [[9], [5, 11]], ids=["one", "batch2"])
+def test_the_plans_logits_equal_the_reference_forward(model, lengths, num_logits):
+    tokens = token_buffer(len(lengths), 2, model.config.vocab_size)
+    logits, cache = run_plan(model, tokens, lengths, num_logits, context(kernels=True))
+    ref, ref_caches = reference(model, tokens, lengths, num_logits)
+    assert logits.shape == ref.shape == (len(lengths), num_logits, model.config.vocab_size)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+    for b, (n, ref_cache) in enumerate(zip(lengths, ref_caches)):  # the q/k/v epilogue wrote each row's keys
+        assert cache.rows_of("length")[b] == n + T
+        torch.testing.assert_close(cache.k[:, b, :, :n + T], ref_cache.k[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.v[:, b, :, :n + T], ref_cache.v[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)
