@@ -78,7 +78,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
             if cfg.levels:
                 rows = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
                                              bandwidth=card.bandwidth, repeats=cfg.repeats, batch=batch,
-                                             engine_kw={"kernels": kernels}, transforms=False)
+                                             hardware={"kernels": kernels}, transforms=False)
                 tables["levels"] += [dict(shape=shape, **r) for r in rows]
                 for r in latency.speedups(rows, method.gamma, method.draft_gamma, [tuple(a) for a in cfg.acceptance]):
                     tables["speedup"].append(dict(shape=shape, batch=batch, **r))
@@ -95,7 +95,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                         row = latency.batch_end_to_end(target, draft if uses_draft else None, m, prompts,
                                                        new_tokens=cfg.end_to_end.new_tokens, sampling=SAMPLING,
                                                        prefill_chunk=cfg.prefill_chunk, label=label,
-                                                       engine_kw={"kernels": kernels})
+                                                       hardware={"kernels": kernels})
                         tables["end_to_end"].append(dict(shape=shape, head_scale=s, **row))
                         print(json.dumps(tables["end_to_end"][-1], default=str), flush=True)
                         save()

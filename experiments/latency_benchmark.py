@@ -69,7 +69,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
         if cfg.levels:
             levels = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
                                            bandwidth=card.bandwidth, repeats=cfg.repeats,
-                                           engine_kw={"kernels": kernels(cfg)})
+                                           hardware={"kernels": kernels(cfg)})
             for row in levels:
                 tables["levels"].append(dict(shape=shape, **row))
             for row in latency.speedups(levels, method.gamma, method.draft_gamma,
@@ -81,7 +81,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                                    generator=torch.Generator().manual_seed(0)).tolist()
             for m in (method_config({"name": "autoregressive"}), method):
                 row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt,
-                                         engine_kw={"kernels": kernels(cfg)},
+                                         hardware={"kernels": kernels(cfg)},
                                          new_tokens=cfg.new_tokens, sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk)
                 tables["end_to_end"].append(dict(shape=shape, **row))
                 print(json.dumps(tables["end_to_end"][-1]), flush=True)

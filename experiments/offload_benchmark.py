@@ -85,7 +85,7 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
                 say(f"[{where} @ {context}] skipped: the full cache does not fit this GPU")
                 continue
             rows = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
-                                         bandwidth=card.bandwidth, repeats=cfg.repeats, engine_kw=kw, h2d=h2d)
+                                         bandwidth=card.bandwidth, repeats=cfg.repeats, hardware=kw, h2d=h2d)
             for row in rows:
                 tables["levels"].append(dict(cache=where, gpus=par.world, **row))
             for row in latency.speedups(rows, method.gamma, method.draft_gamma, [tuple(a) for a in cfg.acceptance]):
@@ -97,7 +97,7 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
                                    generator=torch.Generator().manual_seed(0)).tolist()
             for m in (method_config({"name": "autoregressive"}), method):
                 row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt, new_tokens=cfg.new_tokens,
-                                         sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, engine_kw=offload)
+                                         sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=offload)
                 tables["end_to_end"].append(dict(cache="offloaded", gpus=par.world, **row))
                 say(json.dumps(tables["end_to_end"][-1]))
     del target, draft
@@ -114,8 +114,8 @@ def run_identity(cfg, par, device, tables, say) -> dict:
     for where, kw in (("on-chip", {}), ("offloaded", dict(offload=True, on_chip_layers=cfg.on_chip_layers))):
         for name, m in IDENTITY_METHODS.items():
             engine = Engine(target, draft if name in ("spec", "triforce") else None, m, SamplingParams(0.0),
-                            executor="graphs", prefill_chunk=cfg.prefill_chunk, kernels={"linear": str(cfg.linear)},
-                            **kw)
+                            dict(executor="graphs", prefill_chunk=cfg.prefill_chunk, kernels={"linear": str(cfg.linear)},
+                                 **kw))
             tokens[f"{where}/{name}"] = engine.generate(prompt, cfg.identity.new_tokens, seed=0,
                                                         stop_at_eos=False).tokens
     reference = json.loads(Path(cfg.identity.reference).read_text()) if cfg.identity.reference else None

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from triforce.cache.retrieval import RetrievalCache
+from triforce.cache.static import StaticKVCache
 from triforce.data.gutenberg import load_books
 from triforce.config import MethodConfig
 from triforce.models.loading import load_model, load_tokenizer
@@ -49,7 +50,7 @@ def scan_book(model, ids: list[int], args) -> list[dict]:
     n, T = args.prompt_len, args.continuation
     prompt, cont = ids[:n], ids[n:n + T]
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p)
-    full = model.new_cache(n + T)
+    full = StaticKVCache.for_model(model.config, n + T, model.dtype, model.device)
     for start in range(0, n, 1024):  # prefill as the engine does: all of it, then the last token rolled back
         model(torch.tensor([prompt[start:start + 1024]]), None, full)
     full.crop(n - 1)

@@ -127,8 +127,8 @@ def cases(only: set[str] | None, pdl: bool = False):
                 q, k, k, length, d ** -0.5, splits_launch(q, k), pdl=pdl,
                 prefetch=policy.attention_prefetch if pdl else 0))
 
+    from triforce.inputs import DevicePositions, Rope
     from triforce.kernels import triton_embedding, triton_rotary, triton_streaming, triton_verify
-    from triforce.models.rope import DevicePositions, Rope
 
     for name, heads, d in (("68m", 12, 64), ("7b-self", 32, 128)):
         cache = torch.empty(2, 1, heads, 256, d, dtype=bf16)
@@ -149,7 +149,7 @@ def cases(only: set[str] | None, pdl: bool = False):
                 hq=hq, hkv=hkv, d=d, batch=batch, t=t: triton_rotary.rope_store(
                     *(x.view(batch, t, -1, d).transpose(1, 2) for x in qkv.split([hq * d, hkv * d, hkv * d], -1)),
                     rope, cache, cache, starts, pdl=pdl))
-    from triforce.kernels.linear import PreNormed
+    from triforce.kernels.prenormed import PreNormed
     from triforce.kernels.triton_linear import RopeStore
 
     for vocab in (32000, 128256):
@@ -225,7 +225,7 @@ def cases(only: set[str] | None, pdl: bool = False):
             if t == 1:
                 add("linear", f"{name} T=1 norm+residual", lambda x=x, w=w, nw=nw: triton_linear.fused_linear(
                     x, w, residual=x, norm_weight=nw, eps=1e-5, **pf))
-    from triforce.kernels.linear import PreNormed
+    from triforce.kernels.prenormed import PreNormed
 
     for t in (1, 7, 17):  # an RMSNorm folded into the products around it: o_proj / down_proj, then the next ones
         x, r, nw = torch.empty(1, t, 4096, dtype=bf16), torch.empty(1, t, 4096, dtype=bf16), torch.empty(4096, dtype=bf16)

@@ -21,8 +21,12 @@ programmatic dependent launch (on by default for captured graphs), which the CPU
 each check's engines and kernel contexts get the kernel policy with PDL off, then on
 (`hardware.kernels.pdl`).
 
-Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 pass (in
-every PDL mode checked).
+5. Kernels off (`hardware.kernels.kernels=false`, skipped with --no-kernels-off): no Triton kernel of
+   the project launches at all (torch.profiler counts them, eager and graphs, one sequence and a
+   batch), and 2-3 pass on the torch reference path, eager and graphs, one sequence and a batch.
+
+Uses random models built in memory: no weights, no network. Exit code 0 only if 1-3 and 5 pass
+(in every mode checked).
 """
 
 from __future__ import annotations
@@ -86,15 +90,16 @@ def check_kernels(device, policy: KernelPolicy) -> bool:
         x = torch.randn(7, 4096, device=device, dtype=dtype, generator=g)
         r = torch.randn(7, 4096, device=device, dtype=dtype, generator=g)
         w = 1 + 0.1 * torch.randn(4096, device=device, dtype=dtype, generator=g)
-        errs = {"rms_norm": max(rel_err(a, b) for a, b in zip(rms_norm(x, w, 1e-5, r), rms_norm_reference(x, w, 1e-5, r)))}
+        errs = {"rms_norm": max(rel_err(a, b) for a, b in zip(rms_norm(x, w, 1e-5, r, ctx=ctx),
+                                                               rms_norm_reference(x, w, 1e-5, r)))}
         gu = torch.randn(7, 2 * 11008, device=device, dtype=dtype, generator=g)
-        errs["silu_mul"] = rel_err(silu_mul(gu), silu_mul_reference(gu))
+        errs["silu_mul"] = rel_err(silu_mul(gu, ctx=ctx), silu_mul_reference(gu))
         cfg = ModelConfig(vocab_size=8, hidden_size=4096, intermediate_size=8, num_layers=1, num_heads=32,
                           num_kv_heads=8, head_dim=128, max_position_embeddings=131072)
         rope = RotaryEmbedding(cfg).to(device).at(torch.arange(90000, 90007, device=device), dtype)
         qkv = torch.randn(1, 7, 48 * 128, device=device, dtype=dtype, generator=g)
         outs = []
-        for fn in (rope_store, rope_store_reference):
+        for fn in (lambda *a: rope_store(*a, ctx=ctx), rope_store_reference):
             buf = qkv.clone()
             q, k, v = (p.view(1, 7, -1, 128).transpose(1, 2) for p in buf.split([4096, 1024, 1024], dim=-1))
             kc, vc = torch.zeros(1, 8, 100, 128, device=device, dtype=dtype), torch.zeros(1, 8, 100, 128, device=device,
@@ -104,11 +109,12 @@ def check_kernels(device, policy: KernelPolicy) -> bool:
         errs["rope_store"] = rel_err(*outs)
         errs.update(check_qkv_projection(device, dtype, g, ctx))
         errs.update(check_split_k_and_gated(device, dtype, g, KernelContext(policy, pdl=policy.pdl)))
-        from triforce.kernels.embedding import TokenSlice, embed
+        from triforce.inputs import TokenSlice
+        from triforce.kernels.embedding import embed
 
         table = torch.randn(32000, 4096, device=device, dtype=dtype, generator=g)
         ids = torch.randint(0, 32000, (100,), device=device, generator=g)
-        errs["embedding slice"] = rel_err(embed(table, TokenSlice(ids, torch.tensor(40, device=device), 7)),
+        errs["embedding slice"] = rel_err(embed(table, TokenSlice(ids, torch.tensor(40, device=device), 7), ctx=ctx),
                                           table[ids[40:47]][None])
         from triforce.kernels.streaming import shift_window, shift_window_reference
 
@@ -117,19 +123,19 @@ def check_kernels(device, policy: KernelPolicy) -> bool:
         draft_rope = RotaryEmbedding(draft_cfg).to(device)
         window = torch.randn(2, 2, 1, 12, 256, 64, device=device, dtype=dtype, generator=g)
         shifted = window.clone()
-        shift_window(shifted[0], shifted[1], 16, 256, 3, draft_rope)
-        shift_window_reference(window[0], window[1], 16, 256, 3, draft_rope)
+        shift_window(shifted[0], shifted[1], 16, 256, 3, draft_rope.inv_freq, ctx=ctx)
+        shift_window_reference(window[0], window[1], 16, 256, 3, draft_rope.inv_freq)
         errs["streaming evict"] = rel_err(shifted, window)
         for name, err in errs.items():
             good = err < tol
             ok &= good
             print(f"{name:16s} {str(dtype)[6:]:8s}: rel err {err:.1e} {'ok' if good else 'FAILED'}")
-    ok &= check_top_p(device)
-    ok &= check_race(device)
+    ok &= check_top_p(device, ctx)
+    ok &= check_race(device, ctx)
     return ok
 
 
-def check_race(device) -> bool:
+def check_race(device, ctx: KernelContext) -> bool:
     """The verification / sampling kernel (kernels/verify.py) against the same rule in torch ops,
     on the generator's draws, at the 32K and 128K vocabularies: the same acceptance count, and a
     token whose race ratio is the maximum (up to the kernel's division rounding)."""
@@ -149,7 +155,7 @@ def check_race(device) -> bool:
                 u = torch.rand(k, device=device, generator=g)
                 race = torch.empty(vocab, device=device).exponential_(generator=g)
                 buffer = torch.zeros(k + 8, dtype=torch.int64, device=device)
-                out = race_verify(tokens, q, p, u, race, out_tokens=buffer, base=2).tolist()
+                out = race_verify(tokens, q, p, u, race, out_tokens=buffer, base=2, ctx=ctx).tolist()
                 ref = race_verify_reference(tokens, q, p, u, race).tolist()
                 n = ref[0]
                 w = torch.clamp(p[n] - (q[n] if n < k else 0), min=0)
@@ -158,7 +164,7 @@ def check_race(device) -> bool:
                 bad += not same
             probs = torch.softmax(torch.randn(vocab, device=device, generator=g) * 3, -1)
             race = torch.empty(vocab, device=device).exponential_(generator=g)
-            sampled = int(race_sample(probs, race)) == int(race_sample_reference(probs, race))
+            sampled = int(race_sample(probs, race, ctx=ctx)) == int(race_sample_reference(probs, race))
             good = bad == 0 and sampled
             ok &= good
             print(f"race verify V={vocab:6d} k={k:2d}: {bad}/200 disagree with the torch rule, sample agrees="
@@ -218,8 +224,8 @@ def check_qkv_projection(device, dtype, g, ctx: KernelContext) -> dict[str, floa
     """The q/k/v projection with the rotary + cache write in its epilogue (7B and 8B layers, 1 to
     17 tokens, positions from a start scalar as the captured path passes them) against the
     projection followed by the reference rotary and store."""
+    from triforce.inputs import DevicePositions
     from triforce.kernels.linear import qkv_rope_store
-    from triforce.models.rope import DevicePositions
 
     errs = {}
     for hq, hkv in ((32, 32), (32, 8)):
@@ -263,7 +269,7 @@ def boundary_ties_only(probs: torch.Tensor, kept: torch.Tensor, kept_ref: torch.
     return True
 
 
-def check_top_p(device) -> bool:
+def check_top_p(device, ctx: KernelContext) -> bool:
     """The sampling transform's kernels against sampling.nucleus at real vocabularies: the same
     nucleus and values; the split path (which hands work between programs through an atomic
     counter) gives bit-identical results over repeated runs."""
@@ -278,7 +284,7 @@ def check_top_p(device) -> bool:
             for kind, scale in (("peaked", 3.0), ("flat", 0.55), ("tied", 0.0)):
                 logits = (torch.randn(rows, vocab, device=device, generator=g) * scale).to(torch.bfloat16)
                 ref = nucleus(torch.softmax(logits.float() / 0.6, -1), 0.9)
-                out = top_p_probabilities(logits, 0.6, 0.9)
+                out = top_p_probabilities(logits, 0.6, 0.9, ctx=ctx)
                 mismatched = int(((out > 0) != (ref > 0)).sum())
                 err = float((out - ref).abs().max())
                 diagnostics = {}
@@ -318,37 +324,37 @@ def check_engine(device, kernels: dict) -> bool:
     models = {"target": target, "draft": draft, None: None}
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     for executor in ("eager", "graphs"):
-        reference = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor=executor,
-                           kernels=kernels).generate(prompt, 48).tokens
+        hardware = {"executor": executor, "kernels": kernels}
+        reference = Engine(target, None, {"name": "autoregressive"}, GREEDY, hardware).generate(prompt, 48).tokens
         for name, d, extra in METHODS:
-            res = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor=executor,
-                         kernels=kernels).generate(prompt, 48)
+            res = Engine(target, models[d], {"name": name, **extra}, GREEDY, hardware).generate(prompt, 48)
             same = res.tokens == reference
             ok &= same
             print(f"{executor:6s} {name:15s} {extra} greedy-identical={same} "
                   f"mean_accepted_len={res.metrics['mean_accepted_len']:.2f}")
         if executor == "graphs":
-            eager_ref = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor="eager").generate(prompt, 48)
+            eager_ref = Engine(target, None, {"name": "autoregressive"}, GREEDY,
+                               {"executor": "eager"}).generate(prompt, 48)
             ok &= eager_ref.tokens == reference
             print(f"graphs autoregressive == eager autoregressive: {eager_ref.tokens == reference}")
     sampled = Engine(target, draft, {"name": "triforce", "budget": 64}, {"temperature": 0.6, "top_p": 0.9},
-                     executor="graphs", kernels=kernels)
+                     {"executor": "graphs", "kernels": kernels})
     a, b = sampled.generate(prompt, 32, seed=3).tokens, sampled.generate(prompt, 32, seed=3).tokens
     print(f"graphs: seeded sampling reproducible={a == b}")
     return ok and a == b
 
 
 def check_batched_kernels(device, policy: KernelPolicy) -> bool:
-    """The kernels of a batch (docs/DESIGN.md §4): 4 sequences at different lengths, each row's
+    """The kernels of a batch (docs/DESIGN.md §5): 4 sequences at different lengths, each row's
     result against the reference run on that row alone, at realistic sizes: decode attention (8B
     layer, 1 and 7 new tokens per sequence), the q/k/v projection's rotary + cache write, the
     embedding gather, the sampling and verification races at a 128K vocabulary, the StreamingLLM
     eviction of different amounts per sequence."""
-    from triforce.kernels.embedding import TokenSlice, embed
+    from triforce.inputs import DevicePositions, TokenSlice
+    from triforce.kernels.embedding import embed
     from triforce.kernels.linear import qkv_rope_store
     from triforce.kernels.streaming import shift_window, shift_window_reference
-    from triforce.kernels.verify import race_sample, race_sample_reference, race_verify, race_verify_reference
-    from triforce.models.rope import DevicePositions
+    from triforce.kernels.verify import race_sample, race_verify, race_verify_reference
 
     ctx = KernelContext(policy, pdl=False)
     g = torch.Generator(device=device).manual_seed(7)
@@ -388,7 +394,7 @@ def check_batched_kernels(device, policy: KernelPolicy) -> bool:
     table = torch.randn(128256, 4096, device=device, dtype=bf16, generator=g)
     ids = torch.randint(0, 128256, (B, 100), device=device, generator=g)
     tok_starts = torch.tensor([3, 40, 0, 90], device=device)
-    emb = embed(table, TokenSlice(ids, tok_starts, 7), use_triton=True)
+    emb = embed(table, TokenSlice(ids, tok_starts, 7), ctx=ctx)
     want = torch.stack([table[ids[b, int(s):int(s) + 7]] for b, s in enumerate(tok_starts.tolist())])
     err = max(err, rel_err(emb, want))
     vocab, kk = 128256, 6
@@ -398,9 +404,9 @@ def check_batched_kernels(device, policy: KernelPolicy) -> bool:
     props = torch.stack([torch.multinomial(qd[b], 1, generator=g)[:, 0] for b in range(B)])
     u = torch.rand(B, kk, device=device, generator=g)
     race = torch.empty(B, vocab, device=device).exponential_(generator=g)
-    verdict = race_verify(props, qd, pd_, u, race, use_triton=True)
+    verdict = race_verify(props, qd, pd_, u, race, ctx=ctx)
     ref = race_verify_reference(props, qd, pd_, u, race)
-    sample = race_sample(pd_[:, 0], race, use_triton=True)
+    sample = race_sample(pd_[:, 0], race, ctx=ctx)
     ratio = pd_[:, 0] / race.clamp_min(torch.finfo(torch.float32).tiny)
     # the same acceptance counts; each row's winner a maximum of its race (up to the division's rounding)
     same = torch.equal(verdict[:, 0], ref[:, 0]) and bool(
@@ -410,8 +416,8 @@ def check_batched_kernels(device, policy: KernelPolicy) -> bool:
                                              num_heads=12, num_kv_heads=12, head_dim=64,
                                              max_position_embeddings=2048)).to(device)
     shifted, ends, drops = window.clone(), [256, 250, 256, 100], [3, 0, 1, 2]
-    shift_window(shifted[0], shifted[1], 16, ends, drops, draft_rope)
-    shift_window_reference(window[0], window[1], 16, ends, drops, draft_rope)
+    shift_window(shifted[0], shifted[1], 16, ends, drops, draft_rope.inv_freq, ctx=ctx)
+    shift_window_reference(window[0], window[1], 16, ends, drops, draft_rope.inv_freq)
     err = max(err, rel_err(shifted, window))
     good = err < 2e-2 and same
     ok &= good
@@ -420,23 +426,24 @@ def check_batched_kernels(device, policy: KernelPolicy) -> bool:
     return ok
 
 
-def check_batched_engine(device, kernels: dict) -> bool:
-    """Greedy identity per sequence of a batch with graphs (fp32): 3 ragged prompts, every method;
-    each sequence's tokens equal its prompt's run alone (eager autoregressive)."""
+def check_batched_engine(device, kernels: dict, executors: tuple[str, ...] = ("graphs",)) -> bool:
+    """Greedy identity per sequence of a batch (fp32): 3 ragged prompts, every method; each
+    sequence's tokens equal its prompt's run alone (eager autoregressive)."""
     ok = True
     target, draft = random_model(0, device, torch.float32), random_model(1, device, torch.float32)
     models = {"target": target, "draft": draft, None: None}
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (700, 333, 901)]
-    alone = [Engine(target, None, {"name": "autoregressive"}, GREEDY, executor="eager").generate(p, 32).tokens
+    alone = [Engine(target, None, {"name": "autoregressive"}, GREEDY, {"executor": "eager"}).generate(p, 32).tokens
              for p in prompts]
-    for name, d, extra in METHODS:
-        res = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor="graphs",
-                     kernels=kernels).generate(prompts, 32)
-        same = [r.tokens for r in res] == alone
-        ok &= same
-        print(f"graphs batch of 3 {name:15s} {extra} greedy-identical per sequence={same} "
-              f"throughput={res.metrics['throughput']:.0f} tokens/s")
+    for executor in executors:
+        for name, d, extra in METHODS:
+            res = Engine(target, models[d], {"name": name, **extra}, GREEDY,
+                         {"executor": executor, "kernels": kernels}).generate(prompts, 32)
+            same = [r.tokens for r in res] == alone
+            ok &= same
+            print(f"{executor} batch of 3 {name:15s} {extra} greedy-identical per sequence={same} "
+                  f"throughput={res.metrics['throughput']:.0f} tokens/s")
     return ok
 
 
@@ -445,7 +452,7 @@ def check_synchronisations(device, kernels: dict) -> bool:
     target, draft = random_model(0, device, torch.bfloat16), random_model(1, device, torch.bfloat16)
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     engine = Engine(target, draft, {"name": "triforce", "budget": 64}, {"temperature": 0.6, "top_p": 0.9},
-                    executor="graphs", kernels=kernels)
+                    {"executor": "graphs", "kernels": kernels})
     engine.generate(prompt, 32, seed=0)  # capture first: capture itself synchronises
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -464,15 +471,65 @@ def check_synchronisations(device, kernels: dict) -> bool:
     return ok
 
 
+def triton_kernel_names() -> set[str]:
+    """Every Triton kernel the project defines (kernels/triton_*.py)."""
+    import importlib
+    import pkgutil
+
+    import triton
+
+    import triforce.kernels as package
+
+    names = set()
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("triton_"):
+            module = importlib.import_module(f"triforce.kernels.{info.name}")
+            names |= {name for name, obj in vars(module).items() if isinstance(obj, triton.runtime.JITFunction)}
+    return names
+
+
+def count_triton_launches(device, kernels: dict) -> dict[str, int]:
+    """Launches of the project's Triton kernels (torch.profiler) while every method generates,
+    eagerly and with graphs (each graph captured inside the profile), one sequence and a batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    names = triton_kernel_names()
+    target, draft = random_model(0, device, torch.bfloat16), random_model(1, device, torch.bfloat16)
+    models = {"target": target, "draft": draft, None: None}
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (400, 250)]
+    counts = {}
+    for executor in ("eager", "graphs"):
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for name, d, extra in METHODS[:4]:
+                engine = Engine(target, models[d], {"name": name, **extra}, {"temperature": 0.6, "top_p": 0.9},
+                                {"executor": executor, "kernels": kernels})
+                engine.generate(prompts[0], 8, seed=0)
+                engine.generate(prompts, 8, seed=0)
+            torch.cuda.synchronize()
+        counts[executor] = sum(e.count for e in prof.key_averages() if e.key in names)
+    return counts
+
+
+def check_kernels_off(device) -> bool:
+    """hardware.kernels.kernels=false: no Triton kernel of the project runs at all (counted with
+    torch.profiler), eager and graphs, one sequence and a batch; with them on the same count is
+    not zero (the counter sees them)."""
+    off = count_triton_launches(device, {"kernels": False})
+    on = count_triton_launches(device, {"kernels": True})
+    ok = all(n == 0 for n in off.values()) and all(n > 0 for n in on.values())
+    print(f"Triton launches with kernels off: {off}; with kernels on: {on} {'ok' if ok else 'FAILED'}")
+    return ok
+
+
 def report_bf16(device, kernels: dict) -> None:
     target, draft = random_model(0, device, torch.bfloat16), random_model(1, device, torch.bfloat16)
     models = {"target": target, "draft": draft, None: None}
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
-    ref = Engine(target, None, {"name": "autoregressive"}, GREEDY, executor="graphs",
-                 kernels=kernels).generate(prompt, 48).tokens
+    hardware = {"executor": "graphs", "kernels": kernels}
+    ref = Engine(target, None, {"name": "autoregressive"}, GREEDY, hardware).generate(prompt, 48).tokens
     for name, d, extra in METHODS:
-        out = Engine(target, models[d], {"name": name, **extra}, GREEDY, executor="graphs",
-                     kernels=kernels).generate(prompt, 48).tokens
+        out = Engine(target, models[d], {"name": name, **extra}, GREEDY, hardware).generate(prompt, 48).tokens
         agree = next((i for i, (a, b) in enumerate(zip(out, ref)) if a != b), len(ref))
         print(f"bf16 graphs {name:15s} {extra}: agrees with autoregressive for {agree}/{len(ref)} tokens")
 
@@ -482,6 +539,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--pdl", choices=("off", "on", "both"), default="both",
                     help="programmatic dependent launch of the decode kernels (sm90+): check without, with, or both")
+    ap.add_argument("--no-kernels-off", dest="kernels_off", action="store_false",
+                    help="skip the run with the policy's kernels off (hardware.kernels.kernels=false)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this check is for GPUs (the CPU path is covered by the test suite)")
@@ -500,10 +559,19 @@ def main() -> int:
         ok &= check_batched_engine(args.device, kernels)
         ok &= check_synchronisations(args.device, kernels)
         report_bf16(args.device, kernels)
-        verdicts[pdl] = ok
+        verdicts[f"PDL {'on' if pdl else 'off'}"] = ok
+    if args.kernels_off:
+        # the torch reference everywhere (hardware.kernels.kernels=false): to rule a kernel out
+        print("\n=== kernels off ===")
+        kernels = {"kernels": False}
+        ok = check_kernels_off(args.device)
+        ok &= check_engine(args.device, kernels)
+        ok &= check_batched_engine(args.device, kernels, executors=("eager", "graphs"))
+        ok &= check_synchronisations(args.device, kernels)
+        verdicts["kernels off"] = ok
     ok = all(verdicts.values())
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: "
-          + ", ".join(f"PDL {'on' if k else 'off'} {'OK' if v else 'FAILED'}" for k, v in verdicts.items()))
+          + ", ".join(f"{k} {'OK' if v else 'FAILED'}" for k, v in verdicts.items()))
     return 0 if ok else 1
 
 

@@ -81,7 +81,7 @@ def main() -> None:
             for name in names:
                 policy = base.with_(**VARIANTS[name])
                 rows = level_timings(target, draft, PAPER, context, verify_blocks=(7, 17),
-                                     bandwidth=card.bandwidth, repeats=args.repeats, engine_kw={"kernels": policy})
+                                     bandwidth=card.bandwidth, repeats=args.repeats, hardware={"kernels": policy})
                 free_memory()
                 for r in rows:
                     if r["level"] != "sampling transform":

@@ -53,7 +53,7 @@ def generate_all(target, draft, prompt, seed_of=lambda method: 0, sampling=None)
     for kind_kw, kw in ENGINE_KW.items():
         for name, method in METHODS.items():
             d = target if name.endswith("self-bound") else draft
-            engine = Engine(target, d, method, sampling or dict(temperature=0.0), executor="static", **kw)
+            engine = Engine(target, d, method, sampling or dict(temperature=0.0), {"executor": "static", **kw})
             out[(kind_kw, name)] = engine.generate(prompt, NEW, seed=seed_of(name)).tokens
             batch = engine.generate(batch_of(prompt), NEW, seed=seed_of(name))
             out[(kind_kw, name, "batch")] = [r.tokens for r in batch]

@@ -66,7 +66,7 @@ class Recorder:
 @pytest.mark.parametrize("method", ["autoregressive", "triforce"])
 def test_engine_reports_prefill_chunks_and_every_step(method):
     model = tiny.build_tiny()
-    engine = Engine(model, model, {"name": method, "budget": 32, "gamma": 4}, {"temperature": 0.6}, prefill_chunk=40)
+    engine = Engine(model, model, {"name": method, "budget": 32, "gamma": 4}, {"temperature": 0.6}, {"prefill_chunk": 40})
     seen = Recorder()
     state_before = set(vars(engine))
     result = engine.generate(list(range(100)), 12, seed=0, stop_at_eos=False, progress=seen)

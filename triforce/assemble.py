@@ -1,5 +1,5 @@
-"""The engine's parts from typed config sections (config.py): resolve and load the models, join
-tensor parallelism, and the Engine's keyword arguments.
+"""An engine from its typed configuration (config.EngineConfig): resolve and load the models, join
+tensor parallelism, build the Engine.
 
 Everything that can fail without reading weights fails first: both model folders are resolved
 (downloaded if needed) and their configs read before the target's weights load, so an unreachable
@@ -8,56 +8,45 @@ draft or a bad dtype is reported in seconds, not after a 13 GB checkpoint loaded
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from triforce.config import DraftSpec, HardwareConfig, MethodConfig, ModelSpec, SamplingParams
-from triforce.errors import ConfigError
+from triforce.config import ModelSpec, engine_config
 
-
-def _is_tiny(spec: ModelSpec) -> bool:
-    from triforce.models import tiny
-
-    return spec.name == tiny.NAME
+if TYPE_CHECKING:
+    from triforce.engine import Engine, EngineOptions
 
 
-def engine_kwargs(sections: dict[str, Any]) -> dict[str, Any]:
-    """Engine(**engine_kwargs(sections)): the models loaded, the settings passed through."""
+def build_engine(cfg, options: "EngineOptions | None" = None) -> "Engine":
+    """The engine of `cfg` (an EngineConfig, the app's RunConfig, or a composed config / mapping
+    with `model`, `draft`, `method`, `sampling` and `hardware` sections): its models loaded, tensor parallelism joined (hardware.tensor_parallel),
+    the kernel policy resolved by the engine itself from hardware.kernels. `options`: what the
+    run resolved beyond the configs (memory plan, prefill memo); its max_context is the model's."""
+    import dataclasses
+
     from triforce.attention import get_attention
+    from triforce.engine import Engine, EngineOptions
+    from triforce.kernels.policy import KernelPolicy
     from triforce.models.loading import load_model, parse_dtype, resolve_model_dir
     from triforce.parallel import init_parallel, shard_model
 
-    model: ModelSpec = sections["model"]
-    draft: DraftSpec = sections["draft"]
-    method: MethodConfig = sections["method"]
-    sampling: SamplingParams = sections["sampling"]
-    hw: HardwareConfig = sections["hardware"]
+    cfg = engine_config(cfg)
+    model, draft, method, hw = cfg.model, cfg.draft, cfg.method, cfg.hardware
     hw.check_executor()
     attention = get_attention(hw.attention)
     dtype = parse_dtype(model.dtype, hw.device)
     draft_dtype = parse_dtype(draft.dtype or dtype, hw.device)
-    if method.uses_draft and not draft.name:
-        raise ConfigError(f"method={method.name} needs a draft model: set draft=self or draft=<model>")
     separate_draft = method.uses_draft and not draft.is_self
     if separate_draft:
-        if _is_tiny(model):
-            raise ConfigError(f"draft.name={draft.name!r} with the tiny random model: only draft=self is supported")
         resolve_model_dir(draft.name)  # reachable (downloaded if needed) before the target's weights load
-    from triforce.kernels.policy import KernelPolicy
-
-    # every kernel choice, resolved once (its all-reduce choice is needed to join the ranks)
-    policy = KernelPolicy.resolve(hw.device, hw.kernels)
     # tensor parallelism: join the process group, take this rank's GPU, keep this rank's slice
-    par, device = init_parallel(hw.tensor_parallel, hw.device, allreduce=policy.allreduce)
-    if par.enabled:
-        policy = KernelPolicy.resolve(device, hw.kernels)  # this rank's own GPU
+    par, device = init_parallel(hw.tensor_parallel, hw.device, allreduce=KernelPolicy.allreduce_of(hw.kernels))
     target = shard_model(_load_target(model, dtype=dtype, device=device, attention=attention), par)
     draft_model = None  # replicated on every rank
     if method.uses_draft:
         draft_model = target if draft.is_self else load_model(draft.name, dtype=draft_dtype, device=device,
                                                               attention=attention)
-    return dict(target=target, draft=draft_model, method=method, sampling=sampling, max_context=model.max_context,
-                prefill_chunk=hw.prefill_chunk, executor=hw.executor, offload=hw.offload,
-                on_chip_layers=hw.on_chip_layers, kernels=policy)
+    options = dataclasses.replace(options or EngineOptions(), max_context=model.max_context)
+    return Engine(target, draft_model, method, cfg.sampling, hw, options)
 
 
 def _load_target(spec: ModelSpec, **kw):
@@ -65,6 +54,6 @@ def _load_target(spec: ModelSpec, **kw):
     from triforce.models import tiny
     from triforce.models.loading import load_model
 
-    if _is_tiny(spec):
+    if spec.name == tiny.NAME:
         return tiny.build_tiny(spec.tiny, seed=spec.seed, rope_scaling=spec.rope_scaling, **kw)
     return load_model(spec.name, rope_scaling=spec.rope_scaling, **kw)

@@ -15,19 +15,13 @@ Every backend returns (B, T, Hq, D), the layout o_proj reads.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from triforce.errors import ConfigError
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceLength:
-    kv_len: torch.Tensor  # 0-d / (1,) integer tensor on the cache's device, or (B,): one length per sequence
-    offset: int = 0  # added to kv_len (by the kernel: no launch of its own)
+from triforce.inputs import DeviceLength
 
 
 class AttentionFn(Protocol):
@@ -52,12 +46,13 @@ def flash_attention(q, k, v, *, mask, is_causal, scale):
                            softmax_scale=scale, causal=mask is not None or is_causal)
 
 
-def attend(backend: AttentionFn, q, k, v, *, mask, is_causal: bool, scale: float) -> torch.Tensor:
-    """Dispatch: the decode kernel for device-resident lengths, else the configured backend."""
+def attend(backend: AttentionFn, q, k, v, *, mask, is_causal: bool, scale: float, kernels=None) -> torch.Tensor:
+    """Dispatch: the decode kernel (or its reference, as the policy in `kernels` says) for
+    device-resident lengths, else the configured backend."""
     if isinstance(mask, DeviceLength):
         from triforce.kernels.decode_attention import decode_attention
 
-        return decode_attention(q, k, v, mask.kv_len, scale, kv_offset=mask.offset)
+        return decode_attention(q, k, v, mask.kv_len, scale, kv_offset=mask.offset, ctx=kernels)
     return backend(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
 
 

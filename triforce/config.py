@@ -7,7 +7,7 @@ A composed config (a Hydra DictConfig or a plain dict) is parsed section by sect
 dataclasses whose fields carry their types: a value of the wrong type (`method.gamma=2.5`,
 `sampling.temperature=abc`) or an unknown key (`method.gama=4`, `+foo=1`) is a ConfigError naming
 the key, the value and what it accepts, before anything heavy happens. The engine takes these
-objects (`Engine(target, draft, method=MethodConfig(...), ...)` or `Engine.from_config(cfg)`); no
+objects (`Engine(target, draft, method=MethodConfig(...), ...)` or `triforce.build_engine(cfg)`); no
 other module reads a config mapping key by key.
 
 Nothing here imports torch: composing and validating a config stays cheap (docs/DESIGN.md §8).
@@ -36,6 +36,8 @@ EXECUTORS = ("auto", "eager", "static", "graphs")
 QUERY_HISTORY = 64
 # The caches' room beyond prompt + new tokens: the speculative lookahead plus this many spare slots
 SPARE_TOKENS = 2
+# model.name of the seeded tiny random model (models/tiny.py): no files, its own tokenizer
+TINY_MODEL = "tiny-random"
 
 
 # -- typed parsing ------------------------------------------------------------------------------
@@ -456,24 +458,48 @@ class RunConfig:
         if self.reference_acceptance and not self.baseline:
             raise ConfigError("reference_acceptance=true measures along the autoregressive baseline's tokens: "
                               "set baseline=true")
-        if self.method.uses_draft and not self.draft.name:
-            raise ConfigError(f"method={self.method.name} needs a draft model: set draft=self, draft=llama-68m "
-                              "or draft.name=<model>")
+        self.engine  # the engine's sections checked together
 
-    def engine_sections(self) -> dict:
-        return {name: getattr(self, name) for name in self.SECTIONS}
+    @property
+    def engine(self) -> "EngineConfig":
+        """The engine's part of the run."""
+        return EngineConfig(self.model, self.draft, self.method, self.sampling, self.hardware)
 
 
-def engine_config(cfg: Any) -> dict:
-    """The engine's typed sections from a mapping with `model`, `draft`, `method`, `sampling` and
-    `hardware` (the app's RunConfig, or a plain dict for Engine.from_config)."""
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """What an engine is built from (assemble.build_engine): the models to load, the method, the
+    sampling transform, the hardware."""
+    model: ModelSpec
+    draft: DraftSpec
+    method: MethodConfig
+    sampling: SamplingParams
+    hardware: HardwareConfig
+
+    def __post_init__(self) -> None:
+        check_draft(self.model, self.draft, self.method)
+
+
+def check_draft(model: ModelSpec, draft: DraftSpec, method: MethodConfig) -> None:
+    """The method's need of a draft model against the draft given (the one place this is checked)."""
+    if not method.uses_draft:
+        return
+    if not draft.name:
+        raise ConfigError(f"method={method.name} needs a draft model: set draft=self, draft=llama-68m "
+                          "or draft.name=<model>")
+    if model.name == TINY_MODEL and not draft.is_self:
+        raise ConfigError(f"draft.name={draft.name!r} with the tiny random model: only draft=self is supported")
+
+
+def engine_config(cfg: Any) -> EngineConfig:
+    """The engine's typed configuration from the app's RunConfig, an EngineConfig, or a mapping
+    with `model`, `draft`, `method`, `sampling` and `hardware` sections (triforce.build_engine)."""
+    if isinstance(cfg, EngineConfig):
+        return cfg
     if isinstance(cfg, RunConfig):
-        return cfg.engine_sections()
+        return cfg.engine
     values = to_dict(cfg)
     unknown = sorted(set(values) - set(RunConfig.SECTIONS))
     if unknown:
         raise ConfigError(f"unknown engine config section(s) {unknown}; known: {sorted(RunConfig.SECTIONS)}")
-    sections = {name: parse(tp, values.get(name), name) for name, tp in RunConfig.SECTIONS.items()}
-    if sections["method"].uses_draft and not sections["draft"].name:
-        raise ConfigError(f"method={sections['method'].name} needs a draft model: set draft=self or draft=<model>")
-    return sections
+    return EngineConfig(**{name: parse(tp, values.get(name), name) for name, tp in RunConfig.SECTIONS.items()})

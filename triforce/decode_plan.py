@@ -36,8 +36,9 @@ import torch
 
 from triforce.kernels.decode_attention import decode_attention
 from triforce.kernels.embedding import embed
-from triforce.kernels.linear import PreNormed, launch_of, linear, linear_add_norm, norm_linear, qkv_rope_store
-from triforce.kernels.policy import KernelContext
+from triforce.kernels.linear import launch_of, linear, linear_add_norm, norm_linear, qkv_rope_store
+from triforce.kernels.policy import KernelContext, LinearLaunch
+from triforce.kernels.prenormed import PreNormed
 from triforce.models.llama import Transformer
 
 
@@ -97,25 +98,28 @@ class DecodePlan:
 
 
 def build_plan(model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext,
-               batch: int = 1) -> DecodePlan:
+               batch: int = 1, kv_slots: int = 0) -> DecodePlan:
     """The decode step of `model` over `num_tokens` new tokens for each of `batch` sequences (logits
-    of the last `num_logits`), fused as the context's policy says for its batch x tokens rows."""
+    of the last `num_logits`) against caches of `kv_slots` slots, fused as the context's policy says
+    for its batch x tokens rows. Every launch is resolved here, once; the steps only run them."""
     probe = model.embed_tokens.weight
     if not ctx.on(probe):
-        return DecodePlan([_reference_step(model, num_tokens, num_logits)], num_tokens, num_logits)
-    return _Builder(model, num_tokens, num_logits, ctx, batch).build()
+        return DecodePlan([_reference_step(model, num_tokens, num_logits, ctx)], num_tokens, num_logits)
+    return _Builder(model, num_tokens, num_logits, ctx, batch, kv_slots).build()
 
 
-def _reference_step(model: Transformer, num_tokens: int, num_logits: int) -> Step:
+def _reference_step(model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext) -> Step:
     def run(s: State, io: Inputs) -> None:
-        s.logits = model(io.view.tokens(io.tokens), None, io.view, num_logits=num_logits)
+        s.logits = model(io.view.tokens(io.tokens), None, io.view, num_logits=num_logits, kernels=ctx)
 
     return Step("Forward", run, "the model's own forward through the static view (reference arithmetic)")
 
 
 class _Builder:
-    def __init__(self, model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext, batch: int = 1):
+    def __init__(self, model: Transformer, num_tokens: int, num_logits: int, ctx: KernelContext, batch: int = 1,
+                 kv_slots: int = 0):
         self.model, self.T, self.num_logits, self.ctx, self.B = model, num_tokens, num_logits, ctx, batch
+        self.kv_slots = kv_slots
         # the products' rows: every sequence's tokens (the launch rules and the fusion choices read
         # rows, so a verify of 7 tokens for 16 sequences is planned as the 112-row product it is)
         self.rows = batch * num_tokens
@@ -126,19 +130,24 @@ class _Builder:
         self.device = model.device
 
     # -- helpers ----------------------------------------------------------------------------
-    def _probe(self, cols: int) -> torch.Tensor:
-        """A (B, T, cols) tensor of the forward's shape and dtype (the launch rules read shapes only)."""
-        return torch.empty((self.B, self.T, cols), dtype=self.dtype, device=self.device)
+    def _probe(self, cols: int, tokens: int) -> torch.Tensor:
+        """A (B, tokens, cols) tensor of a product's input shape and dtype (the launch rules read
+        shapes only)."""
+        return torch.empty((self.B, tokens, cols), dtype=self.dtype, device=self.device)
 
-    def _launch(self, weight: torch.Tensor, *, gated: bool = False, rope=None) -> str:
-        if not self.policy.fused(self.rows):
-            return "cuBLAS"
-        launch = launch_of(self.ctx, self._probe(weight.shape[1]), weight, gated=gated, rope=rope)
+    def _launch(self, weight: torch.Tensor, *, gated: bool = False, rope=None,
+                tokens: int | None = None) -> tuple[LinearLaunch | None, str]:
+        """The launch of a product over `tokens` rows per sequence (default: all T), resolved once
+        (None: cuBLAS), and how the plan prints it."""
+        tokens = tokens or self.T
+        if not self.policy.fused(self.B * tokens):
+            return None, "cuBLAS"
+        launch = launch_of(self.ctx, self._probe(weight.shape[1], tokens), weight, gated=gated, rope=rope)
         if launch.entry:
             self.tuning.append(launch.entry)
         t = launch.tile
-        return (f"tile d{t.design} n{t.block_n} k{t.block_k} w{t.warps} s{launch.stages} split{launch.split_k}"
-                + (f" [tuning: {launch.entry}]" if launch.entry else ""))
+        return launch, (f"tile d{t.design} n{t.block_n} k{t.block_k} w{t.warps} s{launch.stages} split{launch.split_k}"
+                        + (f" [tuning: {launch.entry}]" if launch.entry else ""))
 
     def _folds(self, reduce, consumer: torch.Tensor) -> bool:
         """The norm after a product folds into it and into `consumer` (no all-reduce between)."""
@@ -146,7 +155,7 @@ class _Builder:
 
     # -- the plan ----------------------------------------------------------------------------
     def build(self) -> DecodePlan:
-        model, ctx, T = self.model, self.ctx, self.T
+        model, T = self.model, self.T
         steps = [self._embed()]
         layers = list(model.layers)
         for i, layer in enumerate(layers):
@@ -170,7 +179,7 @@ class _Builder:
         weight, ctx = self.model.embed_tokens.weight, self.ctx
 
         def run(s: State, io: Inputs) -> None:
-            s.x = embed(weight, io.view.tokens(io.tokens), use_triton=True, pdl=ctx.pdl)
+            s.x = embed(weight, io.view.tokens(io.tokens), ctx=ctx)
             s.residual = None
 
         return Step("Embed", run, "ids from the token buffer at the view's start")
@@ -179,27 +188,33 @@ class _Builder:
         attn, norm, ctx, model = layer.self_attn, layer.input_layernorm, self.ctx, self.model
         w, b, i, T = attn.qkv_proj.weight, attn.qkv_proj.bias, attn.index, self.T
         hq, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        launch, shown = self._launch(w, rope=types.SimpleNamespace(head_dim=d))  # the rule reads only the head size
 
         def run(s: State, io: Inputs) -> None:
             view = io.view
             rope = model.rotary.at(view.next_positions(T), w.dtype)
             q, s.residual = qkv_rope_store(s.x, s.residual, norm.weight, norm.eps, w, b, rope, *view.store_slots(i),
-                                           hq, hkv, d, ctx=ctx)
+                                           hq, hkv, d, ctx=ctx, launch=launch)
             s.q, s.keys, s.values = view.stored(i, q)
 
-        launch = self._launch(w, rope=types.SimpleNamespace(head_dim=d))  # the rule reads only the head size
-        return Step(f"QKV {i}", run, f"norm + q/k/v + rotary + cache write; {launch}")
+        return Step(f"QKV {i}", run, f"norm + q/k/v + rotary + cache write; {shown}")
 
     def _attend(self, attn) -> Step:
         ctx, i, T, scale = self.ctx, attn.index, self.T, attn.scale
         rows = attn.num_heads // attn.num_kv_heads * T
+        launch = self.policy.attention_launch(batch=self.B, kv_heads=attn.num_kv_heads, rows=rows,
+                                              head_dim=attn.head_dim, capacity=self.kv_slots,
+                                              element_size=self.model.dtype.itemsize)
 
         def run(s: State, io: Inputs) -> None:
             length = io.view.attention_mask(T)[0]  # a DeviceLength: the block's first slot + T
-            out = decode_attention(s.q, s.keys, s.values, length.kv_len, scale, kv_offset=length.offset, ctx=ctx)
+            out = decode_attention(s.q, s.keys, s.values, length.kv_len, scale, kv_offset=length.offset, ctx=ctx,
+                                   launch=launch)
             s.attn = out.reshape(out.shape[0], T, -1)
 
-        return Step(f"Attend {i}", run, f"{rows} query rows per KV head, {attn.num_kv_heads} KV heads")
+        return Step(f"Attend {i}", run, f"{rows} query rows per KV head, {attn.num_kv_heads} KV heads; "
+                                        f"tile m{launch.block_m} n{launch.block_n} w{launch.warps} s{launch.stages} "
+                                        f"{launch.splits} key slices")
 
     def _product_before_norm(self, name: str, proj, reduce, norm_weight, consumer) -> Step:
         """o_proj or down_proj: with the next norm folded in (a PreNormed for the next product), or
@@ -207,41 +222,45 @@ class _Builder:
         ctx, w, b = self.ctx, proj.weight, proj.bias
         fold = norm_weight is not None and self._folds(reduce, consumer)
         source = "attn" if name.startswith("OProj") else "act"
+        launch, shown = self._launch(w)
 
         def run(s: State, io: Inputs) -> None:
             x = getattr(s, source)
             if fold:
-                s.x = linear_add_norm(x, w, b, s.residual, norm_weight, ctx)
+                s.x = linear_add_norm(x, w, b, s.residual, norm_weight, ctx, launch=launch)
                 s.residual = None
             else:
-                out = linear(x, w, b, ctx=ctx)
+                out = linear(x, w, b, ctx=ctx, launch=launch)
                 s.x = out if reduce is None else reduce(out)
 
         what = "+ residual + next norm's half (PreNormed)" if fold else ("+ all-reduce" if reduce else "")
-        return Step(name, run, f"{what}; {self._launch(w)}".lstrip("; "))
+        return Step(name, run, f"{what}; {shown}".lstrip("; "))
 
     def _gate_up(self, i: int, norm, proj) -> Step:
         ctx, w, b = self.ctx, proj.weight, proj.bias
+        launch, shown = self._launch(w, gated=True)
 
         def run(s: State, io: Inputs) -> None:
-            s.act, s.residual = norm_linear(s.x, s.residual, norm.weight, norm.eps, w, b, gated=True, ctx=ctx)
+            s.act, s.residual = norm_linear(s.x, s.residual, norm.weight, norm.eps, w, b, gated=True, ctx=ctx,
+                                            launch=launch)
 
-        return Step(f"GateUp {i}", run, f"norm + gate/up + SwiGLU; {self._launch(w, gated=True)}")
+        return Step(f"GateUp {i}", run, f"norm + gate/up + SwiGLU; {shown}")
 
     def _head(self) -> Step:
         model, ctx, n, T = self.model, self.ctx, self.num_logits, self.T
         norm, w = model.norm, model.lm_head.weight
+        launch, shown = self._launch(w, tokens=n)  # the rows of the last n tokens
 
         def run(s: State, io: Inputs) -> None:
             x, residual = s.x, s.residual
             if isinstance(x, PreNormed):  # folded: every row's logits
-                s.logits = norm_linear(x, None, norm.weight, norm.eps, w, ctx=ctx)[0]
+                s.logits = norm_linear(x, None, norm.weight, norm.eps, w, ctx=ctx, launch=launch)[0]
                 return
             if n < T:
                 x = x[:, T - n:]
                 residual = residual[:, T - n:] if residual is not None else None
             s.logits = norm_linear(x.contiguous(), None if residual is None else residual.contiguous(), norm.weight,
-                                   norm.eps, w, ctx=ctx)[0]
+                                   norm.eps, w, ctx=ctx, launch=launch)[0]
 
-        return Step("Head", run, f"final norm + output head, {n} of {T} rows; {self._launch(w)}")
+        return Step("Head", run, f"final norm + output head, {n} of {T} rows; {shown}")
 

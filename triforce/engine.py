@@ -31,27 +31,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import torch
 
-from triforce.config import (EXECUTORS, METHODS, MIDDLE_CACHES, REBUILD_POLICIES, MethodConfig,  # noqa: F401
-                             SamplingParams, context_needed)
+from triforce.config import HardwareConfig, MethodConfig, SamplingParams, context_needed, parse
 from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import device_index, make_executor, resolve_executor
 from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.workspace import Workspace
-from triforce.levels import Level, LevelSpec, lower_levels, spare_slots, top_level
+from triforce.cache.spec import spare_slots
+from triforce.levels import Level, LevelSpec, lower_levels, top_level
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
+from triforce.parallel import SINGLE
 from triforce.prefill_memo import PrefillMemo, weights_key
-from triforce.sampling import probabilities, verify_into
+from triforce.sampling import Verdict, probabilities, verify_into
 
 if TYPE_CHECKING:
     from triforce.memory import MemoryPlan
     from triforce.progress import GenerationProgress
 
-__all__ = ["BatchResult", "Engine", "GenerationResult", "MethodConfig", "Stream", "context_needed"]
+__all__ = ["BatchResult", "Engine", "EngineOptions", "GenerationResult", "MethodConfig", "Stream", "context_needed"]
 
 
 @dataclasses.dataclass
@@ -78,62 +79,57 @@ class BatchResult:
         return self.results[b]
 
 
-class Engine:
-    """Build from models (`Engine(target, draft, method, sampling)`) or from a config
-    (`Engine.from_config(cfg)`), then `generate(prompt_ids, max_new_tokens, seed)` or iterate
-    `stream(prompt_ids, max_new_tokens, seed)`.
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """What an engine is given beyond its configs: what the app resolves once per run (or a test
+    sets)."""
+    max_context: int | None = None  # positions a generation may occupy (model.max_context); None: the checkpoint's
+    policy: KernelPolicy | None = None  # every kernel choice, resolved; None: from hardware.kernels, once, here
+    prefill_memo: PrefillMemo | None = None  # where the top level's prefill of a prompt seen before is kept
+    memory_plan: "MemoryPlan | None" = None  # the run's plan (the app's pre-flight): re-checked, not re-made
+    biased_levels: tuple[str, ...] = ()  # tests only: these levels use the reference's biased rule
 
-    executor: "auto" (CUDA graphs on a GPU, eager elsewhere), "eager", "static" (the graph path's
-    static-shape forwards without capture; tests) or "graphs".
-    kernels: a KernelPolicy, or its overrides (`hardware.kernels`): resolved once, here.
-    prefill_memo: a `triforce.prefill_memo.PrefillMemo` to take the top level's prefill from when
-    this target and prompt were prefilled before (in this engine or another sharing the memo).
-    memory_plan: the run's memory plan (memory.py, made by the app's pre-flight for its longest
-    prompt): the engine re-checks free memory against it instead of planning again."""
+
+class Engine:
+    """Build from models (`Engine(target, draft, method, sampling, hardware)`) or from a config
+    (`triforce.build_engine(cfg)`, assemble.py: it loads the models), then
+    `generate(prompt_ids, max_new_tokens, seed)` or iterate `stream(prompt_ids, max_new_tokens, seed)`.
+
+    method, sampling, hardware: the typed configs (config.py), or mappings of their fields.
+    hardware.executor: "auto" (CUDA graphs on a GPU, eager elsewhere), "eager", "static" (the graph
+    path's static-shape forwards without capture; tests) or "graphs"; hardware.kernels: the kernel
+    policy's overrides, resolved once, here (unless options.policy is given); prefill_chunk,
+    offload, on_chip_layers as in the app. options: EngineOptions."""
 
     def __init__(self, target: Transformer, draft: Transformer | None = None,
-                 method: MethodConfig | dict | None = None, sampling: SamplingParams | dict | None = None,
-                 *, max_context: int | None = None, prefill_chunk: int | None = None,
-                 biased_levels: tuple[str, ...] = (), executor: str = "auto", offload: bool = False,
-                 on_chip_layers: int | None = None, prefill_memo: PrefillMemo | None = None,
-                 kernels: KernelPolicy | dict | None = None, memory_plan: "MemoryPlan | None" = None):
-        self.method = method if isinstance(method, MethodConfig) else MethodConfig(**(method or {}))
-        self.sampling = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**(sampling or {}))
-        if self.method.uses_draft and draft is None:
-            raise ConfigError(f"method {self.method.name!r} needs a draft model (draft=self reuses the target)")
-        if executor not in EXECUTORS:
-            raise ConfigError(f"hardware.executor={executor!r}: choose one of {', '.join(EXECUTORS)}")
+                 method: MethodConfig | Mapping | None = None, sampling: SamplingParams | Mapping | None = None,
+                 hardware: HardwareConfig | Mapping | None = None, options: EngineOptions | None = None):
+        self.method = method if isinstance(method, MethodConfig) else parse(MethodConfig, method, "method")
+        self.sampling = sampling if isinstance(sampling, SamplingParams) else parse(SamplingParams, sampling, "sampling")
+        self.hardware = hw = hardware if isinstance(hardware, HardwareConfig) else parse(HardwareConfig, hardware,
+                                                                                           "hardware")
+        options = options or EngineOptions()
+        _check_draft_model(self.method, draft)
         self.target, self.draft = target, draft
-        self.max_context = max_context or target.config.max_position_embeddings
-        self.prefill_chunk = prefill_chunk
-        self.offload, self.on_chip_layers = offload, on_chip_layers or 0
-        self.biased_levels = frozenset(biased_levels)
+        self.max_context = options.max_context or target.config.max_position_embeddings
+        self.prefill_chunk = hw.prefill_chunk
+        self.offload, self.on_chip_layers = hw.offload, hw.on_chip_layers or 0
+        self.biased_levels = frozenset(options.biased_levels)
         self.eos_ids = frozenset(target.config.eos_token_id)
         self.device = target.device
         # tensor parallelism: rank 0's draws decide every token and verdict (parallel.py)
-        self.parallel = target.parallel
-        self.executor_name = resolve_executor(executor, self.device)
+        self.parallel = target.parallel or SINGLE
+        self.executor_name = resolve_executor(hw.executor, self.device)
         # every kernel choice of this engine, resolved once (kernels/policy.py)
-        self.policy = kernels if isinstance(kernels, KernelPolicy) else KernelPolicy.resolve(self.device, kernels)
-        self.prefill_memo = prefill_memo
-        self.memory_plan = memory_plan
+        self.policy = options.policy or KernelPolicy.resolve(self.device, hw.kernels)
+        self.prefill_memo = options.prefill_memo
+        self.memory_plan = options.memory_plan
         self._weights_key = None  # names the target's weights in the memo (computed at first use)
-
-    # -- construction from a config ------------------------------------------------------
-    @classmethod
-    def from_config(cls, cfg: Any, **kw) -> "Engine":
-        """cfg: a composed config, or a mapping with `model`, `method`, `sampling` and optionally
-        `draft`, `hardware` (parsed into config.py's typed objects first)."""
-        from triforce.assemble import engine_kwargs
-        from triforce.config import engine_config
-
-        return cls(**engine_kwargs(engine_config(cfg)), **kw)
 
     def with_method(self, method: MethodConfig) -> "Engine":
         """The same models, sampling, context, hardware settings, kernel policy and memo with
         another method (the app's autoregressive baseline)."""
-        if method.uses_draft and self.draft is None:
-            raise ConfigError(f"method {method.name!r} needs a draft model (draft=self reuses the target)")
+        _check_draft_model(method, self.draft)
         other = copy.copy(self)
         other.method = method
         return other
@@ -245,6 +241,12 @@ class Engine:
         return LevelSpec(self.method, self.target, self.draft, self.offload, self.on_chip_layers, self.biased_levels)
 
 
+def _check_draft_model(method: MethodConfig, draft: Transformer | None) -> None:
+    """A method with a draft level has a draft model (its configuration: config.check_draft)."""
+    if method.uses_draft and draft is None:
+        raise ConfigError(f"method {method.name!r} needs a draft model (draft=self reuses the target)")
+
+
 class Stream:
     """The steps of one generation (Engine.stream): iterate the emitted tokens of each top-level
     step; `result` once it is exhausted. Its caches and graphs are freed when it ends, however it
@@ -283,16 +285,30 @@ class Stream:
             gen.release()
 
 
+@dataclasses.dataclass
+class Row:
+    """One sequence of a generation: its place in the token buffer and what it has produced."""
+    prompt_len: int
+    n: int  # tokens in its row of the token buffer: committed ones plus the current speculative tail
+    out: list[int] = dataclasses.field(default_factory=list)  # emitted tokens (cut at max_new_tokens / EOS)
+    rounds: list[dict] = dataclasses.field(default_factory=list)  # one record per top-level step
+    emitted: int = 0  # tokens the top level emitted for it, before the cut
+    done: bool = False  # at its EOS or max_new_tokens: frozen for the rest of the generation
+    finished_at: float | None = None
+    since_rebuild: int = 0  # tokens emitted since the middle's last selection
+    recent_middle: list[float] = dataclasses.field(default_factory=list)  # the middle's per-round acceptance
+
+
 class Generation:
     """Everything one generation of a batch of B sequences (B >= 1) changes: the token buffer
-    (B, N) and each sequence's length, the generator, the counters, the executor and the levels with
+    (B, N), one `Row` per sequence, the generator, the counters, the executor and the levels with
     their caches. Made by Engine.stream; released at its end (a long-context KV cache is the largest
     allocation of a run, and a second engine, the autoregressive baseline, must not find this one's
     held).
 
     Every forward serves the whole batch with the same number of new tokens per sequence (static
     shapes: one captured graph per level and width); each sequence then advances by its own
-    accepted count. `rows` (booleans) names the sequences a round or forward runs for: a sequence
+    accepted count. `active` (booleans) names the sequences a round or forward runs for: a sequence
     that has its tokens for the level above already, or has finished, is frozen (its rows are
     computed, its caches and length stay as they are: docs/DESIGN.md §3)."""
 
@@ -300,32 +316,33 @@ class Generation:
                  progress: "GenerationProgress | None" = None):
         self.engine, self.method, self.progress = engine, engine.method, progress
         self.B = len(prompts)
-        self.prompt_lens = [len(p) for p in prompts]
+        self.rows = [Row(prompt_len=len(p), n=len(p)) for p in prompts]
         self.max_new_tokens = max_new_tokens
         device = engine.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.stats = GenerationStats(device, batch_size=self.B)
-        spare = spare_slots(self.method, self.B)
-        width = max(self.prompt_lens) + max_new_tokens + self.method.lookahead + 2 + spare
+        self.spec = engine.level_spec()
+        self.caches = self.spec.caches(self.prompt_lens, max_new_tokens)  # every level's, decided once
+        width = max(self.prompt_lens) + max_new_tokens + self.method.lookahead + 2 + spare_slots(self.method, self.B)
         self.tokens = torch.zeros(self.B, width, dtype=torch.int64, device=device)
         for b, prompt in enumerate(prompts):
             self.tokens[b, : len(prompt)] = torch.tensor(prompt, dtype=torch.int64)
-        self.n = list(self.prompt_lens)
-        self.recent_middle: list[list[float]] = [[] for _ in range(self.B)]
-        self.since_rebuild = [0] * self.B
-        self.out: list[list[int]] = [[] for _ in range(self.B)]
-        self.rounds: list[list[dict]] = [[] for _ in range(self.B)]
-        self.emitted = [0] * self.B
-        self.done = [False] * self.B
-        self.finished_at: list[float | None] = [None] * self.B
-        self.spec = engine.level_spec()
         self.executor = make_executor(engine.executor_name, self.tokens, engine.sampling, self.stats,
                                       self.generator, engine.policy)
-        # verification and the draft's samples between graph replays: launched plainly
+        # verification, the draft's samples between graph replays and the prefill: launched plainly
         self.ctx = KernelContext(engine.policy, pdl=False, workspace=Workspace(device))
         self.parallel = engine.parallel
-        self.levels: list[Level] = [top_level(self.spec, max(self.prompt_lens), max_new_tokens, self.B)]
+        self.levels: list[Level] = [top_level(self.spec, self.caches, self.ctx)]
         self._started = 0.0
+
+    @property
+    def prompt_lens(self) -> list[int]:
+        return [row.prompt_len for row in self.rows]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Each sequence's tokens in the buffer (committed + speculative tail)."""
+        return [row.n for row in self.rows]
 
     @property
     def all_rows(self) -> list[bool]:
@@ -340,22 +357,21 @@ class Generation:
         with self.stats.wall("prefill"):
             top = self.levels[-1]
             reused = []
-            for b in range(self.B):
+            for b, row in enumerate(self.rows):
                 reused.append(self._prefill_top(top, b))
-                top.cache.row(b).crop(self.prompt_lens[b] - 1)
+                top.cache.row(b).crop(row.prompt_len - 1)
             self.stats.prefill_reused = bool(reused) and all(reused)
-            self.levels = lower_levels(self.spec, self.prompt_lens, self.max_new_tokens) + [top]
+            self.levels = lower_levels(self.spec, self.caches, self.ctx) + [top]
             for level in self.levels[:-1]:
-                for b in range(self.B):
-                    level.prefill(b, self.tokens[b], self.prompt_lens[b] - 1, source=top,
-                                  chunk=self.engine.prefill_chunk)
+                for b, row in enumerate(self.rows):
+                    level.prefill(b, self.tokens[b], row.prompt_len - 1, source=top, chunk=self.engine.prefill_chunk)
 
     def _prefill_top(self, top: Level, b: int) -> bool:
         """Sequence b's prefill of the top level, from the memo when it holds this target and
         prompt; whether it came from the memo."""
-        engine, memo, n = self.engine, self.engine.prefill_memo, self.prompt_lens[b]
+        engine, memo, n = self.engine, self.engine.prefill_memo, self.rows[b].prompt_len
         report = self._report_prefill(b) if self.progress is not None else None
-        row = top.cache.row(b)
+        cache = top.cache.row(b)
         if memo is None or not top.cache.snapshots:  # an offloaded prefill is not kept
             top.prefill(b, self.tokens[b], n, chunk=engine.prefill_chunk, report=report)
             return False
@@ -365,9 +381,9 @@ class Generation:
         snap = memo.get(key)
         if snap is None:
             top.prefill(b, self.tokens[b], n, chunk=engine.prefill_chunk, report=report)
-            memo.put(key, row.snapshot())
+            memo.put(key, cache.snapshot())
             return False
-        row.restore(snap)
+        cache.restore(snap)
         if self.progress is not None:
             self.progress.prefill(sum(self.prompt_lens[:b + 1]), sum(self.prompt_lens))
         return True
@@ -392,40 +408,40 @@ class Generation:
     def step(self, stop_at_eos: bool) -> list[list[int]] | None:
         """One top-level step of every unfinished sequence: each sequence's tokens (cut at
         max_new_tokens and after its first EOS; [] for a finished one), or None when all are done."""
-        rows = [not d for d in self.done]
-        if not any(rows):
+        active = [not row.done for row in self.rows]
+        if not any(active):
             return None
         top = len(self.levels) - 1
         before = [counts.frozen() for counts in self.stats.rows]
         self.stats.sync()
         start = time.perf_counter()
-        emitted = self._autoregressive_step(rows) if top == 0 else self._round(top, rows)[2]
+        emitted = self._autoregressive_step(active) if top == 0 else self._round(top, active).emitted()
         self.stats.sync()
         ms = 1000 * (time.perf_counter() - start)
         eos = self.engine.eos_ids
         news: list[list[int]] = [[] for _ in range(self.B)]
-        for b in range(self.B):
-            if not rows[b]:
+        for b, row in enumerate(self.rows):
+            if not active[b]:
                 continue
             new = emitted[b]
-            record = self.stats.step_record(len(self.rounds[b]), before[b], self.stats.rows[b])
+            record = self.stats.step_record(len(row.rounds), before[b], self.stats.rows[b])
             record.update(ms=ms, emitted=len(new))
-            self.rounds[b].append(record)
-            self.emitted[b] += len(new)
+            row.rounds.append(record)
+            row.emitted += len(new)
             stopped = False
             if stop_at_eos and eos.intersection(new):
                 new = new[: min(i for i, t in enumerate(new) if t in eos) + 1]
                 stopped = True
-            new = new[: self.max_new_tokens - len(self.out[b])]
-            self.out[b].extend(new)
+            new = new[: self.max_new_tokens - len(row.out)]
+            row.out.extend(new)
             news[b] = new
-            if stopped or len(self.out[b]) >= self.max_new_tokens:
-                self.done[b] = True
-                self.finished_at[b] = time.perf_counter()
+            if stopped or len(row.out) >= self.max_new_tokens:
+                row.done = True
+                row.finished_at = time.perf_counter()
             if not stopped:
                 self._maybe_rebuild(b, len(emitted[b]))
         if self.progress is not None:
-            self.progress.generated(sum(len(o) for o in self.out), self.B * self.max_new_tokens)
+            self.progress.generated(sum(len(row.out) for row in self.rows), self.B * self.max_new_tokens)
         return news
 
     def finish(self) -> BatchResult:
@@ -435,23 +451,23 @@ class Generation:
         decode_s = end - self._started - capture
         traffic = sum(self.levels[-1].cache.traffic().values())
         used = getattr(self.executor, "tuning_used", ())
+        generated = sum(len(row.out) for row in self.rows)
         results = []
-        for b in range(self.B):
-            tokens = self.out[b]
+        for b, row in enumerate(self.rows):
             # a sequence's own time: until its last token (the batch's when it ran to the end)
-            seq_s = (self.finished_at[b] or end) - self._started - capture if self.B > 1 else decode_s
-            metrics = self.stats.summary(new_tokens=len(tokens), top_level=self.levels[-1].name,
-                                         emitted=self.emitted[b], decode_s=seq_s, row=b)
+            seq_s = (row.finished_at or end) - self._started - capture if self.B > 1 else decode_s
+            metrics = self.stats.summary(new_tokens=len(row.out), top_level=self.levels[-1].name,
+                                         emitted=row.emitted, decode_s=seq_s, row=b)
             if traffic:  # host-link traffic of an offloaded cache (this rank's share under TP)
                 metrics.update({"offload/prefill_gb": self.prefill_traffic / 1e9 / self.B,
                                 "offload/decode_gb_per_token": (traffic - self.prefill_traffic) / 1e9
-                                / max(sum(len(o) for o in self.out), 1)})
+                                / max(generated, 1)})
             if self.method.uses_middle:  # in tokens, also when given as a fraction of the prompt
-                metrics["middle_budget"] = self.method.budget_for(self.prompt_lens[b])
+                metrics["middle_budget"] = self.method.budget_for(row.prompt_len)
             if self.B > 1:
                 metrics["batch_size"] = self.B
-            results.append(GenerationResult(tokens=tokens, metrics=metrics, rounds=self.rounds[b], tuning_used=used))
-        batch = self.stats.batch_summary(new_tokens=[len(o) for o in self.out], decode_s=decode_s)
+            results.append(GenerationResult(tokens=row.out, metrics=metrics, rounds=row.rounds, tuning_used=used))
+        batch = self.stats.batch_summary(new_tokens=[len(row.out) for row in self.rows], decode_s=decode_s)
         for result in results:
             result.metrics["throughput"] = batch["throughput"]
         return BatchResult(results, batch)
@@ -462,24 +478,25 @@ class Generation:
         self.tokens = None
 
     # -- forwards --------------------------------------------------------------------------
-    def forward(self, i: int, first_needed: list[int], rows: list[bool], *, sample: bool = False) -> torch.Tensor:
-        """Distributions of level i for the next token after each of tokens[b, first_needed[b]:n[b]]
-        for every row b: a (B, n - first_needed, V) tensor (the same width for every row), from one
-        forward over the tokens the level's cache has not seen. Rows with fewer unseen tokens than
-        the widest are rolled back to feed as many (the same tokens again: the same keys).
-        sample: also tokens[b, n[b]] = a draw from each row's last distribution (on the device)."""
+    def forward(self, i: int, first_needed: list[int], active: list[bool], *, sample: bool = False) -> torch.Tensor:
+        """Distributions of level i for the next token after each of tokens[b, first_needed[b]:n_b]
+        for every active row b: a (B, n_b - first_needed[b], V) tensor (the same width for every
+        row), from one forward over the tokens the level's cache has not seen. Rows with fewer unseen
+        tokens than the widest are rolled back to feed as many (the same tokens again: the same keys).
+        sample: also tokens[b, n_b] = a draw from each row's last distribution (on the device)."""
         level = self.levels[i]
         cache = level.cache
         seq = cache.rows_of("seq_len")
         for b in range(self.B):
-            if rows[b] and seq[b] > first_needed[b]:
+            if active[b] and seq[b] > first_needed[b]:
                 cache.row(b).crop(first_needed[b])
                 seq[b] = first_needed[b]
-        num_logits = next(self.n[b] - first_needed[b] for b in range(self.B) if rows[b])
+        lengths = self.lengths
+        num_logits = next(lengths[b] - first_needed[b] for b in range(self.B) if active[b])
         phase = level.name if i < len(self.levels) - 1 else ("decode" if len(self.levels) == 1 else "verify")
         out = None
-        for num_tokens, group in self._widths(cache, seq, rows):
-            starts = [max(self.n[b] - num_tokens, 0) for b in range(self.B)]
+        for num_tokens, group in self._widths(cache, seq, active):
+            starts = [max(n - num_tokens, 0) for n in lengths]
             probs = self.executor.forward(level, starts, num_tokens, num_logits, phase, sample=sample, rows=group)
             self.stats.forward_of(level.name, group)
             if out is None:
@@ -489,17 +506,18 @@ class Generation:
                 out = torch.where(take, probs, out)
         return out
 
-    def _widths(self, cache, seq: list[int], rows: list[bool]) -> list[tuple[int, list[bool]]]:
+    def _widths(self, cache, seq: list[int], active: list[bool]) -> list[tuple[int, list[bool]]]:
         """The forwards a level's step takes: (tokens per sequence, the rows it serves). One, as
         wide as the row with the most unseen tokens, where every other row can roll back to feed
         as many (the same tokens again: the same keys); a row that cannot (a selection just
         rebuilt) gets a forward of its own width."""
-        unseen = {b: self.n[b] - seq[b] for b in range(self.B) if rows[b]}
+        lengths = self.lengths
+        unseen = {b: lengths[b] - seq[b] for b in range(self.B) if active[b]}
         width = max(unseen.values())
         groups: dict[int, list[bool]] = {}
         for b, t in unseen.items():
-            if t < width and cache.row(b).can_crop(self.n[b] - width):
-                cache.row(b).crop(self.n[b] - width)
+            if t < width and cache.row(b).can_crop(lengths[b] - width):
+                cache.row(b).crop(lengths[b] - width)
                 t = width
             groups.setdefault(t, [False] * self.B)[b] = True
         return sorted(groups.items(), reverse=True)
@@ -509,43 +527,47 @@ class Generation:
         the cache accepts (a StreamingLLM cache takes at most its window at once)."""
         cache = level.cache.row(0)
         step = cache.max_step_tokens or len(inputs)
-        logits = [level.model(inputs[i:i + step][None], None, cache, num_logits=len(inputs[i:i + step]))[0]
+        logits = [level.model(inputs[i:i + step][None], None, cache, num_logits=len(inputs[i:i + step]),
+                              kernels=self.ctx)[0]
                   for i in range(0, len(inputs), step)]
-        return probabilities(torch.cat(logits), self.engine.sampling)
+        return probabilities(torch.cat(logits), self.engine.sampling, ctx=self.ctx)
 
     def _crop(self, upto_level: int, b: int, seq_len: int) -> None:
         for level in self.levels[: upto_level + 1]:
-            row = level.cache.row(b)
-            if row.seq_len > seq_len:
-                row.crop(seq_len)
+            cache = level.cache.row(b)
+            if cache.seq_len > seq_len:
+                cache.crop(seq_len)
 
     # -- the hierarchy -----------------------------------------------------------------------
-    def _autoregressive_step(self, rows: list[bool]) -> list[list[int]]:
+    def _autoregressive_step(self, active: list[bool]) -> list[list[int]]:
         """The one-level method: sample one token per row; read them back (the step's one
         synchronisation)."""
-        self._extend(0, 1, rows)
-        last = device_index([n - 1 for n in self.n], self.tokens.device)
+        self._extend(0, 1, active)
+        last = device_index([n - 1 for n in self.lengths], self.tokens.device)
         values = self.tokens.gather(1, last[:, None])[:, 0].tolist()
-        return [[values[b]] if rows[b] else [] for b in range(self.B)]
+        return [[values[b]] if active[b] else [] for b in range(self.B)]
 
-    def _extend(self, i: int, n: int, rows: list[bool]) -> torch.Tensor:
-        """Append exactly n tokens sampled from level i to every row of `rows`; their distributions
+    def _extend(self, i: int, n: int, active: list[bool]) -> torch.Tensor:
+        """Append exactly n tokens sampled from level i to every active row; their distributions
         (B, n, V) (a frozen row's are not used)."""
         if i == 0:
             dists = []
             for _ in range(n):
                 # and tokens[b, n_b] drawn from each row's p, on the device
-                p = self.forward(0, [m - 1 for m in self.n], rows, sample=True)[:, -1]
+                p = self.forward(0, [m - 1 for m in self.lengths], active, sample=True)[:, -1]
                 self._broadcast_new_tokens()
-                self.n = [m + 1 if on else m for m, on in zip(self.n, rows)]
+                for row, on in zip(self.rows, active):
+                    if on:
+                        row.n += 1
                 dists.append(p)
             return torch.stack(dists, dim=1)
-        start = list(self.n)
+        start = self.lengths
         counts = [0] * self.B
-        pending = list(rows)
+        pending = list(active)
         out = None
         while any(pending):
-            p, accepted, _ = self._round(i, pending)  # p: (B, gamma + 1, V)
+            result = self._round(i, pending)
+            p, accepted = result.probs, result.verdict.accepted  # p: (B, gamma + 1, V)
             if out is None:
                 out = torch.full((self.B, n, p.shape[-1]), 1.0 / p.shape[-1], dtype=p.dtype, device=p.device)
             for b in range(self.B):
@@ -555,76 +577,84 @@ class Generation:
                 out[b, counts[b]:counts[b] + take] = p[b, :take]
                 counts[b] += accepted[b] + 1
                 pending[b] = counts[b] < n
-        for b in range(self.B):
-            if rows[b]:
-                self.n[b] = start[b] + n
-                self._crop(i, b, self.n[b] - 1)
+        for b, row in enumerate(self.rows):
+            if active[b]:
+                row.n = start[b] + n
+                self._crop(i, b, row.n - 1)
         return out
 
-    def _round(self, i: int, rows: list[bool]) -> tuple[torch.Tensor, list[int], list[list[int]] | None]:
-        """One speculative round at level i for every row of `rows`: the verifier's distributions
-        (B, gamma + 1, V) (row b's first accepted + 1 are its emitted tokens'), each row's
-        accepted count, and at the top level each row's emitted tokens (read with the verdict)."""
+    def _round(self, i: int, active: list[bool]) -> "Round":
+        """One speculative round at level i for every active row: ask level i - 1 for gamma tokens,
+        score them in one forward, verify; each row then keeps its accepted tokens and the next."""
         level = self.levels[i]
-        base = list(self.n)
+        base = self.lengths
         gamma = level.gamma
-        q = self._extend(i - 1, gamma, rows)  # (B, gamma, V)
-        p = self.forward(i, [m - 1 for m in base], rows)  # (B, gamma + 1, V)
+        q = self._extend(i - 1, gamma, active)  # (B, gamma, V)
+        p = self.forward(i, [m - 1 for m in base], active)  # (B, gamma + 1, V)
         device = self.tokens.device
         bases = device_index(base, device)
         proposals = self.tokens.gather(1, bases[:, None] + torch.arange(gamma, device=device))
-        # [n, next token, proposals...] per row; row b's next token is already written at tokens[b, base_b + n_b]
-        verdict = verify_into(proposals, q, p, self.generator, self.tokens, bases, residual=level.residual,
-                              ctx=self.ctx)
+        # row b's next token is written at tokens[b, base_b + accepted_b] on the device
+        packed = verify_into(proposals, q, p, self.generator, self.tokens, bases, residual=level.residual,
+                             ctx=self.ctx)
         if self.parallel.enabled:  # rank 0's verdicts and tokens, on every rank
-            self.parallel.broadcast(verdict)
-            self.tokens[torch.arange(self.B, device=device), bases + verdict[:, 0]] = verdict[:, 1]
-        top = i == len(self.levels) - 1
-        values = verdict.tolist()  # the round's one synchronisation
-        accepted = [v[0] for v in values]
-        emitted: list[list[int]] | None = [[] for _ in range(self.B)] if top else None
+            self.parallel.broadcast(packed)
+            self.tokens[torch.arange(self.B, device=device), bases + packed[:, 0]] = packed[:, 1]
+        verdict = Verdict.read(packed)  # the round's one synchronisation
         below = self.levels[i - 1].name
-        for b in range(self.B):
-            if not rows[b]:
+        for b, row in enumerate(self.rows):
+            if not active[b]:
                 continue
-            acc = accepted[b]
-            self.n[b] = base[b] + acc + 1
+            acc = verdict.accepted[b]
+            row.n = base[b] + acc + 1
             self._crop(i, b, base[b] + acc)
             self.stats.verified(below, b, gamma, acc)
             if below == "middle":
-                self.recent_middle[b].append(acc / gamma)
-            if top:
-                emitted[b] = values[b][2:2 + acc] + [values[b][1]]
-        return p, accepted, emitted
+                row.recent_middle.append(acc / gamma)
+        return Round(p, verdict, tuple(active))
 
     def _broadcast_new_tokens(self) -> None:
         """Tensor parallelism: rank 0's draws of the tokens just sampled, on every rank."""
         if not self.parallel.enabled:
             return
-        idx = device_index(self.n, self.tokens.device)[:, None]
+        idx = device_index(self.lengths, self.tokens.device)[:, None]
         new = self.tokens.gather(1, idx)
         self.parallel.broadcast(new)
         self.tokens.scatter_(1, idx, new)
 
     # -- rebuilds of the middle's selection --------------------------------------------------
     def _maybe_rebuild(self, b: int, emitted: int) -> None:
-        m = self.method
+        m, row = self.method, self.rows[b]
         if m.rebuild == "never" or not any(level.cache.selects for level in self.levels):
             return
-        self.since_rebuild[b] += emitted
+        row.since_rebuild += emitted
         if m.rebuild == "every_n":
-            due = self.since_rebuild[b] >= m.rebuild_every
+            due = row.since_rebuild >= m.rebuild_every
         else:
-            recent = self.recent_middle[b][-m.rebuild_window:]
+            recent = row.recent_middle[-m.rebuild_window:]
             due = len(recent) >= m.rebuild_window and sum(recent) / len(recent) < m.rebuild_threshold
         if not due:
             return
         top = self.levels[-1]
         # score with the query of the last accepted token (position n - 2: the newest token is the
         # verifier's own sample, not yet run through any model)
-        query = top.cache.row(b).query_at(self.n[b] - 2)
+        query = top.cache.row(b).query_at(row.n - 2)
         with self.stats.wall("rebuild"):
             rebuilt = sum(level.rebuild(b, top, query) for level in self.levels[:-1])
         self.stats.rows[b].rebuilds += bool(rebuilt)
-        self.since_rebuild[b] = 0
-        self.recent_middle[b].clear()
+        row.since_rebuild = 0
+        row.recent_middle.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+    """One speculative round at a level, for every sequence of the batch: the verifier's
+    distributions (B, gamma + 1, V) (row b's first accepted + 1 are its emitted tokens') and the
+    verdict (each row's accepted count, next token and proposals)."""
+    probs: torch.Tensor
+    verdict: Verdict
+    active: tuple[bool, ...]
+
+    def emitted(self) -> list[list[int]]:
+        """Each sequence's emitted tokens ([] for a frozen one)."""
+        return [self.verdict.emitted(b) if on else [] for b, on in enumerate(self.active)]

@@ -72,9 +72,9 @@ def resolve_executor(name: str, device: torch.device) -> str:
 
 
 def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
-                  generator: torch.Generator | None = None, policy: KernelPolicy | None = None) -> Executor:
+                  generator: torch.Generator | None, policy: KernelPolicy) -> Executor:
+    """The executor `name` over the engine's token buffer, launching what the engine's `policy` says."""
     kind = resolve_executor(name, tokens.device)
-    policy = policy or KernelPolicy.resolve(tokens.device)
     if kind == "eager":
         return EagerExecutor(tokens, sampling, stats, generator, policy)
     return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs", generator=generator, policy=policy)
@@ -105,10 +105,9 @@ class EagerExecutor:
     row."""
 
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,
-                 generator: torch.Generator | None = None, policy: KernelPolicy | None = None):
+                 generator: torch.Generator | None, policy: KernelPolicy):
         self.tokens, self.sampling, self.stats, self.generator = tokens, sampling, stats, generator
-        self.ctx = KernelContext(policy or KernelPolicy.resolve(tokens.device), pdl=False,
-                                 workspace=Workspace(tokens.device))
+        self.ctx = KernelContext(policy, pdl=False, workspace=Workspace(tokens.device))
 
     def forward(self, level, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
                 sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
@@ -116,14 +115,14 @@ class EagerExecutor:
         with self.stats.timed(phase):
             if B == 1:
                 logits = level.model(self.tokens[0, starts[0]:starts[0] + num_tokens][None], None, cache,
-                                     num_logits=num_logits)
+                                     num_logits=num_logits, kernels=self.ctx)
             elif not cache.capturable:
                 logits = self._row_by_row(level, starts, num_tokens, num_logits, rows)
             else:
                 batch = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
                 cache.active = tuple(rows) if rows is not None else None
                 try:
-                    logits = level.model(batch, None, cache, num_logits=num_logits)
+                    logits = level.model(batch, None, cache, num_logits=num_logits, kernels=self.ctx)
                 finally:
                     cache.active = None
             probs = probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling, ctx=self.ctx)
@@ -138,7 +137,7 @@ class EagerExecutor:
         for b, s in enumerate(starts):
             if rows is None or rows[b]:
                 out.append(level.model(self.tokens[b, s:s + num_tokens][None], None, level.cache.row(b),
-                                       num_logits=num_logits))
+                                       num_logits=num_logits, kernels=self.ctx))
             else:
                 out.append(torch.zeros(1, num_logits, level.model.config.vocab_size, device=self.tokens.device))
         return torch.cat(out)
@@ -167,10 +166,9 @@ class Runner:
 
 class StaticExecutor:
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
-                 capture: bool, generator: torch.Generator | None = None, policy: KernelPolicy | None = None):
+                 capture: bool, generator: torch.Generator | None, policy: KernelPolicy):
         self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
         self.generator = generator
-        policy = policy or KernelPolicy.resolve(tokens.device)
         # what a graph captures launches with programmatic dependent launch (where the policy says);
         # an uncaptured forward launches plainly
         self.ctx = KernelContext(policy, pdl=policy.pdl and capture, workspace=Workspace(tokens.device))
@@ -216,7 +214,7 @@ class StaticExecutor:
         view = StaticView(level.cache, num_tokens)
         tokens, sampling, ctx = self.tokens, self.sampling, self.ctx
         B, V = level.cache.batch_size, level.model.config.vocab_size
-        plan = build_plan(level.model, num_tokens, num_logits, ctx, batch=B)
+        plan = build_plan(level.model, num_tokens, num_logits, ctx, batch=B, kv_slots=level.cache.k.shape[3])
         race = torch.ones(B, V, dtype=torch.float32, device=tokens.device) if sample else None
 
         def body() -> torch.Tensor:
@@ -224,7 +222,7 @@ class StaticExecutor:
             probs = probabilities(logits.reshape(B * num_logits, V), sampling, ctx=ctx).view(B, num_logits, V)
             if race is not None:  # tokens[b, start_b + num_tokens] = the race's winner over row b's last row
                 race_sample(probs[:, -1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start,
-                            use_triton=ctx.on(probs), workspace=ctx.workspace)
+                            ctx=ctx)
             return probs
 
         if not self.capture:

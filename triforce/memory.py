@@ -17,7 +17,8 @@ The plan is made once per run: the app's pre-flight makes it from the configs be
 load (app/validate.py), checks it, and hands it to the engine, which re-checks the device's free
 memory against it before each generation allocates (Engine.check_memory). Each cache states what
 it allocates (`Cache.memory`, cache/static.py); this module adds them up with the weights and the
-transients.
+transients. The caches are counted from the same cache specs the levels allocate
+(cache/spec.py): planned and allocated bytes are one computation.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from triforce.cache.offload import OffloadedKVCache
-from triforce.cache.retrieval import RetrievalCache
-from triforce.cache.static import StaticKVCache, kv_bytes_per_token
-from triforce.cache.streaming import StreamingCache
-from triforce.config import SPARE_TOKENS, MethodConfig
+from triforce.cache.spec import cache_specs
+from triforce.cache.static import kv_bytes_per_token
+from triforce.config import MethodConfig
 from triforce.errors import ConfigError
 from triforce.models.config import ModelConfig
 
@@ -99,51 +98,35 @@ def plan_memory(target: ModelConfig, method: MethodConfig, prompt_len: int, max_
     the draft model's config when it is a separate model (None: unknown or none; its weights then
     count 0). With tensor parallelism pass one rank's configs (parallel.shard_config). `offload`:
     the full cache in host memory but `on_chip_layers` layers (cache/offload.py), and the
-    layer-major prefill's hidden states. Every cache holds a row per sequence (and, in a batch,
-    spare slots: levels.spare_slots); a prefill runs one sequence at a time."""
-    from triforce.levels import spare_slots
-
-    plan = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
-                 draft_dtype_bytes, offload, on_chip_layers, batch_size, spare_slots(method, batch_size))
+    layer-major prefill's hidden states. The caches are the ones the levels allocate (the same
+    cache specs: cache/spec.py); a prefill runs one sequence at a time."""
+    kw = dict(dtype_bytes=dtype_bytes, prefill_chunk=prefill_chunk, draft=draft, draft_is_target=draft_is_target,
+              draft_dtype_bytes=draft_dtype_bytes, offload=offload, on_chip_layers=on_chip_layers)
+    plan = _plan(target, method, prompt_len, max_new_tokens, batch_size=batch_size, **kw)
     # what one more sequence would cost: the refusal of a batch that does not fit names the largest that does
-    one_more = _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
-                     draft_dtype_bytes, offload, on_chip_layers, batch_size + 1, spare_slots(method, batch_size + 1))
+    one_more = _plan(target, method, prompt_len, max_new_tokens, batch_size=batch_size + 1, **kw)
     return dataclasses.replace(plan, per_sequence=one_more.total - plan.total)
 
 
-def _plan(target, method, prompt_len, max_new_tokens, dtype_bytes, prefill_chunk, draft, draft_is_target,
-          draft_dtype_bytes, offload, on_chip_layers, batch_size, spare) -> MemoryPlan:
+def _plan(target: ModelConfig, method: MethodConfig, prompt_len: int, max_new_tokens: int, *, dtype_bytes: int,
+          prefill_chunk: int | None, draft: ModelConfig | None, draft_is_target: bool, draft_dtype_bytes: int | None,
+          offload: bool, on_chip_layers: int, batch_size: int) -> MemoryPlan:
     ddb = draft_dtype_bytes or dtype_bytes
     method = method.for_prompt(prompt_len)
-    lookahead = method.lookahead
-    capacity = prompt_len + max_new_tokens + lookahead + SPARE_TOKENS + spare  # as levels.capacity (+ spare)
     B = batch_size
+    draft_cfg = target if draft_is_target else draft
+    specs = cache_specs(method, target, draft_cfg if method.uses_draft else None, [prompt_len] * B, max_new_tokens,
+                        dtype_bytes=dtype_bytes, draft_dtype_bytes=ddb, offload=offload, on_chip_layers=on_chip_layers)
     items = {"target weights": weight_bytes(target, dtype_bytes)}
-    host = {}
-    if offload:
-        full = OffloadedKVCache.memory(target, capacity, dtype_bytes, on_chip_layers=on_chip_layers,
-                                       chunk_size=method.chunk_size if method.scores_chunks else None,
-                                       scorer=method.scorer)
-        host["offloaded KV cache"] = B * full["host"]
-        items["on-chip KV layers and staging"] = B * full["device"]
-    else:
-        items["full KV cache"] = B * StaticKVCache.memory(target, capacity, dtype_bytes)["device"]
-    after_prefill = 0  # the lower levels' caches and the rebuild, allocated once the prefill is done
-    if method.uses_middle:
-        middle_tokens = method.budget + max_new_tokens + lookahead + SPARE_TOKENS + spare  # every middle is selected
-        after_prefill += B * RetrievalCache.memory(target, middle_tokens, dtype_bytes)["device"]
-        if method.recent_tokens(method.budget) < method.budget - method.chunk_size:  # some chunks are scored
-            after_prefill += rebuild_bytes(target, prompt_len, method.chunk_size, method.scorer)
-    if method.uses_draft:
-        draft_cfg = target if draft_is_target else draft
-        if draft_cfg is not None:
-            if not draft_is_target:
-                items["draft weights"] = weight_bytes(draft_cfg, ddb)
-            if method.draft_cache == "streaming":
-                tokens = method.draft_sink + method.draft_window + spare
-                after_prefill += B * StreamingCache.memory(draft_cfg, tokens, ddb)["device"]
-            else:
-                after_prefill += B * StaticKVCache.memory(draft_cfg, capacity, ddb)["device"]
+    if method.uses_draft and draft_cfg is not None and not draft_is_target:
+        items["draft weights"] = weight_bytes(draft_cfg, ddb)
+    top = specs["top"].memory()
+    host = {"offloaded KV cache": top["host"]} if offload else {}
+    items["on-chip KV layers and staging" if offload else "full KV cache"] = top["device"]
+    # the lower levels' caches and a rebuild's transient, allocated once the prefill is done
+    after_prefill = sum(specs[name].memory()["device"] for name in ("middle", "draft") if name in specs)
+    if "middle" in specs and specs["middle"].scores:
+        after_prefill += rebuild_bytes(target, prompt_len, method.chunk_size, method.scorer)
     chunk = min(prompt_len, prefill_chunk or prompt_len)
     prefill = prefill_activation_bytes(target, chunk, dtype_bytes)
     if offload:  # layer-major: the whole prompt's hidden state, in and out

@@ -1,4 +1,4 @@
-"""Per-generation counters and phase timers, reported under the metric names of docs/DESIGN.md §5.
+"""Per-generation counters and phase timers, reported under the metric names of docs/DESIGN.md §9.
 
 Two kinds of time:
 - wall time of a phase (`wall`): host clock around it, with the device synchronised before and

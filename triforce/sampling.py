@@ -25,6 +25,7 @@ import dataclasses
 import torch
 
 from triforce.config import SamplingParams  # noqa: F401 - the sampling transform's parameters live there
+from triforce.kernels import runs_kernel
 from triforce.kernels.policy import KernelContext
 
 
@@ -39,11 +40,11 @@ def probabilities(logits: torch.Tensor, params: SamplingParams, *, ctx: KernelCo
     if params.greedy:  # (scatter, not one_hot: one_hot may check its input on the host)
         logits = logits.float()
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    if not params.top_k and ctx is not None and ctx.on(logits):
+    if not params.top_k and runs_kernel(ctx, logits):
         from triforce.kernels.top_p import top_p_probabilities, top_p_usable
 
-        if top_p_usable(logits, use_triton=True):
-            return top_p_probabilities(logits, params.temperature, params.top_p, pdl=ctx.pdl)
+        if top_p_usable(logits, ctx):
+            return top_p_probabilities(logits, params.temperature, params.top_p, ctx=ctx)
     logits = logits.float() / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
@@ -92,11 +93,12 @@ def sample_into(probs: torch.Tensor, generator: torch.Generator | None, out_toke
     """out_tokens[index] = a token drawn from probs (V,), on the device (no synchronisation). A
     batch: probs (B, V), out_tokens (B, N), out_tokens[b, index] = row b's token, or at
     index_from[b] + index with index_from a (B,) int64 device tensor (each sequence's own place)."""
-    from triforce.kernels.verify import race_sample, race_usable, write_tokens
+    from triforce.kernels.verify import race_sample, write_tokens
 
-    if probs.dim() in (1, 2) and ctx is not None and ctx.on(probs) and race_usable(probs, use_triton=True):
+    # the policy's path: the race kernel (or its torch twin, on the same draws); else the reference
+    if probs.dim() in (1, 2) and runs_kernel(ctx, probs):
         race_sample(probs, _race_draws(generator, probs.device, tuple(probs.shape)), out_tokens=out_tokens,
-                    index=index, index_from=index_from, use_triton=True, workspace=ctx.workspace)
+                    index=index, index_from=index_from, ctx=ctx)
     elif probs.dim() == 1 and index_from is None:
         out_tokens[index] = sample(probs, generator)
     else:
@@ -107,22 +109,23 @@ def verify_into(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generato
                 out_tokens: torch.Tensor, base: int | torch.Tensor, *, residual: bool = True,
                 ctx: KernelContext | None = None) -> torch.Tensor:
     """`verify_tensor`, with the emitted token also written to out_tokens[base + num_accepted] on the
-    device. Returns the int64 device tensor [num_accepted, next_token, *tokens] (one read-back).
+    device. Returns the packed int64 device tensor [num_accepted, next_token, *tokens] that the
+    round reads back once (`Verdict.read`).
 
     A batch of B sequences: tokens (B, k), q (B, k, V), p (B, k + 1, V), out_tokens (B, N), base an
     int (every sequence) or a (B,) int64 device tensor (each sequence's own); writes
     out_tokens[b, base_b + n_b] = next_b and returns (B, 2 + k). The draws: u (B, k), then the
     race's (B, V) exponentials (for one sequence u (k,) then (V,), as always)."""
-    from triforce.kernels.verify import MAX_PROPOSALS, race_usable, race_verify, write_tokens
+    from triforce.kernels.verify import race_verify, write_tokens
 
-    k = tokens.shape[-1]
     base_from = base if isinstance(base, torch.Tensor) else None
     offset = 0 if base_from is not None else base
-    if k <= MAX_PROPOSALS and ctx is not None and ctx.on(p) and race_usable(p, q, tokens, use_triton=True):
+    # the policy's path: the race kernel (or its torch twin, on the same draws); else the reference
+    if runs_kernel(ctx, p):
         u = torch.rand(tuple(tokens.shape), generator=generator, device=p.device)  # verify_tensor's draws, in its order
         race = _race_draws(generator, p.device, (*tokens.shape[:-1], p.shape[-1]))
         return race_verify(tokens, q, p, u, race, residual=residual, out_tokens=out_tokens, base=offset,
-                           base_from=base_from, use_triton=True, workspace=ctx.workspace)
+                           base_from=base_from, ctx=ctx)
     verdict = verify_tensor(tokens, q, p, generator, residual=residual)
     if tokens.dim() == 1 and base_from is None:
         out_tokens[base + verdict[0]] = verdict[1]
@@ -133,8 +136,35 @@ def verify_into(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generato
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    num_accepted: int
-    next_token: int  # the residual sample at the first rejection, or the bonus token
+    """A verification's outcome for each sequence of a batch, on the host: how many proposals it
+    accepted, the token drawn after them (the residual sample at the first rejection, or the bonus
+    token when all were accepted) and the proposals themselves."""
+    accepted: tuple[int, ...]
+    next_tokens: tuple[int, ...]
+    proposals: tuple[tuple[int, ...], ...] = ()
+
+    @classmethod
+    def read(cls, packed: torch.Tensor) -> "Verdict":
+        """From the packed device tensor `verify_into` returns, (2 + k,) or (B, 2 + k): one read-back
+        (the round's one synchronisation)."""
+        rows = packed.reshape(-1, packed.shape[-1]).tolist()
+        return cls(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(tuple(r[2:]) for r in rows))
+
+    def emitted(self, b: int = 0) -> list[int]:
+        """The tokens sequence b's round emits: its accepted proposals, then the next token."""
+        return [*self.proposals[b][: self.accepted[b]], self.next_tokens[b]]
+
+    @property
+    def num_accepted(self) -> int:
+        """One sequence's accepted count (a batch: `accepted`)."""
+        (n,) = self.accepted
+        return n
+
+    @property
+    def next_token(self) -> int:
+        """One sequence's next token (a batch: `next_tokens`)."""
+        (t,) = self.next_tokens
+        return t
 
 
 def verify_tensor(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
@@ -197,6 +227,6 @@ def _verify_batch(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, genera
 
 def verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
            generator: torch.Generator | None, *, residual: bool = True) -> Verdict:
-    """`verify_tensor` read back to the host."""
+    """`verify_tensor` read back to the host (one sequence)."""
     n, token = verify_tensor(tokens, q, p, generator, residual=residual).tolist()
-    return Verdict(n, token)
+    return Verdict((n,), (token,), (tuple(tokens.tolist()),))

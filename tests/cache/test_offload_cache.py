@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.engine.conftest import random_model
 from triforce.cache.offload import OffloadedKVCache
 from triforce.cache.retrieval import SCORERS, RetrievalCache
@@ -21,7 +22,7 @@ def model(kv_heads=2):
 
 
 def caches(m, capacity, on_chip, chunk_size=4, scorer="mean"):
-    full = m.new_cache(capacity)
+    full = full_cache(m, capacity)
     off = OffloadedKVCache.for_model(m.config, capacity, m.dtype, m.device, on_chip_layers=on_chip)
     off.serves(chunk_size, scorer)  # what a selection will score: the cache keeps its chunks' statistics
     return full, off

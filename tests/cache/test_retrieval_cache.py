@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from triforce.attention import sdpa_attention
 from triforce.cache.retrieval import RetrievalCache, validate_retrieval
 from triforce.cache.static import StaticKVCache
@@ -332,7 +333,7 @@ def test_appended_tokens_attend_to_selected_tokens_and_rollback(scorer, kv_heads
     n = 45  # not a multiple of chunk_size
     prompt = torch.randint(0, 48, (1, n), generator=g)
     new1, new2, alt = (torch.randint(0, 48, (1, t), generator=g) for t in (3, 1, 2))
-    full = m.new_cache(n + 8)
+    full = full_cache(m, n + 8)
     rc = RetrievalCache.for_model(m.config, budget=16, chunk_size=4, scorer=scorer, extra_capacity=8,
                                   dtype=torch.float32, device="cpu", recent=recent)
     with torch.inference_mode():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.conftest import TINY
 from triforce.cache.static import StaticKVCache
 from triforce.errors import ConfigError
@@ -19,7 +20,7 @@ def tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 def run_chunks(model, toks: torch.Tensor, sizes: list[int], cache=None) -> torch.Tensor:
     """Feed `toks` through one cache in consecutive chunks of `sizes`; concatenated logits."""
     assert sum(sizes) == toks.shape[1]
-    cache = cache if cache is not None else model.new_cache(toks.shape[1], batch_size=toks.shape[0])
+    cache = cache if cache is not None else full_cache(model, toks.shape[1], batch_size=toks.shape[0])
     out, start = [], 0
     with torch.no_grad():
         for n in sizes:
@@ -30,7 +31,7 @@ def run_chunks(model, toks: torch.Tensor, sizes: list[int], cache=None) -> torch
 
 def full(model, toks: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(toks, None, model.new_cache(toks.shape[1], batch_size=toks.shape[0]))
+        return model(toks, None, full_cache(model, toks.shape[1], batch_size=toks.shape[0]))
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -51,7 +52,7 @@ def test_uneven_chunked_prefill_equals_full_forward(tiny_model, sizes):
 def test_chunk_without_causal_mask_would_differ(tiny_model):
     """Sensitivity: a later chunk that ignored its causal mask would give different logits."""
     toks = tokens(1, 30, seed=2)
-    cache = tiny_model.new_cache(30)
+    cache = full_cache(tiny_model, 30)
     with torch.no_grad():
         tiny_model(toks[:, :20], None, cache)
         cache.attention_mask = lambda n: (None, False)  # every new query sees every new key
@@ -61,7 +62,7 @@ def test_chunk_without_causal_mask_would_differ(tiny_model):
 
 def test_crop_then_continue_equals_fresh_run(tiny_model):
     a, b, c = tokens(1, 20, seed=3), tokens(1, 7, seed=4), tokens(1, 5, seed=5)
-    cache = tiny_model.new_cache(40)
+    cache = full_cache(tiny_model, 40)
     with torch.no_grad():
         tiny_model(a, None, cache)
         tiny_model(b, None, cache)  # speculative tokens, then rejected
@@ -79,7 +80,7 @@ def test_crop_then_continue_equals_fresh_run(tiny_model):
 
 def test_crop_to_zero_and_reset_start_over(tiny_model):
     a, c = tokens(1, 12, seed=6), tokens(1, 9, seed=7)
-    cache = tiny_model.new_cache(32)
+    cache = full_cache(tiny_model, 32)
     ref = full(tiny_model, c)
     with torch.no_grad():
         tiny_model(a, None, cache)
@@ -91,7 +92,7 @@ def test_crop_to_zero_and_reset_start_over(tiny_model):
 
 
 def test_crop_forward_is_an_error(tiny_model):
-    cache = tiny_model.new_cache(16)
+    cache = full_cache(tiny_model, 16)
     with torch.no_grad():
         tiny_model(tokens(1, 5), None, cache)
     with pytest.raises(ValueError, match="forward"):
@@ -100,7 +101,7 @@ def test_crop_forward_is_an_error(tiny_model):
 
 
 def test_crop_beyond_what_is_cached_is_an_error(tiny_model):
-    cache = tiny_model.new_cache(16)
+    cache = full_cache(tiny_model, 16)
     with torch.no_grad():
         tiny_model(tokens(1, 5), None, cache)
     with pytest.raises(ValueError, match="roll back"):
@@ -109,7 +110,7 @@ def test_crop_beyond_what_is_cached_is_an_error(tiny_model):
 
 
 def test_filling_exactly_to_capacity_is_fine(tiny_model):
-    cache = tiny_model.new_cache(10)
+    cache = full_cache(tiny_model, 10)
     with torch.no_grad():
         tiny_model(tokens(1, 9), None, cache)
         tiny_model(tokens(1, 1), None, cache)
@@ -117,7 +118,7 @@ def test_filling_exactly_to_capacity_is_fine(tiny_model):
 
 
 def test_capacity_overflow_is_a_helpful_config_error(tiny_model):
-    cache = tiny_model.new_cache(10)
+    cache = full_cache(tiny_model, 10)
     with torch.no_grad():
         tiny_model(tokens(1, 8), None, cache)
         with pytest.raises(ConfigError, match=r"KV cache full: 8 \+ 3 tokens exceed its capacity of 10"):
@@ -126,7 +127,7 @@ def test_capacity_overflow_is_a_helpful_config_error(tiny_model):
 
 
 def test_capacity_overflow_with_explicit_positions_is_a_config_error(tiny_model):
-    cache = tiny_model.new_cache(10)
+    cache = full_cache(tiny_model, 10)
     with torch.no_grad():
         tiny_model(tokens(1, 10), None, cache)
         with pytest.raises(ConfigError, match="KV cache full"):
@@ -163,8 +164,8 @@ def test_write_returns_the_filled_prefix():
     assert torch.equal(keys, torch.cat([k1, k2], dim=2)) and torch.equal(values, torch.cat([v1, v2], dim=2))
 
 
-def test_new_cache_matches_the_model(tiny_model):
-    cache = tiny_model.new_cache(12, batch_size=3)
+def test_full_cache_matches_the_model(tiny_model):
+    cache = full_cache(tiny_model, 12, batch_size=3)
     cfg = tiny_model.config
     assert cache.k.shape == (cfg.num_layers, 3, cfg.num_kv_heads, 12, cfg.head_dim)
     assert cache.k.dtype == tiny_model.dtype and cache.capacity == 12
@@ -173,7 +174,7 @@ def test_new_cache_matches_the_model(tiny_model):
 def test_query_at_returns_the_queries_of_recent_positions(tiny_model):
     """The retrieval cache rebuilds from the query of a committed token, which need not be the
     last row of the latest forward (that row may be a rejected proposal)."""
-    cache = tiny_model.new_cache(64)
+    cache = full_cache(tiny_model, 64)
     with torch.no_grad():
         tiny_model(tokens(1, 10), None, cache)
         rows = {}

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from triforce.cache.streaming import StreamingCache
 from triforce.errors import ConfigError
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
-from triforce.models.rope import RotaryEmbedding, apply_rotary
+from triforce.inputs import apply_rotary
+from triforce.models.rope import RotaryEmbedding
 
 TOL = 1e-5
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
@@ -33,11 +35,14 @@ def model(seed=0, **kw) -> Transformer:
     return m
 
 
-def bare_cache(sink, window, cfg=None, num_layers=1) -> StreamingCache:
+def bare_cache(sink, window, cfg=None, num_layers=1) -> tuple[StreamingCache, RotaryEmbedding]:
+    """A streaming cache of `cfg`'s shape and the rotary embedding its keys are rotated with."""
     cfg = cfg or config(num_layers=num_layers)
-    return StreamingCache(sink=sink, window=window, rope=RotaryEmbedding(cfg), num_layers=num_layers,
-                          num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, num_heads=cfg.num_heads,
-                          dtype=torch.float32, device="cpu")
+    rope = RotaryEmbedding(cfg)
+    cache = StreamingCache(sink=sink, window=window, inv_freq=rope.inv_freq, num_layers=num_layers,
+                           num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, num_heads=cfg.num_heads,
+                           dtype=torch.float32, device="cpu")
+    return cache, rope
 
 
 def rotate(rope: RotaryEmbedding, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -51,8 +56,8 @@ class Tracker:
 
     Token i's value vector is filled with i, so the cache's values tell which tokens it holds."""
 
-    def __init__(self, cache: StreamingCache, seed=0):
-        self.cache, self.rope = cache, cache.rope
+    def __init__(self, cache: StreamingCache, rope: RotaryEmbedding, seed=0):
+        self.cache, self.rope = cache, rope
         h, d = cache.k.shape[2], cache.k.shape[4]
         self.raw = torch.randn(1, h, 1000, d, generator=torch.Generator().manual_seed(seed))
         self.positions: list[torch.Tensor] = []
@@ -88,8 +93,8 @@ def expected_held(seq_len: int, sink: int, window: int) -> list[int]:
     (2, 10, [10, 10, 10, 3]),  # full-window forwards evict a whole window at once
 ])
 def test_eviction_keeps_sink_and_most_recent_window(sink, window, chunks):
-    cache = bare_cache(sink, window)
-    t = Tracker(cache)
+    cache, rope = bare_cache(sink, window)
+    t = Tracker(cache, rope)
     for n in chunks:
         positions = t.feed(n)
         # positions are cache-relative: the slots the new tokens occupy
@@ -105,13 +110,13 @@ def test_kept_keys_are_rerotated_to_their_new_slot(rope_scaling):
     """After any number of evictions, the key in slot s equals the token's raw key rotated to
     position s (what a fresh computation at the new slot gives); YaRN's magnitude scale kept."""
     cfg = config(rope_scaling=rope_scaling)
-    cache = bare_cache(3, 9, cfg)
-    t = Tracker(cache, seed=1)
+    cache, rope = bare_cache(3, 9, cfg)
+    t = Tracker(cache, rope, seed=1)
     for n in [7, 3, 1, 9, 4, 1, 1, 6, 9, 2]:
         t.feed(n)
         held = t.held()
         slots = torch.arange(cache.length)
-        fresh = rotate(cache.rope, t.raw[:, :, held], slots)
+        fresh = rotate(rope, t.raw[:, :, held], slots)
         torch.testing.assert_close(cache.k[0, :, :, : cache.length], fresh, atol=TOL, rtol=TOL)
         # values move with their keys unchanged
         assert cache.v[0, 0, :, : cache.length, 0].round().long()[0].tolist() == held
@@ -132,7 +137,7 @@ def test_model_after_eviction_equals_fresh_forward_at_new_slots():
             logits = m(seq[:, start:start + n], None, cache)
             start += n
             kept = expected_held(start, sink, window)
-            ref = m(seq[:, kept], None, m.new_cache(len(kept)))
+            ref = m(seq[:, kept], None, full_cache(m, len(kept)))
             torch.testing.assert_close(logits, ref[:, -n:], atol=1e-4, rtol=1e-4)
     assert cache.evicted == start - sink - window
 
@@ -147,7 +152,7 @@ def test_multi_layer_keys_are_rerotated_exactly():
 
     def recording_write(layer, q, k, v):
         positions = torch.arange(cache.length, cache.length + k.shape[2])
-        raw = rotate(cache.rope, k, -positions)  # R(-pos) undoes R(pos)
+        raw = rotate(m.rotary, k, -positions)  # R(-pos) undoes R(pos)
         for i in range(k.shape[2]):
             seen[(layer, cache.seq_len + i)] = raw[:, :, i]
         return write(layer, q, k, v)
@@ -162,7 +167,7 @@ def test_multi_layer_keys_are_rerotated_exactly():
     held = expected_held(start, 2, 10)
     for layer in range(2):
         raw = torch.stack([seen[(layer, i)] for i in held], dim=2)
-        fresh = rotate(cache.rope, raw, torch.arange(len(held)))
+        fresh = rotate(m.rotary, raw, torch.arange(len(held)))
         torch.testing.assert_close(cache.k[layer, :, :, : len(held)], fresh, atol=1e-4, rtol=1e-4)
 
 
@@ -172,7 +177,7 @@ def test_without_eviction_it_is_a_full_cache():
     cache = StreamingCache.for_model(m, sink=4, window=16)
     with torch.inference_mode():
         out = torch.cat([m(seq[:, a:b], None, cache) for a, b in [(0, 7), (7, 8), (8, 20)]], dim=1)
-        ref = m(seq, None, m.new_cache(20))
+        ref = m(seq, None, full_cache(m, 20))
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     assert cache.evicted == 0
 
@@ -191,13 +196,13 @@ def test_crop_within_window_then_continue():
         assert (cache.seq_len, cache.length) == (26, 11)
         logits = m(alt, None, cache)  # 11 + 5 > 15: evicts token 18
         kept = torch.cat([seq[:, :3], seq[:, 19:26], alt], dim=1)
-        ref = m(kept, None, m.new_cache(kept.shape[1]))
+        ref = m(kept, None, full_cache(m, kept.shape[1]))
     torch.testing.assert_close(logits, ref[:, -5:], atol=1e-4, rtol=1e-4)
 
 
 def test_crop_to_the_sink_boundary_works_and_beyond_raises():
-    cache = bare_cache(3, 8)
-    t = Tracker(cache)
+    cache, rope = bare_cache(3, 8)
+    t = Tracker(cache, rope)
     for n in [8, 8, 4]:
         t.feed(n)
     assert (cache.seq_len, cache.length) == (20, 11)
@@ -215,8 +220,8 @@ def test_crop_before_any_eviction_can_reach_zero():
     """While nothing was evicted the cache is a plain prefix (slot i = position i), so speculative
     tokens sitting in the sink slots can be rolled back too: a prompt shorter than `sink`.
     Fix: in StreamingCache.crop, only enforce `drop <= length - sink` when self.evicted > 0."""
-    cache = bare_cache(4, 8)
-    t = Tracker(cache)
+    cache, rope = bare_cache(4, 8)
+    t = Tracker(cache, rope)
     t.feed(1)  # a one-token prompt
     t.feed(3)  # three speculative tokens
     cache.crop(1)
@@ -226,7 +231,7 @@ def test_crop_before_any_eviction_can_reach_zero():
 
 
 def test_per_forward_token_limit_is_the_window():
-    cache = bare_cache(2, 6)
+    cache, _ = bare_cache(2, 6)
     assert cache.max_step_tokens == 6
     with pytest.raises(ValueError, match="window"):
         cache.next_positions(7)
@@ -245,8 +250,8 @@ def test_invalid_sizes_are_config_errors(sink, window):
 
 
 def test_reset_forgets_everything():
-    cache = bare_cache(2, 4)
-    t = Tracker(cache)
+    cache, rope = bare_cache(2, 4)
+    t = Tracker(cache, rope)
     t.feed(4)
     t.feed(4)
     assert cache.evicted == 2

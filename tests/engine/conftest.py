@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from tests.caches import full_cache
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 
@@ -44,7 +45,7 @@ def perturbed(model: Transformer, noise: Transformer, amount: float) -> Transfor
 @torch.inference_mode()
 def greedy_reference(model: Transformer, prompt: list[int], n: int) -> list[int]:
     """Plain greedy decoding with a full cache, one token per forward (no engine code)."""
-    cache = model.new_cache(len(prompt) + n)
+    cache = full_cache(model, len(prompt) + n)
     logits = model(torch.tensor([prompt]), None, cache)
     out: list[int] = []
     for _ in range(n):

@@ -38,7 +38,7 @@ def run_batch(setup, case, prompts, *, executor="eager", target=None, engine_kw=
     target = target or setup.target
     _, method, draft = case
     draft = target if draft == "self" else setup.drafts.get(draft)
-    return Engine(target, draft, method, GREEDY, executor=executor, **(engine_kw or {})).generate(
+    return Engine(target, draft, method, GREEDY, {"executor": executor, **(engine_kw or {})}).generate(
         prompts, n, seed=0, **kw)
 
 

@@ -39,10 +39,11 @@ import pytest
 import torch
 from scipy import stats
 
+from tests.caches import full_cache
 from tests.engine.conftest import random_model
 from triforce.cache.retrieval import RetrievalCache
 from triforce.config import MethodConfig
-from triforce.engine import Engine
+from triforce.engine import Engine, EngineOptions
 from triforce.sampling import SamplingParams, probabilities
 
 VOCAB = 5
@@ -112,7 +113,7 @@ def enumerate_distribution(model, prompt, params: SamplingParams, *, retrieval: 
 
     def next_dist(prefix: list[int]) -> np.ndarray:
         if retrieval:
-            full = model.new_cache(len(prompt) + NEW)
+            full = full_cache(model, len(prompt) + NEW)
             model(torch.tensor([prompt]), None, full)
             full.crop(len(prompt) - 1)
             cache = RetrievalCache.for_model(model.config, budget=middle.budget, chunk_size=middle.chunk_size,
@@ -122,7 +123,7 @@ def enumerate_distribution(model, prompt, params: SamplingParams, *, retrieval: 
             logits = model(torch.tensor([[prompt[-1], *prefix]]), None, cache)
         else:
             seq = prompt + prefix
-            logits = model(torch.tensor([seq]), None, model.new_cache(len(seq)))
+            logits = model(torch.tensor([seq]), None, full_cache(model, len(seq)))
         return probabilities(logits[0, -1], params).double().numpy()
 
     out: dict[tuple[int, ...], float] = {}
@@ -185,7 +186,7 @@ def compare(counts: dict, exact: dict, n: int) -> Outcome:
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup()
     return Engine(target, draft, dict(METHOD, name=case.method, **dict(case.options)), SAMPLINGS[case.sampling],
-                  biased_levels=case.biased, executor=case.executor, offload=case.offload)
+                  {"executor": case.executor, "offload": case.offload}, EngineOptions(biased_levels=case.biased))
 
 
 def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:

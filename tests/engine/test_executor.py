@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from tests.caches import full_cache
 from tests.engine.conftest import random_model
-from triforce.levels import Level
 from triforce.executor import StaticExecutor
+from triforce.kernels.policy import KernelPolicy
+from triforce.levels import Level
 from triforce.kernels.verify import race_sample_reference
 from triforce.metrics import GenerationStats
 from triforce.sampling import SamplingParams
@@ -17,11 +19,11 @@ from triforce.sampling import SamplingParams
 @torch.inference_mode()
 def test_sampling_forward_writes_the_next_token_at_the_device_start():
     model = random_model(0)
-    level = Level("draft", model, model.new_cache(64))
+    level = Level("draft", model, full_cache(model, 64))
     tokens = torch.full((1, 40), -1, dtype=torch.int64)  # the engine's buffer: one row per sequence
     tokens[0, :10] = torch.arange(10) % 7
     ex = StaticExecutor(tokens, SamplingParams(temperature=0.8, top_p=0.9), GenerationStats(tokens.device),
-                        capture=False, generator=torch.Generator().manual_seed(0))
+                        capture=False, generator=torch.Generator().manual_seed(0), policy=KernelPolicy.resolve("cpu"))
     for start in range(9):  # a one-token forward per position, as a draft step runs
         level.cache.reserve(1)
         runner = ex.runner(level, 1, 1, sample=True)

@@ -105,7 +105,7 @@ def run(setup: Setup, case, n=NEW, target=None, executor="eager", engine_kw=None
     target = target or setup.target
     _, method, draft = case
     draft = target if draft == "self" else setup.drafts.get(draft)
-    engine = Engine(target, draft, method, GREEDY, executor=executor, **(engine_kw or {}))
+    engine = Engine(target, draft, method, GREEDY, {"executor": executor, **(engine_kw or {})})
     return engine.generate(setup.prompt, n, seed=0, **kw)
 
 
@@ -227,7 +227,8 @@ def smol_reference(smollm2, gutenberg_prompt):
 @pytest.mark.parametrize("case", SMOL_CASES, ids=[c[0] for c in SMOL_CASES])
 def test_smollm2_every_method_equals_greedy(smollm2, gutenberg_prompt, smol_reference, case, executor):
     _, method = case
-    result = Engine(smollm2, smollm2, method, GREEDY, executor=executor).generate(gutenberg_prompt, SMOL_NEW, seed=0)
+    result = Engine(smollm2, smollm2, method, GREEDY, {"executor": executor}).generate(gutenberg_prompt, SMOL_NEW,
+                                                                                        seed=0)
     assert result.tokens == smol_reference
     rates = {k: v for k, v in result.metrics.items() if k.startswith("accept_rate/")}
     # budgets far below the prompt and a small draft window: every level must both accept and

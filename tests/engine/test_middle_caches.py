@@ -27,7 +27,7 @@ def models():
 
 def run(models, executor="eager", **method):
     target, draft, prompt = models
-    engine = Engine(target, draft, {**BASE, **method}, SAMPLING, executor=executor)
+    engine = Engine(target, draft, {**BASE, **method}, SAMPLING, {"executor": executor})
     results = [engine.generate(prompt, 40, seed=s, stop_at_eos=False) for s in range(4)]
     steps = [[{k: v for k, v in r.items() if k != "ms"} for r in res.rounds] for res in results]
     return [res.tokens for res in results], steps

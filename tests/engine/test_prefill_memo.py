@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.engine.conftest import random_model
-from triforce.engine import Engine
+from triforce.engine import Engine, EngineOptions
 from triforce.prefill_memo import PrefillMemo, weights_key
 
 SAMPLING = dict(temperature=0.8)
@@ -28,19 +29,20 @@ def steps(result):
 def test_reused_prefill_is_exact(executor):
     target = random_model(seed=3, kv_heads=2)
     memo = PrefillMemo(max_bytes=1 << 30)
-    fresh = Engine(target, target, METHOD, SAMPLING, executor=executor, prefill_chunk=16)
-    memoized = Engine(target, target, METHOD, SAMPLING, executor=executor, prefill_chunk=16, prefill_memo=memo)
+    hardware = {"executor": executor, "prefill_chunk": 16}
+    fresh = Engine(target, target, METHOD, SAMPLING, hardware)
+    memoized = Engine(target, target, METHOD, SAMPLING, hardware, EngineOptions(prefill_memo=memo))
     p = prompt(90)
     first = memoized.generate(p, 20, seed=1, stop_at_eos=False)
     assert first.metrics["prefill_reused"] == 0.0 and len(memo) == 1
     # another engine over the same target and prompt: another method, same memo
-    other = Engine(target, target, {**METHOD, "middle_cache": "retrieval"}, SAMPLING, executor=executor,
-                   prefill_chunk=16, prefill_memo=memo)
+    other = Engine(target, target, {**METHOD, "middle_cache": "retrieval"}, SAMPLING, hardware,
+                   EngineOptions(prefill_memo=memo))
     for seed in (1, 2):
         for engine, method in ((memoized, METHOD), (other, {**METHOD, "middle_cache": "retrieval"})):
             got = engine.generate(p, 20, seed=seed, stop_at_eos=False)
             assert got.metrics["prefill_reused"] == 1.0
-            want = Engine(target, target, method, SAMPLING, executor=executor, prefill_chunk=16)
+            want = Engine(target, target, method, SAMPLING, hardware)
             assert steps(got) == steps(want.generate(p, 20, seed=seed, stop_at_eos=False))
     assert (memo.hits, memo.misses, len(memo)) == (4, 1, 1)
     assert fresh.generate(p, 20, seed=1, stop_at_eos=False).tokens == first.tokens
@@ -51,7 +53,8 @@ def test_memo_keys_weights_prompt_and_chunking():
     memo = PrefillMemo(max_bytes=1 << 30)
 
     def run(model, p, chunk=None):
-        engine = Engine(model, None, {"name": "autoregressive"}, SAMPLING, prefill_memo=memo, prefill_chunk=chunk)
+        engine = Engine(model, None, {"name": "autoregressive"}, SAMPLING, {"prefill_chunk": chunk},
+                        EngineOptions(prefill_memo=memo))
         return engine.generate(p, 3, seed=0, stop_at_eos=False).metrics["prefill_reused"]
 
     assert run(a, prompt(40)) == 0.0
@@ -65,7 +68,7 @@ def test_memo_keys_weights_prompt_and_chunking():
 
 def test_memo_keeps_within_its_byte_limit_least_recently_used_first():
     model = random_model(seed=3)
-    one = model.new_cache(40)
+    one = full_cache(model, 40)
     model(torch.tensor([prompt(40)]), None, one)
     size = one.snapshot().nbytes
     memo = PrefillMemo(max_bytes=2 * size)
@@ -83,11 +86,11 @@ def test_memo_keeps_within_its_byte_limit_least_recently_used_first():
 
 def test_restore_refuses_a_cache_of_another_shape():
     model = random_model(seed=3)
-    full = model.new_cache(40)
+    full = full_cache(model, 40)
     model(torch.tensor([prompt(40)]), None, full)
     snap = full.snapshot()
     with pytest.raises(ValueError, match="empty cache"):
         full.restore(snap)  # not empty
-    other = random_model(seed=3, kv_heads=2).new_cache(40)
+    other = full_cache(random_model(seed=3, kv_heads=2), 40)
     with pytest.raises(ValueError, match="shape"):
         other.restore(snap)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.engine.conftest import perturbed, random_model
 from triforce.cache.retrieval import RetrievalCache
 from triforce.config import MethodConfig
@@ -29,7 +30,7 @@ def by_hand(model, prompt, continuation, method: MethodConfig):
     """The middle level's expected acceptance, independently: full cache, middle cache rebuilt from
     it after prompt[:-1], both run over prompt[-1:] + continuation[:-1]."""
     n, T = len(prompt), len(continuation)
-    full = model.new_cache(n + T)
+    full = full_cache(model, n + T)
     model(torch.tensor([prompt]), None, full)
     full.crop(n - 1)
     middle = RetrievalCache.for_model(model.config, budget=method.budget, chunk_size=method.chunk_size,

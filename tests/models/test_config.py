@@ -11,7 +11,8 @@ import torch
 from tests.conftest import TINY
 from triforce.errors import ConfigError
 from triforce.models.config import ModelConfig
-from triforce.models.rope import RotaryEmbedding, apply_rotary, rope_parameters
+from triforce.inputs import apply_rotary
+from triforce.models.rope import RotaryEmbedding, rope_parameters
 
 
 def llama_config(**overrides):

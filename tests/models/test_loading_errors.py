@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.conftest import TINY, hf_tiny
 from triforce.errors import ConfigError, ModelNotFoundError
 from triforce.models.config import ModelConfig
@@ -173,8 +174,8 @@ def test_build_model_casts_to_the_requested_dtype(dtype):
     assert model.rotary.inv_freq.dtype == torch.float32  # rope maths stays fp32
     toks = tokens()
     with torch.no_grad():
-        low = model(toks, None, model.new_cache(24))
-        high = ref(toks, None, ref.new_cache(24))
+        low = model(toks, None, full_cache(model, 24))
+        high = ref(toks, None, full_cache(ref, 24))
     assert low.dtype == dtype
     assert (low.float() - high).abs().max().item() < 0.25  # close, at half precision
     assert (low.float().argmax(-1) == high.argmax(-1)).float().mean().item() > 0.9
@@ -186,7 +187,7 @@ def test_load_model_from_a_saved_checkpoint(tmp_path):
     toks = tokens()
     with torch.no_grad():
         ref = hf(toks, use_cache=False).logits
-        out = model(toks, None, model.new_cache(24))
+        out = model(toks, None, full_cache(model, 24))
     assert (out - ref).abs().max().item() <= 1e-4
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.paper_models import LLAMA2_FAMILY, PAPER_MODELS
 from triforce.errors import ConfigError
 from triforce.models.loading import load_config, load_model, load_tokenizer
@@ -36,7 +37,7 @@ def test_paper_checkpoint_loads_and_matches_transformers(paper_models, name):
         positions = torch.arange(start, start + 64)
         with torch.no_grad():
             ref = hf(ids, position_ids=positions[None], use_cache=False).logits
-            out = ours(ids, positions, ours.new_cache(64))
+            out = ours(ids, positions, full_cache(ours, 64))
         assert ref.std() > 0.5  # non-degenerate logits: the tolerance is a real constraint
         assert (out - ref).abs().max().item() <= TOL, (name, start)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.caches import full_cache
 from tests.conftest import TINY, hf_tiny, ours_from
 
 TOL = 1e-4
@@ -48,7 +49,7 @@ def logits_both(hf, ours, toks: torch.Tensor, positions: torch.Tensor):
     with torch.no_grad():
         pos_ids = positions if positions.dim() == 2 else positions[None].expand(b, -1)
         ref = hf(toks, position_ids=pos_ids, use_cache=False).logits
-        out = ours(toks, positions, ours.new_cache(t, batch_size=b))
+        out = ours(toks, positions, full_cache(ours, t, batch_size=b))
     return ref, out
 
 
@@ -79,8 +80,8 @@ def test_per_row_positions_match_transformers(make_tiny):
 def test_num_logits_returns_the_last_rows(tiny_model, num_logits):
     toks = tokens(1, 20)
     with torch.no_grad():
-        full = tiny_model(toks, None, tiny_model.new_cache(20))
-        last = tiny_model(toks, None, tiny_model.new_cache(20), num_logits=num_logits)
+        full = tiny_model(toks, None, full_cache(tiny_model, 20))
+        last = tiny_model(toks, None, full_cache(tiny_model, 20), num_logits=num_logits)
     assert last.shape == (1, num_logits, TINY["vocab_size"])
     torch.testing.assert_close(last, full[:, -num_logits:], rtol=0, atol=1e-5)
 
@@ -128,7 +129,7 @@ def test_smollm2_matches_transformers_on_gutenberg(smollm2_dir, gutenberg_dir):
     hf = LlamaForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = hf(ids, use_cache=False).logits
-        out = ours(ids, None, ours.new_cache(512))
+        out = ours(ids, None, full_cache(ours, 512))
     assert (out - ref).abs().max().item() <= TOL
     # real weights on real text: the model predicts Shakespeare far better than chance (ln 49152 = 10.8)
     nll = torch.nn.functional.cross_entropy(out[0, :-1], ids[0, 1:]).item()

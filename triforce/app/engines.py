@@ -13,9 +13,9 @@ import gc
 import torch
 
 from triforce.app.validate import RunPlan
-from triforce.assemble import engine_kwargs
+from triforce.assemble import build_engine as assemble
 from triforce.config import MethodConfig
-from triforce.engine import Engine
+from triforce.engine import Engine, EngineOptions
 from triforce.prefill_memo import PrefillMemo
 
 PREFILLS = PrefillMemo(max_bytes=0)
@@ -29,8 +29,8 @@ def build_engine(plan: RunPlan) -> Engine:
     if hw.threads:
         torch.set_num_threads(hw.threads)
     PREFILLS.resize(int(hw.prefill_memo_gb * GB))  # 0: off, and memory given back
-    return Engine(**engine_kwargs(plan.run.engine_sections()), memory_plan=plan.memory,
-                  prefill_memo=PREFILLS if PREFILLS.max_bytes else None)
+    return assemble(plan.run.engine, EngineOptions(memory_plan=plan.memory,
+                                                   prefill_memo=PREFILLS if PREFILLS.max_bytes else None))
 
 
 def baseline_of(engine: Engine) -> Engine:

@@ -70,13 +70,11 @@ def check_hardware(run: RunConfig, *, environment: bool) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"hardware={hw.name} uses device {hw.device!r} but no CUDA device is available; "
                               "use hardware=cpu")
-    overrides = {k: v for k, v in (hw.kernels or {}).items() if v is not None}
-    if overrides:  # the kernel policy's overrides: their names and values checked now, resolved by the engine
-        from triforce.kernels.policy import H100, KernelPolicy
+    if hw.kernels:  # the kernel policy's overrides: their names and values checked now, resolved by the engine
+        from triforce.kernels.policy import KernelPolicy
 
-        if not (environment and not hw.cuda):  # kernels=true on a CPU is checked below, with its environment
-            overrides.pop("kernels", None)
-        KernelPolicy.resolve("cuda" if hw.cuda else "cpu", overrides, props=H100)
+        # kernels=true on a CPU needs Triton's interpreter in this environment: asked only of a run's
+        KernelPolicy.check_overrides("cuda" if hw.cuda or not environment else "cpu", hw.kernels)
 
 
 def check_models(model: Mapping, draft: Mapping, method: MethodConfig) -> None:

@@ -19,10 +19,13 @@ import time
 import torch
 
 from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, offloaded_step_floor, step_bytes
+from triforce.cache.spec import full_capacity, spare_slots
 from triforce.config import MethodConfig
-from triforce.engine import Engine
+from triforce.engine import Engine, EngineOptions
 from triforce.executor import StaticExecutor
-from triforce.levels import capacity, lower_levels, spare_slots, top_level
+from triforce.kernels.policy import KernelContext, KernelPolicy
+from triforce.kernels.workspace import Workspace
+from triforce.levels import lower_levels, top_level
 from triforce.metrics import FORWARD_PHASES, GenerationStats
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams
@@ -50,6 +53,15 @@ def _time_graph(graph: torch.cuda.CUDAGraph, repeats: int, batches: int = 5) -> 
     return sorted(means)[len(means) // 2]
 
 
+def graph_engine(target: Transformer, draft: Transformer | None, method: MethodConfig, sampling: SamplingParams,
+                 hardware: dict | None = None) -> Engine:
+    """An engine with CUDA graphs and `hardware` settings (hardware.* keys: kernels may also be a
+    resolved KernelPolicy, which the engine then takes as it is)."""
+    hardware = {"executor": "graphs", **(hardware or {})}
+    policy = hardware.pop("kernels") if isinstance(hardware.get("kernels"), KernelPolicy) else None
+    return Engine(target, draft, method, sampling, hardware, EngineOptions(policy=policy))
+
+
 class LevelBench:
     """The engine's levels at a given context for a batch of `batch` sequences, caches filled with
     random values as they stand mid-generation (every row of the full cache holds the context, of
@@ -57,16 +69,19 @@ class LevelBench:
     in), and their captured forwards."""
 
     def __init__(self, target: Transformer, draft: Transformer, method: MethodConfig, context: int,
-                 engine_kw: dict | None = None, batch: int = 1):
+                 hardware: dict | None = None, batch: int = 1):
         self.sampling = SamplingParams(temperature=0.6, top_p=0.9)
-        engine = Engine(target, draft, method, self.sampling, executor="graphs", **(engine_kw or {}))
+        engine = graph_engine(target, draft, method, self.sampling, hardware)
         new = 64
         self.context, self.method, self.policy, self.batch = context, method, engine.policy, batch
-        width = capacity(context, new, method) + spare_slots(method, batch)
+        width = full_capacity(context, new, method) + spare_slots(method, batch)
         tokens = torch.randint(0, target.config.vocab_size, (batch, width), device=engine.device)
         spec = engine.level_spec()
-        top = top_level(spec, context, new, batch)
-        self.levels = {lv.name: lv for lv in [*lower_levels(spec, [context] * batch, new), top]}
+        caches = spec.caches([context] * batch, new)
+        # what the engine's eager forwards launch (the offloaded top level): the policy's kernels
+        self.kernels = KernelContext(engine.policy, pdl=False, workspace=Workspace(engine.device))
+        top = top_level(spec, caches, self.kernels)
+        self.levels = {lv.name: lv for lv in [*lower_levels(spec, caches, self.kernels), top]}
         top.cache.k[:, :, :, :context].normal_()
         top.cache.v[:, :, :, :context].normal_()
         top.cache.length = top.cache.seq_len = context
@@ -81,7 +96,7 @@ class LevelBench:
         dcache.length, dcache.seq_len = dcache.capacity - 1, context
         self.tokens = tokens
         self.executor = StaticExecutor(tokens, self.sampling, GenerationStats(engine.device, batch_size=batch),
-                                       capture=True, policy=engine.policy)
+                                       capture=True, generator=None, policy=engine.policy)
 
     def time_eager(self, level: str, num_tokens: int, repeats: int) -> float:
         """Seconds per forward of a level that runs eagerly (an offloaded full cache: it streams
@@ -95,7 +110,8 @@ class LevelBench:
             begin.record()
             for b in range(self.batch):  # an offloaded cache runs one sequence per forward
                 row = lv.cache.row(b)
-                lv.model(self.tokens[b, start:start + num_tokens][None], None, row, num_logits=num_tokens)
+                lv.model(self.tokens[b, start:start + num_tokens][None], None, row, num_logits=num_tokens,
+                         kernels=self.kernels)
             end.record()
             end.synchronize()
             times.append(begin.elapsed_time(end) / 1000)
@@ -139,21 +155,21 @@ def _transform_graph(rows: int, vocab: int, sampling: SamplingParams, ctx) -> to
 @torch.inference_mode()
 def level_timings(target: Transformer, draft: Transformer, method: MethodConfig, context: int, *,
                   verify_blocks: tuple[int, ...], bandwidth: float, repeats: int = 20,
-                  engine_kw: dict | None = None, h2d: float | None = None, batch: int = 1,
+                  hardware: dict | None = None, h2d: float | None = None, batch: int = 1,
                   transforms: bool = True) -> list[dict]:
     """One row per (level, tokens): ms per forward (of the whole batch: `tokens` new tokens for each
     of `batch` sequences), its byte floor (the weights once, every sequence's KV), the ratio.
-    engine_kw {offload, on_chip_layers}: the top level's full cache in host memory, timed eagerly
-    against the offloaded floor (its KV over the host link, `h2d` bytes/s)."""
-    bench = LevelBench(target, draft, method, context, engine_kw, batch=batch)
+    hardware (hardware.* settings): offload, on_chip_layers: the top level's full cache in host
+    memory, timed eagerly against the offloaded floor (its KV over the host link, `h2d` bytes/s)."""
+    bench = LevelBench(target, draft, method, context, hardware, batch=batch)
     dtype_bytes = target.dtype.itemsize
-    offload = bool((engine_kw or {}).get("offload"))
+    offload = bool((hardware or {}).get("offload"))
 
     def measure(level: str, num_tokens: int, cfg) -> tuple[float, float, int]:
         kv = bench.kv_tokens(level, num_tokens)
         if level == "top" and offload:
             seconds = bench.time_eager(level, num_tokens, 3)
-            floor = batch * offloaded_step_floor(cfg, kv, dtype_bytes, (engine_kw or {}).get("on_chip_layers") or 0,
+            floor = batch * offloaded_step_floor(cfg, kv, dtype_bytes, (hardware or {}).get("on_chip_layers") or 0,
                                                  bandwidth, h2d)
             return seconds, floor, kv
         seconds = _time_graph(bench.graph(level, num_tokens), repeats)
@@ -187,11 +203,10 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
 @torch.inference_mode()
 def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
                new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
-               engine_kw: dict | None = None) -> dict:
+               hardware: dict | None = None) -> dict:
     """One `generate`, as a user runs it (graphs on), with its wall time split by level."""
     free_memory()
-    engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk,
-                    **(engine_kw or {}))
+    engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})})
     # compile and warm up every kernel the measured run will launch: a prompt longer than the
     # retrieval budget (chunks are chosen; the draft's window is full, so it evicts from its
     # first step), or Triton compiles them inside the measured decode
@@ -223,13 +238,12 @@ def scale_heads(model: Transformer, s: float) -> None:
 @torch.inference_mode()
 def batch_end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompts: list[list[int]], *,
                      new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
-                     engine_kw: dict | None = None, label: str | None = None) -> dict:
+                     hardware: dict | None = None, label: str | None = None) -> dict:
     """One batched `generate`, as a user runs it (graphs on): the batch's measured throughput
     (generated tokens per second over the batch), its acceptance, and its wall time split into the
     levels' GPU time and the engine's overhead."""
     free_memory()
-    engine = Engine(target, draft, method, sampling, executor="graphs", prefill_chunk=prefill_chunk,
-                    **(engine_kw or {}))
+    engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})})
     # every kernel of the measured run compiled first (a prompt longer than the budget: chunks are
     # chosen, the draft's window is full), at the batch's size (graphs are per batch size)
     warm = min(len(prompts[0]), (method.budget or 0) + 2 * method.chunk_size + 1 if method.uses_middle else 64)

@@ -16,7 +16,7 @@ a layer-major prefill (prefill.py), which runs every chunk of one layer before t
 finds its prefix already there and moves each token's keys and values across the link once.
 
 Retrieval rebuilds do not stream the keys: told that a selection will score its chunks
-(`serves`), the cache keeps each complete chunk's statistics (`retrieval.chunk_stats`, in the
+(`serves`), the cache keeps each complete chunk's statistics (`chunks.chunk_stats`, in the
 cache's dtype) on the GPU, computed from the staging buffer when the chunk's last token is written
 (a chunk rewritten after a rollback is recomputed then); the selection chooses from them
 (`chunk_statistics`), and only the chosen tokens are copied from host memory (`gather`).
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from triforce.cache.retrieval import chunk_stats
+from triforce.cache.chunks import chunk_stats
 from triforce.cache.static import StaticKVCache, kv_bytes_per_token, per_row, query_bytes
 
 STAGES = 2  # staging buffers: one layer computes while the next streams in
@@ -39,6 +39,7 @@ STAGES = 2  # staging buffers: one layer computes while the next streams in
 
 class OffloadedKVCache(StaticKVCache):
     capturable = False
+    layer_major = True  # prefill.py fills it layer by layer: each token crosses the host link once
     snapshots = False  # an offloaded prefill is not kept: a second host copy of tens of GB
     resident = per_row("resident", "per staging buffer: (layer, valid tokens) it holds of this sequence")
 
@@ -90,22 +91,6 @@ class OffloadedKVCache(StaticKVCache):
         return {"device": device, "host": offloaded * layer_kv}
 
     # -- the engine-facing contract -------------------------------------------------------------
-    def absorb(self, model, tokens, upto: int, *, chunk: int | None = None, source=None, report=None) -> None:
-        """Layer-major (prefill.py): each token's keys and values cross the host link once."""
-        from triforce.prefill import layer_major_prefill
-
-        start, layers = self.seq_len, len(model.layers)
-        if start >= upto:
-            return
-        if report is not None:
-            report(start, upto)
-
-        def layer_done(i: int) -> None:
-            if report is not None:
-                report(start + (upto - start) * (i + 1) // layers, upto)
-
-        layer_major_prefill(model, tokens[start:upto][None], self, chunk, layer_done)
-
     def serves(self, chunk_size: int, scorer: str) -> None:
         """Keep the statistics `scorer` reads of every complete chunk of `chunk_size` tokens of the
         offloaded layers (before the prefill): a selection then chooses without streaming keys."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from triforce.cache.chunks import chunk_stats
 from triforce.cache.static import StaticKVCache, kv_bytes_per_token, per_row, query_bytes
 from triforce.config import SCORERS, validate_retrieval
 
@@ -141,13 +142,6 @@ class RetrievalCache(StaticKVCache):
         bound = torch.maximum(qe * kmax[:, :, None], qe * kmin[:, :, None]).sum(-1)
         return bound.amax(2)
 
-    def absorb(self, model, tokens, upto: int, *, chunk: int | None = None, source=None, report=None) -> None:
-        """The prompt, selected from the full cache that absorbed it (`source`), scored with the
-        query of its last forward's last token (the last prompt token, as the paper)."""
-        if source is None:
-            raise ValueError("a selection cache absorbs a prompt from the full cache that holds it (source=...)")
-        self.rebuild(source)
-
     def rebuild(self, source: StaticKVCache, query: torch.Tensor | None = None) -> bool:
         """Refill from `source` (a full cache: slot i = sequence position i), scoring chunks with
         `query` (L, B, Hq, D); default: the last query of source's last forward. Layer by layer,
@@ -182,13 +176,3 @@ class RetrievalCache(StaticKVCache):
         super().reset()
         self.retrieved = 0
 
-
-def chunk_stats(keys: torch.Tensor, chunk_size: int, scorer: str) -> torch.Tensor:
-    """Per-chunk statistics a scorer reads, (B, H, n // chunk_size, S, D) for keys (B, H, n, D)
-    with n a multiple of chunk_size: the float32 mean (S = 1) or the max and min (S = 2, exact in
-    the keys' dtype)."""
-    B, H, n, D = keys.shape
-    chunked = keys.reshape(B, H, n // chunk_size, chunk_size, D)
-    if scorer == "mean":
-        return (chunked.sum(-2, dtype=torch.float32) / chunk_size)[:, :, :, None]
-    return torch.stack([chunked.amax(-2), chunked.amin(-2)], dim=3)

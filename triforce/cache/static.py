@@ -9,9 +9,10 @@ keeps one contract (docs/DESIGN.md §4). What a model's forward calls:
                                                # what to attend over
     cache.advance(T)                           # after the last layer
 
-What the engine calls, never asking which kind of cache it holds:
+What the engine and the prefill call, never asking which kind of cache it holds (a cache never
+runs a model: prefill.py does, over the spans it keeps):
 
-    cache.absorb(model, tokens, upto, chunk=..., source=...)  # prefill: take the prompt [seq_len, upto)
+    cache.kept_spans(upto)                      # the prompt positions it stores (prefill.absorb)
     cache.crop(seq_len)                         # roll back rejected speculative tokens
     cache.rebuild(source, query)                # a selection re-selects from its source; False: not one
     cache.serves(chunk_size, scorer)            # a selection will score this cache's chunks: keep what it needs
@@ -19,7 +20,8 @@ What the engine calls, never asking which kind of cache it holds:
     cache.traffic()                             # bytes moved over the host link (an offloaded cache)
     cache.snapshot() / restore(...)             # the prefill memo (None: this cache cannot be kept)
     Cache.memory(cfg, ...)                      # device and host bytes it will allocate (memory.py)
-    capturable, max_step_tokens                 # how a forward may use it
+    capturable, max_step_tokens, layer_major    # how a forward and a prefill may use it
+    selects                                     # a selection: takes its prompt with rebuild(source)
 
 A captured (CUDA-graph) forward uses it through `StaticView` (cache/static_view.py), which keeps
 the lengths in device tensors and names its slots (`store_slots`: k cache, v cache, first slot),
@@ -46,11 +48,10 @@ import dataclasses
 
 import torch
 
-from typing import Callable
-
+from triforce.cache.chunks import chunk_stats
 from triforce.config import QUERY_HISTORY
 from triforce.errors import ConfigError
-from triforce.models.rope import apply_rotary
+from triforce.inputs import apply_rotary
 
 __all__ = ["QUERY_HISTORY", "CacheSnapshot", "StaticKVCache", "kv_bytes_per_token"]
 
@@ -115,6 +116,7 @@ def per_row(name: str, doc: str = "") -> property:
 class StaticKVCache:
     capturable = True  # a static-shape (captured) forward may run on it
     selects = False  # a selection of another cache, refilled by `rebuild` (retrieval, hybrid)
+    layer_major = False  # a prefill should run every chunk of one layer before the next (offloaded)
     snapshots = True  # its prefill can be kept for later generations (snapshot / restore)
 
     length = per_row("length", "filled slots")
@@ -194,19 +196,10 @@ class StaticKVCache:
         return self.active is None or self.active[b]
 
     # -- the engine-facing contract ----------------------------------------------------------
-    def absorb(self, model, tokens: torch.Tensor, upto: int, *, chunk: int | None = None, source=None,
-               report: Callable[[int, int], None] | None = None) -> None:
-        """Prefill one sequence (a row view, or a one-sequence cache): run tokens[seq_len:upto] (its
-        1-D token buffer) through `model`, `chunk` tokens per forward (the whole span when None).
-        report(done, total) after each one."""
-        step = self.max_step_tokens or chunk or upto
-        if report is not None:
-            report(self.seq_len, upto)
-        while self.seq_len < upto:
-            end = min(upto, self.seq_len + step)
-            model(tokens[self.seq_len:end][None], None, self, num_logits=1)
-            if report is not None:
-                report(self.seq_len, upto)
+    def kept_spans(self, upto: int) -> list[tuple[int, int]]:
+        """The spans of sequence positions [seq_len, upto) this cache stores when it takes a prompt
+        (prefill.absorb runs the model over them; a gap between spans is counted as seen, `skip`)."""
+        return [(self.seq_len, upto)]
 
     def rebuild(self, source: "StaticKVCache", query: torch.Tensor | None = None) -> bool:
         """Refill from `source` if this cache is a selection of it (True); a cache that keeps its
@@ -219,9 +212,7 @@ class StaticKVCache:
 
     def chunk_statistics(self, layer: int, chunks: int, chunk_size: int, scorer: str) -> torch.Tensor:
         """The statistics `scorer` reads of the first `chunks` complete chunks of `layer`:
-        (B, Hkv, chunks, S, D) (retrieval.chunk_stats)."""
-        from triforce.cache.retrieval import chunk_stats
-
+        (B, Hkv, chunks, S, D) (cache/chunks.py)."""
         return chunk_stats(self.k[layer, :, :, : chunks * chunk_size], chunk_size, scorer)
 
     def gather(self, layer: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +292,7 @@ class StaticKVCache:
 
     def store(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rotate q and k to their positions (rope: models.rope.Rope), store k and v;
+        """Rotate q and k to their positions (rope: inputs.Rope), store k and v;
         (q, keys, values) to attend with."""
         cos, sin = rope.cos_sin
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

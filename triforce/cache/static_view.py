@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from triforce.attention import DeviceLength
 from triforce.cache.static import QUERY_HISTORY, StaticKVCache
-from triforce.kernels.embedding import TokenSlice
+from triforce.inputs import DeviceLength, DevicePositions, TokenSlice
 from triforce.kernels.rotary import rope_store_reference
-from triforce.models.rope import DevicePositions
 
 TOKEN_START, POSITION_START, SLOT_START = range(3)
 

@@ -16,17 +16,21 @@ from triforce.kernels.streaming import shift_window
 class StreamingCache(StaticKVCache):
     evicted = per_row("evicted", "tokens dropped from the window so far")
 
-    def __init__(self, *, sink: int, window: int, rope, **kw):
+    def __init__(self, *, sink: int, window: int, inv_freq, kernels=None, **kw):
         if sink < 0 or window <= 0:
             raise ConfigError(f"streaming cache needs sink >= 0 and window > 0 (got sink={sink}, window={window})")
         super().__init__(capacity=sink + window, **kw)
-        self.sink, self.window, self.rope = sink, window, rope
+        # keys are re-rotated with the model's rotary frequencies when the window shifts, by the
+        # kernel the policy's launch context (`kernels`, a KernelContext) runs, or torch ops (None)
+        self.sink, self.window, self.inv_freq, self.kernels = sink, window, inv_freq, kernels
         self._state.add(evicted=0)
 
     @classmethod
     def for_model(cls, model, *, sink: int, window: int, **kw) -> "StreamingCache":
+        """A cache for `model` (any object with the model's config, rotary frequencies, dtype and
+        device: the cache never runs it)."""
         cfg = model.config
-        return cls(sink=sink, window=window, rope=model.rotary, num_layers=cfg.num_layers,
+        return cls(sink=sink, window=window, inv_freq=model.rotary.inv_freq, num_layers=cfg.num_layers,
                    num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, num_heads=cfg.num_heads,
                    dtype=model.dtype, device=model.device, **kw)
 
@@ -39,15 +43,14 @@ class StreamingCache(StaticKVCache):
     def max_step_tokens(self) -> int:
         return self.window
 
-    def absorb(self, model, tokens, upto: int, *, chunk: int | None = None, source=None, report=None) -> None:
+    def kept_spans(self, upto: int) -> list[tuple[int, int]]:
         """The prompt's sink and last `window` tokens only, the ones this cache would keep (their
         keys then attend to sink + window while computed, not to the whole stream: a proposer's
         cache needs no more, and a 120K-token prompt is not run through the draft window by window)."""
         keep_from = upto - self.window
         if keep_from > self.sink:
-            super().absorb(model, tokens, self.sink, chunk=chunk)
-            self.skip(keep_from - self.seq_len)
-        super().absorb(model, tokens, upto, chunk=chunk)
+            return [(self.seq_len, self.sink), (keep_from, upto)]
+        return [(self.seq_len, upto)]
 
     def reserve(self, num_tokens: int) -> int:
         """Evict the oldest window tokens the next T need room for; positions are slots."""
@@ -66,7 +69,7 @@ class StreamingCache(StaticKVCache):
         lengths = self.rows_of("length")
         drops = [max(0, n + num_tokens - self.capacity) if self._is_active(b) else 0 for b, n in enumerate(lengths)]
         if any(drops):
-            shift_window(self.k, self.v, self.sink, lengths, drops, self.rope)  # one launch for the batch
+            shift_window(self.k, self.v, self.sink, lengths, drops, self.inv_freq, ctx=self.kernels)  # one launch for the batch
             evicted = self.rows_of("evicted")
             for b, drop in enumerate(drops):
                 if drop:
@@ -79,7 +82,7 @@ class StreamingCache(StaticKVCache):
 
     def skip(self, num_tokens: int) -> None:
         """Count tokens as seen and already evicted (the prefill feeds only the sink and the last
-        `window` tokens: absorb)."""
+        `window` tokens: kept_spans)."""
         if self.length < self.sink and num_tokens:
             raise ValueError("skip only after the sink tokens are stored")
         self.seq_len += num_tokens
@@ -88,7 +91,7 @@ class StreamingCache(StaticKVCache):
     def _evict(self, n: int) -> None:
         """Drop the n oldest non-sink tokens; shift the rest down n slots (and n rotary positions):
         one kernel on a GPU (kernels/streaming.py), torch ops elsewhere."""
-        shift_window(self.k, self.v, self.sink, self.length, n, self.rope)
+        shift_window(self.k, self.v, self.sink, self.length, n, self.inv_freq, ctx=self.kernels)
         self.length -= n
         self.evicted += n
 

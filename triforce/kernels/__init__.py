@@ -1,27 +1,22 @@
 """GPU kernels for the captured decode path, each beside the torch reference its tests compare with.
 
-Triton is optional: on a CUDA device with Triton installed the kernels run; everywhere else the
-torch references run (the CPU path never imports Triton). Tests on a CPU-only machine run the
+Which kernel runs is decided in one place, the run's `policy.KernelPolicy` (docs/DESIGN.md §6),
+and reaches every entry point as its `ctx` argument (a `policy.KernelContext`: the policy, PDL, the
+workspace). An entry point has no default of its own: `ctx=None`, or a policy with kernels off,
+runs the torch reference (the CPU path never imports Triton). Tests on a CPU-only machine run the
 Triton kernels through Triton's interpreter (`TRITON_INTERPRET=1`, set by the test suite before
-import) by asking for them explicitly (`use_triton=True`, or a policy with `kernels=True`).
-
-Which kernel runs, with which launch, is the caller's argument, never a switch read here: the
-decode plan and the executors pass what their `policy.KernelPolicy` resolved once.
+import) with a policy resolved with `kernels=True`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from triforce.kernels.policy import triton_available
+from triforce.kernels.policy import KernelContext, triton_available
 
-__all__ = ["kernels_usable", "triton_available"]
+__all__ = ["runs_kernel", "triton_available"]
 
 
-def kernels_usable(t: torch.Tensor, use_triton: bool | None = None) -> bool:
-    """Whether to run the Triton kernel on tensors like `t`: by default on CUDA tensors when Triton
-    is installed; `use_triton=True` also on CPU tensors (through the interpreter, which the caller
-    has turned on), False never."""
-    if use_triton is False or not (t.is_cuda or use_triton):
-        return False  # decided before importing Triton: CPU runs never import it
-    return triton_available()
+def runs_kernel(ctx: KernelContext | None, t: torch.Tensor) -> bool:
+    """The policy runs its Triton kernels on tensors like `t` (None: no policy, the reference)."""
+    return ctx is not None and ctx.on(t)

@@ -32,28 +32,14 @@ without kernels, is the reference; the decode plan passes the run's policy.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
 from triforce.kernels.activation import silu_mul
 from triforce.kernels.norm import rms_norm
-from triforce.kernels.policy import KernelContext
-
-
-@dataclasses.dataclass(frozen=True)
-class PreNormed:
-    """An RMSNorm's input, half normalised by the product before it (o_proj or down_proj, on the
-    kernel path; `linear_add_norm`): that product's epilogue adds the residual, writes h, h times
-    the norm's weight and each of its column tiles' share of every row's sum of squares. The
-    product after the norm (gate/up, the next q/k/v, the output head) multiplies h * weight by its
-    weights and scales each row by 1/sqrt(mean square + eps) in its epilogue, which equals
-    RMSNorm(h) @ W.T up to rounding (torch rounds h * rstd before the weight; this rounds
-    h * weight). So the norm, which needs whole rows, takes no launch of its own."""
-    h: torch.Tensor  # the new residual stream: product + residual
-    scaled: torch.Tensor  # h * norm weight, rounded to h's dtype
-    sq: torch.Tensor  # (tiles, rows) float32
+from triforce.inputs import DevicePositions, batch_stride, kernel_positions
+from triforce.kernels.policy import KernelContext, LinearLaunch
+from triforce.kernels.prenormed import PreNormed
 
 
 def _rows(x: torch.Tensor) -> int:
@@ -66,9 +52,12 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, ctx: KernelContext | None) -> 
             and weight.is_contiguous())
 
 
-def _launch(ctx: KernelContext, x: torch.Tensor, weight: torch.Tensor, *, gated: bool = False, rope=None) -> dict:
-    """The launch keywords of fused_linear for this product, from the policy's rules."""
-    launch = ctx.policy.linear_launch(_rows(x), weight.shape[0], x.shape[-1], gated=gated, element_size=x.element_size(),
+def _launch(ctx: KernelContext, x: torch.Tensor, weight: torch.Tensor, *, gated: bool = False, rope=None,
+            launch: LinearLaunch | None = None) -> dict:
+    """The launch keywords of fused_linear for this product: `launch` as the caller resolved it (the
+    decode plan, once per step), else from the policy's rules."""
+    launch = launch or ctx.policy.linear_launch(_rows(x), weight.shape[0], x.shape[-1], gated=gated,
+                                                element_size=x.element_size(),
                                       rope_head_dim=rope.head_dim if rope is not None else None)
     return dict(launch=launch, pdl=ctx.pdl, prefetch=ctx.policy.linear_prefetch if ctx.pdl else 0,
                 workspace=ctx.workspace)
@@ -92,58 +81,60 @@ def pre_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.
 
 
 def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor,
-                    norm_weight: torch.Tensor, ctx: KernelContext) -> PreNormed:
+                    norm_weight: torch.Tensor, ctx: KernelContext, *, launch: LinearLaunch | None = None) -> PreNormed:
     """x @ weight.T + bias + residual as a PreNormed for the RMSNorm with `norm_weight` (only where
     the policy folds the norm: KernelPolicy.folds_norm)."""
     from triforce.kernels.triton_linear import fused_linear
 
     return fused_linear(x, weight, bias, residual=residual.contiguous(), norm_out=norm_weight,
-                        **_launch(ctx, x, weight))[0]
+                        **_launch(ctx, x, weight, launch=launch))[0]
 
 
 def norm_linear(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                 weight: torch.Tensor, bias: torch.Tensor | None = None, *, gated: bool = False,
-                ctx: KernelContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                ctx: KernelContext | None = None,
+                launch: LinearLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(h) @ weight.T + bias, h) with h = x + residual (or x when residual is None; x.h for
     a PreNormed x); gated: the product's columns are [gate | up] and the result is silu(gate) * up."""
     from triforce.kernels.triton_linear import fused_linear
 
     if isinstance(x, PreNormed):
         if _fused(x.scaled, weight, ctx):
-            return fused_linear(x, weight, bias, eps=eps, gated=gated, **_launch(ctx, x.scaled, weight, gated=gated))[0], x.h
+            launch_kw = _launch(ctx, x.scaled, weight, gated=gated, launch=launch)
+            return fused_linear(x, weight, bias, eps=eps, gated=gated, **launch_kw)[0], x.h
         x, residual = x.h, None
     contiguous = x.is_contiguous() and (residual is None or residual.is_contiguous())
     if _fused(x, weight, ctx) and contiguous:
         if ctx.policy.fuses_prologue(_rows(x), weight.numel() * weight.element_size()):
             return fused_linear(x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps, gated=gated,
-                                **_launch(ctx, x, weight, gated=gated))
+                                **_launch(ctx, x, weight, gated=gated, launch=launch))
         pre = pre_norm(x, residual, norm_weight, ctx)
-        return fused_linear(pre, weight, bias, eps=eps, gated=gated, **_launch(ctx, x, weight, gated=gated))[0], pre.h
-    use_triton, pdl = (ctx.use_triton, ctx.pdl) if ctx is not None else (False, False)
-    normed, h = rms_norm(x, norm_weight, eps, residual, use_triton=use_triton, pdl=pdl)
-    return linear(normed, weight, bias, gated=gated, ctx=ctx), h
+        return fused_linear(pre, weight, bias, eps=eps, gated=gated,
+                            **_launch(ctx, x, weight, gated=gated, launch=launch))[0], pre.h
+    normed, h = rms_norm(x, norm_weight, eps, residual, ctx=ctx)
+    return linear(normed, weight, bias, gated=gated, ctx=ctx, launch=launch), h
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, gated: bool = False,
-           ctx: KernelContext | None = None) -> torch.Tensor:
+           ctx: KernelContext | None = None, launch: LinearLaunch | None = None) -> torch.Tensor:
     """x @ weight.T + bias; gated: silu(gate) * up of it, for columns [gate | up]."""
     if _fused(x, weight, ctx):
         from triforce.kernels.triton_linear import fused_linear
 
-        return fused_linear(x, weight, bias, gated=gated, **_launch(ctx, x, weight, gated=gated))[0]
+        return fused_linear(x, weight, bias, gated=gated, **_launch(ctx, x, weight, gated=gated, launch=launch))[0]
     out = F.linear(x, weight, bias)
     if not gated:
         return out
-    use_triton, pdl = (ctx.use_triton, ctx.pdl) if ctx is not None else (False, False)
-    return silu_mul(out, use_triton=use_triton, pdl=pdl)
+    return silu_mul(out, ctx=ctx)
 
 
 def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                    weight: torch.Tensor, bias: torch.Tensor | None, rope, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, slot: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
-                   *, ctx: KernelContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   *, ctx: KernelContext | None = None,
+                   launch: LinearLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A layer's attention input, all of it: q/k/v = RMSNorm(x + residual) @ weight.T + bias, q and k
-    rotated (rope: models.rope.Rope), k and v written to the cache slots slot.. slot + T. Returns
+    rotated (rope: inputs.Rope), k and v written to the cache slots slot.. slot + T. Returns
     (q as a (B, Hq, T, D) view, x + residual). On the kernel path the rotation and the cache write
     are the product's epilogue (no launch of their own); elsewhere norm_linear then kernels.rotary.
     A PreNormed x brings its h (residual is then unused).
@@ -152,7 +143,7 @@ def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, n
     positions (T,) / (B, T) or a DevicePositions with a start of one element or (B,); slot one
     element or (B,): sequence b's keys go to slots slot[b] .. slot[b] + T of its cache row
     (caches (B, Hkv, S, D), as kernels.rotary)."""
-    from triforce.kernels.rotary import batch_stride, kernel_positions, rope_store
+    from triforce.kernels.rotary import rope_store
 
     pre_normed = x if isinstance(x, PreNormed) else None
     if pre_normed is not None:  # the norm's row scale in this product's epilogue, where it takes the kernel path
@@ -164,20 +155,18 @@ def qkv_rope_store(x: torch.Tensor | PreNormed, residual: torch.Tensor | None, n
             and k_cache.is_contiguous() and v_cache.is_contiguous())
     if not fuse:
         qkv, h = norm_linear(pre_normed if pre_normed is not None else x, residual, norm_weight, eps, weight, bias,
-                             ctx=ctx)
+                             ctx=ctx, launch=launch)
         q, k, v = (t.view(B, T, -1, head_dim).transpose(1, 2)
                    for t in qkv.split([q_cols, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))
-        use_triton, pdl = (ctx.use_triton, ctx.pdl) if ctx is not None else (False, False)
-        rope_store(q, k, v, rope, k_cache, v_cache, slot, use_triton=use_triton, pdl=pdl)
+        rope_store(q, k, v, rope, k_cache, v_cache, slot, ctx=ctx)
         return q, h
     from triforce.kernels.triton_linear import RopeStore, fused_linear
-    from triforce.models.rope import DevicePositions
 
     from_start = isinstance(rope.positions, DevicePositions)
     spec = RopeStore(positions=rope.positions.start if from_start else rope.positions, from_start=from_start,
                      inv_freq=rope.inv_freq, scale=float(rope.scale), k_cache=k_cache, v_cache=v_cache, slot=slot,
                      num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
-    launch = _launch(ctx, x, weight, rope=spec)
+    launch = _launch(ctx, x, weight, rope=spec, launch=launch)
     if pre_normed is not None:
         qkv, h = fused_linear(pre_normed, weight, bias, eps=eps, rope=spec, **launch)[0], x
     elif ctx.policy.fuses_prologue(_rows(x), weight.numel() * weight.element_size()):

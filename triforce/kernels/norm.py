@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from triforce.kernels import kernels_usable
+from triforce.kernels import runs_kernel
+from triforce.kernels.policy import KernelContext
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -18,10 +19,11 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             *, use_triton: bool | None = None, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             *, ctx: KernelContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """rms_norm_reference, in one Triton kernel where the policy runs kernels."""
     contiguous = x.is_contiguous() and (residual is None or residual.is_contiguous())
-    if not contiguous or not kernels_usable(x, use_triton):
+    if not contiguous or not runs_kernel(ctx, x):
         return rms_norm_reference(x, weight, eps, residual)
     from triforce.kernels.triton_norm import rms_norm as triton_rms_norm
 
-    return triton_rms_norm(x, weight, eps, residual, pdl=pdl)
+    return triton_rms_norm(x, weight, eps, residual, pdl=ctx.pdl)

@@ -1,6 +1,6 @@
 """Every kernel choice of a run in one frozen object, resolved once (docs/DESIGN.md §6).
 
-    policy = KernelPolicy.resolve(device, overrides)     # at engine construction
+    policy = KernelPolicy.resolve(device, overrides)     # once, by the engine
     policy.attention_launch(...), policy.linear_launch(...)  # the decode plan asks, at bind time
 
 What it decides:
@@ -192,36 +192,19 @@ class KernelPolicy:
     @classmethod
     def resolve(cls, device: torch.device | str, overrides: Mapping[str, Any] | None = None,
                 environ: Mapping[str, str] | None = None, *, props: DeviceProps | None = None) -> "KernelPolicy":
-        """The policy for `device`. overrides (`hardware.kernels`): kernels (auto | true | false),
-        pdl, linear, fold_norm, allreduce, tuning_file (a path, or null: the device's own file).
-        Environment variables override the defaults, config overrides override both."""
+        """The policy for `device` (a run's engine resolves it once: engine.py). overrides
+        (`hardware.kernels`): kernels (auto | true | false), pdl, linear, fold_norm, allreduce,
+        tuning_file (a path, or null: the device's own file). Environment variables override the
+        defaults, config overrides override both."""
         environ = os.environ if environ is None else environ
-        overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}  # null: not given
-        unknown = set(overrides) - set(cls.OVERRIDES)
-        if unknown:
-            raise ConfigError(f"unknown hardware.kernels option(s) {sorted(unknown)}; known: {list(cls.OVERRIDES)}")
         device = torch.device(device)
+        o = cls.check_overrides(device.type, overrides, environ)
         props = props or DeviceProps.of(device)
         interpreter = environ.get("TRITON_INTERPRET", "0") == "1"
-        kernels = overrides.get("kernels", "auto")
-        if kernels in ("auto", None):
+        kernels = o["kernels"]
+        if kernels == "auto":
             kernels = device.type == "cuda" and triton_available() and not interpreter
-        elif kernels is True and device.type != "cuda" and not (interpreter and triton_available()):
-            raise ConfigError("hardware.kernels.kernels=true on a CPU runs the Triton kernels through Triton's "
-                              "interpreter: set TRITON_INTERPRET=1 before starting (tests do), or leave it auto")
-        elif not isinstance(kernels, bool):
-            raise ConfigError(f"hardware.kernels.kernels={kernels!r}: choose auto, true or false")
-        pdl = _flag(overrides.get("pdl", environ.get("TRIFORCE_PDL", "1")), "hardware.kernels.pdl")
-        linear = str(overrides.get("linear", environ.get("TRIFORCE_LINEAR", "triton")))
-        if linear not in ("triton", "torch"):
-            raise ConfigError(f"hardware.kernels.linear={linear!r}: choose triton (the fused kernel) or torch (cuBLAS)")
-        allreduce = str(overrides.get("allreduce", environ.get("TRIFORCE_ALLREDUCE", "triton")))
-        if allreduce == "auto":
-            allreduce = "triton"
-        if allreduce not in ("triton", "torch", "nccl"):
-            raise ConfigError(f"hardware.kernels.allreduce={allreduce!r}: choose triton, torch or nccl")
-        fold = _flag(overrides.get("fold_norm", True), "hardware.kernels.fold_norm")
-        tuning_file = overrides.get("tuning_file")
+        tuning_file = o.get("tuning_file")
         if tuning_file:
             tuning = Tuning.load(Path(tuning_file).expanduser())
         elif device.type == "cuda":
@@ -229,8 +212,50 @@ class KernelPolicy:
         else:  # the interpreter plans an H100's launches by the rules alone
             tuning = Tuning("cpu")
         policy = cls(device=props, kernels=bool(kernels), interpreter=interpreter and device.type != "cuda",
-                     pdl=pdl and props.hopper, linear=linear, fold_norm=fold, allreduce=allreduce, tuning=tuning)
+                     pdl=o["pdl"] and props.hopper, linear=o["linear"], fold_norm=o["fold_norm"],
+                     allreduce=o["allreduce"], tuning=tuning)
         return policy.tuned()
+
+    @classmethod
+    def check_overrides(cls, device_type: str, overrides: Mapping[str, Any] | None = None,
+                        environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The overrides checked and completed from the environment (names and values, and whether
+        the kernels can run on this kind of device at all), without building a policy: the app's
+        pre-flight asks this before any weights load. A ConfigError names the bad setting."""
+        environ = os.environ if environ is None else environ
+        overrides = {k: v for k, v in dict(overrides or {}).items() if v is not None}  # null: not given
+        unknown = set(overrides) - set(cls.OVERRIDES)
+        if unknown:
+            raise ConfigError(f"unknown hardware.kernels option(s) {sorted(unknown)}; known: {list(cls.OVERRIDES)}")
+        interpreter = environ.get("TRITON_INTERPRET", "0") == "1"
+        kernels = overrides.get("kernels", "auto")
+        if kernels is True and device_type != "cuda" and not (interpreter and triton_available()):
+            raise ConfigError("hardware.kernels.kernels=true on a CPU runs the Triton kernels through Triton's "
+                              "interpreter: set TRITON_INTERPRET=1 before starting (tests do), or leave it auto")
+        if kernels != "auto" and not isinstance(kernels, bool):
+            raise ConfigError(f"hardware.kernels.kernels={kernels!r}: choose auto, true or false")
+        out = dict(overrides, kernels=kernels)
+        out["pdl"] = _flag(overrides.get("pdl", environ.get("TRIFORCE_PDL", "1")), "hardware.kernels.pdl")
+        out["linear"] = str(overrides.get("linear", environ.get("TRIFORCE_LINEAR", "triton")))
+        if out["linear"] not in ("triton", "torch"):
+            raise ConfigError(f"hardware.kernels.linear={out['linear']!r}: choose triton (the fused kernel) or torch "
+                              "(cuBLAS)")
+        out["allreduce"] = cls.allreduce_of(overrides, environ)
+        out["fold_norm"] = _flag(overrides.get("fold_norm", True), "hardware.kernels.fold_norm")
+        return out
+
+    @staticmethod
+    def allreduce_of(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> str:
+        """Tensor parallelism's all-reduce of small messages (needed to join the ranks, before a
+        policy exists): triton (one kernel over symmetric memory), torch (its one-shot) or nccl."""
+        environ = os.environ if environ is None else environ
+        value = (overrides or {}).get("allreduce")
+        allreduce = str(value if value is not None else environ.get("TRIFORCE_ALLREDUCE", "triton"))
+        if allreduce == "auto":
+            allreduce = "triton"
+        if allreduce not in ("triton", "torch", "nccl"):
+            raise ConfigError(f"hardware.kernels.allreduce={allreduce!r}: choose triton, torch or nccl")
+        return allreduce
 
     def tuned(self) -> "KernelPolicy":
         """The policy with the device-wide entries of its tuning file applied (per-product entries
@@ -348,10 +373,6 @@ class KernelContext:
 
     def on(self, t: torch.Tensor) -> bool:
         return self.policy.uses_kernels(t)
-
-    @property
-    def use_triton(self) -> bool:
-        return self.policy.kernels
 
 
 def _flag(value, key: str) -> bool:

@@ -16,35 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from triforce.kernels import kernels_usable
-from triforce.models.rope import DevicePositions, apply_rotary
-
-
-def batch_stride(t: torch.Tensor, batch: int) -> int | None:
-    """The stride between the per-sequence values of `t` (one element or (B,)): 0 for one value
-    shared by every row, None where it is neither (the caller then takes the reference path)."""
-    if t.numel() == 1:
-        return 0
-    return t.stride(0) if t.dim() == 1 and t.shape[0] == batch else None
-
-
-def kernel_positions(rope, batch: int, tokens: int) -> tuple[torch.Tensor, bool, int, int] | None:
-    """How a kernel reads the positions of `rope`: (tensor, from_start, batch stride, token stride),
-    or None where it cannot (the reference path then runs). from_start: `tensor` holds each
-    sequence's first position (DevicePositions), else each token's position."""
-    p = rope.positions
-    if isinstance(p, DevicePositions):
-        stride = batch_stride(p.start, batch)
-        return None if stride is None else (p.start, True, stride, 0)
-    if p.dim() == 1 and p.shape[0] == tokens:
-        return p, False, 0, p.stride(0)
-    if p.dim() == 2 and p.shape[1] == tokens and p.shape[0] in (1, batch):
-        return p, False, p.stride(0) if p.shape[0] > 1 else 0, p.stride(1)
-    return None
+from triforce.kernels import runs_kernel
+from triforce.kernels.policy import KernelContext
+from triforce.inputs import apply_rotary, batch_stride, kernel_positions
 
 
 def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
-    """q, k, v: (B, H, T, D) views; rope: models.rope.Rope of the positions ((T,), (B, T), or a
+    """q, k, v: (B, H, T, D) views; rope: inputs.Rope of the positions ((T,), (B, T), or a
     DevicePositions); caches (B, Hkv, S, D); slot_start: a device value, or (B,) one per sequence.
     Rotates q in place, writes rotated k and v at slots slot_start[b] .. slot_start[b] + T."""
     T = q.shape[2]
@@ -63,12 +41,11 @@ def rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start):
     v_cache.scatter_(2, slots.expand(shape), v.to(v_cache.dtype))
 
 
-def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool | None = None,
-               pdl: bool = False) -> None:
-    """rope_store_reference, in one Triton kernel where it runs (any batch)."""
+def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, ctx: KernelContext | None = None) -> None:
+    """rope_store_reference, in one Triton kernel where the policy runs kernels (any batch)."""
     B, _, T, D = q.shape
     half = D // 2
-    ok = (kernels_usable(q, use_triton) and half & (half - 1) == 0
+    ok = (runs_kernel(ctx, q) and half & (half - 1) == 0
           and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
           and k_cache.is_contiguous() and v_cache.is_contiguous()
           and kernel_positions(rope, B, T) is not None and batch_stride(slot_start, B) is not None)
@@ -76,4 +53,4 @@ def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, use_triton: bool 
         return rope_store_reference(q, k, v, rope, k_cache, v_cache, slot_start)
     from triforce.kernels.triton_rotary import rope_store as triton_rope_store
 
-    triton_rope_store(q, k, v, rope, k_cache, v_cache, slot_start, pdl=pdl)
+    triton_rope_store(q, k, v, rope, k_cache, v_cache, slot_start, pdl=ctx.pdl)

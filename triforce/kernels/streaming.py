@@ -21,7 +21,9 @@ from typing import Sequence
 
 import torch
 
-from triforce.kernels import kernels_usable
+from triforce.inputs import rotate_keys
+from triforce.kernels import runs_kernel
+from triforce.kernels.policy import KernelContext
 
 PerSequence = int | Sequence[int] | torch.Tensor
 
@@ -32,21 +34,21 @@ def _one(x: PerSequence) -> bool:
 
 
 def shift_window_reference(k: torch.Tensor, v: torch.Tensor, start: int, end: PerSequence, n: PerSequence,
-                           rope) -> None:
+                           inv_freq: torch.Tensor) -> None:
     """k, v: (L, B, H, S, D); slots [start + n, end) move to [start, end - n), keys re-rotated by
-    -n positions (rope: models.rope.RotaryEmbedding). end and n: one int for every sequence, or one
-    per sequence (a list, or a (B,) tensor: read on the host here); n_b <= 0 or end_b - n_b <= start
-    leaves sequence b as it is."""
+    -n positions (inv_freq: the model's rotary inverse frequencies, (D / 2,) float32). end and n:
+    one int for every sequence, or one per sequence (a list, or a (B,) tensor: read on the host
+    here); n_b <= 0 or end_b - n_b <= start leaves sequence b as it is."""
     if _one(end) and _one(n):
         kept = slice(start + n, end)
-        k[:, :, :, start:end - n] = rope.shift(k[:, :, :, kept], -n)
+        k[:, :, :, start:end - n] = rotate_keys(k[:, :, :, kept], inv_freq, -n)
         v[:, :, :, start:end - n] = v[:, :, :, kept].clone()
         return
     ends, ns = _per_sequence(end, k.shape[1]), _per_sequence(n, k.shape[1])
     for b, (end_b, n_b) in enumerate(zip(ends, ns)):
         if n_b > 0 and end_b - n_b > start:
             kept = slice(start + n_b, end_b)
-            k[:, b, :, start:end_b - n_b] = rope.shift(k[:, b, :, kept], -n_b)
+            k[:, b, :, start:end_b - n_b] = rotate_keys(k[:, b, :, kept], inv_freq, -n_b)
             v[:, b, :, start:end_b - n_b] = v[:, b, :, kept].clone()
 
 
@@ -84,30 +86,30 @@ def _device_values(end: PerSequence, n: PerSequence, batch: int,
     return on_device(end), on_device(n)
 
 
-def shift_window(k: torch.Tensor, v: torch.Tensor, start: int, end: PerSequence, n: PerSequence, rope, *,
-                 use_triton: bool | None = None) -> None:
-    """shift_window_reference, in one Triton kernel where it runs. end, n: ints (every sequence
+def shift_window(k: torch.Tensor, v: torch.Tensor, start: int, end: PerSequence, n: PerSequence,
+                 inv_freq: torch.Tensor, *, ctx: KernelContext | None = None) -> None:
+    """shift_window_reference, in one Triton kernel where the policy runs kernels. end, n: ints (every sequence
     alike, as one StreamingLLM cache of batch 1 calls it), or per sequence: lists of ints or (B,)
     integer tensors (one element: every sequence; device tensors are read by the kernel, never on
     the host)."""
     half = k.shape[-1] // 2
-    usable = k.is_contiguous() and v.is_contiguous() and not half & (half - 1) and kernels_usable(k, use_triton)
+    usable = k.is_contiguous() and v.is_contiguous() and not half & (half - 1) and runs_kernel(ctx, k)
     if _one(end) and _one(n):
         if n <= 0 or end - n <= start:
             return
         if not usable:
-            return shift_window_reference(k, v, start, end, n, rope)
+            return shift_window_reference(k, v, start, end, n, inv_freq)
         from triforce.kernels.triton_streaming import shift_window as triton_shift_window
 
-        return triton_shift_window(k, v, start, end, n, rope.inv_freq)
+        return triton_shift_window(k, v, start, end, n, inv_freq)
     batch = k.shape[1]
     if not isinstance(n, torch.Tensor) and not any(x > 0 for x in _per_sequence(n, batch)):
         return  # nothing to evict (known on the host: no launch)
     if not usable:
-        return shift_window_reference(k, v, start, end, n, rope)
+        return shift_window_reference(k, v, start, end, n, inv_freq)
     from triforce.kernels.triton_streaming import shift_window_per_sequence
 
     ends, ns = _device_values(end, n, batch, k.device)
     if ends.numel() not in (1, batch) or ns.numel() not in (1, batch):
         raise ValueError(f"per-sequence end / n of {ends.numel()} / {ns.numel()} values for {batch} sequences")
-    shift_window_per_sequence(k, v, start, ends, ns, rope.inv_freq)
+    shift_window_per_sequence(k, v, start, ends, ns, inv_freq)

@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import torch
 
-from triforce.kernels import kernels_usable
+from triforce.kernels import runs_kernel
+from triforce.kernels.policy import KernelContext
 
 SINGLE_MAX = 4096  # rows up to this length: the one-program kernel (one chunk of the split path anyway)
 
 
-def top_p_usable(logits: torch.Tensor, use_triton: bool | None = None) -> bool:
-    return logits.is_contiguous() and kernels_usable(logits, use_triton)
+def top_p_usable(logits: torch.Tensor, ctx: KernelContext | None) -> bool:
+    """The policy runs kernels on these logits and the kernels take them."""
+    return logits.is_contiguous() and runs_kernel(ctx, logits)
 
 
-def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float, *, pdl: bool = False) -> torch.Tensor:
+def top_p_probabilities(logits: torch.Tensor, temperature: float, top_p: float, *, ctx: KernelContext) -> torch.Tensor:
+    """The sampling transform of `logits` rows by the Triton kernels (where `top_p_usable`)."""
     from triforce.kernels import triton_top_p
 
     if logits.shape[-1] <= SINGLE_MAX:
-        return triton_top_p.top_p_probabilities(logits, temperature, top_p, pdl=pdl)
-    return triton_top_p.top_p_split(logits, temperature, top_p, pdl=pdl)
+        return triton_top_p.top_p_probabilities(logits, temperature, top_p, pdl=ctx.pdl)
+    return triton_top_p.top_p_split(logits, temperature, top_p, pdl=ctx.pdl)

@@ -11,7 +11,7 @@ import triton.language as tl
 
 NONE, NORM, NORM_RESIDUAL = 0, 1, 2
 
-from triforce.kernels.linear import PreNormed
+from triforce.kernels.prenormed import PreNormed
 from triforce.kernels.policy import DeviceProps, KernelPolicy, LinearLaunch
 from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefetch_bytes
 from triforce.kernels.workspace import Workspace, counters
@@ -248,7 +248,7 @@ class RopeStore:
 
     def strides(self, batch: int, tokens: int) -> tuple[int, int, int]:
         """(positions' batch stride, their token stride, slots' batch stride) for the kernel."""
-        from triforce.kernels.rotary import batch_stride
+        from triforce.inputs import batch_stride
 
         p = self.positions
         if self.from_start:

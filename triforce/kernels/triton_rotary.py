@@ -50,7 +50,7 @@ def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qb, stride_q
 
 def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, pdl: bool = False):
     """One program per (token, head, sequence); q/k/v/caches as rotary.rope_store checked them."""
-    from triforce.kernels.rotary import batch_stride, kernel_positions
+    from triforce.inputs import batch_stride, kernel_positions
 
     B, hq, T, D = q.shape
     hkv = k.shape[1]

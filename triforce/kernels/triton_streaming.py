@@ -54,7 +54,7 @@ def shift_window(k, v, start: int, end: int, n: int, inv_freq) -> None:
 def shift_window_per_sequence(k, v, start: int, ends, ns, inv_freq) -> None:
     """ends, ns: (B,) integer device tensors, sequence b's end and eviction count (one element:
     the same for every sequence)."""
-    from triforce.kernels.rotary import batch_stride
+    from triforce.inputs import batch_stride
 
     L, B, H, S, D = k.shape
     _shift_kernel[(L * B * H,)](k, v, inv_freq, ends, ns, batch_stride(ends, B), batch_stride(ns, B), start, 0, 0, B,

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from triforce.kernels import kernels_usable
+from triforce.kernels import runs_kernel
+from triforce.kernels.policy import KernelContext
 
 MAX_PROPOSALS = 64
 
@@ -65,29 +66,34 @@ def race_sample_reference(probs: torch.Tensor, race: torch.Tensor) -> torch.Tens
     return (probs / race.clamp_min(_tiny(race.dtype))).argmax(-1)
 
 
-def race_usable(p: torch.Tensor, *others: torch.Tensor, use_triton: bool | None = None) -> bool:
+def race_usable(p: torch.Tensor, *others: torch.Tensor) -> bool:
     """The race kernel takes these operands: float32 distributions, every last dimension contiguous
     (rows may be strided: a batch's proposals are a view of the token buffer)."""
-    return (p.dtype == torch.float32 and all(t.dim() > 0 and t.stride(-1) == 1 for t in (p, *others))
-            and kernels_usable(p, use_triton))
+    return p.dtype == torch.float32 and all(t.dim() > 0 and t.stride(-1) == 1 for t in (p, *others))
 
 
 def write_tokens(out_tokens: torch.Tensor, token: torch.Tensor, offset: torch.Tensor | int,
                   start: torch.Tensor | None) -> None:
     """out_tokens[start + offset] = token (one sequence), or out_tokens[b, start[b] + offset[b]] =
-    token[b] (a batch; start None: 0), with torch ops and no host synchronisation."""
+    token[b] (a batch; start None: 0), with torch ops, no host synchronisation and no copy from the
+    host (a captured graph runs it: an integer offset becomes a fill or an add, never a transfer)."""
     if out_tokens.dim() == 1:
         slot = offset if start is None else start.reshape(()) + offset
         if isinstance(slot, int):
             out_tokens[slot] = token
         else:
-            out_tokens.index_copy_(0, torch.as_tensor(slot, device=out_tokens.device).reshape(1), token.reshape(1))
+            out_tokens.index_copy_(0, slot.reshape(1).to(torch.int64), token.reshape(1))
         return
     B = out_tokens.shape[0]
-    slot = torch.as_tensor(offset, device=out_tokens.device).expand(B)
-    if start is not None:
-        slot = start.reshape(-1).to(torch.int64) + slot
-    out_tokens.scatter_(1, slot.reshape(B, 1).expand(B, 1), token.reshape(B, 1).to(out_tokens.dtype))
+    if isinstance(offset, torch.Tensor):
+        slot = offset.reshape(-1).to(torch.int64).expand(B)
+        if start is not None:
+            slot = start.reshape(-1).to(torch.int64) + slot
+    elif start is not None:
+        slot = start.reshape(-1).to(torch.int64).expand(B) + offset
+    else:
+        slot = torch.full((B,), offset, dtype=torch.int64, device=out_tokens.device)
+    out_tokens.scatter_(1, slot.reshape(B, 1), token.reshape(B, 1).to(out_tokens.dtype))
 
 
 def _check_rows(what: str, rows: torch.Size, out_tokens: torch.Tensor | None, start: torch.Tensor | None) -> None:
@@ -101,18 +107,19 @@ def _check_rows(what: str, rows: torch.Size, out_tokens: torch.Tensor | None, st
 
 def race_verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, u: torch.Tensor, race: torch.Tensor, *,
                 residual: bool = True, out_tokens: torch.Tensor | None = None, base: int = 0,
-                base_from: torch.Tensor | None = None, use_triton: bool | None = None,
-                workspace=None) -> torch.Tensor:
+                base_from: torch.Tensor | None = None, ctx: KernelContext | None = None) -> torch.Tensor:
     """race_verify_reference, and out_tokens[base + n] = next token when given. Batched (tokens
     (B, k), out_tokens (B, N)): out_tokens[b, base_from[b] + base + n_b] = next token_b, base_from a
-    (B,) int64 device tensor (None: 0; one element: the same for every row)."""
+    (B,) int64 device tensor (None: 0; one element: the same for every row). The Triton kernel where
+    the policy (`ctx`) runs kernels and the operands suit it, else its torch twin: the same draws
+    decide the same outcome."""
     k = tokens.shape[-1]
     _check_rows("race_verify", tokens.shape[:-1], out_tokens, base_from)
-    if k <= MAX_PROPOSALS and race_usable(p, q, tokens, u, race, use_triton=use_triton):
+    if k <= MAX_PROPOSALS and runs_kernel(ctx, p) and race_usable(p, q, tokens, u, race):
         from triforce.kernels.triton_verify import race_verify as triton_race_verify
 
         return triton_race_verify(tokens, q, p, u, race, residual=residual, out_tokens=out_tokens, base=base,
-                                  base_from=base_from, workspace=workspace)
+                                  base_from=base_from, workspace=ctx.workspace)
     verdict = race_verify_reference(tokens, q, p, u, race, residual=residual)
     if out_tokens is not None:
         if tokens.dim() == 1 and base_from is None:
@@ -124,17 +131,17 @@ def race_verify(tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, u: torch
 
 def race_sample(probs: torch.Tensor, race: torch.Tensor, *, out_tokens: torch.Tensor | None = None,
                 index: int = 0, index_from: torch.Tensor | None = None,
-                use_triton: bool | None = None, workspace=None) -> torch.Tensor:
+                ctx: KernelContext | None = None) -> torch.Tensor:
     """race_sample_reference, and out_tokens[index] = the token when given; with `index_from` (a
     one-element int64 device tensor) at index_from + index, read on the device (so a captured
     graph writes where its replay points it). Batched (probs, race (B, V), out_tokens (B, N),
     index_from (B,) or one element): out_tokens[b, index_from[b] + index] = token_b; returns (B,)."""
     _check_rows("race_sample", probs.shape[:-1], out_tokens, index_from)
-    if race_usable(probs, race, use_triton=use_triton):
+    if runs_kernel(ctx, probs) and race_usable(probs, race):
         from triforce.kernels.triton_verify import race_sample as triton_race_sample
 
         return triton_race_sample(probs, race, out_tokens=out_tokens, index=index, index_from=index_from,
-                                  workspace=workspace)
+                                  workspace=ctx.workspace)
     token = race_sample_reference(probs, race)
     if out_tokens is not None:
         if probs.dim() == 1 and index_from is None:

@@ -25,23 +25,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from triforce.attention import AttentionFn, attend, sdpa_attention
+from triforce.inputs import Rope
 from triforce.kernels.activation import silu_mul
 from triforce.kernels.embedding import embed
 from triforce.kernels.norm import rms_norm
+from triforce.kernels.policy import KernelContext
 from triforce.models.config import ModelConfig
-from triforce.models.rope import Rope, RotaryEmbedding
-from triforce.parallel import SINGLE
+from triforce.models.rope import RotaryEmbedding
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What every layer of one forward shares: the cache, the new tokens' rotary inputs and what
-    their queries may see (attention.py)."""
+    """What every layer of one forward shares: the cache, the new tokens' rotary inputs, what their
+    queries may see (attention.py) and the kernel policy's launch context (None: the torch
+    reference; the eager executor and the prefill pass the engine's)."""
     cache: Any
     rope: Rope
     mask: Any
     is_causal: bool
     attention: AttentionFn
+    kernels: KernelContext | None = None
 
 
 class RMSNorm(nn.Module):
@@ -50,8 +53,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)[0]
+    def forward(self, x: torch.Tensor, kernels: KernelContext | None = None) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, ctx=kernels)[0]
 
 
 class Attention(nn.Module):
@@ -72,7 +75,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv_proj(x).split([hq * d, hkv * d, hkv * d], dim=-1)
         q, k, v = (p.view(b, t, -1, d).transpose(1, 2) for p in (q, k, v))
         q, keys, values = ctx.cache.store(self.index, q, k, v, ctx.rope)  # rotary + cache write
-        out = attend(ctx.attention, q, keys, values, mask=ctx.mask, is_causal=ctx.is_causal, scale=self.scale)
+        out = attend(ctx.attention, q, keys, values, mask=ctx.mask, is_causal=ctx.is_causal, scale=self.scale,
+                     kernels=ctx.kernels)
         out = self.o_proj(out.reshape(b, t, -1))  # out was (B, T, Hq, D)
         return out if self.reduce is None else self.reduce(out)
 
@@ -85,8 +89,8 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(silu_mul(self.gate_up_proj(x)))  # SwiGLU: silu(gate) * up
+    def forward(self, x: torch.Tensor, kernels: KernelContext | None = None) -> torch.Tensor:
+        out = self.down_proj(silu_mul(self.gate_up_proj(x), ctx=kernels))  # SwiGLU: silu(gate) * up
         return out if self.reduce is None else self.reduce(out)
 
 
@@ -99,12 +103,12 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), ctx)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        h = x + self.self_attn(self.input_layernorm(x, ctx.kernels), ctx)
+        return h + self.mlp(self.post_attention_layernorm(h, ctx.kernels), ctx.kernels)
 
 
 class Transformer(nn.Module):
-    parallel = SINGLE  # this rank's share of a tensor-parallel model (parallel.shard_model)
+    parallel = None  # this rank's share of a tensor-parallel model (parallel.shard_model); None: one process
 
     def __init__(self, cfg: ModelConfig, attention: AttentionFn = sdpa_attention):
         super().__init__()
@@ -118,32 +122,40 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(cfg)
 
-    def context(self, cache, positions: torch.Tensor | None, num_tokens: int, dtype: torch.dtype) -> Context:
+    def context(self, cache, positions: torch.Tensor | None, num_tokens: int, dtype: torch.dtype,
+                kernels: KernelContext | None = None) -> Context:
         """The shared inputs of a forward over `num_tokens` new tokens. positions: (T,) or (B, T)
         rotary positions; None asks the cache for the next ones (a StreamingLLM cache may evict to
         make room when asked)."""
         if positions is None:
             positions = cache.next_positions(num_tokens)
         mask, is_causal = cache.attention_mask(num_tokens)
-        return Context(cache, self.rotary.at(positions, dtype), mask, is_causal, self.attention)
+        return Context(cache, self.rotary.at(positions, dtype), mask, is_causal, self.attention, kernels)
 
-    def forward(self, tokens, positions: torch.Tensor | None, cache, num_logits: int | None = None) -> torch.Tensor:
+    def forward(self, tokens, positions: torch.Tensor | None, cache, num_logits: int | None = None, *,
+                kernels: KernelContext | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or of the last `num_logits` tokens only (the output
         head is a large share of a small model's work: prefill and verification skip the rest).
-        tokens may also be a kernels.embedding.TokenSlice (T ids read from a device buffer)."""
+        tokens may also be an inputs.TokenSlice (T ids read from a device buffer). kernels: the
+        kernel policy's launch context (None: every op is the torch reference)."""
         num_tokens = tokens.shape[1]
-        x = embed(self.embed_tokens.weight, tokens)
-        ctx = self.context(cache, positions, num_tokens, x.dtype)
+        x = self.embed(tokens, kernels)
+        ctx = self.context(cache, positions, num_tokens, x.dtype, kernels)
         for layer in self.layers:
             x = layer(x, ctx)
         cache.advance(num_tokens)
-        return self.head(x, num_logits)
+        return self.head(x, num_logits, kernels)
 
-    def head(self, x: torch.Tensor, num_logits: int | None = None) -> torch.Tensor:
+    def embed(self, tokens, kernels: KernelContext | None = None) -> torch.Tensor:
+        """(B, T, hidden) input rows of tokens (B, T) or an inputs.TokenSlice."""
+        return embed(self.embed_tokens.weight, tokens, ctx=kernels)
+
+    def head(self, x: torch.Tensor, num_logits: int | None = None,
+             kernels: KernelContext | None = None) -> torch.Tensor:
         """Logits of the last `num_logits` rows of the final hidden state (all when None)."""
         if num_logits is not None and num_logits < x.shape[1]:
             x = x[:, x.shape[1] - num_logits:]
-        return F.linear(self.norm(x), self.lm_head.weight)
+        return F.linear(self.norm(x, kernels), self.lm_head.weight)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,7 +165,3 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
-    def new_cache(self, capacity: int, batch_size: int = 1):
-        from triforce.cache.static import StaticKVCache
-
-        return StaticKVCache.for_model(self.config, capacity, self.dtype, self.device, batch_size=batch_size)

@@ -8,13 +8,12 @@ positions.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 
 import torch
 from torch import nn
 
+from triforce.inputs import DevicePositions, Rope, rotary_tables, rotate_keys
 from triforce.models.config import ModelConfig
 
 
@@ -87,49 +86,6 @@ def rope_parameters(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     raise AssertionError(rope_type)  # ModelConfig validated the type
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class DevicePositions:
-    """The positions start, start + 1, ..., start + count - 1 with `start` a device scalar, or per
-    sequence of a batch with `start` (B,): a captured forward's positions, which the kernels read
-    from `start` without a launch to materialise them (`tensor()` does, for the reference path)."""
-    start: torch.Tensor  # 0-d or one element: (count,) positions; (B,): (B, count)
-    count: int
-
-    def tensor(self) -> torch.Tensor:
-        steps = torch.arange(self.count, device=self.start.device)
-        if self.start.numel() == 1:
-            return self.start + steps
-        return self.start.reshape(-1, 1) + steps
-
-
-@dataclasses.dataclass
-class Rope:
-    """The rotary inputs of one forward: positions (T,) or (B, T) plus what turns them into angles.
-    cos/sin are computed on first use (the eager path); the fused rotary + store kernels of the
-    captured path compute them themselves from `positions`, `inv_freq` and `scale` and never ask."""
-    positions: torch.Tensor | DevicePositions
-    inv_freq: torch.Tensor  # (head_dim / 2,) float32
-    scale: float  # YaRN's magnitude scale of cos / sin
-    dtype: torch.dtype
-
-    @functools.cached_property
-    def position_tensor(self) -> torch.Tensor:
-        p = self.positions
-        return p.tensor() if isinstance(p, DevicePositions) else p
-
-    @functools.cached_property
-    def cos_sin(self) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = self.position_tensor
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.scale).to(self.dtype), (emb.sin() * self.scale).to(self.dtype)
-
-
 class RotaryEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -142,22 +98,9 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype,
                 scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of shape positions.shape + (head_dim,), in float32 maths then cast to `dtype`."""
-        return Rope(positions, self.inv_freq, self.attention_scaling if scaled else 1.0, dtype).cos_sin
+        return rotary_tables(positions, self.inv_freq, self.attention_scaling if scaled else 1.0, dtype)
 
     def shift(self, k: torch.Tensor, delta: int) -> torch.Tensor:
-        """Re-rotate already-rotated keys (..., seq, head_dim) by `delta` positions.
+        """Re-rotate already-rotated keys (..., seq, head_dim) by `delta` positions (inputs.rotate_keys)."""
+        return rotate_keys(k, self.inv_freq, delta)
 
-        Rotations compose, so R(delta) R(pos) k = R(pos + delta) k; the YaRN magnitude scale
-        already applied to the keys is left untouched (unscaled cos/sin here).
-        """
-        pos = torch.full((1,), float(delta), device=k.device)
-        cos, sin = self.cos_sin(pos, torch.float32, scaled=False)
-        out = k.float() * cos + rotate_half(k.float()) * sin
-        return out.to(k.dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, D); cos/sin: (B, T, D) or (T, D)."""
-    if cos.dim() == 3:
-        cos, sin = cos[:, None], sin[:, None]
-    return x * cos + rotate_half(x) * sin

@@ -12,11 +12,12 @@ from typing import Any, Mapping
 
 import torch
 
+from triforce.config import TINY_MODEL
 from triforce.errors import ConfigError
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 
-NAME = "tiny-random"
+NAME = TINY_MODEL  # model.name of the seeded tiny model (config.py)
 
 DEFAULTS: dict[str, Any] = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_layers=2,
                                 num_heads=4, num_kv_heads=2, max_position_embeddings=8192,
