@@ -2,8 +2,9 @@
 tensor parallelism, and the Engine's keyword arguments.
 
 Everything that can fail without reading weights fails first: both model folders are resolved
-(downloaded if needed) and their configs read before the target's weights load, so an unreachable
-draft or a bad dtype is reported in seconds, not after a 13 GB checkpoint loaded.
+(downloaded if needed) and both checkpoints' weight files checked before the target's weights load,
+so an unreachable or broken draft or a bad dtype is reported in seconds, not after a 13 GB
+checkpoint loaded.
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ def engine_kwargs(sections: dict[str, Any]) -> dict[str, Any]:
     if method.uses_draft and not draft.name:
         raise ConfigError(f"method={method.name} needs a draft model: set draft=self or draft=<model>")
     separate_draft = method.uses_draft and not draft.is_self
+    checkpoints = []  # (setting, folder) of every checkpoint the run reads
     if separate_draft:
         if _is_tiny(model):
             raise ConfigError(f"draft.name={draft.name!r} with the tiny random model: only draft=self is supported")
-        resolve_model_dir(draft.name)  # reachable (downloaded if needed) before the target's weights load
+        # reachable (downloaded if needed) before the target's weights load
+        checkpoints.append((f"draft.name={draft.name}", resolve_model_dir(draft.name)))
+    if not _is_tiny(model):
+        checkpoints.insert(0, (f"model.name={model.name}", resolve_model_dir(model.name)))
+    for setting, folder in checkpoints:  # the draft's files with the target's, before either loads
+        _check_weight_files(setting, folder)
     from triforce.kernels.policy import KernelPolicy
 
     # every kernel choice, resolved once (its all-reduce choice is needed to join the ranks)
@@ -58,6 +65,17 @@ def engine_kwargs(sections: dict[str, Any]) -> dict[str, Any]:
     return dict(target=target, draft=draft_model, method=method, sampling=sampling, max_context=model.max_context,
                 prefill_chunk=hw.prefill_chunk, executor=hw.executor, offload=hw.offload,
                 on_chip_layers=hw.on_chip_layers, kernels=policy)
+
+
+def _check_weight_files(setting: str, folder) -> None:
+    """A checkpoint's weight files present and whole, or one error that names the setting it came from."""
+    from triforce.errors import CorruptCheckpointError, ModelNotFoundError
+    from triforce.models.loading import checked_weight_files
+
+    try:
+        checked_weight_files(folder)
+    except (CorruptCheckpointError, ModelNotFoundError) as e:
+        raise type(e)(f"{setting}: {e}") from None
 
 
 def _load_target(spec: ModelSpec, **kw):

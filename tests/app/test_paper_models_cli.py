@@ -79,18 +79,21 @@ def test_no_tokenizer_fails_before_any_weights_load(tmp_path, books_dir, paper_m
     assert result.user_error and "model.tokenizer" in result.error
 
 
-@pytest.mark.slow  # a CLI start (~10 s); tests/models/test_loading_errors.py covers the checks in-process
-def test_truncated_weight_file_is_one_error_line(tmp_path, books_dir, paper_models):
-    folder = shutil.copytree(paper_models["llama-3.1-8b-instruct"], tmp_path / "llama31")
-    shard = folder / "model-00003-of-00004.safetensors"
+@pytest.mark.slow  # a CLI start (~5 s); tests/models/test_loading_errors.py covers the checks in-process
+def test_a_truncated_draft_beside_a_good_target_is_one_error_line_before_any_weights(tmp_path, books_dir,
+                                                                                    paper_models):
+    """The draft's weight files are checked with the target's: a cut llama-68m beside an intact
+    Yarn-Llama-2 target is reported before any weight file of either is read."""
+    from tests.app.helpers import assert_one_error_before_any_weights
+
+    draft = shutil.copytree(paper_models["llama-68m"], tmp_path / "llama-68m")
+    shard = draft / "pytorch_model.bin"
     shard.write_bytes(shard.read_bytes()[:1000])
-    proc = run_cli(overrides(books_dir, f"model.name={folder}", "draft=self", f"hydra.run.dir={tmp_path / 'run'}"),
-                   tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"error: weight file {shard} is truncated")
-    assert lines[0].endswith(f"download it again: `hf download OWNER/NAME {shard.name} --local-dir {folder}`")
+    proc = run_cli(overrides(books_dir, f"model.name={paper_models['yarn-llama-2-7b-128k']}", "draft=llama-68m",
+                             f"draft.name={draft}", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path, watch_weights=True)
+    line = assert_one_error_before_any_weights(proc, f"draft.name={draft}: weight file {shard} is truncated")
+    # a local folder: no made-up repo id in the command
+    assert line.endswith(f"`hf download <its Hugging Face id> {shard.name} --local-dir {draft}`")
 
 
 def test_a_draft_of_another_vocabulary_is_refused_before_any_weights_load(books_dir, paper_models):
