@@ -50,6 +50,28 @@ def test_llama31_runs_with_its_tokenizer_json(tmp_path, books_dir, paper_models)
     assert sample["prompt_tokens"] == 128 and sample["text"]
 
 
+def test_a_tokenizer_that_leaves_out_the_bos_gets_it_with_one_warning_before_any_weights(tmp_path, books_dir,
+                                                                                         paper_models):
+    """A Yarn-Llama-2 folder whose tokenizer.model lacks its tokenizer_config.json (transformers then
+    adds no <s>): the run adds the BOS the model's config names, says so in one warning line before
+    any weights are read, and runs."""
+    from tests.app.helpers import messages, stderr_lines, weights_read
+
+    folder = tmp_path / "yarn"
+    shutil.copytree(paper_models["yarn-llama-2-7b-128k"], folder,
+                    ignore=shutil.ignore_patterns("tokenizer_config.json", "special_tokens_map.json"))
+    proc = run_cli(overrides(books_dir, f"model.name={folder}", "draft=self", f"hydra.run.dir={tmp_path / 'run'}"),
+                   tmp_path, watch_weights=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warning = f"warning: the tokenizer of {folder} leaves out <s> (id 1), the BOS token the model's config.json names"
+    assert [m[:len(warning)] for m in messages(proc.stderr)] == [warning]
+    lines = stderr_lines(proc.stderr)
+    first_read = next(i for i, line in enumerate(lines) if line.startswith("[weight-watch] read "))
+    assert any(line.startswith(warning) for line in lines[:first_read])  # said before any weights load
+    assert len(weights_read(proc.stderr)) == 2  # then the target's two shards, each once
+    assert last_json(proc.stdout)["status"] == "ok"
+
+
 def test_folder_without_a_tokenizer_is_one_error_line(tmp_path, books_dir, paper_models):
     folder = tmp_path / "yarn"
     shutil.copytree(paper_models["yarn-llama-2-7b-128k"], folder,

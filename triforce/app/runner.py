@@ -141,13 +141,18 @@ def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker:
 
 
 def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch) -> pd.DataFrame:
+    from triforce.app.validate import model_config
     from triforce.data.sources import load_samples
-    from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name
+    from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name, with_model_bos
 
     run = plan.run
     model, dataset = values["model"], values["dataset"]
     max_new = run.max_new_tokens
     tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.get("tokenizer")))
+    target = model_config(model)  # config.json only (None: a hub id not downloaded yet)
+    tokenizer, bos_warning = with_model_bos(tokenizer, target and target.bos_token_id, tokenizer_name(model))
+    if bos_warning:
+        print(f"warning: {bos_warning}", file=sys.stderr, flush=True)
     samples = load_samples(dataset, tokenizer)
     if plan.max_context is not None:
         for s in samples:
