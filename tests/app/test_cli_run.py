@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from tests.app.helpers import last_json, run_cli, tiny_overrides
+from tests.app.helpers import cli_command, last_json, messages, run_cli, tiny_overrides
 
 METRICS = ("prefill_s", "ms_per_token", "tokens_per_s", "mean_accepted_len", "accept_rate/draft",
            "accept_rate/middle", "forwards/top", "time_s/verify", "new_tokens", "baseline_ms_per_token", "speedup")
@@ -153,3 +153,36 @@ def test_ctrl_c_ends_the_run_without_a_traceback(tmp_path, books_dir):
                                         "as interrupted"]
     record = json.loads((run_dir / "summary.json").read_text())
     assert record["status"] == "interrupted" and record["error"] == "interrupted (Ctrl-C)"
+
+
+def test_the_console_scripts_module_imports_nothing_heavy():
+    """`triforce` imports triforce.cli before main() runs: what it imports is outside the Ctrl-C handling."""
+    import subprocess
+    import sys
+
+    code = "import sys, triforce.cli; print(sorted(m for m in ('hydra', 'torch', 'pandas', 'omegaconf') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="watches /proc/<pid>/maps")
+def test_ctrl_c_while_the_cli_imports_is_one_line(tmp_path):
+    """SIGINT while the CLI imports torch (its library just mapped into the process, the rest of the
+    import still to run): one line, exit 130, no KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from tests.app.helpers import cli_env
+
+    proc = subprocess.Popen(cli_command() + ["model=tiny", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and "libtorch_cpu" not in maps.read_text():
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert err.decode().split("\n") == ["error: interrupted (Ctrl-C)", ""]
