@@ -68,8 +68,7 @@ def check_hardware(run: RunConfig, *, environment: bool) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"hardware={hw.name} uses device {hw.device!r} but no CUDA device is available; "
-                              "use hardware=cpu")
+            raise ConfigError(no_cuda_message(hw))
     overrides = {k: v for k, v in (hw.kernels or {}).items() if v is not None}
     if overrides:  # the kernel policy's overrides: their names and values checked now, resolved by the engine
         from triforce.kernels.policy import H100, KernelPolicy
@@ -77,6 +76,15 @@ def check_hardware(run: RunConfig, *, environment: bool) -> None:
         if not (environment and not hw.cuda):  # kernels=true on a CPU is checked below, with its environment
             overrides.pop("kernels", None)
         KernelPolicy.resolve("cuda" if hw.cuda else "cpu", overrides, props=H100)
+
+
+def no_cuda_message(hw) -> str:
+    """A CUDA device asked for where there is none: the setting to change is the one that asked."""
+    if hw.name == "cpu":  # the CPU profile with its device overridden: hardware.device is the culprit
+        return (f"hardware.device={hw.device} needs a CUDA device and none is available here; set "
+                "hardware.device=cpu (or leave it out: hardware=cpu runs on the CPU)")
+    return (f"hardware={hw.name} runs on device {hw.device!r} and no CUDA device is available here; use "
+            "hardware=cpu on this machine")
 
 
 def check_models(model: Mapping, draft: Mapping, method: MethodConfig) -> None:

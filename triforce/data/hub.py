@@ -117,7 +117,8 @@ def _load_cached(path: str, why: str, *, revision: str | None, **kw):
     except Exception:  # noqa: BLE001 - not in the cache, in whatever words this datasets release uses
         raise AssetError(f"dataset.path={path} is on the Hugging Face hub, which is not reachable from here ({why}), "
                          f"and its split {kw.get('split')!r} is not in the local cache; download it where the hub "
-                         f"is reachable and pass the files: {LOCAL_FILES}; or use dataset=gutenberg (offline)") from None
+                         f"is reachable and pass the files: {LOCAL_FILES}; or use dataset=gutenberg "
+                         "(offline)") from None
 
 
 def _load_online(path: str, *, revision: str | None, **kw):

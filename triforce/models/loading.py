@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from triforce.attention import AttentionFn, sdpa_attention
+from triforce.config import DTYPE_NAMES
 from triforce.errors import ConfigError, ModelNotFoundError
 from triforce.models.checkpoint import check_weight_file, read_weight_file
 from triforce.models.config import ModelConfig
@@ -26,8 +27,7 @@ from triforce.models.rope import RotaryEmbedding
 # Short names for the offline default, resolved through the asset cache.
 LOCAL_ALIASES = {"smollm2-135m": "smollm2"}
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 
 
 def parse_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
