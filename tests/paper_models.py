@@ -281,6 +281,16 @@ def write_llama3_tokenizer(folder: Path, text_lines: list[str]) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": bos, "eos_token": "<|eot_id|>"}))
 
 
+def as_llama30_tokenizer(folder: Path) -> None:
+    """Turn a write_llama3_tokenizer folder into what Llama 3.0's tokenizer.json was when first
+    released: a ByteLevel post-processor, no template adding <|begin_of_text|> (a later revision of
+    the file added it; not checked against the hub from here)."""
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    path.write_text(json.dumps(spec))
+
+
 # -- weights ---------------------------------------------------------------------------------
 
 def random_hf_state(config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:

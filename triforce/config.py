@@ -31,6 +31,10 @@ REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
 MIDDLE_CACHES = ("retrieval", "streaming", "hybrid")
 SCORERS = ("mean", "bound")
 EXECUTORS = ("auto", "eager", "static", "graphs")
+# model.dtype / draft.dtype names -> torch dtype names (models/loading.py maps them to torch's);
+# `auto` is bfloat16 on a GPU and float32 on a CPU
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # Queries a full cache keeps of its latest forward's last rows (cache/static.py): more than any
 # verify width (gamma + 1), so a rebuild can score with the query of any of them
 QUERY_HISTORY = 64
@@ -143,9 +147,14 @@ def sampling_params(values: Any) -> "SamplingParams":
     return parse(SamplingParams, values, "sampling")
 
 
+def _key(section: str, name: str) -> str:
+    """`method.gamma`; a top-level option (section "") is its name alone."""
+    return f"{section}.{name}" if section else name
+
+
 def _choice(section: str, name: str, value: Any, choices) -> None:
     if value not in choices:
-        raise ConfigError(f"{section}.{name}={value!r}: choose one of {', '.join(map(str, choices))}")
+        raise ConfigError(f"{_key(section, name)}={value!r}: choose one of {', '.join(map(str, choices))}")
 
 
 def _positive(section: str, name: str, value: int | float | None, what: str = "positive", allow_none=False,
@@ -153,7 +162,14 @@ def _positive(section: str, name: str, value: int | float | None, what: str = "p
     if value is None and allow_none:
         return
     if value is None or value < minimum:
-        raise ConfigError(f"{section}.{name}={value!r} must be {what}")
+        raise ConfigError(f"{_key(section, name)}={value!r} must be {what}")
+
+
+def _dtype(section: str, value: str | None, allow_none: bool = False) -> None:
+    """A dtype name checked with the rest of the config, not when the weights are about to load."""
+    if value is None and allow_none:
+        return
+    _choice(section, "dtype", value, ("auto", *DTYPE_NAMES))
 
 
 # -- the method ---------------------------------------------------------------------------------
@@ -355,12 +371,16 @@ class ModelSpec:
             raise ConfigError("model.name is required: a model config (model=smollm2, tiny, llama2-7b-128k, ...), "
                               "a local folder or a Hugging Face id owner/name")
         _positive("model", "max_context", self.max_context, "a positive number of positions or null", allow_none=True)
+        _dtype("model", self.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class DraftSpec:
     name: str | None = None  # null: none; self: the target itself; or a model name as model.name
     dtype: str | None = None  # null: the target's
+
+    def __post_init__(self) -> None:
+        _dtype("draft", self.dtype, allow_none=True)
 
     @property
     def is_self(self) -> bool:

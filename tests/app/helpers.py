@@ -55,13 +55,57 @@ def cli_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], tmp: Path, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """The `triforce` console script of this environment (python -m triforce.cli if absent);
-    `env`: variables added to cli_env."""
+# tests/weight_watch/sitecustomize.py: on PYTHONPATH, the process reports each weight file it reads
+WEIGHT_WATCH = Path(__file__).resolve().parents[1] / "weight_watch"
+WEIGHT_READ = "[weight-watch] read "
+
+
+def cli_command() -> list[str]:
+    """The `triforce` console script of this environment (python -m triforce.cli if absent)."""
     script = Path(sys.executable).with_name("triforce")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "triforce.cli"]
-    return subprocess.run(cmd + args, cwd=tmp, env={**cli_env(tmp), **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return [str(script)] if script.exists() else [sys.executable, "-m", "triforce.cli"]
+
+
+def run_cli(args: list[str], tmp: Path, timeout: int = 300, env: dict[str, str] | None = None,
+            watch_weights: bool = False) -> subprocess.CompletedProcess:
+    """The CLI run as a user runs it; `env`: variables added to cli_env; `watch_weights`: stderr also
+    gets a `[weight-watch] read PATH` line for each weight file read (weights_read, messages)."""
+    env = {**cli_env(tmp), **(env or {})}
+    if watch_weights:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(WEIGHT_WATCH), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(cli_command() + args, cwd=tmp, env=env, capture_output=True, timeout=timeout)
+    # decoded here, not with text=True: that would turn a progress bar's carriage returns into newlines
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))
+
+
+def stderr_lines(stderr: str) -> list[str]:
+    """stderr's lines as a log shows them: split at newlines only (a progress bar redraws its line
+    with carriage returns, so a message that follows a bar without a newline stays on the bar's line)."""
+    return stderr.split("\n")
+
+
+def messages(stderr: str) -> list[str]:
+    """The lines a user reads on stderr: not progress-bar redraws (lines with a carriage return), not
+    the weight watch's lines, not blank."""
+    return [line for line in stderr_lines(stderr) if line.strip() and "\r" not in line
+            and not line.startswith(WEIGHT_READ)]
+
+
+def weights_read(stderr: str) -> list[str]:
+    """The weight files a run_cli(watch_weights=True) process read, in order."""
+    return [line[len(WEIGHT_READ):] for line in stderr_lines(stderr) if line.startswith(WEIGHT_READ)]
+
+
+def assert_one_error_before_any_weights(proc: subprocess.CompletedProcess, start: str) -> str:
+    """Exit code 2, stderr exactly one `error:` line starting with `start`, no traceback, and no
+    weight file read (the process ran with watch_weights=True). The line, for further checks."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert weights_read(proc.stderr) == [], proc.stderr[-3000:]
+    lines = [line for line in stderr_lines(proc.stderr) if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {start}"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
 
 
 def last_json(stdout: str) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from triforce.app.advice import budget_warning, offload_warning, run_warnings
+from triforce.app.advice import batch_warning, budget_warning, offload_warning, run_warnings, samples_warning
 from triforce.engine import MethodConfig
 
 
@@ -50,3 +50,31 @@ def test_run_warnings_collects_both():
     method = MethodConfig(name="triforce", budget=64, chunk_size=8)
     assert run_warnings({"hardware": {"device": "cpu"}}, method, [256]) == []
     assert len(run_warnings({"hardware": {"device": "cpu", "offload": True}}, method, [32])) == 2
+
+
+def test_fewer_prompts_than_num_samples_or_batch_size_is_said():
+    assert samples_warning({"name": "pg19", "num_samples": 20}, 3) == (
+        "dataset.num_samples=20 but dataset 'pg19' gives only 3 prompt(s): the run uses those 3; set "
+        "dataset.num_samples=3 (or null: all there are) to ask for what is there")
+    assert samples_warning({"name": "pg19", "num_samples": 3}, 3) is None
+    assert samples_warning({"name": "pg19_full", "num_samples": None}, 3) is None  # null: all, however many
+    assert batch_warning({"batch_size": 8}, 3).startswith(
+        "hardware.batch_size=8 but the run has only 3 prompt(s): they run as one batch of 3")
+    assert batch_warning({"batch_size": 4}, 5) is None  # a smaller last batch is how batches go
+    assert batch_warning({}, 1) is None
+
+
+def test_cli_shortfalls_are_warning_lines_and_the_run_goes_on(tmp_path, books_dir):
+    """Two books asked for as three, in batches of four: two warning lines before the run, which runs
+    the two as one batch (the tiny model reads no weights: said before anything could be read)."""
+    from tests.app.helpers import last_json, messages, run_cli, tiny_overrides
+
+    proc = run_cli(tiny_overrides(books_dir, "dataset.num_samples=3", "hardware.batch_size=4", "warmup=false",
+                                  "max_new_tokens=4", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = messages(proc.stderr)
+    assert len(said) == 2, proc.stderr[-3000:]
+    assert said[0].startswith("warning: dataset.num_samples=3 but dataset 'gutenberg' gives only 2 prompt(s)")
+    assert said[1].startswith("warning: hardware.batch_size=4 but the run has only 2 prompt(s)")
+    summary = last_json(proc.stdout)
+    assert summary["num_samples"] == 2 and summary["batch_size"] == 2

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from tests.app.helpers import last_json, run_cli, tiny_overrides
+from tests.app.helpers import cli_command, last_json, messages, run_cli, tiny_overrides
 
 METRICS = ("prefill_s", "ms_per_token", "tokens_per_s", "mean_accepted_len", "accept_rate/draft",
            "accept_rate/middle", "forwards/top", "time_s/verify", "new_tokens", "baseline_ms_per_token", "speedup")
@@ -120,36 +120,70 @@ def test_tensor_parallel_run_under_torchrun_writes_once(tmp_path, books_dir):
     shutil.rmtree(run_dir)
 
 
-@pytest.mark.slow  # a CLI start plus the wait for the run to begin (~12 s)
+@pytest.mark.slow  # a CLI start plus the wait for the run to begin (~10 s)
 def test_ctrl_c_ends_the_run_without_a_traceback(tmp_path, books_dir):
-    """SIGINT (Ctrl-C) during a long generation: one error line, exit 130, summary.json `interrupted`."""
+    """SIGINT (Ctrl-C) during a long generation: one error line, exit 130, summary.json `interrupted`.
+    stderr is not a terminal here, and the per-prompt bar is drawn before the signal: the error line
+    still starts a line of its own (the bar's line is ended first)."""
+    import os
     import signal
     import subprocess
+
+    from tests.app.helpers import cli_env
+
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(books_dir, "max_new_tokens=6000", "method=autoregressive", "draft=none", "warmup=false",
+                          "dataset.num_samples=2", f"hydra.run.dir={run_dir}")
+    # the run gets SIGINT's default disposition, as a terminal's foreground job has it: a test
+    # runner started in the background of a script holds it ignored, and children inherit that
+    proc = subprocess.Popen(cli_command() + args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = b""
+    while b"prompt/s]" not in seen:  # the per-prompt bar, drawn as the first generation starts
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, (seen + proc.stderr.read()).decode()[-3000:]
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    out, rest = proc.communicate(timeout=120)
+    err = (seen + rest).decode()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out.decode() + err and "KeyboardInterrupt" not in err
+    note = f"error: interrupted (Ctrl-C); {run_dir / 'summary.json'} records the run as interrupted"
+    assert messages(err) == [note], repr(err[-3000:])
+    assert note in err.split("\n")  # on a line of its own, not after the bar's carriage-return redraws
+    record = json.loads((run_dir / "summary.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == "interrupted (Ctrl-C)"
+
+
+def test_the_console_scripts_module_imports_nothing_heavy():
+    """`triforce` imports triforce.cli before main() runs: what it imports is outside the Ctrl-C handling."""
+    import subprocess
     import sys
+
+    code = ("import sys, triforce.cli; "
+            "print(sorted(m for m in ('hydra', 'torch', 'pandas', 'omegaconf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="watches /proc/<pid>/maps")
+def test_ctrl_c_while_the_cli_imports_is_one_line(tmp_path):
+    """SIGINT while the CLI imports torch (its library just mapped into the process, the rest of the
+    import still to run): one line, exit 130, no KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
     import time
     from pathlib import Path
 
     from tests.app.helpers import cli_env
 
-    run_dir = tmp_path / "run"
-    script = Path(sys.executable).with_name("triforce")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "triforce.cli"]
-    args = tiny_overrides(books_dir, "max_new_tokens=6000", "method=autoregressive", "draft=none", "warmup=false",
-                          f"hydra.run.dir={run_dir}")
-    # the run gets SIGINT's default disposition, as a terminal's foreground job has it: a test
-    # runner started in the background of a script holds it ignored, and children inherit that
-    proc = subprocess.Popen(cmd + args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cli_command() + ["model=tiny", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not (run_dir / "config.yaml").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)  # written as the job starts: from here on the job is running
-    time.sleep(1.0)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and "libtorch_cpu" not in maps.read_text():
+        time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in out + err and "KeyboardInterrupt" not in err
-    assert err.strip().splitlines() == [f"error: interrupted (Ctrl-C); {run_dir / 'summary.json'} records the run "
-                                        "as interrupted"]
-    record = json.loads((run_dir / "summary.json").read_text())
-    assert record["status"] == "interrupted" and record["error"] == "interrupted (Ctrl-C)"
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert err.decode().split("\n") == ["error: interrupted (Ctrl-C)", ""]

@@ -75,3 +75,15 @@ def test_without_ctrl_c_the_hooks_only_pass_calls_on(terminal_sigint):
         StopOnInterrupt(watch).generated(3, 8)  # no bars: silent
         watch.check()
         assert not watch.seen
+
+
+def test_a_ctrl_c_swallowed_while_the_cli_imports_still_ends_the_run(terminal_sigint, monkeypatch, capsys):
+    """The CLI's handler is in place before its heavy imports: a KeyboardInterrupt that an imported
+    module swallowed still ends the run with the one line and exit code 130."""
+    from triforce import cli
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(cli, "_hydra_app", lambda: swallowing_sigint() or (lambda: None))
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130 and capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"

@@ -50,6 +50,28 @@ def test_llama31_runs_with_its_tokenizer_json(tmp_path, books_dir, paper_models)
     assert sample["prompt_tokens"] == 128 and sample["text"]
 
 
+def test_a_tokenizer_that_leaves_out_the_bos_gets_it_with_one_warning_before_any_weights(tmp_path, books_dir,
+                                                                                         paper_models):
+    """A Yarn-Llama-2 folder whose tokenizer.model lacks its tokenizer_config.json (transformers then
+    adds no <s>): the run adds the BOS the model's config names, says so in one warning line before
+    any weights are read, and runs."""
+    from tests.app.helpers import messages, stderr_lines, weights_read
+
+    folder = tmp_path / "yarn"
+    shutil.copytree(paper_models["yarn-llama-2-7b-128k"], folder,
+                    ignore=shutil.ignore_patterns("tokenizer_config.json", "special_tokens_map.json"))
+    proc = run_cli(overrides(books_dir, f"model.name={folder}", "draft=self", f"hydra.run.dir={tmp_path / 'run'}"),
+                   tmp_path, watch_weights=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warning = f"warning: the tokenizer of {folder} leaves out <s> (id 1), the BOS token the model's config.json names"
+    assert [m[:len(warning)] for m in messages(proc.stderr)] == [warning]
+    lines = stderr_lines(proc.stderr)
+    first_read = next(i for i, line in enumerate(lines) if line.startswith("[weight-watch] read "))
+    assert any(line.startswith(warning) for line in lines[:first_read])  # said before any weights load
+    assert len(weights_read(proc.stderr)) == 2  # then the target's two shards, each once
+    assert last_json(proc.stdout)["status"] == "ok"
+
+
 def test_folder_without_a_tokenizer_is_one_error_line(tmp_path, books_dir, paper_models):
     folder = tmp_path / "yarn"
     shutil.copytree(paper_models["yarn-llama-2-7b-128k"], folder,
@@ -79,18 +101,21 @@ def test_no_tokenizer_fails_before_any_weights_load(tmp_path, books_dir, paper_m
     assert result.user_error and "model.tokenizer" in result.error
 
 
-@pytest.mark.slow  # a CLI start (~10 s); tests/models/test_loading_errors.py covers the checks in-process
-def test_truncated_weight_file_is_one_error_line(tmp_path, books_dir, paper_models):
-    folder = shutil.copytree(paper_models["llama-3.1-8b-instruct"], tmp_path / "llama31")
-    shard = folder / "model-00003-of-00004.safetensors"
+@pytest.mark.slow  # a CLI start (~5 s); tests/models/test_loading_errors.py covers the checks in-process
+def test_a_truncated_draft_beside_a_good_target_is_one_error_line_before_any_weights(tmp_path, books_dir,
+                                                                                    paper_models):
+    """The draft's weight files are checked with the target's: a cut llama-68m beside an intact
+    Yarn-Llama-2 target is reported before any weight file of either is read."""
+    from tests.app.helpers import assert_one_error_before_any_weights
+
+    draft = shutil.copytree(paper_models["llama-68m"], tmp_path / "llama-68m")
+    shard = draft / "pytorch_model.bin"
     shard.write_bytes(shard.read_bytes()[:1000])
-    proc = run_cli(overrides(books_dir, f"model.name={folder}", "draft=self", f"hydra.run.dir={tmp_path / 'run'}"),
-                   tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"error: weight file {shard} is truncated")
-    assert lines[0].endswith(f"download it again: `hf download OWNER/NAME {shard.name} --local-dir {folder}`")
+    proc = run_cli(overrides(books_dir, f"model.name={paper_models['yarn-llama-2-7b-128k']}", "draft=llama-68m",
+                             f"draft.name={draft}", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path, watch_weights=True)
+    line = assert_one_error_before_any_weights(proc, f"draft.name={draft}: weight file {shard} is truncated")
+    # a local folder: no made-up repo id in the command
+    assert line.endswith(f"`hf download <its Hugging Face id> {shard.name} --local-dir {draft}`")
 
 
 def test_a_draft_of_another_vocabulary_is_refused_before_any_weights_load(books_dir, paper_models):

@@ -103,3 +103,54 @@ def test_narrativeqa_config_is_the_references_lwm_set():
     assert cfg["split"] == "train" and cfg["text_start"] == 3 and cfg["num_samples"] == 20
     assert cfg["rows"] == [0, 50, 300, 800, 950, 1100, 2150, 2450, 2550, 2750, 3350, 3400, 3600, 3900, 4000, 4100,
                            4200, 4400, 4500, 4550]
+
+
+# -- local files: one file is the split asked for ---------------------------------------------------
+
+@pytest.mark.parametrize("files", ["one", "list"])
+def test_one_local_file_or_a_list_is_the_split_asked_for(pg19_file, files):
+    """datasets names a bare file (or list) `train`; the run asks for `test` (pg19.yaml's split)."""
+    data_files = str(pg19_file) if files == "one" else [str(pg19_file)]
+    samples = load_samples(pg19_cfg(pg19_file, data_files=data_files, num_samples=3), ByteTokenizer())
+    assert [s.title for s in samples] == ["Book 0", "Book 1", "Book 2"]
+
+
+def test_a_mapping_without_the_split_asked_for_is_one_error_about_local_files(pg19_file):
+    with pytest.raises(AssetError, match=r"could not load dataset 'parquet' split 'test' \(ValueError: .*\); "
+                                         r"check dataset.path, dataset.data_files and dataset.split$"):
+        load_samples(pg19_cfg(pg19_file, data_files={"train": str(pg19_file)}), ByteTokenizer())
+
+
+def readme_command(start: str) -> list[str]:
+    """The README's command line that begins with `start`, as the words a shell passes on."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    found = [line.strip() for line in readme.splitlines() if line.strip().startswith(start)]
+    assert len(found) == 1, f"README.md has {len(found)} lines starting with {start!r}"
+    return shlex.split(found[0])
+
+
+def test_the_readme_local_parquet_command_runs(tmp_path, pg19_file):
+    """The README's command for local PG-19 files, word for word, on a parquet file of that name in the
+    working folder; appended settings only make it seconds-long (the tiny model, 2 short prompts)."""
+    import shutil
+
+    from tests.app.helpers import last_json, messages, run_cli
+
+    command = readme_command("triforce dataset=pg19 dataset.path=parquet")
+    assert command[0] == "triforce"
+    data_file = next(w.split("=", 1)[1] for w in command if w.startswith("dataset.data_files="))
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(pg19_file, work / data_file)
+    run_dir = work / "run"
+    proc = run_cli([*command[1:], "model=tiny", "draft=self", "method.budget=32", "dataset.prefill=128",
+                    "dataset.num_samples=2", "max_new_tokens=4", "logger=none", f"hydra.run.dir={run_dir}"], work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert messages(proc.stderr) == []
+    summary = last_json(proc.stdout)
+    assert summary["status"] == "ok" and summary["num_samples"] == 2
+    samples = pd.read_parquet(run_dir / "samples.parquet")
+    assert list(samples["title"]) == ["Book 0", "Book 1"]

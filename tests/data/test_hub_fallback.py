@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.app.helpers import compose
+from triforce.data import hub as hub_module
 from triforce.data.hub import PARQUET_REVISION
 from triforce.data.sources import load_samples
 from triforce.data.tokenizers import ByteTokenizer
@@ -62,6 +63,7 @@ def hub(monkeypatch, export_file):
                                                        "on the Hub.")
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(hub_module, "hub_unreachable", lambda: None)  # this stub hub answers
     return state
 
 
@@ -107,6 +109,7 @@ def test_a_stream_that_breaks_midway_is_one_error(monkeypatch):
         raise ConnectionError("Connection reset by peer")
 
     monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: rows())
+    monkeypatch.setattr(hub_module, "hub_unreachable", lambda: None)
     with pytest.raises(AssetError, match=r"reading dataset 'emozilla/pg19' split 'test' failed midway "
                                          r"\(ConnectionError: Connection reset by peer\)"):
         load_samples({**deepmind_cfg(), "path": "emozilla/pg19"}, ByteTokenizer())
@@ -128,3 +131,89 @@ def test_datasets_lower_bound_is_the_release_the_fallback_is_tested_against():
     from importlib.metadata import requires
 
     assert "datasets>=2.20" in requires("triforce")
+
+
+# -- the hub out of reach: asked once, quickly; offline from the cache, or one line naming local files --
+
+@pytest.fixture
+def probe(monkeypatch):
+    """hub_unreachable() asked afresh, against `endpoint`; records the requests it makes."""
+    import huggingface_hub.utils
+    from huggingface_hub import constants
+
+    requests = []
+    session = huggingface_hub.utils.get_session()
+
+    class Counting:
+        def head(self, url, **kw):
+            requests.append(url)
+            return session.head(url, **kw)
+
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", lambda: Counting())
+    hub_module.hub_unreachable.cache_clear()
+
+    def ask(endpoint: str):
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        return hub_module.hub_unreachable()
+
+    yield ask, requests
+    hub_module.hub_unreachable.cache_clear()
+
+
+def test_an_unreachable_hub_is_found_with_one_request(probe):
+    ask, requests = probe
+    why = ask("http://127.0.0.1:9")  # nothing listens on the discard port: refused at once
+    assert why.startswith("http://127.0.0.1:9: ConnectError: ") and "\n" not in why
+    assert ask("http://127.0.0.1:9") == why and requests == ["http://127.0.0.1:9"]  # asked once per process
+
+
+def test_offline_mode_is_the_answer_without_a_request(probe, monkeypatch):
+    import datasets
+
+    ask, requests = probe
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    assert "offline mode is on" in ask("http://127.0.0.1:9") and requests == []
+
+
+@pytest.mark.parametrize("dataset,repo,split", [("pg19", "emozilla/pg19", "test"),
+                                               ("narrativeqa", "deepmind/narrativeqa", "train")])
+def test_unreachable_hub_reads_the_cache_offline_then_names_local_files(monkeypatch, dataset, repo, split):
+    """Out of reach, a hub id is loaded once, in offline mode and not streamed (a cached split
+    loads; a stream would need the hub); not cached, one line names the local-files form."""
+    import datasets
+    from huggingface_hub import constants
+    from omegaconf import OmegaConf
+
+    calls = []
+
+    def load_dataset(path, **kw):
+        calls.append((path, kw["split"], kw["streaming"], datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE))
+        raise FileNotFoundError(f"Dataset {path} is not cached")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(hub_module, "hub_unreachable", lambda: "https://huggingface.co: ConnectError: refused")
+    offline_before = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE)
+    cfg = OmegaConf.to_container(compose(f"dataset={dataset}"), resolve=True)["dataset"]
+    with pytest.raises(AssetError) as e:
+        load_samples(cfg, ByteTokenizer())
+    assert calls == [(repo, split, False, True, True)]
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == offline_before  # restored
+    assert str(e.value) == (
+        f"dataset.path={repo} is on the Hugging Face hub, which is not reachable from here (https://huggingface.co: "
+        f"ConnectError: refused), and its split '{split}' is not in the local cache; download it where the hub is "
+        "reachable and pass the files: dataset.path=parquet dataset.data_files=<file.parquet> (one file is the split "
+        "asked for; json files work the same with dataset.path=json); or use dataset=gutenberg (offline)")
+
+
+def test_cli_with_the_hub_out_of_reach_is_one_line_naming_local_files(tmp_path, smollm2_dir):
+    """dataset=pg19 as a new user runs it without network (the hub's address refusing connections, an
+    empty cache): one `error:` line at once, no retry warnings, no weights read."""
+    from tests.app.helpers import assert_one_error_before_any_weights, run_cli
+
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    proc = run_cli(["dataset=pg19", "dataset.prefill=128", "method.budget=32", "logger=none",
+                    f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, env=env, watch_weights=True)
+    line = assert_one_error_before_any_weights(
+        proc, "dataset.path=emozilla/pg19 is on the Hugging Face hub, which is not reachable from here "
+              "(http://127.0.0.1:9: ConnectError: ")
+    assert "dataset.path=parquet dataset.data_files=<file.parquet>" in line

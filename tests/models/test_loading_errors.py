@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -239,10 +240,13 @@ def test_truncated_weight_file_is_named_before_any_is_read(checkpoint_copy, monk
     assert folder / shard in reads  # intact: every file is read
     reads.clear()
     cut(folder / shard)
-    with pytest.raises(CorruptCheckpointError, match=rf"weight file {folder / shard} is truncated.*download it again: "
-                                                     rf"`hf download OWNER/NAME {shard} --local-dir {folder}`"):
+    with pytest.raises(CorruptCheckpointError) as e:
         read_state_dict(folder)
     assert reads == []  # the broken last shard is found before the first one is read
+    # a folder of its own: the command names what to fill in, not a made-up repo id
+    assert re.fullmatch(rf"weight file {re.escape(str(folder / shard))} is truncated.*; download it again from the "
+                        rf"repository this folder was downloaded from: `hf download <its Hugging Face id> {shard} "
+                        rf"--local-dir {re.escape(str(folder))}`", str(e.value))
 
 
 @pytest.mark.parametrize("content,pattern", [
@@ -286,3 +290,26 @@ def test_a_checkpoint_in_the_hub_cache_names_its_repo(tmp_path, paper_models):
     with pytest.raises(CorruptCheckpointError, match="`hf download LargeWorldModel/LWM-Text-128K "
                                                      "pytorch_model-00001-of-00002.bin --local-dir "):
         read_state_dict(folder)
+
+
+def test_a_broken_draft_is_found_with_the_targets_files_before_either_loads(tmp_path, paper_models, monkeypatch):
+    """assemble.engine_kwargs checks both checkpoints' files before reading any: a truncated draft
+    beside a good target is one error naming draft.name, and no weight file has been read."""
+    import shutil
+
+    from triforce.config import RunConfig
+    from triforce.errors import CorruptCheckpointError
+    from triforce.assemble import engine_kwargs
+    from triforce.models import loading
+
+    draft = Path(shutil.copytree(paper_models["llama-68m"], tmp_path / "llama-68m"))
+    cut(draft / "pytorch_model.bin")
+    target = paper_models["yarn-llama-2-7b-128k"]
+    reads = []
+    monkeypatch.setattr(loading, "read_weight_file", lambda f: reads.append(f) or {})
+    run = RunConfig.parse({"model": {"name": str(target)}, "draft": {"name": str(draft)},
+                           "method": {"name": "triforce", "budget": 32}, "dataset": {}, "logger": {}})
+    with pytest.raises(CorruptCheckpointError, match=rf"^draft.name={draft}: weight file {draft / 'pytorch_model.bin'} "
+                                                     "is truncated"):
+        engine_kwargs(run.engine_sections())
+    assert reads == []

@@ -1,5 +1,7 @@
 """Settings that run but do not do what their names promise, said as `warning: ...` lines on
-stderr before any weights load (a refusal would stop sweeps and tests that use them on purpose)."""
+stderr before any weights load (a refusal would stop sweeps and tests that use them on purpose):
+offloading on a CPU, a budget as large as the prompt, fewer prompts than num_samples or batch_size
+asks for."""
 
 from __future__ import annotations
 
@@ -32,6 +34,30 @@ def budget_warning(method: MethodConfig, prompt_lengths: Sequence[int]) -> str |
             "length, or method.budget=null method.budget_fraction=0.125")
 
 
+def samples_warning(dataset: Mapping, prompts: int) -> str | None:
+    """Fewer prompts than dataset.num_samples asks for (a small local file, a short book folder): the
+    run's tables would otherwise look like the set asked for."""
+    wanted = dataset.get("num_samples")
+    if wanted is None or prompts >= wanted:
+        return None
+    return (f"dataset.num_samples={wanted} but dataset {dataset.get('name')!r} gives only {prompts} prompt(s): the "
+            f"run uses those {prompts}; set dataset.num_samples={prompts} (or null: all there are) to ask for what is "
+            "there")
+
+
+def batch_warning(hardware: Mapping, prompts: int) -> str | None:
+    """A batch larger than the prompts: the batch that runs is smaller than the one asked for, and so
+    are its throughput and memory."""
+    size = hardware.get("batch_size") or 1
+    if size <= prompts:
+        return None
+    return (f"hardware.batch_size={size} but the run has only {prompts} prompt(s): they run as one batch of "
+            f"{prompts}, and its throughput is that of a batch of {prompts}; lower hardware.batch_size to {prompts}, "
+            "or give the run more prompts (dataset.num_samples)")
+
+
 def run_warnings(values: Mapping, method: MethodConfig, prompt_lengths: Sequence[int]) -> list[str]:
-    found = (offload_warning(values.get("hardware") or {}), budget_warning(method, prompt_lengths))
+    hardware, n = values.get("hardware") or {}, len(prompt_lengths)
+    found = (offload_warning(hardware), budget_warning(method, prompt_lengths),
+             samples_warning(values.get("dataset") or {}, n), batch_warning(hardware, n))
     return [w for w in found if w]

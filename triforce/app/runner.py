@@ -141,13 +141,18 @@ def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker:
 
 
 def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch) -> pd.DataFrame:
+    from triforce.app.validate import model_config
     from triforce.data.sources import load_samples
-    from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name
+    from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name, with_model_bos
 
     run = plan.run
     model, dataset = values["model"], values["dataset"]
     max_new = run.max_new_tokens
     tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.get("tokenizer")))
+    target = model_config(model)  # config.json only (None: a hub id not downloaded yet)
+    tokenizer, bos_warning = with_model_bos(tokenizer, target and target.bos_token_id, tokenizer_name(model))
+    if bos_warning:
+        print(f"warning: {bos_warning}", file=sys.stderr, flush=True)
     samples = load_samples(dataset, tokenizer)
     if plan.max_context is not None:
         for s in samples:
@@ -186,46 +191,49 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watc
     rows, rounds = [], []
     # the per-prompt bar stays on off a terminal (a batch log then shows a line per prompt);
     # hardware.progress=false turns it off with the others
-    bar = tqdm(total=len(samples), desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True,
-               disable=not run.hardware.progress)
-    for k, batch in enumerate(batches):
-        first = k * size
-        seed = run.seed + first  # a batch of one: sample i's seed is seed + i, as always
-        tag = f"#{first}" if size == 1 else f"batch #{k}"
-        outs, batch_metrics = generate(engine, batch, seed, f"{plan.method.name} {tag}")
-        bases = None
-        if baseline is not None:
-            bases = (outs, batch_metrics) if same_method else generate(baseline, batch, seed, f"autoregressive {tag}")
-        for j, (sample, out) in enumerate(zip(batch, outs)):
-            i = first + j
-            row = {"sample": i, "sample_id": sample.id, "title": sample.title,
-                   "prompt_tokens": len(sample.prompt_ids), "seed": seed, "load_s": load_s, "batch": k,
-                   "batch_size": len(batch), **out.metrics, "throughput": batch_metrics["throughput"]}
-            if bases is not None:
-                base, base_batch = bases[0][j], bases[1]
-                row.update({f"baseline_{key}": v for key, v in base.metrics.items()
-                            if key in ("prefill_s", "ms_per_token", "tokens_per_s") or key.startswith("time_s/")})
-                row["baseline_throughput"] = base_batch["throughput"]
-                row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]
-                row["throughput_speedup"] = batch_metrics["throughput"] / base_batch["throughput"]
-                if plan.sampling.greedy:
-                    row["baseline_same_tokens"] = float(base.tokens == out.tokens)
-                if run.reference_acceptance and not same_method:
-                    # expected acceptance of each lower level along the baseline's tokens: the target's
-                    # own continuation with this sample's seed, the same in every cell of a sweep
-                    for level, probs in engine.reference_acceptance(sample.prompt_ids, base.tokens).items():
-                        row[f"ref_accept/{level}"] = sum(probs) / len(probs)
-            row["text"] = tokenizer.decode(out.tokens)
-            rows.append(row)
-            rounds.extend({"sample": i, **r} for r in out.rounds)
-            tracker.log_sample(i, row)
-            bar.update(1)
-            bar.set_postfix(ms_per_token=f"{out.metrics['ms_per_token']:.1f}",
-                            **({"tokens_per_s": f"{batch_metrics['throughput']:.1f}"} if size > 1 else {}),
-                            **({"speedup": f"{row['speedup']:.2f}"} if "speedup" in row else {}))
-            if i == 0 and run.print_text:
-                tqdm.write(f"--- generated text, sample 0 ({sample.title}) ---\n{row['text']}\n---", file=sys.stdout)
-    bar.close()
+    # closed however the loop ends: after a Ctrl-C its line ends before the error line, which would
+    # otherwise land on the bar's line where stderr is not a terminal
+    with tqdm(total=len(samples), desc=f"{plan.method.name}", unit="prompt", dynamic_ncols=True,
+               disable=not run.hardware.progress) as bar:
+        for k, batch in enumerate(batches):
+            first = k * size
+            seed = run.seed + first  # a batch of one: sample i's seed is seed + i, as always
+            tag = f"#{first}" if size == 1 else f"batch #{k}"
+            outs, batch_metrics = generate(engine, batch, seed, f"{plan.method.name} {tag}")
+            bases = None
+            if baseline is not None:
+                bases = (outs, batch_metrics) if same_method else generate(baseline, batch, seed,
+                                                                           f"autoregressive {tag}")
+            for j, (sample, out) in enumerate(zip(batch, outs)):
+                i = first + j
+                row = {"sample": i, "sample_id": sample.id, "title": sample.title,
+                       "prompt_tokens": len(sample.prompt_ids), "seed": seed, "load_s": load_s, "batch": k,
+                       "batch_size": len(batch), **out.metrics, "throughput": batch_metrics["throughput"]}
+                if bases is not None:
+                    base, base_batch = bases[0][j], bases[1]
+                    row.update({f"baseline_{key}": v for key, v in base.metrics.items()
+                                if key in ("prefill_s", "ms_per_token", "tokens_per_s") or key.startswith("time_s/")})
+                    row["baseline_throughput"] = base_batch["throughput"]
+                    row["speedup"] = base.metrics["ms_per_token"] / out.metrics["ms_per_token"]
+                    row["throughput_speedup"] = batch_metrics["throughput"] / base_batch["throughput"]
+                    if plan.sampling.greedy:
+                        row["baseline_same_tokens"] = float(base.tokens == out.tokens)
+                    if run.reference_acceptance and not same_method:
+                        # expected acceptance of each lower level along the baseline's tokens: the target's
+                        # own continuation with this sample's seed, the same in every cell of a sweep
+                        for level, probs in engine.reference_acceptance(sample.prompt_ids, base.tokens).items():
+                            row[f"ref_accept/{level}"] = sum(probs) / len(probs)
+                row["text"] = tokenizer.decode(out.tokens)
+                rows.append(row)
+                rounds.extend({"sample": i, **r} for r in out.rounds)
+                tracker.log_sample(i, row)
+                bar.update(1)
+                bar.set_postfix(ms_per_token=f"{out.metrics['ms_per_token']:.1f}",
+                                **({"tokens_per_s": f"{batch_metrics['throughput']:.1f}"} if size > 1 else {}),
+                                **({"speedup": f"{row['speedup']:.2f}"} if "speedup" in row else {}))
+                if i == 0 and run.print_text:
+                    tqdm.write(f"--- generated text, sample 0 ({sample.title}) ---\n{row['text']}\n---",
+                               file=sys.stdout)
 
     frame = pd.DataFrame(rows)
     frame.attrs["kernel_policy"] = {**engine.policy.describe(),

@@ -68,13 +68,21 @@ def check_hardware(run: RunConfig, *, environment: bool) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"hardware={hw.name} uses device {hw.device!r} but no CUDA device is available; "
-                              "use hardware=cpu")
+            raise ConfigError(no_cuda_message(hw))
     if hw.kernels:  # the kernel policy's overrides: their names and values checked now, resolved by the engine
         from triforce.kernels.policy import KernelPolicy
 
         # kernels=true on a CPU needs Triton's interpreter in this environment: asked only of a run's
         KernelPolicy.check_overrides("cuda" if hw.cuda or not environment else "cpu", hw.kernels)
+
+
+def no_cuda_message(hw) -> str:
+    """A CUDA device asked for where there is none: the setting to change is the one that asked."""
+    if hw.name == "cpu":  # the CPU profile with its device overridden: hardware.device is the culprit
+        return (f"hardware.device={hw.device} needs a CUDA device and none is available here; set "
+                "hardware.device=cpu (or leave it out: hardware=cpu runs on the CPU)")
+    return (f"hardware={hw.name} runs on device {hw.device!r} and no CUDA device is available here; use "
+            "hardware=cpu on this machine")
 
 
 def check_models(model: Mapping, draft: Mapping, method: MethodConfig) -> None:

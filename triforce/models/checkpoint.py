@@ -21,10 +21,14 @@ from triforce.models.tokenizer import LFS_POINTER
 
 
 def _redownload(path: Path) -> str:
-    """How to fetch that one file again (the repo id is known when the folder is in the hub cache)."""
+    """How to fetch that one file again: the repo id is known when the folder is in the hub cache;
+    a folder of its own says nothing of where it came from, so the command names what to fill in."""
     folder = path.parent
     repo = next((p[len("models--"):].replace("--", "/", 1) for p in reversed(folder.parts)
-                 if p.startswith("models--")), "OWNER/NAME")
+                 if p.startswith("models--")), None)
+    if repo is None:
+        return (f"download it again from the repository this folder was downloaded from: "
+                f"`hf download <its Hugging Face id> {path.name} --local-dir {folder}`")
     return f"download it again: `hf download {repo} {path.name} --local-dir {folder}`"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from triforce.attention import AttentionFn, sdpa_attention
+from triforce.config import DTYPE_NAMES
 from triforce.errors import ConfigError, ModelNotFoundError
 from triforce.models.checkpoint import check_weight_file, read_weight_file
 from triforce.models.config import ModelConfig
@@ -26,8 +27,7 @@ from triforce.models.rope import RotaryEmbedding
 # Short names for the offline default, resolved through the asset cache.
 LOCAL_ALIASES = {"smollm2-135m": "smollm2"}
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 
 
 def parse_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
@@ -149,7 +149,10 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return []
 
 
-def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+def checked_weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's weight files, each present and whole as far as a cheap look tells (headers,
+    sizes, a zip directory), none of them read: a broken last shard costs no minutes of reading, and
+    the app checks the draft's files with the target's before either loads (assemble.py)."""
     files = _weight_files(model_dir)
     if not files:
         raise ModelNotFoundError(f"no weights (*.safetensors or pytorch_model*.bin) in {model_dir}; "
@@ -158,10 +161,14 @@ def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     if missing:
         raise ModelNotFoundError(f"{model_dir} is missing weight shards {missing}; the download is "
                                  "incomplete: download the checkpoint again")
-    for f in files:  # cheap, before reading any: a broken last shard costs no minutes of reading
-        check_weight_file(f)
-    state: dict[str, torch.Tensor] = {}
     for f in files:
+        check_weight_file(f)
+    return files
+
+
+def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for f in checked_weight_files(model_dir):
         state.update(read_weight_file(f))
     return state
 
