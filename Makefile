@@ -11,10 +11,10 @@ demo: setup
 	$(VENV)/bin/triforce
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -27,7 +27,7 @@ import torch
 from triforce.data.gutenberg import load_books
 from triforce.config import MethodConfig
 from triforce.engine import Engine
-from triforce.models.loading import load_model, load_tokenizer
+from triforce.models import load_model, load_tokenizer
 from triforce.report import markdown_table
 
 DEFAULT_BOOKS = ["paradise_lost_(no_introduction)_gut", "hamlet_gut", "poetical_works_gut", "comus_gut"]

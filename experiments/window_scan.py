@@ -25,7 +25,7 @@ from triforce.cache.retrieval import RetrievalCache
 from triforce.cache.static import StaticKVCache
 from triforce.data.gutenberg import load_books
 from triforce.config import MethodConfig
-from triforce.models.loading import load_model, load_tokenizer
+from triforce.models import load_model, load_tokenizer
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams, probabilities
 

@@ -45,11 +45,11 @@ def test_an_early_stop_still_closes_the_bar():
 
 
 def test_bars_only_on_a_terminal_unless_forced_or_turned_off():
-    assert enabled({"progress": True}, stdout=Terminal(), environ={})
-    assert not enabled({"progress": True}, stdout=io.StringIO(), environ={})
-    assert enabled({"progress": True}, stdout=io.StringIO(), environ={"TRIFORCE_PROGRESS": "1"})
-    assert not enabled({"progress": False}, stdout=Terminal(), environ={"TRIFORCE_PROGRESS": "1"})
-    assert enabled({}, stdout=Terminal(), environ={})  # configs without the key keep the default
+    assert enabled(True, stdout=Terminal(), environ={})
+    assert not enabled(True, stdout=io.StringIO(), environ={})
+    assert enabled(True, stdout=io.StringIO(), environ={"TRIFORCE_PROGRESS": "1"})
+    assert not enabled(False, stdout=Terminal(), environ={"TRIFORCE_PROGRESS": "1"})
+    assert enabled(stdout=Terminal(), environ={})  # the default: on, on a terminal
 
 
 class Recorder:

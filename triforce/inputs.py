@@ -90,12 +90,18 @@ class Rope:
 def rotary_tables(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of shape positions.shape + (head_dim,): float32 angles, then cast to `dtype`."""
-    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(positions.device)
+    if positions.dtype != torch.float32:
+        positions = positions.to(torch.float32)
+    if inv_freq.device != positions.device:
+        inv_freq = inv_freq.to(positions.device)
+    freqs = positions[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     cos, sin = emb.cos(), emb.sin()
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale
-    return cos.to(dtype), sin.to(dtype)
+    if dtype != torch.float32:
+        cos, sin = cos.to(dtype), sin.to(dtype)
+    return cos, sin
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,12 @@ class GenerationProgress(Protocol):
         """Called when decoding starts (0 new tokens) and after each top-level step."""
 
 
-def enabled(hardware: Mapping, *, stdout: TextIO | None = None, environ: Mapping[str, str] | None = None) -> bool:
-    """Bars are on when `hardware.progress` is true (the default) and stdout is a terminal: in a
-    pipe or a batch log, carriage-return redraws are noise. TRIFORCE_PROGRESS=1 forces them on."""
-    if not hardware.get("progress", True):
+def enabled(requested: bool = True, *, stdout: TextIO | None = None,
+            environ: Mapping[str, str] | None = None) -> bool:
+    """Bars are on when they are `requested` (hardware.progress, true by default) and stdout is a
+    terminal: in a pipe or a batch log, carriage-return redraws are noise. TRIFORCE_PROGRESS=1
+    forces them on."""
+    if not requested:
         return False
     environ = os.environ if environ is None else environ
     if environ.get(FORCE_ENV) == "1":

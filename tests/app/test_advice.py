@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from triforce.app.advice import batch_warning, budget_warning, offload_warning, run_warnings, samples_warning
-from triforce.engine import MethodConfig
+from triforce.config import HardwareConfig, MethodConfig, RunConfig
 
 
 def test_offload_on_a_cpu_is_said():
-    assert offload_warning({"device": "cpu", "offload": True}).startswith(
+    assert offload_warning(HardwareConfig(device="cpu", offload=True)).startswith(
         "hardware.offload=true on device cpu: the KV cache is in host memory already")
-    assert offload_warning({"device": "cpu", "offload": False}) is None
-    assert offload_warning({"device": "cuda", "offload": True}) is None
+    assert offload_warning(HardwareConfig(device="cpu", offload=False)) is None
+    assert offload_warning(HardwareConfig(device="cuda", offload=True)) is None
 
 
 def test_a_budget_as_large_as_the_prompt_is_said():
@@ -47,9 +47,13 @@ def test_a_run_prints_them_as_warning_lines_before_the_weights_load(tmp_path, bo
 
 
 def test_run_warnings_collects_both():
-    method = MethodConfig(name="triforce", budget=64, chunk_size=8)
-    assert run_warnings({"hardware": {"device": "cpu"}}, method, [256]) == []
-    assert len(run_warnings({"hardware": {"device": "cpu", "offload": True}}, method, [32])) == 2
+    def run(**hardware) -> RunConfig:
+        return RunConfig.parse({"model": {"name": "tiny-random"}, "draft": {"name": "self"},
+                                "method": {"name": "triforce", "budget": 64, "chunk_size": 8},
+                                "hardware": {"device": "cpu", **hardware}, "dataset": {"prefill": 256}})
+
+    assert run_warnings(run(), [256]) == []
+    assert len(run_warnings(run(offload=True), [32])) == 2
 
 
 def test_fewer_prompts_than_num_samples_or_batch_size_is_said():
@@ -58,10 +62,10 @@ def test_fewer_prompts_than_num_samples_or_batch_size_is_said():
         "dataset.num_samples=3 (or null: all there are) to ask for what is there")
     assert samples_warning({"name": "pg19", "num_samples": 3}, 3) is None
     assert samples_warning({"name": "pg19_full", "num_samples": None}, 3) is None  # null: all, however many
-    assert batch_warning({"batch_size": 8}, 3).startswith(
+    assert batch_warning(HardwareConfig(batch_size=8), 3).startswith(
         "hardware.batch_size=8 but the run has only 3 prompt(s): they run as one batch of 3")
-    assert batch_warning({"batch_size": 4}, 5) is None  # a smaller last batch is how batches go
-    assert batch_warning({}, 1) is None
+    assert batch_warning(HardwareConfig(batch_size=4), 5) is None  # a smaller last batch is how batches go
+    assert batch_warning(HardwareConfig(), 1) is None
 
 
 def test_cli_shortfalls_are_warning_lines_and_the_run_goes_on(tmp_path, books_dir):

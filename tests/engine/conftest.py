@@ -67,7 +67,7 @@ def smollm2(smollm2_dir):
 def gutenberg_prompt(smollm2_dir, gutenberg_dir) -> list[int]:
     """603 tokens of Hamlet (not a multiple of 8 or 16)."""
     from triforce.data.gutenberg import load_books
-    from triforce.models.loading import load_tokenizer
+    from triforce.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(smollm2_dir))
     book = load_books(gutenberg_dir, names=["hamlet_gut"])[0]

@@ -20,8 +20,10 @@ each top-level step that leaves tokens to generate. The same test must FAIL on d
 (`biased_levels`: resample from p̂ / p instead of the residual at one level, the bug of the
 published reference code) — and does, with p-values below 1e-12 from only N_BIASED runs.
 
-Runtime: ~2-5 ms per generate on one CPU core; the runs are spread over worker processes (one
-per available core, at most 4).
+Runtime: ~4-20 ms per generate on one CPU core (a batch of two with rebuilds after every step the
+most); the prompts' top-level prefill is made once per process (the engine's prefill memo). Under
+pytest-xdist (`make test`) the cases are spread over the cores; run alone, a case's runs are spread
+over worker processes (one per available core, at most 4).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tests.engine.conftest import random_model
 from triforce.cache.retrieval import RetrievalCache
 from triforce.config import MethodConfig
 from triforce.engine import Engine, EngineOptions
+from triforce.prefill_memo import PrefillMemo
 from triforce.sampling import SamplingParams, probabilities
 
 VOCAB = 5
@@ -51,7 +54,7 @@ PROMPT_LEN = 32
 NEW = 3
 N_EXACT = 10_000  # runs of each method's own path
 N_VARIANT = 5_000  # runs of a variant path (executor, offload, middle cache, batch) of one already run
-N_BIASED = 2_000
+N_BIASED = 1_000  # runs of a deliberately biased variant: rejected at p < 1e-19 (retrieval_spec's top: 2,000)
 METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16)
 # the hybrid middle cache: sink chunk (2) + 2 retrieved chunks (4) + recent window of 5 (of 31 tokens)
 HYBRID = (("middle_cache", "hybrid"), ("chunk_size", 2), ("recent", 0.5), ("recent_min", 0))
@@ -183,10 +186,19 @@ def compare(counts: dict, exact: dict, n: int) -> Outcome:
 
 # -- running the engine over many seeds ----------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def prefills() -> PrefillMemo:
+    """The prompts' top-level prefill, made once per process and restored bit for bit for every
+    seed (the engine's prefill memo: the prefill draws no random numbers, so every seed's would be
+    the same)."""
+    return PrefillMemo(max_bytes=1 << 24)
+
+
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup()
     return Engine(target, draft, dict(METHOD, name=case.method, **dict(case.options)), SAMPLINGS[case.sampling],
-                  {"executor": case.executor, "offload": case.offload}, EngineOptions(biased_levels=case.biased))
+                  {"executor": case.executor, "offload": case.offload},
+                  EngineOptions(biased_levels=case.biased, prefill_memo=prefills()))
 
 
 def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:
@@ -212,7 +224,8 @@ def available_cores() -> int:
 
 @pytest.fixture(scope="module")
 def pool():
-    workers = min(MAX_WORKERS, available_cores())
+    # under pytest-xdist (`make test`) the cases themselves are spread over the cores: one process each
+    workers = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(MAX_WORKERS, available_cores())
     if workers < 2:
         yield None
         return
@@ -283,19 +296,18 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
     assert greedy.generate(prompt, 1, seed=0).tokens[0] == int(np.argmax(marginal))
 
 
-# Each case costs ~runs x 5-9 ms of CPU: a path is sampled once, under the sampling that stresses
+# Each case costs ~runs x 5-15 ms of CPU: a path is sampled once, under the sampling that stresses
 # it (t0.6 / top-p 0.9 zeroes tokens, so residuals meet zero rows; t1 is the plain law). The three
-# methods, TriForce at both samplings, N_EXACT runs each; the variants of those paths (the static
-# executor, the offloaded full cache, the hybrid middle under each rebuild policy, batches) N_VARIANT
-# runs each: a variant that broke exactness would change the law as grossly as the biased variants
-# below do, which N_BIASED (< N_VARIANT) runs reject with p < 1e-12.
-EXACT_CASES = [Case("spec", "t0.6-p0.9"), Case("retrieval_spec", "t1")]
-EXACT_CASES += [Case("triforce", s) for s in SAMPLINGS]
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", runs=N_VARIANT),
-                Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=N_VARIANT)]
+# methods N_EXACT runs each (TriForce at t0.6 / top-p 0.9; its t1 law is sampled by the t1 variants
+# below); the variants of those paths N_VARIANT runs each: a variant that broke exactness would change
+# the law as grossly as the biased variants below do, which N_BIASED (< N_VARIANT) runs reject with
+# p < 1e-12. Every path once: the static executor (its draft and middle levels) with the offloaded
+# full cache, and at t1 with the hybrid middle under on_low_acceptance rebuilds and in a batch; the
+# hybrid middle under each rebuild policy (`never` is the initial selection every policy makes).
+EXACT_CASES = [Case("spec", "t0.6-p0.9"), Case("retrieval_spec", "t1"), Case("triforce", "t0.6-p0.9")]
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=N_VARIANT)]
 # the hybrid middle cache under each rebuild policy
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=HYBRID + REBUILDS["never"], runs=N_VARIANT),
-                Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=N_VARIANT),
+EXACT_CASES += [Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=N_VARIANT),
                 Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"], runs=N_VARIANT)]
 # batches of two ragged prompts (docs/DESIGN.md §3): each sequence's tokens are distributed exactly as
 # plain sampling of its own prompt, and the two are independent
@@ -329,16 +341,17 @@ def test_engine_samples_the_exact_distribution(pool, case):
 
 
 BIASED_CASES = [
-    Case("triforce", "t1", ("middle",)),
-    Case("triforce", "t0.6-p0.9", ("middle",)),
-    Case("spec", "t1", ("top",)),
-    Case("spec", "t0.6-p0.9", ("top",)),
+    Case("triforce", "t1", ("middle",), runs=N_BIASED),
+    Case("triforce", "t0.6-p0.9", ("middle",), runs=N_BIASED),
+    Case("spec", "t1", ("top",), runs=N_BIASED),
+    Case("spec", "t0.6-p0.9", ("top",), runs=N_BIASED),
     # at t=1 the retrieval middle is too close to the target (TV 0.04 over 3 tokens) for the
-    # top-level bias to show with few runs; at t=0.6 / top-p 0.9 it is far enough
-    Case("retrieval_spec", "t0.6-p0.9", ("top",)),
-    Case("triforce", "t0.6-p0.9", ("middle",), executor="static"),
-    Case("triforce", "t0.6-p0.9", ("middle",), options=HYBRID + REBUILDS["every_n"]),
-    Case("triforce", "t0.6-p0.9", ("middle",), batch=2),
+    # top-level bias to show with few runs; at t=0.6 / top-p 0.9 it is far enough (p ~ 1e-11 after
+    # 1,000 runs: this one takes 2,000)
+    Case("retrieval_spec", "t0.6-p0.9", ("top",), runs=2 * N_BIASED),
+    Case("triforce", "t0.6-p0.9", ("middle",), executor="static", runs=N_BIASED),
+    Case("triforce", "t0.6-p0.9", ("middle",), options=HYBRID + REBUILDS["every_n"], runs=N_BIASED),
+    Case("triforce", "t0.6-p0.9", ("middle",), batch=2, runs=N_BIASED),
 ]
 
 
@@ -348,8 +361,8 @@ def test_biased_variant_is_rejected(pool, case):
     """A test that cannot fail proves nothing: resampling from p̂ (or p) instead of the residual at
     one level must be rejected by the same check — already with N_BIASED < N_VARIANT runs (a smaller
     sample only makes rejection harder), and by a wide margin."""
-    counts, per_call = sample_tokens(pool, case, N_BIASED)
-    outcome = compare(row_counts(counts, 0), exact(case.sampling), N_BIASED)
+    counts, per_call = sample_tokens(pool, case, case.runs)
+    outcome = compare(row_counts(counts, 0), exact(case.sampling), case.runs)
     print(f"\n{case.method} {case.sampling} biased at {case.biased}: {outcome} "
           f"({1000 * per_call:.2f} ms/generate wall)")
     assert not outcome.passed

@@ -13,7 +13,8 @@ import torch
 
 from tests.engine.conftest import greedy_reference, perturbed, random_model
 from triforce.config import MethodConfig
-from triforce.engine import Engine
+from triforce.engine import Engine, EngineOptions
+from triforce.prefill_memo import PrefillMemo
 
 GREEDY = dict(temperature=0.0)
 PROMPT_LEN = 77  # not a multiple of any chunk size used
@@ -222,13 +223,20 @@ def smol_reference(smollm2, gutenberg_prompt):
     return greedy_reference(smollm2, gutenberg_prompt, SMOL_NEW)
 
 
+@pytest.fixture(scope="module")
+def smol_prefills():
+    """One prefill of the prompt for every case (the engine's prefill memo: the full cache restored
+    bit for bit, tests/engine/test_prefill_memo.py), as a sweep over methods keeps it."""
+    return PrefillMemo(max_bytes=1 << 30)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("case", SMOL_CASES, ids=[c[0] for c in SMOL_CASES])
-def test_smollm2_every_method_equals_greedy(smollm2, gutenberg_prompt, smol_reference, case, executor):
+def test_smollm2_every_method_equals_greedy(smollm2, gutenberg_prompt, smol_reference, smol_prefills, case, executor):
     _, method = case
-    result = Engine(smollm2, smollm2, method, GREEDY, {"executor": executor}).generate(gutenberg_prompt, SMOL_NEW,
-                                                                                        seed=0)
+    engine = Engine(smollm2, smollm2, method, GREEDY, {"executor": executor}, EngineOptions(prefill_memo=smol_prefills))
+    result = engine.generate(gutenberg_prompt, SMOL_NEW, seed=0)
     assert result.tokens == smol_reference
     rates = {k: v for k, v in result.metrics.items() if k.startswith("accept_rate/")}
     # budgets far below the prompt and a small draft window: every level must both accept and

@@ -293,13 +293,13 @@ def test_a_checkpoint_in_the_hub_cache_names_its_repo(tmp_path, paper_models):
 
 
 def test_a_broken_draft_is_found_with_the_targets_files_before_either_loads(tmp_path, paper_models, monkeypatch):
-    """assemble.engine_kwargs checks both checkpoints' files before reading any: a truncated draft
+    """assemble.build_engine checks both checkpoints' files before reading any: a truncated draft
     beside a good target is one error naming draft.name, and no weight file has been read."""
     import shutil
 
+    from triforce.assemble import build_engine
     from triforce.config import RunConfig
     from triforce.errors import CorruptCheckpointError
-    from triforce.assemble import engine_kwargs
     from triforce.models import loading
 
     draft = Path(shutil.copytree(paper_models["llama-68m"], tmp_path / "llama-68m"))
@@ -311,5 +311,5 @@ def test_a_broken_draft_is_found_with_the_targets_files_before_either_loads(tmp_
                            "method": {"name": "triforce", "budget": 32}, "dataset": {}, "logger": {}})
     with pytest.raises(CorruptCheckpointError, match=rf"^draft.name={draft}: weight file {draft / 'pytorch_model.bin'} "
                                                      "is truncated"):
-        engine_kwargs(run.engine_sections())
+        build_engine(run.engine)
     assert reads == []

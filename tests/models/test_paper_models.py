@@ -11,7 +11,7 @@ import torch
 from tests.caches import full_cache
 from tests.paper_models import LLAMA2_FAMILY, PAPER_MODELS
 from triforce.errors import ConfigError
-from triforce.models.loading import load_config, load_model, load_tokenizer
+from triforce.models import load_config, load_model, load_tokenizer
 
 TOL = 1e-4
 TEXT = "Who's there? Nay, answer me: stand, and unfold yourself. Long live the king! 1234 " * 4

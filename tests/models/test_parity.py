@@ -116,7 +116,7 @@ def test_smollm2_matches_transformers_on_gutenberg(smollm2_dir, gutenberg_dir):
     from transformers import LlamaForCausalLM
 
     from triforce.data.gutenberg import load_books
-    from triforce.models.loading import load_model, load_tokenizer
+    from triforce.models import load_model, load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     text = load_books(gutenberg_dir, names=["hamlet_gut"])[0].text

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from triforce.engine import MethodConfig
+from triforce.config import HardwareConfig, MethodConfig, RunConfig
 
 
-def offload_warning(hardware: Mapping) -> str | None:
-    device = str(hardware.get("device", "cpu"))
-    if hardware.get("offload") and not device.startswith("cuda"):
+def offload_warning(hardware: HardwareConfig) -> str | None:
+    device = hardware.device
+    if hardware.offload and not hardware.cuda:
         return (f"hardware.offload=true on device {device}: the KV cache is in host memory already, so offloading "
                 "saves nothing there; the offloaded cache still runs (copying between host buffers what a GPU would "
                 "stream over its host link), which tests that path but only adds work; set hardware.offload=false "
@@ -45,10 +45,10 @@ def samples_warning(dataset: Mapping, prompts: int) -> str | None:
             "there")
 
 
-def batch_warning(hardware: Mapping, prompts: int) -> str | None:
+def batch_warning(hardware: HardwareConfig, prompts: int) -> str | None:
     """A batch larger than the prompts: the batch that runs is smaller than the one asked for, and so
     are its throughput and memory."""
-    size = hardware.get("batch_size") or 1
+    size = hardware.batch_size
     if size <= prompts:
         return None
     return (f"hardware.batch_size={size} but the run has only {prompts} prompt(s): they run as one batch of "
@@ -56,8 +56,8 @@ def batch_warning(hardware: Mapping, prompts: int) -> str | None:
             "or give the run more prompts (dataset.num_samples)")
 
 
-def run_warnings(values: Mapping, method: MethodConfig, prompt_lengths: Sequence[int]) -> list[str]:
-    hardware, n = values.get("hardware") or {}, len(prompt_lengths)
-    found = (offload_warning(hardware), budget_warning(method, prompt_lengths),
-             samples_warning(values.get("dataset") or {}, n), batch_warning(hardware, n))
+def run_warnings(run: RunConfig, prompt_lengths: Sequence[int]) -> list[str]:
+    n = len(prompt_lengths)
+    found = (offload_warning(run.hardware), budget_warning(run.method, prompt_lengths),
+             samples_warning(run.dataset, n), batch_warning(run.hardware, n))
     return [w for w in found if w]

@@ -72,24 +72,24 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     tracker: Tracker = NullTracker()
     result = JobResult("failed", {})
-    values: dict = {}
+    values: dict = {}  # the config as composed: what the run's record says was asked for
+    plan: RunPlan | None = None
     frame = None
     try:
         with InterruptWatch() as watch:  # restored when the job's work ends, however it ends
             values = resolve(cfg)
             (ctx.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
-            plan = validate(values)  # before any weights load
+            plan = validate(values)  # parsed once into typed objects, checked before any weights load
             if not is_main_rank():  # tensor parallelism: rank 0 alone logs and writes
-                values = {**values, "logger": {"name": "none"}, "print_text": False,
-                          "hardware": {**(values.get("hardware") or {}), "progress": False}}
                 run = plan.run
                 plan = dataclasses.replace(plan, run=dataclasses.replace(
                     run, logger={"name": "none"}, print_text=False,
                     hardware=dataclasses.replace(run.hardware, progress=False)))
-            tracker = open_tracker(values.get("logger") or {}, config={**values, "overrides": list(ctx.overrides)},
+            run = plan.run
+            tracker = open_tracker(run.logger, config={**values, "overrides": list(ctx.overrides)},
                                    run_dir=ctx.run_dir, name=ctx.name, group=ctx.sweep, job_type=plan.method.name,
-                                   tags=list(values.get("tags") or []))
-            frame = _run(values, plan, ctx, tracker, watch)
+                                   tags=list(run.tags))
+            frame = _run(plan, ctx, tracker, watch)
             watch.check()  # a Ctrl-C that something swallowed: the user still stopped this run
         summary = tables.summarize(frame)
         summary["wall_s"] = time.perf_counter() - started
@@ -107,7 +107,7 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
     finally:
         result.summary = {**result.summary, "status": result.status}
         _finish(values, ctx, result, frame, tracker)
-        engines.release((values.get("hardware") or {}).get("device"))
+        engines.release(plan.run.hardware.device if plan is not None else None)
     return result
 
 
@@ -140,15 +140,15 @@ def _finish(values: Mapping, ctx: JobContext, result: JobResult, frame, tracker:
             log.warning("W&B finish failed: %s", e)
 
 
-def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch) -> pd.DataFrame:
+def _run(plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch) -> pd.DataFrame:
     from triforce.app.validate import model_config
     from triforce.data.sources import load_samples
     from triforce.data.tokenizers import load_text_tokenizer, tokenizer_name, with_model_bos
 
     run = plan.run
-    model, dataset = values["model"], values["dataset"]
+    model, dataset = run.model, run.dataset
     max_new = run.max_new_tokens
-    tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.get("tokenizer")))
+    tokenizer = load_text_tokenizer(tokenizer_name(model), explicit=bool(model.tokenizer))
     target = model_config(model)  # config.json only (None: a hub id not downloaded yet)
     tokenizer, bos_warning = with_model_bos(tokenizer, target and target.bos_token_id, tokenizer_name(model))
     if bos_warning:
@@ -157,14 +157,14 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watc
     if plan.max_context is not None:
         for s in samples:
             check_fits(len(s.prompt_ids), max_new, plan.method, plan.max_context)
-    for warning in advice.run_warnings(values, plan.method, [len(s.prompt_ids) for s in samples]):
+    for warning in advice.run_warnings(run, [len(s.prompt_ids) for s in samples]):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     log.info("%d prompt(s) of %s tokens from %s", len(samples), dataset["prefill"], dataset["name"])
 
     t0 = time.perf_counter()
     engine = engines.build_engine(plan)
     load_s = time.perf_counter() - t0
-    log.info("loaded %s in %.1f s", model["name"], load_s)
+    log.info("loaded %s in %.1f s", model.name, load_s)
     baseline = engines.baseline_of(engine) if run.baseline else None
     same_method = plan.method.name == "autoregressive"
     stop = run.stop_at_eos
@@ -176,7 +176,7 @@ def _run(values: Mapping, plan: RunPlan, ctx: JobContext, tracker: Tracker, watc
             if e is not None:
                 e.generate(warm if size > 1 else warm[0], 4, seed=0, stop_at_eos=False)
 
-    show = progress.enabled(values.get("hardware") or {})  # per-generation bars: a terminal and hardware.progress
+    show = progress.enabled(run.hardware.progress)  # per-generation bars: a terminal and hardware.progress
 
     def watched(desc: str):
         return progress.TokenProgress(desc) if show else contextlib.nullcontext()

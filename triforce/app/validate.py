@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-from triforce.config import MethodConfig, RunConfig, SamplingParams, context_needed
+from triforce.config import DraftSpec, MethodConfig, ModelSpec, RunConfig, SamplingParams, context_needed
 from triforce.data.sources import check_dataset
 from triforce.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from triforce.models import tiny
@@ -43,16 +43,16 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
     run = RunConfig.parse(cfg)
     check_dataset(run.dataset)
     check_hardware(run, environment=environment)
-    check_models(dataclasses.asdict(run.model), dataclasses.asdict(run.draft), run.method)
+    check_models(run)
     check_logger(run.logger)
     prefill = run.dataset["prefill"]
     run.method.for_prompt(prefill)  # a budget fraction of the configured prompt length
-    context = model_context(dataclasses.asdict(run.model), read_files=environment)
+    context = model_context(run.model, read_files=environment)
     if context is not None:
         check_fits(prefill, run.max_new_tokens, run.method, context)
     memory = None
     if environment:
-        check_draft_vocabulary(dataclasses.asdict(run.model), dataclasses.asdict(run.draft), run.method)
+        check_draft_vocabulary(run)
         memory = check_device_memory(run)
     return RunPlan(run, context, memory)
 
@@ -85,22 +85,12 @@ def no_cuda_message(hw) -> str:
             "hardware=cpu on this machine")
 
 
-def check_models(model: Mapping, draft: Mapping, method: MethodConfig) -> None:
-    name = model.get("name")
-    if not name:
-        raise ConfigError("model.name is required: a model config (model=smollm2, tiny, llama2-7b-128k, ...), "
-                          "a local folder or a Hugging Face id owner/name")
-    _check_model_name(name, "model.name")
-    draft_name = draft.get("name")
-    if not method.uses_draft:
-        return
-    if not draft_name:
-        raise ConfigError(f"method={method.name} needs a draft model: set draft=self, draft=llama-68m "
-                          "or draft.name=<model>")
-    if name == tiny.NAME and draft_name != "self":
-        raise ConfigError(f"draft.name={draft_name!r} with the tiny random model: only draft=self is supported")
-    if draft_name != "self":
-        _check_model_name(draft_name, "draft.name")
+def check_models(run: RunConfig) -> None:
+    """The model names exist as something the run can load (the draft rule itself:
+    config.check_draft, run when the RunConfig was made)."""
+    _check_model_name(run.model.name, "model.name")
+    if run.method.uses_draft and not run.draft.is_self:
+        _check_model_name(run.draft.name, "draft.name")
 
 
 def _check_model_name(name: str, key: str) -> None:
@@ -121,14 +111,14 @@ def check_logger(logger: Mapping) -> None:
         raise ConfigError(f"logger.name={logger.get('name')!r}: choose one of {', '.join(LOGGERS)}")
 
 
-def model_config(model: Mapping, *, read_files: bool = True):
-    """The target's ModelConfig (+ rope scaling) from its config.json, never its weights; None
-    when config.json is not available without downloading (a hub id not cached yet)."""
+def model_config(model: ModelSpec, *, read_files: bool = True):
+    """A model's ModelConfig (+ rope scaling) from its config.json, never its weights; None when
+    config.json is not available without downloading (a hub id not cached yet)."""
     from triforce.models.loading import load_config, resolve_model_dir, with_rope_scaling
 
-    name = model["name"]
+    name = model.name
     if name == tiny.NAME:
-        return with_rope_scaling(tiny.tiny_config(model.get("tiny")), model.get("rope_scaling"))
+        return with_rope_scaling(tiny.tiny_config(model.tiny), model.rope_scaling)
     if not read_files:
         return None
     try:
@@ -137,27 +127,34 @@ def model_config(model: Mapping, *, read_files: bool = True):
         if name.count("/") == 1 and not Path(name).expanduser().exists():
             return None
         raise
-    return with_rope_scaling(load_config(model_dir), model.get("rope_scaling"))
+    return with_rope_scaling(load_config(model_dir), model.rope_scaling)
 
 
-def model_context(model: Mapping, *, read_files: bool = True) -> int | None:
+def draft_config(draft: DraftSpec):
+    """The draft's ModelConfig, read as the target's is (None: no separate draft, or not cached)."""
+    if draft.name is None or draft.is_self:
+        return None
+    return model_config(ModelSpec(name=draft.name))
+
+
+def model_context(model: ModelSpec, *, read_files: bool = True) -> int | None:
     """Context length of the target: model.max_context, else its config.json (+ rope scaling)."""
-    if model.get("max_context"):
-        return int(model["max_context"])
+    if model.max_context:
+        return model.max_context
     cfg = model_config(model, read_files=read_files)
     return None if cfg is None else cfg.max_position_embeddings
 
 
-def check_draft_vocabulary(model: Mapping, draft: Mapping, method: MethodConfig) -> None:
+def check_draft_vocabulary(run: RunConfig) -> None:
     """A draft's distributions are compared token by token with the target's: one vocabulary
     (config.json only; a hub id not downloaded yet is checked by nothing before its weights)."""
-    name = draft.get("name")
-    if not method.uses_draft or name in (None, "self"):
+    if not run.method.uses_draft:
         return
-    target, proposer = model_config(model), model_config({"name": name})
-    if target is not None and proposer is not None and target.vocab_size != proposer.vocab_size:
-        raise ConfigError(f"draft.name={name} has a vocabulary of {proposer.vocab_size} tokens, model.name="
-                          f"{model['name']} one of {target.vocab_size}: a draft must share the target's tokenizer "
+    proposer = draft_config(run.draft)
+    target = model_config(run.model) if proposer is not None else None
+    if target is not None and target.vocab_size != proposer.vocab_size:
+        raise ConfigError(f"draft.name={run.draft.name} has a vocabulary of {proposer.vocab_size} tokens, model.name="
+                          f"{run.model.name} one of {target.vocab_size}: a draft must share the target's tokenizer "
                           "(llama-68m drafts for the Llama-2 family); use draft=self or a draft of the same family")
 
 
@@ -176,13 +173,11 @@ def check_device_memory(run: RunConfig):
     device = torch.device(hw.device)
     if device.type != "cuda":
         return None
-    target = model_config(dataclasses.asdict(model))
+    target = model_config(model)
     if target is None:
         return None
     dtype_bytes = parse_dtype(model.dtype, device).itemsize
-    draft_cfg = None
-    if method.uses_draft and draft.name not in (None, "self"):
-        draft_cfg = model_config({"name": draft.name})
+    draft_cfg = draft_config(draft) if method.uses_draft else None
     target = shard_config(target, hw.tensor_parallel)  # one rank's share
     plan = plan_memory(target, method, int(run.dataset["prefill"]), run.max_new_tokens, dtype_bytes=dtype_bytes,
                        prefill_chunk=hw.prefill_chunk, draft=draft_cfg, draft_is_target=draft.is_self,

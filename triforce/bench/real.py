@@ -15,7 +15,7 @@ import torch
 from triforce.bench.latency import end_to_end
 from triforce.data.gutenberg import load_books
 from triforce.config import MethodConfig
-from triforce.models.loading import load_model, load_tokenizer
+from triforce.models import load_model, load_tokenizer
 from triforce.sampling import SamplingParams
 
 ORIGINAL_CONTEXT = 8192  # SmolLM2's trained context

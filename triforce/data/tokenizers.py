@@ -7,7 +7,10 @@ token a Llama-family model was trained with where its tokenizer files leave it o
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from triforce.config import ModelSpec
 
 # The BOS tokens the Llama families were trained with at the start of every text: Llama 1/2's
 # sentencepiece `<s>` and Llama 3's `<|begin_of_text|>`. Not every BOS a config.json names starts a
@@ -35,9 +38,9 @@ class ByteTokenizer:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
-def tokenizer_name(model: Mapping) -> str:
+def tokenizer_name(model: ModelSpec) -> str:
     """What a run tokenizes with: model.tokenizer, else the model's own (model.name)."""
-    return model.get("tokenizer") or model["name"]
+    return model.tokenizer or model.name
 
 
 def load_text_tokenizer(name: str, *, explicit: bool = True) -> Tokenizer:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from triforce.errors import CorruptCheckpointError
-from triforce.models.tokenizer import LFS_POINTER
+from triforce.models.folders import LFS_POINTER
 
 
 def _redownload(path: Path) -> str:

@@ -72,12 +72,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         b, t, _ = x.shape
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv_proj(x).split([hq * d, hkv * d, hkv * d], dim=-1)
+        # F.linear over the modules' parameters: the same product without a module call per
+        # projection (on a CPU a tiny model's forward is mostly such per-call overhead)
+        q, k, v = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias).split([hq * d, hkv * d, hkv * d], dim=-1)
         q, k, v = (p.view(b, t, -1, d).transpose(1, 2) for p in (q, k, v))
         q, keys, values = ctx.cache.store(self.index, q, k, v, ctx.rope)  # rotary + cache write
         out = attend(ctx.attention, q, keys, values, mask=ctx.mask, is_causal=ctx.is_causal, scale=self.scale,
                      kernels=ctx.kernels)
-        out = self.o_proj(out.reshape(b, t, -1))  # out was (B, T, Hq, D)
+        out = F.linear(out.reshape(b, t, -1), self.o_proj.weight, self.o_proj.bias)  # out was (B, T, Hq, D)
         return out if self.reduce is None else self.reduce(out)
 
 
@@ -90,7 +92,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor, kernels: KernelContext | None = None) -> torch.Tensor:
-        out = self.down_proj(silu_mul(self.gate_up_proj(x), ctx=kernels))  # SwiGLU: silu(gate) * up
+        gate_up = F.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
+        out = F.linear(silu_mul(gate_up, ctx=kernels), self.down_proj.weight, self.down_proj.bias)  # SwiGLU
         return out if self.reduce is None else self.reduce(out)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -20,12 +19,10 @@ from triforce.attention import AttentionFn, sdpa_attention
 from triforce.config import DTYPE_NAMES
 from triforce.errors import ConfigError, ModelNotFoundError
 from triforce.models.checkpoint import check_weight_file, read_weight_file
+from triforce.models.folders import LOCAL_ALIASES, hf_download, resolve_model_dir, weight_files  # noqa: F401
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 from triforce.models.rope import RotaryEmbedding
-
-# Short names for the offline default, resolved through the asset cache.
-LOCAL_ALIASES = {"smollm2-135m": "smollm2"}
 
 DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 
@@ -40,57 +37,6 @@ def parse_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") ->
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)} or auto")
     return DTYPES[dtype]
-
-
-def resolve_model_dir(name_or_path: str, *, download: bool = True) -> Path:
-    """Local folder holding config.json and the weights for a path, alias or HF hub id."""
-    if name_or_path in LOCAL_ALIASES:
-        from triforce import assets
-
-        return assets.model_dir(LOCAL_ALIASES[name_or_path])
-    path = Path(os.path.expanduser(name_or_path))
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json: point model.name at a folder "
-                                     "holding a Hugging Face checkpoint (config.json + weights)")
-        return path
-    if name_or_path.count("/") != 1 or name_or_path.startswith(("/", ".", "~")):
-        raise ModelNotFoundError(
-            f"unknown model {name_or_path!r}: not a local folder, not a known alias "
-            f"({', '.join(LOCAL_ALIASES)}) and not a Hugging Face id of the form owner/name")
-    return _hub_snapshot(name_or_path, download=download)
-
-
-def hf_download(repo_id: str) -> str:
-    """The download command of huggingface_hub >= 1.0 (`hf`; `huggingface-cli` is gone)."""
-    return f"hf download {repo_id} --local-dir {repo_id.rsplit('/', 1)[-1]}"
-
-
-def _hub_snapshot(repo_id: str, *, download: bool) -> Path:
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
-    try:
-        cached = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-        if _weight_files(cached):  # a snapshot holding only config.json is not a usable checkpoint
-            return cached
-        raise FileNotFoundError(cached)
-    except Exception:
-        if not download:
-            raise ModelNotFoundError(
-                f"{repo_id} is not in the local Hugging Face cache; download it with "
-                f"`{hf_download(repo_id)}` and pass that folder") from None
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        raise ModelNotFoundError(
-            f"could not download {repo_id} from the Hugging Face hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); download it where the hub is reachable with "
-            f"`{hf_download(repo_id)}` and copy the folder here, then pass its path") from None
-    if not _weight_files(path):
-        # some repos ship only .bin shards: fetch those as a fallback
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
-    return path
 
 
 class _YarnFinetunedFlag(logging.Filter):
@@ -136,24 +82,13 @@ def generation_eos_ids(model_dir: Path) -> tuple[int, ...]:
     return tuple(int(i) for i in eos) if isinstance(eos, list) else (int(eos),)
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = model_dir / index_name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [model_dir / s for s in shards]
-    for pattern in ("*.safetensors", "pytorch_model*.bin"):
-        files = sorted(model_dir.glob(pattern))
-        if files:
-            return files
-    return []
 
 
 def checked_weight_files(model_dir: Path) -> list[Path]:
     """The checkpoint's weight files, each present and whole as far as a cheap look tells (headers,
     sizes, a zip directory), none of them read: a broken last shard costs no minutes of reading, and
     the app checks the draft's files with the target's before either loads (assemble.py)."""
-    files = _weight_files(model_dir)
+    files = weight_files(model_dir)
     if not files:
         raise ModelNotFoundError(f"no weights (*.safetensors or pytorch_model*.bin) in {model_dir}; "
                                  "download the checkpoint's weight files into that folder")
@@ -259,18 +194,12 @@ def with_rope_scaling(cfg: ModelConfig, rope_scaling: dict | None) -> ModelConfi
     return dataclasses.replace(cfg, rope_scaling=scaling, max_position_embeddings=int(original * factor))
 
 
-def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+def load_model(name_or_path: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
                attention: AttentionFn = sdpa_attention, download: bool = True,
                rope_scaling: dict | None = None) -> Transformer:
-    model_dir = resolve_model_dir(name_or_path, download=download)
+    """The model of an alias, folder or hub id (a Path: a folder already resolved, taken as it is)."""
+    model_dir = name_or_path if isinstance(name_or_path, Path) else resolve_model_dir(name_or_path, download=download)
     # cheap: validates the architecture before any weights are read
     cfg = with_rope_scaling(load_config(model_dir), rope_scaling)
     return build_model(cfg, read_state_dict(model_dir), dtype=parse_dtype(dtype, device), device=device,
                        attention=attention)
-
-
-def load_tokenizer(name_or_path: str):
-    """The tokenizer of a model (alias, folder or hub id), or of a folder holding only tokenizer files."""
-    from triforce.models.tokenizer import load_tokenizer as load
-
-    return load(name_or_path)

@@ -14,7 +14,9 @@ import os
 import re
 from pathlib import Path
 
+from triforce.config import TINY_MODEL
 from triforce.errors import TokenizerError
+from triforce.models.folders import LFS_POINTER, resolve_model_dir
 
 ACCEPTS = ("model.tokenizer takes a folder or Hugging Face id holding the model's tokenizer files "
            "(tokenizer.json, or tokenizer.model + tokenizer_config.json), an alias (smollm2-135m), or "
@@ -24,7 +26,6 @@ ACCEPTS = ("model.tokenizer takes a folder or Hugging Face id holding the model'
 _PACKAGES = {"sentencepiece": ("sentencepiece", "google.protobuf"), "tiktoken": ("tiktoken",)}
 _PIP_NAMES = {"google.protobuf": "protobuf"}
 _TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/]+=* \d+$")
-LFS_POINTER = b"version https://git-lfs.github.com/spec"
 
 
 def tokenizer_dir(name_or_path: str, *, download: bool = True) -> Path:
@@ -33,8 +34,6 @@ def tokenizer_dir(name_or_path: str, *, download: bool = True) -> Path:
     path = Path(os.path.expanduser(name_or_path))
     if path.is_dir():
         return path
-    from triforce.models.loading import resolve_model_dir
-
     return resolve_model_dir(name_or_path, download=download)
 
 
@@ -86,10 +85,8 @@ def load_tokenizer(name_or_path: str, *, explicit: bool = True):
     """transformers' AutoTokenizer for a folder, alias or hub id; every failure is a TokenizerError.
     `explicit`: the name is model.tokenizer (else model.name, whose folder should hold one). The app
     loads the tokenizer first, before the prompts and any weights, so these errors come early."""
-    from triforce.models import tiny
-
-    if name_or_path == tiny.NAME:
-        raise TokenizerError(f"model.name={tiny.NAME} has no tokenizer of its own: set model.tokenizer=bytes")
+    if name_or_path == TINY_MODEL:
+        raise TokenizerError(f"model.name={TINY_MODEL} has no tokenizer of its own: set model.tokenizer=bytes")
     folder = tokenizer_dir(name_or_path)
     problem = tokenizer_problem(folder)
     if problem:
