@@ -22,7 +22,9 @@ from typing import Any, Mapping
 
 from triforce.errors import ConfigError
 
-METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce")
+METHODS = ("autoregressive", "spec", "retrieval_spec", "triforce", "auto")
+# the chains of levels a round can run (planner.py): auto chooses among them each round
+CHAINS = METHODS[:4]
 REBUILD_POLICIES = ("never", "every_n", "on_low_acceptance")
 # The middle level's cache, a selection of `budget` tokens of the full cache (cache/retrieval.py):
 # retrieval = sink chunk + top-scored chunks (the paper), streaming = sink chunk + recent window
@@ -208,6 +210,15 @@ class MethodConfig:
     # retrieval | streaming | hybrid (MIDDLE_CACHES). The library default is the paper's cache; the app's
     # method configs (conf/method/triforce.yaml, retrieval_spec.yaml) default to hybrid: docs/RESULTS.md
     middle_cache: str = "retrieval"
+    # -- adaptive plans (planner.py, docs/DESIGN.md §12) -------------------------------------------
+    adaptive: bool = False  # choose each round's gammas, or plain decoding, from what the rounds measure
+    plans: tuple[str, ...] = CHAINS  # method=auto: the chains it chooses among each round
+    middle_caches: tuple[str, ...] = ()  # method=auto: a middle level for each of these caches (empty: middle_cache)
+    streaming_budget: int | None = None  # the budget of a StreamingLLM middle among middle_caches (null: budget)
+    gammas: tuple[int, ...] = (2, 3, 4, 6, 8)  # adaptive: the top level's gamma candidates (with `gamma`)
+    draft_gammas: tuple[int, ...] = (1, 2, 3)  # adaptive: the middle's draft_gamma candidates (with `draft_gamma`)
+    probe_every: int = 8  # adaptive: plain-decoding rounds before a speculative probe (doubling, up to 256)
+    memory_rounds: float = 8.0  # adaptive: half-life, in rounds, of the acceptance and cost estimates
 
     def __post_init__(self) -> None:
         for name, tp in (("gamma", int), ("draft_gamma", int), ("chunk_size", int), ("rebuild_every", int),
@@ -219,9 +230,10 @@ class MethodConfig:
         _choice("method", "name", self.name, METHODS)
         _positive("method", "gamma", self.gamma, "a positive number of tokens")
         _positive("method", "draft_gamma", self.draft_gamma, "a positive number of tokens")
+        self._check_adaptive()
         _choice("method", "rebuild", self.rebuild, REBUILD_POLICIES)
-        if self.rebuild != "never" and self.gamma + 2 > QUERY_HISTORY:
-            raise ConfigError(f"method.gamma={self.gamma} is too large for rebuilds during generation "
+        if self.rebuild != "never" and self.max_gamma + 2 > QUERY_HISTORY:
+            raise ConfigError(f"method.gamma={self.max_gamma} is too large for rebuilds during generation "
                               f"(at most {QUERY_HISTORY - 2})")
         if self.rebuild == "every_n":
             _positive("method", "rebuild_every", self.rebuild_every, "a positive number of tokens")
@@ -246,12 +258,35 @@ class MethodConfig:
             raise ConfigError(f"method.budget={self.budget} is smaller than method.chunk_size={self.chunk_size}; "
                               f"allowed: budget >= 2 * chunk_size = {2 * self.chunk_size}")
         if self.uses_middle:
-            self._check_budget()
+            for kind in self.middle_kinds:
+                self.middle_config(kind)._check_budget()
         if self.uses_draft and self.draft_cache == "streaming":
             need = 2 * self.lookahead + 2
             if self.draft_window < need:
                 raise ConfigError(f"method.draft_window={self.draft_window} must be >= {need} "
                                   "(2 * (gamma + draft_gamma) + 6) to roll back rejected tokens")
+
+    def _check_adaptive(self) -> None:
+        for name in ("plans", "middle_caches"):
+            ok, _ = _check(getattr(self, name), tuple[str, ...])
+            if not ok:
+                raise ConfigError(f"method.{name}={getattr(self, name)!r} must be a list of names")
+        for name in ("gammas", "draft_gammas"):
+            ok, _ = _check(getattr(self, name), tuple[int, ...])
+            if not ok or not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ConfigError(f"method.{name}={list(getattr(self, name))!r} must be a non-empty list of "
+                                  "positive numbers of tokens")
+        if not self.plans or set(self.plans) - set(CHAINS):
+            raise ConfigError(f"method.plans={list(self.plans)}: choose among {', '.join(CHAINS)}")
+        if set(self.middle_caches) - set(MIDDLE_CACHES):
+            raise ConfigError(f"method.middle_caches={list(self.middle_caches)}: choose among {', '.join(MIDDLE_CACHES)}")
+        if self.adaptive and self.name == "autoregressive":
+            raise ConfigError("method.adaptive=true with method=autoregressive: there is nothing to adapt; use a "
+                              "speculative method, or method=auto to choose among them")
+        _positive("method", "probe_every", self.probe_every, "a positive number of rounds")
+        _positive("method", "memory_rounds", self.memory_rounds, "a positive number of rounds")
+        _positive("method", "streaming_budget", self.streaming_budget, "a positive number of tokens or null",
+                  allow_none=True)
 
     def _check_budget(self) -> None:
         if (self.budget is None) == (self.budget_fraction is None):
@@ -302,22 +337,65 @@ class MethodConfig:
         return min(room, max(self.recent_min, round(self.recent * room)))
 
     @property
+    def adapts(self) -> bool:
+        """Each round's plan is chosen (planner.AdaptivePlanner): method=auto, or adaptive=true."""
+        return self.name == "auto" or self.adaptive
+
+    @property
+    def chains(self) -> tuple[str, ...]:
+        """The chains of levels its rounds run: its own, or (auto) those it chooses among."""
+        return self.plans if self.name == "auto" else (self.name,)
+
+    @property
     def uses_draft(self) -> bool:
-        return self.name in ("spec", "triforce")
+        return any(c in ("spec", "triforce") for c in self.chains)
 
     @property
     def uses_middle(self) -> bool:
-        return self.name in ("retrieval_spec", "triforce")
+        return any(c in ("retrieval_spec", "triforce") for c in self.chains)
+
+    @property
+    def middle_kinds(self) -> tuple[str, ...]:
+        """The middle caches it builds, one level each."""
+        return tuple(dict.fromkeys(self.middle_caches)) or (self.middle_cache,)
+
+    @property
+    def middle_levels(self) -> tuple[tuple[str, str], ...]:
+        """(level name, middle cache) of each middle level: `middle` alone, else `middle-<cache>`."""
+        kinds = self.middle_kinds if self.uses_middle else ()
+        if len(kinds) == 1:
+            return (("middle", kinds[0]),)
+        return tuple((f"middle-{kind}", kind) for kind in kinds)
+
+    def middle_config(self, kind: str) -> "MethodConfig":
+        """This method with one middle cache of `kind` (its budget: streaming_budget for a StreamingLLM
+        middle where set)."""
+        if kind == "streaming" and self.streaming_budget:
+            budget, fraction = self.streaming_budget, None
+        else:
+            budget, fraction = self.budget, self.budget_fraction
+        if kind == self.middle_cache and budget == self.budget and not self.middle_caches:
+            return self
+        return dataclasses.replace(self, middle_cache=kind, middle_caches=(), budget=budget, budget_fraction=fraction)
 
     @property
     def scores_chunks(self) -> bool:
-        """The middle cache scores chunks of the full cache (retrieval, hybrid; not StreamingLLM)."""
-        return self.uses_middle and self.middle_cache != "streaming"
+        """A middle cache scores chunks of the full cache (retrieval, hybrid; not StreamingLLM)."""
+        return self.uses_middle and any(kind != "streaming" for kind in self.middle_kinds)
+
+    @property
+    def max_gamma(self) -> int:
+        """The most tokens the top level verifies in a round (an adaptive method's largest gamma)."""
+        return max(self.gamma, *self.gammas) if self.adapts else self.gamma
+
+    @property
+    def max_draft_gamma(self) -> int:
+        return max(self.draft_gamma, *self.draft_gammas) if self.adapts else self.draft_gamma
 
     @property
     def lookahead(self) -> int:
         """Most tokens any cache can hold beyond the committed prefix."""
-        return self.gamma + self.draft_gamma + 2
+        return self.max_gamma + self.max_draft_gamma + 2
 
 
 def _null(value) -> str:
@@ -402,6 +480,7 @@ class HardwareConfig:
     progress: bool = True  # tqdm bars (on a terminal)
     kernels: dict | None = None  # KernelPolicy overrides (kernels/policy.py): pdl, linear, fold_norm, ...
     batch_size: int = 1  # prompts generated together (one batch of caches, every forward serves them all)
+    costs_file: str | None = None  # step costs an earlier run measured (its costs.json): the adaptive plans start from them
 
     def __post_init__(self) -> None:
         _choice("hardware", "executor", self.executor, EXECUTORS)

@@ -31,20 +31,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import torch
 
+from triforce.cache.spec import spare_slots
 from triforce.config import HardwareConfig, MethodConfig, SamplingParams, context_needed, parse
+from triforce.costs import StepCosts, step_bytes
 from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import device_index, make_executor, resolve_executor
 from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.workspace import Workspace
-from triforce.cache.spec import spare_slots
 from triforce.levels import Level, LevelSpec, lower_levels, top_level
 from triforce.metrics import GenerationStats
 from triforce.models.llama import Transformer
 from triforce.parallel import SINGLE
+from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, candidate_plans, plan_of
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
 
@@ -84,10 +86,13 @@ class EngineOptions:
     """What an engine is given beyond its configs: what the app resolves once per run (or a test
     sets)."""
     max_context: int | None = None  # positions a generation may occupy (model.max_context); None: the checkpoint's
-    policy: KernelPolicy | None = None  # every kernel choice, resolved; None: from hardware.kernels, once, here
+    kernel_policy: KernelPolicy | None = None  # every kernel choice, resolved; None: from hardware.kernels, once, here
     prefill_memo: PrefillMemo | None = None  # where the top level's prefill of a prompt seen before is kept
     memory_plan: "MemoryPlan | None" = None  # the run's plan (the app's pre-flight): re-checked, not re-made
+    costs: StepCosts | None = None  # measured step costs to start from (a run's costs.json); None: none yet
     biased_levels: tuple[str, ...] = ()  # tests only: these levels use the reference's biased rule
+    # tests only: the planner of each generation, made from its batch size (None: the method's, planner.py)
+    planner: Callable[[int], Planner] | None = None
 
 
 class Engine:
@@ -98,8 +103,12 @@ class Engine:
     method, sampling, hardware: the typed configs (config.py), or mappings of their fields.
     hardware.executor: "auto" (CUDA graphs on a GPU, eager elsewhere), "eager", "static" (the graph
     path's static-shape forwards without capture; tests) or "graphs"; hardware.kernels: the kernel
-    policy's overrides, resolved once, here (unless options.policy is given); prefill_chunk,
-    offload, on_chip_layers as in the app. options: EngineOptions."""
+    policy's overrides, resolved once, here (unless options.kernel_policy is given); prefill_chunk,
+    offload, on_chip_layers as in the app. options: EngineOptions.
+
+    Each round runs a plan (planner.py): the method's own every round, or, with method=auto or
+    method.adaptive=true, the one the measured costs and acceptances favour (docs/DESIGN.md §12).
+    `costs` (planner's StepCosts) keeps what this engine's forwards measured across its generations."""
 
     def __init__(self, target: Transformer, draft: Transformer | None = None,
                  method: MethodConfig | Mapping | None = None, sampling: SamplingParams | Mapping | None = None,
@@ -121,18 +130,33 @@ class Engine:
         self.parallel = target.parallel or SINGLE
         self.executor_name = resolve_executor(hw.executor, self.device)
         # every kernel choice of this engine, resolved once (kernels/policy.py)
-        self.policy = options.policy or KernelPolicy.resolve(self.device, hw.kernels)
+        self.policy = options.kernel_policy or KernelPolicy.resolve(self.device, hw.kernels)
         self.prefill_memo = options.prefill_memo
         self.memory_plan = options.memory_plan
+        self.costs = options.costs if options.costs is not None else StepCosts(self.method.memory_rounds)
+        self._planner = options.planner
         self._weights_key = None  # names the target's weights in the memo (computed at first use)
 
     def with_method(self, method: MethodConfig) -> "Engine":
-        """The same models, sampling, context, hardware settings, kernel policy and memo with
-        another method (the app's autoregressive baseline)."""
+        """The same models, sampling, context, hardware settings, kernel policy, memo and step costs
+        with another method (the app's autoregressive baseline)."""
         _check_draft_model(method, self.draft)
         other = copy.copy(self)
         other.method = method
+        other._planner = None
         return other
+
+    def planner(self, batch_size: int) -> Planner:
+        """A generation's planner: the method's own plan every round, or (method=auto, adaptive=true)
+        the adaptive choice among its candidates (planner.py)."""
+        if self._planner is not None:
+            return self._planner(batch_size)
+        m = self.method
+        middles = [name for name, _ in m.middle_levels]
+        if not m.adapts:
+            return FixedPlanner(plan_of(m, middles[0] if middles else "middle"))
+        return AdaptivePlanner(candidate_plans(m, middles), batch_size=batch_size, costs=self.costs,
+                               memory_rounds=m.memory_rounds, probe_every=m.probe_every)
 
     # -- checks before any work ------------------------------------------------------------
     def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:
@@ -187,9 +211,13 @@ class Engine:
             n, T = len(prompt), len(continuation)
             gen.tokens[0, n:n + T] = torch.tensor(continuation, dtype=torch.int64)
             gen.prefill()
-            dists = [gen.forward_all(level, gen.tokens[0, n - 1:n - 1 + T]) for level in gen.levels]
+            # the levels of the method's longest chain (method=auto: its longest candidate)
+            plan = max(gen.planner.plans, key=lambda p: len(p.chain)) if hasattr(gen.planner, "plans") \
+                else gen.planner.plan
+            levels = [gen.level(name) for name in plan.chain]
+            dists = [gen.forward_all(level, gen.tokens[0, n - 1:n - 1 + T]) for level in levels]
             return {level.name: torch.minimum(q, p).sum(-1).tolist()
-                    for level, q, p in zip(gen.levels, dists, dists[1:])}
+                    for level, q, p in zip(levels, dists, dists[1:])}
         finally:
             gen.release()
 
@@ -332,7 +360,12 @@ class Generation:
         # verification, the draft's samples between graph replays and the prefill: launched plainly
         self.ctx = KernelContext(engine.policy, pdl=False, workspace=Workspace(device))
         self.parallel = engine.parallel
-        self.levels: list[Level] = [top_level(self.spec, self.caches, self.ctx)]
+        self.levels: list[Level] = [top_level(self.spec, self.caches, self.ctx)]  # every level built
+        # the round's plan (planner.py): the levels it runs, cheapest first, and their gammas
+        self.planner = engine.planner(self.B)
+        self.plan: Plan | None = None
+        self.chain: list[Level] = self.levels
+        self.gammas: tuple[int, ...] = (0,)  # gammas[i]: tokens level i of the chain asks of level i - 1
         self._started = 0.0
 
     @property
@@ -348,6 +381,23 @@ class Generation:
     def all_rows(self) -> list[bool]:
         return [True] * self.B
 
+    # -- what a planner reads (planner.PlannerView) ------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.B
+
+    def level(self, name: str) -> Level:
+        return next(level for level in self.levels if level.name == name)
+
+    def has_level(self, name: str) -> bool:
+        return any(level.name == name for level in self.levels)
+
+    def step_bytes(self, name: str, tokens: int) -> int:
+        """The byte floor of a forward of level `name` (the weights once, every sequence's KV)."""
+        level = self.level(name)
+        kv = max(level.cache.rows_of("length")) + tokens
+        return step_bytes(level.model.config, kv, level.model.dtype.itemsize, self.B)
+
     # -- prefill ---------------------------------------------------------------------------
     def prefill(self) -> None:
         """Absorb all prompt tokens but the last into every cache, sequence by sequence (the last
@@ -362,7 +412,10 @@ class Generation:
                 top.cache.row(b).crop(row.prompt_len - 1)
             self.stats.prefill_reused = bool(reused) and all(reused)
             self.levels = lower_levels(self.spec, self.caches, self.ctx) + [top]
-            for level in self.levels[:-1]:
+            # a planner that may leave levels idle takes each when its first plan runs it (a level
+            # behind the sequence catches up: _use); the method's own plan has them all from the start
+            lazy = getattr(self.planner, "lazy", False)
+            for level in [] if lazy else self.levels[:-1]:
                 for b, row in enumerate(self.rows):
                     level.prefill(b, self.tokens[b], row.prompt_len - 1, source=top, chunk=self.engine.prefill_chunk)
 
@@ -411,13 +464,22 @@ class Generation:
         active = [not row.done for row in self.rows]
         if not any(active):
             return None
-        top = len(self.levels) - 1
+        # the round's plan, from what the rounds so far measured: a function of the past only, so the
+        # round is an exact step whichever plan it is (docs/DESIGN.md §12)
+        plan = self.planner.choose(self, active)
+        predicted = getattr(self.planner, "predicted", None)
         before = [counts.frozen() for counts in self.stats.rows]
         self.stats.sync()
         start = time.perf_counter()
+        self._use(plan, active)
+        top = len(self.chain) - 1
         emitted = self._autoregressive_step(active) if top == 0 else self._round(top, active).emitted()
         self.stats.sync()
-        ms = 1000 * (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        ms = 1000 * seconds
+        for (level, tokens), forward_s in self.stats.drain():  # the step's forwards, complete after the sync
+            self.planner.timed(level, tokens, forward_s)
+        self.planner.stepped(plan, sum(len(e) for e in emitted), seconds, predicted)
         eos = self.engine.eos_ids
         news: list[list[int]] = [[] for _ in range(self.B)]
         for b, row in enumerate(self.rows):
@@ -425,7 +487,9 @@ class Generation:
                 continue
             new = emitted[b]
             record = self.stats.step_record(len(row.rounds), before[b], self.stats.rows[b])
-            record.update(ms=ms, emitted=len(new))
+            record.update(ms=ms, emitted=len(new), plan=plan.name)
+            if predicted is not None:
+                record["predicted_tokens_per_s"] = predicted
             row.rounds.append(record)
             row.emitted += len(new)
             stopped = False
@@ -452,6 +516,7 @@ class Generation:
         traffic = sum(self.levels[-1].cache.traffic().values())
         used = getattr(self.executor, "tuning_used", ())
         generated = sum(len(row.out) for row in self.rows)
+        plans = self.planner.describe()  # rounds, tokens and time per plan; the adaptive estimates
         results = []
         for b, row in enumerate(self.rows):
             # a sequence's own time: until its last token (the batch's when it ran to the end)
@@ -466,8 +531,10 @@ class Generation:
                 metrics["middle_budget"] = self.method.budget_for(row.prompt_len)
             if self.B > 1:
                 metrics["batch_size"] = self.B
+            metrics.update(plans)
             results.append(GenerationResult(tokens=row.out, metrics=metrics, rounds=row.rounds, tuning_used=used))
-        batch = self.stats.batch_summary(new_tokens=[len(row.out) for row in self.rows], decode_s=decode_s)
+        batch = {**self.stats.batch_summary(new_tokens=[len(row.out) for row in self.rows], decode_s=decode_s),
+                 **plans}
         for result in results:
             result.metrics["throughput"] = batch["throughput"]
         return BatchResult(results, batch)
@@ -477,6 +544,26 @@ class Generation:
         self.executor.release()
         self.tokens = None
 
+    # -- the plan of a round --------------------------------------------------------------------
+    def _use(self, plan: Plan, active: list[bool]) -> None:
+        """Run `plan` from this round on: its chain of levels and gammas. A level the last rounds did
+        not run has fallen behind the sequence: it takes the tokens it has not seen as a prefill takes
+        a prompt (a selection re-selects from the full cache; a StreamingLLM draft keeps its window),
+        up to all but the last token, as after the prefill. Its caches hold only committed tokens
+        (every level of a chain is cropped to the accepted prefix when its round ends)."""
+        if plan is not self.plan:
+            self.plan = plan
+            self.chain = [self.level(name) for name in plan.chain]
+            self.gammas = (0, *plan.gammas)
+        top = self.chain[-1]
+        for level in self.chain[:-1]:
+            behind = [b for b, row in enumerate(self.rows) if active[b] and level.cache.row(b).seq_len < row.n - 1]
+            if not behind:
+                continue
+            with self.stats.wall("catchup"):
+                for b in behind:
+                    level.prefill(b, self.tokens[b], self.rows[b].n - 1, source=top, chunk=self.engine.prefill_chunk)
+
     # -- forwards --------------------------------------------------------------------------
     def forward(self, i: int, first_needed: list[int], active: list[bool], *, sample: bool = False) -> torch.Tensor:
         """Distributions of level i for the next token after each of tokens[b, first_needed[b]:n_b]
@@ -484,7 +571,7 @@ class Generation:
         row), from one forward over the tokens the level's cache has not seen. Rows with fewer unseen
         tokens than the widest are rolled back to feed as many (the same tokens again: the same keys).
         sample: also tokens[b, n_b] = a draw from each row's last distribution (on the device)."""
-        level = self.levels[i]
+        level = self.chain[i]
         cache = level.cache
         seq = cache.rows_of("seq_len")
         for b in range(self.B):
@@ -493,7 +580,7 @@ class Generation:
                 seq[b] = first_needed[b]
         lengths = self.lengths
         num_logits = next(lengths[b] - first_needed[b] for b in range(self.B) if active[b])
-        phase = level.name if i < len(self.levels) - 1 else ("decode" if len(self.levels) == 1 else "verify")
+        phase = level.name if i < len(self.chain) - 1 else ("decode" if len(self.chain) == 1 else "verify")
         out = None
         for num_tokens, group in self._widths(cache, seq, active):
             starts = [max(n - num_tokens, 0) for n in lengths]
@@ -533,7 +620,7 @@ class Generation:
         return probabilities(torch.cat(logits), self.engine.sampling, ctx=self.ctx)
 
     def _crop(self, upto_level: int, b: int, seq_len: int) -> None:
-        for level in self.levels[: upto_level + 1]:
+        for level in self.chain[: upto_level + 1]:
             cache = level.cache.row(b)
             if cache.seq_len > seq_len:
                 cache.crop(seq_len)
@@ -586,9 +673,9 @@ class Generation:
     def _round(self, i: int, active: list[bool]) -> "Round":
         """One speculative round at level i for every active row: ask level i - 1 for gamma tokens,
         score them in one forward, verify; each row then keeps its accepted tokens and the next."""
-        level = self.levels[i]
+        level = self.chain[i]
         base = self.lengths
-        gamma = level.gamma
+        gamma = self.gammas[i]
         q = self._extend(i - 1, gamma, active)  # (B, gamma, V)
         p = self.forward(i, [m - 1 for m in base], active)  # (B, gamma + 1, V)
         device = self.tokens.device
@@ -601,7 +688,7 @@ class Generation:
             self.parallel.broadcast(packed)
             self.tokens[torch.arange(self.B, device=device), bases + packed[:, 0]] = packed[:, 1]
         verdict = Verdict.read(packed)  # the round's one synchronisation
-        below = self.levels[i - 1].name
+        below = self.chain[i - 1].name
         for b, row in enumerate(self.rows):
             if not active[b]:
                 continue
@@ -609,7 +696,8 @@ class Generation:
             row.n = base[b] + acc + 1
             self._crop(i, b, base[b] + acc)
             self.stats.verified(below, b, gamma, acc)
-            if below == "middle":
+            self.planner.verified(below, level.name, b, gamma, acc)
+            if below.startswith("middle"):
                 row.recent_middle.append(acc / gamma)
         return Round(p, verdict, tuple(active))
 
@@ -625,7 +713,7 @@ class Generation:
     # -- rebuilds of the middle's selection --------------------------------------------------
     def _maybe_rebuild(self, b: int, emitted: int) -> None:
         m, row = self.method, self.rows[b]
-        if m.rebuild == "never" or not any(level.cache.selects for level in self.levels):
+        if m.rebuild == "never" or not any(level.cache.selects for level in self.chain):
             return
         row.since_rebuild += emitted
         if m.rebuild == "every_n":
@@ -635,12 +723,12 @@ class Generation:
             due = len(recent) >= m.rebuild_window and sum(recent) / len(recent) < m.rebuild_threshold
         if not due:
             return
-        top = self.levels[-1]
+        top = self.chain[-1]
         # score with the query of the last accepted token (position n - 2: the newest token is the
         # verifier's own sample, not yet run through any model)
         query = top.cache.row(b).query_at(row.n - 2)
         with self.stats.wall("rebuild"):
-            rebuilt = sum(level.rebuild(b, top, query) for level in self.levels[:-1])
+            rebuilt = sum(level.rebuild(b, top, query) for level in self.chain[:-1])
         self.stats.rows[b].rebuilds += bool(rebuilt)
         row.since_rebuild = 0
         row.recent_middle.clear()

@@ -112,7 +112,7 @@ class EagerExecutor:
     def forward(self, level, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
                 sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
         cache, B = level.cache, len(starts)
-        with self.stats.timed(phase):
+        with self.stats.timed(phase, key=(level.name, num_tokens)):
             if B == 1:
                 logits = level.model(self.tokens[0, starts[0]:starts[0] + num_tokens][None], None, cache,
                                      num_logits=num_logits, kernels=self.ctx)
@@ -191,7 +191,7 @@ class StaticExecutor:
             runner.view.set(starts, positions, cache.rows_of("length"))
             if runner.race is not None:  # the draws sample_into would make, in the same order
                 runner.race.exponential_(generator=self.generator)
-            with self.stats.timed(phase):
+            with self.stats.timed(phase, key=(level.name, num_tokens)):
                 probs = runner.run()
             cache.advance(num_tokens)
         finally:

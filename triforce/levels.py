@@ -86,9 +86,9 @@ def lower_levels(spec: LevelSpec, caches: dict[str, CacheSpec], kernels: KernelC
         draft = spec.draft
         cache = caches["draft"].allocate(draft.dtype, draft.device, inv_freq=draft.rotary.inv_freq, kernels=kernels)
         levels.append(Level("draft", draft, cache, kernels=kernels))
-    if "middle" in caches:
-        cache = caches["middle"].allocate(target.dtype, target.device)
-        levels.append(Level("middle", target, cache, gamma=m.draft_gamma if m.uses_draft else 0, kernels=kernels))
+    for name, _ in m.middle_levels:  # one level per middle cache (method=auto may build several)
+        cache = caches[name].allocate(target.dtype, target.device)
+        levels.append(Level(name, target, cache, gamma=m.draft_gamma if m.uses_draft else 0, kernels=kernels))
     for level in levels:
         level.residual = level.name not in spec.biased
     return levels

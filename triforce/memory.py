@@ -124,8 +124,8 @@ def _plan(target: ModelConfig, method: MethodConfig, prompt_len: int, max_new_to
     host = {"offloaded KV cache": top["host"]} if offload else {}
     items["on-chip KV layers and staging" if offload else "full KV cache"] = top["device"]
     # the lower levels' caches and a rebuild's transient, allocated once the prefill is done
-    after_prefill = sum(specs[name].memory()["device"] for name in ("middle", "draft") if name in specs)
-    if "middle" in specs and specs["middle"].scores:
+    after_prefill = sum(spec.memory()["device"] for name, spec in specs.items() if name != "top")
+    if any(spec.scores for spec in specs.values()):  # one selection rebuilds at a time
         after_prefill += rebuild_bytes(target, prompt_len, method.chunk_size, method.scorer)
     chunk = min(prompt_len, prefill_chunk or prompt_len)
     prefill = prefill_activation_bytes(target, chunk, dtype_bytes)
@@ -137,7 +137,7 @@ def _plan(target: ModelConfig, method: MethodConfig, prompt_len: int, max_new_to
         items["middle and draft caches, rebuild"] = after_prefill
     items["workspaces and fragmentation"] = RESERVE
     if B > 1:  # the decode steps' activations: B x (gamma + 1) rows of every product, and the logits
-        rows = B * (method.gamma + 1)
+        rows = B * (method.max_gamma + 1)
         items["batch activations"] = rows * (4 * target.hidden_size + 2 * target.intermediate_size
                                              + 3 * target.vocab_size) * 4
     return MemoryPlan(items, host, target=target, dtype_bytes=dtype_bytes, prompt_len=prompt_len,

@@ -27,6 +27,11 @@ import torch
 FORWARD_PHASES = ("draft", "middle", "verify", "decode")  # decode: the autoregressive top level
 
 
+def forward_phase(phase: str) -> bool:
+    """A phase of forwards' device time: draft, middle (or a middle-<cache> level), verify, decode."""
+    return phase in FORWARD_PHASES or phase.startswith("middle-")
+
+
 @dataclasses.dataclass
 class Counts:
     """What one sequence of a generation accepted, was proposed and emitted, per level, and the
@@ -49,6 +54,7 @@ class GenerationStats:
     prefill_reused: bool = False  # the top level's prefill came from a PrefillMemo (every sequence's)
     rows: list[Counts] = dataclasses.field(default_factory=list)
     _events: dict[str, list] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+    _keyed: list = dataclasses.field(default_factory=list)  # ((level, tokens), seconds or CUDA events)
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -70,14 +76,19 @@ class GenerationStats:
             self.time_s[phase] += time.perf_counter() - start
 
     @contextlib.contextmanager
-    def timed(self, phase: str):
-        """Device time of a forward, without synchronising (CUDA events, read in `summary`)."""
+    def timed(self, phase: str, key: tuple | None = None):
+        """Device time of a forward, without synchronising (CUDA events, read in `summary`). `key`
+        (level, tokens per sequence): also kept per forward for the adaptive planner, which reads them
+        after the round's synchronisation (`drain`)."""
         if not self._cuda:
             start = time.perf_counter()
             try:
                 yield
             finally:
-                self.time_s[phase] += time.perf_counter() - start
+                seconds = time.perf_counter() - start
+                self.time_s[phase] += seconds
+                if key is not None:
+                    self._keyed.append((key, seconds))
             return
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
@@ -86,6 +97,15 @@ class GenerationStats:
         finally:
             end.record()
             self._events[phase].append((begin, end))
+            if key is not None:
+                self._keyed.append((key, (begin, end)))
+
+    def drain(self) -> list[tuple[tuple, float]]:
+        """The keyed forwards' seconds since the last drain. Call after a synchronisation (the step's):
+        their CUDA events have completed, so reading them waits for nothing."""
+        out = [(key, t if isinstance(t, float) else t[0].elapsed_time(t[1]) / 1000) for key, t in self._keyed]
+        self._keyed.clear()
+        return out
 
     def forward_of(self, level: str, rows) -> None:
         """One forward of `level`, serving the sequences `rows` (booleans)."""
@@ -130,7 +150,7 @@ class GenerationStats:
         counts = self.rows[row]
         emitted = new_tokens if emitted is None else emitted
         prefill = self.time_s.get("prefill", 0.0)
-        forwards = sum(t for phase, t in self.time_s.items() if phase in FORWARD_PHASES)
+        forwards = sum(t for phase, t in self.time_s.items() if forward_phase(phase))
         top_forwards = counts.forwards[top_level]
         out: dict[str, float] = {
             "new_tokens": new_tokens,
@@ -157,7 +177,7 @@ class GenerationStats:
         """The batch's own metrics: its size, the tokens it generated and their rate over the batch."""
         self._read_events()
         total = sum(new_tokens)
-        forwards = sum(t for phase, t in self.time_s.items() if phase in FORWARD_PHASES)
+        forwards = sum(t for phase, t in self.time_s.items() if forward_phase(phase))
         return {"batch_size": self.batch_size, "new_tokens": total, "decode_s": decode_s,
                 "prefill_s": self.time_s.get("prefill", 0.0),
                 "throughput": total / decode_s if decode_s > 0 else float("nan"),

@@ -208,22 +208,33 @@ def test_sweep_plan_counts_the_basic_sweepers_product():
 
 
 def test_batch_size_sweep_tables_and_plots_throughput(tmp_path, monkeypatch):
-    """`triforce -m hardware.batch_size=1,4 experiment=smoke`: one row per prompt in every job's
-    samples.parquet (each with its batch), throughput and batch size in the sweep table, and the
-    notebook's throughput-vs-batch section."""
+    """`triforce -m experiment=smoke method=auto,triforce hardware.batch_size=1,4`: one row per prompt
+    in every job's samples.parquet (each with its batch), throughput and batch size in the sweep
+    table beside each method's plan counts (method=auto: its plans, docs/DESIGN.md §12), the step
+    costs each job measured, and the notebook's throughput-vs-batch and plans-over-time sections."""
     sweep_dir = tmp_path / "outputs" / "multirun" / "2026-01-03" / "00-00-00"
     books_dir = write_books(tmp_path / "books", n=4)
-    proc = run_cli(["-m", "experiment=smoke", "hardware.batch_size=1,4", f"dataset.folder={books_dir}",
-                    "dataset.num_samples=4", "max_new_tokens=6", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
+    proc = run_cli(["-m", "experiment=smoke", "method=auto,triforce", "hardware.batch_size=1,4",
+                    f"dataset.folder={books_dir}", "dataset.num_samples=4", "max_new_tokens=6", "method.budget=32",
+                    f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = pd.read_parquet(sweep_dir / "sweep.parquet")
-    assert sorted(runs["hardware.batch_size"]) == [1, 4] and (runs["status"] == "ok").all()
+    assert sorted(zip(runs["method.name"], runs["hardware.batch_size"])) == [("auto", 1), ("auto", 4),
+                                                                            ("triforce", 1), ("triforce", 4)]
+    assert (runs["status"] == "ok").all()
     assert runs["throughput"].gt(0).all() and runs["baseline_throughput"].gt(0).all()
-    for job in ("0", "1"):
-        samples = pd.read_parquet(sweep_dir / job / "samples.parquet")
+    plans = [c for c in runs.columns if c.startswith("plan_rounds/")]
+    auto = runs[runs["method.name"] == "auto"]
+    assert auto[plans].sum(axis=1).gt(0).all() and auto["plan/probes"].notna().all()
+    assert runs.loc[runs["method.name"] == "triforce", "plan_rounds/triforce g4/2"].gt(0).all()  # its own plan
+    for job in range(4):
+        samples = pd.read_parquet(sweep_dir / str(job) / "samples.parquet")
         assert len(samples) == 4 and samples["new_tokens"].eq(6).all()
-        size = int(runs.loc[runs["job_num"] == int(job), "hardware.batch_size"].iloc[0])
+        size = int(runs.loc[runs["job_num"] == job, "hardware.batch_size"].iloc[0])
         assert samples["batch_size"].eq(size).all() and samples["batch"].tolist() == [i // size for i in range(4)]
+        assert "plan" in pd.read_parquet(sweep_dir / str(job) / "rounds.parquet").columns
+        assert json.loads((sweep_dir / str(job) / "costs.json").read_text())["seconds"]
     images, text = execute_notebook(sweep_dir, tmp_path, monkeypatch)
     assert (sweep_dir / "throughput_vs_batch.png").is_file()
     assert "throughput section skipped" not in text
+    assert (sweep_dir / "plans_over_time.png").is_file() and "plans section skipped" not in text

@@ -23,7 +23,7 @@ def refs_of(group=None, entity="someone", project="triforce"):
 
 def test_every_panel_refers_to_names_real_runs_logged(logged_sweep):
     logged = logged_under([logged_sweep])
-    assert logged.runs == 2 and logged.groups == {GROUP}
+    assert logged.runs == 3 and logged.groups == {GROUP}
     refs = refs_of(GROUP)
     assert unlogged(refs, logged) == []
     assert unlogged(refs_of(None), logged) == []  # the dashboard of all runs: same names
@@ -37,6 +37,7 @@ def test_every_panel_refers_to_names_real_runs_logged(logged_sweep):
         assert ("summary", metric) in named
     assert {("history", p) for p in spec.PHASES} <= named
     assert ("table", "rounds") in named
+    assert {("history", p) for p in spec.PLANS} <= named
     # each of the workspace and the report carries every panel
     assert len({r.where.split(" / ")[0] for r in refs}) == 2
 
@@ -67,8 +68,8 @@ def test_dry_run_prints_the_specification_without_network(logged_sweep, tmp_path
     assert (workspace["entity"], workspace["project"], workspace["displayName"]) == ("lab", "triforce", f"TriForce: {GROUP}")
     sections = workspace["spec"]["section"]["panelBankConfig"]["sections"]
     assert [s["name"] for s in sections] == [s.title for s in spec.SECTIONS]
-    # 14 panels of one-sequence runs + 2 of the throughput-vs-batch-size section
-    assert sum(len(s["panels"]) for s in sections) == 16 == sum(len(s.panels()) for s in spec.SECTIONS)
+    # 14 panels of one-sequence runs + 2 of the throughput-vs-batch-size section + 3 of adaptive plans
+    assert sum(len(s["panels"]) for s in sections) == 19 == sum(len(s.panels()) for s in spec.SECTIONS)
     runs = workspace["spec"]["section"]["runSets"][0]
     assert runs["filters"]["filters"][0] == {"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP,
                                               "disabled": False}

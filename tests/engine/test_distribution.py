@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import multiprocessing
 import os
@@ -45,7 +46,9 @@ from tests.caches import full_cache
 from tests.engine.conftest import random_model
 from triforce.cache.retrieval import RetrievalCache
 from triforce.config import MethodConfig
+from triforce.costs import StepCosts
 from triforce.engine import Engine, EngineOptions
+from triforce.planner import AUTOREGRESSIVE, Plan, ScheduledPlanner
 from triforce.prefill_memo import PrefillMemo
 from triforce.sampling import SamplingParams, probabilities
 
@@ -54,6 +57,7 @@ PROMPT_LEN = 32
 NEW = 3
 N_EXACT = 10_000  # runs of each method's own path
 N_VARIANT = 5_000  # runs of a variant path (executor, offload, middle cache, batch) of one already run
+N_PLANS = 3_000  # runs of a case whose rounds switch plans (each round one of the paths above)
 N_BIASED = 1_000  # runs of a deliberately biased variant: rejected at p < 1e-19 (retrieval_spec's top: 2,000)
 METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16)
 # the hybrid middle cache: sink chunk (2) + 2 retrieved chunks (4) + recent window of 5 (of 31 tokens)
@@ -77,12 +81,14 @@ class Case:
     options: tuple[tuple[str, object], ...] = ()  # MethodConfig fields replacing METHOD's
     batch: int = 1  # 2: the prompt and a second, shorter one generated together (each row checked)
     runs: int = N_EXACT  # seeded generate calls
+    planner: str = ""  # method=auto: "" its adaptive planner (fixed step costs), "schedule" every plan in turn
 
     @property
     def id(self) -> str:
         return "-".join([self.method, self.sampling, *(f"biased-{b}" for b in self.biased),
                          *([self.executor] if self.executor != "eager" else []),
                          *(["offload"] if self.offload else []), *([f"batch{self.batch}"] if self.batch > 1 else []),
+                         *([self.planner] if self.planner else []),
                          *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild"))])
 
 
@@ -194,11 +200,32 @@ def prefills() -> PrefillMemo:
     return PrefillMemo(max_bytes=1 << 24)
 
 
+# method=auto over both middle caches (the hybrid's chunks of 2, a StreamingLLM middle of 8 tokens)
+AUTO = (("middle_caches", ("hybrid", "streaming")), ("chunk_size", 2), ("recent", 0.5), ("recent_min", 0),
+        ("streaming_budget", 8), ("gammas", (2, 3)), ("draft_gammas", (1, 2)), ("probe_every", 2))
+# every chain in turn; each generation starts at the next place (the first rounds of a 3-token
+# generation see every plan): a plan fixed before the round, so each round is an exact step
+SCHEDULE = [AUTOREGRESSIVE, Plan(("draft", "top"), (2,)), Plan(("draft", "middle-hybrid", "top"), (2, 3)),
+            Plan(("middle-streaming", "top"), (2,)), Plan(("draft", "middle-streaming", "top"), (1, 2)),
+            Plan(("middle-hybrid", "top"), (3,))]
+# the adaptive planner's step costs, fixed (measured ones vary run to run): its plans then follow
+# from the acceptance the seed's rounds produce, so a seed reproduces its tokens
+FIXED_COSTS = {(level, tokens, batch): seconds for batch in (1, 2) for tokens in range(1, 5)
+               for level, seconds in (("draft", 0.001), ("middle-hybrid", 0.003), ("middle-streaming", 0.002),
+                                      ("top", 0.010))}
+
+
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup()
+    options = EngineOptions(biased_levels=case.biased, prefill_memo=prefills())
+    if case.planner == "schedule":
+        starts = itertools.count()  # one generation after another: each starts its schedule one plan on
+        options = dataclasses.replace(options, planner=lambda batch: ScheduledPlanner(
+            SCHEDULE[next(starts) % len(SCHEDULE):] + SCHEDULE))
+    elif case.method == "auto":
+        options = dataclasses.replace(options, costs=StepCosts.fixed(FIXED_COSTS))
     return Engine(target, draft, dict(METHOD, name=case.method, **dict(case.options)), SAMPLINGS[case.sampling],
-                  {"executor": case.executor, "offload": case.offload},
-                  EngineOptions(biased_levels=case.biased, prefill_memo=prefills()))
+                  {"executor": case.executor, "offload": case.offload}, options)
 
 
 def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:
@@ -313,6 +340,13 @@ EXACT_CASES += [Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"
 # plain sampling of its own prompt, and the two are independent
 EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=N_VARIANT),
                 Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2, runs=N_VARIANT)]
+# plans chosen before each round (docs/DESIGN.md §12): every plan in turn, and the adaptive choice
+# itself, for one sequence and a batch of two (N_PLANS runs: every round of them is one of the paths
+# sampled above, and a plan that broke exactness would show as grossly as the biased variants)
+EXACT_CASES += [Case("auto", "t0.6-p0.9", options=AUTO, planner="schedule", runs=N_PLANS),
+                Case("auto", "t1", executor="static", options=AUTO, planner="schedule", batch=2, runs=N_PLANS),
+                Case("auto", "t0.6-p0.9", options=AUTO, runs=N_PLANS),
+                Case("auto", "t1", options=AUTO, batch=2, runs=N_PLANS)]
 
 
 @pytest.mark.slow
@@ -352,6 +386,9 @@ BIASED_CASES = [
     Case("triforce", "t0.6-p0.9", ("middle",), executor="static", runs=N_BIASED),
     Case("triforce", "t0.6-p0.9", ("middle",), options=HYBRID + REBUILDS["every_n"], runs=N_BIASED),
     Case("triforce", "t0.6-p0.9", ("middle",), batch=2, runs=N_BIASED),
+    # every level's verification biased under plans switched every round
+    Case("auto", "t0.6-p0.9", ("top", "middle-hybrid", "middle-streaming"), options=AUTO, planner="schedule",
+         runs=N_BIASED),
 ]
 
 

@@ -15,6 +15,7 @@ import torch
 from triforce.app.validate import RunPlan
 from triforce.assemble import build_engine as assemble
 from triforce.config import MethodConfig
+from triforce.costs import StepCosts
 from triforce.engine import Engine, EngineOptions
 from triforce.prefill_memo import PrefillMemo
 
@@ -29,7 +30,8 @@ def build_engine(plan: RunPlan) -> Engine:
     if hw.threads:
         torch.set_num_threads(hw.threads)
     PREFILLS.resize(int(hw.prefill_memo_gb * GB))  # 0: off, and memory given back
-    return assemble(plan.run.engine, EngineOptions(memory_plan=plan.memory,
+    costs = StepCosts.load(hw.costs_file, plan.method.memory_rounds) if hw.costs_file else None
+    return assemble(plan.run.engine, EngineOptions(memory_plan=plan.memory, costs=costs,
                                                    prefill_memo=PREFILLS if PREFILLS.max_bytes else None))
 
 

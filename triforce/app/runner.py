@@ -239,6 +239,10 @@ def _run(plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch
     frame.attrs["kernel_policy"] = {**engine.policy.describe(),
                                     "tuning_used": sorted({e for o in outs for e in o.tuning_used})}
     frame.to_parquet(ctx.run_dir / tables.SAMPLES, index=False)
+    # the step costs the run's forwards measured: a later run on this card and these shapes starts
+    # its adaptive plans from them (hardware.costs_file=<this file>)
+    engine.costs.about = {"device": str(engine.device), "model": model.name, "dtype": str(engine.target.dtype)}
+    engine.costs.save(ctx.run_dir / "costs.json")
     steps = pd.DataFrame(rounds)
     steps.to_parquet(ctx.run_dir / tables.ROUNDS, index=False)
     tracker.log_rounds(steps)

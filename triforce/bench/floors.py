@@ -7,11 +7,12 @@ plus bytes written (docs/DESIGN.md §7).
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from triforce.memory import kv_bytes_per_token, weight_bytes
+# the byte and yield arithmetic lives with the engine's cost model
+from triforce.costs import (LevelCosts, expected_accepted, modelled_speedup, step_bytes,  # noqa: F401
+                            weight_bytes_read)
+from triforce.memory import kv_bytes_per_token
 from triforce.models.config import ModelConfig
 
 
@@ -65,40 +66,3 @@ def offloaded_step_floor(cfg: ModelConfig, kv_tokens: int, dtype_bytes: int, on_
     on_chip = min(on_chip_layers, cfg.num_layers)
     return ((cfg.num_layers - on_chip) * per_layer / h2d
             + (weight_bytes_read(cfg, dtype_bytes) + on_chip * per_layer) / bandwidth)
-
-
-def weight_bytes_read(cfg: ModelConfig, dtype_bytes: int) -> int:
-    """A forward reads every weight once, except the embedding table (a few rows), unless the
-    output head shares it."""
-    total = weight_bytes(cfg, dtype_bytes)
-    return total if cfg.tie_word_embeddings else total - cfg.vocab_size * cfg.hidden_size * dtype_bytes
-
-
-def step_bytes(cfg: ModelConfig, kv_tokens: int, dtype_bytes: int, batch: int = 1) -> int:
-    """A step of `batch` sequences reads the weights once and every sequence's KV."""
-    return weight_bytes_read(cfg, dtype_bytes) + batch * kv_tokens * kv_bytes_per_token(cfg, dtype_bytes)
-
-
-@dataclasses.dataclass(frozen=True)
-class LevelCosts:
-    """Seconds per forward: the top level over gamma + 1 tokens, the middle over draft_gamma + 1,
-    the draft over one; and the autoregressive step it is compared with."""
-    top: float
-    middle: float
-    draft: float
-    autoregressive: float
-
-
-def expected_accepted(alpha: float, k: int) -> float:
-    """Tokens one round emits when each of k proposals is accepted with probability alpha
-    (independently, until the first rejection), the residual or bonus token included."""
-    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-
-
-def modelled_speedup(costs: LevelCosts, gamma: int, draft_gamma: int, alpha_draft: float, alpha_middle: float) -> float:
-    """Autoregressive time per token over TriForce's: a top round verifies gamma middle tokens
-    (one top forward) and emits E(alpha_middle, gamma) tokens; the middle makes its gamma tokens
-    in gamma / E(alpha_draft, draft_gamma) rounds of draft_gamma draft steps and one middle forward."""
-    middle_rounds = gamma / expected_accepted(alpha_draft, draft_gamma)
-    round_s = costs.top + middle_rounds * (costs.middle + draft_gamma * costs.draft)
-    return costs.autoregressive / (round_s / expected_accepted(alpha_middle, gamma))

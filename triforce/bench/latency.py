@@ -26,7 +26,7 @@ from triforce.executor import StaticExecutor
 from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.workspace import Workspace
 from triforce.levels import lower_levels, top_level
-from triforce.metrics import FORWARD_PHASES, GenerationStats
+from triforce.metrics import GenerationStats, forward_phase
 from triforce.models.llama import Transformer
 from triforce.sampling import SamplingParams
 
@@ -59,7 +59,7 @@ def graph_engine(target: Transformer, draft: Transformer | None, method: MethodC
     resolved KernelPolicy, which the engine then takes as it is)."""
     hardware = {"executor": "graphs", **(hardware or {})}
     policy = hardware.pop("kernels") if isinstance(hardware.get("kernels"), KernelPolicy) else None
-    return Engine(target, draft, method, sampling, hardware, EngineOptions(policy=policy))
+    return Engine(target, draft, method, sampling, hardware, EngineOptions(kernel_policy=policy))
 
 
 class LevelBench:
@@ -215,7 +215,7 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
-    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and k[7:] in FORWARD_PHASES)
+    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and forward_phase(k[7:]))
     row = dict(method=method.name, context=len(prompt), new_tokens=m["new_tokens"], prefill_s=m["prefill_s"],
                ms_per_token=m["ms_per_token"], levels_ms_per_token=1e3 * levels_s / m["new_tokens"],
                overhead=1 - levels_s / m["decode_s"], mean_accepted_len=m["mean_accepted_len"],
@@ -251,7 +251,7 @@ def batch_end_to_end(target: Transformer, draft: Transformer | None, method: Met
     free_memory()
     result = engine.generate(prompts, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
-    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and k[7:] in FORWARD_PHASES)
+    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and forward_phase(k[7:]))
     rows = result.results
     mean = lambda key: sum(r.metrics.get(key, float("nan")) for r in rows) / len(rows)  # noqa: E731
     row = dict(method=label or method.name, batch=len(prompts), context=max(len(p) for p in prompts),
@@ -261,10 +261,29 @@ def batch_end_to_end(target: Transformer, draft: Transformer | None, method: Met
     for key in ("accept_rate/draft", "accept_rate/middle"):
         if key in rows[0].metrics:
             row[key] = mean(key)
-    row.update({k: v for k, v in m.items() if k.startswith(("time_s/", "forwards/"))})
+    row.update({k: v for k, v in m.items() if k.startswith(("time_s/", "forwards/", "plan", "alpha/"))})
+    for early in (64,):  # how a run fares over its first tokens (an adaptive one is still learning)
+        if new_tokens > early:
+            row[f"throughput_first_{early}"] = early_throughput([r.rounds for r in rows], early)
+    row["first_use_s"] = m.get("time_s/capture", 0.0) + m.get("time_s/catchup", 0.0)
     del engine, result
     free_memory()
     return row
+
+
+def early_throughput(rounds: list[list[dict]], tokens: int) -> float:
+    """Tokens per second over the batch until every sequence had `tokens` (from the per-step
+    records: each step's tokens and wall ms, the same step for every row of a batch)."""
+    done, seconds = [0] * len(rounds), 0.0
+    for step in range(max(len(r) for r in rounds)):
+        records = [r[step] for r in rounds if step < len(r)]
+        seconds += records[0]["ms"] / 1e3
+        for b, r in enumerate(rounds):
+            if step < len(r):
+                done[b] += r[step]["emitted"]
+        if min(done) >= tokens:
+            break
+    return sum(min(d, tokens) for d in done) / seconds if seconds else float("nan")
 
 
 def speedups(levels: list[dict], gamma: int, draft_gamma: int, acceptance: list[tuple[float, float]]) -> list[dict]:

@@ -147,12 +147,13 @@ def cache_specs(method: MethodConfig, target, draft, prompt_lens: list[int], max
                     # a captured top-level forward records its queries only where a rebuild will read them
                     record_queries=method.uses_middle and method.rebuild != "never")
     specs = {"top": top}
-    if method.uses_middle:
-        methods = [method.for_prompt(n) for n in prompt_lens]  # each sequence's budget in tokens
+    for name, kind in method.middle_levels:  # one level per middle cache (method=auto may build several)
+        middle = method.middle_config(kind)
+        methods = [middle.for_prompt(n) for n in prompt_lens]  # each sequence's budget in tokens
         m = max(methods, key=lambda x: x.budget or 0)
         # every middle cache is a selection of the full cache at true positions, plus room for the
         # tokens generated after it (rolled back like any cache)
-        specs["middle"] = CacheSpec(
+        specs[name] = CacheSpec(
             "selection", shape, m.budget + max_new_tokens + method.lookahead + SPARE_TOKENS, B, spare, dtype_bytes,
             budget=m.budget, chunk_size=m.chunk_size, scorer=m.scorer, recent=m.recent_tokens(m.budget),
             row_budgets=tuple((x.budget, x.recent_tokens(x.budget)) for x in methods), record_queries=False)

@@ -26,6 +26,9 @@ GROUP_BY = ("method.name", "method.middle_cache")
 PHASES = ("time_s/prefill", "time_s/draft", "time_s/middle", "time_s/verify", "time_s/decode", "time_s/rebuild",
           "baseline_time_s/prefill", "baseline_time_s/decode")
 ROUNDS_TABLE = "rounds"
+# method=auto (docs/DESIGN.md §12): how often a prompt's plan changed, and the speculative rounds it
+# ran only to measure again while plain decoding won
+PLANS = ("plan/switches", "plan/probes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,16 @@ def _throughput() -> list:
                            y=wr.SummaryMetric("throughput_speedup"), layout=wr.Layout(x=12, y=0, w=12, h=8))]
 
 
+def _plans() -> list:
+    return [wr.BarPlot(title="plan switches and probes per prompt", metrics=list(PLANS), orientation="v",
+                       layout=wr.Layout(x=0, y=0, w=8, h=8)),
+            wr.ScatterPlot(title="tokens/s vs tokens/s of the run's plain-decoding rounds",
+                           x=wr.SummaryMetric("plan_tokens_per_s/autoregressive"), y=wr.SummaryMetric("tokens_per_s"),
+                           layout=wr.Layout(x=8, y=0, w=8, h=8)),
+            wr.ScatterPlot(title="speedup vs method", x=wr.Config("method.name"), y=wr.SummaryMetric("speedup"),
+                           layout=wr.Layout(x=16, y=0, w=8, h=8))]
+
+
 def _rounds() -> list:
     return [wr.WeavePanelSummaryTable(table_name=ROUNDS_TABLE, layout=wr.Layout(x=0, y=0, w=24, h=12))]
 
@@ -87,9 +100,15 @@ SECTIONS = (
             "How many tokens per second does the batch generate as hardware.batch_size grows, and how "
             "much faster than batched autoregressive decoding of the same prompts (throughput_speedup)?",
             _throughput, rows=1),
+    Section("Adaptive plans (method=auto)",
+            "How often does a prompt's plan change and how often does plain decoding probe speculation "
+            "again; is a run faster than the plain-decoding rounds it also ran (plan_tokens_per_s/"
+            "autoregressive), and how does method=auto compare with fixed methods? The `rounds` table "
+            "names each step's plan (its `plan` column) and the tokens/s it predicted.", _plans, rows=1),
     Section("Per-step records",
-            "The `rounds` table: tokens emitted, accepted/<level> and proposed/<level>, and wall ms of "
-            "every top-level step of every prompt, for finding slow or poorly accepted stretches.", _rounds),
+            "The `rounds` table: tokens emitted, accepted/<level> and proposed/<level>, the plan and its "
+            "predicted tokens/s, and wall ms of every top-level step of every prompt, for finding slow or "
+            "poorly accepted stretches.", _rounds),
 )
 
 

@@ -1,0 +1,171 @@
+"""The plan of a round (triforce/planner.py): plans and their names, the expected speed of a plan
+(costs.py), the adaptive choice, its probes while plain decoding wins, acceptance that follows the
+text, and the step costs an engine keeps across generations and runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from triforce.config import MethodConfig
+from triforce.costs import StepCosts, expected_accepted, plan_speed
+from triforce.errors import ConfigError
+from triforce.planner import AUTOREGRESSIVE, AdaptivePlanner, Plan, ScheduledPlanner, candidate_plans, plan_of
+
+
+class View:
+    """A generation as a planner sees it: its levels and their byte floors (the draft 100x cheaper)."""
+    batch_size = 1
+    BYTES = {"draft": 1e6, "middle": 5e7, "middle-streaming": 5e7, "top": 1e8}
+
+    def has_level(self, level: str) -> bool:
+        return level in self.BYTES
+
+    def step_bytes(self, level: str, tokens: int) -> float:
+        return self.BYTES[level]
+
+
+SPEC = Plan(("draft", "top"), (4,))
+TRIFORCE = Plan(("draft", "middle", "top"), (2, 6))
+
+
+def test_plans_and_their_names():
+    assert AUTOREGRESSIVE.name == "autoregressive" and not AUTOREGRESSIVE.speculative
+    assert SPEC.name == "spec g4"
+    assert Plan(("middle", "top"), (6,)).name == "retrieval_spec g6"
+    assert TRIFORCE.name == "triforce g6/2"
+    assert Plan(("draft", "middle-streaming", "top"), (3, 8)).name == "triforce[middle-streaming] g8/3"
+    with pytest.raises(ValueError):
+        Plan(("draft", "middle"), (2,))  # a chain ends with the top level
+    with pytest.raises(ValueError):
+        Plan(("draft", "top"), ())  # a gamma per level above the first
+    assert plan_of(MethodConfig(name="triforce", gamma=5, draft_gamma=3)) == Plan(("draft", "middle", "top"), (3, 5))
+    assert plan_of(MethodConfig(name="autoregressive")) == AUTOREGRESSIVE
+
+
+def test_candidates_of_auto_and_of_an_adaptive_method():
+    auto = MethodConfig(name="auto", plans=("autoregressive", "retrieval_spec", "triforce"),
+                        middle_caches=("hybrid", "streaming"), gammas=(2, 4), draft_gammas=(1, 2))
+    assert auto.middle_levels == (("middle-hybrid", "hybrid"), ("middle-streaming", "streaming"))
+    plans = candidate_plans(auto, [name for name, _ in auto.middle_levels])
+    assert plans[0] == AUTOREGRESSIVE and len(plans) == 1 + 2 * 2 + 2 * 2 * 2
+    assert Plan(("draft", "middle-streaming", "top"), (1, 4)) in plans
+    adaptive = MethodConfig(name="spec", adaptive=True, gammas=(2, 3))
+    assert candidate_plans(adaptive, []) == [AUTOREGRESSIVE, Plan(("draft", "top"), (2,)), Plan(("draft", "top"), (3,))]
+    assert MethodConfig(name="triforce", adaptive=True, gammas=(2, 9)).lookahead == 9 + 3 + 2  # the largest gammas
+    with pytest.raises(ConfigError, match="method.plans"):
+        MethodConfig(name="auto", plans=("beam",))
+    with pytest.raises(ConfigError, match="nothing to adapt"):
+        MethodConfig(name="autoregressive", adaptive=True)
+    with pytest.raises(ConfigError, match="method.gammas"):
+        MethodConfig(name="spec", adaptive=True, gammas=(0,))
+
+
+def test_plan_speed_is_tokens_per_round_over_the_round_s_seconds():
+    assert expected_accepted(0.0, 5) == 1 and expected_accepted(1.0, 5) == 6
+    assert math.isclose(expected_accepted(0.5, 2), 1 + 0.5 + 0.25)
+    assert plan_speed([0.01], (), ()) == pytest.approx(100)  # plain decoding: one token a step
+    # two levels: gamma draft steps and one verify per round
+    assert plan_speed([0.001, 0.012], (0.8,), (4,)) == pytest.approx(expected_accepted(0.8, 4) / (4 * 0.001 + 0.012))
+    # three levels: the middle needs gamma / E(draft) rounds of (draft_gamma draft steps + a middle forward)
+    e1, e2 = expected_accepted(0.9, 2), expected_accepted(0.7, 6)
+    assert plan_speed([0.001, 0.004, 0.012], (0.9, 0.7), (2, 6)) == pytest.approx(
+        e2 / (6 / e1 * (2 * 0.001 + 0.004) + 0.012))
+
+
+def timed_planner(plans, batch_size=1, **kw) -> AdaptivePlanner:
+    """A planner whose levels' steps were measured: draft 1 ms, middle 5 ms, top 10 ms (any width)."""
+    planner = AdaptivePlanner(plans, batch_size=batch_size, **kw)
+    for level, seconds in (("draft", 0.001), ("middle", 0.005), ("top", 0.010)):
+        for tokens in range(1, 10):
+            planner.timed(level, tokens, seconds)
+    return planner
+
+
+def observe(planner: AdaptivePlanner, plan: Plan, alphas: dict, rounds: int = 30, rows: int = 1) -> None:
+    """Rounds of `plan` whose boundaries accept at the given per-token rates (their expectation)."""
+    for _ in range(rounds):
+        for lower, upper in plan.boundaries():
+            gamma = plan.gammas[plan.chain.index(upper) - 1]
+            accepted = round(expected_accepted(alphas[(lower, upper)], gamma) - 1)
+            for row in range(rows):
+                planner.verified(lower, upper, row, gamma, min(accepted, gamma))
+
+
+def test_speculation_where_it_pays_plain_decoding_where_it_does_not():
+    plans = [AUTOREGRESSIVE, SPEC, TRIFORCE]
+    view = View()
+    planner = timed_planner(plans)
+    observe(planner, TRIFORCE, {("draft", "middle"): 0.95, ("middle", "top"): 0.95})
+    observe(planner, SPEC, {("draft", "top"): 0.3})
+    assert planner.choose(view, [True]) == TRIFORCE
+    collapsed = timed_planner(plans)
+    observe(collapsed, TRIFORCE, {("draft", "middle"): 0.05, ("middle", "top"): 0.05})
+    observe(collapsed, SPEC, {("draft", "top"): 0.05})
+    assert collapsed.choose(view, [True]) == AUTOREGRESSIVE
+
+
+def test_plain_decoding_still_probes_speculation_and_backs_off():
+    view = View()
+    planner = timed_planner([AUTOREGRESSIVE, SPEC], probe_every=4, max_probe_every=16)
+    observe(planner, SPEC, {("draft", "top"): 0.0})
+    choices = []
+    for _ in range(60):
+        plan = planner.choose(view, [True])
+        choices.append(plan)
+        if plan.speculative:
+            observe(planner, SPEC, {("draft", "top"): 0.0}, rounds=1)
+    probes = [i for i, plan in enumerate(choices) if plan.speculative]
+    # one round in 4 is a probe, then one in 8, then one in 16 (the cap)
+    assert probes[0] < 4 and [b - a for a, b in zip(probes, probes[1:])][:3] == [8, 16, 16]
+    assert planner.probes == len(probes) and choices.count(AUTOREGRESSIVE) > 50
+
+
+def test_acceptance_follows_text_whose_difficulty_changes():
+    planner = timed_planner([AUTOREGRESSIVE, SPEC], memory_rounds=4)
+    observe(planner, SPEC, {("draft", "top"): 0.95}, rounds=40)
+    assert planner.alpha("draft", "top") > 0.85
+    assert planner.choose(View(), [True]) == SPEC
+    observe(planner, SPEC, {("draft", "top"): 0.0}, rounds=16)  # four half-lives later
+    assert planner.alpha("draft", "top") < 0.3
+    assert planner.choose(View(), [True]) == AUTOREGRESSIVE
+
+
+def test_a_batch_plans_for_the_sum_of_its_rows_and_its_slowest_middle():
+    """Rows that accept differently: a batch's round takes as many middle rounds as its slowest row
+    needs, and yields the sum of its rows' tokens."""
+    view = View()
+    one = timed_planner([AUTOREGRESSIVE, TRIFORCE], batch_size=2)
+    for row, (a_draft, a_middle) in enumerate(((0.9, 0.9), (0.2, 0.6))):
+        for _ in range(30):
+            one.verified("draft", "middle", row, 2, round(expected_accepted(a_draft, 2) - 1))
+            one.verified("middle", "top", row, 6, round(expected_accepted(a_middle, 6) - 1))
+    tokens = sum(expected_accepted(one.alpha("middle", "top", b), 6) for b in range(2))
+    slowest = min(expected_accepted(one.alpha("draft", "middle", b), 2) for b in range(2))
+    seconds = 6 / slowest * (2 * 0.001 + 0.005) + 0.010
+    assert one.speed(view, TRIFORCE, [True, True]) == pytest.approx(tokens / seconds)
+    assert one.speed(view, AUTOREGRESSIVE, [True, False]) == pytest.approx(100)  # one active row
+
+
+def test_a_schedule_runs_its_plans_in_turn():
+    planner = ScheduledPlanner([AUTOREGRESSIVE, SPEC, TRIFORCE])
+    assert [planner.choose(View(), [True]) for _ in range(5)] == [AUTOREGRESSIVE, SPEC, TRIFORCE, AUTOREGRESSIVE, SPEC]
+
+
+def test_step_costs_follow_the_last_forwards_and_survive_a_run(tmp_path):
+    costs = StepCosts(halflife=2)
+    for _ in range(20):
+        costs.add("top", 7, 4, 0.010)
+    for _ in range(6):
+        costs.add("top", 7, 4, 0.020)
+    assert 0.017 < costs.seconds("top", 7, 4) < 0.020  # mostly the recent forwards
+    assert costs.seconds("top", 7, 1) is None
+    costs.about = {"device": "NVIDIA H100 80GB HBM3"}
+    costs.save(tmp_path / "costs.json")
+    again = StepCosts.load(tmp_path / "costs.json", halflife=2)
+    assert again.seconds("top", 7, 4) == pytest.approx(costs.seconds("top", 7, 4))
+    assert again.about == costs.about
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="bad.json"):
+        StepCosts.load(tmp_path / "bad.json")

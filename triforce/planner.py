@@ -1,0 +1,390 @@
+"""Which levels run each round, and how many tokens each asks of the one below: the plan of a round,
+chosen before it from what the rounds so far measured (docs/DESIGN.md §12).
+
+    plan = planner.choose(view)     # before a top-level round (host arithmetic only)
+    ... the round runs the plan's chain ...
+    planner.observe(view)           # after it: acceptance counts and step times it produced
+
+A `Plan` is a chain of levels, cheapest first, ending with the top level, and the gamma each level
+asks of the one below: `("top",)` is plain autoregressive decoding (the very step `method=
+autoregressive` runs), `("draft", "top")` / `("middle", "top")` two levels, `("draft", "middle",
+"top")` TriForce. Planners:
+
+- `FixedPlanner`: the method's own plan, every round (every method without `adaptive`);
+- `ScheduledPlanner`: a fixed cycle of plans (tests: switching every round must stay exact);
+- `AdaptivePlanner` (`method=auto`, or `method.adaptive=true`): the candidate plan with the highest
+  expected tokens per second under the cost model and the acceptance estimates; when that is
+  autoregressive decoding it still probes the best speculative plan now and then, so that its
+  estimates do not go stale.
+
+**Why a plan chosen this way keeps the output exact.** Every round is an exact speculative step
+whatever the proposer (docs/DESIGN.md §2): given the tokens so far, the tokens a round emits are
+distributed as the target's own sampling, for any chain and any gammas. A plan is a function of the
+past only (the tokens emitted and the counts and timings the earlier rounds made), never of the
+round's own random draws, so conditioned on the past each round is one such exact step, and by
+induction the whole sequence is distributed as plain sampling from the target with its full cache.
+
+**The cost model.** Each level's step time per (level, tokens per sequence), measured from the
+forwards the rounds run (device time of each captured replay, read after the round's one
+synchronisation; host time on a CPU) with a short memory; where a forward has not run yet, its byte
+floor (weights once, every sequence's KV: costs.step_bytes) times the seconds per byte the measured
+forwards show (an optimistic prior of the device's bandwidth before any is measured).
+
+**Acceptance.** Per level boundary (lower, upper), the per-token acceptance alpha as the truncated
+geometric estimate accepted / (accepted + rejections), pooled over the batch and per sequence, with
+an exponential memory of `memory_rounds` rounds so that it follows text whose difficulty changes.
+A batch's plan maximises the sum of its sequences' expected tokens over the round's time (every
+sequence waits for the round).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+from triforce.costs import StepCosts, expected_accepted, plan_seconds
+
+TOP = "top"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A round's chain of levels, cheapest first, ending with the top level; gammas[i]: the tokens
+    level i + 1 asks of level i per round (len(chain) - 1 of them)."""
+    chain: tuple[str, ...]
+    gammas: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.chain or self.chain[-1] != TOP or len(self.gammas) != len(self.chain) - 1:
+            raise ValueError(f"a plan's chain ends with {TOP!r} and has a gamma per level above the first: {self}")
+
+    @property
+    def speculative(self) -> bool:
+        return len(self.chain) > 1
+
+    @property
+    def name(self) -> str:
+        """autoregressive, spec g4, retrieval_spec g6, triforce[middle-streaming] g6/2 (the top's
+        gamma first; a middle other than the method's own `middle` named in brackets)."""
+        if not self.speculative:
+            return "autoregressive"
+        middles = [level for level in self.chain if level.startswith("middle")]
+        draft = "draft" in self.chain
+        kind = "triforce" if draft and middles else "spec" if draft else "retrieval_spec"
+        which = f"[{middles[0]}]" if middles and middles[0] != "middle" else ""
+        return f"{kind}{which} g{'/'.join(str(g) for g in reversed(self.gammas))}"
+
+    def boundaries(self) -> list[tuple[str, str]]:
+        return list(zip(self.chain, self.chain[1:]))
+
+
+AUTOREGRESSIVE = Plan((TOP,))
+
+
+class PlannerView(Protocol):
+    """What a planner reads of a generation (engine.Generation)."""
+    batch_size: int
+
+    def has_level(self, level: str) -> bool: ...
+
+    def step_bytes(self, level: str, tokens: int) -> int: ...
+
+
+class Planner(Protocol):
+    def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan: ...
+
+    def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None: ...
+
+    def timed(self, level: str, tokens: int, seconds: float) -> None: ...
+
+    def stepped(self, plan: Plan, emitted: int, seconds: float, predicted: float | None) -> None: ...
+
+
+class PlanLog:
+    """What the rounds of each plan did: rounds, tokens emitted (all sequences), wall seconds, and
+    the tokens the planner expected (its predicted tokens/s times the round's seconds)."""
+
+    def __init__(self):
+        self.rounds: dict[str, int] = {}
+        self.tokens: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.predicted_tokens: dict[str, float] = {}
+        self.switches = 0
+        self._last: str | None = None
+
+    def add(self, plan: Plan, emitted: int, seconds: float, predicted: float | None) -> None:
+        name = plan.name
+        self.switches += self._last is not None and name != self._last
+        self._last = name
+        self.rounds[name] = self.rounds.get(name, 0) + 1
+        self.tokens[name] = self.tokens.get(name, 0) + emitted
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if predicted is not None:
+            self.predicted_tokens[name] = self.predicted_tokens.get(name, 0.0) + predicted * seconds
+
+    def describe(self) -> dict[str, float]:
+        """plan_rounds/, plan_tokens/, plan_s/, plan_tokens_per_s/ and plan_predicted_tokens_per_s/
+        per plan (docs/DESIGN.md §9), and plan/switches."""
+        out: dict[str, float] = {"plan/switches": self.switches}
+        for name, rounds in self.rounds.items():
+            seconds = self.seconds[name]
+            out[f"plan_rounds/{name}"] = rounds
+            out[f"plan_tokens/{name}"] = self.tokens[name]
+            out[f"plan_s/{name}"] = seconds
+            if seconds > 0:
+                out[f"plan_tokens_per_s/{name}"] = self.tokens[name] / seconds
+                if name in self.predicted_tokens:
+                    out[f"plan_predicted_tokens_per_s/{name}"] = self.predicted_tokens[name] / seconds
+        return out
+
+
+class _Observer:
+    """What every planner does with the rounds' observations: logs each plan's rounds."""
+
+    def __init__(self):
+        self.log = PlanLog()
+        self.predicted: float | None = None
+
+    def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None:
+        pass
+
+    def timed(self, level: str, tokens: int, seconds: float) -> None:
+        pass
+
+    def stepped(self, plan: Plan, emitted: int, seconds: float, predicted: float | None) -> None:
+        self.log.add(plan, emitted, seconds, predicted)
+
+    def describe(self) -> dict[str, float]:
+        return self.log.describe()
+
+
+class FixedPlanner(_Observer):
+    """The method's own plan, every round."""
+
+    def __init__(self, plan: Plan):
+        super().__init__()
+        self.plan = plan
+
+    def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan:
+        return self.plan
+
+
+class ScheduledPlanner(_Observer):
+    """`plans` in turn, one per top-level round (tests: a switch every round must stay exact)."""
+
+    lazy = True  # levels are prefilled when a plan first runs them (engine.Generation._use)
+
+    def __init__(self, plans: Sequence[Plan]):
+        super().__init__()
+        self.plans, self.rounds = list(plans), 0
+
+    def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan:
+        plan = self.plans[self.rounds % len(self.plans)]
+        self.rounds += 1
+        return plan
+
+
+class Decayed:
+    """An exponentially decayed sum: recent observations weigh most (half-life in observations)."""
+
+    def __init__(self, halflife: float):
+        self.keep = 0.5 ** (1 / max(halflife, 1e-9))
+        self.value = 0.0
+
+    def add(self, x: float) -> None:
+        self.value = self.value * self.keep + x
+
+
+@dataclasses.dataclass
+class Acceptance:
+    """Per-token acceptance at one level boundary: accepted and rejections, decayed per round."""
+    halflife: float
+    prior: float
+    prior_weight: float = 2.0  # pseudo-observations of the prior (before any round ran this boundary)
+    accepted: Decayed = None
+    rejected: Decayed = None
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        # the prior as pseudo-observations that fade like real ones
+        self.accepted, self.rejected = Decayed(self.halflife), Decayed(self.halflife)
+        self.accepted.value = self.prior * self.prior_weight
+        self.rejected.value = (1 - self.prior) * self.prior_weight
+
+    def add(self, proposed: int, accepted: int) -> None:
+        self.accepted.add(accepted)
+        self.rejected.add(1.0 if accepted < proposed else 0.0)
+        self.rounds += 1
+
+    @property
+    def alpha(self) -> float:
+        """accepted / (accepted + rejections), the truncated geometric's estimate (near the prior
+        while few rounds have been seen)."""
+        a, r = self.accepted.value, self.rejected.value
+        return a / (a + r) if a + r > 0 else self.prior
+
+
+class AdaptivePlanner(_Observer):
+    """The candidate plan with the highest expected tokens per second; autoregressive decoding when
+    nothing beats it, probing the best speculative plan every `probe_every` rounds (the interval
+    doubles while the probes confirm autoregressive decoding, up to `max_probe_every`)."""
+
+    lazy = True  # a level is prefilled when a plan first runs it: a level no plan runs costs nothing
+
+    # what is assumed of a boundary before any round ran it: optimistic enough that speculation is
+    # tried first (its first rounds measure it)
+    PRIOR = 0.8
+
+    def __init__(self, plans: Sequence[Plan], *, batch_size: int, costs: StepCosts | None = None,
+                 memory_rounds: float = 8.0, probe_every: int = 8, max_probe_every: int = 256):
+        if not plans:
+            raise ValueError("an adaptive planner needs at least one candidate plan")
+        super().__init__()
+        self.plans = list(plans)
+        self.batch_size = batch_size
+        self.memory_rounds = memory_rounds
+        self.probe_every, self.max_probe_every = probe_every, max_probe_every
+        self.pooled: dict[tuple[str, str], Acceptance] = {}
+        self.rows: dict[tuple[str, str, int], Acceptance] = {}
+        # step costs: the engine's (they outlive a generation), else this generation's own
+        self.costs = costs if costs is not None else StepCosts(memory_rounds)
+        self._since_probe = 0
+        self._probe_interval = probe_every
+        self._last: Plan | None = None
+        self.probes = 0  # speculative rounds run only to measure again while plain decoding wins
+
+    # -- observations ------------------------------------------------------------------------
+    def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None:
+        key = (lower, upper)
+        # pooled: every sequence's round counts, so its memory spans as many rounds as a row's
+        self._acceptance(self.pooled, key, self.memory_rounds * self.batch_size).add(proposed, accepted)
+        self._acceptance(self.rows, (*key, row), self.memory_rounds).add(proposed, accepted)
+
+    def _acceptance(self, table: dict, key, halflife: float) -> Acceptance:
+        if key not in table:
+            table[key] = Acceptance(halflife, self.PRIOR)
+        return table[key]
+
+    def timed(self, level: str, tokens: int, seconds: float) -> None:
+        self.costs.add(level, tokens, self.batch_size, seconds)
+
+    # -- the model -----------------------------------------------------------------------------
+    def step_seconds(self, view: PlannerView, level: str, tokens: int, memo: dict | None = None) -> float:
+        """A forward of `level` over `tokens` new tokens per sequence: measured, else its byte floor
+        times the measured seconds per byte. `memo`: one choice's, shared by its plans."""
+        memo = {} if memo is None else memo
+        if (level, tokens) not in memo:
+            seconds = self.costs.seconds(level, tokens, self.batch_size)
+            if seconds is None:
+                if "seconds/byte" not in memo:
+                    memo["seconds/byte"] = self._seconds_per_byte(view)
+                seconds = view.step_bytes(level, tokens) * memo["seconds/byte"]
+            memo[(level, tokens)] = seconds
+        return memo[(level, tokens)]
+
+    def _seconds_per_byte(self, view: PlannerView) -> float:
+        measured = [(s, view.step_bytes(level, tokens)) for (level, tokens, batch), s in self.costs.measured()
+                    if batch == self.batch_size and view.has_level(level)]
+        if measured:
+            return min(s / max(b, 1) for s, b in measured)  # the cheapest per byte: an optimistic prior
+        return 1e-12  # nothing measured yet: the speeds only compare with each other
+
+    def alpha(self, lower: str, upper: str, row: int | None = None) -> float:
+        table, key = (self.pooled, (lower, upper)) if row is None else (self.rows, (lower, upper, row))
+        entry = table.get(key) or self.pooled.get((lower, upper))
+        return entry.alpha if entry is not None else self.PRIOR
+
+    def measured(self, plan: Plan) -> bool:
+        """Every forward the plan runs has been timed (its speed is then a prediction, not a prior)."""
+        steps = [(plan.chain[0], 1), *((level, g + 1) for level, g in zip(plan.chain[1:], plan.gammas))]
+        return all(self.costs.seconds(level, tokens, self.batch_size) is not None for level, tokens in steps)
+
+    def speed(self, view: PlannerView, plan: Plan, active: Sequence[bool],
+              yields: dict | None = None) -> float:
+        """Expected tokens per second over the sequences of `active` under `plan`. A batch shares
+        each round's time: the top round emits the sum of the sequences' expected tokens, and a level
+        below runs as many rounds as its slowest sequence needs (costs.round_yield, row by row).
+        `yields`: one choice's memo (step costs, expected_accepted per boundary and gamma), shared by
+        its plans."""
+        yields = {} if yields is None else yields
+        steps = [self.step_seconds(view, plan.chain[0], 1, yields)]
+        steps += [self.step_seconds(view, level, g + 1, yields) for level, g in zip(plan.chain[1:], plan.gammas)]
+        rows = [b for b, on in enumerate(active) if on]
+        if not plan.speculative:
+            return len(rows) / steps[0]
+
+        def per_row(i: int) -> tuple[float, float]:  # (sum, least) of the rows' expected tokens at boundary i
+            key = (plan.chain[i], plan.chain[i + 1], plan.gammas[i])
+            if key not in yields:
+                e = [expected_accepted(self.alpha(key[0], key[1], b), key[2]) for b in rows]
+                yields[key] = (sum(e), min(e))
+            return yields[key]
+
+        gammas = plan.gammas
+        rounds = [1.0] * len(gammas)  # rounds of each speculative level (chain[i + 1]) per top round
+        for i in range(len(gammas) - 2, -1, -1):  # as many as the row with the fewest tokens a round needs
+            rounds[i] = max(1.0, gammas[i + 1] / per_row(i)[1]) * rounds[i + 1]
+        return per_row(len(gammas) - 1)[0] / plan_seconds(steps, gammas, tuple(rounds))
+
+    # -- the choice ----------------------------------------------------------------------------
+    def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan:
+        if self._last is not None and not self._last.speculative and self._since_probe + 1 < self._probe_interval:
+            # plain decoding between probes: it measures no acceptance, so nothing the choice reads has
+            # changed but its own step cost; the round goes on as plain decoding, at no cost of choosing
+            self._since_probe += 1
+            return self._last
+        yields: dict = {}
+        speeds = [(self.speed(view, plan, active, yields), i) for i, plan in enumerate(self.plans)]
+        best_speed, best = max(speeds)
+        choice = self.plans[best]
+        if not choice.speculative:
+            self._since_probe += 1
+            speculative = [(s, i) for s, i in speeds if self.plans[i].speculative]
+            if speculative and self._since_probe >= self._probe_interval:
+                # a probe: the best speculative plan once, so its acceptance is measured again
+                self._since_probe = 0
+                self._probe_interval = min(2 * self._probe_interval, self.max_probe_every)
+                best_speed, best = max(speculative)
+                choice = self.plans[best]
+                self.probes += 1
+        else:
+            self._since_probe, self._probe_interval = 0, self.probe_every
+        # what the run reports as predicted: only a speed from measured step costs (a prior is a guess)
+        self.predicted = best_speed if self.measured(choice) else None
+        self._last = choice
+        return choice
+
+    def describe(self) -> dict[str, float]:
+        """The plans' log, the probes, and the acceptance estimate of each boundary (pooled)."""
+        out = {**self.log.describe(), "plan/probes": self.probes}
+        for (lower, upper), entry in self.pooled.items():
+            out[f"alpha/{lower}>{upper}"] = entry.alpha
+        return out
+
+
+def plan_of(method, middle: str = "middle") -> Plan:
+    """The plan a (non-adaptive) method runs every round."""
+    if method.name == "autoregressive":
+        return AUTOREGRESSIVE
+    if method.name == "spec":
+        return Plan(("draft", TOP), (method.gamma,))
+    if method.name == "retrieval_spec":
+        return Plan((middle, TOP), (method.gamma,))
+    return Plan(("draft", middle, TOP), (method.draft_gamma, method.gamma))
+
+
+def candidate_plans(method, middles: Sequence[str]) -> list[Plan]:
+    """The plans an adaptive method chooses among: its chains (method=auto: method.plans; an adaptive
+    method: its own) over each middle cache it builds, every gamma of method.gammas (and
+    draft_gamma of method.draft_gammas), and autoregressive decoding."""
+    chains = method.plans if method.name == "auto" else (method.name,)
+    plans = [AUTOREGRESSIVE]
+    for chain in chains:
+        if chain == "spec":
+            plans += [Plan(("draft", TOP), (g,)) for g in method.gammas]
+        elif chain == "retrieval_spec":
+            plans += [Plan((m, TOP), (g,)) for m in middles for g in method.gammas]
+        elif chain == "triforce":
+            plans += [Plan(("draft", m, TOP), (g1, g)) for m in middles for g in method.gammas
+                      for g1 in method.draft_gammas]
+    return list(dict.fromkeys(plans))
