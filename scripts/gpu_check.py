@@ -57,6 +57,10 @@ METHODS = [
                            "rebuild_every": 16}),
     ("triforce", "target", {"budget": 128, "scorer": "bound", "rebuild": "on_low_acceptance"}),
     ("triforce", "draft", {"budget": 96, "middle_cache": "streaming", "gamma": 16}),
+    # plans chosen each round (docs/DESIGN.md §12): every chain, two middle levels, gammas, plain decoding
+    ("auto", "draft", {"budget": 64, "chunk_size": 8, "middle_caches": ["hybrid", "streaming"], "streaming_budget": 32,
+                       "recent_min": 16, "gammas": [2, 4, 8], "draft_gammas": [1, 2], "probe_every": 2}),
+    ("triforce", "draft", {"budget": 64, "chunk_size": 8, "adaptive": True, "gammas": [3, 6]}),
 ]
 
 
@@ -331,7 +335,9 @@ def check_engine(device, kernels: dict) -> bool:
             same = res.tokens == reference
             ok &= same
             print(f"{executor:6s} {name:15s} {extra} greedy-identical={same} "
-                  f"mean_accepted_len={res.metrics['mean_accepted_len']:.2f}")
+                  f"mean_accepted_len={res.metrics['mean_accepted_len']:.2f}"
+                  + (f" plans={ {k[12:]: int(v) for k, v in res.metrics.items() if k.startswith('plan_rounds/')} }"
+                     if name == "auto" or extra.get("adaptive") else ""))
         if executor == "graphs":
             eager_ref = Engine(target, None, {"name": "autoregressive"}, GREEDY,
                                {"executor": "eager"}).generate(prompt, 48)
