@@ -37,7 +37,8 @@ from triforce.bench import latency
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import method_config
 from triforce.errors import ConfigError
-from triforce.memory import check_memory, plan_memory
+from triforce.memory import check_memory, kv_bytes_per_token, plan_memory
+from triforce.prefill_memo import PrefillMemo
 from triforce.models.loading import parse_dtype
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams
@@ -97,12 +98,16 @@ def run_cells(cfg: DictConfig, models: Models, tables: dict[str, list], save) ->
             tables["skipped"].append(dict(shape=shape, context=context, batch=batch, reason=why))
             continue
         prompts = prompts_for(shape, context, batch)
+        # the prompts' top-level prefill once per cell (the head's scale does not touch the KV cache),
+        # kept in host memory where it fits
+        kv = context * batch * kv_bytes_per_token(SHAPES[shape], models.dtype.itemsize)
+        memo = PrefillMemo(max_bytes=int(cfg.prefill_memo_gb * 2 ** 30)) if kv < cfg.prefill_memo_gb * 2 ** 30 else None
         for s in cfg.head_scales:
             models.scale_heads(s)
             for label, method in (("autoregressive", autoregressive), *fixed.items(), ("auto", auto)):
                 row = latency.batch_end_to_end(target, draft if method.uses_draft else None, method, prompts,
                                                new_tokens=cfg.new_tokens, sampling=SAMPLING,
-                                               prefill_chunk=cfg.prefill_chunk, label=label)
+                                               prefill_chunk=cfg.prefill_chunk, label=label, prefill_memo=memo)
                 tables["runs"].append(dict(shape=shape, head_scale=s, **row))
                 print(json.dumps({k: v for k, v in tables["runs"][-1].items() if not k.startswith("plan_")},
                                  default=str), flush=True)

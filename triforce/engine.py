@@ -551,12 +551,16 @@ class Generation:
         a prompt (a selection re-selects from the full cache; a StreamingLLM draft keeps its window),
         up to all but the last token, as after the prefill. Its caches hold only committed tokens
         (every level of a chain is cropped to the accepted prefix when its round ends)."""
-        if plan is not self.plan:
-            self.plan = plan
-            self.chain = [self.level(name) for name in plan.chain]
-            self.gammas = (0, *plan.gammas)
+        if plan is self.plan:
+            return  # the levels that ran the last round feed what they have not seen as every round does
+        ran = set() if self.plan is None else set(self.plan.chain)  # up to date but for a round's tokens
+        self.plan = plan
+        self.chain = [self.level(name) for name in plan.chain]
+        self.gammas = (0, *plan.gammas)
         top = self.chain[-1]
         for level in self.chain[:-1]:
+            if level.name in ran:
+                continue
             behind = [b for b, row in enumerate(self.rows) if active[b] and level.cache.row(b).seq_len < row.n - 1]
             if not behind:
                 continue

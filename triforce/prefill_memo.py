@@ -64,9 +64,14 @@ class PrefillMemo:
 @torch.inference_mode()
 def weights_key(model: torch.nn.Module) -> tuple:
     """Names a model's weights: its config, dtype, device and a float64 checksum of every
-    parameter (one pass over the weights: ~0.1 s for 135M parameters on a CPU)."""
+    parameter the prefilled cache depends on (one pass over the weights: ~0.1 s for 135M
+    parameters on a CPU). Not the output head: the cache holds keys and values, which the head does
+    not touch (a benchmark that rescales the head reuses the prefill; a head tied to the embedding
+    is counted as the embedding)."""
     total = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
-    for i, p in enumerate(model.parameters()):
+    for i, (name, p) in enumerate(model.named_parameters()):
+        if name.startswith("lm_head."):
+            continue
         total += p.sum(dtype=torch.float64) * (i + 1)  # weighted by position: a swap of tensors shows
     attention = getattr(model, "attention", None)  # the prefill's attention backend
     return (repr(getattr(model, "config", None)), getattr(attention, "__name__", repr(attention)),

@@ -95,3 +95,16 @@ def test_autoregressive_rounds_are_the_steps_of_method_autoregressive(tiny_setup
     assert b.metrics["forwards/top"] == NEW and not any(k in b.metrics for k in ("forwards/draft",
                                                                               "forwards/middle-hybrid"))
     assert b.metrics["plan_rounds/autoregressive"] == NEW
+
+
+@pytest.mark.parametrize("name", ["spec", "retrieval_spec", "triforce"])
+def test_a_fixed_method_never_catches_a_level_up(tiny_setup, name):
+    """Its levels all run every round: a level one round left a token behind (every proposal
+    accepted) feeds it with the next round's forward, as always — never a catch-up (for a selection
+    that would be a re-selection the method did not ask for)."""
+    setup = tiny_setup["gqa"]
+    method = {**ADAPTIVE[name], "adaptive": False, "gamma": 3, "draft_gamma": 2}
+    result = Engine(setup.target, setup.target, method, GREEDY).generate(setup.prompt, NEW, seed=0)  # self-drafting
+    below = "draft" if name == "spec" else "middle"
+    assert any(r.get(f"accepted/{below}") == r.get(f"proposed/{below}") for r in result.rounds)  # a full accept
+    assert "time_s/catchup" not in result.metrics

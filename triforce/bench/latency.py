@@ -54,12 +54,13 @@ def _time_graph(graph: torch.cuda.CUDAGraph, repeats: int, batches: int = 5) -> 
 
 
 def graph_engine(target: Transformer, draft: Transformer | None, method: MethodConfig, sampling: SamplingParams,
-                 hardware: dict | None = None) -> Engine:
+                 hardware: dict | None = None, prefill_memo=None) -> Engine:
     """An engine with CUDA graphs and `hardware` settings (hardware.* keys: kernels may also be a
     resolved KernelPolicy, which the engine then takes as it is)."""
     hardware = {"executor": "graphs", **(hardware or {})}
     policy = hardware.pop("kernels") if isinstance(hardware.get("kernels"), KernelPolicy) else None
-    return Engine(target, draft, method, sampling, hardware, EngineOptions(kernel_policy=policy))
+    return Engine(target, draft, method, sampling, hardware, EngineOptions(kernel_policy=policy,
+                                                                          prefill_memo=prefill_memo))
 
 
 class LevelBench:
@@ -238,12 +239,14 @@ def scale_heads(model: Transformer, s: float) -> None:
 @torch.inference_mode()
 def batch_end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompts: list[list[int]], *,
                      new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
-                     hardware: dict | None = None, label: str | None = None) -> dict:
+                     hardware: dict | None = None, label: str | None = None, prefill_memo=None) -> dict:
     """One batched `generate`, as a user runs it (graphs on): the batch's measured throughput
     (generated tokens per second over the batch), its acceptance, and its wall time split into the
-    levels' GPU time and the engine's overhead."""
+    levels' GPU time and the engine's overhead. `prefill_memo` (prefill_memo.PrefillMemo): the top
+    level's prefill of prompts an earlier call prefilled, restored instead of computed again."""
     free_memory()
-    engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})})
+    engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})},
+                          prefill_memo=prefill_memo)
     # every kernel of the measured run compiled first (a prompt longer than the budget: chunks are
     # chosen, the draft's window is full), at the batch's size (graphs are per batch size)
     warm = min(len(prompts[0]), (method.budget or 0) + 2 * method.chunk_size + 1 if method.uses_middle else 64)
