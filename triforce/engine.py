@@ -470,15 +470,20 @@ class Generation:
         predicted = getattr(self.planner, "predicted", None)
         before = [counts.frozen() for counts in self.stats.rows]
         self.stats.sync()
-        start = time.perf_counter()
+        start, captured = time.perf_counter(), self.stats.time_s.get("capture", 0.0)
         self._use(plan, active)
         top = len(self.chain) - 1
         emitted = self._autoregressive_step(active) if top == 0 else self._round(top, active).emitted()
         self.stats.sync()
-        seconds = time.perf_counter() - start
+        # a graph captured in this step (a width used for the first time) is first-use cost, apart
+        capture_s = self.stats.time_s.get("capture", 0.0) - captured
+        seconds = time.perf_counter() - start - capture_s
         ms = 1000 * seconds
-        for (level, tokens), forward_s in self.stats.drain():  # the step's forwards, complete after the sync
+        forwards = self.stats.drain()  # the step's forwards, complete after the sync
+        for (level, tokens), forward_s in forwards:
             self.planner.timed(level, tokens, forward_s)
+        if hasattr(self.planner, "round_overhead"):
+            self.planner.round_overhead(seconds - sum(s for _, s in forwards), len(forwards))
         self.planner.stepped(plan, sum(len(e) for e in emitted), seconds, predicted)
         eos = self.engine.eos_ids
         news: list[list[int]] = [[] for _ in range(self.B)]
@@ -488,6 +493,8 @@ class Generation:
             new = emitted[b]
             record = self.stats.step_record(len(row.rounds), before[b], self.stats.rows[b])
             record.update(ms=ms, emitted=len(new), plan=plan.name)
+            if capture_s:
+                record["capture_ms"] = 1000 * capture_s
             if predicted is not None:
                 record["predicted_tokens_per_s"] = predicted
             row.rounds.append(record)

@@ -248,6 +248,7 @@ class AdaptivePlanner(_Observer):
         self.rows: dict[tuple[str, str, int], Acceptance] = {}
         # step costs: the engine's (they outlive a generation), else this generation's own
         self.costs = costs if costs is not None else StepCosts(memory_rounds)
+        self.overhead_s, self.overhead_n = Decayed(memory_rounds), Decayed(memory_rounds)
         self._since_probe = 0
         self._probe_interval = probe_every
         self._last: Plan | None = None
@@ -267,6 +268,14 @@ class AdaptivePlanner(_Observer):
 
     def timed(self, level: str, tokens: int, seconds: float) -> None:
         self.costs.add(level, tokens, self.batch_size, seconds)
+
+    def round_overhead(self, seconds: float, forwards: int) -> None:
+        """A round's wall time beyond its forwards' device time (sampling and verification between
+        them, host work, launches, the synchronisation), spread over its forwards: what a plan of
+        many small forwards pays beyond their bytes."""
+        if forwards > 0:
+            self.overhead_s.add(max(seconds, 0.0))
+            self.overhead_n.add(float(forwards))
 
     # -- the model -----------------------------------------------------------------------------
     def step_seconds(self, view: PlannerView, level: str, tokens: int, memo: dict | None = None) -> float:
@@ -311,7 +320,7 @@ class AdaptivePlanner(_Observer):
         steps += [self.step_seconds(view, level, g + 1, yields) for level, g in zip(plan.chain[1:], plan.gammas)]
         rows = [b for b, on in enumerate(active) if on]
         if not plan.speculative:
-            return len(rows) / steps[0]
+            return len(rows) / (steps[0] + self.forward_overhead())
 
         def per_row(i: int) -> tuple[float, float]:  # (sum, least) of the rows' expected tokens at boundary i
             key = (plan.chain[i], plan.chain[i + 1], plan.gammas[i])
@@ -324,7 +333,13 @@ class AdaptivePlanner(_Observer):
         rounds = [1.0] * len(gammas)  # rounds of each speculative level (chain[i + 1]) per top round
         for i in range(len(gammas) - 2, -1, -1):  # as many as the row with the fewest tokens a round needs
             rounds[i] = max(1.0, gammas[i + 1] / per_row(i)[1]) * rounds[i + 1]
-        return per_row(len(gammas) - 1)[0] / plan_seconds(steps, gammas, tuple(rounds))
+        forwards = plan_seconds([1.0] * len(steps), gammas, tuple(rounds))  # forwards per round
+        seconds = plan_seconds(steps, gammas, tuple(rounds)) + forwards * self.forward_overhead()
+        return per_row(len(gammas) - 1)[0] / seconds
+
+    def forward_overhead(self) -> float:
+        """Seconds per forward a round takes beyond the forwards' device time (measured; 0 before)."""
+        return self.overhead_s.value / self.overhead_n.value if self.overhead_n.value > 0 else 0.0
 
     # -- the choice ----------------------------------------------------------------------------
     def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan:
