@@ -19,7 +19,7 @@ from triforce.prefill_memo import PrefillMemo
 GREEDY = dict(temperature=0.0)
 PROMPT_LEN = 77  # not a multiple of any chunk size used
 NEW = 24
-KERNEL_NEW = 12  # tokens of the runs through Triton's interpreter
+KERNEL_NEW = 8  # tokens of the runs through Triton's interpreter (every level still runs rounds; rebuilds happen)
 
 # (id, method, draft): draft "self" = the target itself (self-speculation); "other" = a separate model
 # (the target's weights plus independent noise: it agrees with the target part of the time);
