@@ -471,7 +471,7 @@ class Generation:
         before = [counts.frozen() for counts in self.stats.rows]
         self.stats.sync()
         start, captured = time.perf_counter(), self.stats.time_s.get("capture", 0.0)
-        self._use(plan, active)
+        caught_up = self._use(plan, active)
         top = len(self.chain) - 1
         emitted = self._autoregressive_step(active) if top == 0 else self._round(top, active).emitted()
         self.stats.sync()
@@ -481,9 +481,10 @@ class Generation:
         ms = 1000 * seconds
         forwards = self.stats.drain()  # the step's forwards, complete after the sync
         for (level, tokens), forward_s in forwards:
+            self.engine.costs.add(level, tokens, self.B, forward_s)  # whatever the planner (costs.json)
             self.planner.timed(level, tokens, forward_s)
-        if hasattr(self.planner, "round_overhead"):
-            self.planner.round_overhead(seconds - sum(s for _, s in forwards), len(forwards))
+        # beyond the forwards: the round's own work (what a catch-up cost is the switch's, told apart)
+        self.planner.round_overhead(plan, seconds - caught_up - sum(s for _, s in forwards), len(forwards))
         self.planner.stepped(plan, sum(len(e) for e in emitted), seconds, predicted)
         eos = self.engine.eos_ids
         news: list[list[int]] = [[] for _ in range(self.B)]
@@ -552,28 +553,35 @@ class Generation:
         self.tokens = None
 
     # -- the plan of a round --------------------------------------------------------------------
-    def _use(self, plan: Plan, active: list[bool]) -> None:
+    def _use(self, plan: Plan, active: list[bool]) -> float:
         """Run `plan` from this round on: its chain of levels and gammas. A level the last rounds did
         not run has fallen behind the sequence: it takes the tokens it has not seen as a prefill takes
         a prompt (a selection re-selects from the full cache; a StreamingLLM draft keeps its window),
         up to all but the last token, as after the prefill. Its caches hold only committed tokens
-        (every level of a chain is cropped to the accepted prefix when its round ends)."""
+        (every level of a chain is cropped to the accepted prefix when its round ends). Returns the
+        seconds the catch-ups took (each level's told to the planner)."""
         if plan is self.plan:
-            return  # the levels that ran the last round feed what they have not seen as every round does
+            return 0.0  # the levels that ran the last round feed what they have not seen as every round does
         ran = set() if self.plan is None else set(self.plan.chain)  # up to date but for a round's tokens
         self.plan = plan
         self.chain = [self.level(name) for name in plan.chain]
         self.gammas = (0, *plan.gammas)
         top = self.chain[-1]
+        total = 0.0
         for level in self.chain[:-1]:
             if level.name in ran:
                 continue
             behind = [b for b, row in enumerate(self.rows) if active[b] and level.cache.row(b).seq_len < row.n - 1]
             if not behind:
                 continue
+            before = self.stats.time_s.get("catchup", 0.0)
             with self.stats.wall("catchup"):
                 for b in behind:
                     level.prefill(b, self.tokens[b], self.rows[b].n - 1, source=top, chunk=self.engine.prefill_chunk)
+            seconds = self.stats.time_s["catchup"] - before
+            self.planner.caught_up(level.name, seconds)
+            total += seconds
+        return total
 
     # -- forwards --------------------------------------------------------------------------
     def forward(self, i: int, first_needed: list[int], active: list[bool], *, sample: bool = False) -> torch.Tensor:

@@ -97,6 +97,10 @@ class Planner(Protocol):
 
     def timed(self, level: str, tokens: int, seconds: float) -> None: ...
 
+    def round_overhead(self, plan: Plan, seconds: float, forwards: int) -> None: ...
+
+    def caught_up(self, level: str, seconds: float) -> None: ...
+
     def stepped(self, plan: Plan, emitted: int, seconds: float, predicted: float | None) -> None: ...
 
 
@@ -153,6 +157,12 @@ class _Observer:
 
     def stepped(self, plan: Plan, emitted: int, seconds: float, predicted: float | None) -> None:
         self.log.add(plan, emitted, seconds, predicted)
+
+    def round_overhead(self, plan: Plan, seconds: float, forwards: int) -> None:
+        pass
+
+    def caught_up(self, level: str, seconds: float) -> None:
+        pass
 
     def describe(self) -> dict[str, float]:
         return self.log.describe()
@@ -227,7 +237,12 @@ class Acceptance:
 class AdaptivePlanner(_Observer):
     """The candidate plan with the highest expected tokens per second; autoregressive decoding when
     nothing beats it, probing the best speculative plan every `probe_every` rounds (the interval
-    doubles while the probes confirm autoregressive decoding, up to `max_probe_every`)."""
+    doubles while the probes confirm autoregressive decoding, up to `max_probe_every`).
+
+    Leaving the running plan costs what the plan's new levels take to catch up (measured per level,
+    spread over `memory_rounds` rounds of the new plan) and must gain `switch_margin` of the speed:
+    a plan that is only as fast as the running one is not worth the catch-up and the estimates'
+    noise."""
 
     lazy = True  # a level is prefilled when a plan first runs it: a level no plan runs costs nothing
 
@@ -236,7 +251,8 @@ class AdaptivePlanner(_Observer):
     PRIOR = 0.8
 
     def __init__(self, plans: Sequence[Plan], *, batch_size: int, costs: StepCosts | None = None,
-                 memory_rounds: float = 8.0, probe_every: int = 8, max_probe_every: int = 256):
+                 memory_rounds: float = 8.0, probe_every: int = 8, max_probe_every: int = 256,
+                 switch_margin: float = 0.03):
         if not plans:
             raise ValueError("an adaptive planner needs at least one candidate plan")
         super().__init__()
@@ -246,9 +262,14 @@ class AdaptivePlanner(_Observer):
         self.probe_every, self.max_probe_every = probe_every, max_probe_every
         self.pooled: dict[tuple[str, str], Acceptance] = {}
         self.rows: dict[tuple[str, str, int], Acceptance] = {}
-        # step costs: the engine's (they outlive a generation), else this generation's own
+        # step costs: the engine's (they outlive a generation; the engine records every forward in
+        # them), else this planner's own, kept from what `timed` tells it
         self.costs = costs if costs is not None else StepCosts(memory_rounds)
-        self.overhead_s, self.overhead_n = Decayed(memory_rounds), Decayed(memory_rounds)
+        self._keeps_costs = costs is None
+        # per chain: a round's seconds beyond its forwards' device time, and its forwards (decayed)
+        self.overhead: dict[tuple[str, ...], tuple[Decayed, Decayed]] = {}
+        self.catch_up: dict[str, tuple[Decayed, Decayed]] = {}  # per level: seconds, catch-ups
+        self.switch_margin = switch_margin
         self._since_probe = 0
         self._probe_interval = probe_every
         self._last: Plan | None = None
@@ -267,15 +288,25 @@ class AdaptivePlanner(_Observer):
         return table[key]
 
     def timed(self, level: str, tokens: int, seconds: float) -> None:
-        self.costs.add(level, tokens, self.batch_size, seconds)
+        if self._keeps_costs:
+            self.costs.add(level, tokens, self.batch_size, seconds)
 
-    def round_overhead(self, seconds: float, forwards: int) -> None:
+    def round_overhead(self, plan: Plan, seconds: float, forwards: int) -> None:
         """A round's wall time beyond its forwards' device time (sampling and verification between
-        them, host work, launches, the synchronisation), spread over its forwards: what a plan of
-        many small forwards pays beyond their bytes."""
+        them, host work, launches, the synchronisation), per forward of the plan's chain: what a plan
+        of many small forwards pays beyond their bytes. Kept per chain: a speculative round's
+        verification costs what a plain step does not, and one chain's cost must not lend its
+        speed to another."""
         if forwards > 0:
-            self.overhead_s.add(max(seconds, 0.0))
-            self.overhead_n.add(float(forwards))
+            s, n = self.overhead.setdefault(plan.chain, (Decayed(self.memory_rounds), Decayed(self.memory_rounds)))
+            s.add(max(seconds, 0.0))
+            n.add(float(forwards))
+
+    def caught_up(self, level: str, seconds: float) -> None:
+        """A level that sat out took `seconds` to catch up with the sequence (engine.Generation._use)."""
+        s, n = self.catch_up.setdefault(level, (Decayed(self.memory_rounds), Decayed(self.memory_rounds)))
+        s.add(seconds)
+        n.add(1.0)
 
     # -- the model -----------------------------------------------------------------------------
     def step_seconds(self, view: PlannerView, level: str, tokens: int, memo: dict | None = None) -> float:
@@ -303,6 +334,10 @@ class AdaptivePlanner(_Observer):
         entry = table.get(key) or self.pooled.get((lower, upper))
         return entry.alpha if entry is not None else self.PRIOR
 
+    def seen(self, plan: Plan) -> bool:
+        """Every boundary of the plan has been verified in some round (pooled over the batch)."""
+        return all(key in self.pooled for key in plan.boundaries())
+
     def measured(self, plan: Plan) -> bool:
         """Every forward the plan runs has been timed (its speed is then a prediction, not a prior)."""
         steps = [(plan.chain[0], 1), *((level, g + 1) for level, g in zip(plan.chain[1:], plan.gammas))]
@@ -310,17 +345,23 @@ class AdaptivePlanner(_Observer):
 
     def speed(self, view: PlannerView, plan: Plan, active: Sequence[bool],
               yields: dict | None = None) -> float:
-        """Expected tokens per second over the sequences of `active` under `plan`. A batch shares
-        each round's time: the top round emits the sum of the sequences' expected tokens, and a level
-        below runs as many rounds as its slowest sequence needs (costs.round_yield, row by row).
-        `yields`: one choice's memo (step costs, expected_accepted per boundary and gamma), shared by
-        its plans."""
+        """Expected tokens per second over the sequences of `active` under `plan`."""
+        tokens, seconds = self.round(view, plan, active, yields)
+        return tokens / seconds
+
+    def round(self, view: PlannerView, plan: Plan, active: Sequence[bool],
+              yields: dict | None = None) -> tuple[float, float]:
+        """A round of `plan` over the sequences of `active`: (expected tokens, expected seconds). A
+        batch shares each round's time: the top round emits the sum of the sequences' expected
+        tokens, and a level below runs as many rounds as its slowest sequence needs
+        (costs.round_yield, row by row). `yields`: one choice's memo (step costs, expected_accepted
+        per boundary and gamma), shared by its plans."""
         yields = {} if yields is None else yields
         steps = [self.step_seconds(view, plan.chain[0], 1, yields)]
         steps += [self.step_seconds(view, level, g + 1, yields) for level, g in zip(plan.chain[1:], plan.gammas)]
         rows = [b for b, on in enumerate(active) if on]
         if not plan.speculative:
-            return len(rows) / (steps[0] + self.forward_overhead())
+            return float(len(rows)), steps[0] + self.forward_overhead(plan)
 
         def per_row(i: int) -> tuple[float, float]:  # (sum, least) of the rows' expected tokens at boundary i
             key = (plan.chain[i], plan.chain[i + 1], plan.gammas[i])
@@ -334,12 +375,40 @@ class AdaptivePlanner(_Observer):
         for i in range(len(gammas) - 2, -1, -1):  # as many as the row with the fewest tokens a round needs
             rounds[i] = max(1.0, gammas[i + 1] / per_row(i)[1]) * rounds[i + 1]
         forwards = plan_seconds([1.0] * len(steps), gammas, tuple(rounds))  # forwards per round
-        seconds = plan_seconds(steps, gammas, tuple(rounds)) + forwards * self.forward_overhead()
-        return per_row(len(gammas) - 1)[0] / seconds
+        seconds = plan_seconds(steps, gammas, tuple(rounds)) + forwards * self.forward_overhead(plan)
+        return per_row(len(gammas) - 1)[0], seconds
 
-    def forward_overhead(self) -> float:
-        """Seconds per forward a round takes beyond the forwards' device time (measured; 0 before)."""
-        return self.overhead_s.value / self.overhead_n.value if self.overhead_n.value > 0 else 0.0
+    def forward_overhead(self, plan: Plan) -> float:
+        """Seconds per forward a round of the plan's chain takes beyond its forwards' device time:
+        the chain's own, measured; for a chain not run yet, what the speculative chains measured (a
+        plain step's own otherwise); 0 before anything ran."""
+        own = self.overhead.get(plan.chain)
+        if own is not None and own[1].value > 0:
+            return own[0].value / own[1].value
+        alike = [(s.value, n.value) for chain, (s, n) in self.overhead.items()
+                 if (len(chain) > 1) == plan.speculative and n.value > 0]
+        return sum(s for s, _ in alike) / sum(n for _, n in alike) if alike else 0.0
+
+    def switch_seconds(self, plan: Plan) -> float:
+        """What running `plan` after the last round's plan costs first: its levels that sat out catch
+        up (each level's catch-ups measured; 0 before its first)."""
+        ran = set(self._last.chain) if self._last is not None else set(plan.chain)
+        seconds = 0.0
+        for level in plan.chain[:-1]:
+            if level not in ran and level in self.catch_up:
+                s, n = self.catch_up[level]
+                seconds += s.value / n.value if n.value > 0 else 0.0
+        return seconds
+
+    def worth(self, view: PlannerView, plan: Plan, active: Sequence[bool], yields: dict) -> tuple[float, float]:
+        """(expected tokens/s of the plan, the same net of leaving the running plan): the catch-up
+        spread over memory_rounds of the plan's rounds, and switch_margin less."""
+        tokens, seconds = self.round(view, plan, active, yields)
+        speed = tokens / seconds
+        if self._last is None or plan == self._last:
+            return speed, speed
+        horizon = self.memory_rounds * seconds
+        return speed, speed * horizon / (horizon + self.switch_seconds(plan)) / (1 + self.switch_margin)
 
     # -- the choice ----------------------------------------------------------------------------
     def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan:
@@ -349,23 +418,29 @@ class AdaptivePlanner(_Observer):
             self._since_probe += 1
             return self._last
         yields: dict = {}
-        speeds = [(self.speed(view, plan, active, yields), i) for i, plan in enumerate(self.plans)]
-        best_speed, best = max(speeds)
+        worths = [self.worth(view, plan, active, yields) for plan in self.plans]
+        best = max(range(len(self.plans)), key=lambda i: worths[i][1])
         choice = self.plans[best]
         if not choice.speculative:
             self._since_probe += 1
-            speculative = [(s, i) for s, i in speeds if self.plans[i].speculative]
+            speculative = [i for i, plan in enumerate(self.plans) if plan.speculative]
             if speculative and self._since_probe >= self._probe_interval:
                 # a probe: the best speculative plan once, so its acceptance is measured again
                 self._since_probe = 0
                 self._probe_interval = min(2 * self._probe_interval, self.max_probe_every)
-                best_speed, best = max(speculative)
+                best = max(speculative, key=lambda i: worths[i][1])
                 choice = self.plans[best]
                 self.probes += 1
         else:
             self._since_probe, self._probe_interval = 0, self.probe_every
+        if not self.seen(choice):
+            # a chain none of whose rounds ran yet looks as good as the prior says: its first round
+            # measures it at its smallest gammas (the cheapest round), not at the prior's best
+            best = min((i for i, plan in enumerate(self.plans) if plan.chain == choice.chain),
+                       key=lambda i: self.plans[i].gammas)
+            choice = self.plans[best]
         # what the run reports as predicted: only a speed from measured step costs (a prior is a guess)
-        self.predicted = best_speed if self.measured(choice) else None
+        self.predicted = worths[best][0] if self.measured(choice) else None
         self._last = choice
         return choice
 

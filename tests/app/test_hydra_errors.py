@@ -24,8 +24,8 @@ CASES = {
     "model.tiny.seed=3": "model.tiny.seed=3: model has no key 'tiny'; its keys are name, tokenizer, dtype, ",
     "experiment=does_not_exist": f"experiment=does_not_exist: experiment has no option 'does_not_exist'; choose one "
                                  f"of {EXPERIMENTS}",
-    "method=bogus": "method=bogus: method has no option 'bogus'; choose one of autoregressive, retrieval_spec, spec, "
-                    "triforce",
+    "method=bogus": "method=bogus: method has no option 'bogus'; choose one of auto, autoregressive, retrieval_spec, "
+                    "spec, triforce",
     "hydra/launcher=nope": "hydra/launcher=nope: hydra/launcher has no option 'nope'; choose one of basic, slurm, ",
     "method.budget=[1,": "method.budget=[1,: not an override Hydra can parse (no viable alternative at input '[1,'); "
                          "overrides are key=value, group=option, +key=value or ~key",
@@ -62,6 +62,6 @@ def test_cli_hydra_errors_are_one_error_line_exit_2(tmp_path, args):
 
 def test_help_and_cfg_still_work(tmp_path):
     helped = run_cli(["--help"], tmp_path)
-    assert helped.returncode == 0 and "method: autoregressive, retrieval_spec, spec, triforce" in helped.stdout
+    assert helped.returncode == 0 and "method: auto, autoregressive, retrieval_spec, spec, triforce" in helped.stdout
     shown = run_cli(["--cfg", "job", "method.budget=64"], tmp_path)
     assert shown.returncode == 0 and "budget: 64" in shown.stdout and shown.stderr == ""
