@@ -27,6 +27,9 @@ def main() -> None:
         with InterruptWatch() as watch:  # Ctrl-C: KeyboardInterrupt, and remembered if an import swallows it
             code = _main(watch)
     except KeyboardInterrupt:  # outside a job (imports, Hydra starting up, a sweep between jobs): no traceback
+        from triforce.app.interrupts import end_progress_lines
+
+        end_progress_lines()
         print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         sys.exit(130)
     sys.exit(code)

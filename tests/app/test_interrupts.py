@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from triforce.app.interrupts import InterruptWatch, StopOnInterrupt
+from triforce.app.interrupts import InterruptWatch, StopOnInterrupt, end_progress_lines
 
 
 class Bars:
@@ -87,3 +87,20 @@ def test_a_ctrl_c_swallowed_while_the_cli_imports_still_ends_the_run(terminal_si
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 130 and capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
+
+
+def test_a_bar_left_open_by_a_ctrl_c_ends_its_line_before_the_error_line(capsys):
+    """A Ctrl-C inside tqdm's constructor (the bar drawn, `with` not yet entered) leaves the bar open:
+    the error line must still start a line of its own where stderr is not a terminal."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=2, desc="autoregressive", unit="prompt", file=sys.stderr)  # never closed by a `with`
+    end_progress_lines()
+    print("error: interrupted (Ctrl-C)", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert "error: interrupted (Ctrl-C)" in err.split("\n"), repr(err)
+    assert bar.disable  # closed: its finalizer writes nothing later
+    end_progress_lines()  # nothing open: nothing written
+    assert capsys.readouterr().err == ""

@@ -60,3 +60,21 @@ class StopOnInterrupt:
         self.watch.check()
         if self.inner is not None:
             self.inner.generated(new_tokens, max_new_tokens)
+
+
+def end_progress_lines() -> None:
+    """Close the progress bars a Ctrl-C left open, so that the error line that follows starts a line
+    of its own. A `with tqdm(...)` block closes its bar (ending its line) as the KeyboardInterrupt
+    passes through it, but a Ctrl-C that lands inside tqdm's constructor, after the bar is drawn and
+    before `with` has entered, leaves the bar open and its line unended: where stderr is not a
+    terminal the error line would be glued to the bar's."""
+    import sys
+
+    if "tqdm" not in sys.modules:  # nothing drew a bar (Ctrl-C while the CLI imports)
+        return
+    from tqdm import tqdm
+
+    with tqdm.get_lock():
+        bars = sorted(getattr(tqdm, "_instances", ()), key=lambda bar: abs(getattr(bar, "pos", 0)), reverse=True)
+    for bar in bars:  # the lowest line first, the first bar's last: the cursor ends below them all
+        bar.close()

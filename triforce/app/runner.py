@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from triforce import progress
 from triforce.app import advice, engines, plots, tables
-from triforce.app.interrupts import InterruptWatch, StopOnInterrupt
+from triforce.app.interrupts import InterruptWatch, StopOnInterrupt, end_progress_lines
 from triforce.app.tracking import NullTracker, Tracker, open_tracker
 from triforce.app.validate import RunPlan, check_fits, validate
 from triforce.errors import ConfigError, TriforceError
@@ -103,6 +103,7 @@ def run_job(cfg: DictConfig | Mapping, ctx: JobContext) -> JobResult:
         print(f"error: {result.error}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:  # the user stopped it: no traceback, and the folder says so
         result = JobResult("interrupted", {}, error="interrupted (Ctrl-C)")
+        end_progress_lines()
         print(f"error: {interrupted_note(ctx)}", file=sys.stderr, flush=True)
     finally:
         result.summary = {**result.summary, "status": result.status}
