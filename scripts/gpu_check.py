@@ -10,7 +10,10 @@
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
    with both executors (eager, graphs); seeded sampling reproducible with graphs. Batches: the
    kernels with per-sequence lengths against their references, and each sequence of a batch of 3
-   ragged prompts greedy-identical to its prompt run alone, with graphs.
+   ragged prompts greedy-identical to its prompt run alone, with graphs. The other families' shapes
+   (models/config.py: Qwen2's q/k/v biases with a draft of fewer embedding rows, Qwen3's per-head q/k
+   norms, Mistral's explicit head_dim): spec, retrieval_spec and TriForce greedy-identical, eager and
+   graphs, one sequence and a batch of 2.
 3. The graph path synchronises with the host at most once per speculative round.
 4. bf16 graphs: how long the greedy tokens of each method agree with autoregressive decoding
    (reported, not asserted: in bf16 a 7-token verify and a 1-token step round differently, so a
@@ -311,10 +314,12 @@ def check_top_p(device, ctx: KernelContext) -> bool:
     return ok
 
 
-def random_model(seed: int, device, dtype) -> Transformer:
+def random_model(seed: int, device, dtype, **family) -> Transformer:
+    """A small random model; `family`: ModelConfig fields of another family's shape (FAMILIES)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=32, max_position_embeddings=4096, eos_token_id=())
+    cfg = ModelConfig(**{**dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+                                num_kv_heads=2, head_dim=32, max_position_embeddings=4096, eos_token_id=()),
+                         **family})
     model = Transformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -429,6 +434,39 @@ def check_batched_kernels(device, policy: KernelPolicy) -> bool:
     ok &= good
     print(f"batched qkv+rope, embedding, eviction B={B}: rel err {err:.1e}; races equal to the torch rule: {same} "
           f"{'ok' if good else 'FAILED'}")
+    return ok
+
+
+# the other families' shapes (models/config.py): q/k/v biases and a draft whose table has fewer rows
+# (Qwen2.5), per-head q/k norms with head_dim != hidden / heads (Qwen3), an explicit head_dim (Mistral)
+FAMILIES = {
+    "qwen2": (dict(qkv_bias=True, tie_word_embeddings=True, family="qwen2"), dict(vocab_size=480)),
+    "qwen3": (dict(qk_norm=True, head_dim=64, family="qwen3"), {}),
+    "mistral": (dict(head_dim=64, family="mistral"), {}),
+}
+
+
+def check_families(device, kernels: dict) -> bool:
+    """Greedy identity (fp32) of the speculative methods on each family's shape, both executors, one
+    sequence and a batch of 2: the decode plan's biased and q/k-normed QKV steps and the widened
+    draft against the model's own forward."""
+    ok = True
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 480, (n,), generator=g).tolist() for n in (600, 321)]
+    for family, (shape, draft_shape) in FAMILIES.items():
+        target = random_model(0, device, torch.float32, **shape)
+        draft = random_model(1, device, torch.float32, **{**shape, **draft_shape})
+        alone = [Engine(target, None, {"name": "autoregressive"}, GREEDY, {"executor": "eager"}).generate(p, 24).tokens
+                 for p in prompts]
+        for executor in ("eager", "graphs"):
+            for name, extra in (("spec", {}), ("triforce", {"budget": 64, "chunk_size": 8, "draft_window": 48}),
+                                ("retrieval_spec", {"budget": 64, "chunk_size": 8})):
+                hw = {"executor": executor, "kernels": kernels}
+                engine = Engine(target, draft if name != "retrieval_spec" else None, {"name": name, **extra}, GREEDY, hw)
+                one = engine.generate(prompts[0], 24).tokens == alone[0]
+                batch = [r.tokens for r in engine.generate(prompts, 24)] == alone
+                ok &= one and batch
+                print(f"{family:7s} {executor:6s} {name:15s} greedy-identical: one sequence={one}, batch of 2={batch}")
     return ok
 
 
@@ -563,6 +601,7 @@ def main() -> int:
         ok &= check_batched_kernels(args.device, policy)
         ok &= check_engine(args.device, kernels)
         ok &= check_batched_engine(args.device, kernels)
+        ok &= check_families(args.device, kernels)
         ok &= check_synchronisations(args.device, kernels)
         report_bf16(args.device, kernels)
         verdicts[f"PDL {'on' if pdl else 'off'}"] = ok
@@ -573,6 +612,7 @@ def main() -> int:
         ok = check_kernels_off(args.device)
         ok &= check_engine(args.device, kernels)
         ok &= check_batched_engine(args.device, kernels, executors=("eager", "graphs"))
+        ok &= check_families(args.device, kernels)
         ok &= check_synchronisations(args.device, kernels)
         verdicts["kernels off"] = ok
     ok = all(verdicts.values())

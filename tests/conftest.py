@@ -131,3 +131,12 @@ def paper_models(tmp_path_factory, gutenberg_dir) -> dict[str, Path]:
     from tests.paper_models import build_paper_models
 
     return build_paper_models(tmp_path_factory.mktemp("paper-models"), gutenberg_dir)
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory, gutenberg_dir) -> dict[str, Path]:
+    """Shrunk folders of the Qwen2.5, Qwen3 and Mistral checkpoints the engine runs (issue 27), each
+    in its real layout with its family's tokenizer (tests/family_models.py): name -> folder."""
+    from tests.family_models import build_family_models
+
+    return build_family_models(tmp_path_factory.mktemp("family-models"), gutenberg_dir)

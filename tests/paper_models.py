@@ -311,15 +311,17 @@ def _inv_freq(config: dict[str, Any]) -> torch.Tensor:
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
 
 
-def write_weights(folder: Path, state: dict[str, torch.Tensor], *, shards: int, fmt: str) -> list[Path]:
-    """`state` in `shards` files named as transformers names them (+ the index when > 1), split
-    in order into parts of about equal bytes."""
+def write_weights(folder: Path, state: dict[str, torch.Tensor], *, shards: int, fmt: str,
+                  balance: str = "bytes") -> list[Path]:
+    """`state` in `shards` files named as transformers names them (+ the index when > 1), split in
+    order into parts of about equal bytes (`balance="tensors"`: about as many tensors in each, where
+    at tiny sizes the embedding table alone would outweigh a byte-balanced split)."""
     names = list(state)
     total = sum(t.numel() * t.element_size() for t in state.values())
     groups: list[list[str]] = [[] for _ in range(shards)]
     done = 0
-    for name in names:
-        part = min(shards - 1, done * shards // total)
+    for k, name in enumerate(names):
+        part = min(shards - 1, (done * shards // total) if balance == "bytes" else (k * shards // len(names)))
         groups[part].append(name)
         done += state[name].numel() * state[name].element_size()
     assert all(groups), "a shard would be empty"

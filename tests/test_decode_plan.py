@@ -121,3 +121,24 @@ def test_the_plans_logits_equal_the_reference_forward(model, lengths, num_logits
         assert cache.rows_of("length")[b] == n + T
         torch.testing.assert_close(cache.k[:, b, :, :n + T], ref_cache.k[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(cache.v[:, b, :, :n + T], ref_cache.v[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)
+
+
+@interpreted
+@torch.inference_mode()
+def test_a_biased_q_k_normed_models_plan_equals_its_reference_forward():
+    """The other families' QKV (models/config.py): q/k/v biases (Qwen2) in the product, each head's
+    q/k norm between product and rotary (Qwen3, head_dim != hidden / heads) — the plan's own QKV
+    step for them, and a draft's widened logits (-inf beyond its rows)."""
+    model = build_tiny({"qkv_bias": True, "qk_norm": True, "head_dim": 24, "family": "qwen3"}, seed=4)
+    plan = build_plan(model, T, T, context(kernels=True), batch=2, kv_slots=CAPACITY)
+    assert "q/k head norms" in plan.steps[1].detail
+    tokens = token_buffer(2, 3, model.config.vocab_size)
+    logits, cache = run_plan(model, tokens, [5, 11], T, context(kernels=True))
+    ref, ref_caches = reference(model, tokens, [5, 11], T)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+    for b, (n, ref_cache) in enumerate(zip([5, 11], ref_caches)):
+        torch.testing.assert_close(cache.k[:, b, :, :n + T], ref_cache.k[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)
+    model.widen_vocabulary(model.config.vocab_size + 7)
+    widened, _ = run_plan(model, tokens, [5, 11], 1, context(kernels=True))
+    assert widened.shape[-1] == model.config.vocab_size + 7 and torch.isneginf(widened[..., -7:]).all()
+    torch.testing.assert_close(widened[..., :-7], ref[:, -1:], atol=1e-5, rtol=1e-5)

@@ -31,7 +31,7 @@ METHODS = {
 }
 KINDS = {"mha": dict(kv_heads=4), "gqa": dict(kv_heads=2)}
 ENGINE_KW = {"on-chip": {}, "offload": dict(offload=True, on_chip_layers=1, prefill_chunk=32)}
-NEW = 20
+NEW = 12  # several rounds of every level, and a rebuild (retrieval_spec: every 5 steps)
 
 
 def models(kind: str):

@@ -5,7 +5,9 @@ memory passes as possible. The plan is that step, written out (docs/DESIGN.md §
 
     Embed                       ids gathered from the engine's token buffer at the view's start
     per layer i:
-      QKV i                     RMSNorm (its row scale) + q/k/v product + rotary + cache write
+      QKV i                     RMSNorm (its row scale) + q/k/v product (+ bias) + rotary + cache write
+                                (q/k-normed models, Qwen3: norm + product, each head's q/k norm, then
+                                rotary + cache write: the per-head norm sits between product and rotary)
       Attend i                  split-KV decode attention over the cache's valid prefix
       OProj i                   o_proj + residual add + the next norm's elementwise half (PreNormed)
       GateUp i                  the norm's row scale + gate/up product + SwiGLU
@@ -37,6 +39,7 @@ import torch
 from triforce.kernels.decode_attention import decode_attention
 from triforce.kernels.embedding import embed
 from triforce.kernels.linear import launch_of, linear, linear_add_norm, norm_linear, qkv_rope_store
+from triforce.kernels.norm import rms_norm
 from triforce.kernels.policy import KernelContext, LinearLaunch
 from triforce.kernels.prenormed import PreNormed
 from triforce.models.llama import Transformer
@@ -188,6 +191,8 @@ class _Builder:
         attn, norm, ctx, model = layer.self_attn, layer.input_layernorm, self.ctx, self.model
         w, b, i, T = attn.qkv_proj.weight, attn.qkv_proj.bias, attn.index, self.T
         hq, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        if attn.q_norm is not None:
+            return self._qkv_normed(layer)
         launch, shown = self._launch(w, rope=types.SimpleNamespace(head_dim=d))  # the rule reads only the head size
 
         def run(s: State, io: Inputs) -> None:
@@ -198,6 +203,30 @@ class _Builder:
             s.q, s.keys, s.values = view.stored(i, q)
 
         return Step(f"QKV {i}", run, f"norm + q/k/v + rotary + cache write; {shown}")
+
+    def _qkv_normed(self, layer) -> Step:
+        """QKV of a model that normalises each head's queries and keys before rotary (Qwen3): the
+        norm + product (its own launch, no rotary epilogue), the heads' norm kernel over q and k, then
+        the view's rotary + cache write."""
+        attn, norm, ctx, model = layer.self_attn, layer.input_layernorm, self.ctx, self.model
+        w, b, i, T = attn.qkv_proj.weight, attn.qkv_proj.bias, attn.index, self.T
+        hq, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        q_norm, k_norm = attn.q_norm, attn.k_norm
+        launch, shown = self._launch(w)
+
+        def run(s: State, io: Inputs) -> None:
+            view = io.view
+            out, s.residual = norm_linear(s.x, s.residual, norm.weight, norm.eps, w, b, ctx=ctx, launch=launch)
+            B = out.shape[0]
+            q, k, v = out.split([hq * d, hkv * d, hkv * d], dim=-1)
+            # contiguous heads: the norm kernel takes rows of d
+            q = rms_norm(q.reshape(B, T, hq, d).contiguous(), q_norm.weight, q_norm.eps, ctx=ctx)[0]
+            k = rms_norm(k.reshape(B, T, hkv, d).contiguous(), k_norm.weight, k_norm.eps, ctx=ctx)[0]
+            rope = model.rotary.at(view.next_positions(T), w.dtype)
+            s.q, s.keys, s.values = view.store(i, q.transpose(1, 2), k.transpose(1, 2),
+                                               v.reshape(B, T, hkv, d).transpose(1, 2), rope)
+
+        return Step(f"QKV {i}", run, f"norm + q/k/v; q/k head norms; rotary + cache write; {shown}")
 
     def _attend(self, attn) -> Step:
         ctx, i, T, scale = self.ctx, attn.index, self.T, attn.scale
@@ -254,13 +283,13 @@ class _Builder:
         def run(s: State, io: Inputs) -> None:
             x, residual = s.x, s.residual
             if isinstance(x, PreNormed):  # folded: every row's logits
-                s.logits = norm_linear(x, None, norm.weight, norm.eps, w, ctx=ctx, launch=launch)[0]
+                s.logits = model.widen(norm_linear(x, None, norm.weight, norm.eps, w, ctx=ctx, launch=launch)[0])
                 return
             if n < T:
                 x = x[:, T - n:]
                 residual = residual[:, T - n:] if residual is not None else None
-            s.logits = norm_linear(x.contiguous(), None if residual is None else residual.contiguous(), norm.weight,
-                                   norm.eps, w, ctx=ctx, launch=launch)[0]
+            s.logits = model.widen(norm_linear(x.contiguous(), None if residual is None else residual.contiguous(),
+                                               norm.weight, norm.eps, w, ctx=ctx, launch=launch)[0])
 
         return Step("Head", run, f"final norm + output head, {n} of {T} rows; {shown}")
 

@@ -44,6 +44,7 @@ from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.workspace import Workspace
 from triforce.levels import Level, LevelSpec, lower_levels, top_level
 from triforce.metrics import GenerationStats
+from triforce.models.config import draft_vocabulary_problem
 from triforce.models.llama import Transformer
 from triforce.parallel import SINGLE
 from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, candidate_plans, plan_of
@@ -118,9 +119,12 @@ class Engine:
         self.hardware = hw = hardware if isinstance(hardware, HardwareConfig) else parse(HardwareConfig, hardware,
                                                                                            "hardware")
         options = options or EngineOptions()
-        _check_draft_model(self.method, draft)
+        _check_draft_model(self.method, draft, target)
         self.target, self.draft = target, draft
-        self.max_context = options.max_context or target.config.max_position_embeddings
+        # a sliding-window model runs exactly within its window only (ModelConfig.exact_context)
+        self.max_context = options.max_context or target.config.exact_context
+        if target.config.sliding_window is not None:
+            self.max_context = min(self.max_context, target.config.sliding_window)
         self.prefill_chunk = hw.prefill_chunk
         self.offload, self.on_chip_layers = hw.offload, hw.on_chip_layers or 0
         self.biased_levels = frozenset(options.biased_levels)
@@ -140,7 +144,7 @@ class Engine:
     def with_method(self, method: MethodConfig) -> "Engine":
         """The same models, sampling, context, hardware settings, kernel policy, memo and step costs
         with another method (the app's autoregressive baseline)."""
-        _check_draft_model(method, self.draft)
+        _check_draft_model(method, self.draft, self.target)
         other = copy.copy(self)
         other.method = method
         other._planner = None
@@ -166,8 +170,15 @@ class Engine:
         if context_needed(prompt_len, max_new_tokens, self.method) > self.max_context:
             raise PromptTooLongError(
                 f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens (+{self.method.lookahead} "
-                f"speculative) exceeds the model's context of {self.max_context}; shorten the prompt "
-                "(dataset.prefill) or max_new_tokens, or use a model with a longer context")
+                f"speculative) exceeds the model's context of {self.max_context}{self._window_note()}; shorten "
+                "the prompt (dataset.prefill) or max_new_tokens, or use a model with a longer context")
+
+    def _window_note(self) -> str:
+        window = self.target.config.sliding_window
+        if window is None or window != self.max_context:
+            return ""
+        return (f" (its sliding window: beyond {window} tokens its attention slides, and the engine runs a "
+                "model exactly only where it attends to every cached token)")
 
     # -- public API ------------------------------------------------------------------------
     def stream(self, prompts, max_new_tokens: int, seed: int = 0, *, stop_at_eos: bool = True,
@@ -269,10 +280,18 @@ class Engine:
         return LevelSpec(self.method, self.target, self.draft, self.offload, self.on_chip_layers, self.biased_levels)
 
 
-def _check_draft_model(method: MethodConfig, draft: Transformer | None) -> None:
-    """A method with a draft level has a draft model (its configuration: config.check_draft)."""
+def _check_draft_model(method: MethodConfig, draft: Transformer | None, target: Transformer | None = None) -> None:
+    """A method with a draft level has a draft model (its configuration: config.check_draft) that
+    proposes from the target's vocabulary (a draft with fewer embedding rows of the same family:
+    its distributions are padded to the target's, models.config.draft_vocabulary_problem)."""
     if method.uses_draft and draft is None:
         raise ConfigError(f"method {method.name!r} needs a draft model (draft=self reuses the target)")
+    if draft is None or target is None or draft is target:
+        return
+    problem = draft_vocabulary_problem(target.config, draft.config)
+    if problem:
+        raise ConfigError(f"the draft model has {problem}")
+    draft.widen_vocabulary(target.config.vocab_size)
 
 
 class Stream:

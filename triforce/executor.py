@@ -139,7 +139,7 @@ class EagerExecutor:
                 out.append(level.model(self.tokens[b, s:s + num_tokens][None], None, level.cache.row(b),
                                        num_logits=num_logits, kernels=self.ctx))
             else:
-                out.append(torch.zeros(1, num_logits, level.model.config.vocab_size, device=self.tokens.device))
+                out.append(torch.zeros(1, num_logits, level.model.output_vocab, device=self.tokens.device))
         return torch.cat(out)
 
     def release(self) -> None:
@@ -213,7 +213,7 @@ class StaticExecutor:
     def _make_runner(self, level, num_tokens: int, num_logits: int, sample: bool = False) -> Runner:
         view = StaticView(level.cache, num_tokens)
         tokens, sampling, ctx = self.tokens, self.sampling, self.ctx
-        B, V = level.cache.batch_size, level.model.config.vocab_size
+        B, V = level.cache.batch_size, level.model.output_vocab
         plan = build_plan(level.model, num_tokens, num_logits, ctx, batch=B, kv_slots=level.cache.k.shape[3])
         race = torch.ones(B, V, dtype=torch.float32, device=tokens.device) if sample else None
 

@@ -11,7 +11,8 @@ from triforce.app.hydra_errors import config_groups, describe
 TOP_KEYS = "seed, max_new_tokens, baseline, reference_acceptance, stop_at_eos, warmup, print_text, tags"
 GROUPS = "dataset, draft, experiment, hardware, logger, method, model, prompt, sampling"
 EXPERIMENTS = ("2x4090_offload_tp_autoregressive, 2x4090_offload_tp_triforce, a100_autoregressive, "
-               "a100_lwm_chat_narrativeqa, a100_retrieval_spec, a100_triforce, acceptance_study, h100_smollm2_32k, "
+               "a100_lwm_chat_narrativeqa, a100_retrieval_spec, a100_triforce, acceptance_study, h100_mistral_nemo, "
+               "h100_qwen2.5_7b_1m, h100_qwen3_8b, h100_smollm2_32k, "
                "rebuild_study, rtx4090_offload_autoregressive, rtx4090_offload_triforce, smoke")
 
 CASES = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from triforce.data.prompts import LWM_PREFIX, LWM_SUFFIX, Sample, book_prompt, chat_prompt, leading_tokens, require_length
+from triforce.data.prompts import (BOOK_REQUEST, LWM_PREFIX, LWM_SUFFIX, Sample, book_prompt, chat_prompt,
+                                   has_chat_template, leading_tokens, require_length, template_prompt)
 from triforce.data.tokenizers import ByteTokenizer, load_text_tokenizer
 from triforce.errors import ConfigError
 
@@ -56,3 +57,30 @@ def test_short_samples_are_rejected_unless_allowed():
     with pytest.raises(ConfigError, match="only 3 tokens, fewer than dataset.prefill=10"):
         require_length(s, 10, allow_short=False)
     assert require_length(s, 10, allow_short=True) is s
+
+
+def test_the_models_own_chat_template_is_exactly_prefill_tokens(smollm2_dir):
+    """A tokenizer with a chat template (SmolLM2's ChatML): one user turn around the book, the
+    assistant's turn opened, the special tokens as the template writes them, nothing added."""
+    tok = load_text_tokenizer("smollm2-135m")
+    assert has_chat_template(tok) and not has_chat_template(ByteTokenizer())
+    ids = template_prompt(tok, TEXT, 512)
+    assert len(ids) == 512
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\n") and "<|im_start|>user\n" + BOOK_REQUEST[0] in text
+    assert text.endswith(BOOK_REQUEST[1] + "<|im_end|>\n<|im_start|>assistant\n")
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant: no stray BOS
+    with pytest.raises(ConfigError, match="no room for the book"):
+        template_prompt(tok, TEXT, 30)
+
+
+def test_narrativeqa_uses_the_template_unless_told_lwm(smollm2_dir, monkeypatch):
+    import triforce.data.narrativeqa as nq
+
+    tok = load_text_tokenizer("smollm2-135m")
+    doc = {"document": {"id": "d1", "text": "abc" + TEXT, "summary": {"title": "T"}}}
+    monkeypatch.setattr(nq, "iter_records", lambda *a, **k: iter([doc]))
+    cfg = dict(path="json", rows=None, num_samples=1, text_start=3, prefill=400)
+    own = next(nq.narrativeqa_samples(cfg, tok)).prompt_ids
+    lwm = next(nq.narrativeqa_samples(dict(cfg, chat_template="lwm"), tok)).prompt_ids
+    assert own == template_prompt(tok, TEXT, 400) and lwm == chat_prompt(tok, TEXT, 400)

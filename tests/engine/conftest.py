@@ -13,20 +13,43 @@ from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 
 
+# The non-Llama shapes the engine runs (issue 27), as ModelConfig fields over random_model's sizes:
+# "qwen" has Qwen2's q/k/v biases and Qwen3's q/k head norms together; "mistral" an explicit head
+# size other than hidden / heads (Mistral-Nemo's 128 of 5120 / 32) and a sliding window (v0.1's)
+# wider than any sequence the tests run, so the model is computed exactly.
+SHAPES = ("llama", "qwen", "mistral")
+
+
+def shape_fields(shape: str, *, hidden: int, heads: int, window: int = 128) -> dict:
+    if shape == "qwen":
+        return dict(qkv_bias=True, qk_norm=True, family="qwen3")
+    if shape == "mistral":
+        return dict(head_dim=hidden // heads + 4, sliding_window=window, family="mistral")
+    assert shape == "llama", shape
+    return {}
+
+
 def random_model(seed: int, *, vocab: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4,
-               kv_heads: int = 4, scale: float = 3.0, max_positions: int = 512,
-               eos: tuple[int, ...] = ()) -> Transformer:
-    """A seeded random fp32 Llama. Weights are scaled up (`scale`) so that attention is sharp and
-    next-token distributions depend on the context: then dropping tokens from a cache (retrieval
-    budget, streaming window) really changes the distributions and the hierarchy is non-trivial."""
+                 kv_heads: int = 4, scale: float = 3.0, max_positions: int = 512,
+                 eos: tuple[int, ...] = (), qk_scale: float = 2.0, **fields) -> Transformer:
+    """A seeded random fp32 Llama (or another shape: `fields`, ModelConfig fields such as
+    shape_fields'). Weights are scaled up (`scale`) so that attention is sharp and next-token
+    distributions depend on the context: then dropping tokens from a cache (retrieval budget,
+    streaming window) really changes the distributions and the hierarchy is non-trivial. q/k head
+    norms (qk_norm) get weights of about `qk_scale`, varying by dimension: a normalised query and key
+    would otherwise make attention too flat for the hierarchy to matter."""
+    fields.setdefault("head_dim", hidden // heads)
     cfg = ModelConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=layers,
-                      num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
-                      max_position_embeddings=max_positions, eos_token_id=eos)
+                      num_heads=heads, num_kv_heads=kv_heads, max_position_embeddings=max_positions,
+                      eos_token_id=eos, **fields)
     torch.manual_seed(seed)
     model = Transformer(cfg).eval()
+    head_norms = torch.Generator().manual_seed(seed)  # their own draws: the other weights stay as they were
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not name.endswith("norm.weight"):
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(qk_scale * (1.0 + 0.25 * torch.randn(p.shape, generator=head_norms)))
+            elif not name.endswith("norm.weight"):
                 p.mul_(scale)
     return model
 

@@ -20,6 +20,10 @@ each top-level step that leaves tokens to generate. The same test must FAIL on d
 (`biased_levels`: resample from p̂ / p instead of the residual at one level, the bug of the
 published reference code) — and does, with p-values below 1e-12 from only N_BIASED runs.
 
+Besides the Llama pair, two variant cases sample a Qwen-shaped pair (q/k/v biases and q/k head
+norms) and a Mistral-shaped one (head_dim other than hidden / heads, a sliding window beyond the
+run), each against the enumeration of its own target (`Case.shape`, `setup(shape)`).
+
 Runtime: ~4-20 ms per generate on one CPU core (a batch of two with rebuilds after every step the
 most); the prompts' top-level prefill is made once per process (the engine's prefill memo). Under
 pytest-xdist (`make test`) the cases are spread over the cores; run alone, a case's runs are spread
@@ -43,7 +47,7 @@ import torch
 from scipy import stats
 
 from tests.caches import full_cache
-from tests.engine.conftest import random_model
+from tests.engine.conftest import SHAPES, random_model, shape_fields
 from triforce.cache.retrieval import RetrievalCache
 from triforce.config import MethodConfig
 from triforce.costs import StepCosts
@@ -82,6 +86,7 @@ class Case:
     batch: int = 1  # 2: the prompt and a second, shorter one generated together (each row checked)
     runs: int = N_EXACT  # seeded generate calls
     planner: str = ""  # method=auto: "" its adaptive planner (fixed step costs), "schedule" every plan in turn
+    shape: str = "llama"  # the target/draft pair's shape (tests/engine/conftest.py SHAPES): setup(shape)
 
     @property
     def id(self) -> str:
@@ -89,15 +94,20 @@ class Case:
                          *([self.executor] if self.executor != "eager" else []),
                          *(["offload"] if self.offload else []), *([f"batch{self.batch}"] if self.batch > 1 else []),
                          *([self.planner] if self.planner else []),
-                         *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild"))])
+                         *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild")),
+                         *([self.shape] if self.shape != "llama" else [])])
 
 
 # -- models, enumeration --------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def setup():
-    """(target, draft, prompt): deterministic, so worker processes rebuild the same ones."""
-    kw = dict(vocab=VOCAB, hidden=16, layers=1, heads=2, kv_heads=1, scale=1.5, max_positions=128)
+@functools.lru_cache(maxsize=None)
+def setup(shape: str = "llama"):
+    """(target, draft, prompt) of one shape (a Llama; a Qwen-shaped pair with q/k/v biases and q/k
+    head norms; a Mistral-shaped pair with head_dim 12 of hidden 16 / 2 heads and a sliding window
+    of 64, beyond the 42 positions a run occupies): deterministic, so worker processes rebuild the
+    same ones."""
+    kw = dict(vocab=VOCAB, hidden=16, layers=1, heads=2, kv_heads=1, scale=1.5, max_positions=128,
+              **shape_fields(shape, hidden=16, heads=2, window=64))
     target = random_model(0, **kw)
     draft = random_model(1, **kw)  # different random weights
     prompt = torch.randint(0, VOCAB, (PROMPT_LEN,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -216,7 +226,7 @@ FIXED_COSTS = {(level, tokens, batch): seconds for batch in (1, 2) for tokens in
 
 
 def engine_for(case: Case) -> Engine:
-    target, draft, _ = setup()
+    target, draft, _ = setup(case.shape)
     options = EngineOptions(biased_levels=case.biased, prefill_memo=prefills())
     if case.planner == "schedule":
         starts = itertools.count()  # one generation after another: each starts its schedule one plan on
@@ -233,7 +243,7 @@ def run_seeds(case: Case, start: int, stop: int) -> list[tuple[int, ...]]:
     batch case: each row's tokens, concatenated."""
     torch.set_num_threads(1)
     engine = engine_for(case)
-    prompt = setup()[2]
+    prompt = setup(case.shape)[2]
     with torch.inference_mode():
         if case.batch == 1:
             return [tuple(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).tokens) for s in range(start, stop)]
@@ -292,20 +302,22 @@ def row_counts(counts: dict, row: int) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def exact(sampling: str, row: int = 0) -> dict:
-    target, _, prompt = setup()
+def exact(sampling: str, row: int = 0, shape: str = "llama") -> dict:
+    target, _, prompt = setup(shape)
     return enumerate_distribution(target, prompt if row == 0 else second_prompt(), SAMPLINGS[sampling])
 
 
 # -- tests ----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("sampling", list(SAMPLINGS))
-def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling):
+def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling, shape):
     """Sanity, and power: the exact law is far from what the draft alone would give, and the
-    middle level (retrieval cache, 12 of 31 tokens) differs from the target too."""
-    target, draft, prompt = setup()
+    middle level (retrieval cache, 12 of 31 tokens) differs from the target too; for each shape of
+    pair a case samples (SHAPES)."""
+    target, draft, prompt = setup(shape)
     params = SAMPLINGS[sampling]
-    p = exact(sampling)
+    p = exact(sampling, 0, shape)
     assert sum(p.values()) == pytest.approx(1.0, abs=1e-5)  # float32 conditionals
     assert len(p) >= 25  # enough cells for the test to look at
     assert max(p.values()) < 0.25
@@ -331,14 +343,17 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
 # p < 1e-12. Every path once: the static executor (its draft and middle levels) with the offloaded
 # full cache, and at t1 with the hybrid middle under on_low_acceptance rebuilds and in a batch; the
 # hybrid middle under each rebuild policy (`never` is the initial selection every policy makes).
-EXACT_CASES = [Case("spec", "t0.6-p0.9"), Case("retrieval_spec", "t1"), Case("triforce", "t0.6-p0.9")]
+# (spec's two levels are triforce's top boundary with a separate draft: a variant of that path)
+EXACT_CASES = [Case("spec", "t0.6-p0.9", runs=N_VARIANT), Case("retrieval_spec", "t1"), Case("triforce", "t0.6-p0.9")]
 EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=N_VARIANT)]
-# the hybrid middle cache under each rebuild policy
-EXACT_CASES += [Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=N_VARIANT),
+# the hybrid middle cache under each rebuild policy (every_n: on the Mistral-shaped pair, head_dim 12
+# of hidden 16 / 2 heads, with a sliding window beyond the run)
+EXACT_CASES += [Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"], runs=N_VARIANT, shape="mistral"),
                 Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["on_low_acceptance"], runs=N_VARIANT)]
 # batches of two ragged prompts (docs/DESIGN.md §3): each sequence's tokens are distributed exactly as
-# plain sampling of its own prompt, and the two are independent
-EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=N_VARIANT),
+# plain sampling of its own prompt, and the two are independent (t0.6 / top-p 0.9: on the Qwen-shaped
+# pair, q/k/v biases and q/k head norms, at every level)
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=N_VARIANT, shape="qwen"),
                 Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2, runs=N_VARIANT)]
 # plans chosen before each round (docs/DESIGN.md §12): every plan in turn, and the adaptive choice
 # itself, for one sequence and a batch of two (N_PLANS runs: every round of them is one of the paths
@@ -353,16 +368,16 @@ EXACT_CASES += [Case("auto", "t0.6-p0.9", options=AUTO, planner="schedule", runs
 @pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: c.id)
 def test_engine_samples_the_exact_distribution(pool, case):
     if dict(case.options).get("rebuild", "never") != "never":  # the rebuild path really runs
-        engine, prompt = engine_for(case), setup()[2]
+        engine, prompt = engine_for(case), setup(case.shape)[2]
         assert sum(engine.generate(prompt, NEW, seed=s, stop_at_eos=False).metrics["rebuilds"] for s in range(20))
     counts, per_call = sample_tokens(pool, case, case.runs)
     if case.batch == 1:
-        outcome = compare(counts, exact(case.sampling), case.runs)
-        print(f"\n{case.method} {case.sampling} exact: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
+        outcome = compare(counts, exact(case.sampling, 0, case.shape), case.runs)
+        print(f"\n{case.id} exact: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
         assert outcome.passed, outcome
         return
     for row in range(case.batch):
-        outcome = compare(row_counts(counts, row), exact(case.sampling, row), case.runs)
+        outcome = compare(row_counts(counts, row), exact(case.sampling, row, case.shape), case.runs)
         print(f"\n{case.id} row {row}: {outcome} ({1000 * per_call:.2f} ms/generate wall)")
         assert outcome.passed, (row, outcome)
     # independence: the first tokens of the two rows, against the product of their marginals

@@ -157,7 +157,7 @@ def _run(plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch
     samples = load_samples(dataset, tokenizer)
     if plan.max_context is not None:
         for s in samples:
-            check_fits(len(s.prompt_ids), max_new, plan.method, plan.max_context)
+            check_fits(len(s.prompt_ids), max_new, plan.method, plan.max_context, plan.sliding_window)
     for warning in advice.run_warnings(run, [len(s.prompt_ids) for s in samples]):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     log.info("%d prompt(s) of %s tokens from %s", len(samples), dataset["prefill"], dataset["name"])

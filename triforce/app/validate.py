@@ -28,6 +28,7 @@ class RunPlan:
     run: RunConfig
     max_context: int | None  # None: only known once the weights are downloaded
     memory: Any = None  # memory.MemoryPlan
+    sliding_window: int | None = None  # the target's, where its attention slides (it bounds max_context)
 
     @property
     def method(self) -> MethodConfig:
@@ -47,14 +48,16 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
     check_logger(run.logger)
     prefill = run.dataset["prefill"]
     run.method.for_prompt(prefill)  # a budget fraction of the configured prompt length
-    context = model_context(run.model, read_files=environment)
+    target = model_config(run.model, read_files=environment)
+    context = model_context(run.model, target)
+    window = None if target is None else target.sliding_window
     if context is not None:
-        check_fits(prefill, run.max_new_tokens, run.method, context)
+        check_fits(prefill, run.max_new_tokens, run.method, context, window)
     memory = None
     if environment:
         check_draft_vocabulary(run)
         memory = check_device_memory(run)
-    return RunPlan(run, context, memory)
+    return RunPlan(run, context, memory, window)
 
 
 def check_hardware(run: RunConfig, *, environment: bool) -> None:
@@ -137,12 +140,14 @@ def draft_config(draft: DraftSpec):
     return model_config(ModelSpec(name=draft.name))
 
 
-def model_context(model: ModelSpec, *, read_files: bool = True) -> int | None:
-    """Context length of the target: model.max_context, else its config.json (+ rope scaling)."""
+def model_context(model: ModelSpec, cfg) -> int | None:
+    """Context length of the target: model.max_context, else its config (`cfg`: model_config's,
+    None when not available; + rope scaling; a sliding-window model's window bounds either:
+    ModelConfig.exact_context)."""
     if model.max_context:
-        return model.max_context
-    cfg = model_config(model, read_files=read_files)
-    return None if cfg is None else cfg.max_position_embeddings
+        window = None if cfg is None else cfg.sliding_window
+        return model.max_context if window is None else min(model.max_context, window)
+    return None if cfg is None else cfg.exact_context
 
 
 def check_draft_vocabulary(run: RunConfig) -> None:
@@ -150,12 +155,13 @@ def check_draft_vocabulary(run: RunConfig) -> None:
     (config.json only; a hub id not downloaded yet is checked by nothing before its weights)."""
     if not run.method.uses_draft:
         return
+    from triforce.models.config import draft_vocabulary_problem
+
     proposer = draft_config(run.draft)
     target = model_config(run.model) if proposer is not None else None
-    if target is not None and target.vocab_size != proposer.vocab_size:
-        raise ConfigError(f"draft.name={run.draft.name} has a vocabulary of {proposer.vocab_size} tokens, model.name="
-                          f"{run.model.name} one of {target.vocab_size}: a draft must share the target's tokenizer "
-                          "(llama-68m drafts for the Llama-2 family); use draft=self or a draft of the same family")
+    problem = None if target is None else draft_vocabulary_problem(target, proposer)
+    if problem:
+        raise ConfigError(f"draft.name={run.draft.name} has {problem} (model.name={run.model.name})")
 
 
 def check_device_memory(run: RunConfig):
@@ -186,11 +192,20 @@ def check_device_memory(run: RunConfig):
     return plan
 
 
-def check_fits(prompt_len: int, max_new_tokens: int, method: MethodConfig, context: int) -> None:
-    """The arithmetic of Engine.check_prompt, done before the engine (and its weights) exists."""
+def check_fits(prompt_len: int, max_new_tokens: int, method: MethodConfig, context: int,
+               sliding_window: int | None = None) -> None:
+    """The arithmetic of Engine.check_prompt, done before the engine (and its weights) exists. A
+    sliding-window model's context is its window (ModelConfig.exact_context): the message says so."""
     need = context_needed(prompt_len, max_new_tokens, method)
     if need > context:
         room = context - (need - prompt_len)
+        if sliding_window is not None and sliding_window == context:
+            raise PromptTooLongError(
+                f"dataset.prefill={prompt_len} is too long for a sliding-window model: with max_new_tokens="
+                f"{max_new_tokens} (+{method.lookahead} speculative) a sequence would pass its window of "
+                f"{sliding_window} tokens, beyond which its attention slides and the engine's caches (which keep "
+                f"every token) would no longer compute the model exactly; prefill <= {room} runs exactly, or use a "
+                "checkpoint without a sliding window (Mistral-7B v0.2 and later, Mistral-Nemo)")
         raise PromptTooLongError(
             f"dataset.prefill={prompt_len} is too long: with max_new_tokens={max_new_tokens} (+{method.lookahead} "
             f"speculative) the model's context of {context} allows prefill <= {room}; lower dataset.prefill "

@@ -324,23 +324,26 @@ class _TokenTimer:
 
 @torch.inference_mode()
 def transformers_decode(cfg, context: int, new_tokens: int, *, dtype: torch.dtype, device: str = "cuda") -> dict:
-    """transformers' LlamaForCausalLM at the same shape, random weights, as a user runs it:
+    """transformers' own model of the shape's family (LlamaForCausalLM, Qwen2ForCausalLM, ...) at the
+    same shape, random weights, as a user runs it:
     `generate` with its default cache and SDPA attention (no torch.compile: its static-cache path
     compiles the model on first use, minutes that would land in the timing). A short generation
     first loads the kernels; then the prefill time and decode ms per token of `generate`'s own loop."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     free_memory()
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                         num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
-                         rms_norm_eps=cfg.rms_norm_eps, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    hf_cfg = AutoConfig.for_model(cfg.family, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                                  intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                                  num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                                  max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
+                                  tie_word_embeddings=cfg.tie_word_embeddings, head_dim=cfg.head_dim,
+                                  bos_token_id=None, eos_token_id=None, pad_token_id=0)
     hf_cfg._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(hf_cfg).eval()  # random init on the device (the values do not matter)
+            model = AutoModelForCausalLM.from_config(hf_cfg).eval()  # random init (the values do not matter)
     finally:
         torch.set_default_dtype(default)
     row = dict(method="transformers", context=context, cache="dynamic")

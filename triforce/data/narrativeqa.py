@@ -1,5 +1,7 @@
-"""NarrativeQA (deepmind/narrativeqa) prompts for LWM-Text-Chat: each chosen book or script, cut so
-that the LWM chat prompt around it (docs/DESIGN.md §2) is exactly `prefill` tokens.
+"""NarrativeQA (deepmind/narrativeqa) prompts: each chosen book or script, cut so that the chat
+prompt around it is exactly `prefill` tokens — the model's own chat template where its tokenizer
+has one (Qwen2.5/Qwen3/Mistral/Llama-3.1 Instruct: `dataset.chat_template: auto`), else the LWM
+chat prompt the paper uses for LWM-Text-Chat (docs/DESIGN.md §2; `chat_template: lwm` always).
 
 Rows are questions and several share one document. `rows` picks documents by row index, as the
 reference does (Infini-AI-Lab/TriForce, data/dataset.py, its `lwm` set: 20 fixed rows of the
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from triforce.data.hub import iter_records
-from triforce.data.prompts import LWM_PREFIX, LWM_SUFFIX, Sample, chat_prompt
+from triforce.data.prompts import LWM_PREFIX, LWM_SUFFIX, Sample, chat_prompt, has_chat_template, template_prompt
 from triforce.data.tokenizers import Tokenizer
 from triforce.errors import ConfigError
 
@@ -24,12 +26,14 @@ def narrativeqa_samples(cfg: Mapping, tokenizer: Tokenizer) -> Iterator[Sample]:
     indices, wanted = cfg.get("rows"), cfg.get("num_samples")
     documents = (pick_rows(rows, indices[:wanted]) if indices is not None else distinct_documents(rows, wanted))
     start = int(cfg.get("text_start") or 0)
+    own = (cfg.get("chat_template") or "auto") == "auto" and has_chat_template(tokenizer) and not cfg.get("prompt_prefix")
     for doc in documents:
         title = (doc.get("summary") or {}).get("title") or doc["id"]
-        yield Sample(id=str(doc["id"]), title=str(title),
-                     prompt_ids=chat_prompt(tokenizer, doc["text"][start:], cfg["prefill"],
-                                            prefix=cfg.get("prompt_prefix") or LWM_PREFIX,
-                                            suffix=cfg.get("prompt_suffix") or LWM_SUFFIX))
+        book = doc["text"][start:]
+        ids = (template_prompt(tokenizer, book, cfg["prefill"]) if own else
+               chat_prompt(tokenizer, book, cfg["prefill"], prefix=cfg.get("prompt_prefix") or LWM_PREFIX,
+                           suffix=cfg.get("prompt_suffix") or LWM_SUFFIX))
+        yield Sample(id=str(doc["id"]), title=str(title), prompt_ids=ids)
 
 
 def distinct_documents(rows: Iterable[Mapping], wanted: int | None) -> Iterator[Mapping]:

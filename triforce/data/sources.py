@@ -54,6 +54,10 @@ def check_dataset(cfg: Mapping) -> None:
     n = cfg.get("num_samples")
     if n is not None and (not isinstance(n, int) or n <= 0):
         raise ConfigError(f"dataset.num_samples={n!r} must be a positive integer or null (all)")
+    template = cfg.get("chat_template")
+    if template not in (None, "auto", "lwm"):
+        raise ConfigError(f"dataset.chat_template={template}: auto (the model's own chat template where its "
+                          "tokenizer has one, else the LWM prompt) or lwm")
 
 
 def load_samples(cfg: Mapping, tokenizer: Tokenizer) -> list[Sample]:

@@ -1,5 +1,7 @@
 """The project's own Llama-family decoder, as plain as the math (gpt-fast style: one compact module,
-the cache an explicit argument).
+the cache an explicit argument). Mistral, Qwen2 and Qwen3 checkpoints are this decoder with the
+few differences their configs name (models/config.py): q/k/v (and o) biases, an RMSNorm over each
+head's queries and keys before rotary, an explicit head size, tied embeddings.
 
     h   = x + attention(rmsnorm(x))        DecoderLayer.forward
     out = h + mlp(rmsnorm(h))
@@ -64,9 +66,12 @@ class Attention(nn.Module):
         super().__init__()
         self.index = index  # the layer's slot in every cache
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        bias = cfg.attention_bias
-        self.qkv_proj = nn.Linear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, bias=bias)
-        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=bias)
+        self.qkv_proj = nn.Linear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim,
+                                  bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
+        # Qwen3: each head's queries and keys normalised (one weight over the head's dimensions)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = cfg.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -75,7 +80,10 @@ class Attention(nn.Module):
         # F.linear over the modules' parameters: the same product without a module call per
         # projection (on a CPU a tiny model's forward is mostly such per-call overhead)
         q, k, v = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias).split([hq * d, hkv * d, hkv * d], dim=-1)
-        q, k, v = (p.view(b, t, -1, d).transpose(1, 2) for p in (q, k, v))
+        q, k, v = (p.view(b, t, -1, d) for p in (q, k, v))
+        if self.q_norm is not None:  # before rotary, over each head's dimensions
+            q, k = self.q_norm(q, ctx.kernels), self.k_norm(k, ctx.kernels)
+        q, k, v = (p.transpose(1, 2) for p in (q, k, v))
         q, keys, values = ctx.cache.store(self.index, q, k, v, ctx.rope)  # rotary + cache write
         out = attend(ctx.attention, q, keys, values, mask=ctx.mask, is_causal=ctx.is_causal, scale=self.scale,
                      kernels=ctx.kernels)
@@ -112,6 +120,10 @@ class DecoderLayer(nn.Module):
 
 class Transformer(nn.Module):
     parallel = None  # this rank's share of a tensor-parallel model (parallel.shard_model); None: one process
+    # a draft whose embedding table has fewer rows than its target's (one tokenizer, padded
+    # differently: Qwen2.5-0.5B for Qwen2.5-7B): its logits are widened to the target's rows with
+    # -inf (probability 0: it proposes none of them); None: its own vocabulary (widen_vocabulary)
+    output_rows: int | None = None
 
     def __init__(self, cfg: ModelConfig, attention: AttentionFn = sdpa_attention):
         super().__init__()
@@ -158,7 +170,34 @@ class Transformer(nn.Module):
         """Logits of the last `num_logits` rows of the final hidden state (all when None)."""
         if num_logits is not None and num_logits < x.shape[1]:
             x = x[:, x.shape[1] - num_logits:]
-        return F.linear(self.norm(x, kernels), self.lm_head.weight)
+        return self.widen(F.linear(self.norm(x, kernels), self.lm_head.weight))
+
+    @torch.no_grad()
+    def widen_vocabulary(self, rows: int) -> None:
+        """Take and give token ids up to `rows` (a target's vocabulary that pads the same tokenizer
+        to more rows): ids beyond its own embed to zeros (the target may emit one; the draft's next
+        proposals then come from a token it never saw, which costs acceptance, not exactness), and
+        its logits of them are -inf (it never proposes one)."""
+        own = self.config.vocab_size
+        if rows <= own or self.output_rows == rows:
+            return
+        old = self.embed_tokens.weight
+        table = torch.zeros(rows, old.shape[1], dtype=old.dtype, device=old.device)
+        table[:own] = old
+        self.embed_tokens.weight = nn.Parameter(table, requires_grad=False)
+        if self.config.tie_word_embeddings:  # the head keeps its own rows, the same memory
+            self.lm_head.weight = nn.Parameter(table[:own], requires_grad=False)
+        self.output_rows = rows
+
+    @property
+    def output_vocab(self) -> int:
+        """The width of the logits a forward returns (output_rows where set)."""
+        return self.output_rows or self.config.vocab_size
+
+    def widen(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits over `output_rows` tokens where they are set (the rows beyond its own at -inf)."""
+        extra = 0 if self.output_rows is None else self.output_rows - logits.shape[-1]
+        return logits if extra <= 0 else F.pad(logits, (0, extra), value=float("-inf"))
 
     @property
     def dtype(self) -> torch.dtype:

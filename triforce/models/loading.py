@@ -59,8 +59,8 @@ def load_config(model_dir: Path) -> ModelConfig:
     try:
         hf_config = AutoConfig.from_pretrained(model_dir)
     except ValueError as e:  # unknown model_type
-        raise ConfigError(f"{model_dir}: {str(e).splitlines()[0]}; triforce runs Llama-family "
-                          "checkpoints") from None
+        raise ConfigError(f"{model_dir}: {str(e).splitlines()[0]}; triforce runs Llama, Mistral, Qwen2 and "
+                          "Qwen3 checkpoints") from None
     cfg = ModelConfig.from_hf(hf_config)
     extra = [i for i in generation_eos_ids(model_dir) if i not in cfg.eos_token_id]
     return dataclasses.replace(cfg, eos_token_id=cfg.eos_token_id + tuple(extra)) if extra else cfg
@@ -168,7 +168,7 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], *, dtype: torc
     state, missing, unexpected = match_checkpoint(state, model_names)
     if missing or unexpected:
         raise ModelNotFoundError(
-            f"checkpoint does not match the Llama layout: missing {sorted(missing)[:5]}, "
+            f"checkpoint does not match the {cfg.family} layout: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}")
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
