@@ -168,13 +168,13 @@ class OffloadedKVCache(StaticKVCache):
         return keys.to(self.device, non_blocking=cuda), values.to(self.device, non_blocking=cuda)
 
     # -- the model-facing contract ----------------------------------------------------------
-    def attention_mask(self, num_tokens: int):
+    def attention_mask(self, num_tokens: int, tree: torch.Tensor | None = None):
         if self.batch_size > 1:
             raise ValueError("an offloaded cache runs one sequence per forward: use row(b)")
         # a forward begins: start streaming the first offloaded layer under the on-chip ones
         if self.prefetch:
             self._request(self.on_chip)
-        return super().attention_mask(num_tokens)
+        return super().attention_mask(num_tokens, tree)
 
     def write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if layer < self.on_chip:

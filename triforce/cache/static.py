@@ -249,14 +249,20 @@ class StaticKVCache:
         start = self.reserve(num_tokens)
         return torch.arange(start, start + num_tokens, device=self.device)
 
-    def attention_mask(self, num_tokens: int):
+    def attention_mask(self, num_tokens: int, tree: torch.Tensor | None = None):
         """What T new queries after `length` cached keys may see (see attention.py).
 
         Called once per forward before any write, so it also guards the capacity (positions
-        may have been passed explicitly, bypassing next_positions)."""
+        may have been passed explicitly, bypassing next_positions). tree: a (T, T) boolean mask
+        among the new tokens (triforce.tree.Tree.ancestors: each node sees the cached prefix, itself
+        and its ancestors) in place of the causal one."""
         if self.batch_size > 1:
-            return self._batch_mask(num_tokens), False
+            mask = self._batch_mask(num_tokens)
+            return (mask if tree is None else self._with_tree(mask, tree, self.rows_of("length"))), False
         self._check_room(num_tokens)
+        if tree is not None:
+            slots = torch.arange(self.length + num_tokens, device=self.device)
+            return self._with_tree((slots < self.length)[None].expand(num_tokens, -1), tree, [self.length]), False
         if num_tokens == 1:
             return None, False
         if self.length == 0:
@@ -271,6 +277,43 @@ class StaticKVCache:
         q_idx = torch.arange(num_tokens, device=self.device)[:, None] + self.length
         k_idx = torch.arange(total, device=self.device)[None, :]
         return k_idx <= q_idx, False
+
+    @staticmethod
+    def _with_tree(mask: torch.Tensor, tree: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """`mask` ((T, S), or (B, 1, T, S) with row b's new tokens at lengths[b]) with the new tokens'
+        block replaced by the tree's."""
+        mask = mask.clone()
+        T = tree.shape[0]
+        if mask.dim() == 2:
+            mask[:, lengths[0]:lengths[0] + T] = tree
+            return mask
+        for b, start in enumerate(lengths):
+            mask[b, 0, :, start:start + T] = tree
+        return mask
+
+    def keep_path(self, start: int, path: list[int] | tuple[int, ...]) -> None:
+        """After a tree's forward wrote its N nodes at slots start.. (one sequence, a plain full cache:
+        slot = position): keep the nodes of the accepted `path` (indices in the tree, root's child
+        first) as positions start..start + len(path) - 1, and forget the rest — the cache then holds
+        exactly what a chain of the accepted tokens would have left. Their recorded queries move
+        with them where the forward recorded them."""
+        if self.batch_size > 1:
+            raise ValueError("keep_path is per sequence: call it on row(b)")
+        if self.length < start or any(start + i >= self.length for i in path):
+            raise ValueError(f"nodes {list(path)} after slot {start} are not all written ({self.length} slots)")
+        idx = torch.tensor([start + i for i in path], dtype=torch.long, device=self.device)
+        n = len(path)
+        self.k[:, :, :, start:start + n] = self.k.index_select(3, idx)
+        self.v[:, :, :, start:start + n] = self.v.index_select(3, idx)
+        first, rows = self._query_rows  # the recorded queries: rows of sequence positions first..
+        kept = [start + i - first for i in path]
+        if n and all(0 <= r < rows for r in kept):
+            rows_idx = torch.tensor(kept, dtype=torch.long, device=self.device)
+            self.recent_queries[:, :, :, :n] = self.recent_queries.index_select(3, rows_idx)
+            self._query_rows, self._rows_written = (start, n), n
+        else:  # none recorded for the path: nothing to read (query_at raises)
+            self._query_rows, self._rows_written = (start + n, 0), 0
+        self.length = self.seq_len = start + n
 
     def _batch_mask(self, num_tokens: int) -> torch.Tensor:
         """(B, 1, T, S) booleans: query t of row b sees the slots below length_b + t + 1."""

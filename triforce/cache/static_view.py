@@ -63,7 +63,10 @@ class StaticView:
         assert num_tokens == self.num_tokens
         return DevicePositions(self._fields[POSITION_START], num_tokens)
 
-    def attention_mask(self, num_tokens: int):
+    def attention_mask(self, num_tokens: int, tree: torch.Tensor | None = None):
+        if tree is not None:  # the split-KV decode kernel's block is causal
+            raise NotImplementedError("tree forwards run on the eager executor (a tree mask in the decode "
+                                      "kernel is not built yet)")
         return DeviceLength(self._fields[SLOT_START], num_tokens), False
 
     def store_slots(self, layer: int):

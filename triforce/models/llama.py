@@ -138,24 +138,25 @@ class Transformer(nn.Module):
         self.rotary = RotaryEmbedding(cfg)
 
     def context(self, cache, positions: torch.Tensor | None, num_tokens: int, dtype: torch.dtype,
-                kernels: KernelContext | None = None) -> Context:
+                kernels: KernelContext | None = None, tree: torch.Tensor | None = None) -> Context:
         """The shared inputs of a forward over `num_tokens` new tokens. positions: (T,) or (B, T)
         rotary positions; None asks the cache for the next ones (a StreamingLLM cache may evict to
-        make room when asked)."""
+        make room when asked). tree: the new tokens' (T, T) mask where they are a token tree
+        (triforce.tree; positions then given: each node's is the prefix length + its depth - 1)."""
         if positions is None:
             positions = cache.next_positions(num_tokens)
-        mask, is_causal = cache.attention_mask(num_tokens)
+        mask, is_causal = cache.attention_mask(num_tokens) if tree is None else cache.attention_mask(num_tokens, tree)
         return Context(cache, self.rotary.at(positions, dtype), mask, is_causal, self.attention, kernels)
 
     def forward(self, tokens, positions: torch.Tensor | None, cache, num_logits: int | None = None, *,
-                kernels: KernelContext | None = None) -> torch.Tensor:
+                kernels: KernelContext | None = None, tree: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or of the last `num_logits` tokens only (the output
         head is a large share of a small model's work: prefill and verification skip the rest).
         tokens may also be an inputs.TokenSlice (T ids read from a device buffer). kernels: the
         kernel policy's launch context (None: every op is the torch reference)."""
         num_tokens = tokens.shape[1]
         x = self.embed(tokens, kernels)
-        ctx = self.context(cache, positions, num_tokens, x.dtype, kernels)
+        ctx = self.context(cache, positions, num_tokens, x.dtype, kernels, tree)
         for layer in self.layers:
             x = layer(x, ctx)
         cache.advance(num_tokens)
