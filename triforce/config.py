@@ -219,6 +219,9 @@ class MethodConfig:
     draft_gammas: tuple[int, ...] = (1, 2, 3)  # adaptive: the middle's draft_gamma candidates (with `draft_gamma`)
     probe_every: int = 8  # adaptive: plain-decoding rounds before a speculative probe (doubling, up to 256)
     memory_rounds: float = 8.0  # adaptive: half-life, in rounds, of the acceptance and cost estimates
+    # -- token trees at the top level (tree.py, tree_round.py, docs/DESIGN.md §13) ----------------
+    # children per node at each depth (widths[0]: the root's); () verifies a chain of gamma tokens
+    tree: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, tp in (("gamma", int), ("draft_gamma", int), ("chunk_size", int), ("rebuild_every", int),
@@ -231,6 +234,7 @@ class MethodConfig:
         _positive("method", "gamma", self.gamma, "a positive number of tokens")
         _positive("method", "draft_gamma", self.draft_gamma, "a positive number of tokens")
         self._check_adaptive()
+        self._check_tree()
         _choice("method", "rebuild", self.rebuild, REBUILD_POLICIES)
         if self.rebuild != "never" and self.max_gamma + 2 > QUERY_HISTORY:
             raise ConfigError(f"method.gamma={self.max_gamma} is too large for rebuilds during generation "
@@ -287,6 +291,30 @@ class MethodConfig:
         _positive("method", "memory_rounds", self.memory_rounds, "a positive number of rounds")
         _positive("method", "streaming_budget", self.streaming_budget, "a positive number of tokens or null",
                   allow_none=True)
+
+    def _check_tree(self) -> None:
+        ok, _ = _check(self.tree, tuple[int, ...])
+        if not ok or any(w < 1 for w in self.tree):
+            raise ConfigError(f"method.tree={self.tree!r} must be a list of positive widths, one per depth "
+                              "(e.g. method.tree=[4,2,1]; [] verifies a chain of method.gamma tokens)")
+        if not self.tree:
+            return
+        if self.name not in ("spec", "retrieval_spec") or self.adapts:
+            raise ConfigError(f"method.tree with method={self.name}{' (adaptive)' if self.adapts else ''}: a tree is "
+                              "verified at the top level of a two-level method whose lower level proposes it "
+                              "(method=spec: the draft; method=retrieval_spec: the middle level), a fixed plan; "
+                              "TriForce's middle proposes by speculation, one continuation at a time")
+        if self.tree_nodes > 1024:
+            raise ConfigError(f"method.tree={list(self.tree)} has {self.tree_nodes} nodes: at most 1024 per forward")
+
+    @property
+    def tree_nodes(self) -> int:
+        """Tokens of the top level's tree (0: no tree)."""
+        nodes, frontier = 0, 1
+        for width in self.tree:
+            frontier *= width
+            nodes += frontier
+        return nodes
 
     def _check_budget(self) -> None:
         if (self.budget is None) == (self.budget_fraction is None):
@@ -386,6 +414,8 @@ class MethodConfig:
     @property
     def max_gamma(self) -> int:
         """The most tokens the top level verifies in a round (an adaptive method's largest gamma)."""
+        if self.tree:  # a tree's nodes are the proposals of its top-level forward
+            return self.tree_nodes
         return max(self.gamma, *self.gammas) if self.adapts else self.gamma
 
     @property
@@ -400,6 +430,18 @@ class MethodConfig:
 
 def _null(value) -> str:
     return "null" if value is None else str(value)
+
+
+def check_tree_setting(method: MethodConfig, executor: str, offload: bool, parallel: bool) -> None:
+    """What runs a tree today: the eager executor, the full cache on the device, one process."""
+    if not method.tree:
+        return
+    if executor != "eager":
+        raise ConfigError(f"method.tree runs on the eager executor (hardware.executor=eager), not {executor}: "
+                          "captured forwards of a tree shape are not built yet")
+    if offload or parallel:
+        raise ConfigError("method.tree with " + ("hardware.offload=true" if offload else "tensor parallelism")
+                          + ": not built yet; run the tree on one device without offloading")
 
 
 def context_needed(prompt_len: int, max_new_tokens: int, method: MethodConfig) -> int:

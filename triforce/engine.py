@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 import torch
 
 from triforce.cache.spec import spare_slots
-from triforce.config import HardwareConfig, MethodConfig, SamplingParams, context_needed, parse
+from triforce.config import HardwareConfig, MethodConfig, SamplingParams, check_tree_setting, context_needed, parse
 from triforce.costs import StepCosts, step_bytes
 from triforce.errors import ConfigError, PromptTooLongError
 from triforce.executor import device_index, make_executor, resolve_executor
@@ -50,6 +50,8 @@ from triforce.parallel import SINGLE
 from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, candidate_plans, plan_of
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
+from triforce.tree import Tree
+from triforce.tree_round import TreeRound
 
 if TYPE_CHECKING:
     from triforce.memory import MemoryPlan
@@ -133,6 +135,7 @@ class Engine:
         # tensor parallelism: rank 0's draws decide every token and verdict (parallel.py)
         self.parallel = target.parallel or SINGLE
         self.executor_name = resolve_executor(hw.executor, self.device)
+        check_tree_setting(self.method, self.executor_name, hw.offload, self.parallel.enabled)
         # every kernel choice of this engine, resolved once (kernels/policy.py)
         self.policy = options.kernel_policy or KernelPolicy.resolve(self.device, hw.kernels)
         self.prefill_memo = options.prefill_memo
@@ -380,6 +383,8 @@ class Generation:
         self.ctx = KernelContext(engine.policy, pdl=False, workspace=Workspace(device))
         self.parallel = engine.parallel
         self.levels: list[Level] = [top_level(self.spec, self.caches, self.ctx)]  # every level built
+        # a tree at the top level in place of the chain (method.tree): its rounds (tree_round.py)
+        self.tree_round = TreeRound(self, Tree.from_widths(self.method.tree)) if self.method.tree else None
         # the round's plan (planner.py): the levels it runs, cheapest first, and their gammas
         self.planner = engine.planner(self.B)
         self.plan: Plan | None = None
@@ -492,7 +497,12 @@ class Generation:
         start, captured = time.perf_counter(), self.stats.time_s.get("capture", 0.0)
         caught_up = self._use(plan, active)
         top = len(self.chain) - 1
-        emitted = self._autoregressive_step(active) if top == 0 else self._round(top, active).emitted()
+        if top == 0:
+            emitted = self._autoregressive_step(active)
+        elif self.tree_round is not None:
+            emitted = self.tree_round.run(active)
+        else:
+            emitted = self._round(top, active).emitted()
         self.stats.sync()
         # a graph captured in this step (a width used for the first time) is first-use cost, apart
         capture_s = self.stats.time_s.get("capture", 0.0) - captured

@@ -131,6 +131,8 @@ def propose_children(q: torch.Tensor, width: int, generator: torch.Generator | N
     width = min(width, support)
     if greedy:
         return torch.topk(q, width).indices
+    if width == 1:  # one draw: the chain's own sample (the same draws from the generator)
+        return sample(q, generator).reshape(1)
     gumbel = -torch.empty_like(q, dtype=torch.float32).exponential_(generator=generator).log()
     keys = torch.where(q > 0, q.float().log() + gumbel, torch.full_like(gumbel, float("-inf")))
     return torch.topk(keys, width).indices

@@ -95,6 +95,7 @@ class Case:
                          *(["offload"] if self.offload else []), *([f"batch{self.batch}"] if self.batch > 1 else []),
                          *([self.planner] if self.planner else []),
                          *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild")),
+                         *("tree" + "-".join(map(str, v)) for k, v in self.options if k == "tree"),
                          *([self.shape] if self.shape != "llama" else [])])
 
 
@@ -355,6 +356,11 @@ EXACT_CASES += [Case("retrieval_spec", "t1", options=HYBRID + REBUILDS["every_n"
 # pair, q/k/v biases and q/k head norms, at every level)
 EXACT_CASES += [Case("triforce", "t0.6-p0.9", batch=2, runs=N_VARIANT, shape="qwen"),
                 Case("triforce", "t1", executor="static", options=HYBRID + REBUILDS["every_n"], batch=2, runs=N_VARIANT)]
+# a tree at the top level (docs/DESIGN.md §13): the draft's (sink 2 + window 24) for one sequence, the
+# retrieval middle's for a batch of two; each row's tokens exactly the target's
+TREE = (("tree", (2, 2)), ("draft_window", 24))
+EXACT_CASES += [Case("spec", "t0.6-p0.9", options=TREE, runs=N_VARIANT),
+                Case("retrieval_spec", "t1", options=(("tree", (3, 1)),), batch=2, runs=N_VARIANT)]
 # plans chosen before each round (docs/DESIGN.md §12): every plan in turn, and the adaptive choice
 # itself, for one sequence and a batch of two (N_PLANS runs: every round of them is one of the paths
 # sampled above, and a plan that broke exactness would show as grossly as the biased variants)
@@ -394,6 +400,7 @@ BIASED_CASES = [
     Case("triforce", "t0.6-p0.9", ("middle",), runs=N_BIASED),
     Case("spec", "t1", ("top",), runs=N_BIASED),
     Case("spec", "t0.6-p0.9", ("top",), runs=N_BIASED),
+    Case("spec", "t0.6-p0.9", ("top",), options=TREE, runs=N_BIASED),  # the tree rule, biased
     # at t=1 the retrieval middle is too close to the target (TV 0.04 over 3 tokens) for the
     # top-level bias to show with few runs; at t=0.6 / top-p 0.9 it is far enough (p ~ 1e-11 after
     # 1,000 runs: this one takes 2,000)

@@ -51,7 +51,7 @@ def test_keeping_the_accepted_path_leaves_the_chains_cache():
     model(torch.tensor([prompt]), None, cache)
     tree_forward(model, cache, tokens, PROMPT)
     path = TREE.path(9)  # [1, 5, 9]: the second child, its second child, its one child
-    cache.keep_path(PROMPT, path)
+    cache.keep_path(path, TREE.size)
     accepted = [tokens[i] for i in path]
     chain = full_cache(model, 64)
     model(torch.tensor([prompt + accepted]), None, chain)
@@ -64,8 +64,8 @@ def test_keeping_the_accepted_path_leaves_the_chains_cache():
     # and the next token sees exactly the chain's context
     nxt = torch.tensor([[7]])
     torch.testing.assert_close(model(nxt, None, cache)[0, -1], model(nxt, None, chain)[0, -1], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="not all written"):
-        cache.keep_path(n + 1, [0])  # the token after `nxt` is not written
+    with pytest.raises(ValueError, match="not all among the last 2 slots"):
+        cache.keep_path([0, 2], 2)
 
 
 @torch.inference_mode()

@@ -13,7 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-from triforce.config import DraftSpec, MethodConfig, ModelSpec, RunConfig, SamplingParams, context_needed
+from triforce.config import (DraftSpec, MethodConfig, ModelSpec, RunConfig, SamplingParams, check_tree_setting,
+                             context_needed)
 from triforce.data.sources import check_dataset
 from triforce.errors import ConfigError, ModelNotFoundError, PromptTooLongError
 from triforce.models import tiny
@@ -63,6 +64,8 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
 def check_hardware(run: RunConfig, *, environment: bool) -> None:
     hw = run.hardware
     hw.check_executor()  # graphs on a CPU: refused before any work
+    executor = hw.executor if hw.executor != "auto" else ("graphs" if hw.cuda else "eager")
+    check_tree_setting(run.method, executor, hw.offload, hw.tensor_parallel > 1)
     if hw.tensor_parallel > 1 and environment:
         from triforce.parallel import check_launch
 

@@ -253,9 +253,10 @@ class StaticKVCache:
         """What T new queries after `length` cached keys may see (see attention.py).
 
         Called once per forward before any write, so it also guards the capacity (positions
-        may have been passed explicitly, bypassing next_positions). tree: a (T, T) boolean mask
-        among the new tokens (triforce.tree.Tree.ancestors: each node sees the cached prefix, itself
-        and its ancestors) in place of the causal one."""
+        may have been passed explicitly, bypassing next_positions). tree: a (T, W) boolean mask of the
+        new tokens over the last W slots, the new ones and W - T a tree's earlier forwards wrote
+        (triforce.tree.Tree.ancestors: each node sees the cached prefix, itself and its ancestors),
+        in place of the causal one."""
         if self.batch_size > 1:
             mask = self._batch_mask(num_tokens)
             return (mask if tree is None else self._with_tree(mask, tree, self.rows_of("length"))), False
@@ -280,40 +281,46 @@ class StaticKVCache:
 
     @staticmethod
     def _with_tree(mask: torch.Tensor, tree: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """`mask` ((T, S), or (B, 1, T, S) with row b's new tokens at lengths[b]) with the new tokens'
-        block replaced by the tree's."""
+        """`mask` ((T, S), or (B, 1, T, S) with row b's T new tokens at lengths[b]) with the tree's
+        (T, W) rows over the last W slots up to the new tokens' end (W >= T: nodes written by earlier
+        forwards of the same tree, then the new ones)."""
         mask = mask.clone()
-        T = tree.shape[0]
+        T, W = tree.shape
         if mask.dim() == 2:
-            mask[:, lengths[0]:lengths[0] + T] = tree
+            mask[:, lengths[0] + T - W:lengths[0] + T] = tree
             return mask
         for b, start in enumerate(lengths):
-            mask[b, 0, :, start:start + T] = tree
+            mask[b, 0, :, start + T - W:start + T] = tree
         return mask
 
-    def keep_path(self, start: int, path: list[int] | tuple[int, ...]) -> None:
-        """After a tree's forward wrote its N nodes at slots start.. (one sequence, a plain full cache:
-        slot = position): keep the nodes of the accepted `path` (indices in the tree, root's child
-        first) as positions start..start + len(path) - 1, and forget the rest — the cache then holds
-        exactly what a chain of the accepted tokens would have left. Their recorded queries move
-        with them where the forward recorded them."""
+    def keep_path(self, path: list[int] | tuple[int, ...], block: int) -> None:
+        """After a tree's forwards wrote its nodes into the last `block` slots (breadth-first; one
+        sequence): keep the nodes of the accepted `path` (indices in the block, increasing) in the
+        block's first slots, and forget the rest — the cache then holds what a chain of the accepted
+        tokens would have left (their positions are the slots they move to: the block's first slot's
+        position plus their depth). Their recorded queries move with them where the forward recorded
+        them."""
         if self.batch_size > 1:
             raise ValueError("keep_path is per sequence: call it on row(b)")
-        if self.length < start or any(start + i >= self.length for i in path):
-            raise ValueError(f"nodes {list(path)} after slot {start} are not all written ({self.length} slots)")
+        start = self.length - block
+        if start < 0 or any(not 0 <= i < block for i in path):
+            raise ValueError(f"nodes {list(path)} are not all among the last {block} slots ({self.length} written)")
         idx = torch.tensor([start + i for i in path], dtype=torch.long, device=self.device)
         n = len(path)
         self.k[:, :, :, start:start + n] = self.k.index_select(3, idx)
         self.v[:, :, :, start:start + n] = self.v.index_select(3, idx)
+        seq_start = self.seq_len - block  # the block's first sequence position (what queries are named by)
         first, rows = self._query_rows  # the recorded queries: rows of sequence positions first..
-        kept = [start + i - first for i in path]
+        kept = [seq_start + i - first for i in path]
         if n and all(0 <= r < rows for r in kept):
             rows_idx = torch.tensor(kept, dtype=torch.long, device=self.device)
             self.recent_queries[:, :, :, :n] = self.recent_queries.index_select(3, rows_idx)
-            self._query_rows, self._rows_written = (start, n), n
+            self._query_rows, self._rows_written = (seq_start, n), n
         else:  # none recorded for the path: nothing to read (query_at raises)
-            self._query_rows, self._rows_written = (start + n, 0), 0
-        self.length = self.seq_len = start + n
+            self._query_rows, self._rows_written = (seq_start + n, 0), 0
+        drop = block - n  # (a cache whose positions run ahead of its slots keeps that offset)
+        self.length -= drop
+        self.seq_len -= drop
 
     def _batch_mask(self, num_tokens: int) -> torch.Tensor:
         """(B, 1, T, S) booleans: query t of row b sees the slots below length_b + t + 1."""

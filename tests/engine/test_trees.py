@@ -1,0 +1,66 @@
+"""Token trees at the top level through the engine (method.tree; triforce/tree_round.py): greedy
+decoding's tokens are plain greedy decoding's, one sequence and a ragged batch; a tree of width 1
+is the chain, token for token, under sampling; what does not run a tree yet is refused before any
+work. (Their sampled tokens against the exact law: tests/engine/test_distribution.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.engine.conftest import greedy_reference, perturbed, random_model
+from triforce.engine import Engine
+from triforce.errors import ConfigError
+
+NEW = 20
+METHODS = {
+    "spec": dict(name="spec", draft_sink=4, draft_window=40),  # the draft proposes (StreamingLLM cache)
+    "retrieval_spec": dict(name="retrieval_spec", budget=16, chunk_size=4),  # the retrieval middle proposes
+}
+EAGER = dict(executor="eager")
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = random_model(11, kv_heads=2)
+    draft = perturbed(target, random_model(12, kv_heads=2), 0.3)
+    prompt = torch.randint(0, 64, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+    return target, draft, prompt
+
+
+@pytest.mark.parametrize("tree", [(3, 2, 1), (2, 2), (4,)], ids=["3-2-1", "2-2", "4"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_greedy_trees_equal_greedy_decoding(models, name, tree):
+    target, draft, prompt = models
+    engine = Engine(target, draft, dict(METHODS[name], tree=tree), dict(temperature=0.0), EAGER)
+    one = engine.generate(prompt, NEW, seed=0)
+    assert one.tokens == greedy_reference(target, prompt, NEW)
+    assert one.metrics["mean_accepted_len"] > 1  # the trees are accepted in part
+    prompts = [prompt[:25], prompt, prompt[:33]]  # ragged
+    batch = engine.generate(prompts, NEW, seed=0)
+    assert [r.tokens for r in batch] == [greedy_reference(target, p, NEW) for p in prompts]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_tree_of_width_one_is_the_chain_token_for_token(models, name):
+    target, draft, prompt = models
+    sampling = dict(temperature=0.8, top_p=0.9)
+    chain = Engine(target, draft, dict(METHODS[name], gamma=3), sampling, EAGER)
+    tree = Engine(target, draft, dict(METHODS[name], tree=(1, 1, 1)), sampling, EAGER)
+    for seed in range(8):
+        assert tree.generate(prompt, NEW, seed=seed).tokens == chain.generate(prompt, NEW, seed=seed).tokens, seed
+
+
+def test_what_does_not_run_a_tree_yet_is_refused_before_any_work(models):
+    target, draft, _ = models
+    with pytest.raises(ConfigError, match="two-level method"):
+        Engine(target, draft, dict(name="triforce", tree=(2, 2)), dict(temperature=0.0), EAGER)
+    with pytest.raises(ConfigError, match="two-level method"):
+        Engine(target, draft, dict(name="spec", tree=(2,), adaptive=True), dict(temperature=0.0), EAGER)
+    with pytest.raises(ConfigError, match="eager executor"):
+        Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.0), dict(executor="static"))
+    with pytest.raises(ConfigError, match="offload"):
+        Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.0),
+               dict(executor="eager", offload=True))
+    with pytest.raises(ConfigError, match="positive widths"):
+        Engine(target, draft, dict(METHODS["spec"], tree=(2, 0)), dict(temperature=0.0), EAGER)
