@@ -77,6 +77,9 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
     kernels = {"linear": str(cfg.linear)}  # the kernel policy's overrides (kernels/policy.py)
     offload = dict(offload=True, on_chip_layers=cfg.on_chip_layers, kernels=kernels)
     target, draft = models(cfg, par, device, dtype)
+    if cfg.head_scale is not None:  # controlled acceptance (docs/DESIGN.md §7): both output heads times s
+        for model in (target, draft):
+            latency.scale_heads(model, float(cfg.head_scale))
     for context in cfg.contexts:
         for where, kw in (("offloaded", offload), ("on-chip", {"kernels": kernels})):
             if where == "offloaded" and not cfg.offloaded_levels:
@@ -95,9 +98,14 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
         for context in cfg.prefill_contexts:
             prompt = torch.randint(0, SHAPES[cfg.shape].vocab_size, (context,),
                                    generator=torch.Generator().manual_seed(0)).tolist()
-            for m in (method_config({"name": "autoregressive"}), method):
+            # the chain method, then each tree (docs/DESIGN.md §13: its level below proposes; eager executor)
+            trees = [method_config({**OmegaConf.to_container(cfg.tree_method), "tree": list(t)}) for t in cfg.trees]
+            for m in (method_config({"name": "autoregressive"}), method, *trees):
+                hardware = {**offload, "executor": "eager"} if m.tree else offload
                 row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt, new_tokens=cfg.new_tokens,
-                                         sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=offload)
+                                         sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=hardware)
+                row.update(tree="-".join(map(str, m.tree)) or "chain", head_scale=cfg.head_scale,
+                           tokens_per_top_forward=row["new_tokens"] / max(row.get("forwards/top", 1), 1))
                 tables["end_to_end"].append(dict(cache="offloaded", gpus=par.world, **row))
                 say(json.dumps(tables["end_to_end"][-1]))
     del target, draft

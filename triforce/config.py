@@ -432,16 +432,15 @@ def _null(value) -> str:
     return "null" if value is None else str(value)
 
 
-def check_tree_setting(method: MethodConfig, executor: str, offload: bool, parallel: bool) -> None:
-    """What runs a tree today: the eager executor, the full cache on the device, one process."""
+def check_tree_setting(method: MethodConfig, executor: str, parallel: bool) -> None:
+    """What runs a tree today: the eager executor (the full cache on chip or offloaded), one process."""
     if not method.tree:
         return
     if executor != "eager":
         raise ConfigError(f"method.tree runs on the eager executor (hardware.executor=eager), not {executor}: "
                           "captured forwards of a tree shape are not built yet")
-    if offload or parallel:
-        raise ConfigError("method.tree with " + ("hardware.offload=true" if offload else "tensor parallelism")
-                          + ": not built yet; run the tree on one device without offloading")
+    if parallel:
+        raise ConfigError("method.tree with tensor parallelism: not built yet; run the tree on one device")
 
 
 def context_needed(prompt_len: int, max_new_tokens: int, method: MethodConfig) -> int:

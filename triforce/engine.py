@@ -135,7 +135,7 @@ class Engine:
         # tensor parallelism: rank 0's draws decide every token and verdict (parallel.py)
         self.parallel = target.parallel or SINGLE
         self.executor_name = resolve_executor(hw.executor, self.device)
-        check_tree_setting(self.method, self.executor_name, hw.offload, self.parallel.enabled)
+        check_tree_setting(self.method, self.executor_name, self.parallel.enabled)
         # every kernel choice of this engine, resolved once (kernels/policy.py)
         self.policy = options.kernel_policy or KernelPolicy.resolve(self.device, hw.kernels)
         self.prefill_memo = options.prefill_memo

@@ -14,7 +14,8 @@ Where a forward's block is causal anyway (every node of a chain; a depth of one 
 the nodes before it), it runs without a tree mask, exactly the chain's forward: a tree of width 1
 is the chain, token for token, for one sequence and a seed.
 
-Eager executor only (a captured graph per tree shape is not built yet); one sequence or a batch.
+Eager executor only (a captured graph per tree shape is not built yet); one sequence or a batch (one
+forward for the batch, the finished rows frozen; an offloaded cache: a forward per row).
 """
 
 from __future__ import annotations
@@ -110,15 +111,44 @@ class TreeRound:
             nodes[b, [k - 1 for k in kids]] = drawn
 
     def _root(self, level, base: list[int], rows: list[int]) -> torch.Tensor:
-        """Level's logits after each active row's root: a forward of the tokens it has not seen (B, V)."""
+        """Level's logits after each active row's root: a forward of the tokens it has not seen, one
+        per count of unseen tokens (B, V)."""
         gen = self.gen
         out = torch.zeros(gen.B, level.model.output_vocab, device=gen.tokens.device)
         unseen = {b: base[b] - level.cache.row(b).seq_len for b in rows}
-        with gen.stats.timed(level.name, key=(level.name, max(unseen.values()))):
-            for b in rows:
-                ids = gen.tokens[b:b + 1, base[b] - unseen[b]:base[b]]
-                out[b] = level.model(ids, None, level.cache.row(b), num_logits=1, kernels=gen.ctx)[0, -1].float()
-        gen.stats.forward_of(level.name, [b in rows for b in range(gen.B)])
+        for T in sorted(set(unseen.values()), reverse=True):
+            group = [b for b in rows if unseen[b] == T]
+            ids = torch.stack([gen.tokens[b, max(base[b] - T, 0):][:T] for b in range(gen.B)])
+            with gen.stats.timed(level.name, key=(level.name, T)):
+                logits = self._run(level, ids, None, group, num_logits=1)
+            out[group] = logits[group, -1]
+            gen.stats.forward_of(level.name, [b in group for b in range(gen.B)])
+        return out
+
+    def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, tree: torch.Tensor | None = None,
+             num_logits: int | None = None, first: int = 0) -> torch.Tensor:
+        """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V)):
+        batched where the cache serves a batch in one forward (the other rows frozen), else row by row
+        (an offloaded cache). positions: None (the cache's next), or offsets from each row's root
+        (added to its root's position: the block's first slot holds the rooted tree's node `first`)."""
+        gen, cache, B, T = self.gen, level.cache, self.gen.B, ids.shape[1]
+        if B > 1 and cache.capturable:
+            cache.active = tuple(b in group for b in range(B))
+            try:
+                if positions is not None:
+                    roots = torch.tensor(cache.reserve_rows(T), device=ids.device)[:, None] - first
+                    positions = roots + positions[None]
+                return level.model(ids, positions, cache, num_logits, tree=tree, kernels=gen.ctx).float()
+            finally:
+                cache.active = None
+        out = None
+        for b in group:
+            row = cache.row(b)
+            at = None if positions is None else row.reserve(T) - first + positions
+            logits = level.model(ids[b:b + 1], at, row, num_logits, tree=tree, kernels=gen.ctx).float()
+            if out is None:
+                out = torch.zeros(B, *logits.shape[1:], device=logits.device)
+            out[b] = logits[0]
         return out
 
     def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, base: list[int],
@@ -131,13 +161,8 @@ class TreeRound:
                          nodes], 1)[:, first:stop]
         mask = _block_mask(self.ancestors, first, stop)
         offsets = torch.tensor([d - 1 for d in self.full.depths[first:stop]], device=nodes.device)
-        out = torch.zeros(gen.B, T, level.model.output_vocab, device=nodes.device)
         phase = "verify" if level is gen.chain[-1] else level.name
         with gen.stats.timed(phase, key=(level.name, T)):
-            for b in rows:  # one forward per row (the eager reference; a batch shares one tree shape)
-                cache = level.cache.row(b)
-                start = cache.reserve(T) - first  # the root's position: the block's first slot is node `first`'s
-                positions = start + offsets
-                out[b] = level.model(ids[b:b + 1], positions, cache, tree=mask, kernels=gen.ctx)[0].float()
+            out = self._run(level, ids, offsets, rows, tree=mask, first=first)
         gen.stats.forward_of(level.name, [b in rows for b in range(gen.B)])
         return out

@@ -1,7 +1,7 @@
 """Token trees at the top level through the engine (method.tree; triforce/tree_round.py): greedy
 decoding's tokens are plain greedy decoding's, one sequence and a ragged batch; a tree of width 1
 is the chain, token for token, under sampling; what does not run a tree yet is refused before any
-work. (Their sampled tokens against the exact law: tests/engine/test_distribution.py.)"""
+work; the same offloaded. (Their sampled tokens against the exact law: tests/engine/test_distribution.py.)"""
 
 from __future__ import annotations
 
@@ -41,12 +41,33 @@ def test_greedy_trees_equal_greedy_decoding(models, name, tree):
     assert [r.tokens for r in batch] == [greedy_reference(target, p, NEW) for p in prompts]
 
 
+OFFLOAD = dict(executor="eager", offload=True, on_chip_layers=1, prefill_chunk=16)
+
+
 @pytest.mark.parametrize("name", list(METHODS))
-def test_a_tree_of_width_one_is_the_chain_token_for_token(models, name):
+def test_offloaded_trees_equal_greedy_decoding(models, name):
+    """The full cache in host memory (its first layer on chip): the accepted path moved in host memory,
+    the staging buffers refilled, the chunk statistics a rebuild scores recomputed (every 4 tokens)."""
+    target, draft, prompt = models
+    method = dict(METHODS[name], tree=(3, 2), rebuild="every_n", rebuild_every=4)
+    engine = Engine(target, draft, method, dict(temperature=0.0), OFFLOAD)
+    one = engine.generate(prompt, NEW, seed=0)
+    assert one.tokens == greedy_reference(target, prompt, NEW)
+    if name == "retrieval_spec":
+        assert one.metrics["rebuilds"] > 0
+    prompts = [prompt[:25], prompt]
+    assert [r.tokens for r in engine.generate(prompts, NEW, seed=0)] == [greedy_reference(target, p, NEW)
+                                                                          for p in prompts]
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["on-chip", "offloaded"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_tree_of_width_one_is_the_chain_token_for_token(models, name, offload):
     target, draft, prompt = models
     sampling = dict(temperature=0.8, top_p=0.9)
-    chain = Engine(target, draft, dict(METHODS[name], gamma=3), sampling, EAGER)
-    tree = Engine(target, draft, dict(METHODS[name], tree=(1, 1, 1)), sampling, EAGER)
+    hardware = OFFLOAD if offload else EAGER
+    chain = Engine(target, draft, dict(METHODS[name], gamma=3), sampling, hardware)
+    tree = Engine(target, draft, dict(METHODS[name], tree=(1, 1, 1)), sampling, hardware)
     for seed in range(8):
         assert tree.generate(prompt, NEW, seed=seed).tokens == chain.generate(prompt, NEW, seed=seed).tokens, seed
 
@@ -59,8 +80,5 @@ def test_what_does_not_run_a_tree_yet_is_refused_before_any_work(models):
         Engine(target, draft, dict(name="spec", tree=(2,), adaptive=True), dict(temperature=0.0), EAGER)
     with pytest.raises(ConfigError, match="eager executor"):
         Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.0), dict(executor="static"))
-    with pytest.raises(ConfigError, match="offload"):
-        Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.0),
-               dict(executor="eager", offload=True))
     with pytest.raises(ConfigError, match="positive widths"):
         Engine(target, draft, dict(METHODS["spec"], tree=(2, 0)), dict(temperature=0.0), EAGER)

@@ -65,7 +65,7 @@ def check_hardware(run: RunConfig, *, environment: bool) -> None:
     hw = run.hardware
     hw.check_executor()  # graphs on a CPU: refused before any work
     executor = hw.executor if hw.executor != "auto" else ("graphs" if hw.cuda else "eager")
-    check_tree_setting(run.method, executor, hw.offload, hw.tensor_parallel > 1)
+    check_tree_setting(run.method, executor, hw.tensor_parallel > 1)
     if hw.tensor_parallel > 1 and environment:
         from triforce.parallel import check_launch
 

@@ -167,6 +167,28 @@ class OffloadedKVCache(StaticKVCache):
             keys, values = keys.pin_memory(), values.pin_memory()
         return keys.to(self.device, non_blocking=cuda), values.to(self.device, non_blocking=cuda)
 
+    def keep_path(self, path: list[int] | tuple[int, ...], block: int) -> None:
+        """StaticKVCache.keep_path over host memory too: the on-chip layers as there; each offloaded
+        layer's path moved in host memory (after the copies back of the tree's keys have landed); a
+        staging buffer keeps only what precedes the block (the next forward streams the path in); the
+        chunk statistics of the chunks the path fills are recomputed from host memory."""
+        start, n = self.length - block, len(path)
+        super().keep_path(path, block)  # checks, on-chip layers, recorded queries, lengths
+        if self.k_host.shape[0] == 0:
+            return
+        self._drain()
+        idx = torch.tensor([start + i for i in path], dtype=torch.long)
+        self.k_host[:, :, :, start:start + n] = self.k_host.index_select(3, idx)
+        self.v_host[:, :, :, start:start + n] = self.v_host.index_select(3, idx)
+        self.resident = [(layer, min(held, start)) for layer, held in self.resident]
+        if self.stats is not None:
+            cs = self.stats_chunk
+            first, last = start // cs, (start + n) // cs  # complete chunks holding path tokens
+            if last > first:
+                keys = self.k_host[:, :, :, first * cs:last * cs].to(self.device)
+                for h in range(keys.shape[0]):
+                    self.stats[h, :, :, first:last] = chunk_stats(keys[h], cs, self.stats_scorer).to(self.stats.dtype)
+
     # -- the model-facing contract ----------------------------------------------------------
     def attention_mask(self, num_tokens: int, tree: torch.Tensor | None = None):
         if self.batch_size > 1:
