@@ -238,3 +238,22 @@ def test_batch_size_sweep_tables_and_plots_throughput(tmp_path, monkeypatch):
     assert (sweep_dir / "throughput_vs_batch.png").is_file()
     assert "throughput section skipped" not in text
     assert (sweep_dir / "plans_over_time.png").is_file() and "plans section skipped" not in text
+
+
+def test_a_tree_sweep_tables_and_plots_accepted_length_by_shape(tmp_path, books_dir, monkeypatch):
+    """`triforce -m method=retrieval_spec 'method.tree=[],[2,2],[3,2,1]'` (the middle proposes each tree):
+    the sweep table has the tree of each job, and the notebook's tree section plots the tokens per
+    top-level forward by shape."""
+    from tests.app.helpers import run_cli, tiny_overrides
+
+    sweep_dir = tmp_path / "outputs" / "multirun" / "2026-01-03" / "00-00-00"
+    proc = run_cli(["-m", *tiny_overrides(books_dir, "method=retrieval_spec", "hardware.executor=eager",
+                                          "warmup=false", f"hydra.sweep.dir={sweep_dir}"),
+                    "method.tree=[],[2,2],[3,2,1]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = pd.read_parquet(sweep_dir / "sweep.parquet")
+    assert sorted(runs["method.tree"]) == ["[2, 2]", "[3, 2, 1]", "[]"]  # the table keeps a list as its text
+    assert (runs["status"] == "ok").all() and (runs["mean_accepted_len"] >= 1).all()
+    images, text = execute_notebook(sweep_dir, tmp_path, monkeypatch)
+    assert "3-2-1 (15 nodes)" in text and "2-2 (6 nodes)" in text and "chain (gamma 4)" in text
+    assert (sweep_dir / "accepted_by_tree.png").is_file()

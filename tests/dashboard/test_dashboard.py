@@ -69,7 +69,7 @@ def test_dry_run_prints_the_specification_without_network(logged_sweep, tmp_path
     sections = workspace["spec"]["section"]["panelBankConfig"]["sections"]
     assert [s["name"] for s in sections] == [s.title for s in spec.SECTIONS]
     # 14 panels of one-sequence runs + 2 of the throughput-vs-batch-size section + 3 of adaptive plans
-    assert sum(len(s["panels"]) for s in sections) == 19 == sum(len(s.panels()) for s in spec.SECTIONS)
+    assert sum(len(s["panels"]) for s in sections) == 22 == sum(len(s.panels()) for s in spec.SECTIONS)
     runs = workspace["spec"]["section"]["runSets"][0]
     assert runs["filters"]["filters"][0] == {"key": {"section": "run", "name": "group"}, "op": "=", "value": GROUP,
                                               "disabled": False}

@@ -79,6 +79,12 @@ def _plans() -> list:
                            layout=wr.Layout(x=16, y=0, w=8, h=8))]
 
 
+def _trees() -> list:
+    return [wr.ScatterPlot(title=f"{metric} vs tree shape", x=wr.Config("method.tree"), y=wr.SummaryMetric(metric),
+                           layout=wr.Layout(x=8 * i, y=0, w=8, h=8))
+            for i, metric in enumerate(("mean_accepted_len", "speedup", "ms_per_token"))]
+
+
 def _rounds() -> list:
     return [wr.WeavePanelSummaryTable(table_name=ROUNDS_TABLE, layout=wr.Layout(x=0, y=0, w=24, h=12))]
 
@@ -105,6 +111,10 @@ SECTIONS = (
             "again; is a run faster than the plain-decoding rounds it also ran (plan_tokens_per_s/"
             "autoregressive), and how does method=auto compare with fixed methods? The `rounds` table "
             "names each step's plan (its `plan` column) and the tokens/s it predicted.", _plans, rows=1),
+    Section("Token trees (method.tree)",
+            "How many tokens does one top-level forward yield with a tree of candidates (mean_accepted_len: "
+            "the accepted path and the token after it) against a chain (method.tree=[]), and does the "
+            "larger forward pay (speedup, ms_per_token)? docs/DESIGN.md §13.", _trees, rows=1),
     Section("Per-step records",
             "The `rounds` table: tokens emitted, accepted/<level> and proposed/<level>, the plan and its "
             "predicted tokens/s, and wall ms of every top-level step of every prompt, for finding slow or "
