@@ -42,6 +42,7 @@ from triforce.models.loading import parse_dtype
 from triforce.parallel import Parallel, init_parallel, quiet_other_ranks, shard_config, shard_model
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams
+from triforce.tree_shapes import best_tree
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
 IDENTITY_METHODS = {
@@ -106,6 +107,10 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
                                          sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=hardware)
                 row.update(tree="-".join(map(str, m.tree)) or "chain", head_scale=cfg.head_scale,
                            tokens_per_top_forward=row["new_tokens"] / max(row.get("forwards/top", 1), 1))
+                ranks = [row[f"tree/rank_accept_{k}"] for k in range(1, 65) if f"tree/rank_accept_{k}" in row]
+                if ranks:  # the best tree of as many nodes for the acceptance by rank it measured (Sequoia's DP)
+                    best, expected = best_tree(ranks, m.tree_nodes, max_depth=len(m.tree) + 2)
+                    row.update(dp_tree=str(best.parents), dp_expected_accepted=expected)
                 tables["end_to_end"].append(dict(cache="offloaded", gpus=par.world, **row))
                 say(json.dumps(tables["end_to_end"][-1]))
     del target, draft

@@ -569,6 +569,8 @@ class Generation:
             if self.B > 1:
                 metrics["batch_size"] = self.B
             metrics.update(plans)
+            if self.tree_round is not None:
+                metrics.update(self.tree_round.metrics())
             results.append(GenerationResult(tokens=row.out, metrics=metrics, rounds=row.rounds, tuning_used=used))
         batch = {**self.stats.batch_summary(new_tokens=[len(row.out) for row in self.rows], decode_s=decode_s),
                  **plans}

@@ -140,10 +140,13 @@ def propose_children(q: torch.Tensor, width: int, generator: torch.Generator | N
 
 @dataclasses.dataclass(frozen=True)
 class TreeVerdict:
-    """The accepted path (node indices, root's child first) and the token emitted after it."""
+    """The accepted path (node indices, root's child first) and the token emitted after it; `visits`:
+    for each node the rule visited that had children, (its children, the rank accepted or None) —
+    what tree shapes are chosen from (tree_shapes.RankCounts)."""
 
     path: tuple[int, ...]
     next_token: int
+    visits: tuple[tuple[int, int | None], ...] = ()
 
     def emitted(self, tokens: list[int] | tuple[int, ...]) -> list[int]:
         return [tokens[i] for i in self.path] + [self.next_token]
@@ -160,12 +163,13 @@ def verify_tree(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tens
     u = torch.rand(tree.size, generator=generator, device=p.device)
     toks = tokens.tolist()
     path: list[int] = []
+    visits: list[tuple[int, int | None]] = []
     row = 0  # the root
     while True:
         r = p[row].float()
         kids = tree.children[row]
         if not kids:  # a leaf: the bonus token, normalised as the chain's rule does it
-            return TreeVerdict(tuple(path), int(sample(_normalised(r, fallback=r), generator)))
+            return TreeVerdict(tuple(path), int(sample(_normalised(r, fallback=r), generator)), tuple(visits))
         g = q[row].float().clone()
         chosen = None
         for child in kids:
@@ -178,8 +182,9 @@ def verify_tree(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tens
                 r = _normalised(torch.clamp(r - g, min=0.0), fallback=r)
             g[x] = 0.0
             g = _normalised(g, fallback=g)
+        visits.append((len(kids), None if chosen is None else kids.index(chosen)))
         if chosen is None:
-            return TreeVerdict(tuple(path), int(sample(r, generator)))
+            return TreeVerdict(tuple(path), int(sample(r, generator)), tuple(visits))
         path.append(chosen)
         row = chosen + 1
 

@@ -24,6 +24,7 @@ import torch
 
 from triforce.sampling import probabilities
 from triforce.tree import Tree, propose_children, verify_tree
+from triforce.tree_shapes import RankCounts
 
 
 def rooted(tree: Tree) -> Tree:
@@ -41,13 +42,15 @@ def _block_mask(ancestors: torch.Tensor, first: int, stop: int) -> torch.Tensor 
 
 
 class TreeRound:
-    """A generation's tree rounds: `run(active)` is one top-level step of every active row."""
+    """A generation's tree rounds: `run(active)` is one top-level step of every active row;
+    `metrics()` the acceptance by child rank they measured."""
 
     def __init__(self, gen, tree: Tree):
         self.gen, self.tree = gen, tree
         self.full = rooted(tree)
         self.ancestors = self.full.ancestors(gen.tokens.device)
         self.fed = sum(d < tree.depth for d in tree.depths)  # nodes the level below runs (not the deepest)
+        self.ranks = RankCounts()  # which child rank the rule accepted, over the generation's rounds
 
     def run(self, active: list[bool]) -> list[list[int]]:
         gen, tree = self.gen, self.tree
@@ -83,6 +86,8 @@ class TreeRound:
         for b in rows:  # row by row, each its draws (u over the nodes, then one sample)
             verdict = verify_tree(tree, nodes[b], q[b], p[b], gen.generator, residual=top.residual)
             tokens = verdict.emitted(nodes[b].tolist())
+            for children, rank in verdict.visits:
+                self.ranks.add(children, rank)
             top.cache.row(b).keep_path([0] + [j + 1 for j in verdict.path], self.full.size)
             # the level below keeps the accepted nodes it was fed (all but the deepest), as a chain's
             # round leaves its proposer; it feeds the rest of the accepted tokens next round
@@ -93,6 +98,11 @@ class TreeRound:
             gen.planner.verified(name, top.name, b, tree.depth, len(verdict.path))
             emitted[b] = tokens
         return emitted
+
+    def metrics(self) -> dict[str, float]:
+        """tree/rank_accept_<k>: the estimated probability that a visited node's k-th child (from 1,
+        in proposal order) is the one accepted — what tree_shapes.best_tree takes."""
+        return {f"tree/rank_accept_{k + 1}": value for k, value in enumerate(self.ranks.rank_accept())}
 
     def _children(self, logits: torch.Tensor, nodes: torch.Tensor, j: int, rows: list[int], greedy: bool) -> None:
         """Draw node j's children (rooted numbering; 0 = the root) for every active row, from the

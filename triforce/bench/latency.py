@@ -221,7 +221,7 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
                ms_per_token=m["ms_per_token"], levels_ms_per_token=1e3 * levels_s / m["new_tokens"],
                overhead=1 - levels_s / m["decode_s"], mean_accepted_len=m["mean_accepted_len"],
                capture_s=m.get("time_s/capture", 0.0), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
-    row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/", "offload/"))})
+    row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/", "offload/", "tree/"))})
     del engine
     free_memory()
     return row
