@@ -104,3 +104,11 @@ def test_a_bar_left_open_by_a_ctrl_c_ends_its_line_before_the_error_line(capsys)
     assert bar.disable  # closed: its finalizer writes nothing later
     end_progress_lines()  # nothing open: nothing written
     assert capsys.readouterr().err == ""
+    # the constructor interrupted after its first display, before it set its timestamps (the last
+    # thing it does): tqdm's close() then returns without ending the line
+    bar = tqdm(total=2, desc="autoregressive", unit="prompt", file=sys.stderr)
+    del bar.last_print_t, bar.start_t
+    end_progress_lines()
+    print("error: interrupted (Ctrl-C)", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert "error: interrupted (Ctrl-C)" in err.split("\n"), repr(err)

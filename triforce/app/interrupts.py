@@ -67,7 +67,9 @@ def end_progress_lines() -> None:
     of its own. A `with tqdm(...)` block closes its bar (ending its line) as the KeyboardInterrupt
     passes through it, but a Ctrl-C that lands inside tqdm's constructor, after the bar is drawn and
     before `with` has entered, leaves the bar open and its line unended: where stderr is not a
-    terminal the error line would be glued to the bar's."""
+    terminal the error line would be glued to the bar's. Closing such a bar is not enough: tqdm's
+    `close` ends the line only for a bar whose constructor finished (it returns early without the
+    timestamps the constructor sets last), so the line is ended here."""
     import sys
 
     if "tqdm" not in sys.modules:  # nothing drew a bar (Ctrl-C while the CLI imports)
@@ -77,4 +79,9 @@ def end_progress_lines() -> None:
     with tqdm.get_lock():
         bars = sorted(getattr(tqdm, "_instances", ()), key=lambda bar: abs(getattr(bar, "pos", 0)), reverse=True)
     for bar in bars:  # the lowest line first, the first bar's last: the cursor ends below them all
+        drawn = getattr(bar, "sp", None) is not None and not getattr(bar, "disable", True)
+        finished = hasattr(bar, "last_print_t")  # its constructor ran to the end: close() ends the line
         bar.close()
+        if drawn and not finished:
+            bar.fp.write("\n")
+            bar.fp.flush()
