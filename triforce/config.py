@@ -237,8 +237,10 @@ class MethodConfig:
         self._check_tree()
         _choice("method", "rebuild", self.rebuild, REBUILD_POLICIES)
         if self.rebuild != "never" and self.max_gamma + 2 > QUERY_HISTORY:
-            raise ConfigError(f"method.gamma={self.max_gamma} is too large for rebuilds during generation "
-                              f"(at most {QUERY_HISTORY - 2})")
+            what = (f"method.tree={list(self.tree)} ({self.tree_nodes} nodes)" if self.tree
+                    else f"method.gamma={self.max_gamma}")
+            raise ConfigError(f"{what} is too large for rebuilds during generation (at most {QUERY_HISTORY - 2} "
+                              "tokens per top-level forward: a rebuild scores with a recorded query)")
         if self.rebuild == "every_n":
             _positive("method", "rebuild_every", self.rebuild_every, "a positive number of tokens")
         if self.rebuild == "on_low_acceptance":
