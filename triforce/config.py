@@ -434,6 +434,15 @@ def _null(value) -> str:
     return "null" if value is None else str(value)
 
 
+def resolve_executor(name: str, cuda: bool) -> str:
+    """hardware.executor as it runs: auto is CUDA graphs on a GPU, eager elsewhere; graphs needs a GPU."""
+    if name == "auto":
+        return "graphs" if cuda else "eager"
+    if name == "graphs" and not cuda:
+        raise ConfigError("hardware.executor=graphs needs a CUDA device; use eager or static on a CPU")
+    return name
+
+
 def check_tree_setting(method: MethodConfig, executor: str, parallel: bool) -> None:
     """What runs a tree today: the eager executor (the full cache on chip or offloaded), one process."""
     if not method.tree:
@@ -545,10 +554,9 @@ class HardwareConfig:
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
 
-    def check_executor(self) -> None:
-        """graphs needs a CUDA device: refused on a CPU before any work."""
-        if self.executor == "graphs" and not self.cuda:
-            raise ConfigError("hardware.executor=graphs needs a CUDA device; use eager or static on a CPU")
+    def check_executor(self) -> str:
+        """The executor that runs (resolve_executor): graphs on a CPU refused before any work."""
+        return resolve_executor(self.executor, self.cuda)
 
 
 @dataclasses.dataclass(frozen=True)

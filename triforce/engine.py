@@ -124,9 +124,7 @@ class Engine:
         _check_draft_model(self.method, draft, target)
         self.target, self.draft = target, draft
         # a sliding-window model runs exactly within its window only (ModelConfig.exact_context)
-        self.max_context = options.max_context or target.config.exact_context
-        if target.config.sliding_window is not None:
-            self.max_context = min(self.max_context, target.config.sliding_window)
+        self.max_context = target.config.context_for(options.max_context)
         self.prefill_chunk = hw.prefill_chunk
         self.offload, self.on_chip_layers = hw.offload, hw.on_chip_layers or 0
         self.biased_levels = frozenset(options.biased_levels)

@@ -36,6 +36,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from triforce import config
 from triforce.cache.static_view import StaticView
 from triforce.decode_plan import DecodePlan, build_plan
 from triforce.kernels.policy import KernelContext, KernelPolicy
@@ -44,7 +45,6 @@ from triforce.kernels.workspace import Workspace
 from triforce.metrics import GenerationStats
 from triforce.sampling import SamplingParams, probabilities, sample_into
 
-EXECUTORS = ("auto", "eager", "static", "graphs")
 
 
 class LevelLike(Protocol):
@@ -61,14 +61,8 @@ class Executor(Protocol):
 
 
 def resolve_executor(name: str, device: torch.device) -> str:
-    """auto: graphs on CUDA, eager elsewhere."""
-    if name == "auto":
-        return "graphs" if device.type == "cuda" else "eager"
-    if name == "graphs" and device.type != "cuda":
-        from triforce.errors import ConfigError
-
-        raise ConfigError("hardware.executor=graphs needs a CUDA device; use eager or static on a CPU")
-    return name
+    """The executor that runs on `device` (config.resolve_executor: auto is graphs on CUDA, eager elsewhere)."""
+    return config.resolve_executor(name, device.type == "cuda")
 
 
 def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats,

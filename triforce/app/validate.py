@@ -63,8 +63,7 @@ def validate(cfg: Mapping, *, environment: bool = True) -> RunPlan:
 
 def check_hardware(run: RunConfig, *, environment: bool) -> None:
     hw = run.hardware
-    hw.check_executor()  # graphs on a CPU: refused before any work
-    executor = hw.executor if hw.executor != "auto" else ("graphs" if hw.cuda else "eager")
+    executor = hw.check_executor()  # graphs on a CPU: refused before any work
     check_tree_setting(run.method, executor, hw.tensor_parallel > 1)
     if hw.tensor_parallel > 1 and environment:
         from triforce.parallel import check_launch
@@ -147,10 +146,9 @@ def model_context(model: ModelSpec, cfg) -> int | None:
     """Context length of the target: model.max_context, else its config (`cfg`: model_config's,
     None when not available; + rope scaling; a sliding-window model's window bounds either:
     ModelConfig.exact_context)."""
-    if model.max_context:
-        window = None if cfg is None else cfg.sliding_window
-        return model.max_context if window is None else min(model.max_context, window)
-    return None if cfg is None else cfg.exact_context
+    if cfg is None:
+        return model.max_context or None
+    return cfg.context_for(model.max_context)
 
 
 def check_draft_vocabulary(run: RunConfig) -> None:

@@ -86,9 +86,14 @@ class ModelConfig:
         """The tokens a sequence may reach with the model's own attention: its context, or its
         sliding window where it has one (beyond the window the model would attend to fewer keys
         than the engine's caches hold)."""
-        if self.sliding_window is None:
-            return self.max_position_embeddings
-        return min(self.max_position_embeddings, self.sliding_window)
+        return self.context_for(None)
+
+    def context_for(self, asked: int | None) -> int:
+        """The positions a run may occupy: `asked` (model.max_context: a context the checkpoint's
+        config does not state, e.g. with rope scaling), else the config's; a sliding window bounds
+        either."""
+        context = asked or self.max_position_embeddings
+        return context if self.sliding_window is None else min(context, self.sliding_window)
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> "ModelConfig":

@@ -145,7 +145,7 @@ class Transformer(nn.Module):
         (triforce.tree; positions then given: each node's is the prefix length + its depth - 1)."""
         if positions is None:
             positions = cache.next_positions(num_tokens)
-        mask, is_causal = cache.attention_mask(num_tokens) if tree is None else cache.attention_mask(num_tokens, tree)
+        mask, is_causal = cache.attention_mask(num_tokens, tree)
         return Context(cache, self.rotary.at(positions, dtype), mask, is_causal, self.attention, kernels)
 
     def forward(self, tokens, positions: torch.Tensor | None, cache, num_logits: int | None = None, *,
