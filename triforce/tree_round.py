@@ -61,9 +61,11 @@ class TreeRound:
         # the proposals: the root's distribution from the level below (it feeds what it has not seen)
         root = self._root(below, base, rows)  # (B, V) logits
         V = root.shape[-1]
-        # q: the distribution each node's children are drawn from; greedy ranks them by the logits
+        # logits and q (the sampling distribution) after each node the level below ran (a leaf's: unused);
+        # a node's children are drawn from its q (greedy: the most likely by its logits)
         logits = torch.zeros(gen.B, self.full.size, V, device=root.device)
         logits[:, 0] = root
+        q = torch.full_like(logits, 1.0 / V)
         nodes = torch.zeros(gen.B, tree.size, dtype=torch.int64, device=gen.tokens.device)
         depths = self.full.depths  # node j of the rooted tree (0: the root) at depth depths[j] - 1
         for depth in range(tree.depth):
@@ -71,9 +73,9 @@ class TreeRound:
             stop = depths.index(depth + 2) if depth + 2 in depths else self.full.size
             if depth:  # the distributions after this depth's nodes: one forward of the level below
                 logits[:, first:stop] = self._forward(below, nodes, first, stop, base, rows)
+            q[:, first:stop] = probabilities(logits[:, first:stop], gen.engine.sampling, ctx=gen.ctx)
             for j in range(first, stop):
-                self._children(logits, nodes, j, rows, greedy)
-        q = probabilities(logits, gen.engine.sampling, ctx=gen.ctx)
+                self._children(logits if greedy else q, nodes, j, rows, greedy)
         # the top: the root and every node in one forward
         for b in rows:  # (the top holds the committed prefix but its newest token, the root)
             cache = top.cache.row(b)
@@ -104,17 +106,16 @@ class TreeRound:
         in proposal order) is the one accepted — what tree_shapes.best_tree takes."""
         return {f"tree/rank_accept_{k + 1}": value for k, value in enumerate(self.ranks.rank_accept())}
 
-    def _children(self, logits: torch.Tensor, nodes: torch.Tensor, j: int, rows: list[int], greedy: bool) -> None:
-        """Draw node j's children (rooted numbering; 0 = the root) for every active row, from the
-        sampling distribution of its logits (greedy: the most likely by the logits themselves)."""
+    def _children(self, scores: torch.Tensor, nodes: torch.Tensor, j: int, rows: list[int], greedy: bool) -> None:
+        """Draw node j's children (rooted numbering; 0 = the root) for every active row from
+        scores[b, j]: its sampling distribution q, or (greedy) its logits, whose most likely come first."""
         kids = self.full.children[j + 1]
         if not kids:
             return
         gen = self.gen
         for b in rows:
-            scores = logits[b, j].softmax(-1) if greedy else probabilities(logits[b, j], gen.engine.sampling,
-                                                                             ctx=gen.ctx)
-            drawn = propose_children(scores, len(kids), gen.generator, greedy=greedy)
+            row = scores[b, j].softmax(-1) if greedy else scores[b, j]
+            drawn = propose_children(row, len(kids), gen.generator, greedy=greedy)
             # (a q with fewer tokens of mass than children: the rest repeat the last; a repeated
             # child is never accepted twice: the rule zeroes a rejected token's proposal mass)
             drawn = torch.cat([drawn, drawn[-1:].expand(len(kids) - len(drawn))])
