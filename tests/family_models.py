@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from tests.paper_models import SP_VOCAB, gutenberg_lines, train_sentencepiece, write_weights
+from tests.paper_models import SP_VOCAB, gutenberg_lines, train_sentencepiece, write_configs, write_weights
 
 # -- Qwen -------------------------------------------------------------------------------------
 
@@ -496,12 +496,7 @@ def mistral_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_family_model(folder: Path, model: FamilyModel, *, seed: int, text_lines: list[str],
                        sp_model: Path | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = model.shrunk_config
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if model.shrunk_generation_config is not None:
-        (folder / "generation_config.json").write_text(json.dumps(model.shrunk_generation_config, indent=2))
-    dtype = getattr(torch, config["torch_dtype"])
+    config, dtype = write_configs(folder, model)
     state = {k: v.to(dtype) for k, v in random_family_state(model, config, seed).items()}
     write_weights(folder, state, shards=model.shards, fmt="safetensors", balance="tensors")  # 1: one model.safetensors, no index
     if model.also_bin:

@@ -344,14 +344,20 @@ def write_weights(folder: Path, state: dict[str, torch.Tensor], *, shards: int, 
     return files
 
 
-def write_paper_model(folder: Path, model: PaperModel, *, seed: int, sentencepiece_model: Path | None,
-                      text_lines: list[str]) -> Path:
+def write_configs(folder: Path, model) -> tuple[dict[str, Any], torch.dtype]:
+    """A shrunk checkpoint's config.json and generation_config.json (where it ships one); its config
+    and the dtype its weights are written in (`model`: a PaperModel or tests/family_models.FamilyModel)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = model.shrunk_config
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     if model.shrunk_generation_config is not None:
         (folder / "generation_config.json").write_text(json.dumps(model.shrunk_generation_config, indent=2))
-    dtype = getattr(torch, config["torch_dtype"])
+    return config, getattr(torch, config["torch_dtype"])
+
+
+def write_paper_model(folder: Path, model: PaperModel, *, seed: int, sentencepiece_model: Path | None,
+                      text_lines: list[str]) -> Path:
+    config, dtype = write_configs(folder, model)
     state = {k: v.to(dtype) for k, v in random_hf_state(config, seed).items()}
     if model.legacy_rotary:
         for layer in range(config["num_hidden_layers"]):
