@@ -55,7 +55,7 @@ def test_chunk_without_causal_mask_would_differ(tiny_model):
     cache = full_cache(tiny_model, 30)
     with torch.no_grad():
         tiny_model(toks[:, :20], None, cache)
-        cache.attention_mask = lambda n: (None, False)  # every new query sees every new key
+        cache.attention_mask = lambda n, tree=None: (None, False)  # every new query sees every new key
         leaky = tiny_model(toks[:, 20:], None, cache)
     assert (leaky - full(tiny_model, toks)[:, 20:]).abs().max().item() > 100 * TOL
 
