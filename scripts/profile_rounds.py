@@ -1,0 +1,150 @@
+"""Where a generation's decode time goes beyond the levels' forwards: the engine's host work, the
+sampling and verification kernels, the GPU's idle gaps — per method, at a batch size.
+
+    python scripts/profile_rounds.py --shape llama3-8b --context 32768 --batch 8 --head-scale 0.03 \
+        --methods autoregressive,spec,auto [--tokens 128]
+
+Random weights at controlled acceptance (docs/DESIGN.md §7), the engine as a user runs it (CUDA
+graphs). Per method, after a warm-up generation: one plain generation (its throughput and the
+overhead the run reports: 1 - the levels' device time / decode wall time), then the same generation
+under cProfile (the host's Python: where the time outside the forwards is spent, and how much of it
+is waiting for the device) and under torch.profiler (kernels launched outside the captured graphs,
+and the device's busy time over the decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import torch
+from omegaconf import OmegaConf
+from torch.profiler import ProfilerActivity, profile
+
+from triforce.bench import latency
+from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
+from triforce.conf import __file__ as conf_init
+from triforce.config import method_config
+from triforce.prefill_memo import PrefillMemo
+from triforce.sampling import SamplingParams
+
+SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
+CUDA = torch.cuda.is_available()  # else a smoke run on the CPU (eager, tiny shapes)
+HARDWARE = {"prefill_chunk": 8192} if CUDA else {"prefill_chunk": 8192, "executor": "eager", "device": "cpu"}
+
+
+def synchronize() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def methods_of(names: str) -> dict:
+    """autoregressive, spec (gamma 8), auto and the fixed configurations of the adaptive benchmark's
+    config (triforce, triforce_hybrid, triforce_streaming, magicdec)."""
+    from pathlib import Path
+
+    cfg = OmegaConf.load(Path(conf_init).parent / "adaptive_benchmark.yaml")
+    known = {"autoregressive": {"name": "autoregressive"}, "spec": {"name": "spec", "gamma": 8},
+             "auto": OmegaConf.to_container(cfg.auto),
+             **{k: OmegaConf.to_container(v) for k, v in cfg.fixed.items()}}
+    out = {}
+    for name in names.split(","):
+        if name not in known:
+            raise SystemExit(f"error: --methods: {name!r} is not one of {', '.join(known)}")
+        out[name] = method_config(known[name])
+    return out
+
+
+def busy_us(prof) -> float:
+    """The device's busy time (us): the union of the kernels' intervals."""
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    busy, end = 0.0, None
+    for e in events:
+        s, t = e.time_range.start, e.time_range.end
+        if end is None or s >= end:
+            busy, end = busy + t - s, t
+        elif t > end:
+            busy, end = busy + t - end, t
+    return busy
+
+
+def decode_steps(engine, prompts, tokens: int):
+    """A generation's stream with its prefill and first step done: the rest is decode only."""
+    stream = engine.stream(prompts if len(prompts) > 1 else prompts[0], tokens, seed=0, stop_at_eos=False)
+    next(stream)
+    synchronize()
+    return stream
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama3-8b")
+    ap.add_argument("--context", type=int, default=32768)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--head-scale", type=float, default=0.03)
+    ap.add_argument("--methods", default="autoregressive,spec,auto")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--top", type=int, default=28, help="Python functions shown per profile")
+    args = ap.parse_args()
+    methods = methods_of(args.methods)
+    device, dtype = ("cuda", torch.bfloat16) if CUDA else ("cpu", torch.float32)
+    target = random_model(SHAPES[args.shape], dtype=dtype, device=device)
+    draft = random_model(SHAPES[DRAFT_OF[args.shape]], dtype=dtype, device=device, seed=1)
+    for model in (target, draft):
+        latency.scale_heads(model, args.head_scale)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, SHAPES[args.shape].vocab_size, (args.context,), generator=g).tolist()
+               for _ in range(args.batch)]
+    print(f"{torch.cuda.get_device_name() if CUDA else 'CPU'}: {args.shape} at {args.context}, batch {args.batch}, "
+          f"head scale {args.head_scale}, {args.tokens} new tokens", flush=True)
+    memo = PrefillMemo(max_bytes=64 * 2 ** 30)
+    with torch.inference_mode():
+        for name, method in methods.items():
+            if CUDA:
+                latency.free_memory()
+            engine = latency.graph_engine(target, draft if method.uses_draft else None, method, SAMPLING,
+                                          dict(HARDWARE), prefill_memo=memo)
+            warm = (method.budget or 0) + 2 * method.chunk_size + 65 if method.uses_middle else 64
+            engine.generate([p[:warm] for p in prompts], 8, seed=0, stop_at_eos=False)
+            plain = engine.generate(prompts, args.tokens, seed=0, stop_at_eos=False).metrics
+            levels = sum(v for k, v in plain.items() if k.startswith("time_s/") and latency.forward_phase(k[7:]))
+            print(f"\n=== {name}: {plain['throughput']:.1f} tokens/s, decode {plain['decode_s']:.3f} s, "
+                  f"levels' device time {levels:.3f} s, overhead {1 - levels / plain['decode_s']:.3f}; "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in sorted(plain.items())
+                              if k.startswith(("time_s/", "forwards/", "plan_rounds/"))), flush=True)
+            # the decode under cProfile: the host's own time (and its waits for the device)
+            stream = decode_steps(engine, prompts, args.tokens)
+            profiler = cProfile.Profile()
+            start = time.perf_counter()
+            profiler.enable()
+            steps = sum(1 for _ in stream)
+            profiler.disable()
+            wall = time.perf_counter() - start
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)
+            pstats.Stats(profiler, stream=text).sort_stats("cumtime").print_stats(args.top)
+            print(f"--- cProfile of the decode after its first step: {wall:.3f} s, {steps} steps, "
+                  f"{1e3 * wall / max(steps, 1):.2f} ms a step (tottime order, then cumtime)")
+            print("\n".join(line for line in text.getvalue().splitlines()[4:] if line.strip()))
+            # torch.profiler: the device's busy time and the kernels by total time
+            stream = decode_steps(engine, prompts, args.tokens)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                steps = sum(1 for _ in stream)
+                synchronize()
+                wall = time.perf_counter() - t0
+            busy = busy_us(prof)
+            print(f"--- torch.profiler: {steps} steps in {wall:.3f} s, device busy {busy / 1e6:.3f} s "
+                  f"({busy / 1e6 / wall:.3f} of the wall), {1e3 * (wall - busy / 1e6) / max(steps, 1):.2f} ms idle a step")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+            print(prof.key_averages().table(sort_by="self_device_time_total" if CUDA else "cpu_time_total", row_limit=16))
+            del engine, stream
+    print("\ndone", flush=True)
+
+
+if __name__ == "__main__":
+    main()
