@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol, Sequence
 
-from triforce.costs import StepCosts, expected_accepted, plan_seconds
+from triforce.costs import StepCosts, expected_accepted
 
 TOP = "top"
 
@@ -349,45 +349,68 @@ class AdaptivePlanner(_Observer):
         tokens, seconds = self.round(view, plan, active, yields)
         return tokens / seconds
 
+    def _yield(self, lower: str, upper: str, gamma: int, rows: list[int], memo: dict) -> tuple[float, float]:
+        """(sum, least) of the rows' expected tokens when `upper` asks `lower` for gamma per round.
+        Each row's alpha is read once per choice (memo), whatever the plans that share it."""
+        key = (lower, upper, gamma)
+        if key not in memo:
+            alphas = memo.get((lower, upper))
+            if alphas is None:
+                alphas = memo[(lower, upper)] = [self.alpha(lower, upper, b) for b in rows]
+            e = [expected_accepted(a, gamma) for a in alphas]
+            memo[key] = (sum(e), min(e))
+        return memo[key]
+
     def round(self, view: PlannerView, plan: Plan, active: Sequence[bool],
               yields: dict | None = None) -> tuple[float, float]:
         """A round of `plan` over the sequences of `active`: (expected tokens, expected seconds). A
         batch shares each round's time: the top round emits the sum of the sequences' expected
         tokens, and a level below runs as many rounds as its slowest sequence needs
-        (costs.round_yield, row by row). `yields`: one choice's memo (step costs, expected_accepted
-        per boundary and gamma), shared by its plans."""
-        yields = {} if yields is None else yields
-        steps = [self.step_seconds(view, plan.chain[0], 1, yields)]
-        steps += [self.step_seconds(view, level, g + 1, yields) for level, g in zip(plan.chain[1:], plan.gammas)]
-        rows = [b for b, on in enumerate(active) if on]
-        if not plan.speculative:
-            return float(len(rows)), steps[0] + self.forward_overhead(plan)
+        (costs.round_yield, row by row). `yields`: one choice's memo (step costs, each boundary's
+        row alphas and expected tokens per gamma, each chain's overhead), shared by its plans."""
+        memo = {} if yields is None else yields
+        rows = memo.get("rows")
+        if rows is None:
+            rows = memo["rows"] = [b for b, on in enumerate(active) if on]
+        chain, gammas = plan.chain, plan.gammas
+        n = len(gammas)
+        if n == 0:
+            return float(len(rows)), self.step_seconds(view, chain[0], 1, memo) + self.forward_overhead(plan, memo)
+        # from the top down: level j runs `rounds` rounds per top round, each a forward over
+        # gammas[j - 1] + 1 tokens; the level below runs as many rounds as its slowest row needs to
+        # make gammas[j - 1] tokens (costs.round_yield, row by row); the cheapest level's rounds are
+        # one-token steps (costs.plan_seconds)
+        rounds, seconds, forwards = 1.0, 0.0, 0.0
+        for j in range(n, 0, -1):
+            step = memo.get((chain[j], gammas[j - 1] + 1))
+            seconds += rounds * (step if step is not None else self.step_seconds(view, chain[j], gammas[j - 1] + 1, memo))
+            forwards += rounds
+            if j > 1:
+                least = self._yield(chain[j - 2], chain[j - 1], gammas[j - 2], rows, memo)[1]
+                rounds *= max(1.0, gammas[j - 1] / least)
+        step = memo.get((chain[0], 1))
+        seconds += rounds * gammas[0] * (step if step is not None else self.step_seconds(view, chain[0], 1, memo))
+        forwards += rounds * gammas[0]
+        seconds += forwards * self.forward_overhead(plan, memo)
+        return self._yield(chain[-2], chain[-1], gammas[-1], rows, memo)[0], seconds
 
-        def per_row(i: int) -> tuple[float, float]:  # (sum, least) of the rows' expected tokens at boundary i
-            key = (plan.chain[i], plan.chain[i + 1], plan.gammas[i])
-            if key not in yields:
-                e = [expected_accepted(self.alpha(key[0], key[1], b), key[2]) for b in rows]
-                yields[key] = (sum(e), min(e))
-            return yields[key]
-
-        gammas = plan.gammas
-        rounds = [1.0] * len(gammas)  # rounds of each speculative level (chain[i + 1]) per top round
-        for i in range(len(gammas) - 2, -1, -1):  # as many as the row with the fewest tokens a round needs
-            rounds[i] = max(1.0, gammas[i + 1] / per_row(i)[1]) * rounds[i + 1]
-        forwards = plan_seconds([1.0] * len(steps), gammas, tuple(rounds))  # forwards per round
-        seconds = plan_seconds(steps, gammas, tuple(rounds)) + forwards * self.forward_overhead(plan)
-        return per_row(len(gammas) - 1)[0], seconds
-
-    def forward_overhead(self, plan: Plan) -> float:
+    def forward_overhead(self, plan: Plan, memo: dict | None = None) -> float:
         """Seconds per forward a round of the plan's chain takes beyond its forwards' device time:
         the chain's own, measured; for a chain not run yet, what the speculative chains measured (a
-        plain step's own otherwise); 0 before anything ran."""
+        plain step's own otherwise); 0 before anything ran. `memo`: one choice's, per chain."""
+        key = ("overhead", plan.chain)
+        if memo is not None and key in memo:
+            return memo[key]
         own = self.overhead.get(plan.chain)
         if own is not None and own[1].value > 0:
-            return own[0].value / own[1].value
-        alike = [(s.value, n.value) for chain, (s, n) in self.overhead.items()
-                 if (len(chain) > 1) == plan.speculative and n.value > 0]
-        return sum(s for s, _ in alike) / sum(n for _, n in alike) if alike else 0.0
+            value = own[0].value / own[1].value
+        else:
+            alike = [(s.value, n.value) for chain, (s, n) in self.overhead.items()
+                     if (len(chain) > 1) == plan.speculative and n.value > 0]
+            value = sum(s for s, _ in alike) / sum(n for _, n in alike) if alike else 0.0
+        if memo is not None:
+            memo[key] = value
+        return value
 
     def switch_seconds(self, plan: Plan) -> float:
         """What running `plan` after the last round's plan costs first: its levels that sat out catch
@@ -407,8 +430,11 @@ class AdaptivePlanner(_Observer):
         speed = tokens / seconds
         if self._last is None or plan == self._last:
             return speed, speed
+        key = ("switch", plan.chain)
+        if key not in yields:
+            yields[key] = self.switch_seconds(plan)
         horizon = self.memory_rounds * seconds
-        return speed, speed * horizon / (horizon + self.switch_seconds(plan)) / (1 + self.switch_margin)
+        return speed, speed * horizon / (horizon + yields[key]) / (1 + self.switch_margin)
 
     # -- the choice ----------------------------------------------------------------------------
     def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan:
