@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -44,7 +45,6 @@ from triforce.kernels.verify import race_sample
 from triforce.kernels.workspace import Workspace
 from triforce.metrics import GenerationStats
 from triforce.sampling import SamplingParams, probabilities, sample_into
-
 
 
 class LevelLike(Protocol):
@@ -105,20 +105,10 @@ class EagerExecutor:
 
     def forward(self, level, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
                 sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
-        cache, B = level.cache, len(starts)
+        B = len(starts)
         with self.stats.timed(phase, key=(level.name, num_tokens)):
-            if B == 1:
-                logits = level.model(self.tokens[0, starts[0]:starts[0] + num_tokens][None], None, cache,
-                                     num_logits=num_logits, kernels=self.ctx)
-            elif not cache.capturable:
-                logits = self._row_by_row(level, starts, num_tokens, num_logits, rows)
-            else:
-                batch = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
-                cache.active = tuple(rows) if rows is not None else None
-                try:
-                    logits = level.model(batch, None, cache, num_logits=num_logits, kernels=self.ctx)
-                finally:
-                    cache.active = None
+            batch = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
+            logits = self.logits(level, batch, rows, num_logits=num_logits)
             probs = probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling, ctx=self.ctx)
             probs = _uniform_rows(probs.view(B, num_logits, -1), rows)
         if sample:  # tokens[b, starts[b] + T] drawn from row b's last distribution, on the device
@@ -126,15 +116,37 @@ class EagerExecutor:
             sample_into(probs[:, -1], self.generator, self.tokens, 0, index_from=index, ctx=self.ctx)
         return probs
 
-    def _row_by_row(self, level, starts, num_tokens, num_logits, rows) -> torch.Tensor:
-        out = []
-        for b, s in enumerate(starts):
-            if rows is None or rows[b]:
-                out.append(level.model(self.tokens[b, s:s + num_tokens][None], None, level.cache.row(b),
-                                       num_logits=num_logits, kernels=self.ctx))
-            else:
-                out.append(torch.zeros(1, num_logits, level.model.output_vocab, device=self.tokens.device))
-        return torch.cat(out)
+    def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
+               offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None) -> torch.Tensor:
+        """The level's logits (B, num_logits or T, V) after ids (B, T), advancing the rows of `rows`
+        (booleans; None: all): one forward for the batch where the cache serves a batch (the other
+        rows frozen), else one per active row (an offloaded cache; a frozen row's logits are zeros).
+        offsets (T,): each token's position relative to the first slot the row reserves (None: the
+        cache's next positions); tree (T, T'): which cached slots of the block each token sees (a
+        token tree's mask; None: causal)."""
+        cache, (B, T) = level.cache, ids.shape
+        if B == 1 or cache.capturable:
+            cache.active = tuple(rows) if rows is not None and B > 1 else None
+            try:
+                positions = None
+                if offsets is not None:
+                    reserved = cache.reserve_rows(T) if B > 1 else [cache.reserve(T)]
+                    positions = torch.tensor(reserved, device=ids.device)[:, None] + offsets[None]
+                    positions = positions if B > 1 else positions[0]
+                return level.model(ids, positions, cache, num_logits=num_logits, tree=tree, kernels=self.ctx)
+            finally:
+                cache.active = None
+        out = None
+        for b in range(B):
+            if rows is not None and not rows[b]:
+                continue
+            row = cache.row(b)
+            at = None if offsets is None else row.reserve(T) + offsets
+            logits = level.model(ids[b:b + 1], at, row, num_logits=num_logits, tree=tree, kernels=self.ctx)
+            if out is None:
+                out = torch.zeros(B, *logits.shape[1:], dtype=logits.dtype, device=logits.device)
+            out[b] = logits[0]
+        return out
 
     def release(self) -> None:
         pass

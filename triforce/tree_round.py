@@ -138,29 +138,14 @@ class TreeRound:
 
     def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, tree: torch.Tensor | None = None,
              num_logits: int | None = None, first: int = 0) -> torch.Tensor:
-        """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V)):
-        batched where the cache serves a batch in one forward (the other rows frozen), else row by row
-        (an offloaded cache). positions: None (the cache's next), or offsets from each row's root
-        (added to its root's position: the block's first slot holds the rooted tree's node `first`)."""
-        gen, cache, B, T = self.gen, level.cache, self.gen.B, ids.shape[1]
-        if B > 1 and cache.capturable:
-            cache.active = tuple(b in group for b in range(B))
-            try:
-                if positions is not None:
-                    roots = torch.tensor(cache.reserve_rows(T), device=ids.device)[:, None] - first
-                    positions = roots + positions[None]
-                return level.model(ids, positions, cache, num_logits, tree=tree, kernels=gen.ctx).float()
-            finally:
-                cache.active = None
-        out = None
-        for b in group:
-            row = cache.row(b)
-            at = None if positions is None else row.reserve(T) - first + positions
-            logits = level.model(ids[b:b + 1], at, row, num_logits, tree=tree, kernels=gen.ctx).float()
-            if out is None:
-                out = torch.zeros(B, *logits.shape[1:], device=logits.device)
-            out[b] = logits[0]
-        return out
+        """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V)),
+        through the executor's (batched where the cache serves a batch, else row by row). positions:
+        None (the cache's next), or offsets from each row's root (the block's first slot holds the
+        rooted tree's node `first`)."""
+        gen = self.gen
+        rows = [b in group for b in range(gen.B)]
+        offsets = None if positions is None else positions - first
+        return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree).float()
 
     def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, base: list[int],
                  rows: list[int]) -> torch.Tensor:
