@@ -131,6 +131,10 @@ def main() -> None:
                   f"{1e3 * wall / max(steps, 1):.2f} ms a step (tottime order, then cumtime)")
             print("\n".join(line for line in text.getvalue().splitlines()[4:] if line.strip()))
             # torch.profiler: the device's busy time and the kernels by total time
+            stream.close()
+            del stream
+            if CUDA:
+                latency.free_memory()  # the last stream's caches, before the next one's
             stream = decode_steps(engine, prompts, args.tokens)
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 t0 = time.perf_counter()
