@@ -108,7 +108,7 @@ def main() -> None:
                 latency.free_memory()
             engine = latency.graph_engine(target, draft if method.uses_draft else None, method, SAMPLING,
                                           dict(HARDWARE), prefill_memo=memo)
-            warm = (method.budget or 0) + 2 * method.chunk_size + 65 if method.uses_middle else 64
+            warm = latency.warm_length(method, args.context)
             engine.generate([p[:warm] for p in prompts], 8, seed=0, stop_at_eos=False)
             plain = engine.generate(prompts, args.tokens, seed=0, stop_at_eos=False).metrics
             levels = sum(v for k, v in plain.items() if k.startswith("time_s/") and latency.forward_phase(k[7:]))

@@ -202,17 +202,26 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
 
 
 @torch.inference_mode()
+def warm_length(method: MethodConfig, prompt_len: int) -> int:
+    """Prompt tokens of a warm-up generation that compiles and captures every kernel a measured run
+    of `method` launches, so Triton compiles nothing inside it: longer than the middle's budget
+    (chunks are chosen) and than the draft's StreamingLLM window (it is full, so it evicts from its
+    first step), at least 64, at most the prompt."""
+    need = 64
+    if method.uses_middle:
+        need = max(need, (method.budget or 0) + 2 * method.chunk_size + 1)
+    if method.uses_draft and method.draft_cache == "streaming":
+        need = max(need, method.draft_sink + method.draft_window + 1)
+    return min(prompt_len, need)
+
+
 def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
                new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
                hardware: dict | None = None) -> dict:
     """One `generate`, as a user runs it (graphs on), with its wall time split by level."""
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})})
-    # compile and warm up every kernel the measured run will launch: a prompt longer than the
-    # retrieval budget (chunks are chosen; the draft's window is full, so it evicts from its
-    # first step), or Triton compiles them inside the measured decode
-    warm = min(len(prompt), method.budget + 2 * method.chunk_size + 1) if method.uses_middle else 64
-    engine.generate(prompt[:warm], 8, seed=seed, stop_at_eos=False)
+    engine.generate(prompt[:warm_length(method, len(prompt))], 8, seed=seed, stop_at_eos=False)
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
@@ -247,10 +256,9 @@ def batch_end_to_end(target: Transformer, draft: Transformer | None, method: Met
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})},
                           prefill_memo=prefill_memo)
-    # every kernel of the measured run compiled first (a prompt longer than the budget: chunks are
-    # chosen, the draft's window is full), at the batch's size (graphs are per batch size)
-    warm = min(len(prompts[0]), (method.budget or 0) + 2 * method.chunk_size + 1 if method.uses_middle else 64)
-    engine.generate([p[:max(warm, 64)] for p in prompts], 8, seed=seed, stop_at_eos=False)
+    # every kernel of the measured run compiled first, at the batch's size (graphs are per batch size)
+    warm = warm_length(method, len(prompts[0]))
+    engine.generate([p[:warm] for p in prompts], 8, seed=seed, stop_at_eos=False)
     free_memory()
     result = engine.generate(prompts, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
