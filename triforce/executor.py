@@ -107,8 +107,11 @@ class EagerExecutor:
                 sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
         B = len(starts)
         with self.stats.timed(phase, key=(level.name, num_tokens)):
-            batch = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
-            logits = self.logits(level, batch, rows, num_logits=num_logits)
+            if B == 1:  # a view of the token buffer, no copy
+                ids = self.tokens[0, starts[0]:starts[0] + num_tokens][None]
+            else:
+                ids = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
+            logits = self.logits(level, ids, rows, num_logits=num_logits)
             probs = probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling, ctx=self.ctx)
             probs = _uniform_rows(probs.view(B, num_logits, -1), rows)
         if sample:  # tokens[b, starts[b] + T] drawn from row b's last distribution, on the device
