@@ -382,14 +382,12 @@ class AdaptivePlanner(_Observer):
         # one-token steps (costs.plan_seconds)
         rounds, seconds, forwards = 1.0, 0.0, 0.0
         for j in range(n, 0, -1):
-            step = memo.get((chain[j], gammas[j - 1] + 1))
-            seconds += rounds * (step if step is not None else self.step_seconds(view, chain[j], gammas[j - 1] + 1, memo))
+            seconds += rounds * self.step_seconds(view, chain[j], gammas[j - 1] + 1, memo)
             forwards += rounds
             if j > 1:
                 least = self._yield(chain[j - 2], chain[j - 1], gammas[j - 2], rows, memo)[1]
                 rounds *= max(1.0, gammas[j - 1] / least)
-        step = memo.get((chain[0], 1))
-        seconds += rounds * gammas[0] * (step if step is not None else self.step_seconds(view, chain[0], 1, memo))
+        seconds += rounds * gammas[0] * self.step_seconds(view, chain[0], 1, memo)
         forwards += rounds * gammas[0]
         seconds += forwards * self.forward_overhead(plan, memo)
         return self._yield(chain[-2], chain[-1], gammas[-1], rows, memo)[0], seconds
