@@ -11,7 +11,7 @@ A level's cache (docs/DESIGN.md §4):
 |--------|-------------------------------|-----------------------------------------------------------|
 | top    | full, or offloaded            | prompt + new tokens + lookahead + SPARE_TOKENS            |
 | middle | selection (retrieval / hybrid / StreamingLLM of the budget) | budget + new tokens + lookahead + SPARE_TOKENS |
-| draft  | streaming (sink + window), or full | sink + window + draft_slack, or as the top level     |
+| draft  | streaming (sink + window), or full | sink + window + method.draft_slack, or as the top |
 
 In a batch every cache also has `spare` slots past its capacity, where a frozen row's forward
 writes (the widest forward of any level; levels.py). Model shapes come from the configs' fields
@@ -29,13 +29,6 @@ from triforce.cache.retrieval import RetrievalCache
 from triforce.cache.static import StaticKVCache
 from triforce.cache.streaming import StreamingCache
 from triforce.config import SPARE_TOKENS, MethodConfig
-
-
-def draft_slack(window: int) -> int:
-    """Slots a draft's StreamingLLM window may run over (cache/streaming.py: slack): it then evicts
-    once per slack + 1 steps instead of every step; a quarter of the window, at most 32 (the
-    default window of 240: 32 more keys for a two-layer draft to read, an eviction every 33 steps)."""
-    return min(32, window // 4)
 
 
 KINDS = ("full", "offloaded", "streaming", "selection")
@@ -170,7 +163,7 @@ def cache_specs(method: MethodConfig, target, draft, prompt_lens: list[int], max
     if method.uses_draft and draft is not None:
         ddb = draft_dtype_bytes or dtype_bytes
         if method.draft_cache == "streaming":
-            slack = draft_slack(method.draft_window)
+            slack = method.draft_window_slack
             specs["draft"] = CacheSpec("streaming", KVShape.of(draft), method.draft_sink + method.draft_window + slack,
                                        B, spare, ddb, sink=method.draft_sink, window=method.draft_window, slack=slack,
                                        record_queries=False)
