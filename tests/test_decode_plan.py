@@ -124,12 +124,14 @@ def test_the_plans_logits_equal_the_reference_forward(model, lengths, num_logits
 
 
 @interpreted
+@pytest.mark.parametrize("head_dim", [32, 24], ids=["kernel", "reference"])
 @torch.inference_mode()
-def test_a_biased_q_k_normed_models_plan_equals_its_reference_forward():
+def test_a_biased_q_k_normed_models_plan_equals_its_reference_forward(head_dim):
     """The other families' QKV (models/config.py): q/k/v biases (Qwen2) in the product, each head's
     q/k norm between product and rotary (Qwen3, head_dim != hidden / heads) — the plan's own QKV
-    step for them, and a draft's widened logits (-inf beyond its rows)."""
-    model = build_tiny({"qkv_bias": True, "qk_norm": True, "head_dim": 24, "family": "qwen3"}, seed=4)
+    step for them (the fused norm + rotary kernel where half a head is a power of two, its
+    reference otherwise), and a draft's widened logits (-inf beyond its rows)."""
+    model = build_tiny({"qkv_bias": True, "qk_norm": True, "head_dim": head_dim, "family": "qwen3"}, seed=4)
     plan = build_plan(model, T, T, context(kernels=True), batch=2, kv_slots=CAPACITY)
     assert "q/k head norms" in plan.steps[1].detail
     tokens = token_buffer(2, 3, model.config.vocab_size)

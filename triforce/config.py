@@ -207,6 +207,9 @@ class MethodConfig:
     draft_cache: str = "streaming"  # streaming | full
     draft_sink: int = 16
     draft_window: int = 240
+    # slots the draft's window may run over before it evicts down to draft_window at once
+    # (cache/streaming.py: one shift per draft_slack + 1 steps); null: a quarter of the window, at most 32
+    draft_slack: int | None = None
     # retrieval | streaming | hybrid (MIDDLE_CACHES). The library default is the paper's cache; the app's
     # method configs (conf/method/triforce.yaml, retrieval_spec.yaml) default to hybrid: docs/RESULTS.md
     middle_cache: str = "retrieval"
@@ -266,11 +269,19 @@ class MethodConfig:
         if self.uses_middle:
             for kind in self.middle_kinds:
                 self.middle_config(kind)._check_budget()
+        if self.draft_slack is not None and (not _check(self.draft_slack, int)[0] or self.draft_slack < 0):
+            raise ConfigError(f"method.draft_slack={self.draft_slack!r} must be a number of tokens >= 0 "
+                              "(or null: a quarter of draft_window, at most 32)")
         if self.uses_draft and self.draft_cache == "streaming":
             need = 2 * self.lookahead + 2
             if self.draft_window < need:
                 raise ConfigError(f"method.draft_window={self.draft_window} must be >= {need} "
                                   "(2 * (gamma + draft_gamma) + 6) to roll back rejected tokens")
+
+    @property
+    def draft_window_slack(self) -> int:
+        """The draft's StreamingLLM slack in slots (draft_slack, or its default)."""
+        return min(32, self.draft_window // 4) if self.draft_slack is None else self.draft_slack
 
     def _check_adaptive(self) -> None:
         for name in ("plans", "middle_caches"):

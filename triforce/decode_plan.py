@@ -6,8 +6,9 @@ memory passes as possible. The plan is that step, written out (docs/DESIGN.md §
     Embed                       ids gathered from the engine's token buffer at the view's start
     per layer i:
       QKV i                     RMSNorm (its row scale) + q/k/v product (+ bias) + rotary + cache write
-                                (q/k-normed models, Qwen3: norm + product, each head's q/k norm, then
-                                rotary + cache write: the per-head norm sits between product and rotary)
+                                (q/k-normed models, Qwen3: norm + product, then each head's q/k norm,
+                                rotary and cache write in one kernel: the norm sits between product
+                                and rotary)
       Attend i                  split-KV decode attention over the cache's valid prefix
       OProj i                   o_proj + residual add + the next norm's elementwise half (PreNormed)
       GateUp i                  the norm's row scale + gate/up product + SwiGLU
@@ -32,16 +33,23 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from triforce.kernels.decode_attention import decode_attention
 from triforce.kernels.embedding import embed
-from triforce.kernels.linear import launch_of, linear, linear_add_norm, norm_linear, qkv_rope_store
-from triforce.kernels.norm import rms_norm
+from triforce.kernels.linear import (
+    launch_of,
+    linear,
+    linear_add_norm,
+    norm_linear,
+    qkv_rope_store,
+)
 from triforce.kernels.policy import KernelContext, LinearLaunch
 from triforce.kernels.prenormed import PreNormed
+from triforce.kernels.rotary import rope_store
 from triforce.models.llama import Transformer
 
 
@@ -206,27 +214,26 @@ class _Builder:
 
     def _qkv_normed(self, layer) -> Step:
         """QKV of a model that normalises each head's queries and keys before rotary (Qwen3): the
-        norm + product (its own launch, no rotary epilogue), the heads' norm kernel over q and k, then
-        the view's rotary + cache write."""
+        norm + product (its own launch, no rotary epilogue), then one kernel that normalises each
+        q and k head, rotates them and writes k and v to the cache (kernels/rotary.py, norms=)."""
         attn, norm, ctx, model = layer.self_attn, layer.input_layernorm, self.ctx, self.model
         w, b, i, T = attn.qkv_proj.weight, attn.qkv_proj.bias, attn.index, self.T
         hq, hkv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
-        q_norm, k_norm = attn.q_norm, attn.k_norm
+        norms = (attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps)
+        if attn.k_norm.eps != attn.q_norm.eps:
+            raise ValueError(f"layer {i}: q_norm and k_norm with different eps ({attn.q_norm.eps}, {attn.k_norm.eps})")
         launch, shown = self._launch(w)
 
         def run(s: State, io: Inputs) -> None:
             view = io.view
             out, s.residual = norm_linear(s.x, s.residual, norm.weight, norm.eps, w, b, ctx=ctx, launch=launch)
-            B = out.shape[0]
-            q, k, v = out.split([hq * d, hkv * d, hkv * d], dim=-1)
-            # contiguous heads: the norm kernel takes rows of d
-            q = rms_norm(q.reshape(B, T, hq, d).contiguous(), q_norm.weight, q_norm.eps, ctx=ctx)[0]
-            k = rms_norm(k.reshape(B, T, hkv, d).contiguous(), k_norm.weight, k_norm.eps, ctx=ctx)[0]
+            heads = out.view(out.shape[0], T, hq + 2 * hkv, d).transpose(1, 2)  # (B, heads, T, d) views
+            q, k, v = heads[:, :hq], heads[:, hq:hq + hkv], heads[:, hq + hkv:]
             rope = model.rotary.at(view.next_positions(T), w.dtype)
-            s.q, s.keys, s.values = view.store(i, q.transpose(1, 2), k.transpose(1, 2),
-                                               v.reshape(B, T, hkv, d).transpose(1, 2), rope)
+            rope_store(q, k, v, rope, *view.store_slots(i), ctx=ctx, norms=norms)
+            s.q, s.keys, s.values = view.stored(i, q)
 
-        return Step(f"QKV {i}", run, f"norm + q/k/v; q/k head norms; rotary + cache write; {shown}")
+        return Step(f"QKV {i}", run, f"norm + q/k/v; q/k head norms + rotary + cache write (one kernel); {shown}")
 
     def _attend(self, attn) -> Step:
         ctx, i, T, scale = self.ctx, attn.index, self.T, attn.scale

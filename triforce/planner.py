@@ -40,6 +40,7 @@ sequence waits for the round).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Protocol, Sequence
 
 from triforce.costs import StepCosts, expected_accepted
@@ -62,8 +63,8 @@ class Plan:
     def speculative(self) -> bool:
         return len(self.chain) > 1
 
-    @property
-    def name(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:  # (cached: every round logs its plan by name, every row records it)
         """autoregressive, spec g4, retrieval_spec g6, triforce[middle-streaming] g6/2 (the top's
         gamma first; a middle other than the method's own `middle` named in brackets)."""
         if not self.speculative:

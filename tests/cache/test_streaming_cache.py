@@ -35,11 +35,11 @@ def model(seed=0, **kw) -> Transformer:
     return m
 
 
-def bare_cache(sink, window, cfg=None, num_layers=1) -> tuple[StreamingCache, RotaryEmbedding]:
+def bare_cache(sink, window, cfg=None, num_layers=1, slack=0) -> tuple[StreamingCache, RotaryEmbedding]:
     """A streaming cache of `cfg`'s shape and the rotary embedding its keys are rotated with."""
     cfg = cfg or config(num_layers=num_layers)
     rope = RotaryEmbedding(cfg)
-    cache = StreamingCache(sink=sink, window=window, inv_freq=rope.inv_freq, num_layers=num_layers,
+    cache = StreamingCache(sink=sink, window=window, slack=slack, inv_freq=rope.inv_freq, num_layers=num_layers,
                            num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, num_heads=cfg.num_heads,
                            dtype=torch.float32, device="cpu")
     return cache, rope
@@ -103,6 +103,33 @@ def test_eviction_keeps_sink_and_most_recent_window(sink, window, chunks):
         assert t.held() == expected_held(cache.seq_len, sink, window)
         assert cache.length == min(cache.seq_len, sink + window)
         assert cache.evicted == cache.seq_len - cache.length
+
+
+@pytest.mark.parametrize("slack", [3, 5])
+def test_slack_evicts_down_to_the_window_at_once_and_never_below_it(slack):
+    """With slack s the window runs over by up to s tokens, then evicts back to sink + window in one
+    shift: one eviction per s + 1 one-token steps, and what it then holds is what a cache without
+    slack holds at that point (the same tokens, keys re-rotated to the same slots)."""
+    sink, window = 3, 8
+    cache, rope = bare_cache(sink, window, slack=slack)
+    plain, _ = bare_cache(sink, window)
+    t, p = Tracker(cache, rope, seed=2), Tracker(plain, rope, seed=2)
+    shifts = 0
+    for step, n in enumerate([6, 5] + [1] * 30):
+        before = cache.evicted
+        t.feed(n)
+        p.feed(n)
+        shifts += cache.evicted > before
+        held = t.held()
+        assert cache.length <= sink + window + slack
+        assert held[:sink] == list(range(sink)) and held[sink:] == list(range(cache.seq_len - len(held) + sink,
+                                                                              cache.seq_len))
+        assert len(held) >= min(cache.seq_len, sink + window)  # never fewer recent tokens than the window
+        if cache.evicted > before:  # just evicted: exactly the slack-free cache
+            assert held == p.held()
+            torch.testing.assert_close(cache.k[0, :, :, :cache.length], plain.k[0, :, :, :plain.length],
+                                       atol=TOL, rtol=TOL)
+    assert shifts == pytest.approx(plain.evicted / (slack + 1), abs=1)
 
 
 @pytest.mark.parametrize("rope_scaling", [None, YARN])

@@ -12,7 +12,8 @@ seeds are fixed, so the test is deterministic anyway.
 The hierarchy is made non-trivial so the test has power: the prompt (32 tokens) is longer than
 the retrieval budget (12 tokens, chunks of 4: sink chunk + 1 retrieved chunk + tail of 3), the
 draft has different random weights from the target (its distribution q is far from the middle's
-p̂ and the target's p), its StreamingLLM cache is small (sink 2 + window 16, so it evicts), and
+p̂ and the target's p), its StreamingLLM cache is small (sink 2 + window 16, so it evicts; at every
+step past its 18 slots, and in a variant two steps later, three at once), and
 gamma = 3 with draft_gamma = 2, so 3 tokens come from one or two top-level rounds and the middle
 needs one or two rounds per top round. The hybrid middle cache (chunks of 2: sink chunk + 2
 retrieved chunks + a window of 5 recent tokens) runs under every rebuild policy, rebuilding after
@@ -63,7 +64,9 @@ N_EXACT = 6_000  # runs of each method's own path
 N_VARIANT = 3_000  # runs of a variant path (executor, offload, middle cache, batch) of one already run
 N_PLANS = 2_000  # runs of a case whose rounds switch plans (each round one of the paths above)
 N_BIASED = 1_000  # runs of a deliberately biased variant: rejected at p < 1e-19 (retrieval_spec's top: 2,000)
-METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16)
+# draft_slack 0: the draft's window evicts at every step past its 18 slots (a variant evicts in bulk)
+METHOD = dict(gamma=3, draft_gamma=2, budget=12, chunk_size=4, scorer="mean", draft_sink=2, draft_window=16,
+              draft_slack=0)
 # the hybrid middle cache: sink chunk (2) + 2 retrieved chunks (4) + recent window of 5 (of 31 tokens)
 HYBRID = (("middle_cache", "hybrid"), ("chunk_size", 2), ("recent", 0.5), ("recent_min", 0))
 REBUILDS = {"never": (), "every_n": (("rebuild", "every_n"), ("rebuild_every", 1)),
@@ -96,6 +99,7 @@ class Case:
                          *([self.planner] if self.planner else []),
                          *(str(v) for k, v in self.options if k in ("middle_cache", "rebuild")),
                          *("tree" + "-".join(map(str, v)) for k, v in self.options if k == "tree"),
+                         *(f"slack{v}" for k, v in self.options if k == "draft_slack"),
                          *([self.shape] if self.shape != "llama" else [])])
 
 
@@ -346,6 +350,8 @@ def test_enumeration_is_a_distribution_and_the_hierarchy_is_non_trivial(sampling
 # hybrid middle under each rebuild policy (`never` is the initial selection every policy makes).
 # (spec's two levels are triforce's top boundary with a separate draft: a variant of that path)
 EXACT_CASES = [Case("spec", "t0.6-p0.9", runs=N_VARIANT), Case("retrieval_spec", "t1"), Case("triforce", "t0.6-p0.9")]
+# the draft's window running over by 2 slots, then evicting 3 at once (cache/streaming.py: slack)
+EXACT_CASES += [Case("triforce", "t0.6-p0.9", options=(("draft_slack", 2),), runs=N_VARIANT)]
 EXACT_CASES += [Case("triforce", "t0.6-p0.9", executor="static", offload=True, runs=N_VARIANT)]
 # the hybrid middle cache under each rebuild policy (every_n: on the Mistral-shaped pair, head_dim 12
 # of hidden 16 / 2 heads, with a sliding window beyond the run)

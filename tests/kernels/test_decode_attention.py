@@ -121,3 +121,56 @@ def test_decode_attention_of_a_batch_sees_each_sequence_to_its_length(case, dtyp
         one = decode_attention_reference(q[b:b + 1].double(), k[b:b + 1].double().nan_to_num(),
                                          v[b:b + 1].double().nan_to_num(), torch.tensor([n]), D ** -0.5)
         torch.testing.assert_close(ref[b:b + 1], one, atol=1e-12, rtol=1e-12)
+
+
+def tree_mask(parents: tuple[int, ...]) -> torch.Tensor:
+    """(T, T) bool: row t the nodes on t's path from the block's first node (its ancestors and itself)."""
+    T = len(parents)
+    mask = torch.zeros(T, T, dtype=torch.bool)
+    for t, parent in enumerate(parents):
+        mask[t, t] = True
+        if parent >= 0:
+            mask[t] |= mask[parent]
+    return mask
+
+
+# (batch, q heads, kv heads, head dim, capacity, kv_len of each sequence, splits, the tree's parents)
+TREE_CASES = [
+    (1, 8, 2, 64, 300, (230,), 4, (-1, 0, 0, 1, 1, 2, 2)),        # the root and a binary tree of depth 2
+    (1, 4, 4, 32, 200, (150,), 1, (-1, 0, 0, 0, 1, 2, 3, 4, 5)),  # MHA, widths 3-1-1, one slice
+    (2, 8, 2, 64, 400, (333, 120), 5, (-1, 0, 0, 1, 2)),          # a batch at its own lengths, many slices
+    (1, 8, 2, 64, 300, (64,), 4, (-1, 0, 1, 2, 3, 4, 5)),         # a chain: the causal mask itself
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", TREE_CASES, ids=lambda c: "b{}-hq{}-hkv{}-d{}-s{}-len{}-sp{}-t{}".format(
+    *c[:5], "-".join(map(str, c[5])), c[6], len(c[7])))
+def test_a_tree_mask_over_the_new_block_matches_the_reference(case, dtype):
+    """A token tree's verify: the block's keys are seen by the tree mask (ancestors and self), every
+    key before it by every query; the kernel against the reference, and the reference against SDPA
+    over an explicit mask. A chain's tree is the causal block: the same output as without a tree."""
+    B, Hq, Hkv, D, S, lengths, splits, parents = case
+    T = len(parents)
+    tree = tree_mask(parents).to(DEVICE)
+    g = torch.Generator().manual_seed(sum(lengths) + T)
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    length = torch.tensor(lengths, device=DEVICE)
+    out = attention(q, k, v, length, D ** -0.5, splits, tree=tree)
+    ref = decode_attention_reference(q.double(), k.double(), v.double(), length, D ** -0.5, tree=tree)
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    # the reference against an explicit mask: sequence b's query t sees the prefix and its path
+    for b, n in enumerate(lengths):
+        first = n - T
+        mask = torch.zeros(T, S, dtype=torch.bool, device=DEVICE)
+        mask[:, :first] = True
+        mask[:, first:n] = tree
+        explicit = torch.nn.functional.scaled_dot_product_attention(
+            q[b:b + 1].double(), k[b:b + 1].double(), v[b:b + 1].double(), attn_mask=mask, scale=D ** -0.5,
+            enable_gqa=Hq != Hkv).transpose(1, 2)
+        torch.testing.assert_close(ref[b:b + 1], explicit, atol=1e-10, rtol=1e-10)
+    if parents == tuple(range(-1, T - 1)):
+        causal = attention(q, k, v, length, D ** -0.5, splits)
+        torch.testing.assert_close(out, causal, atol=0, rtol=0)

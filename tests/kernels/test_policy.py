@@ -145,6 +145,23 @@ def test_attention_slices_of_a_batch_keep_one_wave():
                 before = a.splits
 
 
+def test_few_kv_heads_still_give_every_sm_a_program():
+    """Qwen2.5-7B has 4 KV heads: at the slice cap (16) its 64 programs left half an H100's SMs idle;
+    the cap gives way to one program per SM. The Llama shapes (8 and 32 KV heads) keep their slices."""
+    for props in (H100, H200):
+        policy = policy_for(props)
+        for kv_heads in (4, 2):
+            for batch in (1, 2):
+                a = policy.attention_launch(batch=batch, kv_heads=kv_heads, rows=28 // kv_heads, head_dim=128,
+                                            capacity=131072)
+                pairs = batch * kv_heads
+                assert a.splits == max(policy.attention_max_slices, props.sm_count // pairs), (props.name, kv_heads)
+                assert pairs * a.splits + pairs > props.sm_count  # no SM left without a program
+        for kv_heads, slices in ((8, min(policy.attention_max_slices, 2 * props.sm_count // 8)), (32, 8)):
+            a = policy.attention_launch(batch=1, kv_heads=kv_heads, rows=32 // kv_heads, head_dim=128, capacity=131072)
+            assert a.splits == slices, (props.name, kv_heads)
+
+
 def h200_levels() -> dict[str, dict[str, float]]:
     """{'<context> <variant>': {'autoregressive 1': ratio, ...}} from the H200 whole-level sweep."""
     out = {}

@@ -6,8 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.helpers import (BATCHES, DEVICE, batch_positions, kernels_ctx, requires_triton, starts, untouched,
-                                   yarn_rotary)
+from tests.kernels.helpers import (
+    BATCHES,
+    DEVICE,
+    batch_positions,
+    kernels_ctx,
+    requires_triton,
+    starts,
+    untouched,
+    yarn_rotary,
+)
 from triforce.kernels.rotary import rope_store, rope_store_reference
 from triforce.models.config import ModelConfig
 from triforce.models.rope import RotaryEmbedding
@@ -15,9 +23,11 @@ from triforce.models.rope import RotaryEmbedding
 pytestmark = requires_triton
 
 
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "qk-norm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
-def test_rope_store_matches_reference(heads, dtype):
+def test_rope_store_matches_reference(heads, dtype, norm):
+    """With `norms` (Qwen3's per-head q/k RMSNorm before rotary) the kernel normalises each head first."""
     hq, hkv = heads
     T, D, S, slot = 3, 64, 40, 17
     cfg = ModelConfig(vocab_size=8, hidden_size=hq * D, intermediate_size=8, num_layers=1, num_heads=hq,
@@ -25,7 +35,11 @@ def test_rope_store_matches_reference(heads, dtype):
                       rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024})
     rope = RotaryEmbedding(cfg).to(DEVICE).at(torch.arange(2000, 2000 + T, device=DEVICE), dtype)
     g = torch.Generator().manual_seed(3)
-    qkv = torch.randn(1, T, (hq + 2 * hkv) * D, generator=g).to(DEVICE, dtype)
+    qkv = (3 * torch.randn(1, T, (hq + 2 * hkv) * D, generator=g)).to(DEVICE, dtype)
+    norms = None
+    if norm:  # weights near 1, not 1: a kernel that skipped them would differ
+        weights = (1 + 0.3 * torch.randn(2, D, generator=g)).to(DEVICE, dtype)
+        norms = (weights[0], weights[1], 1e-6)
     outs = []
     for fn in (rope_store, rope_store_reference):
         buf = qkv.clone()
@@ -33,9 +47,16 @@ def test_rope_store_matches_reference(heads, dtype):
         q, k, v = (t.view(1, T, -1, D).transpose(1, 2) for t in (q, k, v))
         k_cache = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
         v_cache = torch.full((1, hkv, S, D), 7.0, dtype=dtype, device=DEVICE)
-        kw = dict(ctx=kernels_ctx()) if fn is rope_store else {}
+        kw = {"ctx": kernels_ctx(), "norms": norms} if fn is rope_store else {"norms": norms}
         fn(q, k, v, rope, k_cache, v_cache, torch.tensor(slot, device=DEVICE), **kw)
         outs.append((q, k_cache, v_cache))
+    if norm:  # the reference with norms is the model's RMSNorm of each head, then the plain rotary
+        head = qkv[..., :hq * D].view(1, T, hq, D).transpose(1, 2).float()
+        expect = (head * torch.rsqrt(head.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype) * norms[0]
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=DEVICE)
+        rope_store_reference(expect, zeros(1, hkv, T, D), zeros(1, hkv, T, D), rope, zeros(1, hkv, S, D),
+                             zeros(1, hkv, S, D), torch.tensor(slot, device=DEVICE))
+        torch.testing.assert_close(outs[1][0], expect, atol=0, rtol=0)
     tol = 1e-6 if dtype == torch.float32 else 2e-3
     for out, ref in zip(outs[0], outs[1]):
         torch.testing.assert_close(out, ref, atol=tol, rtol=tol)

@@ -11,7 +11,7 @@ A level's cache (docs/DESIGN.md §4):
 |--------|-------------------------------|-----------------------------------------------------------|
 | top    | full, or offloaded            | prompt + new tokens + lookahead + SPARE_TOKENS            |
 | middle | selection (retrieval / hybrid / StreamingLLM of the budget) | budget + new tokens + lookahead + SPARE_TOKENS |
-| draft  | streaming (sink + window), or full | sink + window, or as the top level                   |
+| draft  | streaming (sink + window), or full | sink + window + method.draft_slack, or as the top |
 
 In a batch every cache also has `spare` slots past its capacity, where a frozen row's forward
 writes (the widest forward of any level; levels.py). Model shapes come from the configs' fields
@@ -29,6 +29,7 @@ from triforce.cache.retrieval import RetrievalCache
 from triforce.cache.static import StaticKVCache
 from triforce.cache.streaming import StreamingCache
 from triforce.config import SPARE_TOKENS, MethodConfig
+
 
 KINDS = ("full", "offloaded", "streaming", "selection")
 
@@ -58,6 +59,7 @@ class CacheSpec:
     on_chip_layers: int = 0  # offloaded: layers whose KV stays on the device
     sink: int = 0  # streaming
     window: int = 0
+    slack: int = 0  # streaming: slots past sink + window before an eviction (the capacity counts them)
     budget: int = 0  # selection: the largest budget of the batch (the capacity holds it)
     chunk_size: int = 0
     scorer: str = "mean"
@@ -106,7 +108,8 @@ class CacheSpec:
             cache = OffloadedKVCache(capacity=self.capacity, on_chip_layers=min(self.on_chip_layers, cfg.num_layers),
                                      **common)
         elif self.kind == "streaming":
-            cache = StreamingCache(sink=self.sink, window=self.window, inv_freq=inv_freq, kernels=kernels, **common)
+            cache = StreamingCache(sink=self.sink, window=self.window, slack=self.slack, inv_freq=inv_freq,
+                                   kernels=kernels, **common)
         else:
             cache = RetrievalCache(budget=self.budget, chunk_size=self.chunk_size, scorer=self.scorer,
                                    recent=self.recent, extra_capacity=self.capacity - self.budget, **common)
@@ -160,8 +163,9 @@ def cache_specs(method: MethodConfig, target, draft, prompt_lens: list[int], max
     if method.uses_draft and draft is not None:
         ddb = draft_dtype_bytes or dtype_bytes
         if method.draft_cache == "streaming":
-            specs["draft"] = CacheSpec("streaming", KVShape.of(draft), method.draft_sink + method.draft_window, B,
-                                       spare, ddb, sink=method.draft_sink, window=method.draft_window,
+            slack = method.draft_window_slack
+            specs["draft"] = CacheSpec("streaming", KVShape.of(draft), method.draft_sink + method.draft_window + slack,
+                                       B, spare, ddb, sink=method.draft_sink, window=method.draft_window, slack=slack,
                                        record_queries=False)
         else:
             specs["draft"] = CacheSpec("full", KVShape.of(draft), full, B, spare, ddb, record_queries=False)

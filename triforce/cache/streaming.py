@@ -4,6 +4,13 @@ Positions are cache-relative (StreamingLLM, arXiv 2309.17453): a token's rotary 
 slot in the cache, so a draft model never sees positions beyond sink + window, whatever the
 length of the sequence. When the window overflows, the oldest window tokens are evicted and the
 kept keys are re-rotated to their new slots (rotations compose, so this is exact up to rounding).
+
+`slack`: slots the window may run over before it evicts; it then evicts down to `window` at once.
+A draft step adds one token to a full window: without slack every step shifts the whole window (a
+kernel launch and its host preparation per step, ~0.17 ms of host time at batch 8 on an H100,
+docs/data/profile_rounds_8b_32k_b8_h100.txt); with slack s, one step in s + 1 does. The draft then
+sees between `window` and `window + slack` recent tokens (a proposer's context: the output is exact
+whatever it sees).
 """
 
 from __future__ import annotations
@@ -16,13 +23,14 @@ from triforce.kernels.streaming import shift_window
 class StreamingCache(StaticKVCache):
     evicted = per_row("evicted", "tokens dropped from the window so far")
 
-    def __init__(self, *, sink: int, window: int, inv_freq, kernels=None, **kw):
-        if sink < 0 or window <= 0:
-            raise ConfigError(f"streaming cache needs sink >= 0 and window > 0 (got sink={sink}, window={window})")
-        super().__init__(capacity=sink + window, **kw)
+    def __init__(self, *, sink: int, window: int, inv_freq, kernels=None, slack: int = 0, **kw):
+        if sink < 0 or window <= 0 or slack < 0:
+            raise ConfigError(f"streaming cache needs sink >= 0, window > 0 and slack >= 0 "
+                              f"(got sink={sink}, window={window}, slack={slack})")
+        super().__init__(capacity=sink + window + slack, **kw)
         # keys are re-rotated with the model's rotary frequencies when the window shifts, by the
         # kernel the policy's launch context (`kernels`, a KernelContext) runs, or torch ops (None)
-        self.sink, self.window, self.inv_freq, self.kernels = sink, window, inv_freq, kernels
+        self.sink, self.window, self.slack, self.inv_freq, self.kernels = sink, window, slack, inv_freq, kernels
         self._state.add(evicted=0)
 
     @classmethod
@@ -36,7 +44,7 @@ class StreamingCache(StaticKVCache):
 
     @classmethod
     def memory(cls, cfg, tokens: int, dtype_bytes: int) -> dict[str, int]:
-        """`tokens`: sink + window (what it holds whatever the sequence's length)."""
+        """`tokens`: sink + window + slack (what it holds whatever the sequence's length)."""
         return {"device": tokens * kv_bytes_per_token(cfg, dtype_bytes) + query_bytes(cfg, dtype_bytes), "host": 0}
 
     @property
@@ -52,13 +60,20 @@ class StreamingCache(StaticKVCache):
             return [(self.seq_len, self.sink), (keep_from, upto)]
         return [(self.seq_len, upto)]
 
+    def _drop(self, length: int, num_tokens: int) -> int:
+        """Tokens to evict before num_tokens more: none while they fit the capacity, else as many
+        as leave `window` after them (the slack's worth at once)."""
+        if length + num_tokens <= self.capacity:
+            return 0
+        return length + num_tokens - (self.sink + self.window)
+
     def reserve(self, num_tokens: int) -> int:
         """Evict the oldest window tokens the next T need room for; positions are slots."""
         if num_tokens > self.window:
             raise ValueError(f"a streaming cache takes at most window={self.window} tokens per forward")
-        overflow = self.length + num_tokens - self.capacity
-        if overflow > 0:
-            self._evict(overflow)
+        drop = self._drop(self.length, num_tokens)
+        if drop > 0:
+            self._evict(drop)
         return self.length
 
     def reserve_rows(self, num_tokens: int) -> list[int]:
@@ -67,7 +82,7 @@ class StreamingCache(StaticKVCache):
         if num_tokens > self.window:
             raise ValueError(f"a streaming cache takes at most window={self.window} tokens per forward")
         lengths = self.rows_of("length")
-        drops = [max(0, n + num_tokens - self.capacity) if self._is_active(b) else 0 for b, n in enumerate(lengths)]
+        drops = [self._drop(n, num_tokens) if self._is_active(b) else 0 for b, n in enumerate(lengths)]
         if any(drops):
             shift_window(self.k, self.v, self.sink, lengths, drops, self.inv_freq, ctx=self.kernels)  # one launch for the batch
             evicted = self.rows_of("evicted")

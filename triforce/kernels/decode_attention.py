@@ -32,10 +32,11 @@ MAX_QUERY_ROWS = 128  # group size x new tokens handled by one program (e.g. 4 x
 
 
 def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,
-                               scale: float, *, kv_offset: int = 0) -> torch.Tensor:
+                               scale: float, *, kv_offset: int = 0, tree: torch.Tensor | None = None) -> torch.Tensor:
     """The same function with SDPA and a mask built from the device lengths (static shapes, so it
     is also graph-capturable): the CPU path of the static executor and the kernel's reference.
-    kv_len: one element (every sequence) or (B,), one per sequence."""
+    kv_len: one element (every sequence) or (B,), one per sequence. tree: (T, T) bool, row t the
+    keys of the new block query t sees (a token tree's ancestors and itself); None: causal."""
     T, S = q.shape[2], k.shape[2]
     key_pos = torch.arange(S, device=q.device)
     if kv_len.numel() == 1:
@@ -44,22 +45,29 @@ def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     else:  # each sequence's own mask: (B, 1, T, S), broadcast over the heads
         query_pos = kv_len.reshape(-1, 1).to(torch.int64) + (kv_offset - T) + torch.arange(T, device=q.device)
         mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]
+    if tree is not None:  # a block key (its node j = slot - the block's first) seen where tree[t, j]
+        node = (key_pos - query_pos[..., :1])[..., None, :]  # minus the block's first slot: (1, S) or (B, 1, S)
+        in_block = (node >= 0) & (node < T)
+        seen = tree.to(torch.bool)[torch.arange(T, device=q.device)[:, None], node.clamp(0, T - 1)]  # (.., T, S)
+        block = ~in_block | seen
+        mask = mask & (block if kv_len.numel() == 1 else block[:, None])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     return out.transpose(1, 2).contiguous()
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, scale: float,
                      *, kv_offset: int = 0, ctx: KernelContext | None = None,
-                     launch: AttentionLaunch | None = None) -> torch.Tensor:
+                     launch: AttentionLaunch | None = None, tree: torch.Tensor | None = None) -> torch.Tensor:
     """Triton split-KV attention where the context's policy runs kernels, else the reference.
     Returns (B, T, Hq, D). Sequence b's keys [0, kv_len[b] + kv_offset) are valid (kv_len (B,), or
-    one element for every sequence). launch: the policy's when None."""
+    one element for every sequence). launch: the policy's when None. tree: the new block's (T, T)
+    mask (a token tree's: tree[t, j] where node j is query t's ancestor or itself), None: causal."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
     if (ctx is None or not ctx.on(q) or group * T > MAX_QUERY_ROWS or D not in (32, 64, 128, 256)
             or kv_len.numel() not in (1, B) or kv_len.dim() > 1):
-        return decode_attention_reference(q, k, v, kv_len, scale, kv_offset=kv_offset)
+        return decode_attention_reference(q, k, v, kv_len, scale, kv_offset=kv_offset, tree=tree)
     from triforce.kernels import triton_decode
 
     policy = ctx.policy
@@ -67,4 +75,5 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: 
                                                capacity=k.shape[2], element_size=q.element_size())
     return triton_decode.decode_attention(q, k, v, kv_len, scale, launch, kv_offset=kv_offset, pdl=ctx.pdl,
                                           prefetch=policy.attention_prefetch if ctx.pdl else 0,
-                                          interpreter=policy.interpreter)
+                                          interpreter=policy.interpreter,
+                                          tree=None if tree is None else tree.to(torch.int8).contiguous())

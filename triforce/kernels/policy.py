@@ -355,10 +355,15 @@ class KernelPolicy:
         -> 1.148 of its floor; 1.236 -> 1.070 at 120K), the 7B shape (32 KV heads, 8 slices) is the
         same; the H100 measured 16 slices 0.7% faster for the 8B shape (its tuning file). A batch
         whose pairs alone fill the wave gets one slice (its programs then take more than one wave:
-        nothing splitting keys could change that)."""
+        nothing splitting keys could change that). The slice cap never leaves an SM without a
+        program: a shape of few KV heads (Qwen2.5-7B: 4) gets as many slices as give every SM one
+        (33 on an H100, where 16 left half of them idle: autoregressive step 1.30 of its floor at
+        124,928 keys, docs/data/latency_h100_families.json); one per SM is what the H100's sweep
+        measured best for 8 KV heads (docs/data/tune_attention_tiles_h100.txt: p1 over p2)."""
         bm, warps, stages = self.attention_tile(rows, head_dim, element_size)
         per_sm = self.attention_programs_per_sm if self.device.hopper and bm <= 64 else 1
-        most = max(1, min(self.attention_max_slices, capacity // (4 * ATTENTION_BLOCK_N)))
+        every_sm = self.device.sm_count // (batch * kv_heads)  # slices that give each SM a program
+        most = max(1, min(max(self.attention_max_slices, every_sm), capacity // (4 * ATTENTION_BLOCK_N)))
         splits = max(1, min(self.device.sm_count * per_sm // (batch * kv_heads), most))
         return AttentionLaunch(bm, ATTENTION_BLOCK_N, warps, stages, splits)
 

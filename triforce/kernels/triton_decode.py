@@ -20,10 +20,19 @@ from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefet
 
 
 @triton.jit
-def _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, PRECISION: tl.constexpr):
-    """One key block of the online softmax for one tile of query rows."""
+def _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok, T,
+            PRECISION: tl.constexpr, HAS_TREE: tl.constexpr):
+    """One key block of the online softmax for one tile of query rows. HAS_TREE: a key of the new
+    block (slot >= last_key - t, the block's first) is seen where the tree mask says so (TREE:
+    (T, T) int8, row t the block keys query t sees; its ancestors and itself), not by position."""
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-    s = tl.where(key_ok[None, :] & (keys[None, :] <= last_key[:, None]), s, float("-inf"))
+    visible = key_ok[None, :] & (keys[None, :] <= last_key[:, None])
+    if HAS_TREE:
+        j = keys[None, :] - (last_key[:, None] - tree_rows[:, None])  # the key's node in the block
+        in_block = j >= 0
+        seen = tl.load(TREE + tree_rows[:, None] * T + j, mask=visible & in_block & row_ok[:, None], other=0)
+        visible = visible & ((~in_block) | (seen != 0))
+    s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
     alpha = tl.exp2(m_i - m_safe)
@@ -67,7 +76,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                   PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
-                  PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr):
+                  PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr, TREE, HAS_TREE: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // NUM_KV_HEADS
@@ -93,6 +102,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
     q = tl.load(q_base + (rows // T)[:, None] * stride_qh + (rows % T)[:, None] * stride_qt + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
     last_key = kv_len - T + rows % T  # causal limit of each query row
+    tree_rows = rows % T  # each query row's node in the block (its row of a tree mask)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -103,7 +113,8 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
             key_ok = keys < end
             k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, PRECISION)
+            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
+                                    T, PRECISION, HAS_TREE)
     else:  # Triton's CPU interpreter cannot take loaded values as range() bounds
         n0 = start
         while n0 < end:
@@ -111,7 +122,8 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
             key_ok = keys < end
             k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, PRECISION)
+            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
+                                    T, PRECISION, HAS_TREE)
             n0 += BLOCK_N
     part = bh * num_splits + split
     _finish(OUT, O_PART, L_PART, part, rows, row_ok, dims, b, h, T, GROUP, stride_ob, stride_ot, stride_oh,
@@ -144,10 +156,11 @@ def _merge_kernel(O_PART, L_PART, OUT, stride_ob, stride_ot, stride_oh,
 
 
 def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offset: int = 0, pdl: bool = False,
-                     prefetch: int = 0, interpreter: bool = False):
+                     prefetch: int = 0, interpreter: bool = False, tree: torch.Tensor | None = None):
     """The split kernel and, with more than one slice, the merge; `launch` from the policy
     (KernelPolicy.attention_launch); prefetch: bytes per program before the PDL wait. kv_len: one
-    element, or (B,) one per sequence (program (b, head, slice) reads kv_len[b])."""
+    element, or (B,) one per sequence (program (b, head, slice) reads kv_len[b]). tree: (T, T)
+    int8 (or bool) mask of the new block, or None (causal)."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -177,7 +190,8 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
         T, group, Hkv, splits, scale * 1.4426950408889634,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreter, DIRECT=direct, num_warps=launch.warps, num_stages=launch.stages,
-        PREFETCH=prefetch, KEY_BYTES=D * e, **pdl_args(pdl))
+        PREFETCH=prefetch, KEY_BYTES=D * e, TREE=tree if tree is not None else kv_len, HAS_TREE=tree is not None,
+        **pdl_args(pdl))
     if not direct:
         splits_block = triton.next_power_of_2(splits)
         _merge_kernel[(B * Hkv, rows)](

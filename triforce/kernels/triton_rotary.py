@@ -10,10 +10,24 @@ from triforce.kernels.triton_pdl import pdl_args, pdl_start
 
 
 @triton.jit
-def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
+def _head_norm(x1, x2, W, eps, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """One head's RMSNorm over its two halves (float32 in, the model's rounding: the normalised
+    vector to the model's dtype, times the weight, to the model's dtype again)."""
+    d = tl.arange(0, HALF)
+    r = tl.rsqrt((tl.sum(x1 * x1, 0) + tl.sum(x2 * x2, 0)) / (2 * HALF) + eps)
+    w1 = tl.load(W + d).to(tl.float32)
+    w2 = tl.load(W + HALF + d).to(tl.float32)
+    x1 = ((x1 * r).to(DTYPE).to(tl.float32) * w1).to(DTYPE).to(tl.float32)
+    x2 = ((x2 * r).to(DTYPE).to(tl.float32) * w2).to(DTYPE).to(tl.float32)
+    return x1, x2
+
+
+@triton.jit
+def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, QW, KW, eps, stride_qb, stride_qh, stride_qt,
+                       stride_kb, stride_kh,
                        stride_kt, stride_vb, stride_vh, stride_vt, stride_cb, stride_ch, stride_cs,
                        stride_pb, stride_pt, stride_sb, NUM_Q_HEADS, scale, HALF: tl.constexpr,
-                       POS_FROM_START: tl.constexpr, PDL: tl.constexpr):
+                       POS_FROM_START: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr):
     pdl_start(PDL)
     t = tl.program_id(0)
     head = tl.program_id(1)
@@ -31,6 +45,8 @@ def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qb, stride_q
         base = Q + b * stride_qb + head * stride_qh + t * stride_qt
         x1 = tl.load(base + d).to(tl.float32)
         x2 = tl.load(base + HALF + d).to(tl.float32)
+        if NORM:  # the head's q norm before rotary (Qwen3)
+            x1, x2 = _head_norm(x1, x2, QW, eps, HALF, Q.dtype.element_ty)
         tl.store(base + d, (x1 * cos - x2 * sin).to(Q.dtype.element_ty))
         tl.store(base + HALF + d, (x2 * cos + x1 * sin).to(Q.dtype.element_ty))
     else:
@@ -39,6 +55,8 @@ def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qb, stride_q
         base = K + b * stride_kb + h * stride_kh + t * stride_kt
         x1 = tl.load(base + d).to(tl.float32)
         x2 = tl.load(base + HALF + d).to(tl.float32)
+        if NORM:  # the head's k norm before rotary
+            x1, x2 = _head_norm(x1, x2, KW, eps, HALF, K.dtype.element_ty)
         out = KC + b * stride_cb + h * stride_ch + slot * stride_cs
         tl.store(out + d, (x1 * cos - x2 * sin).to(KC.dtype.element_ty))
         tl.store(out + HALF + d, (x2 * cos + x1 * sin).to(KC.dtype.element_ty))
@@ -48,16 +66,18 @@ def _rope_store_kernel(Q, K, V, POS, INV_FREQ, KC, VC, SLOT, stride_qb, stride_q
         tl.store(vout + HALF + d, tl.load(vbase + HALF + d))
 
 
-def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, pdl: bool = False):
-    """One program per (token, head, sequence); q/k/v/caches as rotary.rope_store checked them."""
+def rope_store(q, k, v, rope, k_cache, v_cache, slot_start, *, pdl: bool = False, norms=None):
+    """One program per (token, head, sequence); q/k/v/caches as rotary.rope_store checked them;
+    norms: (q weight, k weight, eps) of each head's RMSNorm before rotary, or None."""
     from triforce.inputs import batch_stride, kernel_positions
 
     B, hq, T, D = q.shape
     hkv = k.shape[1]
     positions, from_start, stride_pb, stride_pt = kernel_positions(rope, B, T)
+    q_weight, k_weight, eps = norms if norms is not None else (q, q, 0.0)  # (unread without NORM)
     _rope_store_kernel[(T, hq + hkv, B)](
-        q, k, v, positions, rope.inv_freq, k_cache, v_cache, slot_start,
+        q, k, v, positions, rope.inv_freq, k_cache, v_cache, slot_start, q_weight, k_weight, float(eps),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
         v.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), stride_pb, stride_pt,
         batch_stride(slot_start, B), hq, float(rope.scale), HALF=D // 2, POS_FROM_START=from_start,
-        num_warps=1, **pdl_args(pdl))
+        NORM=norms is not None, num_warps=1, **pdl_args(pdl))
