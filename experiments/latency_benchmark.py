@@ -68,6 +68,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
         draft = random_model(SHAPES[DRAFT_OF[shape]], dtype=dtype, device="cuda", seed=1)
         if cfg.levels:
             levels = latency.level_timings(target, draft, method, context, verify_blocks=tuple(cfg.verify_blocks),
+                                           trees=tuple(tuple(t) for t in cfg.tree_verify),
                                            bandwidth=card.bandwidth, repeats=cfg.repeats,
                                            hardware={"kernels": kernels(cfg)})
             for row in levels:

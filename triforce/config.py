@@ -225,6 +225,9 @@ class MethodConfig:
     # -- token trees at the top level (tree.py, tree_round.py, docs/DESIGN.md §13) ----------------
     # children per node at each depth (widths[0]: the root's); () verifies a chain of gamma tokens
     tree: tuple[int, ...] = ()
+    # or the tree node by node: each node's parent (-1: the root), breadth-first, e.g. the shape
+    # tree_shapes.best_tree chose from measured acceptance (Sequoia's dynamic program)
+    tree_parents: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, tp in (("gamma", int), ("draft_gamma", int), ("chunk_size", int), ("rebuild_every", int),
@@ -240,7 +243,7 @@ class MethodConfig:
         self._check_tree()
         _choice("method", "rebuild", self.rebuild, REBUILD_POLICIES)
         if self.rebuild != "never" and self.max_gamma + 2 > QUERY_HISTORY:
-            what = (f"method.tree={list(self.tree)} ({self.tree_nodes} nodes)" if self.tree
+            what = (f"{self.tree_setting} ({self.tree_nodes} nodes)" if self.has_tree
                     else f"method.gamma={self.max_gamma}")
             raise ConfigError(f"{what} is too large for rebuilds during generation (at most {QUERY_HISTORY - 2} "
                               "tokens per top-level forward: a rebuild scores with a recorded query)")
@@ -310,19 +313,60 @@ class MethodConfig:
         if not ok or any(w < 1 for w in self.tree):
             raise ConfigError(f"method.tree={self.tree!r} must be a list of positive widths, one per depth "
                               "(e.g. method.tree=[4,2,1]; [] verifies a chain of method.gamma tokens)")
-        if not self.tree:
+        ok, _ = _check(self.tree_parents, tuple[int, ...])
+        if not ok or any(not -1 <= p < i for i, p in enumerate(self.tree_parents)):
+            raise ConfigError(f"method.tree_parents={self.tree_parents!r} must list each node's parent, an earlier "
+                              "node or -1 for the root's children (e.g. [-1,-1,0,0,2]: breadth-first)")
+        if self.tree and self.tree_parents:
+            raise ConfigError("method.tree and method.tree_parents both set: give the tree one way (widths per depth, "
+                              "or each node's parent)")
+        if not self.has_tree:
             return
+        if self.tree_parents:
+            depths = _tree_depths(self.tree_parents)
+            if depths != sorted(depths):
+                raise ConfigError(f"method.tree_parents={list(self.tree_parents)}: number the nodes breadth-first "
+                                  "(every node of a depth before the next depth's)")
         if self.name not in ("spec", "retrieval_spec") or self.adapts:
             raise ConfigError(f"method.tree with method={self.name}{' (adaptive)' if self.adapts else ''}: a tree is "
                               "verified at the top level of a two-level method whose lower level proposes it "
                               "(method=spec: the draft; method=retrieval_spec: the middle level), a fixed plan; "
                               "TriForce's middle proposes by speculation, one continuation at a time")
         if self.tree_nodes > 1024:
-            raise ConfigError(f"method.tree={list(self.tree)} has {self.tree_nodes} nodes: at most 1024 per forward")
+            raise ConfigError(f"{self.tree_setting} has {self.tree_nodes} nodes: at most 1024 per forward")
+
+    @property
+    def has_tree(self) -> bool:
+        """The top level verifies a token tree (method.tree or method.tree_parents), not a chain."""
+        return bool(self.tree or self.tree_parents)
+
+    @property
+    def tree_setting(self) -> str:
+        """The setting that gives the tree, as a user writes it."""
+        if self.tree_parents:
+            return f"method.tree_parents={list(self.tree_parents)}"
+        return f"method.tree={list(self.tree)}"
+
+    @property
+    def tree_label(self) -> str:
+        """A short name of the tree for tables: its widths (4-2-1), or its nodes and depth (dp64d12)."""
+        if self.tree_parents:
+            return f"n{len(self.tree_parents)}d{max(_tree_depths(self.tree_parents))}"
+        return "-".join(map(str, self.tree)) or "chain"
+
+    def token_tree(self):
+        """The top level's tree (triforce.tree.Tree), or None for a chain."""
+        from triforce.tree import Tree  # (not at import: triforce.tree imports the sampling, which imports this)
+
+        if self.tree_parents:
+            return Tree(tuple(self.tree_parents))
+        return Tree.from_widths(self.tree) if self.tree else None
 
     @property
     def tree_nodes(self) -> int:
         """Tokens of the top level's tree (0: no tree)."""
+        if self.tree_parents:
+            return len(self.tree_parents)
         nodes, frontier = 0, 1
         for width in self.tree:
             frontier *= width
@@ -427,7 +471,7 @@ class MethodConfig:
     @property
     def max_gamma(self) -> int:
         """The most tokens the top level verifies in a round (an adaptive method's largest gamma)."""
-        if self.tree:  # a tree's nodes are the proposals of its top-level forward
+        if self.has_tree:  # a tree's nodes are the proposals of its top-level forward
             return self.tree_nodes
         return max(self.gamma, *self.gammas) if self.adapts else self.gamma
 
@@ -454,12 +498,20 @@ def resolve_executor(name: str, cuda: bool) -> str:
     return name
 
 
+def _tree_depths(parents: tuple[int, ...]) -> list[int]:
+    """Each node's depth (1: the root's children) from its parent's (triforce.tree.Tree.depths)."""
+    depths: list[int] = []
+    for p in parents:
+        depths.append(1 if p < 0 else depths[p] + 1)
+    return depths
+
+
 def check_tree_setting(method: MethodConfig, executor: str, parallel: bool) -> None:
     """What runs a tree today: the eager executor (the full cache on chip or offloaded), one process."""
-    if not method.tree:
+    if not method.has_tree:
         return
     if executor != "eager":
-        raise ConfigError(f"method.tree runs on the eager executor (hardware.executor=eager), not {executor}: "
+        raise ConfigError(f"method.tree (and tree_parents) runs on the eager executor (hardware.executor=eager), not {executor}: "
                           "captured forwards of a tree shape are not built yet")
     if parallel:
         raise ConfigError("method.tree with tensor parallelism: not built yet; run the tree on one device")

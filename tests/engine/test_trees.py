@@ -82,3 +82,27 @@ def test_what_does_not_run_a_tree_yet_is_refused_before_any_work(models):
         Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.0), dict(executor="static"))
     with pytest.raises(ConfigError, match="positive widths"):
         Engine(target, draft, dict(METHODS["spec"], tree=(2, 0)), dict(temperature=0.0), EAGER)
+
+
+def test_a_tree_given_node_by_node_is_the_same_tree_as_its_widths(models):
+    """method.tree_parents (e.g. Sequoia's DP tree) runs the tree it lists: [3,2]'s parents give [3,2]'s
+    tokens under sampling, seed for seed; greedy, an uneven tree is still plain greedy decoding."""
+    target, draft, prompt = models
+    sampling = dict(temperature=0.8, top_p=0.9)
+    widths = Engine(target, draft, dict(METHODS["retrieval_spec"], tree=(3, 2)), sampling, EAGER)
+    parents = Engine(target, draft, dict(METHODS["retrieval_spec"], tree_parents=(-1, -1, -1, 0, 0, 1, 1, 2, 2)),
+                     sampling, EAGER)
+    for seed in range(4):
+        assert parents.generate(prompt, NEW, seed=seed).tokens == widths.generate(prompt, NEW, seed=seed).tokens
+    uneven = Engine(target, draft, dict(METHODS["spec"], tree_parents=(-1, -1, 0, 0, 1, 2, 5)), dict(temperature=0.0),
+                    EAGER)
+    assert uneven.generate(prompt, NEW, seed=0).tokens == greedy_reference(target, prompt, NEW)
+
+
+@pytest.mark.parametrize("parents, match", [((-1, 1), "an earlier node"), ((-1, 0, -1), "breadth-first")])
+def test_a_tree_given_node_by_node_is_checked_before_any_work(models, parents, match):
+    target, draft, _ = models
+    with pytest.raises(ConfigError, match=match):
+        Engine(target, draft, dict(METHODS["spec"], tree_parents=parents), dict(temperature=0.0), EAGER)
+    with pytest.raises(ConfigError, match="both set"):
+        Engine(target, draft, dict(METHODS["spec"], tree=(2,), tree_parents=(-1,)), dict(temperature=0.0), EAGER)

@@ -121,6 +121,38 @@ class LevelBench:
         times = sorted(times[1:])
         return times[len(times) // 2]
 
+    def time_tree(self, widths: tuple[int, ...], repeats: int) -> tuple[float, float, int]:
+        """Seconds per top-level forward over a token tree of `widths` (the root and its nodes under
+        the tree mask, every logit: what a tree round verifies) and over a causal chain of as many
+        tokens, both through the eager executor (what runs trees today), alternated so that the
+        ratio of the two medians is the mask's own cost; and the tokens per sequence."""
+        from triforce.executor import EagerExecutor
+        from triforce.tree import Tree
+        from triforce.tree_round import rooted
+
+        tree = rooted(Tree.from_widths(widths))
+        n = tree.size
+        mask = tree.ancestors(self.tokens.device)
+        offsets = torch.tensor([d - 1 for d in tree.depths], device=self.tokens.device)
+        executor = EagerExecutor(self.tokens, self.sampling, self.executor.stats, None, self.policy)
+        top = self.levels["top"]
+        start = top.cache.row(0).seq_len
+        ids = self.tokens[:, :n]
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(2 * (repeats + 1)):
+            with_tree = bool(i % 2)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            executor.logits(top, ids, None, num_logits=n, offsets=offsets if with_tree else None,
+                            tree=mask if with_tree else None)
+            end.record()
+            end.synchronize()
+            times[with_tree].append(begin.elapsed_time(end) / 1000)
+            for b in range(self.batch):
+                top.cache.row(b).crop(start)
+        chain, with_mask = (sorted(times[k][1:])[repeats // 2] for k in (False, True))
+        return chain, with_mask, n
+
     def graph(self, level: str, num_tokens: int) -> torch.cuda.CUDAGraph:
         """The captured forward of `level` over `num_tokens` new tokens, pointed at its cache's end."""
         lv = self.levels[level]
@@ -157,7 +189,7 @@ def _transform_graph(rows: int, vocab: int, sampling: SamplingParams, ctx) -> to
 def level_timings(target: Transformer, draft: Transformer, method: MethodConfig, context: int, *,
                   verify_blocks: tuple[int, ...], bandwidth: float, repeats: int = 20,
                   hardware: dict | None = None, h2d: float | None = None, batch: int = 1,
-                  transforms: bool = True) -> list[dict]:
+                  transforms: bool = True, trees: tuple[tuple[int, ...], ...] = ()) -> list[dict]:
     """One row per (level, tokens): ms per forward (of the whole batch: `tokens` new tokens for each
     of `batch` sequences), its byte floor (the weights once, every sequence's KV), the ratio.
     hardware (hardware.* settings): offload, on_chip_layers: the top level's full cache in host
@@ -183,6 +215,14 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
         s, _, kv = measure("top", t, target.config)
         # a verify reads what an autoregressive step reads: its bar is the autoregressive floor
         rows.append(dict(level="verify", tokens=t, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * ar_floor))
+    for widths in () if offload else trees:  # token trees at the top level (eager; tree_round.py)
+        chain_s, tree_s, n = bench.time_tree(tuple(widths), repeats)
+        kv = bench.kv_tokens("top", n)
+        shape = "-".join(map(str, widths))
+        rows.append(dict(level="verify (eager chain)", tokens=n, kv_tokens=kv, ms=1e3 * chain_s,
+                         floor_ms=1e3 * ar_floor, tree=shape))
+        rows.append(dict(level="tree verify (eager)", tokens=n, kv_tokens=kv, ms=1e3 * tree_s,
+                         floor_ms=1e3 * ar_floor, tree=shape))
     t = method.draft_gamma + 1
     s, floor, kv = measure("middle", t, target.config)
     rows.append(dict(level="middle", tokens=t, kv_tokens=kv, ms=1e3 * s, floor_ms=1e3 * floor))
