@@ -1,6 +1,7 @@
 """Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear] [--split-k] [--prologues] [--top-p] [--write-tuning PATH]
+    python scripts/tune_kernels.py [--attention] [--linear] [--split-k] [--prologues] [--top-p] [--only qwen]
+        [--write-tuning PATH]
 
 Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
 graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
@@ -110,12 +111,21 @@ def found(name: str, n: int, k: int, gated: bool, rows: int, default_s: float, b
                       "launch": best, "measured": f"{why}: {default_s * 1e6:.1f} -> {best_s * 1e6:.1f} us alone"})
 
 
-def tune_linear(bw: float) -> None:
+# the model families' products beyond Llama's (n, k): Qwen2.5-7B (hidden 3584, 4 KV heads of 128,
+# intermediate 18944, vocabulary 152,064) and Qwen3-8B (hidden 4096, intermediate 12288, 151,936)
+FAMILY_LINEAR = {"qkv-qwen2.5-7b": (4608, 3584), "o-qwen2.5-7b": (3584, 3584), "gate_up-qwen2.5-7b": (37888, 3584),
+                 "down-qwen2.5-7b": (3584, 18944), "lm_head-qwen2.5-7b": (152064, 3584),
+                 "gate_up-qwen3-8b": (24576, 4096), "down-qwen3-8b": (4096, 12288), "lm_head-qwen3-8b": (151936, 4096)}
+
+
+def tune_linear(bw: float, only: str = "") -> None:
     shapes = {"qkv-7b": (12288, 4096), "o": (4096, 4096), "gate_up-7b": (22016, 4096), "down-7b": (4096, 11008),
               "lm_head-7b": (32000, 4096), "qkv-8b": (6144, 4096), "gate_up-8b": (28672, 4096),
               "down-8b": (4096, 14336), "lm_head-8b": (128256, 4096), "qkv-68m": (2304, 768),
-              "gate_up-68m": (6144, 768), "lm_head-68m": (32000, 768)}
+              "gate_up-68m": (6144, 768), "lm_head-68m": (32000, 768), **FAMILY_LINEAR}
     for name, (n, kdim) in shapes.items():
+        if only not in name:
+            continue
         wb = n * kdim * 2
         ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         for t in (1, 3, 7, 17):
@@ -144,13 +154,18 @@ def tune_linear(bw: float) -> None:
                   f"block_k={best[3]} warps={best[4]} stages={best[5]}", flush=True)
 
 
-def tune_split_k(bw: float) -> None:
+def tune_split_k(bw: float, only: str = "") -> None:
     """Split-K for the products of several rows whose column tiles do not fill the GPU, and the
     gate/up product with SwiGLU in its epilogue: (split_k, block_n, block_k, warps, stages)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = {"o": (4096, 4096, False), "down-7b": (4096, 11008, False), "down-8b": (4096, 14336, False),
-              "qkv-8b": (6144, 4096, False), "qkv-7b": (12288, 4096, False), "gate_up-8b": (28672, 4096, True)}
+              "qkv-8b": (6144, 4096, False), "qkv-7b": (12288, 4096, False), "gate_up-8b": (28672, 4096, True),
+              "o-qwen2.5-7b": (3584, 3584, False), "down-qwen2.5-7b": (3584, 18944, False),
+              "qkv-qwen2.5-7b": (4608, 3584, False), "gate_up-qwen2.5-7b": (37888, 3584, True),
+              "down-qwen3-8b": (4096, 12288, False), "gate_up-qwen3-8b": (24576, 4096, True)}
     for name, (n, kdim, gated) in shapes.items():
+        if only not in name:
+            continue
         wb = n * kdim * 2
         ws = [torch.randn(n, kdim, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_needed(wb))]
         for t in (3, 7, 17):
@@ -256,6 +271,7 @@ def main() -> None:
     ap.add_argument("--prologues", action="store_true")
     ap.add_argument("--split-k", action="store_true")
     ap.add_argument("--top-p", action="store_true")
+    ap.add_argument("--only", default="", help="linear / split-k: the products whose name contains this (e.g. qwen)")
     ap.add_argument("--write-tuning", default=None, metavar="PATH",
                     help="write the launches measured >2%% faster than the policy's as a tuning file "
                          "(review it, then copy it to triforce/kernels/tuning/<device>.json)")
@@ -270,9 +286,9 @@ def main() -> None:
     if args.prologues or everything:
         tune_prologues(bw)
     if args.linear or everything:
-        tune_linear(bw)
+        tune_linear(bw, args.only)
     if args.split_k or everything:
-        tune_split_k(bw)
+        tune_split_k(bw, args.only)
     if args.write_tuning:
         import json
 
