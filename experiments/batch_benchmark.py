@@ -61,10 +61,16 @@ def prompts_for(shape: str, context: int, batch: int) -> list[list[int]]:
     return [torch.randint(0, SHAPES[shape].vocab_size, (context,), generator=g).tolist() for _ in range(batch)]
 
 
+def extra_methods(cfg: DictConfig) -> dict:
+    """end_to_end.methods: more methods measured beside the three, by label (a chain's gamma, a tree)."""
+    return {str(label): method_config(OmegaConf.to_container(m)) for label, m in (cfg.end_to_end.methods or {}).items()}
+
+
 def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str, list], save) -> None:
     dtype = parse_dtype(cfg.dtype, "cuda")
     method = method_config(OmegaConf.to_container(cfg.method))
     magicdec = method_config(OmegaConf.to_container(cfg.magicdec))
+    extra = extra_methods(cfg)
     kernels = OmegaConf.to_container(cfg.kernels)
     target = random_model(SHAPES[shape], dtype=dtype, device="cuda")
     draft = random_model(SHAPES[DRAFT_OF[shape]], dtype=dtype, device="cuda", seed=1)
@@ -91,11 +97,15 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                         latency.scale_heads(model, s / scaled)
                     scaled = s
                     for m, label, uses_draft in ((method_config({"name": "autoregressive"}), "autoregressive", False),
-                                                 (method, "triforce", True), (magicdec, "magicdec", False)):
+                                                 (method, "triforce", True), (magicdec, "magicdec", False),
+                                                 *((x, name, x.uses_draft) for name, x in extra.items())):
+                        # a token tree runs on the eager executor (tree_round.py); every chain captured
+                        hardware = {"kernels": kernels, **({"executor": "eager"} if m.has_tree else {})}
                         row = latency.batch_end_to_end(target, draft if uses_draft else None, m, prompts,
                                                        new_tokens=cfg.end_to_end.new_tokens, sampling=SAMPLING,
                                                        prefill_chunk=cfg.prefill_chunk, label=label,
-                                                       hardware={"kernels": kernels})
+                                                       hardware=hardware)
+                        row.update(tree=m.tree_label if m.has_tree else "chain")
                         tables["end_to_end"].append(dict(shape=shape, head_scale=s, **row))
                         print(json.dumps(tables["end_to_end"][-1], default=str), flush=True)
                         save()
@@ -149,6 +159,7 @@ def main(cfg: DictConfig) -> None:
     try:
         policy = KernelPolicy.resolve("cuda", OmegaConf.to_container(cfg.kernels))
         method_config(OmegaConf.to_container(cfg.method)), method_config(OmegaConf.to_container(cfg.magicdec))
+        extra_methods(cfg)  # every method checked before a model is built
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
