@@ -42,6 +42,11 @@ def test_plans_and_their_names():
         Plan(("draft", "top"), ())  # a gamma per level above the first
     assert plan_of(MethodConfig(name="triforce", gamma=5, draft_gamma=3)) == Plan(("draft", "middle", "top"), (3, 5))
     assert plan_of(MethodConfig(name="autoregressive")) == AUTOREGRESSIVE
+    # a tree's rounds are named by the tree (its depth the plan's gamma): not as a chain they are not
+    tree = plan_of(MethodConfig(name="spec", tree=(4, 2, 1)))
+    assert (tree.chain, tree.gammas, tree.name) == (("draft", "top"), (3,), "spec tree 4-2-1")
+    dp = plan_of(MethodConfig(name="retrieval_spec", tree_parents=(-1, -1, 0, 1, 2)))
+    assert (dp.chain, dp.gammas, dp.name) == (("middle", "top"), (3,), "retrieval_spec tree n5d3")
 
 
 def test_candidates_of_auto_and_of_an_adaptive_method():

@@ -54,6 +54,7 @@ class Plan:
     level i + 1 asks of level i per round (len(chain) - 1 of them)."""
     chain: tuple[str, ...]
     gammas: tuple[int, ...] = ()
+    tree: str = ""  # a token tree at the top (its label, MethodConfig.tree_label; gammas: its depth)
 
     def __post_init__(self) -> None:
         if not self.chain or self.chain[-1] != TOP or len(self.gammas) != len(self.chain) - 1:
@@ -66,13 +67,15 @@ class Plan:
     @functools.cached_property
     def name(self) -> str:  # (cached: every round logs its plan by name, every row records it)
         """autoregressive, spec g4, retrieval_spec g6, triforce[middle-streaming] g6/2 (the top's
-        gamma first; a middle other than the method's own `middle` named in brackets)."""
+        gamma first; a middle other than the method's own `middle` named in brackets), spec tree 4-2-1."""
         if not self.speculative:
             return "autoregressive"
         middles = [level for level in self.chain if level.startswith("middle")]
         draft = "draft" in self.chain
         kind = "triforce" if draft and middles else "spec" if draft else "retrieval_spec"
         which = f"[{middles[0]}]" if middles and middles[0] != "middle" else ""
+        if self.tree:
+            return f"{kind}{which} tree {self.tree}"
         return f"{kind}{which} g{'/'.join(str(g) for g in reversed(self.gammas))}"
 
     def boundaries(self) -> list[tuple[str, str]]:
@@ -481,6 +484,9 @@ def plan_of(method, middle: str = "middle") -> Plan:
     """The plan a (non-adaptive) method runs every round."""
     if method.name == "autoregressive":
         return AUTOREGRESSIVE
+    if method.has_tree:  # (two-level methods only: MethodConfig refuses the rest)
+        lower = "draft" if method.name == "spec" else middle
+        return Plan((lower, TOP), (method.token_tree().depth,), tree=method.tree_label)
     if method.name == "spec":
         return Plan(("draft", TOP), (method.gamma,))
     if method.name == "retrieval_spec":
