@@ -42,6 +42,7 @@ from triforce.models.loading import parse_dtype
 from triforce.parallel import Parallel, init_parallel, quiet_other_ranks, shard_config, shard_model
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams
+from triforce.tree import method_tree
 from triforce.tree_shapes import best_tree
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
@@ -117,7 +118,7 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
                            vs_autoregressive=ar_ms / row["ms_per_token"])
                 measured = [row[f"tree/rank_accept_{k}"] for k in range(1, 65) if f"tree/rank_accept_{k}" in row]
                 if measured:  # the best tree of as many nodes for the acceptance by rank it measured
-                    best, expected = best_tree(measured, m.tree_nodes, max_depth=m.token_tree().depth + 2)
+                    best, expected = best_tree(measured, m.tree_nodes, max_depth=method_tree(m).depth + 2)
                     row.update(dp_tree=str(best.parents), dp_expected_accepted=expected)
                     if len(measured) >= len(ranks) and not m.tree_parents:
                         ranks = measured  # the widest tree's: it measured the most ranks

@@ -354,14 +354,6 @@ class MethodConfig:
             return f"n{len(self.tree_parents)}d{max(_tree_depths(self.tree_parents))}"
         return "-".join(map(str, self.tree)) or "chain"
 
-    def token_tree(self):
-        """The top level's tree (triforce.tree.Tree), or None for a chain."""
-        from triforce.tree import Tree  # (not at import: triforce.tree imports the sampling, which imports this)
-
-        if self.tree_parents:
-            return Tree(tuple(self.tree_parents))
-        return Tree.from_widths(self.tree) if self.tree else None
-
     @property
     def tree_nodes(self) -> int:
         """Tokens of the top level's tree (0: no tree)."""

@@ -50,6 +50,7 @@ from triforce.parallel import SINGLE
 from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, candidate_plans, plan_of
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
+from triforce.tree import method_tree
 from triforce.tree_round import TreeRound
 
 if TYPE_CHECKING:
@@ -381,7 +382,7 @@ class Generation:
         self.parallel = engine.parallel
         self.levels: list[Level] = [top_level(self.spec, self.caches, self.ctx)]  # every level built
         # a tree at the top level in place of the chain (method.tree): its rounds (tree_round.py)
-        tree = self.method.token_tree()
+        tree = method_tree(self.method)
         self.tree_round = TreeRound(self, tree) if tree is not None else None
         # the round's plan (planner.py): the levels it runs, cheapest first, and their gammas
         self.planner = engine.planner(self.B)

@@ -44,6 +44,7 @@ import functools
 from typing import Protocol, Sequence
 
 from triforce.costs import StepCosts, expected_accepted
+from triforce.tree import method_tree
 
 TOP = "top"
 
@@ -486,7 +487,7 @@ def plan_of(method, middle: str = "middle") -> Plan:
         return AUTOREGRESSIVE
     if method.has_tree:  # (two-level methods only: MethodConfig refuses the rest)
         lower = "draft" if method.name == "spec" else middle
-        return Plan((lower, TOP), (method.token_tree().depth,), tree=method.tree_label)
+        return Plan((lower, TOP), (method_tree(method).depth,), tree=method.tree_label)
     if method.name == "spec":
         return Plan(("draft", TOP), (method.gamma,))
     if method.name == "retrieval_spec":

@@ -121,6 +121,14 @@ class Tree:
         return out[::-1]
 
 
+def method_tree(method) -> Tree | None:
+    """The top level's tree of a method (config.MethodConfig: method.tree_parents, else method.tree's
+    widths), or None for a chain."""
+    if method.tree_parents:
+        return Tree(tuple(method.tree_parents))
+    return Tree.from_widths(method.tree) if method.tree else None
+
+
 def propose_children(q: torch.Tensor, width: int, generator: torch.Generator | None, *,
                      greedy: bool = False) -> torch.Tensor:
     """`width` distinct tokens drawn without replacement from q (V,), in the order sequential draws
