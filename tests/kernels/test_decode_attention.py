@@ -174,3 +174,39 @@ def test_a_tree_mask_over_the_new_block_matches_the_reference(case, dtype):
     if parents == tuple(range(-1, T - 1)):
         causal = attention(q, k, v, length, D ** -0.5, splits)
         torch.testing.assert_close(out, causal, atol=0, rtol=0)
+
+
+# (batch, q heads, kv heads, head dim, capacity, kv_len of each sequence, splits, the tree's parents, the block's first node)
+WINDOW_CASES = [
+    (1, 8, 2, 64, 300, (230,), 4, (-1, 0, 0, 1, 1, 2, 2), 3),     # depth 2 of a binary tree after the root and depth 1
+    (2, 4, 4, 32, 400, (333, 150), 3, (-1, 0, 0, 0, 1, 2, 3, 4, 5), 4),  # a batch; widths 3-1-1's last depths
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=["binary-depth2", "batch-3-1-1"])
+def test_a_tree_mask_over_earlier_nodes_of_the_tree_matches_the_reference(case, dtype):
+    """A later depth of a tree, proposed by the level below: its T new nodes see the prefix, and among
+    the last W slots (the tree's nodes written by earlier forwards, then the new block) only their
+    ancestors and themselves: a (T, W) mask; the kernel against the reference, the reference against
+    SDPA over the explicit mask."""
+    B, Hq, Hkv, D, S, lengths, splits, parents, first = case
+    W = len(parents)
+    T = W - first
+    tree = tree_mask(parents)[first:].to(DEVICE)  # rows of the new nodes over every node so far
+    g = torch.Generator().manual_seed(sum(lengths) + W)
+    q = torch.randn(B, T, Hq, D, generator=g).to(DEVICE, dtype).transpose(1, 2)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(DEVICE, dtype)
+    length = torch.tensor(lengths, device=DEVICE)
+    out = attention(q, k, v, length, D ** -0.5, splits, tree=tree)
+    ref = decode_attention_reference(q.double(), k.double(), v.double(), length, D ** -0.5, tree=tree)
+    assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
+    for b, n in enumerate(lengths):
+        mask = torch.zeros(T, S, dtype=torch.bool, device=DEVICE)
+        mask[:, :n - W] = True
+        mask[:, n - W:n] = tree
+        explicit = torch.nn.functional.scaled_dot_product_attention(
+            q[b:b + 1].double(), k[b:b + 1].double(), v[b:b + 1].double(), attn_mask=mask, scale=D ** -0.5,
+            enable_gqa=Hq != Hkv).transpose(1, 2)
+        torch.testing.assert_close(ref[b:b + 1], explicit, atol=1e-10, rtol=1e-10)

@@ -35,8 +35,9 @@ def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                scale: float, *, kv_offset: int = 0, tree: torch.Tensor | None = None) -> torch.Tensor:
     """The same function with SDPA and a mask built from the device lengths (static shapes, so it
     is also graph-capturable): the CPU path of the static executor and the kernel's reference.
-    kv_len: one element (every sequence) or (B,), one per sequence. tree: (T, T) bool, row t the
-    keys of the new block query t sees (a token tree's ancestors and itself); None: causal."""
+    kv_len: one element (every sequence) or (B,), one per sequence. tree: (T, W) bool over the last
+    W >= T slots (the new block and the W - T a tree's earlier forwards wrote), row t the slots query
+    t sees (a token tree's ancestors and itself); None: causal."""
     T, S = q.shape[2], k.shape[2]
     key_pos = torch.arange(S, device=q.device)
     if kv_len.numel() == 1:
@@ -45,10 +46,11 @@ def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     else:  # each sequence's own mask: (B, 1, T, S), broadcast over the heads
         query_pos = kv_len.reshape(-1, 1).to(torch.int64) + (kv_offset - T) + torch.arange(T, device=q.device)
         mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]
-    if tree is not None:  # a block key (its node j = slot - the block's first) seen where tree[t, j]
-        node = (key_pos - query_pos[..., :1])[..., None, :]  # minus the block's first slot: (1, S) or (B, 1, S)
-        in_block = (node >= 0) & (node < T)
-        seen = tree.to(torch.bool)[torch.arange(T, device=q.device)[:, None], node.clamp(0, T - 1)]  # (.., T, S)
+    if tree is not None:  # a key of the last W slots (its column j = slot - their first) seen where tree[t, j]
+        W = tree.shape[-1]
+        node = (key_pos - query_pos[..., :1] + (W - T))[..., None, :]  # (1, S) or (B, 1, S)
+        in_block = (node >= 0) & (node < W)
+        seen = tree.to(torch.bool)[torch.arange(T, device=q.device)[:, None], node.clamp(0, W - 1)]  # (.., T, S)
         block = ~in_block | seen
         mask = mask & (block if kv_len.numel() == 1 else block[:, None])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
@@ -60,8 +62,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: 
                      launch: AttentionLaunch | None = None, tree: torch.Tensor | None = None) -> torch.Tensor:
     """Triton split-KV attention where the context's policy runs kernels, else the reference.
     Returns (B, T, Hq, D). Sequence b's keys [0, kv_len[b] + kv_offset) are valid (kv_len (B,), or
-    one element for every sequence). launch: the policy's when None. tree: the new block's (T, T)
-    mask (a token tree's: tree[t, j] where node j is query t's ancestor or itself), None: causal."""
+    one element for every sequence). launch: the policy's when None. tree: a (T, W) mask over the last
+    W >= T slots (a token tree's: tree[t, j] where slot j of them holds query t's ancestor or itself),
+    None: causal."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv

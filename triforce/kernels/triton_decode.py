@@ -20,17 +20,19 @@ from triforce.kernels.triton_pdl import l2_prefetch, pdl_args, pdl_start, prefet
 
 
 @triton.jit
-def _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok, T,
+def _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok, TREE_W, T,
             PRECISION: tl.constexpr, HAS_TREE: tl.constexpr):
-    """One key block of the online softmax for one tile of query rows. HAS_TREE: a key of the new
-    block (slot >= last_key - t, the block's first) is seen where the tree mask says so (TREE:
-    (T, T) int8, row t the block keys query t sees; its ancestors and itself), not by position."""
+    """One key block of the online softmax for one tile of query rows. HAS_TREE: a key of the last
+    TREE_W slots (the new block and the TREE_W - T before it that a tree's earlier forwards wrote)
+    is seen where the tree mask says so (TREE: (T, TREE_W) int8, row t the slots query t sees: its
+    ancestors and itself), not by position."""
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
     visible = key_ok[None, :] & (keys[None, :] <= last_key[:, None])
     if HAS_TREE:
-        j = keys[None, :] - (last_key[:, None] - tree_rows[:, None])  # the key's node in the block
+        # the key's column of the mask: its slot minus the window's first (the block's first - (W - T))
+        j = keys[None, :] - (last_key[:, None] - tree_rows[:, None]) + (TREE_W - T)
         in_block = j >= 0
-        seen = tl.load(TREE + tree_rows[:, None] * T + j, mask=visible & in_block & row_ok[:, None], other=0)
+        seen = tl.load(TREE + tree_rows[:, None] * TREE_W + j, mask=visible & in_block & row_ok[:, None], other=0)
         visible = visible & ((~in_block) | (seen != 0))
     s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -76,7 +78,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                   PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
-                  PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr, TREE, HAS_TREE: tl.constexpr):
+                  PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr, TREE, TREE_W, HAS_TREE: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // NUM_KV_HEADS
@@ -114,7 +116,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
             k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
             m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
-                                    T, PRECISION, HAS_TREE)
+                                    TREE_W, T, PRECISION, HAS_TREE)
     else:  # Triton's CPU interpreter cannot take loaded values as range() bounds
         n0 = start
         while n0 < end:
@@ -123,7 +125,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
             k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
             v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
             m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
-                                    T, PRECISION, HAS_TREE)
+                                    TREE_W, T, PRECISION, HAS_TREE)
             n0 += BLOCK_N
     part = bh * num_splits + split
     _finish(OUT, O_PART, L_PART, part, rows, row_ok, dims, b, h, T, GROUP, stride_ob, stride_ot, stride_oh,
@@ -159,8 +161,9 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
                      prefetch: int = 0, interpreter: bool = False, tree: torch.Tensor | None = None):
     """The split kernel and, with more than one slice, the merge; `launch` from the policy
     (KernelPolicy.attention_launch); prefetch: bytes per program before the PDL wait. kv_len: one
-    element, or (B,) one per sequence (program (b, head, slice) reads kv_len[b]). tree: (T, T)
-    int8 (or bool) mask of the new block, or None (causal)."""
+    element, or (B,) one per sequence (program (b, head, slice) reads kv_len[b]). tree: (T, W)
+    int8 (or bool) mask over the last W >= T slots (the new block and a tree's earlier nodes), or
+    None (causal)."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -190,7 +193,8 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
         T, group, Hkv, splits, scale * 1.4426950408889634,
         BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreter, DIRECT=direct, num_warps=launch.warps, num_stages=launch.stages,
-        PREFETCH=prefetch, KEY_BYTES=D * e, TREE=tree if tree is not None else kv_len, HAS_TREE=tree is not None,
+        PREFETCH=prefetch, KEY_BYTES=D * e, TREE=tree if tree is not None else kv_len,
+        TREE_W=tree.shape[-1] if tree is not None else T, HAS_TREE=tree is not None,
         **pdl_args(pdl))
     if not direct:
         splits_block = triton.next_power_of_2(splits)
