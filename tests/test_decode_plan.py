@@ -144,3 +144,38 @@ def test_a_biased_q_k_normed_models_plan_equals_its_reference_forward(head_dim):
     widened, _ = run_plan(model, tokens, [5, 11], 1, context(kernels=True))
     assert widened.shape[-1] == model.config.vocab_size + 7 and torch.isneginf(widened[..., -7:]).all()
     torch.testing.assert_close(widened[..., :-7], ref[:, -1:], atol=1e-5, rtol=1e-5)
+
+
+@interpreted
+@torch.inference_mode()
+@pytest.mark.parametrize("lengths", [[9], [5, 11]], ids=["one", "batch2"])
+def test_a_tree_views_plan_equals_the_models_tree_forward(model, lengths):
+    """A token tree's block through the captured path's view (its positions = the first's + each
+    node's depth, the tree mask in the decode kernel, fixed with the view): the fused plan's logits
+    and keys equal the model's eager forward with the same positions and mask."""
+    parents = (-1, 0, 0, 1, 2, 2)[:T]  # the root, two children, a grandchild under the first, two under the second
+    mask = torch.zeros(T, T, dtype=torch.bool)
+    depth = []
+    for t, p in enumerate(parents):
+        mask[t, t] = True
+        if p >= 0:
+            mask[t] |= mask[p]
+        depth.append(0 if p < 0 else depth[p] + 1)
+    offsets = torch.tensor(depth)
+    tokens = token_buffer(len(lengths), 3, model.config.vocab_size)
+    batch = len(lengths)
+    cache = full_cache(model, batch)
+    for b, n in enumerate(lengths):
+        model(tokens[b:b + 1, :n], None, cache.row(b))
+    plan = build_plan(model, T, T, context(kernels=True), batch=batch, kv_slots=cache.k.shape[3])
+    view = StaticView(cache, T, (mask, offsets))
+    positions = cache.reserve_rows(T) if batch > 1 else [cache.reserve(T)]
+    view.set(lengths, positions, cache.rows_of("length"))
+    logits = plan.run(view, tokens)
+    cache.advance(T)
+    for b, n in enumerate(lengths):
+        ref_cache = full_cache(model)
+        model(tokens[b:b + 1, :n], None, ref_cache)
+        ref = model(tokens[b:b + 1, n:n + T], n + offsets, ref_cache, num_logits=T, tree=mask)
+        torch.testing.assert_close(logits[b:b + 1], ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.k[:, b, :, :n + T], ref_cache.k[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)

@@ -9,8 +9,9 @@ Every backend returns (B, T, Hq, D), the layout o_proj reads.
 - a boolean (T, S) tensor (True = may attend), or a torch `CausalBias` (causal, aligned to the
   end of the keys: a chunk of prefill after a cached prefix) — the eager path;
 - a `DeviceLength`: keys [0, kv_len + offset) with kv_len in a device tensor and the T queries the
-  last T of them, causal among themselves — the static (CUDA-graph) path, served by the split-KV
-  decode kernel whatever the backend (`triforce.kernels.decode_attention`).
+  last T of them, causal among themselves (or, with its `tree`, as a token tree's mask says) — the
+  static (CUDA-graph) path, served by the split-KV decode kernel whatever the backend
+  (`triforce.kernels.decode_attention`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def attend(backend: AttentionFn, q, k, v, *, mask, is_causal: bool, scale: float
     if isinstance(mask, DeviceLength):
         from triforce.kernels.decode_attention import decode_attention
 
-        return decode_attention(q, k, v, mask.kv_len, scale, kv_offset=mask.offset, ctx=kernels)
+        return decode_attention(q, k, v, mask.kv_len, scale, kv_offset=mask.offset, ctx=kernels, tree=mask.tree)
     return backend(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
 
 

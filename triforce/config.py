@@ -499,12 +499,10 @@ def _tree_depths(parents: tuple[int, ...]) -> list[int]:
 
 
 def check_tree_setting(method: MethodConfig, executor: str, parallel: bool) -> None:
-    """What runs a tree today: the eager executor (the full cache on chip or offloaded), one process."""
+    """What runs a tree today: every executor (the graphs: a captured forward per block of the
+    tree), the full cache on chip or offloaded, one process."""
     if not method.has_tree:
         return
-    if executor != "eager":
-        raise ConfigError(f"method.tree (and tree_parents) runs on the eager executor (hardware.executor=eager), not {executor}: "
-                          "captured forwards of a tree shape are not built yet")
     if parallel:
         raise ConfigError("method.tree with tensor parallelism: not built yet; run the tree on one device")
 

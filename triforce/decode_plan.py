@@ -245,7 +245,7 @@ class _Builder:
         def run(s: State, io: Inputs) -> None:
             length = io.view.attention_mask(T)[0]  # a DeviceLength: the block's first slot + T
             out = decode_attention(s.q, s.keys, s.values, length.kv_len, scale, kv_offset=length.offset, ctx=ctx,
-                                   launch=launch)
+                                   launch=launch, tree=length.tree)
             s.attn = out.reshape(out.shape[0], T, -1)
 
         return Step(f"Attend {i}", run, f"{rows} query rows per KV head, {attn.num_kv_heads} KV heads; "

@@ -120,13 +120,14 @@ class EagerExecutor:
         return probs
 
     def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
-               offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None) -> torch.Tensor:
+               offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None,
+               shape_key=None) -> torch.Tensor:
         """The level's logits (B, num_logits or T, V) after ids (B, T), advancing the rows of `rows`
         (booleans; None: all): one forward for the batch where the cache serves a batch (the other
         rows frozen), else one per active row (an offloaded cache; a frozen row's logits are zeros).
         offsets (T,): each token's position relative to the first slot the row reserves (None: the
         cache's next positions); tree (T, T'): which cached slots of the block each token sees (a
-        token tree's mask; None: causal)."""
+        token tree's mask; None: causal); shape_key: what names the pair to a static executor (unused here)."""
         cache, (B, T) = level.cache, ids.shape
         if B == 1 or cache.capturable:
             cache.active = tuple(rows) if rows is not None and B > 1 else None
@@ -165,6 +166,7 @@ class Runner:
     graph: torch.cuda.CUDAGraph | None = None
     out: torch.Tensor | None = None
     race: torch.Tensor | None = None  # the Exp(1) draws a graph that samples reads (filled before replay)
+    ids: torch.Tensor | None = None  # a logits forward's own input ids (B, T), copied in before each run
 
     def run(self) -> torch.Tensor:
         if self.graph is None:
@@ -211,6 +213,56 @@ class StaticExecutor:
             sample_into(probs[:, -1], self.generator, self.tokens, 0, index_from=index, ctx=self.eager.ctx)
         return probs
 
+    def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
+               offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None,
+               shape_key=None) -> torch.Tensor:
+        """EagerExecutor.logits through a static forward (a tree round's forwards): the ids copied
+        into the forward's own buffer, the positions the cache reserves plus `offsets`, the tree mask
+        fixed with the forward (`shape_key`: a hashable name of the (offsets, tree) pair, one static
+        forward each; needed with either). A cache that is not capturable: the eager forward."""
+        cache, (B, T) = level.cache, ids.shape
+        if not cache.capturable:
+            return self.eager.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
+        if (offsets is not None or tree is not None) and shape_key is None:
+            raise ValueError("a tree's static forward needs a shape_key naming its offsets and mask")
+        num_logits = num_logits or T
+        cache.active = tuple(rows) if rows is not None and B > 1 else None
+        try:
+            positions = cache.reserve_rows(T) if cache.batch_size > 1 else [cache.reserve(T)]
+            runner = self._logits_runner(level, T, num_logits, offsets, tree, shape_key)
+            runner.ids.copy_(ids)
+            runner.view.set([0] * B, positions, cache.rows_of("length"))
+            logits = runner.run()
+            cache.advance(T)
+        finally:
+            cache.active = None
+        return logits
+
+    def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key) -> "Runner":
+        key = (level.name, id(level.cache), num_tokens, num_logits, "logits", shape_key)
+        if key in self.runners:
+            return self.runners[key]
+        cache = level.cache
+        B = cache.batch_size
+        if offsets is None and tree is not None:  # a tree's mask over positions one after another
+            offsets = torch.arange(num_tokens, device=self.tokens.device)
+        fixed = None if offsets is None else (None if tree is None else tree.to(torch.bool).clone(),
+                                              offsets.to(torch.int64).clone())
+        view = StaticView(cache, num_tokens, fixed)
+        ids = torch.zeros(B, num_tokens, dtype=self.tokens.dtype, device=self.tokens.device)
+        plan = build_plan(level.model, num_tokens, num_logits, self.ctx, batch=B, kv_slots=cache.k.shape[3])
+
+        def body() -> torch.Tensor:
+            return plan.run(view, ids)  # (B, num_logits, V)
+
+        runner = Runner(view, body, plan, ids=ids)
+        if self.capture:
+            start = time.perf_counter()
+            runner.graph, runner.out = self._capture(body, view, cache, token_start=0)
+            self.stats.time_s["capture"] += time.perf_counter() - start
+        self.runners[key] = runner
+        return runner
+
     def runner(self, level, num_tokens: int, num_logits: int, *, sample: bool = False) -> Runner:
         """The static forward of `level` over `num_tokens` tokens per sequence (captured on first
         use); with `sample`, the graph also draws each row's next token into the token buffer."""
@@ -246,12 +298,13 @@ class StaticExecutor:
         """The tuning-file entries the captured plans' launches came from."""
         return tuple(dict.fromkeys(e for r in self.runners.values() for e in r.plan.tuning_used))
 
-    def _capture(self, body, view: StaticView, cache):
+    def _capture(self, body, view: StaticView, cache, token_start: int | None = None):
         # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:
         # nothing may compile or synchronise while a graph records. The warm-up writes keys at
         # slots >= each row's length, which the real forward overwrites, and (a sampling forward) a
         # token into each row's last slot of the token buffer, which never holds a live token.
-        last = self.tokens.shape[-1] - 1 - view.num_tokens
+        # (token_start: where a forward with its own ids buffer reads them.)
+        last = self.tokens.shape[-1] - 1 - view.num_tokens if token_start is None else token_start
         view.set([last] * cache.batch_size, cache.rows_of("seq_len"), cache.rows_of("length"))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -65,6 +65,8 @@ class DeviceLength:
     among themselves: a captured forward's attention extent, read by the decode kernel."""
     kv_len: torch.Tensor  # 0-d / (1,) integer tensor on the cache's device, or (B,): one length per sequence
     offset: int = 0  # added to kv_len (by the kernel: no launch of its own)
+    # a token tree's (T, W) mask over the last W slots in place of the causal block (triforce.tree)
+    tree: torch.Tensor | None = None
 
 
 @dataclasses.dataclass

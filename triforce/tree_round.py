@@ -145,7 +145,10 @@ class TreeRound:
         gen = self.gen
         rows = [b in group for b in range(gen.B)]
         offsets = None if positions is None else positions - first
-        return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree).float()
+        # (a static executor keeps one forward per block of the tree: this names it)
+        key = None if positions is None else (self.tree.parents, first, ids.shape[1])
+        return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
+                                   shape_key=key).float()
 
     def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, base: list[int],
                  rows: list[int]) -> torch.Tensor:

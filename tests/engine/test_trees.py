@@ -1,7 +1,7 @@
 """Token trees at the top level through the engine (method.tree; triforce/tree_round.py): greedy
 decoding's tokens are plain greedy decoding's, one sequence and a ragged batch; a tree of width 1
 is the chain, token for token, under sampling; what does not run a tree yet is refused before any
-work; the same offloaded. (Their sampled tokens against the exact law: tests/engine/test_distribution.py.)"""
+work; the same offloaded, and through the static executor (the graphs' forwards, uncaptured). (Their sampled tokens against the exact law: tests/engine/test_distribution.py.)"""
 
 from __future__ import annotations
 
@@ -28,11 +28,15 @@ def models():
     return target, draft, prompt
 
 
+STATIC = dict(executor="static")  # the graphs' forwards, uncaptured: a static forward per block of the tree
+
+
+@pytest.mark.parametrize("executor", [EAGER, STATIC], ids=["eager", "static"])
 @pytest.mark.parametrize("tree", [(3, 2, 1), (2, 2), (4,)], ids=["3-2-1", "2-2", "4"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_greedy_trees_equal_greedy_decoding(models, name, tree):
+def test_greedy_trees_equal_greedy_decoding(models, name, tree, executor):
     target, draft, prompt = models
-    engine = Engine(target, draft, dict(METHODS[name], tree=tree), dict(temperature=0.0), EAGER)
+    engine = Engine(target, draft, dict(METHODS[name], tree=tree), dict(temperature=0.0), executor)
     one = engine.generate(prompt, NEW, seed=0)
     assert one.tokens == greedy_reference(target, prompt, NEW)
     assert one.metrics["mean_accepted_len"] > 1  # the trees are accepted in part
@@ -60,12 +64,12 @@ def test_offloaded_trees_equal_greedy_decoding(models, name):
                                                                           for p in prompts]
 
 
-@pytest.mark.parametrize("offload", [False, True], ids=["on-chip", "offloaded"])
+@pytest.mark.parametrize("where", ["on-chip", "offloaded", "static"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_a_tree_of_width_one_is_the_chain_token_for_token(models, name, offload):
+def test_a_tree_of_width_one_is_the_chain_token_for_token(models, name, where):
     target, draft, prompt = models
     sampling = dict(temperature=0.8, top_p=0.9)
-    hardware = OFFLOAD if offload else EAGER
+    hardware = {"on-chip": EAGER, "offloaded": OFFLOAD, "static": STATIC}[where]
     chain = Engine(target, draft, dict(METHODS[name], gamma=3), sampling, hardware)
     tree = Engine(target, draft, dict(METHODS[name], tree=(1, 1, 1)), sampling, hardware)
     for seed in range(8):
@@ -78,8 +82,6 @@ def test_what_does_not_run_a_tree_yet_is_refused_before_any_work(models):
         Engine(target, draft, dict(name="triforce", tree=(2, 2)), dict(temperature=0.0), EAGER)
     with pytest.raises(ConfigError, match="two-level method"):
         Engine(target, draft, dict(name="spec", tree=(2,), adaptive=True), dict(temperature=0.0), EAGER)
-    with pytest.raises(ConfigError, match="eager executor"):
-        Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.0), dict(executor="static"))
     with pytest.raises(ConfigError, match="positive widths"):
         Engine(target, draft, dict(METHODS["spec"], tree=(2, 0)), dict(temperature=0.0), EAGER)
 

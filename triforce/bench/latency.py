@@ -153,6 +153,23 @@ class LevelBench:
         chain, with_mask = (sorted(times[k][1:])[repeats // 2] for k in (False, True))
         return chain, with_mask, n
 
+    def tree_graph(self, widths: tuple[int, ...]) -> tuple[torch.cuda.CUDAGraph, int]:
+        """The captured top-level forward over a token tree of `widths` (the root and its nodes, the
+        tree mask in the decode kernel, every logit: a tree round's verify as the graphs run it),
+        pointed at the cache's end; and its tokens per sequence."""
+        from triforce.tree import Tree
+        from triforce.tree_round import rooted
+
+        tree = rooted(Tree.from_widths(widths))
+        n = tree.size
+        offsets = torch.tensor([d - 1 for d in tree.depths], device=self.tokens.device)
+        top = self.levels["top"]
+        runner = self.executor._logits_runner(top, n, n, offsets, tree.ancestors(self.tokens.device),
+                                              ("bench", tuple(widths)))
+        cache = top.cache
+        runner.view.set([0] * self.batch, cache.rows_of("seq_len"), cache.rows_of("length"))
+        return runner.graph, n
+
     def graph(self, level: str, num_tokens: int) -> torch.cuda.CUDAGraph:
         """The captured forward of `level` over `num_tokens` new tokens, pointed at its cache's end."""
         lv = self.levels[level]
@@ -222,6 +239,14 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
         rows.append(dict(level="verify (eager chain)", tokens=n, kv_tokens=kv, ms=1e3 * chain_s,
                          floor_ms=1e3 * ar_floor, tree=shape))
         rows.append(dict(level="tree verify (eager)", tokens=n, kv_tokens=kv, ms=1e3 * tree_s,
+                         floor_ms=1e3 * ar_floor, tree=shape))
+        # the same two captured: the chain's verify graph of n tokens, the tree's (executor.logits)
+        graph, _ = bench.tree_graph(tuple(widths))
+        s = _time_graph(graph, repeats)
+        chain_graph_s, _, _ = measure("top", n, target.config)
+        rows.append(dict(level="verify (graph chain)", tokens=n, kv_tokens=kv, ms=1e3 * chain_graph_s,
+                         floor_ms=1e3 * ar_floor, tree=shape))
+        rows.append(dict(level="tree verify (graph)", tokens=n, kv_tokens=kv, ms=1e3 * s,
                          floor_ms=1e3 * ar_floor, tree=shape))
     t = method.draft_gamma + 1
     s, floor, kv = measure("middle", t, target.config)

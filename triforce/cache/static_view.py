@@ -29,12 +29,16 @@ TOKEN_START, POSITION_START, SLOT_START = range(3)
 class StaticView:
     """meta (3, B): per sequence of the batch, [token_start, position_start, slot_start]."""
 
-    def __init__(self, cache: StaticKVCache, num_tokens: int):
+    def __init__(self, cache: StaticKVCache, num_tokens: int, tree: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """tree: a token tree's forward of a fixed shape, (its (T, W) mask over the last W slots or
+        None for a causal block, each token's position after the first's (T,)): on the device, read
+        at every replay."""
         self.cache = cache
         self.num_tokens = num_tokens
         self.batch_size = cache.batch_size
         self.meta = torch.zeros(3, self.batch_size, dtype=torch.int64, device=cache.device)
         self._fields = self.meta.unbind()  # (B,) views, made once
+        self.tree_mask, self.offsets = tree if tree is not None else (None, None)
 
     def set(self, token_starts: list[int], position_starts: list[int], slot_starts: list[int]) -> None:
         """Point the view at the next forward. One sequence: one fill kernel per value, the value a
@@ -59,15 +63,17 @@ class StaticView:
         return TokenSlice(buffer, self._fields[TOKEN_START], self.num_tokens)
 
     # -- the cache contract (as StaticKVCache's, with device-resident lengths) ---------------
-    def next_positions(self, num_tokens: int) -> DevicePositions:
+    def next_positions(self, num_tokens: int) -> DevicePositions | torch.Tensor:
         assert num_tokens == self.num_tokens
-        return DevicePositions(self._fields[POSITION_START], num_tokens)
+        start = self._fields[POSITION_START]
+        if self.offsets is not None:  # a tree's: the first's + each node's depth below it (one small launch)
+            return start + self.offsets if self.batch_size == 1 else start[:, None] + self.offsets
+        return DevicePositions(start, num_tokens)
 
     def attention_mask(self, num_tokens: int, tree: torch.Tensor | None = None):
-        if tree is not None:  # the split-KV decode kernel's block is causal
-            raise NotImplementedError("tree forwards run on the eager executor (a tree mask in the decode "
-                                      "kernel is not built yet)")
-        return DeviceLength(self._fields[SLOT_START], num_tokens), False
+        """The decode kernel's extent: the block's first slot + T; a tree view's own mask (fixed with
+        its shape; a `tree` passed here is the one it was built with)."""
+        return DeviceLength(self._fields[SLOT_START], num_tokens, tree=self.tree_mask), False
 
     def store_slots(self, layer: int):
         """(k cache, v cache, first slot as a device scalar): where the decode plan's q/k/v
