@@ -174,3 +174,55 @@ def test_step_costs_follow_the_last_forwards_and_survive_a_run(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError, match="bad.json"):
         StepCosts.load(tmp_path / "bad.json")
+
+
+def test_trees_are_candidates_of_two_level_chains():
+    auto = MethodConfig(name="auto", plans=("autoregressive", "spec", "retrieval_spec", "triforce"),
+                        middle_caches=("hybrid",), gammas=(2,), draft_gammas=(1,), trees=((2, 1), (4,)))
+    plans = candidate_plans(auto, ["middle-hybrid"])
+    trees = [p for p in plans if p.tree]
+    assert {(p.chain, p.tree) for p in trees} == {(("draft", "top"), "2-1"), (("draft", "top"), "4"),
+                                                  (("middle-hybrid", "top"), "2-1"), (("middle-hybrid", "top"), "4")}
+    two_one = next(p for p in trees if p.tree == "2-1" and p.chain[0] == "draft")
+    assert two_one.name == "spec tree 2-1" and two_one.gammas == (2,) and two_one.tree_parents == (-1, -1, 0, 1)
+    # the level below after the root and over depth 1's two nodes; the top over the root and 4 nodes
+    assert two_one.forwards() == [("draft", 1), ("draft", 2), ("top", 5)]
+    assert auto.lookahead >= 4 + 2  # the largest tree's nodes are a round's proposals
+    with pytest.raises(ConfigError, match="two-level chain"):
+        MethodConfig(name="triforce", adaptive=True, trees=((2, 1),))
+    with pytest.raises(ConfigError, match="two-level chain"):
+        MethodConfig(name="spec", trees=((2, 1),))  # not adaptive: a fixed tree is method.tree
+    with pytest.raises(ConfigError, match="positive widths"):
+        MethodConfig(name="spec", adaptive=True, trees=((2, 0),))
+
+
+def test_a_tree_wins_where_the_top_costs_the_same_for_any_width_and_later_ranks_accept():
+    """Offloading-like: a top forward costs the same for 1 token or 100 (here 100 ms), the draft's steps
+    1-2 ms. Where a rejected first child's siblings are often accepted (measured by rank), the tree's
+    expected path beats the chain of the same depth; where they never are, the chain (the same path,
+    cheaper forwards of the draft) stays ahead."""
+    chain = Plan(("draft", "top"), (3,))
+    tree = Plan(("draft", "top"), (3,), tree="4-1-1", tree_parents=(-1, -1, -1, -1, 0, 1, 2, 3, 4, 5, 6, 7))
+    view = View()
+
+    def planner_with(second_rank: float) -> AdaptivePlanner:
+        planner = AdaptivePlanner([AUTOREGRESSIVE, chain, tree], batch_size=1)
+        for tokens in range(1, 20):
+            planner.timed("draft", tokens, 0.001 if tokens == 1 else 0.002)  # a depth of 4 nodes costs more
+            planner.timed("top", tokens, 0.100)
+        for _ in range(200):  # visits: the first child accepted at 0.6, the second at `second_rank`
+            planner.tree_verified("draft", "top", 0, [(4, 0)] * 6 + [(4, 1)] * round(10 * second_rank)
+                                  + [(4, None)] * (4 - round(10 * second_rank)))
+        return planner
+
+    good = planner_with(0.3)
+    assert good.rank_accept("draft", "top", 2) == pytest.approx([0.6, 0.3])
+    assert good.choose(view, [True]) == tree
+    poor = planner_with(0.0)
+    assert poor.rank_accept("draft", "top", 2) == pytest.approx([0.6, 0.0])
+    assert poor.choose(view, [True]) == chain
+    # before any tree round: the first rank is the boundary's alpha, later ones fresh trials at it
+    fresh = AdaptivePlanner([chain, tree], batch_size=1)
+    fresh.verified("draft", "top", 0, 4, 2)
+    a = fresh.alpha("draft", "top")
+    assert fresh.rank_accept("draft", "top", 3) == pytest.approx([a, a * (1 - a), a * (1 - a) ** 2])

@@ -228,6 +228,9 @@ class MethodConfig:
     # or the tree node by node: each node's parent (-1: the root), breadth-first, e.g. the shape
     # tree_shapes.best_tree chose from measured acceptance (Sequoia's dynamic program)
     tree_parents: tuple[int, ...] = ()
+    # adaptive (method=auto, or an adaptive spec / retrieval_spec): token trees (widths per depth) the
+    # planner may verify at the top of a two-level chain instead of a chain of gamma
+    trees: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         for name, tp in (("gamma", int), ("draft_gamma", int), ("chunk_size", int), ("rebuild_every", int),
@@ -320,6 +323,7 @@ class MethodConfig:
         if self.tree and self.tree_parents:
             raise ConfigError("method.tree and method.tree_parents both set: give the tree one way (widths per depth, "
                               "or each node's parent)")
+        self._check_candidate_trees()
         if not self.has_tree:
             return
         if self.tree_parents:
@@ -334,6 +338,23 @@ class MethodConfig:
                               "TriForce's middle proposes by speculation, one continuation at a time")
         if self.tree_nodes > 1024:
             raise ConfigError(f"{self.tree_setting} has {self.tree_nodes} nodes: at most 1024 per forward")
+
+    def _check_candidate_trees(self) -> None:
+        ok, _ = _check(self.trees, tuple[tuple[int, ...], ...])
+        if not ok or any(not t or min(t) < 1 for t in self.trees):
+            raise ConfigError(f"method.trees={self.trees!r} must be a list of trees, each a list of positive widths "
+                              "(e.g. method.trees=[[4,2,1],[2,2,2,1]])")
+        if not self.trees:
+            return
+        chains = self.plans if self.name == "auto" else (self.name,)
+        if not self.adapts or not set(chains) & {"spec", "retrieval_spec"}:
+            raise ConfigError("method.trees are candidates of an adaptive plan at the top of a two-level chain: "
+                              "use method=auto with spec or retrieval_spec among method.plans, or an adaptive spec / "
+                              "retrieval_spec (method.adaptive=true); a fixed tree is method.tree")
+        for widths in self.trees:
+            if _tree_nodes(widths) > 1024:
+                raise ConfigError(f"method.trees: {list(widths)} has {_tree_nodes(widths)} nodes: at most 1024 "
+                                  "per forward")
 
     @property
     def has_tree(self) -> bool:
@@ -359,11 +380,7 @@ class MethodConfig:
         """Tokens of the top level's tree (0: no tree)."""
         if self.tree_parents:
             return len(self.tree_parents)
-        nodes, frontier = 0, 1
-        for width in self.tree:
-            frontier *= width
-            nodes += frontier
-        return nodes
+        return _tree_nodes(self.tree)
 
     def _check_budget(self) -> None:
         if (self.budget is None) == (self.budget_fraction is None):
@@ -465,7 +482,9 @@ class MethodConfig:
         """The most tokens the top level verifies in a round (an adaptive method's largest gamma)."""
         if self.has_tree:  # a tree's nodes are the proposals of its top-level forward
             return self.tree_nodes
-        return max(self.gamma, *self.gammas) if self.adapts else self.gamma
+        if self.adapts:
+            return max(self.gamma, *self.gammas, *(_tree_nodes(t) for t in self.trees))
+        return self.gamma
 
     @property
     def max_draft_gamma(self) -> int:
@@ -488,6 +507,15 @@ def resolve_executor(name: str, cuda: bool) -> str:
     if name == "graphs" and not cuda:
         raise ConfigError("hardware.executor=graphs needs a CUDA device; use eager or static on a CPU")
     return name
+
+
+def _tree_nodes(widths: tuple[int, ...]) -> int:
+    """Nodes of the tree whose every node of depth d has widths[d] children (triforce.tree.Tree.from_widths)."""
+    nodes, frontier = 0, 1
+    for width in widths:
+        frontier *= width
+        nodes += frontier
+    return nodes
 
 
 def _tree_depths(parents: tuple[int, ...]) -> list[int]:

@@ -50,7 +50,6 @@ from triforce.parallel import SINGLE
 from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, candidate_plans, plan_of
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
-from triforce.tree import method_tree
 from triforce.tree_round import TreeRound
 
 if TYPE_CHECKING:
@@ -381,9 +380,9 @@ class Generation:
         self.ctx = KernelContext(engine.policy, pdl=False, workspace=Workspace(device))
         self.parallel = engine.parallel
         self.levels: list[Level] = [top_level(self.spec, self.caches, self.ctx)]  # every level built
-        # a tree at the top level in place of the chain (method.tree): its rounds (tree_round.py)
-        tree = method_tree(self.method)
-        self.tree_round = TreeRound(self, tree) if tree is not None else None
+        # trees at the top level in place of a chain (method.tree, or a plan among method.trees): the
+        # rounds of each (tree_round.py), made when a plan first runs it
+        self.tree_rounds: dict[tuple[int, ...], TreeRound] = {}
         # the round's plan (planner.py): the levels it runs, cheapest first, and their gammas
         self.planner = engine.planner(self.B)
         self.plan: Plan | None = None
@@ -498,8 +497,8 @@ class Generation:
         top = len(self.chain) - 1
         if top == 0:
             emitted = self._autoregressive_step(active)
-        elif self.tree_round is not None:
-            emitted = self.tree_round.run(active)
+        elif plan.tree:
+            emitted = self._tree_round(plan).run(active)
         else:
             emitted = self._round(top, active).emitted()
         self.stats.sync()
@@ -568,8 +567,7 @@ class Generation:
             if self.B > 1:
                 metrics["batch_size"] = self.B
             metrics.update(plans)
-            if self.tree_round is not None:
-                metrics.update(self.tree_round.metrics())
+            metrics.update(self._tree_metrics())
             results.append(GenerationResult(tokens=row.out, metrics=metrics, rounds=row.rounds, tuning_used=used))
         batch = {**self.stats.batch_summary(new_tokens=[len(row.out) for row in self.rows], decode_s=decode_s),
                  **plans}
@@ -581,6 +579,29 @@ class Generation:
         self.levels = []
         self.executor.release()
         self.tokens = None
+
+    def _tree_round(self, plan: Plan) -> TreeRound:
+        if plan.tree_parents not in self.tree_rounds:
+            self.tree_rounds[plan.tree_parents] = TreeRound(self, plan.token_tree)
+        return self.tree_rounds[plan.tree_parents]
+
+    def _tree_metrics(self) -> dict[str, float]:
+        """tree/rank_accept_<k> of the tree the rounds ran (several: pooled by rank)."""
+        if len(self.tree_rounds) == 1:
+            return next(iter(self.tree_rounds.values())).metrics()
+        if not self.tree_rounds:
+            return {}
+        from triforce.tree_shapes import RankCounts
+
+        pooled = RankCounts()
+        for tree_round in self.tree_rounds.values():
+            for k, (offered, accepted) in enumerate(zip(tree_round.ranks.offered, tree_round.ranks.accepted)):
+                while len(pooled.offered) <= k:
+                    pooled.offered.append(0)
+                    pooled.accepted.append(0)
+                pooled.offered[k] += offered
+                pooled.accepted[k] += accepted
+        return {f"tree/rank_accept_{k + 1}": v for k, v in enumerate(pooled.rank_accept())}
 
     # -- the plan of a round --------------------------------------------------------------------
     def _use(self, plan: Plan, active: list[bool]) -> float:

@@ -44,7 +44,8 @@ import functools
 from typing import Protocol, Sequence
 
 from triforce.costs import StepCosts, expected_accepted
-from triforce.tree import method_tree
+from triforce.tree import Tree, candidate_trees, method_tree
+from triforce.tree_shapes import expected_accepted as tree_expected
 
 TOP = "top"
 
@@ -55,7 +56,10 @@ class Plan:
     level i + 1 asks of level i per round (len(chain) - 1 of them)."""
     chain: tuple[str, ...]
     gammas: tuple[int, ...] = ()
-    tree: str = ""  # a token tree at the top (its label, MethodConfig.tree_label; gammas: its depth)
+    # a token tree at the top (two-level chains): its label (MethodConfig.tree_label) and each node's
+    # parent (triforce.tree.Tree); gammas: its depth
+    tree: str = ""
+    tree_parents: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.chain or self.chain[-1] != TOP or len(self.gammas) != len(self.chain) - 1:
@@ -79,6 +83,25 @@ class Plan:
             return f"{kind}{which} tree {self.tree}"
         return f"{kind}{which} g{'/'.join(str(g) for g in reversed(self.gammas))}"
 
+    @property
+    def kind(self) -> tuple[str, ...]:
+        """What a round of the plan does, whatever its gammas: its chain, and its tree if any (a tree
+        round's own work is not a chain round's)."""
+        return self.chain + ((f"tree {self.tree}",) if self.tree else ())
+
+    @functools.cached_property
+    def token_tree(self) -> Tree | None:
+        """The plan's tree (None: a chain)."""
+        return Tree(self.tree_parents) if self.tree_parents else None
+
+    def forwards(self) -> list[tuple[str, int]]:
+        """(level, tokens per sequence) of the forwards a round runs, a tree's: the level below's
+        after the root and over each depth's nodes but the last, the top's over the root and every
+        node (a chain's: see AdaptivePlanner.round)."""
+        tree = self.token_tree
+        widths = [tree.depths.count(d) for d in range(1, tree.depth)]  # the depths the level below runs
+        return [(self.chain[0], 1), *((self.chain[0], w) for w in widths), (self.chain[-1], tree.size + 1)]
+
     def boundaries(self) -> list[tuple[str, str]]:
         return list(zip(self.chain, self.chain[1:]))
 
@@ -99,6 +122,8 @@ class Planner(Protocol):
     def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan: ...
 
     def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None: ...
+
+    def tree_verified(self, lower: str, upper: str, row: int, visits) -> None: ...
 
     def timed(self, level: str, tokens: int, seconds: float) -> None: ...
 
@@ -156,6 +181,10 @@ class _Observer:
 
     def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None:
         pass
+
+    def tree_verified(self, lower: str, upper: str, row: int, visits) -> None:
+        """A tree round's verdict for one row: for each node the rule visited that had children,
+        (its children, the rank accepted or None) — tree.TreeVerdict.visits."""
 
     def timed(self, level: str, tokens: int, seconds: float) -> None:
         pass
@@ -231,6 +260,13 @@ class Acceptance:
         self.rejected.add(1.0 if accepted < proposed else 0.0)
         self.rounds += 1
 
+    def add_trials(self, accepted: int, rejected: int) -> None:
+        """A round of independent trials (a tree round's first children: each drawn from the
+        proposer and accepted with probability alpha), counted as one round."""
+        self.accepted.add(accepted)
+        self.rejected.add(rejected)
+        self.rounds += 1
+
     @property
     def alpha(self) -> float:
         """accepted / (accepted + rejections), the truncated geometric's estimate (near the prior
@@ -267,10 +303,15 @@ class AdaptivePlanner(_Observer):
         self.probe_every, self.max_probe_every = probe_every, max_probe_every
         self.pooled: dict[tuple[str, str], Acceptance] = {}
         self.rows: dict[tuple[str, str, int], Acceptance] = {}
+        # per boundary, a tree rule's acceptance by child rank: (offered, accepted) decayed per rank
+        self.ranks: dict[tuple[str, str], list[tuple[Decayed, Decayed]]] = {}
         # step costs: the engine's (they outlive a generation; the engine records every forward in
         # them), else this planner's own, kept from what `timed` tells it
         self.costs = costs if costs is not None else StepCosts(memory_rounds)
         self._keeps_costs = costs is None
+        # fixed step costs (tests): the rounds' measured wall times (overheads, catch-ups) are left out
+        # too, so that the choices follow from the seed's acceptance alone and a seed reproduces its tokens
+        self._measures_time = not self.costs.frozen
         # per chain: a round's seconds beyond its forwards' device time, and its forwards (decayed)
         self.overhead: dict[tuple[str, ...], tuple[Decayed, Decayed]] = {}
         self.catch_up: dict[str, tuple[Decayed, Decayed]] = {}  # per level: seconds, catch-ups
@@ -287,6 +328,40 @@ class AdaptivePlanner(_Observer):
         self._acceptance(self.pooled, key, self.memory_rounds * self.batch_size).add(proposed, accepted)
         self._acceptance(self.rows, (*key, row), self.memory_rounds).add(proposed, accepted)
 
+    def tree_verified(self, lower: str, upper: str, row: int, visits) -> None:
+        """A tree round's visits: each a trial of the first child, drawn from the proposer as a chain's
+        proposal is (the boundary's alpha), and of the later ranks (the acceptance by rank a tree's
+        expected tokens are computed from: tree_shapes.expected_accepted)."""
+        if not visits:
+            return
+        # one observation per row and round, as a chain's round is (the same memory in rounds)
+        first = sum(1 for _, rank in visits if rank == 0)
+        for table, key, halflife in ((self.pooled, (lower, upper), self.memory_rounds * self.batch_size),
+                                     (self.rows, (lower, upper, row), self.memory_rounds)):
+            self._acceptance(table, key, halflife).add_trials(first, len(visits) - first)
+        width = max(children for children, _ in visits)
+        ranks = self.ranks.setdefault((lower, upper), [])
+        while len(ranks) < width:
+            ranks.append((Decayed(self.memory_rounds * self.batch_size), Decayed(self.memory_rounds * self.batch_size)))
+        for k in range(width):
+            offered, accepted = ranks[k]
+            offered.add(float(sum(1 for children, _ in visits if children > k)))
+            accepted.add(float(sum(1 for _, rank in visits if rank == k)))
+
+    def rank_accept(self, lower: str, upper: str, width: int) -> list[float]:
+        """The probability that a visited node's (k + 1)-th child is the one accepted, k < width:
+        measured where tree rounds offered that rank; before, the first is the boundary's alpha and
+        each later one as if every child were a fresh trial at alpha (alpha (1 - alpha)^k)."""
+        a = self.alpha(lower, upper)
+        measured = self.ranks.get((lower, upper), [])
+        out = []
+        for k in range(width):
+            if k < len(measured) and measured[k][0].value > 0:
+                out.append(measured[k][1].value / measured[k][0].value)
+            else:
+                out.append(a * (1 - a) ** k)
+        return out
+
     def _acceptance(self, table: dict, key, halflife: float) -> Acceptance:
         if key not in table:
             table[key] = Acceptance(halflife, self.PRIOR)
@@ -302,13 +377,15 @@ class AdaptivePlanner(_Observer):
         of many small forwards pays beyond their bytes. Kept per chain: a speculative round's
         verification costs what a plain step does not, and one chain's cost must not lend its
         speed to another."""
-        if forwards > 0:
-            s, n = self.overhead.setdefault(plan.chain, (Decayed(self.memory_rounds), Decayed(self.memory_rounds)))
+        if forwards > 0 and self._measures_time:
+            s, n = self.overhead.setdefault(plan.kind, (Decayed(self.memory_rounds), Decayed(self.memory_rounds)))
             s.add(max(seconds, 0.0))
             n.add(float(forwards))
 
     def caught_up(self, level: str, seconds: float) -> None:
         """A level that sat out took `seconds` to catch up with the sequence (engine.Generation._use)."""
+        if not self._measures_time:
+            return
         s, n = self.catch_up.setdefault(level, (Decayed(self.memory_rounds), Decayed(self.memory_rounds)))
         s.add(seconds)
         n.add(1.0)
@@ -346,6 +423,8 @@ class AdaptivePlanner(_Observer):
     def measured(self, plan: Plan) -> bool:
         """Every forward the plan runs has been timed (its speed is then a prediction, not a prior)."""
         steps = [(plan.chain[0], 1), *((level, g + 1) for level, g in zip(plan.chain[1:], plan.gammas))]
+        if plan.tree:
+            steps = plan.forwards()
         return all(self.costs.seconds(level, tokens, self.batch_size) is not None for level, tokens in steps)
 
     def speed(self, view: PlannerView, plan: Plan, active: Sequence[bool],
@@ -379,6 +458,8 @@ class AdaptivePlanner(_Observer):
             rows = memo["rows"] = [b for b, on in enumerate(active) if on]
         chain, gammas = plan.chain, plan.gammas
         n = len(gammas)
+        if plan.tree:
+            return self._tree_round(view, plan, rows, memo)
         if n == 0:
             return float(len(rows)), self.step_seconds(view, chain[0], 1, memo) + self.forward_overhead(plan, memo)
         # from the top down: level j runs `rounds` rounds per top round, each a forward over
@@ -397,14 +478,30 @@ class AdaptivePlanner(_Observer):
         seconds += forwards * self.forward_overhead(plan, memo)
         return self._yield(chain[-2], chain[-1], gammas[-1], rows, memo)[0], seconds
 
+    def _tree_round(self, view: PlannerView, plan: Plan, rows: list[int], memo: dict) -> tuple[float, float]:
+        """A tree round: every row emits its accepted path and one token more, the path's expected
+        length from the boundary's acceptance by rank (tree_shapes.expected_accepted, Sequoia's
+        positional assumption); the round costs the level below's forwards (after the root, over each
+        depth but the last) and the top's over the root and every node (Plan.forwards)."""
+        tree = plan.token_tree
+        key = ("tree", plan.chain, plan.tree_parents)
+        if key not in memo:
+            width = max((len(kids) for kids in tree.children), default=1)
+            ranks = self.rank_accept(plan.chain[0], plan.chain[-1], width)
+            forwards = plan.forwards()
+            seconds = sum(self.step_seconds(view, level, tokens, memo) for level, tokens in forwards)
+            seconds += len(forwards) * self.forward_overhead(plan, memo)
+            memo[key] = (len(rows) * (1.0 + tree_expected(tree, ranks)), seconds)
+        return memo[key]
+
     def forward_overhead(self, plan: Plan, memo: dict | None = None) -> float:
         """Seconds per forward a round of the plan's chain takes beyond its forwards' device time:
         the chain's own, measured; for a chain not run yet, what the speculative chains measured (a
         plain step's own otherwise); 0 before anything ran. `memo`: one choice's, per chain."""
-        key = ("overhead", plan.chain)
+        key = ("overhead", plan.kind)
         if memo is not None and key in memo:
             return memo[key]
-        own = self.overhead.get(plan.chain)
+        own = self.overhead.get(plan.kind)
         if own is not None and own[1].value > 0:
             value = own[0].value / own[1].value
         else:
@@ -487,7 +584,8 @@ def plan_of(method, middle: str = "middle") -> Plan:
         return AUTOREGRESSIVE
     if method.has_tree:  # (two-level methods only: MethodConfig refuses the rest)
         lower = "draft" if method.name == "spec" else middle
-        return Plan((lower, TOP), (method_tree(method).depth,), tree=method.tree_label)
+        tree = method_tree(method)
+        return Plan((lower, TOP), (tree.depth,), tree=method.tree_label, tree_parents=tree.parents)
     if method.name == "spec":
         return Plan(("draft", TOP), (method.gamma,))
     if method.name == "retrieval_spec":
@@ -498,14 +596,19 @@ def plan_of(method, middle: str = "middle") -> Plan:
 def candidate_plans(method, middles: Sequence[str]) -> list[Plan]:
     """The plans an adaptive method chooses among: its chains (method=auto: method.plans; an adaptive
     method: its own) over each middle cache it builds, every gamma of method.gammas (and
-    draft_gamma of method.draft_gammas), and autoregressive decoding."""
+    draft_gamma of method.draft_gammas), each tree of method.trees at the top of a two-level chain,
+    and autoregressive decoding."""
     chains = method.plans if method.name == "auto" else (method.name,)
     plans = [AUTOREGRESSIVE]
+    trees = candidate_trees(method)
     for chain in chains:
         if chain == "spec":
             plans += [Plan(("draft", TOP), (g,)) for g in method.gammas]
+            plans += [Plan(("draft", TOP), (t.depth,), tree=label, tree_parents=t.parents) for label, t in trees]
         elif chain == "retrieval_spec":
             plans += [Plan((m, TOP), (g,)) for m in middles for g in method.gammas]
+            plans += [Plan((m, TOP), (t.depth,), tree=label, tree_parents=t.parents) for m in middles
+                      for label, t in trees]
         elif chain == "triforce":
             plans += [Plan(("draft", m, TOP), (g1, g)) for m in middles for g in method.gammas
                       for g1 in method.draft_gammas]

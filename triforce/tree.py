@@ -129,6 +129,11 @@ def method_tree(method) -> Tree | None:
     return Tree.from_widths(method.tree) if method.tree else None
 
 
+def candidate_trees(method) -> list[tuple[str, Tree]]:
+    """(label, tree) of each tree of an adaptive method's method.trees (widths per depth)."""
+    return [("-".join(map(str, widths)), Tree.from_widths(widths)) for widths in method.trees]
+
+
 def propose_children(q: torch.Tensor, width: int, generator: torch.Generator | None, *,
                      greedy: bool = False) -> torch.Tensor:
     """`width` distinct tokens drawn without replacement from q (V,), in the order sequential draws

@@ -97,7 +97,7 @@ class TreeRound:
             gen.tokens[b, base[b]:base[b] + len(tokens)] = torch.tensor(tokens, device=gen.tokens.device)
             gen.rows[b].n = base[b] + len(tokens)
             gen.stats.verified(name, b, tree.depth, len(verdict.path))
-            gen.planner.verified(name, top.name, b, tree.depth, len(verdict.path))
+            gen.planner.tree_verified(name, top.name, b, verdict.visits)
             emitted[b] = tokens
         return emitted
 

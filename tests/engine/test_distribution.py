@@ -89,6 +89,7 @@ class Case:
     batch: int = 1  # 2: the prompt and a second, shorter one generated together (each row checked)
     runs: int = N_EXACT  # seeded generate calls
     planner: str = ""  # method=auto: "" its adaptive planner (fixed step costs), "schedule" every plan in turn
+    # ("schedule-chains": the chains of the schedule alone)
     shape: str = "llama"  # the target/draft pair's shape (tests/engine/conftest.py SHAPES): setup(shape)
 
     @property
@@ -218,11 +219,17 @@ def prefills() -> PrefillMemo:
 # method=auto over both middle caches (the hybrid's chunks of 2, a StreamingLLM middle of 8 tokens)
 AUTO = (("middle_caches", ("hybrid", "streaming")), ("chunk_size", 2), ("recent", 0.5), ("recent_min", 0),
         ("streaming_budget", 8), ("gammas", (2, 3)), ("draft_gammas", (1, 2)), ("probe_every", 2))
-# every chain in turn; each generation starts at the next place (the first rounds of a 3-token
-# generation see every plan): a plan fixed before the round, so each round is an exact step
+# and a tree among its plans (the tree's 4 nodes: a round's most proposals, the draft's window for them)
+AUTO_TREES = AUTO + (("trees", ((2, 1),)), ("draft_window", 18))
+# every chain in turn, and trees among them (docs/DESIGN.md §13); each generation starts at the next
+# place (the first rounds of a 3-token generation see every plan): a plan fixed before the round, so
+# each round is an exact step
 SCHEDULE = [AUTOREGRESSIVE, Plan(("draft", "top"), (2,)), Plan(("draft", "middle-hybrid", "top"), (2, 3)),
+            Plan(("middle-streaming", "top"), (2,), tree="2-1", tree_parents=(-1, -1, 0, 1)),
             Plan(("middle-streaming", "top"), (2,)), Plan(("draft", "middle-streaming", "top"), (1, 2)),
-            Plan(("middle-hybrid", "top"), (3,))]
+            Plan(("draft", "top"), (2,), tree="2-1", tree_parents=(-1, -1, 0, 1)), Plan(("middle-hybrid", "top"), (3,))]
+# the chains alone (the biased variant: a biased tree rule is rejected on its own, below)
+CHAIN_SCHEDULE = [plan for plan in SCHEDULE if not plan.tree]
 # the adaptive planner's step costs, fixed (measured ones vary run to run): its plans then follow
 # from the acceptance the seed's rounds produce, so a seed reproduces its tokens
 FIXED_COSTS = {(level, tokens, batch): seconds for batch in (1, 2) for tokens in range(1, 5)
@@ -233,10 +240,11 @@ FIXED_COSTS = {(level, tokens, batch): seconds for batch in (1, 2) for tokens in
 def engine_for(case: Case) -> Engine:
     target, draft, _ = setup(case.shape)
     options = EngineOptions(biased_levels=case.biased, prefill_memo=prefills())
-    if case.planner == "schedule":
+    if case.planner.startswith("schedule"):
         starts = itertools.count()  # one generation after another: each starts its schedule one plan on
+        plans = SCHEDULE if case.planner == "schedule" else CHAIN_SCHEDULE
         options = dataclasses.replace(options, planner=lambda batch: ScheduledPlanner(
-            SCHEDULE[next(starts) % len(SCHEDULE):] + SCHEDULE))
+            plans[next(starts) % len(plans):] + plans))
     elif case.method == "auto":
         options = dataclasses.replace(options, costs=StepCosts.fixed(FIXED_COSTS))
     return Engine(target, draft, dict(METHOD, name=case.method, **dict(case.options)), SAMPLINGS[case.sampling],
@@ -371,10 +379,10 @@ EXACT_CASES += [Case("spec", "t0.6-p0.9", options=TREE, runs=N_VARIANT),
 # plans chosen before each round (docs/DESIGN.md §12): every plan in turn, and the adaptive choice
 # itself, for one sequence and a batch of two (N_PLANS runs: every round of them is one of the paths
 # sampled above, and a plan that broke exactness would show as grossly as the biased variants)
-EXACT_CASES += [Case("auto", "t0.6-p0.9", options=AUTO, planner="schedule", runs=N_PLANS),
-                Case("auto", "t1", executor="static", options=AUTO, planner="schedule", batch=2, runs=N_PLANS),
-                Case("auto", "t0.6-p0.9", options=AUTO, runs=N_PLANS),
-                Case("auto", "t1", options=AUTO, batch=2, runs=N_PLANS)]
+EXACT_CASES += [Case("auto", "t0.6-p0.9", options=AUTO_TREES, planner="schedule", runs=N_PLANS),
+                Case("auto", "t1", executor="static", options=AUTO_TREES, planner="schedule", batch=2, runs=N_PLANS),
+                Case("auto", "t0.6-p0.9", options=AUTO_TREES, runs=N_PLANS),
+                Case("auto", "t1", options=AUTO_TREES, batch=2, runs=N_PLANS)]
 
 
 @pytest.mark.slow
@@ -416,7 +424,7 @@ BIASED_CASES = [
     Case("triforce", "t0.6-p0.9", ("middle",), options=HYBRID + REBUILDS["every_n"], runs=N_BIASED),
     Case("triforce", "t0.6-p0.9", ("middle",), batch=2, runs=N_BIASED),
     # every level's verification biased under plans switched every round
-    Case("auto", "t0.6-p0.9", ("top", "middle-hybrid", "middle-streaming"), options=AUTO, planner="schedule",
+    Case("auto", "t0.6-p0.9", ("top", "middle-hybrid", "middle-streaming"), options=AUTO, planner="schedule-chains",
          runs=N_BIASED),
 ]
 

@@ -108,3 +108,31 @@ def test_a_fixed_method_never_catches_a_level_up(tiny_setup, name):
     below = "draft" if name == "spec" else "middle"
     assert any(r.get(f"accepted/{below}") == r.get(f"proposed/{below}") for r in result.rounds)  # a full accept
     assert "time_s/catchup" not in result.metrics
+
+
+# chains and trees in turn (the draft's and the hybrid middle's): a tree round after a chain round and
+# the reverse leave every level as the other expects
+TREE_SCHEDULE = [Plan(("draft", "top"), (2,)), Plan(("draft", "top"), (2,), tree="2-2", tree_parents=(-1, -1, 0, 0, 1, 1)),
+                 AUTOREGRESSIVE, Plan(("middle-hybrid", "top"), (3,), tree="3-1-1",
+                                      tree_parents=(-1, -1, -1, 0, 1, 2, 3, 4, 5)),
+                 Plan(("draft", "middle-hybrid", "top"), (1, 3)), Plan(("middle-hybrid", "top"), (2,))]
+
+
+@pytest.mark.parametrize("executor", ["eager", "static"])
+def test_trees_among_the_plans_equal_greedy(tiny_setup, executor):
+    """method=auto with method.trees: scheduled in turn with chains, and chosen by the adaptive planner
+    (it may or may not pick a tree: either way the tokens are greedy decoding's), one sequence and a
+    ragged batch."""
+    setup = tiny_setup["gqa"]
+    method = dict(AUTO, trees=[[2, 2], [3, 1, 1]])
+    scheduled = engine(setup, method, executor, planner=lambda batch: ScheduledPlanner(TREE_SCHEDULE))
+    result = scheduled.generate(setup.prompt, NEW, seed=0)
+    assert result.tokens == setup.reference
+    ran = {name.removeprefix("plan_rounds/") for name in result.metrics if name.startswith("plan_rounds/")}
+    assert ran == {plan.name for plan in TREE_SCHEDULE}
+    assert "tree/rank_accept_1" in result.metrics
+    adaptive = engine(setup, method, executor).generate(setup.prompt, NEW, seed=0)
+    assert adaptive.tokens == setup.reference
+    prompts = batch_prompts(setup)
+    alone = [Engine(setup.target, None, {"name": "autoregressive"}, GREEDY).generate(p, NEW).tokens for p in prompts]
+    assert [r.tokens for r in scheduled.generate(prompts, NEW, seed=0)] == alone
