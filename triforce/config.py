@@ -370,7 +370,7 @@ class MethodConfig:
 
     @property
     def tree_label(self) -> str:
-        """A short name of the tree for tables: its widths (4-2-1), or its nodes and depth (dp64d12)."""
+        """A short name of the tree for tables: its widths (4-2-1), or its nodes and depth (n64d12)."""
         if self.tree_parents:
             return f"n{len(self.tree_parents)}d{max(_tree_depths(self.tree_parents))}"
         return "-".join(map(str, self.tree)) or "chain"
