@@ -241,7 +241,6 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
     return rows
 
 
-@torch.inference_mode()
 def warm_length(method: MethodConfig, prompt_len: int) -> int:
     """Prompt tokens of a warm-up generation that compiles and captures every kernel a measured run
     of `method` launches, so Triton compiles nothing inside it: longer than the middle's budget
@@ -255,6 +254,7 @@ def warm_length(method: MethodConfig, prompt_len: int) -> int:
     return min(prompt_len, need)
 
 
+@torch.inference_mode()
 def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
                new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
                hardware: dict | None = None) -> dict:
