@@ -101,14 +101,13 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
             prompt = torch.randint(0, SHAPES[cfg.shape].vocab_size, (context,),
                                    generator=torch.Generator().manual_seed(0)).tolist()
             # the chain method, then each tree (docs/DESIGN.md §13: its level below proposes; eager executor),
-            # then Sequoia's DP tree of each size in dp_trees for the acceptance by rank the trees measured
+            # then Sequoia's DP tree of each size in dp_trees for the acceptance by rank the widest tree measured
             tree_method = OmegaConf.to_container(cfg.tree_method)
-            runs = [method_config({"name": "autoregressive"}), method,
-                    *(method_config({**tree_method, "tree": list(t)}) for t in cfg.trees)]
-            ranks: list[float] = []
             ar_ms = None
-            while runs:
-                m = runs.pop(0)
+
+            def run(m) -> list[float]:
+                """One end-to-end row of method m (tabled); the acceptance by child rank it measured."""
+                nonlocal ar_ms
                 hardware = {**offload, "executor": "eager"} if m.has_tree else offload
                 row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt, new_tokens=cfg.new_tokens,
                                          sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=hardware)
@@ -116,20 +115,23 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
                 row.update(tree=m.tree_label if m.has_tree else "chain", head_scale=cfg.head_scale,
                            tokens_per_top_forward=row["new_tokens"] / max(row.get("forwards/top", 1), 1),
                            vs_autoregressive=ar_ms / row["ms_per_token"])
-                measured = [row[f"tree/rank_accept_{k}"] for k in range(1, 65) if f"tree/rank_accept_{k}" in row]
-                if measured:  # the best tree of as many nodes for the acceptance by rank it measured
-                    best, expected = best_tree(measured, m.tree_nodes, max_depth=method_tree(m).depth + 2)
+                ranks = [row[f"tree/rank_accept_{k}"] for k in range(1, 65) if f"tree/rank_accept_{k}" in row]
+                if ranks:  # the best tree of as many nodes for the acceptance by rank it measured
+                    best, expected = best_tree(ranks, m.tree_nodes, max_depth=method_tree(m).depth + 2)
                     row.update(dp_tree=str(best.parents), dp_expected_accepted=expected)
-                    if len(measured) >= len(ranks) and not m.tree_parents:
-                        ranks = measured  # the widest tree's: it measured the most ranks
-                if measured and not m.tree_parents and not any(r.has_tree for r in runs):
-                    for nodes in cfg.dp_trees:  # after the last tree of widths
-                        best, expected = best_tree(ranks, int(nodes), max_depth=int(cfg.dp_depth))
-                        say(f"DP tree of {nodes} nodes for rank acceptance {[round(r, 3) for r in ranks]}: depth "
-                            f"{best.depth}, expected accepted {expected:.2f}")
-                        runs.append(method_config({**tree_method, "tree_parents": list(best.parents)}))
                 tables["end_to_end"].append(dict(cache="offloaded", gpus=par.world, **row))
                 say(json.dumps(tables["end_to_end"][-1]))
+                return ranks
+
+            for m in (method_config({"name": "autoregressive"}), method):
+                run(m)
+            measured = [run(method_config({**tree_method, "tree": list(t)})) for t in cfg.trees]
+            ranks = max(reversed(measured), key=len, default=[])  # the widest tree's (of equals, the last)
+            for nodes in cfg.dp_trees if ranks else ():
+                best, expected = best_tree(ranks, int(nodes), max_depth=int(cfg.dp_depth))
+                say(f"DP tree of {nodes} nodes for rank acceptance {[round(r, 3) for r in ranks]}: depth "
+                    f"{best.depth}, expected accepted {expected:.2f}")
+                run(method_config({**tree_method, "tree_parents": list(best.parents)}))
     del target, draft
     latency.free_memory()
 

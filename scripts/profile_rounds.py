@@ -108,8 +108,7 @@ def main() -> None:
                 latency.free_memory()
             engine = latency.graph_engine(target, draft if method.uses_draft else None, method, SAMPLING,
                                           dict(HARDWARE), prefill_memo=memo)
-            warm = latency.warm_length(method, args.context)
-            engine.generate([p[:warm] for p in prompts], 8, seed=0, stop_at_eos=False)
+            latency.warm_up(engine, method, prompts)
             plain = engine.generate(prompts, args.tokens, seed=0, stop_at_eos=False).metrics
             levels = sum(v for k, v in plain.items() if k.startswith("time_s/") and latency.forward_phase(k[7:]))
             print(f"\n=== {name}: {plain['throughput']:.1f} tokens/s, decode {plain['decode_s']:.3f} s, "

@@ -9,10 +9,36 @@ from triforce.config import method_config
 
 def test_the_warm_up_prompt_outgrows_the_middles_budget_and_the_drafts_window():
     assert warm_length(method_config({"name": "autoregressive"}), 32768) == 64
-    # a StreamingLLM draft (sink 16 + window 240): full, so it evicts from the warm-up's first step
+    # a StreamingLLM draft (sink 16 + window 240): full (the warm-up's tokens then run it past its slack)
     assert warm_length(method_config({"name": "spec", "gamma": 8}), 32768) == 16 + 240 + 1
     assert warm_length(method_config({"name": "spec", "gamma": 8, "draft_cache": "full"}), 32768) == 64
     # a retrieval middle of 4096: chunks are chosen
     triforce = method_config({"name": "triforce", "budget": 4096, "chunk_size": 8})
     assert warm_length(triforce, 32768) == 4096 + 2 * 8 + 1
     assert warm_length(triforce, 1000) == 1000  # never more than the prompt
+
+
+def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
+    """The draft's window evicts only once it runs over by its slack (a prefill keeps `window` recent
+    tokens): the warm-up generates enough tokens that its first eviction, and so the shift kernel's
+    compilation, happens there and not in the measured run."""
+    import torch
+
+    import triforce.cache.streaming as streaming
+    from tests.engine.conftest import perturbed, random_model
+    from triforce.bench.latency import warm_tokens, warm_up
+    from triforce.engine import Engine
+
+    assert warm_tokens(method_config({"name": "autoregressive"})) == 8
+    assert warm_tokens(method_config({"name": "spec", "gamma": 8})) == 32 + 2  # the default slack: 32
+    assert warm_tokens(method_config({"name": "spec", "draft_window": 40, "draft_slack": 0})) == 8
+    shifts = []
+    shift = streaming.shift_window
+    monkeypatch.setattr(streaming, "shift_window", lambda *a, **k: (shifts.append(1), shift(*a, **k))[1])
+    target = random_model(11, kv_heads=2)
+    draft = perturbed(target, random_model(12, kv_heads=2), 0.3)
+    prompt = torch.randint(0, 64, (400,), generator=torch.Generator().manual_seed(3)).tolist()
+    method = method_config({"name": "spec", "gamma": 2})
+    engine = Engine(target, draft, method, {"temperature": 0.0}, {"executor": "eager"})
+    warm_up(engine, method, prompt)
+    assert shifts  # the window shifted during the warm-up

@@ -266,12 +266,11 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
     return rows
 
 
-@torch.inference_mode()
 def warm_length(method: MethodConfig, prompt_len: int) -> int:
     """Prompt tokens of a warm-up generation that compiles and captures every kernel a measured run
     of `method` launches, so Triton compiles nothing inside it: longer than the middle's budget
-    (chunks are chosen) and than the draft's StreamingLLM window (it is full, so it evicts from its
-    first step), at least 64, at most the prompt."""
+    (chunks are chosen) and than the draft's StreamingLLM window (it is full; warm_tokens then runs
+    it past its slack), at least 64, at most the prompt."""
     need = 64
     if method.uses_middle:
         need = max(need, (method.budget or 0) + 2 * method.chunk_size + 1)
@@ -280,13 +279,32 @@ def warm_length(method: MethodConfig, prompt_len: int) -> int:
     return min(prompt_len, need)
 
 
+def warm_tokens(method: MethodConfig) -> int:
+    """New tokens of the warm-up generation: 8, or enough that a StreamingLLM draft's window runs
+    past its slack, so that its first eviction (the shift kernel) compiles there and not in the
+    measured run (the prompt cannot do it: a prefill keeps only `window` recent tokens)."""
+    if method.uses_draft and method.draft_cache == "streaming":
+        return max(8, method.draft_window_slack + 2)
+    return 8
+
+
+def warm_up(engine: Engine, method: MethodConfig, prompts: list, seed: int = 0) -> None:
+    """The warm-up generation before a measured one of `method`: each prompt (one, or a batch's)
+    cut to warm_length, warm_tokens new tokens, so that no kernel compiles or graph is captured
+    inside the measurement (graphs are per batch size: warm up the batch that will be measured)."""
+    batch = bool(prompts) and isinstance(prompts[0], (list, tuple))
+    cut = [p[:warm_length(method, len(p))] for p in prompts] if batch else prompts[:warm_length(method, len(prompts))]
+    engine.generate(cut, warm_tokens(method), seed=seed, stop_at_eos=False)
+
+
+@torch.inference_mode()
 def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
                new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
                hardware: dict | None = None) -> dict:
     """One `generate`, as a user runs it (graphs on), with its wall time split by level."""
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})})
-    engine.generate(prompt[:warm_length(method, len(prompt))], 8, seed=seed, stop_at_eos=False)
+    warm_up(engine, method, prompt, seed)
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
@@ -321,9 +339,7 @@ def batch_end_to_end(target: Transformer, draft: Transformer | None, method: Met
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})},
                           prefill_memo=prefill_memo)
-    # every kernel of the measured run compiled first, at the batch's size (graphs are per batch size)
-    warm = warm_length(method, len(prompts[0]))
-    engine.generate([p[:warm] for p in prompts], 8, seed=seed, stop_at_eos=False)
+    warm_up(engine, method, prompts, seed)  # at the batch's size: graphs are per batch size
     free_memory()
     result = engine.generate(prompts, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics

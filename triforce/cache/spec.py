@@ -30,7 +30,6 @@ from triforce.cache.static import StaticKVCache
 from triforce.cache.streaming import StreamingCache
 from triforce.config import SPARE_TOKENS, MethodConfig
 
-
 KINDS = ("full", "offloaded", "streaming", "selection")
 
 
