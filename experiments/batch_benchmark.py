@@ -99,8 +99,8 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                     for m, label, uses_draft in ((method_config({"name": "autoregressive"}), "autoregressive", False),
                                                  (method, "triforce", True), (magicdec, "magicdec", False),
                                                  *((x, name, x.uses_draft) for name, x in extra.items())):
-                        # a token tree runs on the eager executor (tree_round.py); every chain captured
-                        hardware = {"kernels": kernels, **({"executor": "eager"} if m.has_tree else {})}
+                        # every method captured (a token tree: a graph per block of the tree, tree_round.py)
+                        hardware = {"kernels": kernels}
                         row = latency.batch_end_to_end(target, draft if uses_draft else None, m, prompts,
                                                        new_tokens=cfg.end_to_end.new_tokens, sampling=SAMPLING,
                                                        prefill_chunk=cfg.prefill_chunk, label=label,

@@ -100,7 +100,7 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
         for context in cfg.prefill_contexts:
             prompt = torch.randint(0, SHAPES[cfg.shape].vocab_size, (context,),
                                    generator=torch.Generator().manual_seed(0)).tolist()
-            # the chain method, then each tree (docs/DESIGN.md §13: its level below proposes; eager executor),
+            # the chain method, then each tree (docs/DESIGN.md §13: its level below proposes; the same executor),
             # then Sequoia's DP tree of each size in dp_trees for the acceptance by rank the widest tree measured
             tree_method = OmegaConf.to_container(cfg.tree_method)
             ar_ms = None
@@ -108,9 +108,8 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
             def run(m) -> list[float]:
                 """One end-to-end row of method m (tabled); the acceptance by child rank it measured."""
                 nonlocal ar_ms
-                hardware = {**offload, "executor": "eager"} if m.has_tree else offload
                 row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt, new_tokens=cfg.new_tokens,
-                                         sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=hardware)
+                                         sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=offload)
                 ar_ms = row["ms_per_token"] if m.name == "autoregressive" else ar_ms
                 row.update(tree=m.tree_label if m.has_tree else "chain", head_scale=cfg.head_scale,
                            tokens_per_top_forward=row["new_tokens"] / max(row.get("forwards/top", 1), 1),

@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from triforce.sampling import verify_tensor
-from triforce.tree import Tree, propose_children, verify_tree
+from triforce.tree import Tree, TreeVerdict, propose_children, propose_children_batch, verify_tree, verify_tree_batch
 
 
 # -- the shape -------------------------------------------------------------------------------------
@@ -166,3 +166,44 @@ def test_greedy_follows_the_verifiers_argmax():
         while len(expect) < LENGTH:
             expect.append(int(table("p", tuple(expect)).argmax()))
         assert out == tuple(expect)
+
+
+# -- the rule on a batch (vectorised, no host synchronisation) -------------------------------------
+
+def test_the_batch_rule_on_a_chain_is_the_chains_batch_rule_draw_for_draw():
+    chain = Tree.chain(3)
+    for seed in range(100):
+        setup = torch.Generator().manual_seed(20_000 + seed)
+        q = torch.softmax(2 * torch.randn(4, 4, 6, generator=setup), -1)
+        p = torch.softmax(2 * torch.randn(4, 4, 6, generator=setup), -1)
+        tokens = torch.multinomial(q[:, :3].reshape(-1, 6), 1, generator=setup).reshape(4, 3)
+        expect = verify_tensor(tokens, q[:, :3], p, torch.Generator().manual_seed(seed)).tolist()
+        verdicts = TreeVerdict.read(verify_tree_batch(chain, tokens, q, p, torch.Generator().manual_seed(seed)))
+        assert [[len(v.path), v.next_token] for v in verdicts] == expect, seed
+        assert all(list(v.path) == list(range(len(v.path))) for v in verdicts)
+
+
+def test_the_batch_rule_decides_each_row_as_the_one_sequence_rule():
+    """Greedy (one-hot p and q: the rule's coins cannot change its outcome): row b of a batch of
+    different rows ends exactly where the one-sequence rule on row b ends, visits included."""
+    tree = Tree((-1, -1, -1, 0, 0, 2, 3))  # widths that differ within a depth
+    setup = torch.Generator().manual_seed(7)
+    B, N, V = 6, tree.size, 5
+    onehot = lambda t: torch.nn.functional.one_hot(t, V).float()
+    q = onehot(torch.randint(V, (B, N + 1), generator=setup))
+    p = onehot(torch.randint(V, (B, N + 1), generator=setup))
+    tokens = torch.randint(V, (B, N), generator=setup)
+    p[::2, 0] = onehot(tokens[::2, 0])  # every other row: its first child accepted at the root
+    batch = TreeVerdict.read(verify_tree_batch(tree, tokens, q, p, torch.Generator().manual_seed(0)))
+    for b in range(B):
+        assert batch[b] == verify_tree(tree, tokens[b], q[b], p[b], torch.Generator().manual_seed(1)), b
+    assert len({v.path for v in batch}) > 2  # the rows ended in different places
+
+
+def test_children_of_a_batch_are_distinct_and_fill_every_place():
+    q = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    drawn = propose_children_batch(q, 3, torch.Generator().manual_seed(0))
+    assert drawn.shape == (2, 3)
+    assert sorted(drawn[0].tolist()) == [0, 1, 2]  # distinct, from the support
+    assert drawn[1].tolist() == [2, 2, 2]  # one token of mass: it, repeated in the places left
+    assert propose_children_batch(q, 2, None, greedy=True).tolist()[1] == [2, 2]

@@ -137,18 +137,31 @@ def candidate_trees(method) -> list[tuple[str, Tree]]:
 def propose_children(q: torch.Tensor, width: int, generator: torch.Generator | None, *,
                      greedy: bool = False) -> torch.Tensor:
     """`width` distinct tokens drawn without replacement from q (V,), in the order sequential draws
-    would give them (Gumbel-top-k: the w largest log q + Gumbel noise; a draw of one token is a
-    sample of q). Greedy: q's w most likely tokens. Fewer than `width` where q has fewer tokens with
-    mass (a one-hot q: one child)."""
-    support = int((q > 0).sum())
-    width = min(width, support)
+    would give them (`propose_children_batch` on one row). Fewer than `width` where q has fewer
+    tokens with mass (a one-hot q: one child)."""
+    drawn = propose_children_batch(q[None], width, generator, greedy=greedy)[0]
+    return drawn[: min(width, int((q > 0).sum()))]
+
+
+def propose_children_batch(q: torch.Tensor, width: int, generator: torch.Generator | None, *,
+                           greedy: bool = False) -> torch.Tensor:
+    """`width` distinct tokens per row of q (R, V), drawn without replacement in the order sequential
+    draws would give them (Gumbel-top-k: the w largest log q + Gumbel noise; a draw of one token is a
+    sample of q, the chain's own draw); greedy: each row's w most likely. (R, width) on the device, no
+    host synchronisation. A row with fewer tokens of mass than `width` repeats its last drawn token
+    in the places left (the rule never accepts a token twice: it zeroes a rejected token's mass)."""
+    if width == 1 and not greedy:  # one draw: the chain's own sample (the same draws from the generator)
+        return sample(q, generator).reshape(-1, 1)
     if greedy:
-        return torch.topk(q, width).indices
-    if width == 1:  # one draw: the chain's own sample (the same draws from the generator)
-        return sample(q, generator).reshape(1)
-    gumbel = -torch.empty_like(q, dtype=torch.float32).exponential_(generator=generator).log()
-    keys = torch.where(q > 0, q.float().log() + gumbel, torch.full_like(gumbel, float("-inf")))
-    return torch.topk(keys, width).indices
+        keys = torch.where(q > 0, q.float(), torch.full_like(q, float("-inf"), dtype=torch.float32))
+    else:
+        gumbel = -torch.empty_like(q, dtype=torch.float32).exponential_(generator=generator).log()
+        keys = torch.where(q > 0, q.float().log() + gumbel, torch.full_like(gumbel, float("-inf")))
+    values, drawn = torch.topk(keys, min(width, keys.shape[-1]), dim=-1)
+    valid = values > float("-inf")  # a prefix of each row (topk sorts)
+    last = drawn.gather(-1, (valid.sum(-1, keepdim=True) - 1).clamp_min(0))
+    drawn = torch.where(valid, drawn, last)
+    return torch.cat([drawn, last.expand(-1, width - drawn.shape[-1])], -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,44 +177,106 @@ class TreeVerdict:
     def emitted(self, tokens: list[int] | tuple[int, ...]) -> list[int]:
         return [tokens[i] for i in self.path] + [self.next_token]
 
+    @classmethod
+    def read(cls, packed: torch.Tensor) -> list["TreeVerdict"]:
+        """Each row's verdict from `verify_tree_batch`'s packed (B, 1 + 3 * depth) tensor: one
+        read-back, the round's one synchronisation."""
+        out = []
+        for row in packed.tolist():
+            depth = (len(row) - 1) // 3
+            path, widths, ranks = row[1:1 + depth], row[1 + depth:1 + 2 * depth], row[1 + 2 * depth:]
+            visits = tuple((w, None if r < 0 else r) for w, r in zip(widths, ranks) if w > 0)
+            out.append(cls(tuple(i for i in path if i >= 0), row[0], visits))
+        return out
+
 
 def verify_tree(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
                 generator: torch.Generator | None, *, residual: bool = True) -> TreeVerdict:
-    """The exact tree rule (module docstring). tokens (N,): the nodes' tokens; q (N + 1, V): the
-    draft's distribution the children of the root (row 0) and of node i (row i + 1) were drawn from;
-    p (N + 1, V): the verifier's distributions at the root (row 0) and after each node (row i + 1).
-    Draws u (N,) first, then one sample. residual=False samples r unchanged after a rejection (p's
-    own row, the bias a tree version of the published middle level's bug would have): kept only so
+    """The exact tree rule (module docstring) for one sequence: tokens (N,) the nodes' tokens; q (N + 1, V):
+    the draft's distribution the children of the root (row 0) and of node i (row i + 1) were drawn
+    from; p (N + 1, V): the verifier's distributions at the root (row 0) and after each node (row
+    i + 1). `verify_tree_batch` on one row (its draws: u (N,), then one sample)."""
+    return TreeVerdict.read(verify_tree_batch(tree, tokens[None], q[None], p[None], generator, residual=residual))[0]
+
+
+def verify_tree_batch(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
+                      generator: torch.Generator | None, *, residual: bool = True) -> torch.Tensor:
+    """The exact tree rule on each row of a batch, vectorised over the rows and run on the device
+    without a host synchronisation: tokens (B, N), q and p (B, N + 1, V) as `verify_tree`'s. The
+    walk takes one step per depth (every row is at a node of that depth) and tries the children
+    rank by rank, each row's coins its own; the draws are u (B, N), then one sample per row — for a
+    chain (one child per node) exactly the chain's batch rule (`sampling.verify_tensor`), draw for draw.
+
+    Returns int64 (B, 1 + 3 * depth), read by `TreeVerdict.read`: the emitted token; the accepted
+    path (node indices, -1 past its end); at each depth the visited node's number of children (0:
+    none visited there) and the rank accepted (-1: none). residual=False samples r unchanged after a
+    rejection (the bias a tree version of the published middle level's bug would have): kept only so
     a test can show it fails."""
-    u = torch.rand(tree.size, generator=generator, device=p.device)
-    toks = tokens.tolist()
-    path: list[int] = []
-    visits: list[tuple[int, int | None]] = []
-    row = 0  # the root
-    while True:
-        r = p[row].float()
-        kids = tree.children[row]
-        if not kids:  # a leaf: the bonus token, normalised as the chain's rule does it
-            return TreeVerdict(tuple(path), int(sample(_normalised(r, fallback=r), generator)), tuple(visits))
-        g = q[row].float().clone()
-        chosen = None
-        for child in kids:
-            x = toks[child]
+    B, N = tokens.shape
+    dev = p.device
+    depth = tree.depth
+    kid_table, widths = _child_table(tree, dev)
+    u = torch.rand((B, N), generator=generator, device=dev)
+    tok = tokens.to(torch.int64)
+    rows = torch.arange(B, device=dev)
+    node = torch.zeros(B, dtype=torch.int64, device=dev)  # rooted numbering: 0 the root, i + 1 node i
+    live = torch.ones(B, dtype=torch.bool, device=dev)
+    final = p[:, 0].float()
+    path = torch.full((B, depth), -1, dtype=torch.int64, device=dev)
+    visit_w = torch.zeros((B, depth), dtype=torch.int64, device=dev)
+    visit_r = torch.full((B, depth), -1, dtype=torch.int64, device=dev)
+    for d in range(depth + 1):  # step d: every live row at a node of depth d (0: the root)
+        r, g = p[rows, node].float(), q[rows, node].float()
+        kids, nk = kid_table[node], widths[node]
+        chosen = torch.full((B,), -1, dtype=torch.int64, device=dev)
+        rank = torch.full((B,), -1, dtype=torch.int64, device=dev)
+        for k in range(_max_width_at(tree, d)):
+            child = kids[:, k]
+            trying = live & (nk > k) & (chosen < 0)
+            at = child.clamp_min(0)[:, None]
+            x = tok.gather(1, at)
             # u < r/g without the division (g(x) may be 0: greedy), in float32 as the chain's rule
-            if bool(u[child] * g[x] < r[x]):
-                chosen = child
-                break
+            accept = trying & (u.gather(1, at)[:, 0] * g.gather(1, x)[:, 0] < r.gather(1, x)[:, 0])
+            chosen = torch.where(accept, child, chosen)
+            rank = torch.where(accept, k, rank)
+            rejected = (trying & ~accept)[:, None]
             if residual:
-                r = _normalised(torch.clamp(r - g, min=0.0), fallback=r)
-            g[x] = 0.0
-            g = _normalised(g, fallback=g)
-        visits.append((len(kids), None if chosen is None else kids.index(chosen)))
-        if chosen is None:
-            return TreeVerdict(tuple(path), int(sample(r, generator)), tuple(visits))
-        path.append(chosen)
-        row = chosen + 1
+                r = torch.where(rejected, _normalised(torch.clamp(r - g, min=0.0), fallback=r), r)
+            zeroed = g.scatter(1, x, 0.0)
+            g = torch.where(rejected, _normalised(zeroed, fallback=zeroed), g)
+        # where a row's walk ends: at a leaf, the bonus token (normalised as the chain's rule does);
+        # after every child rejected, a sample of the residual
+        final = torch.where((live & (nk == 0))[:, None], _normalised(r, fallback=r), final)
+        final = torch.where((live & (nk > 0) & (chosen < 0))[:, None], r, final)
+        if d < depth:
+            visited = live & (nk > 0)
+            visit_w[:, d] = torch.where(visited, nk, 0)
+            visit_r[:, d] = torch.where(visited, rank, -1)
+            path[:, d] = torch.where(live, chosen, -1)
+        live = live & (chosen >= 0)
+        node = torch.where(chosen >= 0, chosen + 1, node)
+    token = sample(final, generator).reshape(B, 1).to(torch.int64)
+    return torch.cat([token, path, visit_w, visit_r], 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _child_table(tree: Tree, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N + 1, max width) each node's children (rooted numbering: row 0 the root), -1 padded, and
+    (N + 1,) their numbers: what the vectorised walk gathers by each row's node."""
+    width = max((len(c) for c in tree.children), default=0)
+    table = [list(c) + [-1] * (width - len(c)) for c in tree.children]
+    return (torch.tensor(table, dtype=torch.int64, device=device).reshape(tree.size + 1, width),
+            torch.tensor([len(c) for c in tree.children], dtype=torch.int64, device=device))
+
+
+def _max_width_at(tree: Tree, depth: int) -> int:
+    """The most children a node of `depth` has (0: the root)."""
+    if depth == 0:
+        return len(tree.children[0])
+    return max((len(tree.children[i + 1]) for i, d in enumerate(tree.depths) if d == depth), default=0)
 
 
 def _normalised(dist: torch.Tensor, *, fallback: torch.Tensor) -> torch.Tensor:
-    total = dist.sum()
-    return dist / total if bool(total > 0) else fallback
+    """Each row over its sum, a row without mass its fallback's (no host synchronisation)."""
+    total = dist.sum(-1, keepdim=True)
+    return torch.where(total > 0, dist / total.clamp_min(torch.finfo(dist.dtype).tiny), fallback)

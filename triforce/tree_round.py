@@ -12,10 +12,13 @@ round leaves its proposer.
 
 Where a forward's block is causal anyway (every node of a chain; a depth of one node that sees all
 the nodes before it), it runs without a tree mask, exactly the chain's forward: a tree of width 1
-is the chain, token for token, for one sequence and a seed.
+is the chain, token for token, for a seed (one sequence or a batch: the children of a depth are one
+draw over the rows, the rule one vectorised pass, as the chain draws).
 
-Eager executor only (a captured graph per tree shape is not built yet); one sequence or a batch (one
-forward for the batch, the finished rows frozen; an offloaded cache: a forward per row).
+Both executors (the static one keeps a captured forward per block of the tree); one sequence or a
+batch (one forward for the batch, the finished rows frozen; an offloaded cache: a forward per row).
+The draws and the rule run on the device; a round reads back once, its verdicts (then the caches keep
+each row's path).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from triforce.sampling import probabilities
-from triforce.tree import Tree, propose_children, verify_tree
+from triforce.tree import Tree, TreeVerdict, propose_children_batch, verify_tree_batch
 from triforce.tree_shapes import RankCounts
 
 
@@ -74,8 +77,7 @@ class TreeRound:
             if depth:  # the distributions after this depth's nodes: one forward of the level below
                 logits[:, first:stop] = self._forward(below, nodes, first, stop, base, rows)
             q[:, first:stop] = probabilities(logits[:, first:stop], gen.engine.sampling, ctx=gen.ctx)
-            for j in range(first, stop):
-                self._children(logits if greedy else q, nodes, j, rows, greedy)
+            self._children(logits if greedy else q, nodes, first, stop, greedy)
         # the top: the root and every node in one forward
         for b in rows:  # (the top holds the committed prefix but its newest token, the root)
             cache = top.cache.row(b)
@@ -83,22 +85,29 @@ class TreeRound:
                 cache.crop(base[b] - 1)
         p = probabilities(self._forward(top, nodes, 0, self.full.size, base, rows), gen.engine.sampling,
                           ctx=gen.ctx)  # (B, N + 1, V)
+        # the rule on every row at once (a frozen row's verdict unused, as the chain's batch rule
+        # draws for every row), on the device; its verdicts read back once
+        verdicts = TreeVerdict.read(verify_tree_batch(tree, nodes, q, p, gen.generator, residual=top.residual))
+        proposed = nodes.tolist()
         emitted: list[list[int]] = [[] for _ in range(gen.B)]
         name = below.name
-        for b in rows:  # row by row, each its draws (u over the nodes, then one sample)
-            verdict = verify_tree(tree, nodes[b], q[b], p[b], gen.generator, residual=top.residual)
-            tokens = verdict.emitted(nodes[b].tolist())
+        for b in rows:
+            verdict, row_nodes = verdicts[b], proposed[b]
+            tokens = verdict.emitted(row_nodes)
             for children, rank in verdict.visits:
                 self.ranks.add(children, rank)
             top.cache.row(b).keep_path([0] + [j + 1 for j in verdict.path], self.full.size)
             # the level below keeps the accepted nodes it was fed (all but the deepest), as a chain's
             # round leaves its proposer; it feeds the rest of the accepted tokens next round
             below.cache.row(b).keep_path([j for j in verdict.path if j < self.fed], self.fed)
-            gen.tokens[b, base[b]:base[b] + len(tokens)] = torch.tensor(tokens, device=gen.tokens.device)
             gen.rows[b].n = base[b] + len(tokens)
             gen.stats.verified(name, b, tree.depth, len(verdict.path))
             gen.planner.tree_verified(name, top.name, b, verdict.visits)
             emitted[b] = tokens
+        # the emitted tokens into each row's place: one copy to the device
+        at_rows = [b for b in rows for _ in emitted[b]]
+        at_cols = [base[b] + i for b in rows for i in range(len(emitted[b]))]
+        gen.tokens[at_rows, at_cols] = torch.tensor([t for b in rows for t in emitted[b]], device=gen.tokens.device)
         return emitted
 
     def metrics(self) -> dict[str, float]:
@@ -106,20 +115,19 @@ class TreeRound:
         in proposal order) is the one accepted — what tree_shapes.best_tree takes."""
         return {f"tree/rank_accept_{k + 1}": value for k, value in enumerate(self.ranks.rank_accept())}
 
-    def _children(self, scores: torch.Tensor, nodes: torch.Tensor, j: int, rows: list[int], greedy: bool) -> None:
-        """Draw node j's children (rooted numbering; 0 = the root) for every active row from
-        scores[b, j]: its sampling distribution q, or (greedy) its logits, whose most likely come first."""
-        kids = self.full.children[j + 1]
-        if not kids:
-            return
-        gen = self.gen
-        for b in rows:
-            row = scores[b, j].softmax(-1) if greedy else scores[b, j]
-            drawn = propose_children(row, len(kids), gen.generator, greedy=greedy)
-            # (a q with fewer tokens of mass than children: the rest repeat the last; a repeated
-            # child is never accepted twice: the rule zeroes a rejected token's proposal mass)
-            drawn = torch.cat([drawn, drawn[-1:].expand(len(kids) - len(drawn))])
-            nodes[b, [k - 1 for k in kids]] = drawn
+    def _children(self, scores: torch.Tensor, nodes: torch.Tensor, first: int, stop: int, greedy: bool) -> None:
+        """Draw the children of the rooted tree's nodes first..stop-1 (one depth; 0 = the root) for
+        every row from scores[:, j]: node j's sampling distribution q, or (greedy) its logits, whose
+        most likely come first — one draw over the rows and the depth's nodes per number of children."""
+        kids = {j: self.full.children[j + 1] for j in range(first, stop) if self.full.children[j + 1]}
+        for width in sorted({len(k) for k in kids.values()}):
+            parents = [j for j in kids if len(kids[j]) == width]
+            rows = scores[:, parents].reshape(-1, scores.shape[-1])
+            if greedy:
+                rows = rows.softmax(-1)
+            drawn = propose_children_batch(rows, width, self.gen.generator, greedy=greedy)
+            places = torch.tensor([[k - 1 for k in kids[j]] for j in parents], device=nodes.device)
+            nodes[:, places] = drawn.reshape(nodes.shape[0], len(parents), width)
 
     def _root(self, level, base: list[int], rows: list[int]) -> torch.Tensor:
         """Level's logits after each active row's root: a forward of the tokens it has not seen, one

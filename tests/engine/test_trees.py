@@ -1,6 +1,6 @@
 """Token trees at the top level through the engine (method.tree; triforce/tree_round.py): greedy
 decoding's tokens are plain greedy decoding's, one sequence and a ragged batch; a tree of width 1
-is the chain, token for token, under sampling; what does not run a tree yet is refused before any
+is the chain, token for token, under sampling (one sequence and a batch); what does not run a tree yet is refused before any
 work; the same offloaded, and through the static executor (the graphs' forwards, uncaptured). (Their sampled tokens against the exact law: tests/engine/test_distribution.py.)"""
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def test_a_tree_of_width_one_is_the_chain_token_for_token(models, name, where):
     tree = Engine(target, draft, dict(METHODS[name], tree=(1, 1, 1)), sampling, hardware)
     for seed in range(8):
         assert tree.generate(prompt, NEW, seed=seed).tokens == chain.generate(prompt, NEW, seed=seed).tokens, seed
+    prompts = [prompt[:25], prompt]  # a batch: a depth's children one draw over the rows, as the chain's
+    for seed in range(4):
+        assert ([r.tokens for r in tree.generate(prompts, NEW, seed=seed)]
+                == [r.tokens for r in chain.generate(prompts, NEW, seed=seed)]), seed
 
 
 def test_what_does_not_run_a_tree_yet_is_refused_before_any_work(models):
