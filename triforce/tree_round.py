@@ -54,11 +54,20 @@ class TreeRound:
         self.ancestors = self.full.ancestors(gen.tokens.device)
         self.fed = sum(d < tree.depth for d in tree.depths)  # nodes the level below runs (not the deepest)
         self.ranks = RankCounts()  # which child rank the rule accepted, over the generation's rounds
+        self._constants: dict[tuple, torch.Tensor | None] = {}
+
+    def _constant(self, key: tuple, values: list) -> torch.Tensor:
+        """A small index tensor of the tree's shape on the device, made once (a copy from the host
+        waits for the device: never inside a round's forwards)."""
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values, device=self.gen.tokens.device)
+        return self._constants[key]
 
     def run(self, active: list[bool]) -> list[list[int]]:
         gen, tree = self.gen, self.tree
         below, top = gen.chain[-2], gen.chain[-1]
         base = gen.lengths  # row b's root is tokens[b, base_b - 1]: emitted, not yet seen by the top
+        self._roots = torch.tensor([[n - 1] for n in base], device=gen.tokens.device)  # (one copy a round)
         rows = [b for b in range(gen.B) if active[b]]
         greedy = gen.engine.sampling.greedy
         # the proposals: the root's distribution from the level below (it feeds what it has not seen)
@@ -126,7 +135,7 @@ class TreeRound:
             if greedy:
                 rows = rows.softmax(-1)
             drawn = propose_children_batch(rows, width, self.gen.generator, greedy=greedy)
-            places = torch.tensor([[k - 1 for k in kids[j]] for j in parents], device=nodes.device)
+            places = self._constant(("places", first, width), [[k - 1 for k in kids[j]] for j in parents])
             nodes[:, places] = drawn.reshape(nodes.shape[0], len(parents), width)
 
     def _root(self, level, base: list[int], rows: list[int]) -> torch.Tensor:
@@ -164,10 +173,13 @@ class TreeRound:
         level's cache holds, the nodes before them already there), every active row; (B, T, V)."""
         gen = self.gen
         T = stop - first
-        ids = torch.cat([gen.tokens.gather(1, torch.tensor([[n - 1] for n in base], device=nodes.device)),
+        ids = torch.cat([gen.tokens.gather(1, self._roots),
                          nodes], 1)[:, first:stop]
-        mask = _block_mask(self.ancestors, first, stop)
-        offsets = torch.tensor([d - 1 for d in self.full.depths[first:stop]], device=nodes.device)
+        key = ("mask", first, stop)  # (decided once: the comparison reads the device)
+        if key not in self._constants:
+            self._constants[key] = _block_mask(self.ancestors, first, stop)
+        mask = self._constants[key]
+        offsets = self._constant(("offsets", first), [d - 1 for d in self.full.depths[first:stop]])
         phase = "verify" if level is gen.chain[-1] else level.name
         with gen.stats.timed(phase, key=(level.name, T)):
             out = self._run(level, ids, offsets, rows, tree=mask, first=first)
