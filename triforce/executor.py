@@ -30,6 +30,7 @@ Both time each forward under its level's phase (CUDA events on a GPU: no synchro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -81,6 +82,20 @@ def device_index(values: list[int], device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
+
+
+@contextlib.contextmanager
+def _reserved(cache, num_tokens: int, rows: list[bool] | None):
+    """A static forward's host bookkeeping around it: the slots of `num_tokens` per active row
+    reserved (capacity, StreamingLLM eviction; yields each row's first position), then the cache
+    advanced past them. A frozen row (rows[b] False) writes past its length into the cache's spare
+    slots and does not advance."""
+    cache.active = tuple(rows) if rows is not None and cache.batch_size > 1 else None
+    try:
+        yield cache.reserve_rows(num_tokens) if cache.batch_size > 1 else [cache.reserve(num_tokens)]
+        cache.advance(num_tokens)
+    finally:
+        cache.active = None
 
 
 def _uniform_rows(probs: torch.Tensor, rows: list[bool] | None) -> torch.Tensor:
@@ -193,20 +208,13 @@ class StaticExecutor:
         cache = level.cache
         if not cache.capturable:
             return self.eager.forward(level, starts, num_tokens, num_logits, phase, sample=sample, rows=rows)
-        # host bookkeeping: capacity, StreamingLLM eviction (active rows only); a frozen row writes
-        # past its length into the cache's spare slots
-        cache.active = tuple(rows) if rows is not None else None
-        try:
-            positions = cache.reserve_rows(num_tokens) if cache.batch_size > 1 else [cache.reserve(num_tokens)]
+        with _reserved(cache, num_tokens, rows) as positions:
             runner = self.runner(level, num_tokens, num_logits, sample=sample and self.capture)
             runner.view.set(starts, positions, cache.rows_of("length"))
             if runner.race is not None:  # the draws sample_into would make, in the same order
                 runner.race.exponential_(generator=self.generator)
             with self.stats.timed(phase, key=(level.name, num_tokens)):
                 probs = runner.run()
-            cache.advance(num_tokens)
-        finally:
-            cache.active = None
         probs = _uniform_rows(probs, rows)
         if sample and runner.race is None:
             index = device_index([s + num_tokens for s in starts], self.tokens.device)
@@ -225,18 +233,11 @@ class StaticExecutor:
             return self.eager.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
         if (offsets is not None or tree is not None) and shape_key is None:
             raise ValueError("a tree's static forward needs a shape_key naming its offsets and mask")
-        num_logits = num_logits or T
-        cache.active = tuple(rows) if rows is not None and B > 1 else None
-        try:
-            positions = cache.reserve_rows(T) if cache.batch_size > 1 else [cache.reserve(T)]
-            runner = self._logits_runner(level, T, num_logits, offsets, tree, shape_key)
+        with _reserved(cache, T, rows) as positions:
+            runner = self._logits_runner(level, T, num_logits or T, offsets, tree, shape_key)
             runner.ids.copy_(ids)
             runner.view.set([0] * B, positions, cache.rows_of("length"))
-            logits = runner.run()
-            cache.advance(T)
-        finally:
-            cache.active = None
-        return logits
+            return runner.run()
 
     def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key) -> "Runner":
         key = (level.name, id(level.cache), num_tokens, num_logits, "logits", shape_key)
