@@ -136,13 +136,17 @@ class EagerExecutor:
 
     def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
                offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None,
-               shape_key=None) -> torch.Tensor:
+               shape_key=None, phase: str | None = None) -> torch.Tensor:
         """The level's logits (B, num_logits or T, V) after ids (B, T), advancing the rows of `rows`
         (booleans; None: all): one forward for the batch where the cache serves a batch (the other
         rows frozen), else one per active row (an offloaded cache; a frozen row's logits are zeros).
         offsets (T,): each token's position relative to the first slot the row reserves (None: the
         cache's next positions); tree (T, T'): which cached slots of the block each token sees (a
-        token tree's mask; None: causal); shape_key: what names the pair to a static executor (unused here)."""
+        token tree's mask; None: causal); shape_key: what names the pair to a static executor (unused here);
+        phase: the stats phase its device time counts to (None: the caller's)."""
+        if phase is not None:
+            with self.stats.timed(phase, key=(level.name, ids.shape[1])):
+                return self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
         cache, (B, T) = level.cache, ids.shape
         if B == 1 or cache.capturable:
             cache.active = tuple(rows) if rows is not None and B > 1 else None
@@ -223,21 +227,25 @@ class StaticExecutor:
 
     def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
                offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None,
-               shape_key=None) -> torch.Tensor:
+               shape_key=None, phase: str | None = None) -> torch.Tensor:
         """EagerExecutor.logits through a static forward (a tree round's forwards): the ids copied
         into the forward's own buffer, the positions the cache reserves plus `offsets`, the tree mask
         fixed with the forward (`shape_key`: a hashable name of the (offsets, tree) pair, one static
-        forward each; needed with either). A cache that is not capturable: the eager forward."""
+        forward each; needed with either). A cache that is not capturable: the eager forward. phase:
+        the stats phase the replay's device time counts to (a first use's capture apart, as a chain's)."""
         cache, (B, T) = level.cache, ids.shape
         if not cache.capturable:
-            return self.eager.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
+            return self.eager.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree, phase=phase)
         if (offsets is not None or tree is not None) and shape_key is None:
             raise ValueError("a tree's static forward needs a shape_key naming its offsets and mask")
         with _reserved(cache, T, rows) as positions:
             runner = self._logits_runner(level, T, num_logits or T, offsets, tree, shape_key)
             runner.ids.copy_(ids)
             runner.view.set([0] * B, positions, cache.rows_of("length"))
-            return runner.run()
+            if phase is None:
+                return runner.run()
+            with self.stats.timed(phase, key=(level.name, T)):
+                return runner.run()
 
     def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key) -> "Runner":
         key = (level.name, id(level.cache), num_tokens, num_logits, "logits", shape_key)

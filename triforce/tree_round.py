@@ -147,14 +147,13 @@ class TreeRound:
         for T in sorted(set(unseen.values()), reverse=True):
             group = [b for b in rows if unseen[b] == T]
             ids = torch.stack([gen.tokens[b, max(base[b] - T, 0):][:T] for b in range(gen.B)])
-            with gen.stats.timed(level.name, key=(level.name, T)):
-                logits = self._run(level, ids, None, group, num_logits=1)
+            logits = self._run(level, ids, None, group, num_logits=1, phase=level.name)
             out[group] = logits[group, -1]
             gen.stats.forward_of(level.name, [b in group for b in range(gen.B)])
         return out
 
-    def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, tree: torch.Tensor | None = None,
-             num_logits: int | None = None, first: int = 0) -> torch.Tensor:
+    def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, phase: str,
+             tree: torch.Tensor | None = None, num_logits: int | None = None, first: int = 0) -> torch.Tensor:
         """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V)),
         through the executor's (batched where the cache serves a batch, else row by row). positions:
         None (the cache's next), or offsets from each row's root (the block's first slot holds the
@@ -165,7 +164,7 @@ class TreeRound:
         # (a static executor keeps one forward per block of the tree: this names it)
         key = None if positions is None else (self.tree.parents, first, ids.shape[1])
         return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
-                                   shape_key=key).float()
+                                   shape_key=key, phase=phase).float()
 
     def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, base: list[int],
                  rows: list[int]) -> torch.Tensor:
@@ -181,7 +180,6 @@ class TreeRound:
         mask = self._constants[key]
         offsets = self._constant(("offsets", first), [d - 1 for d in self.full.depths[first:stop]])
         phase = "verify" if level is gen.chain[-1] else level.name
-        with gen.stats.timed(phase, key=(level.name, T)):
-            out = self._run(level, ids, offsets, rows, tree=mask, first=first)
+        out = self._run(level, ids, offsets, rows, tree=mask, first=first, phase=phase)
         gen.stats.forward_of(level.name, [b in rows for b in range(gen.B)])
         return out
