@@ -108,7 +108,10 @@ def run_levels(cfg, par, device, card, h2d, tables, say) -> None:
             def run(m) -> list[float]:
                 """One end-to-end row of method m (tabled); the acceptance by child rank it measured."""
                 nonlocal ar_ms
-                row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt, new_tokens=cfg.new_tokens,
+                tokens = cfg.new_tokens
+                if m.name == "autoregressive" and cfg.autoregressive_tokens:  # (flat per token: fewer suffice)
+                    tokens = int(cfg.autoregressive_tokens)
+                row = latency.end_to_end(target, draft if m.uses_draft else None, m, prompt, new_tokens=tokens,
                                          sampling=SAMPLING, prefill_chunk=cfg.prefill_chunk, hardware=offload)
                 ar_ms = row["ms_per_token"] if m.name == "autoregressive" else ar_ms
                 row.update(tree=m.tree_label if m.has_tree else "chain", head_scale=cfg.head_scale,
