@@ -37,7 +37,7 @@ from triforce.bench import latency
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import method_config
 from triforce.errors import ConfigError
-from triforce.memory import check_memory, kv_bytes_per_token, plan_memory
+from triforce.memory import check_memory, device_available, kv_bytes_per_token, plan_memory
 from triforce.prefill_memo import PrefillMemo
 from triforce.models.loading import parse_dtype
 from triforce.report import markdown_table
@@ -52,7 +52,7 @@ def fits(shape: str, methods, context: int, batch: int, new_tokens: int, dtype_b
         plan = plan_memory(SHAPES[shape], method, context, new_tokens, dtype_bytes=dtype_bytes, prefill_chunk=chunk,
                            draft=SHAPES[DRAFT_OF[shape]], batch_size=batch).without_weights()
         try:
-            check_memory(plan, torch.cuda.mem_get_info()[0], where="this GPU")
+            check_memory(plan, device_available(), where="this GPU")
         except ConfigError as e:
             return f"{method.name}: {e}"
     return None

@@ -37,7 +37,7 @@ from triforce.bench import latency
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import method_config
 from triforce.errors import ConfigError
-from triforce.memory import check_memory, plan_memory
+from triforce.memory import check_memory, device_available, plan_memory
 from triforce.models.loading import parse_dtype
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams
@@ -46,11 +46,12 @@ SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
 
 
 def fits(shape: str, method, context: int, batch: int, new_tokens: int, dtype_bytes: int, chunk: int) -> str | None:
-    """None if a batch of `batch` TriForce sequences fits the free memory (weights not yet loaded)."""
+    """None if a batch of `batch` TriForce sequences fits the memory left (the models are loaded already:
+    their weights are not free, nor needed again; the blocks their construction left cached are)."""
     plan = plan_memory(SHAPES[shape], method, context, new_tokens, dtype_bytes=dtype_bytes, prefill_chunk=chunk,
-                       draft=SHAPES[DRAFT_OF[shape]], batch_size=batch)
+                       draft=SHAPES[DRAFT_OF[shape]], batch_size=batch).without_weights()
     try:
-        check_memory(plan, torch.cuda.mem_get_info()[0], where="this GPU")
+        check_memory(plan, device_available(), where="this GPU")
     except ConfigError as e:
         return str(e)
     return None

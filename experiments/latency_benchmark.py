@@ -30,7 +30,7 @@ from triforce.bench import latency
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import method_config
 from triforce.errors import ConfigError
-from triforce.memory import check_memory, plan_memory
+from triforce.memory import check_memory, device_available, plan_memory
 from triforce.models.loading import parse_dtype
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams
@@ -42,9 +42,8 @@ def fits(shape: str, method, context: int, new_tokens: int, dtype_bytes: int, ch
     """None if the TriForce run fits the free memory (weights not yet loaded), else why not."""
     plan = plan_memory(SHAPES[shape], method, context, new_tokens, dtype_bytes=dtype_bytes, prefill_chunk=chunk,
                        draft=SHAPES[DRAFT_OF[shape]])
-    free, _ = torch.cuda.mem_get_info()
     try:
-        check_memory(plan, free, where="this GPU")
+        check_memory(plan, device_available(), where="this GPU")
     except ConfigError as e:
         return str(e)
     return None

@@ -37,7 +37,7 @@ from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import method_config
 from triforce.engine import Engine
 from triforce.errors import ConfigError
-from triforce.memory import check_memory, plan_memory
+from triforce.memory import check_memory, device_available, plan_memory
 from triforce.models.loading import parse_dtype
 from triforce.parallel import Parallel, init_parallel, quiet_other_ranks, shard_config, shard_model
 from triforce.report import markdown_table
@@ -67,7 +67,7 @@ def fits_on_chip(cfg: DictConfig, method, context: int, dtype_bytes: int, par: P
                        prefill_chunk=cfg.prefill_chunk, draft=SHAPES[DRAFT_OF[cfg.shape]])
     # the weights are loaded already: their memory is not free but is not needed again either
     try:
-        check_memory(plan.without_weights(), torch.cuda.mem_get_info()[0], where="this GPU")
+        check_memory(plan.without_weights(), device_available(), where="this GPU")
     except ConfigError:
         return False
     return True

@@ -164,10 +164,17 @@ def check_plan(plan: MemoryPlan, device, *, loaded: bool = False) -> None:
     if loaded:
         plan = plan.without_weights()
     check_host_memory(plan, host_available())
+    check_memory(plan, device_available(device), where=torch.cuda.get_device_name(device))
+
+
+def device_available(device=None) -> int:
+    """Bytes this process can still allocate on the device: its free memory plus the blocks torch's
+    allocator keeps cached (freed tensors, a model's construction's temporaries), which are free to
+    this process but not to `mem_get_info`."""
+    import torch
+
     free, _ = torch.cuda.mem_get_info(device)
-    if loaded:  # blocks torch's allocator keeps cached are free to this process
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    check_memory(plan, free, where=torch.cuda.get_device_name(device))
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def host_available() -> int:
