@@ -69,3 +69,16 @@ def test_a_batch_that_cannot_fit_names_the_largest_batch_that_would():
     check_memory(plan(named), free, where="H200")  # it fits ...
     with pytest.raises(ConfigError):
         check_memory(plan(named + 1), free, where="H200")  # ... and is the largest that does
+
+
+def test_blocks_torch_keeps_cached_count_as_available(monkeypatch):
+    """What a model's construction leaves in torch's cache is free to this process, not to the driver:
+    a benchmark that loaded its models must not be refused for memory it can reuse."""
+    import torch
+
+    from triforce.memory import device_available
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 31 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 15 * GiB)  # the weights
+    assert device_available() == 56 * GiB
