@@ -242,9 +242,7 @@ class StaticExecutor:
             runner = self._logits_runner(level, T, num_logits or T, offsets, tree, shape_key)
             runner.ids.copy_(ids)
             runner.view.set([0] * B, positions, cache.rows_of("length"))
-            if phase is None:
-                return runner.run()
-            with self.stats.timed(phase, key=(level.name, T)):
+            with self.stats.timed(phase, key=(level.name, T)) if phase is not None else contextlib.nullcontext():
                 return runner.run()
 
     def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key) -> "Runner":
@@ -266,9 +264,7 @@ class StaticExecutor:
 
         runner = Runner(view, body, plan, ids=ids)
         if self.capture:
-            start = time.perf_counter()
             runner.graph, runner.out = self._capture(body, view, cache, token_start=0)
-            self.stats.time_s["capture"] += time.perf_counter() - start
         self.runners[key] = runner
         return runner
 
@@ -297,9 +293,7 @@ class StaticExecutor:
 
         if not self.capture:
             return Runner(view, body, plan)
-        start = time.perf_counter()
         graph, out = self._capture(body, view, level.cache)
-        self.stats.time_s["capture"] += time.perf_counter() - start
         return Runner(view, body, plan, graph, out, race)
 
     @property
@@ -312,7 +306,9 @@ class StaticExecutor:
         # nothing may compile or synchronise while a graph records. The warm-up writes keys at
         # slots >= each row's length, which the real forward overwrites, and (a sampling forward) a
         # token into each row's last slot of the token buffer, which never holds a live token.
-        # (token_start: where a forward with its own ids buffer reads them.)
+        # (token_start: where a forward with its own ids buffer reads them.) Its time is the
+        # generation's first-use cost ("capture"), kept apart from the levels'.
+        start = time.perf_counter()
         last = self.tokens.shape[-1] - 1 - view.num_tokens if token_start is None else token_start
         view.set([last] * cache.batch_size, cache.rows_of("seq_len"), cache.rows_of("length"))
         side = torch.cuda.Stream()
@@ -324,6 +320,7 @@ class StaticExecutor:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = body()
+        self.stats.time_s["capture"] += time.perf_counter() - start
         return graph, out
 
     def release(self) -> None:

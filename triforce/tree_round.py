@@ -56,18 +56,19 @@ class TreeRound:
         self.ranks = RankCounts()  # which child rank the rule accepted, over the generation's rounds
         self._constants: dict[tuple, torch.Tensor | None] = {}
 
-    def _constant(self, key: tuple, values: list) -> torch.Tensor:
-        """A small index tensor of the tree's shape on the device, made once (a copy from the host
-        waits for the device: never inside a round's forwards)."""
+    def _constant(self, key: tuple, make) -> torch.Tensor | None:
+        """What the tree's shape decides on the device (an index tensor, a block's mask), made once by
+        `make()`: a copy from the host, or a comparison read back, waits for the device — never
+        inside a round's forwards."""
         if key not in self._constants:
-            self._constants[key] = torch.tensor(values, device=self.gen.tokens.device)
+            self._constants[key] = make()
         return self._constants[key]
 
     def run(self, active: list[bool]) -> list[list[int]]:
         gen, tree = self.gen, self.tree
         below, top = gen.chain[-2], gen.chain[-1]
         base = gen.lengths  # row b's root is tokens[b, base_b - 1]: emitted, not yet seen by the top
-        self._roots = torch.tensor([[n - 1] for n in base], device=gen.tokens.device)  # (one copy a round)
+        roots = torch.tensor([[n - 1] for n in base], device=gen.tokens.device)  # (one copy a round)
         rows = [b for b in range(gen.B) if active[b]]
         greedy = gen.engine.sampling.greedy
         # the proposals: the root's distribution from the level below (it feeds what it has not seen)
@@ -84,7 +85,7 @@ class TreeRound:
             first = depths.index(depth + 1)  # the rooted tree's nodes of this depth: first..stop-1
             stop = depths.index(depth + 2) if depth + 2 in depths else self.full.size
             if depth:  # the distributions after this depth's nodes: one forward of the level below
-                logits[:, first:stop] = self._forward(below, nodes, first, stop, base, rows)
+                logits[:, first:stop] = self._forward(below, nodes, first, stop, roots, rows)
             q[:, first:stop] = probabilities(logits[:, first:stop], gen.engine.sampling, ctx=gen.ctx)
             self._children(logits if greedy else q, nodes, first, stop, greedy)
         # the top: the root and every node in one forward
@@ -92,7 +93,7 @@ class TreeRound:
             cache = top.cache.row(b)
             if cache.seq_len > base[b] - 1:
                 cache.crop(base[b] - 1)
-        p = probabilities(self._forward(top, nodes, 0, self.full.size, base, rows), gen.engine.sampling,
+        p = probabilities(self._forward(top, nodes, 0, self.full.size, roots, rows), gen.engine.sampling,
                           ctx=gen.ctx)  # (B, N + 1, V)
         # the rule on every row at once (a frozen row's verdict unused, as the chain's batch rule
         # draws for every row), on the device; its verdicts read back once
@@ -135,7 +136,8 @@ class TreeRound:
             if greedy:
                 rows = rows.softmax(-1)
             drawn = propose_children_batch(rows, width, self.gen.generator, greedy=greedy)
-            places = self._constant(("places", first, width), [[k - 1 for k in kids[j]] for j in parents])
+            places = self._constant(("places", first, width), lambda: torch.tensor(
+                [[k - 1 for k in kids[j]] for j in parents], device=nodes.device))
             nodes[:, places] = drawn.reshape(nodes.shape[0], len(parents), width)
 
     def _root(self, level, base: list[int], rows: list[int]) -> torch.Tensor:
@@ -166,19 +168,16 @@ class TreeRound:
         return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
                                    shape_key=key, phase=phase).float()
 
-    def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, base: list[int],
+    def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, roots: torch.Tensor,
                  rows: list[int]) -> torch.Tensor:
         """Level's logits after the rooted tree's nodes first..stop-1 (their KV written after what the
-        level's cache holds, the nodes before them already there), every active row; (B, T, V)."""
+        level's cache holds, the nodes before them already there), every active row; (B, T, V).
+        roots (B, 1): each row's root's index in the token buffer."""
         gen = self.gen
-        T = stop - first
-        ids = torch.cat([gen.tokens.gather(1, self._roots),
-                         nodes], 1)[:, first:stop]
-        key = ("mask", first, stop)  # (decided once: the comparison reads the device)
-        if key not in self._constants:
-            self._constants[key] = _block_mask(self.ancestors, first, stop)
-        mask = self._constants[key]
-        offsets = self._constant(("offsets", first), [d - 1 for d in self.full.depths[first:stop]])
+        ids = torch.cat([gen.tokens.gather(1, roots), nodes], 1)[:, first:stop]
+        mask = self._constant(("mask", first, stop), lambda: _block_mask(self.ancestors, first, stop))
+        offsets = self._constant(("offsets", first), lambda: torch.tensor(
+            [d - 1 for d in self.full.depths[first:stop]], device=nodes.device))
         phase = "verify" if level is gen.chain[-1] else level.name
         out = self._run(level, ids, offsets, rows, tree=mask, first=first, phase=phase)
         gen.stats.forward_of(level.name, [b in rows for b in range(gen.B)])

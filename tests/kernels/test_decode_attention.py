@@ -134,6 +134,21 @@ def tree_mask(parents: tuple[int, ...]) -> torch.Tensor:
     return mask
 
 
+def assert_reference_is_the_explicit_mask(q, k, v, ref, lengths, tree) -> None:
+    """The reference against SDPA over an explicit mask: sequence b's query t sees every key before
+    the last W slots, and among those the slots tree[t] (T, W) names (its ancestors and itself)."""
+    T, W = tree.shape
+    S, D = k.shape[2], q.shape[-1]
+    for b, n in enumerate(lengths):
+        mask = torch.zeros(T, S, dtype=torch.bool, device=DEVICE)
+        mask[:, :n - W] = True
+        mask[:, n - W:n] = tree
+        explicit = torch.nn.functional.scaled_dot_product_attention(
+            q[b:b + 1].double(), k[b:b + 1].double(), v[b:b + 1].double(), attn_mask=mask, scale=D ** -0.5,
+            enable_gqa=q.shape[1] != k.shape[1]).transpose(1, 2)
+        torch.testing.assert_close(ref[b:b + 1], explicit, atol=1e-10, rtol=1e-10)
+
+
 # (batch, q heads, kv heads, head dim, capacity, kv_len of each sequence, splits, the tree's parents)
 TREE_CASES = [
     (1, 8, 2, 64, 300, (230,), 4, (-1, 0, 0, 1, 1, 2, 2)),        # the root and a binary tree of depth 2
@@ -161,16 +176,7 @@ def test_a_tree_mask_over_the_new_block_matches_the_reference(case, dtype):
     out = attention(q, k, v, length, D ** -0.5, splits, tree=tree)
     ref = decode_attention_reference(q.double(), k.double(), v.double(), length, D ** -0.5, tree=tree)
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
-    # the reference against an explicit mask: sequence b's query t sees the prefix and its path
-    for b, n in enumerate(lengths):
-        first = n - T
-        mask = torch.zeros(T, S, dtype=torch.bool, device=DEVICE)
-        mask[:, :first] = True
-        mask[:, first:n] = tree
-        explicit = torch.nn.functional.scaled_dot_product_attention(
-            q[b:b + 1].double(), k[b:b + 1].double(), v[b:b + 1].double(), attn_mask=mask, scale=D ** -0.5,
-            enable_gqa=Hq != Hkv).transpose(1, 2)
-        torch.testing.assert_close(ref[b:b + 1], explicit, atol=1e-10, rtol=1e-10)
+    assert_reference_is_the_explicit_mask(q, k, v, ref, lengths, tree)
     if parents == tuple(range(-1, T - 1)):
         causal = attention(q, k, v, length, D ** -0.5, splits)
         torch.testing.assert_close(out, causal, atol=0, rtol=0)
@@ -202,11 +208,4 @@ def test_a_tree_mask_over_earlier_nodes_of_the_tree_matches_the_reference(case, 
     out = attention(q, k, v, length, D ** -0.5, splits, tree=tree)
     ref = decode_attention_reference(q.double(), k.double(), v.double(), length, D ** -0.5, tree=tree)
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-3)
-    for b, n in enumerate(lengths):
-        mask = torch.zeros(T, S, dtype=torch.bool, device=DEVICE)
-        mask[:, :n - W] = True
-        mask[:, n - W:n] = tree
-        explicit = torch.nn.functional.scaled_dot_product_attention(
-            q[b:b + 1].double(), k[b:b + 1].double(), v[b:b + 1].double(), attn_mask=mask, scale=D ** -0.5,
-            enable_gqa=Hq != Hkv).transpose(1, 2)
-        torch.testing.assert_close(ref[b:b + 1], explicit, atol=1e-10, rtol=1e-10)
+    assert_reference_is_the_explicit_mask(q, k, v, ref, lengths, tree)
