@@ -38,6 +38,8 @@ ATTENTION_CASES = [
     (1, 8, 2, 17, 64, 700, 650, 5),    # group 4 x 17 tokens = 68 rows: a 64-row tile + a 16-row tail; 5 splits
     (1, 6, 2, 12, 32, 300, 280, 3),    # 36 rows: 32 + 16
     (1, 12, 12, 1, 64, 256, 201, 1),   # the 68M draft: one split, the output written directly
+    (1, 8, 1, 20, 32, 300, 250, 3),    # group 8 x 20 tokens = 160 rows: two row tiles over each slice
+    (2, 7, 1, 21, 32, 200, 130, 1),    # 147 rows (Qwen2.5-7B's group of 7): two tiles, written directly
 ]
 
 
@@ -62,18 +64,39 @@ def test_decode_attention_matches_reference(case, dtype):
     torch.testing.assert_close(offset, out, atol=0, rtol=0)
 
 
-def test_query_rows_take_one_warpgroup_tile_per_64():
+def test_query_rows_take_one_warpgroup_tile_per_64_and_tiles_of_128_beyond():
     tile = KernelPolicy(H100).attention_tile
-    for rows, block_m, warps in ((1, 64, 4), (28, 64, 4), (64, 64, 4), (65, 128, 8), (68, 128, 8), (128, 128, 8)):
+    for rows, block_m, warps in ((1, 64, 4), (28, 64, 4), (64, 64, 4), (65, 128, 8), (68, 128, 8), (128, 128, 8),
+                                 (129, 128, 8), (188, 128, 8), (1000, 128, 8)):
         assert tile(rows, 128)[:2] == (block_m, warps)
     assert tile(68, 128)[2] == 4 and tile(4, 128)[2] == 3
     # fewer stages where the buffers would not fit shared memory (float32, head_dim 256)
     assert tile(68, 128, element_size=4)[2] == 2
     assert tile(68, 256)[2] == 2 and tile(4, 256)[2] == 2
-    from triforce.kernels.triton_decode import decode_attention as split_kv_attention
-    with pytest.raises(ValueError, match="a tile of 64 query rows for 68"):  # a tuning sweep's bad choice
-        split_kv_attention(torch.empty(1, 32, 17, 128), torch.empty(1, 8, 64, 128), torch.empty(1, 8, 64, 128),
-                           torch.tensor([64]), 0.1, AttentionLaunch(64, 64, 4, 3, 1))
+
+
+def test_the_wave_counts_row_tiles():
+    """Rows beyond one tile multiply the programs of a key slice: the slices shrink so that the
+    programs still make one wave (an H100's 132 SMs, 8 KV heads)."""
+    launch = KernelPolicy(H100).attention_launch
+    one = launch(batch=1, kv_heads=8, rows=128, head_dim=128, capacity=131072)
+    two = launch(batch=1, kv_heads=8, rows=188, head_dim=128, capacity=131072)
+    three = launch(batch=1, kv_heads=8, rows=300, head_dim=128, capacity=131072)
+    assert (one.block_m, two.block_m, three.block_m) == (128, 128, 128)
+    assert one.splits == 132 // 8 and two.splits == 132 // 16 and three.splits == 132 // 24
+
+
+def test_several_row_tiles_equal_one_tile():
+    """A KV head's rows split over tiles (here 64-row tiles for 68 rows: two programs per key slice)
+    give the one-tile launch's output."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 32, 17, 64, generator=g).to(DEVICE)
+    k, v = (torch.randn(1, 8, 300, 64, generator=g).to(DEVICE) for _ in range(2))
+    length = torch.tensor([280], device=DEVICE)
+    for splits in (1, 3):
+        two = decode_attention(q, k, v, length, 0.125, ctx=kernels_ctx(), launch=AttentionLaunch(64, 64, 4, 3, splits))
+        one = decode_attention(q, k, v, length, 0.125, ctx=kernels_ctx(), launch=AttentionLaunch(128, 64, 8, 3, splits))
+        torch.testing.assert_close(two, one, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_attention_is_causal_inside_the_new_block():
@@ -155,6 +178,9 @@ TREE_CASES = [
     (1, 4, 4, 32, 200, (150,), 1, (-1, 0, 0, 0, 1, 2, 3, 4, 5)),  # MHA, widths 3-1-1, one slice
     (2, 8, 2, 64, 400, (333, 120), 5, (-1, 0, 0, 1, 2)),          # a batch at its own lengths, many slices
     (1, 8, 2, 64, 300, (64,), 4, (-1, 0, 1, 2, 3, 4, 5)),         # a chain: the causal mask itself
+    # group 8 x 21 nodes = 168 rows (two row tiles), widths 4-2-1-...; a long prefix in two slices:
+    # the first never reaches the tree's window, the second reaches it from a block in its middle
+    (1, 8, 1, 32, 700, (650,), 2, (-1, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12)),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Decode-class attention: T = 1..32 new queries against a long KV cache (flash-decoding).
+"""Decode-class attention: a few new queries (a chain's 1..32, a token tree's hundreds) against a
+long KV cache (flash-decoding).
 
 The new block's keys are already written at the end of the valid cache prefix, so the queries
 attend to keys [0, kv_len): query t (of T) sees keys up to kv_len - T + t (causal inside the
@@ -28,7 +29,9 @@ import torch.nn.functional as F
 
 from triforce.kernels.policy import AttentionLaunch, KernelContext
 
-MAX_QUERY_ROWS = 128  # group size x new tokens handled by one program (e.g. 4 x 32, or 8 x 16)
+# group size x new tokens per KV head the kernel takes, in row tiles of at most 128 (a token tree
+# of 2048 nodes under a group of 4); beyond, the reference
+MAX_QUERY_ROWS = 8192
 
 
 def decode_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,

@@ -160,6 +160,7 @@ ONE_ROW = Tile(2, 16, 1024, 8, 2)  # one input row: no MMA, long contiguous weig
 FEW_ROWS = Tile(1, 64, 256, 4, 4)  # 2..MAX_ROWS rows: the weight tile as the MMA's M side
 MAX_ROWS = 32  # rows of a product the fused kernel takes; more go to cuBLAS (tensor-core tiles)
 ATTENTION_MIN_BLOCK_M = 64  # one warpgroup: Hopper's warpgroup MMA runs the tile however few rows it has
+ATTENTION_MAX_BLOCK_M = 128  # two warpgroups; more query rows (a token tree's) take several tiles
 ATTENTION_BLOCK_N = 64
 ATTENTION_SHARED_BYTES = 144 * 1024  # of an SM's 227 KiB: the pipeline buffers, with room for the compiler's own
 
@@ -335,10 +336,11 @@ class KernelPolicy:
 
     def attention_tile(self, rows: int, head_dim: int, element_size: int = 2, block_m: int | None = None,
                        warps: int | None = None, stages: int | None = None) -> tuple[int, int, int]:
-        """(block_m, warps, stages): one tile of the next power of two >= 64 query rows; 4 warps
-        and 3 stages up to 64 rows, 8 warps and 4 stages for 128, with as many stages as fit shared
-        memory ((stages - 1) key and value blocks in flight plus the query tile)."""
-        bm = block_m or max(ATTENTION_MIN_BLOCK_M, _next_pow2(rows))
+        """(block_m, warps, stages): a tile of the next power of two >= 64 query rows, at most 128
+        (more rows take several tiles: attention_launch); 4 warps and 3 stages up to 64 rows, 8 warps
+        and 4 stages for 128, with as many stages as fit shared memory ((stages - 1) key and value
+        blocks in flight plus the query tile)."""
+        bm = block_m or min(ATTENTION_MAX_BLOCK_M, max(ATTENTION_MIN_BLOCK_M, _next_pow2(rows)))
         st = stages or (3 if bm <= 64 else 4)
         if stages is None:
             while st > 2 and ((st - 1) * 2 * ATTENTION_BLOCK_N + bm) * head_dim * element_size > ATTENTION_SHARED_BYTES:
@@ -359,12 +361,15 @@ class KernelPolicy:
         program: a shape of few KV heads (Qwen2.5-7B: 4) gets as many slices as give every SM one
         (33 on an H100, where 16 left half of them idle: autoregressive step 1.30 of its floor at
         124,928 keys, docs/data/latency_h100_families.json); one per SM is what the H100's sweep
-        measured best for 8 KV heads (docs/data/tune_attention_tiles_h100.txt: p1 over p2)."""
+        measured best for 8 KV heads (docs/data/tune_attention_tiles_h100.txt: p1 over p2). Rows
+        beyond one tile (a token tree's verify) take ceil(rows / 128) tiles per (sequence, KV head),
+        and the wave counts them: fewer slices, as many programs."""
         bm, warps, stages = self.attention_tile(rows, head_dim, element_size)
         per_sm = self.attention_programs_per_sm if self.device.hopper and bm <= 64 else 1
-        every_sm = self.device.sm_count // (batch * kv_heads)  # slices that give each SM a program
+        pairs = batch * kv_heads * -(-rows // bm)  # (sequence, KV head, row tile) programs per key slice
+        every_sm = self.device.sm_count // pairs  # slices that give each SM a program
         most = max(1, min(max(self.attention_max_slices, every_sm), capacity // (4 * ATTENTION_BLOCK_N)))
-        splits = max(1, min(self.device.sm_count * per_sm // (batch * kv_heads), most))
+        splits = max(1, min(self.device.sm_count * per_sm // pairs, most))
         return AttentionLaunch(bm, ATTENTION_BLOCK_N, warps, stages, splits)
 
 

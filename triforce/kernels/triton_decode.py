@@ -1,12 +1,15 @@
 """The split-KV decode attention kernels (Triton); decode_attention.py has the contract and the
 torch reference. Imported only where a kernel runs, so CPU runs never import Triton.
 
-Query rows: a KV head serves GROUP query heads x T new tokens = R rows, held by one program as one
-tile of BLOCK_M rows: 64 (one warpgroup, 4 warps) for R <= 64, else 128 (two warpgroups, 8 warps),
-so the products run on Hopper's warpgroup MMA however few rows there are (measured on an H100, 8B
-shape at 32K keys: 4 rows 53.2 -> 49.2 us, 68 rows 62.3 -> 55.0 us, against a 16-row tile, resp. a
-64-row tile plus a 16-row tail on the older MMA: scripts/tune_kernels.py --attention). The tile,
-warps, stages and key slices are the policy's (KernelPolicy.attention_launch).
+Query rows: a KV head serves GROUP query heads x T new tokens = R rows, held in tiles of BLOCK_M
+rows: 64 (one warpgroup, 4 warps) for R <= 64, else 128 (two warpgroups, 8 warps), so the products
+run on Hopper's warpgroup MMA however few rows there are (measured on an H100, 8B shape at 32K keys:
+4 rows 53.2 -> 49.2 us, 68 rows 62.3 -> 55.0 us, against a 16-row tile, resp. a 64-row tile plus a
+16-row tail on the older MMA: scripts/tune_kernels.py --attention). More than 128 rows (a token
+tree's verify: 47 nodes x a group of 4, or 21 x 7) take ceil(R / 128) tiles, one program each over
+the same key slice; the tile is the grid's fastest axis, so a slice's tiles run side by side and
+its keys come from HBM once and from L2 for the others. The tile, warps, stages and key slices are
+the policy's (KernelPolicy.attention_launch).
 """
 
 from __future__ import annotations
@@ -72,15 +75,42 @@ def _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _sweep(q, k_base, v_base, stride_kn, stride_vn, dims, lo, hi, end, last_key, m_i, l_i, acc, scale_log2,
+           TREE, tree_rows, row_ok, TREE_W, T, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+           LOOP_FOR: tl.constexpr, HAS_TREE: tl.constexpr):
+    """The key blocks [lo, hi) of the slice ending at `end`, one _update each."""
+    if LOOP_FOR:  # compiled: a for loop, which Triton software-pipelines
+        for n0 in range(lo, hi, BLOCK_N):
+            keys = n0 + tl.arange(0, BLOCK_N)
+            key_ok = keys < end
+            k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
+            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
+                                    TREE_W, T, PRECISION, HAS_TREE)
+    else:  # Triton's CPU interpreter cannot take loaded values as range() bounds
+        n0 = lo
+        while n0 < hi:
+            keys = n0 + tl.arange(0, BLOCK_N)
+            key_ok = keys < end
+            k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
+            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
+                                    TREE_W, T, PRECISION, HAS_TREE)
+            n0 += BLOCK_N
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_M: tl.constexpr, ROWS_PAD: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                   PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
                   PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr, TREE, TREE_W, HAS_TREE: tl.constexpr):
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
+    tile = tl.program_id(0)  # the fastest axis: a slice's row tiles run side by side and share its keys in L2
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
     b = bh // NUM_KV_HEADS
     h = bh % NUM_KV_HEADS
     k_base = K + b * stride_kb + h * stride_kh
@@ -88,8 +118,9 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
     KV_LEN += b * stride_lb  # this sequence's length (stride 0: one length for every sequence)
     if PREFETCH > 0:  # with PDL (contiguous keys): the slice's first keys and values into L2
         # the length read before the wait may be the previous step's: a prefetch is only a hint
+        # (the slice's first row tile asks for it; the others share it)
         hint_len, hint_start, hint_end = _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N)
-        if hint_start < hint_end:
+        if hint_start < hint_end and tile == 0:
             nbytes = tl.minimum(PREFETCH, (hint_end - hint_start) * KEY_BYTES)
             l2_prefetch(k_base + hint_start * stride_kn, nbytes)
             l2_prefetch(v_base + hint_start * stride_vn, nbytes)
@@ -99,7 +130,7 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
     dims = tl.arange(0, HEAD_DIM)
     q_base = Q + b * stride_qb + h * GROUP * stride_qh
 
-    rows = tl.arange(0, BLOCK_M)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < num_rows
     q = tl.load(q_base + (rows // T)[:, None] * stride_qh + (rows % T)[:, None] * stride_qt + dims[None, :],
                 mask=row_ok[:, None], other=0.0)
@@ -109,27 +140,25 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    if LOOP_FOR:  # compiled: a for loop, which Triton software-pipelines
-        for n0 in range(start, end, BLOCK_N):
-            keys = n0 + tl.arange(0, BLOCK_N)
-            key_ok = keys < end
-            k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
-                                    TREE_W, T, PRECISION, HAS_TREE)
-    else:  # Triton's CPU interpreter cannot take loaded values as range() bounds
-        n0 = start
-        while n0 < end:
-            keys = n0 + tl.arange(0, BLOCK_N)
-            key_ok = keys < end
-            k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
-                                    TREE_W, T, PRECISION, HAS_TREE)
-            n0 += BLOCK_N
+    if HAS_TREE:
+        # the mask only where a block reaches the tree's window (the last TREE_W slots): the keys
+        # before it are seen by every row, causally, and cost no mask load (the first block of the
+        # window counts from the slice's start, so both sweeps stay on its block grid)
+        window = start + (tl.maximum(kv_len - TREE_W - start, 0) // BLOCK_N) * BLOCK_N
+        window = tl.minimum(window, end)
+        m_i, l_i, acc = _sweep(q, k_base, v_base, stride_kn, stride_vn, dims, start, window, end, last_key,
+                               m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok, TREE_W, T,
+                               BLOCK_N, PRECISION, LOOP_FOR, False)
+        m_i, l_i, acc = _sweep(q, k_base, v_base, stride_kn, stride_vn, dims, window, end, end, last_key,
+                               m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok, TREE_W, T,
+                               BLOCK_N, PRECISION, LOOP_FOR, True)
+    else:
+        m_i, l_i, acc = _sweep(q, k_base, v_base, stride_kn, stride_vn, dims, start, end, end, last_key,
+                               m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok, TREE_W, T,
+                               BLOCK_N, PRECISION, LOOP_FOR, False)
     part = bh * num_splits + split
     _finish(OUT, O_PART, L_PART, part, rows, row_ok, dims, b, h, T, GROUP, stride_ob, stride_ot, stride_oh,
-            m_i, l_i, acc, BLOCK_M, HEAD_DIM, DIRECT)
+            m_i, l_i, acc, ROWS_PAD, HEAD_DIM, DIRECT)
 
 
 @triton.jit
@@ -169,9 +198,8 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
     group = Hq // Hkv
     rows = group * T
     splits = launch.splits
-    if launch.block_m < rows:
-        raise ValueError(f"a tile of {launch.block_m} query rows for {rows} rows per KV head")
-    rows_pad = launch.block_m
+    tiles = triton.cdiv(rows, launch.block_m)
+    rows_pad = tiles * launch.block_m
     out = torch.empty((B, T, Hq, D), device=q.device, dtype=q.dtype)
     direct = splits == 1
     if direct:
@@ -186,12 +214,12 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
                                   *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
     else:
         prefetch = 0
-    _split_kernel[(B * Hkv, splits)](
+    _split_kernel[(tiles, B * Hkv, splits)](
         q, k, v, kv_len, out, o_part, l_part, kv_offset, kv_len.stride(0) if kv_len.numel() > 1 else 0,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, splits, scale * 1.4426950408889634,
-        BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
+        BLOCK_M=launch.block_m, ROWS_PAD=rows_pad, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreter, DIRECT=direct, num_warps=launch.warps, num_stages=launch.stages,
         PREFETCH=prefetch, KEY_BYTES=D * e, TREE=tree if tree is not None else kv_len,
         TREE_W=tree.shape[-1] if tree is not None else T, HAS_TREE=tree is not None,
