@@ -37,8 +37,9 @@ from triforce.bench import latency
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import method_config
 from triforce.errors import ConfigError
-from triforce.memory import check_memory, device_available, plan_memory
+from triforce.memory import check_memory, device_available, kv_bytes_per_token, plan_memory
 from triforce.models.loading import parse_dtype
+from triforce.prefill_memo import PrefillMemo
 from triforce.report import markdown_table
 from triforce.sampling import SamplingParams
 
@@ -92,6 +93,11 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                 print(markdown_table(pd.DataFrame(rows)), flush=True)
             if cfg.end_to_end.enabled and batch in cfg.end_to_end.batch_sizes:
                 prompts = prompts_for(shape, context, batch)
+                # the prompts' top-level prefill once per (context, batch) and head scale, kept in host
+                # memory where it fits (every method of a scale restores it instead of computing it again)
+                kv = context * batch * kv_bytes_per_token(SHAPES[shape], dtype.itemsize)
+                budget = int(cfg.prefill_memo_gb * 2 ** 30)
+                memo = PrefillMemo(max_bytes=budget) if kv < budget else None
                 scaled = 1.0
                 for s in cfg.end_to_end.head_scales:
                     for model in (target, draft):  # from the last scale to this one
@@ -105,7 +111,7 @@ def run_shape(cfg: DictConfig, shape: str, card: latency.Card, tables: dict[str,
                         row = latency.batch_end_to_end(target, draft if uses_draft else None, m, prompts,
                                                        new_tokens=cfg.end_to_end.new_tokens, sampling=SAMPLING,
                                                        prefill_chunk=cfg.prefill_chunk, label=label,
-                                                       hardware=hardware)
+                                                       hardware=hardware, prefill_memo=memo)
                         row.update(tree=m.tree_label if m.has_tree else "chain")
                         tables["end_to_end"].append(dict(shape=shape, head_scale=s, **row))
                         print(json.dumps(tables["end_to_end"][-1], default=str), flush=True)
