@@ -75,27 +75,32 @@ def _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _block(q, k_base, v_base, stride_kn, stride_vn, dims, n0, end, last_key, m_i, l_i, acc, scale_log2,
+           TREE, tree_rows, row_ok, TREE_W, T, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+           HAS_TREE: tl.constexpr):
+    """The key block from n0 (of the slice ending at `end`): its keys and values, then _update."""
+    keys = n0 + tl.arange(0, BLOCK_N)
+    key_ok = keys < end
+    k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
+    v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
+    return _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
+                   TREE_W, T, PRECISION, HAS_TREE)
+
+
+@triton.jit
 def _sweep(q, k_base, v_base, stride_kn, stride_vn, dims, lo, hi, end, last_key, m_i, l_i, acc, scale_log2,
            TREE, tree_rows, row_ok, TREE_W, T, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
            LOOP_FOR: tl.constexpr, HAS_TREE: tl.constexpr):
-    """The key blocks [lo, hi) of the slice ending at `end`, one _update each."""
+    """The key blocks [lo, hi) of the slice ending at `end`, one _block each."""
     if LOOP_FOR:  # compiled: a for loop, which Triton software-pipelines
         for n0 in range(lo, hi, BLOCK_N):
-            keys = n0 + tl.arange(0, BLOCK_N)
-            key_ok = keys < end
-            k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
-                                    TREE_W, T, PRECISION, HAS_TREE)
+            m_i, l_i, acc = _block(q, k_base, v_base, stride_kn, stride_vn, dims, n0, end, last_key, m_i, l_i, acc,
+                                   scale_log2, TREE, tree_rows, row_ok, TREE_W, T, BLOCK_N, PRECISION, HAS_TREE)
     else:  # Triton's CPU interpreter cannot take loaded values as range() bounds
         n0 = lo
         while n0 < hi:
-            keys = n0 + tl.arange(0, BLOCK_N)
-            key_ok = keys < end
-            k = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            v = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=key_ok[:, None], other=0.0)
-            m_i, l_i, acc = _update(q, k, v, keys, key_ok, last_key, m_i, l_i, acc, scale_log2, TREE, tree_rows, row_ok,
-                                    TREE_W, T, PRECISION, HAS_TREE)
+            m_i, l_i, acc = _block(q, k_base, v_base, stride_kn, stride_vn, dims, n0, end, last_key, m_i, l_i, acc,
+                                   scale_log2, TREE, tree_rows, row_ok, TREE_W, T, BLOCK_N, PRECISION, HAS_TREE)
             n0 += BLOCK_N
     return m_i, l_i, acc
 
