@@ -64,7 +64,60 @@ METHODS = [
     ("auto", "draft", {"budget": 64, "chunk_size": 8, "middle_caches": ["hybrid", "streaming"], "streaming_budget": 32,
                        "recent_min": 16, "gammas": [2, 4, 8], "draft_gammas": [1, 2], "probe_every": 2}),
     ("triforce", "draft", {"budget": 64, "chunk_size": 8, "adaptive": True, "gammas": [3, 6]}),
+    # token trees at the top level (docs/DESIGN.md §13): a graph per block of the tree, the tree mask in the kernel
+    ("spec", "draft", {"tree": [4, 2, 1, 1]}),
+    ("retrieval_spec", None, {"budget": 64, "chunk_size": 8, "tree": [2, 2, 2, 2, 1]}),
 ]
+
+
+def tree_mask(parents: list[int], device) -> torch.Tensor:
+    """(T, T) bool: row t the nodes on t's path from the block's first (its ancestors and itself)."""
+    mask = torch.zeros(len(parents), len(parents), dtype=torch.bool)
+    for t, parent in enumerate(parents):
+        mask[t, t] = True
+        if parent >= 0:
+            mask[t] |= mask[parent]
+    return mask.to(device)
+
+
+def widths_parents(widths: list[int]) -> list[int]:
+    """The root and a tree of these widths per depth, breadth-first: each node's parent (-1: none)."""
+    parents, depth = [-1], [0]
+    for w in widths:
+        new = []
+        for node in depth:
+            for _ in range(w):
+                new.append(len(parents))
+                parents.append(node)
+        depth = new
+    return parents
+
+
+def check_tree_attention(device, ctx: KernelContext, keys: int = 32768) -> bool:
+    """The decode kernel with a token tree's mask against its reference at 32K keys: the root and
+    the nodes of a tree over the last slots, query rows per KV head from one tile to several (47
+    nodes under a group of 4, 21 under a group of 7: more than one 128-row tile), and a later depth
+    of a tree over earlier nodes (a (T, W) mask, W > T)."""
+    ok = True
+    g = torch.Generator(device=device).manual_seed(3)
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float32, 1e-5)):
+        for hq, hkv, widths, first in ((32, 8, [4, 2, 1], 0), (32, 8, [2, 2, 2, 2, 1], 0), (28, 4, [4, 2, 1], 0),
+                                       (32, 8, [2, 2, 2, 2, 1], 7)):
+            mask = tree_mask(widths_parents(widths), device)[first:]
+            t, w = mask.shape
+            S, kv_len = keys + 64, keys + t
+            q = torch.randn(1, t, hq, 128, device=device, dtype=dtype, generator=g).transpose(1, 2)
+            k = torch.randn(1, hkv, S, 128, device=device, dtype=dtype, generator=g)
+            v = torch.randn(1, hkv, S, 128, device=device, dtype=dtype, generator=g)
+            length = torch.tensor([kv_len], device=device)
+            out = decode_attention(q, k, v, length, 128 ** -0.5, ctx=ctx, tree=mask)
+            ref = decode_attention_reference(q.float(), k.float(), v.float(), length, 128 ** -0.5, tree=mask)
+            err = rel_err(out, ref)
+            good = err < tol and torch.isfinite(out).all().item()
+            ok &= good
+            print(f"decode_attention tree {str(dtype)[6:]:8s} hq={hq} hkv={hkv} widths={widths} T={t} W={w} "
+                  f"({hq // hkv * t} rows per KV head): rel err {err:.1e} {'ok' if good else 'FAILED'}")
+    return ok
 
 
 def rel_err(out, ref) -> float:
@@ -598,6 +651,7 @@ def main() -> int:
         policy = KernelPolicy.resolve(args.device, kernels)
         print(f"\n=== programmatic dependent launch {'on' if pdl else 'off'} ===")
         ok = check_kernels(args.device, policy)
+        ok &= check_tree_attention(args.device, KernelContext(policy, pdl=False))
         ok &= check_batched_kernels(args.device, policy)
         ok &= check_engine(args.device, kernels)
         ok &= check_batched_engine(args.device, kernels)
