@@ -110,12 +110,18 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_ob, stride_ot, stride_oh,
                   T, GROUP, NUM_KV_HEADS, num_splits, scale_log2,
-                  BLOCK_M: tl.constexpr, ROWS_PAD: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_M: tl.constexpr, ROW_TILES: tl.constexpr, ROWS_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HEAD_DIM: tl.constexpr,
                   PRECISION: tl.constexpr, LOOP_FOR: tl.constexpr, DIRECT: tl.constexpr, PDL: tl.constexpr,
                   PREFETCH: tl.constexpr, KEY_BYTES: tl.constexpr, TREE, TREE_W, HAS_TREE: tl.constexpr):
-    tile = tl.program_id(0)  # the fastest axis: a slice's row tiles run side by side and share its keys in L2
-    bh = tl.program_id(1)
-    split = tl.program_id(2)
+    if ROW_TILES == 1:  # every row in one tile: the grid (sequence x KV head, slice)
+        tile = 0
+        bh = tl.program_id(0)
+        split = tl.program_id(1)
+    else:  # the tile the fastest axis: a slice's row tiles run side by side and share its keys in L2
+        tile = tl.program_id(0)
+        bh = tl.program_id(1)
+        split = tl.program_id(2)
     b = bh // NUM_KV_HEADS
     h = bh % NUM_KV_HEADS
     k_base = K + b * stride_kb + h * stride_kh
@@ -123,9 +129,8 @@ def _split_kernel(Q, K, V, KV_LEN, OUT, O_PART, L_PART, kv_offset, stride_lb,
     KV_LEN += b * stride_lb  # this sequence's length (stride 0: one length for every sequence)
     if PREFETCH > 0:  # with PDL (contiguous keys): the slice's first keys and values into L2
         # the length read before the wait may be the previous step's: a prefetch is only a hint
-        # (the slice's first row tile asks for it; the others share it)
         hint_len, hint_start, hint_end = _slice(KV_LEN, kv_offset, split, num_splits, BLOCK_N)
-        if hint_start < hint_end and tile == 0:
+        if hint_start < hint_end:
             nbytes = tl.minimum(PREFETCH, (hint_end - hint_start) * KEY_BYTES)
             l2_prefetch(k_base + hint_start * stride_kn, nbytes)
             l2_prefetch(v_base + hint_start * stride_vn, nbytes)
@@ -219,12 +224,13 @@ def decode_attention(q, k, v, kv_len, scale, launch: AttentionLaunch, *, kv_offs
                                   *(e * s for s in (*k.stride()[:3], *v.stride()[:3])))
     else:
         prefetch = 0
-    _split_kernel[(tiles, B * Hkv, splits)](
+    grid = (B * Hkv, splits) if tiles == 1 else (tiles, B * Hkv, splits)
+    _split_kernel[grid](
         q, k, v, kv_len, out, o_part, l_part, kv_offset, kv_len.stride(0) if kv_len.numel() > 1 else 0,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         T, group, Hkv, splits, scale * 1.4426950408889634,
-        BLOCK_M=launch.block_m, ROWS_PAD=rows_pad, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
+        BLOCK_M=launch.block_m, ROW_TILES=tiles, ROWS_PAD=rows_pad, BLOCK_N=launch.block_n, HEAD_DIM=D, PRECISION=precision,
         LOOP_FOR=not interpreter, DIRECT=direct, num_warps=launch.warps, num_stages=launch.stages,
         PREFETCH=prefetch, KEY_BYTES=D * e, TREE=tree if tree is not None else kv_len,
         TREE_W=tree.shape[-1] if tree is not None else T, HAS_TREE=tree is not None,
