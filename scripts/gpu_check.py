@@ -408,6 +408,31 @@ def check_engine(device, kernels: dict) -> bool:
     return ok and a == b
 
 
+def check_chained_steps(device, kernels: dict) -> bool:
+    """A proposer's steps chained into one captured graph (StaticExecutor.steps) draw the tokens of
+    one captured forward a step: sampled, one sequence and a ragged batch, spec and triforce."""
+    from triforce.executor import StaticExecutor
+
+    ok = True
+    target, draft = random_model(0, device, torch.float32), random_model(1, device, torch.float32)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (700, 333, 901)]
+    for name, extra in (("spec", {"gamma": 6}), ("triforce", {"budget": 64, "draft_gamma": 4})):
+        for batch in (prompts[0], prompts):
+            tokens = {}
+            for chain in (False, True):
+                StaticExecutor.chain_steps = chain
+                res = Engine(target, draft, {"name": name, **extra}, {"temperature": 0.8, "top_p": 0.95},
+                             {"executor": "graphs", "kernels": kernels}).generate(batch, 40, seed=5, stop_at_eos=False)
+                tokens[chain] = [r.tokens for r in res] if isinstance(batch[0], list) else [res.tokens]
+            StaticExecutor.chain_steps = True
+            same = tokens[False] == tokens[True]
+            ok &= same
+            print(f"graphs {name:9s} {len(tokens[True])} sequence(s): chained draft steps draw the single steps' "
+                  f"tokens={same}")
+    return ok
+
+
 def check_batched_kernels(device, policy: KernelPolicy) -> bool:
     """The kernels of a batch (docs/DESIGN.md §5): 4 sequences at different lengths, each row's
     result against the reference run on that row alone, at realistic sizes: decode attention (8B
@@ -655,6 +680,7 @@ def main() -> int:
         ok &= check_batched_kernels(args.device, policy)
         ok &= check_engine(args.device, kernels)
         ok &= check_batched_engine(args.device, kernels)
+        ok &= check_chained_steps(args.device, kernels)
         ok &= check_families(args.device, kernels)
         ok &= check_synchronisations(args.device, kernels)
         report_bf16(args.device, kernels)

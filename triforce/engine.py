@@ -709,15 +709,18 @@ class Generation:
         (B, n, V) (a frozen row's are not used)."""
         if i == 0:
             dists = []
-            for _ in range(n):
+            for step in range(n):
+                if step == 1 and (chained := self._chained_steps(n - 1, active)) is not None:
+                    dists.append(chained)
+                    break
                 # and tokens[b, n_b] drawn from each row's p, on the device
-                p = self.forward(0, [m - 1 for m in self.lengths], active, sample=True)[:, -1]
+                p = self.forward(0, [m - 1 for m in self.lengths], active, sample=True)[:, -1:]
                 self._broadcast_new_tokens()
                 for row, on in zip(self.rows, active):
                     if on:
                         row.n += 1
                 dists.append(p)
-            return torch.stack(dists, dim=1)
+            return torch.cat(dists, dim=1)
         start = self.lengths
         counts = [0] * self.B
         pending = list(active)
@@ -739,6 +742,25 @@ class Generation:
                 row.n = start[b] + n
                 self._crop(i, b, row.n - 1)
         return out
+
+    def _chained_steps(self, k: int, active: list[bool]) -> torch.Tensor | None:
+        """The proposer's next k one-token steps as one static forward (StaticExecutor.steps) where
+        the executor can: after a round's first step every active row has exactly one token its
+        cache has not seen, so the k steps have one shape. Their distributions (B, k, V), or None
+        (one forward a step then: an eager executor, an eviction due within the k, or tensor
+        parallelism, whose ranks take rank 0's draw between steps)."""
+        level = self.chain[0]
+        can_step = getattr(self.executor, "can_step", None)
+        if self.parallel.enabled or can_step is None or not can_step(level, k, active):
+            return None
+        phase = level.name if len(self.chain) > 1 else "decode"
+        probs = self.executor.steps(level, [m - 1 for m in self.lengths], k, phase, rows=active)
+        for _ in range(k):
+            self.stats.forward_of(level.name, active)
+        for row, on in zip(self.rows, active):
+            if on:
+                row.n += k
+        return probs
 
     def _round(self, i: int, active: list[bool]) -> "Round":
         """One speculative round at level i for every active row: ask level i - 1 for gamma tokens,

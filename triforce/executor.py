@@ -25,6 +25,12 @@ before the replay), which saves the host a kernel launch per draft step.
   captured (`capturable = False`: the offloaded full cache, whose copies vary in length and take
   tens of milliseconds, so launch overhead does not matter there) runs eagerly.
 
+A proposer's one-token steps after the first of its round can run as one static forward
+(`StaticExecutor.steps`: k steps, each with its own view of the cache, one after another inside one
+graph, each step's draw read by the next): one replay instead of k, the host's per-step work (the
+views, the draws, the timers) done once for the k. The same draws in the same order as k single
+steps, so the same tokens.
+
 Both time each forward under its level's phase (CUDA events on a GPU: no synchronisation).
 """
 
@@ -186,6 +192,8 @@ class Runner:
     out: torch.Tensor | None = None
     race: torch.Tensor | None = None  # the Exp(1) draws a graph that samples reads (filled before replay)
     ids: torch.Tensor | None = None  # a logits forward's own input ids (B, T), copied in before each run
+    views: tuple[StaticView, ...] = ()  # a chain of steps: one view per step (`view` is the first)
+    races: tuple[torch.Tensor, ...] = ()  # and, captured, each step's draws, filled in step order
 
     def run(self) -> torch.Tensor:
         if self.graph is None:
@@ -195,6 +203,8 @@ class Runner:
 
 
 class StaticExecutor:
+    chain_steps = True  # a proposer's one-token steps may run as one static forward (`steps`)
+
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
                  capture: bool, generator: torch.Generator | None, policy: KernelPolicy):
         self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
@@ -206,6 +216,7 @@ class StaticExecutor:
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.eager = EagerExecutor(tokens, sampling, stats, generator, policy)
+        self._step_rows: list[bool] | None = None  # the rows of the chain of steps running (`steps`)
 
     def forward(self, level, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
                 sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor:
@@ -245,6 +256,63 @@ class StaticExecutor:
             with self.stats.timed(phase, key=(level.name, T)) if phase is not None else contextlib.nullcontext():
                 return runner.run()
 
+    def can_step(self, level, steps: int, rows: list[bool] | None = None) -> bool:
+        """Whether `steps` one-token sampling steps of `level` can run as one static forward: its
+        cache is captured, and every active row has room for them without an eviction (a
+        StreamingLLM window's shift is device work done when the slots are reserved, between steps)."""
+        cache = level.cache
+        if not (self.chain_steps and steps > 1 and cache.capturable):
+            return False
+        lengths = cache.rows_of("length")
+        return all(n + steps <= cache.capacity for b, n in enumerate(lengths) if rows is None or rows[b])
+
+    def steps(self, level, starts: list[int], steps: int, phase: str, *, rows: list[bool] | None = None) -> torch.Tensor:
+        """`steps` forwards of one token per sequence, each drawing the next token into the token
+        buffer (the first reads tokens[b, starts[b]], step j an active row's starts[b] + j; a frozen
+        row's stay put), as one static forward: one graph replay on a GPU. Returns their
+        distributions (B, steps, V). The draws are those of `steps` single forwards, in their order."""
+        cache = level.cache
+        runner = self._steps_runner(level, steps)
+        for j, view in enumerate(runner.views):
+            with _reserved(cache, 1, rows) as positions:
+                view.set([s + j if rows is None or rows[b] else s for b, s in enumerate(starts)], positions,
+                         cache.rows_of("length"))
+        for race in runner.races:  # the draws the single steps would make, in their order
+            race.exponential_(generator=self.generator)
+        self._step_rows = rows  # read by an uncaptured chain's draws (a captured one's do not depend on them)
+        with self.stats.timed(phase, key=(level.name, 1), share=steps):
+            probs = runner.run()
+        return _uniform_rows(probs, rows)
+
+    def _steps_runner(self, level, steps: int) -> Runner:
+        key = (level.name, id(level.cache), 1, 1, "steps", steps)
+        if key in self.runners:
+            return self.runners[key]
+        cache, tokens, sampling = level.cache, self.tokens, self.sampling
+        B, V = cache.batch_size, level.model.output_vocab
+        views = tuple(StaticView(cache, 1) for _ in range(steps))
+        plan = build_plan(level.model, 1, 1, self.ctx, batch=B, kv_slots=cache.k.shape[3])
+        races = tuple(torch.ones(B, V, dtype=torch.float32, device=tokens.device) for _ in views) if self.capture else ()
+        generator, eager_ctx = self.generator, self.eager.ctx
+
+        def body() -> torch.Tensor:
+            out = []
+            for j, view in enumerate(views):
+                probs = probabilities(plan.run(view, tokens).reshape(B, V), sampling, ctx=self.ctx)
+                if races:  # captured: the race over the draws filled before the replay, as a sampling graph's
+                    race_sample(probs, races[j], out_tokens=tokens, index=1, index_from=view.token_start, ctx=self.ctx)
+                else:  # as an uncaptured step samples after its forward (a frozen row from a uniform row)
+                    sample_into(_uniform_rows(probs, self._step_rows), generator, tokens, 1,
+                                index_from=view.token_start, ctx=eager_ctx)
+                out.append(probs)
+            return torch.stack(out, dim=1)  # (B, steps, V)
+
+        runner = Runner(views[0], body, plan, views=views, races=races)
+        if self.capture:
+            runner.graph, runner.out = self._capture(body, views, cache)
+        self.runners[key] = runner
+        return runner
+
     def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key) -> "Runner":
         key = (level.name, id(level.cache), num_tokens, num_logits, "logits", shape_key)
         if key in self.runners:
@@ -264,7 +332,7 @@ class StaticExecutor:
 
         runner = Runner(view, body, plan, ids=ids)
         if self.capture:
-            runner.graph, runner.out = self._capture(body, view, cache, token_start=0)
+            runner.graph, runner.out = self._capture(body, (view,), cache, token_start=0)
         self.runners[key] = runner
         return runner
 
@@ -293,7 +361,7 @@ class StaticExecutor:
 
         if not self.capture:
             return Runner(view, body, plan)
-        graph, out = self._capture(body, view, level.cache)
+        graph, out = self._capture(body, (view,), level.cache)
         return Runner(view, body, plan, graph, out, race)
 
     @property
@@ -301,7 +369,7 @@ class StaticExecutor:
         """The tuning-file entries the captured plans' launches came from."""
         return tuple(dict.fromkeys(e for r in self.runners.values() for e in r.plan.tuning_used))
 
-    def _capture(self, body, view: StaticView, cache, token_start: int | None = None):
+    def _capture(self, body, views: tuple[StaticView, ...], cache, token_start: int | None = None):
         # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:
         # nothing may compile or synchronise while a graph records. The warm-up writes keys at
         # slots >= each row's length, which the real forward overwrites, and (a sampling forward) a
@@ -309,8 +377,9 @@ class StaticExecutor:
         # (token_start: where a forward with its own ids buffer reads them.) Its time is the
         # generation's first-use cost ("capture"), kept apart from the levels'.
         start = time.perf_counter()
-        last = self.tokens.shape[-1] - 1 - view.num_tokens if token_start is None else token_start
-        view.set([last] * cache.batch_size, cache.rows_of("seq_len"), cache.rows_of("length"))
+        last = self.tokens.shape[-1] - 1 - views[0].num_tokens if token_start is None else token_start
+        for view in views:  # (a chain of steps: every step at the same slots)
+            view.set([last] * cache.batch_size, cache.rows_of("seq_len"), cache.rows_of("length"))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

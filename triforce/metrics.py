@@ -54,7 +54,7 @@ class GenerationStats:
     prefill_reused: bool = False  # the top level's prefill came from a PrefillMemo (every sequence's)
     rows: list[Counts] = dataclasses.field(default_factory=list)
     _events: dict[str, list] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
-    _keyed: list = dataclasses.field(default_factory=list)  # ((level, tokens), seconds or CUDA events)
+    _keyed: list = dataclasses.field(default_factory=list)  # ((level, tokens), seconds or CUDA events, forwards)
     _stream: object = None  # the CUDA stream of the generation's forwards (the current one at their first)
 
     def __post_init__(self) -> None:
@@ -77,10 +77,11 @@ class GenerationStats:
             self.time_s[phase] += time.perf_counter() - start
 
     @contextlib.contextmanager
-    def timed(self, phase: str, key: tuple | None = None):
+    def timed(self, phase: str, key: tuple | None = None, share: int = 1):
         """Device time of a forward, without synchronising (CUDA events, read in `summary`). `key`
         (level, tokens per sequence): also kept per forward for the adaptive planner, which reads them
-        after the round's synchronisation (`drain`)."""
+        after the round's synchronisation (`drain`). share: the forwards the timed work holds (a
+        proposer's steps run as one graph), each `key`'s with an equal part of its time."""
         if not self._cuda:
             start = time.perf_counter()
             try:
@@ -89,7 +90,7 @@ class GenerationStats:
                 seconds = time.perf_counter() - start
                 self.time_s[phase] += seconds
                 if key is not None:
-                    self._keyed.append((key, seconds))
+                    self._keyed.append((key, seconds, share))
             return
         # the stream the forwards run on, looked up once: torch.cuda.current_stream() costs ~30 us of
         # host time per call (two per forward: docs/data/profile_rounds_8b_32k_b8_h100.txt)
@@ -102,7 +103,7 @@ class GenerationStats:
             end.record(stream)
             self._events[phase].append((begin, end))
             if key is not None:
-                self._keyed.append((key, (begin, end)))
+                self._keyed.append((key, (begin, end), share))
 
     def _current_stream(self):
         self._stream = torch.cuda.current_stream(self.device)
@@ -111,7 +112,10 @@ class GenerationStats:
     def drain(self) -> list[tuple[tuple, float]]:
         """The keyed forwards' seconds since the last drain. Call after a synchronisation (the step's):
         their CUDA events have completed, so reading them waits for nothing."""
-        out = [(key, t if isinstance(t, float) else t[0].elapsed_time(t[1]) / 1000) for key, t in self._keyed]
+        out = []
+        for key, t, share in self._keyed:
+            seconds = t if isinstance(t, float) else t[0].elapsed_time(t[1]) / 1000
+            out += [(key, seconds / share)] * share
         self._keyed.clear()
         return out
 
