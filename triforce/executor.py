@@ -203,7 +203,9 @@ class Runner:
 
 
 class StaticExecutor:
-    chain_steps = True  # a proposer's one-token steps may run as one static forward (`steps`)
+    # a proposer's one-token steps may run as one static forward (`steps`): off until a same-run
+    # benchmark on a GPU shows it faster (docs/PERFORMANCE.md); exact either way (tests, gpu_check)
+    chain_steps = False
 
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
                  capture: bool, generator: torch.Generator | None, policy: KernelPolicy):
