@@ -414,7 +414,7 @@ def check_chained_steps(device, kernels: dict) -> bool:
     from triforce.executor import StaticExecutor
 
     ok = True
-    default, steps = StaticExecutor.chain_steps, StaticExecutor.steps
+    steps = StaticExecutor.steps
     chained = []  # the steps each chained replay ran
 
     def counted(self, level, starts, k, *a, **kw):
@@ -429,11 +429,10 @@ def check_chained_steps(device, kernels: dict) -> bool:
         for batch in (prompts[0], prompts):
             tokens = {}
             for chain in (False, True):
-                StaticExecutor.chain_steps = chain
                 res = Engine(target, draft, {"name": name, **extra}, {"temperature": 0.8, "top_p": 0.95},
-                             {"executor": "graphs", "kernels": kernels}).generate(batch, 40, seed=5, stop_at_eos=False)
+                             {"executor": "graphs", "kernels": {**kernels, "chain_steps": chain}}).generate(
+                    batch, 40, seed=5, stop_at_eos=False)
                 tokens[chain] = [r.tokens for r in res] if isinstance(batch[0], list) else [res.tokens]
-            StaticExecutor.chain_steps = default
             same = tokens[False] == tokens[True] and bool(chained)
             ok &= same
             print(f"graphs {name:9s} {len(tokens[True])} sequence(s): chained draft steps ({len(chained)} replays of "

@@ -203,10 +203,6 @@ class Runner:
 
 
 class StaticExecutor:
-    # a proposer's one-token steps may run as one static forward (`steps`): off until a same-run
-    # benchmark on a GPU shows it faster (docs/PERFORMANCE.md); exact either way (tests, gpu_check)
-    chain_steps = False
-
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
                  capture: bool, generator: torch.Generator | None, policy: KernelPolicy):
         self.tokens, self.sampling, self.stats, self.capture = tokens, sampling, stats, capture
@@ -214,6 +210,8 @@ class StaticExecutor:
         # what a graph captures launches with programmatic dependent launch (where the policy says);
         # an uncaptured forward launches plainly
         self.ctx = KernelContext(policy, pdl=policy.pdl and capture, workspace=Workspace(tokens.device))
+        # a proposer's one-token steps may run as one static forward (`steps`): the policy's choice
+        self.chain_steps = policy.chain_steps
         self.runners: dict[tuple, Runner] = {}
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None

@@ -19,7 +19,7 @@ CASES = {
     "foo=1": f"foo=1: the config has no key 'foo'; its keys are {TOP_KEYS}, and the groups {GROUPS} (group=option); "
              "use +foo=1 only for a key the run reads",
     "hardware.kernels.bogus=1": "hardware.kernels.bogus=1: hardware.kernels has no key 'bogus'; its keys are kernels, "
-                                "pdl, linear, fold_norm, allreduce, tuning_file; use +hardware.kernels.bogus=1 only "
+                                "pdl, linear, fold_norm, allreduce, chain_steps, tuning_file; use +hardware.kernels.bogus=1 only "
                                 "for a key the run reads",
     "method.gama=4": "method.gama=4: method has no key 'gama'; its keys are name, gamma, ",
     "model.tiny.seed=3": "model.tiny.seed=3: model has no key 'tiny'; its keys are name, tokenizer, dtype, ",

@@ -69,10 +69,10 @@ def test_chained_proposer_steps_draw_the_tokens_of_single_steps(tiny_setup, monk
     steps = StaticExecutor.steps
 
     def generate(chain: bool):
-        monkeypatch.setattr(StaticExecutor, "chain_steps", chain)
         calls = []
         monkeypatch.setattr(StaticExecutor, "steps", lambda self, *a, **kw: calls.append(a[2]) or steps(self, *a, **kw))
-        engine = Engine(setup.target, setup.drafts.get(draft), method, sampling, {"executor": "static"})
+        engine = Engine(setup.target, setup.drafts.get(draft), method, sampling,
+                        {"executor": "static", "kernels": {"chain_steps": chain}})
         out = engine.generate(prompts if batch > 1 else prompts[0], 24, seed=3, stop_at_eos=False)
         return [r.tokens for r in out] if batch > 1 else [out.tokens], calls, out.metrics
 

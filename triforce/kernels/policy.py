@@ -7,7 +7,8 @@ What it decides:
 
 - whether the Triton kernels run at all (`kernels`: on CUDA with Triton installed; on CPU tensors
   only through Triton's interpreter, `TRITON_INTERPRET=1`, which the tests use);
-- programmatic dependent launch in captured graphs (`pdl`), the linear backend of decode-sized
+- programmatic dependent launch in captured graphs (`pdl`), a proposer's steps captured as one
+  graph (`chain_steps`), the linear backend of decode-sized
   products (`linear`: the fused Triton kernel or cuBLAS), the fusions (an RMSNorm split across the
   products around it, a small one-row product taking its norm into its prologue), the L2 prefetch
   before each PDL wait, the all-reduce of tensor parallelism;
@@ -19,7 +20,7 @@ What it decides:
   with `describe()`.
 
 The environment is read here and nowhere else: `TRIFORCE_PDL`, `TRIFORCE_LINEAR`,
-`TRIFORCE_ALLREDUCE` (each also a config override, `hardware.kernels.*`) and Triton's own
+`TRIFORCE_ALLREDUCE`, `TRIFORCE_CHAIN_STEPS` (each also a config override, `hardware.kernels.*`) and Triton's own
 `TRITON_INTERPRET`. No kernel module reads a switch at launch time: every entry point takes its
 launch (or the policy) as an argument, so a captured graph records exactly what the policy says.
 """
@@ -185,9 +186,12 @@ class KernelPolicy:
     attention_programs_per_sm: int = 2  # where the tile lets two fit
     attention_max_slices: int = 32
     allreduce: str = "triton"  # tensor parallelism, small messages: triton | torch (one-shot) | nccl
+    # a proposer's one-token steps after its round's first as one captured forward (executor.StaticExecutor.steps);
+    # off until a same-run benchmark on a GPU shows it faster (docs/PERFORMANCE.md)
+    chain_steps: bool = False
     tuning: Tuning = dataclasses.field(default_factory=lambda: Tuning(""))
 
-    OVERRIDES = ("kernels", "pdl", "linear", "fold_norm", "allreduce", "tuning_file")
+    OVERRIDES = ("kernels", "pdl", "linear", "fold_norm", "allreduce", "chain_steps", "tuning_file")
 
     # -- resolution: the one place that reads the environment --------------------------------
     @classmethod
@@ -195,7 +199,7 @@ class KernelPolicy:
                 environ: Mapping[str, str] | None = None, *, props: DeviceProps | None = None) -> "KernelPolicy":
         """The policy for `device` (a run's engine resolves it once: engine.py). overrides
         (`hardware.kernels`): kernels (auto | true | false), pdl, linear, fold_norm, allreduce,
-        tuning_file (a path, or null: the device's own file). Environment variables override the
+        chain_steps, tuning_file (a path, or null: the device's own file). Environment variables override the
         defaults, config overrides override both."""
         environ = os.environ if environ is None else environ
         device = torch.device(device)
@@ -214,7 +218,7 @@ class KernelPolicy:
             tuning = Tuning("cpu")
         policy = cls(device=props, kernels=bool(kernels), interpreter=interpreter and device.type != "cuda",
                      pdl=o["pdl"] and props.hopper, linear=o["linear"], fold_norm=o["fold_norm"],
-                     allreduce=o["allreduce"], tuning=tuning)
+                     allreduce=o["allreduce"], chain_steps=o["chain_steps"], tuning=tuning)
         return policy.tuned()
 
     @classmethod
@@ -243,6 +247,8 @@ class KernelPolicy:
                               "(cuBLAS)")
         out["allreduce"] = cls.allreduce_of(overrides, environ)
         out["fold_norm"] = _flag(overrides.get("fold_norm", True), "hardware.kernels.fold_norm")
+        out["chain_steps"] = _flag(overrides.get("chain_steps", environ.get("TRIFORCE_CHAIN_STEPS", "0")),
+                                   "hardware.kernels.chain_steps")
         return out
 
     @staticmethod
