@@ -40,6 +40,12 @@ def test_environment_and_config_overrides_resolve_in_one_place():
     assert not cpu.kernels and not cpu.uses_kernels(torch.empty(1))
     with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
         KernelPolicy.resolve("cpu", {"kernels": True}, environ={})
+    # a proposer's steps as one captured graph: off unless asked, by the config or the environment
+    assert not policy_for(H200).chain_steps
+    assert KernelPolicy.resolve("cuda", {}, environ={"TRIFORCE_CHAIN_STEPS": "1"}, props=H200).chain_steps
+    assert not KernelPolicy.resolve("cuda", {"chain_steps": False}, environ={"TRIFORCE_CHAIN_STEPS": "1"},
+                                    props=H200).chain_steps
+    assert policy_for(H200, chain_steps=True).describe()["chain_steps"] is True
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -48,6 +54,7 @@ def test_environment_and_config_overrides_resolve_in_one_place():
     ({"allreduce": "mpi"}, "hardware.kernels.allreduce='mpi'"),
     ({"pdl": "maybe"}, "hardware.kernels.pdl='maybe' must be true or false"),
     ({"kernels": "yes"}, "hardware.kernels.kernels='yes'"),
+    ({"chain_steps": "often"}, "hardware.kernels.chain_steps='often' must be true or false"),
 ])
 def test_bad_overrides_are_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
