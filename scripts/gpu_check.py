@@ -50,6 +50,7 @@ from triforce.kernels.rotary import rope_store, rope_store_reference
 from triforce.models.config import ModelConfig
 from triforce.models.llama import Transformer
 from triforce.models.rope import RotaryEmbedding
+from triforce.tree import Tree
 
 GREEDY = {"temperature": 0}
 METHODS = [
@@ -70,29 +71,6 @@ METHODS = [
 ]
 
 
-def tree_mask(parents: list[int], device) -> torch.Tensor:
-    """(T, T) bool: row t the nodes on t's path from the block's first (its ancestors and itself)."""
-    mask = torch.zeros(len(parents), len(parents), dtype=torch.bool)
-    for t, parent in enumerate(parents):
-        mask[t, t] = True
-        if parent >= 0:
-            mask[t] |= mask[parent]
-    return mask.to(device)
-
-
-def widths_parents(widths: list[int]) -> list[int]:
-    """The root and a tree of these widths per depth, breadth-first: each node's parent (-1: none)."""
-    parents, depth = [-1], [0]
-    for w in widths:
-        new = []
-        for node in depth:
-            for _ in range(w):
-                new.append(len(parents))
-                parents.append(node)
-        depth = new
-    return parents
-
-
 def check_tree_attention(device, ctx: KernelContext, keys: int = 32768) -> bool:
     """The decode kernel with a token tree's mask against its reference at 32K keys: the root and
     the nodes of a tree over the last slots, query rows per KV head from one tile to several (47
@@ -103,7 +81,7 @@ def check_tree_attention(device, ctx: KernelContext, keys: int = 32768) -> bool:
     for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float32, 1e-5)):
         for hq, hkv, widths, first in ((32, 8, [4, 2, 1], 0), (32, 8, [2, 2, 2, 2, 1], 0), (28, 4, [4, 2, 1], 0),
                                        (32, 8, [2, 2, 2, 2, 1], 7)):
-            mask = tree_mask(widths_parents(widths), device)[first:]
+            mask = Tree.from_widths([1, *widths]).ancestors(device)[first:]  # the root, then the tree
             t, w = mask.shape
             S, kv_len = keys + 64, keys + t
             q = torch.randn(1, t, hq, 128, device=device, dtype=dtype, generator=g).transpose(1, 2)
