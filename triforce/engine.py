@@ -650,7 +650,7 @@ class Generation:
                 seq[b] = first_needed[b]
         lengths = self.lengths
         num_logits = next(lengths[b] - first_needed[b] for b in range(self.B) if active[b])
-        phase = level.name if i < len(self.chain) - 1 else ("decode" if len(self.chain) == 1 else "verify")
+        phase = self._phase(i)
         out = None
         for num_tokens, group in self._widths(cache, seq, active):
             starts = [max(n - num_tokens, 0) for n in lengths]
@@ -662,6 +662,11 @@ class Generation:
                 take = device_index(group, probs.device).bool()[:, None, None]
                 out = torch.where(take, probs, out)
         return out
+
+    def _phase(self, i: int) -> str:
+        """The stats phase of level i's forwards: a proposer's its own name; the top's verify, or
+        decode when it runs alone."""
+        return self.chain[i].name if i < len(self.chain) - 1 else ("decode" if len(self.chain) == 1 else "verify")
 
     def _widths(self, cache, seq: list[int], active: list[bool]) -> list[tuple[int, list[bool]]]:
         """The forwards a level's step takes: (tokens per sequence, the rows it serves). One, as
@@ -750,11 +755,9 @@ class Generation:
         (one forward a step then: an eager executor, an eviction due within the k, or tensor
         parallelism, whose ranks take rank 0's draw between steps)."""
         level = self.chain[0]
-        can_step = getattr(self.executor, "can_step", None)
-        if self.parallel.enabled or can_step is None or not can_step(level, k, active):
+        if self.parallel.enabled or not self.executor.can_step(level, k, active):
             return None
-        phase = level.name if len(self.chain) > 1 else "decode"
-        probs = self.executor.steps(level, [m - 1 for m in self.lengths], k, phase, rows=active)
+        probs = self.executor.steps(level, [m - 1 for m in self.lengths], k, self._phase(0), rows=active)
         for _ in range(k):
             self.stats.forward_of(level.name, active)
         for row, on in zip(self.rows, active):

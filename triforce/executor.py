@@ -64,6 +64,10 @@ class Executor(Protocol):
     def forward(self, level: LevelLike, starts: list[int], num_tokens: int, num_logits: int, phase: str, *,
                 sample: bool = False, rows: list[bool] | None = None) -> torch.Tensor: ...
 
+    def can_step(self, level: LevelLike, steps: int, rows: list[bool] | None = None) -> bool:
+        """Whether `steps(level, ...)` may run that many one-token steps as one forward."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -176,6 +180,10 @@ class EagerExecutor:
                 out = torch.zeros(B, *logits.shape[1:], dtype=logits.dtype, device=logits.device)
             out[b] = logits[0]
         return out
+
+    def can_step(self, level, steps: int, rows: list[bool] | None = None) -> bool:
+        """Never: an eager forward is one step (see StaticExecutor.steps)."""
+        return False
 
     def release(self) -> None:
         pass
