@@ -40,7 +40,7 @@ from triforce.errors import ConfigError
 from triforce.memory import check_memory, device_available, kv_bytes_per_token, plan_memory
 from triforce.prefill_memo import PrefillMemo
 from triforce.models.loading import parse_dtype
-from triforce.report import markdown_table
+from triforce.report import benchmark_report, command_line
 from triforce.sampling import SamplingParams
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
@@ -238,28 +238,16 @@ def run_long(cfg: DictConfig, models: Models, tables: dict[str, list], save) -> 
 
 
 def report(card: latency.Card, tables: dict[str, list]) -> str:
-    lines = [f"# Adaptive plans benchmark: {card.name}, {datetime.date.today().isoformat()}",
-             f"device-to-device copy bandwidth {card.bandwidth / 1e12:.2f} TB/s (read + write counted); "
-             f"torch {torch.__version__}", "command: python experiments/adaptive_benchmark.py " + " ".join(sys.argv[1:])]
     shown = {"verdicts": verdicts(tables["runs"]),
              "runs": [{k: v for k, v in r.items() if not k.startswith(("plan_", "time_s/", "forwards/", "alpha/"))}
                       for r in tables["runs"]],
              **{k: v for k, v in tables.items() if k != "runs"}}
-    for name, rows in shown.items():
-        if rows:
-            lines += ["", f"## {name}", "", markdown_table(pd.DataFrame(rows))]
-    return "\n".join(lines)
+    return benchmark_report("Adaptive plans benchmark", card, command_line(), shown)
 
 
 @hydra.main(version_base="1.3", config_path="../triforce/conf", config_name="adaptive_benchmark")
 def main(cfg: DictConfig) -> None:
-    if not torch.cuda.is_available():
-        print("error: the adaptive benchmark needs a CUDA GPU", file=sys.stderr)
-        sys.exit(2)
-    unknown = sorted({c[0] for c in [*cfg.cells, cfg.drift.cell, *cfg.long.cells]} - set(DRAFT_OF))
-    if unknown:
-        print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
-        sys.exit(2)
+    latency.require_gpu("the adaptive benchmark", [c[0] for c in [*cfg.cells, cfg.drift.cell, *cfg.long.cells]])
     try:
         for m in (*cfg.fixed.values(), cfg.auto):
             method_config(OmegaConf.to_container(m))

@@ -40,7 +40,7 @@ from triforce.errors import ConfigError
 from triforce.memory import check_memory, device_available, kv_bytes_per_token, plan_memory
 from triforce.models.loading import parse_dtype
 from triforce.prefill_memo import PrefillMemo
-from triforce.report import markdown_table
+from triforce.report import benchmark_report, command_line, markdown_table
 from triforce.sampling import SamplingParams
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
@@ -142,25 +142,13 @@ def speedup_table(rows: list[dict]) -> list[dict]:
 
 
 def report(card: latency.Card, tables: dict[str, list]) -> str:
-    lines = [f"# Batched decoding benchmark: {card.name}, {datetime.date.today().isoformat()}",
-             f"device-to-device copy bandwidth {card.bandwidth / 1e12:.2f} TB/s (read + write counted); "
-             f"torch {torch.__version__}", "command: python experiments/batch_benchmark.py " + " ".join(sys.argv[1:])]
     tables = {**tables, "measured speedup": speedup_table(tables["end_to_end"])}
-    for name, rows in tables.items():
-        if rows:
-            lines += ["", f"## {name}", "", markdown_table(pd.DataFrame(rows))]
-    return "\n".join(lines)
+    return benchmark_report("Batched decoding benchmark", card, command_line(), tables)
 
 
 @hydra.main(version_base="1.3", config_path="../triforce/conf", config_name="batch_benchmark")
 def main(cfg: DictConfig) -> None:
-    if not torch.cuda.is_available():
-        print("error: the batch benchmark needs a CUDA GPU", file=sys.stderr)
-        sys.exit(2)
-    unknown = [s for s in cfg.shapes if s not in SHAPES or s not in DRAFT_OF]
-    if unknown:
-        print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
-        sys.exit(2)
+    latency.require_gpu("the batch benchmark", cfg.shapes)
     from triforce.kernels.policy import KernelPolicy
 
     try:

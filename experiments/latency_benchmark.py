@@ -32,7 +32,7 @@ from triforce.config import method_config
 from triforce.errors import ConfigError
 from triforce.memory import check_memory, device_available, plan_memory
 from triforce.models.loading import parse_dtype
-from triforce.report import markdown_table
+from triforce.report import benchmark_report, command_line, markdown_table
 from triforce.sampling import SamplingParams
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
@@ -104,25 +104,12 @@ def run_smollm2(cfg: DictConfig, tables: dict[str, list]) -> None:
 
 
 def report(cfg: DictConfig, card: latency.Card, tables: dict[str, list]) -> str:
-    lines = [f"# Latency benchmark: {card.name}, {datetime.date.today().isoformat()}",
-             f"device-to-device copy bandwidth {card.bandwidth / 1e12:.2f} TB/s (read + write counted); "
-             f"torch {torch.__version__}", "command: python experiments/latency_benchmark.py "
-             + " ".join(sys.argv[1:])]
-    for name, rows in tables.items():
-        if rows:
-            lines += ["", f"## {name}", "", markdown_table(pd.DataFrame(rows))]
-    return "\n".join(lines)
+    return benchmark_report("Latency benchmark", card, command_line(), tables)
 
 
 @hydra.main(version_base="1.3", config_path="../triforce/conf", config_name="latency_benchmark")
 def main(cfg: DictConfig) -> None:
-    if not torch.cuda.is_available():
-        print("error: the latency benchmark needs a CUDA GPU", file=sys.stderr)
-        sys.exit(2)
-    unknown = [s for s in cfg.shapes if s not in SHAPES or s not in DRAFT_OF]
-    if unknown:
-        print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
-        sys.exit(2)
+    latency.require_gpu("the latency benchmark", cfg.shapes)
     from triforce.kernels.policy import KernelPolicy
 
     try:

@@ -40,7 +40,7 @@ from triforce.errors import ConfigError
 from triforce.memory import check_memory, device_available, plan_memory
 from triforce.models.loading import parse_dtype
 from triforce.parallel import Parallel, init_parallel, quiet_other_ranks, shard_config, shard_model
-from triforce.report import markdown_table
+from triforce.report import benchmark_report, command_line, markdown_table
 from triforce.sampling import SamplingParams
 from triforce.tree import method_tree
 from triforce.tree_shapes import best_tree
@@ -166,14 +166,10 @@ def run_identity(cfg, par, device, tables, say) -> dict:
 
 
 def report(cfg, card, h2d, par, tables) -> str:
-    lines = [f"# Offloading benchmark: {card.name} x{par.world}, {datetime.date.today().isoformat()}",
-             f"device copy bandwidth {card.bandwidth / 1e12:.2f} TB/s (read + write counted); pinned host -> device "
-             f"{h2d / 1e9:.1f} GB/s per GPU (all GPUs copying); torch {torch.__version__}",
-             "command: " + ("torchrun --nproc-per-node %d " % par.world if par.enabled else "python ")
-             + "experiments/offload_benchmark.py " + " ".join(sys.argv[1:])]
-    for name, rows in tables.items():
-        if rows:
-            lines += ["", f"## {name}", "", markdown_table(pd.DataFrame(rows))]
+    launcher = f"torchrun --nproc-per-node {par.world}" if par.enabled else "python"
+    lines = [benchmark_report(f"Offloading benchmark ({par.world} GPU{'s' if par.world > 1 else ''})", card,
+                              command_line(launcher), tables,
+                              header=[f"pinned host -> device {h2d / 1e9:.1f} GB/s per GPU (all GPUs copying)"])]
     prefill = [r for r in tables["end_to_end"] if r["method"] == "autoregressive"]
     if len(prefill) >= 2:
         small, large = prefill[0], prefill[-1]
@@ -187,12 +183,7 @@ def report(cfg, card, h2d, par, tables) -> str:
 
 @hydra.main(version_base="1.3", config_path="../triforce/conf", config_name="offload_benchmark")
 def main(cfg: DictConfig) -> None:
-    if not torch.cuda.is_available():
-        print("error: the offloading benchmark needs a CUDA GPU", file=sys.stderr)
-        sys.exit(2)
-    if cfg.shape not in DRAFT_OF:
-        print(f"error: unknown shape {cfg.shape!r}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
-        sys.exit(2)
+    latency.require_gpu("the offloading benchmark", [cfg.shape])
     try:
         par, device = init_parallel(cfg.tensor_parallel, "cuda")
         shard_config(SHAPES[cfg.shape], par.world)

@@ -37,9 +37,17 @@ def graph_time(calls: list[Callable[[], object]], repeats: int = 10, batches: in
     with torch.cuda.graph(graph):
         for call in calls:
             call()
+    seconds = replay_time(graph, repeats, batches) / len(calls)
+    del graph
+    return seconds
+
+
+def replay_time(graph: torch.cuda.CUDAGraph, repeats: int, batches: int = 5) -> float:
+    """Seconds per replay of a captured graph: the median over `batches` of `repeats` back-to-back
+    replays (three replays first, so nothing is timed cold)."""
     for _ in range(3):
         graph.replay()
-    times = []
+    means = []
     for _ in range(batches):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -47,6 +55,5 @@ def graph_time(calls: list[Callable[[], object]], repeats: int = 10, batches: in
             graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / repeats / len(calls))
-    del graph
-    return sorted(times)[len(times) // 2]
+        means.append(start.elapsed_time(end) / 1e3 / repeats)
+    return sorted(means)[len(means) // 2]

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import sys
 import time
+from typing import Iterable
 
 import torch
 
 from triforce.bench.floors import LevelCosts, copy_bandwidth, modelled_speedup, offloaded_step_floor, step_bytes
+from triforce.bench.kernel_timing import replay_time
+from triforce.bench.shapes import DRAFT_OF
 from triforce.cache.spec import full_capacity, spare_slots
 from triforce.config import MethodConfig
 from triforce.engine import Engine, EngineOptions
@@ -35,22 +39,6 @@ def free_memory() -> None:
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-
-
-def _time_graph(graph: torch.cuda.CUDAGraph, repeats: int, batches: int = 5) -> float:
-    """Seconds per replay: the median over `batches` of back-to-back replays."""
-    for _ in range(3):
-        graph.replay()
-    means = []
-    for _ in range(batches):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeats):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        means.append(start.elapsed_time(end) / 1000 / repeats)
-    return sorted(means)[len(means) // 2]
 
 
 def graph_engine(target: Transformer, draft: Transformer | None, method: MethodConfig, sampling: SamplingParams,
@@ -222,7 +210,7 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
             floor = batch * offloaded_step_floor(cfg, kv, dtype_bytes, (hardware or {}).get("on_chip_layers") or 0,
                                                  bandwidth, h2d)
             return seconds, floor, kv
-        seconds = _time_graph(bench.graph(level, num_tokens), repeats)
+        seconds = replay_time(bench.graph(level, num_tokens), repeats)
         return seconds, step_bytes(cfg, kv, dtype_bytes, batch) / bandwidth, kv
 
     rows = []
@@ -242,7 +230,7 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
                          floor_ms=1e3 * ar_floor, tree=shape))
         # the same two captured: the chain's verify graph of n tokens, the tree's (executor.logits)
         graph, _ = bench.tree_graph(tuple(widths))
-        s = _time_graph(graph, repeats)
+        s = replay_time(graph, repeats)
         chain_graph_s, _, _ = measure("top", n, target.config)
         rows.append(dict(level="verify (graph chain)", tokens=n, kv_tokens=kv, ms=1e3 * chain_graph_s,
                          floor_ms=1e3 * ar_floor, tree=shape))
@@ -256,7 +244,7 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
     for t, cfg in ((1, draft.config), (method.gamma + 1, target.config)) if transforms else ():
         # the sampling transform (temperature, top-p) inside each captured forward, timed alone:
         # its floor is reading the logits and writing the probabilities
-        s = _time_graph(_transform_graph(t, cfg.vocab_size, bench.sampling, bench.executor.ctx), repeats)
+        s = replay_time(_transform_graph(t, cfg.vocab_size, bench.sampling, bench.executor.ctx), repeats)
         rows.append(dict(level="sampling transform", tokens=t, kv_tokens=0, ms=1e3 * s,
                          floor_ms=1e3 * 8 * t * cfg.vocab_size / bandwidth))
     tuning = ", ".join(bench.executor.tuning_used)
@@ -452,6 +440,18 @@ def transformers_decode(cfg, context: int, new_tokens: int, *, dtype: torch.dtyp
     del model
     free_memory()
     return row
+
+
+def require_gpu(what: str, shapes: Iterable[str] = ()) -> None:
+    """Before any work: exit with a clear error (status 2) when there is no CUDA GPU or one of the
+    random-weight shapes asked for has no draft shape (triforce/bench/shapes.py)."""
+    if not torch.cuda.is_available():
+        print(f"error: {what} needs a CUDA GPU", file=sys.stderr)
+        sys.exit(2)
+    unknown = sorted(set(shapes) - set(DRAFT_OF))
+    if unknown:
+        print(f"error: unknown shapes {unknown}; choose from {sorted(DRAFT_OF)}", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclasses.dataclass(frozen=True)
