@@ -18,7 +18,8 @@ bandwidth first; then:
   beside the plan it chose, as a plot;
 - long outputs: tokens/s per window of new tokens, for TriForce with a rebuild policy and for auto.
 
-Results: a table per section on stdout and in adaptive.md / adaptive.json (card, date, command).
+Results: a table per section on stdout and in adaptive.md / adaptive.json (card, date, command);
+adaptive.json also holds auto's rounds one by one ("timeline": plan, ms, tokens, predicted speed).
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def run_cells(cfg: DictConfig, models: Models, tables: dict[str, list], save) ->
             for label, method in (("autoregressive", autoregressive), *fixed.items(), ("auto", auto)):
                 row = latency.batch_end_to_end(target, draft if method.uses_draft else None, method, prompts,
                                                new_tokens=cfg.new_tokens, sampling=SAMPLING,
-                                               prefill_chunk=cfg.prefill_chunk, label=label, prefill_memo=memo)
+                                               prefill_chunk=cfg.prefill_chunk, label=label, prefill_memo=memo,
+                                               timeline=label == "auto")
+                for record in row.pop("timeline", []):  # auto's rounds one by one (adaptive.json only)
+                    tables["timeline"].append(dict(shape=shape, context=context, batch=batch, head_scale=s, **record))
                 tables["runs"].append(dict(shape=shape, head_scale=s, **row))
                 print(json.dumps({k: v for k, v in tables["runs"][-1].items() if not k.startswith("plan_")},
                                  default=str), flush=True)
@@ -241,7 +245,7 @@ def report(card: latency.Card, tables: dict[str, list]) -> str:
     shown = {"verdicts": verdicts(tables["runs"]),
              "runs": [{k: v for k, v in r.items() if not k.startswith(("plan_", "time_s/", "forwards/", "alpha/"))}
                       for r in tables["runs"]],
-             **{k: v for k, v in tables.items() if k != "runs"}}
+             **{k: v for k, v in tables.items() if k not in ("runs", "timeline")}}
     return benchmark_report("Adaptive plans benchmark", card, command_line(), shown)
 
 
@@ -256,7 +260,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     card = latency.Card.measure()
     print(f"{card.name}: copy bandwidth {card.bandwidth / 1e12:.2f} TB/s", flush=True)
-    tables: dict[str, list] = {k: [] for k in ("runs", "drift", "long", "skipped")}
+    tables: dict[str, list] = {k: [] for k in ("runs", "timeline", "drift", "long", "skipped")}
     from hydra.core.hydra_config import HydraConfig
 
     folders = [Path(HydraConfig.get().runtime.output_dir)] + ([Path(cfg.out)] if cfg.out else [])

@@ -319,11 +319,13 @@ def scale_heads(model: Transformer, s: float) -> None:
 @torch.inference_mode()
 def batch_end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompts: list[list[int]], *,
                      new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
-                     hardware: dict | None = None, label: str | None = None, prefill_memo=None) -> dict:
+                     hardware: dict | None = None, label: str | None = None, prefill_memo=None,
+                     timeline: bool = False) -> dict:
     """One batched `generate`, as a user runs it (graphs on): the batch's measured throughput
     (generated tokens per second over the batch), its acceptance, and its wall time split into the
     levels' GPU time and the engine's overhead. `prefill_memo` (prefill_memo.PrefillMemo): the top
-    level's prefill of prompts an earlier call prefilled, restored instead of computed again."""
+    level's prefill of prompts an earlier call prefilled, restored instead of computed again.
+    `timeline`: also the run's rounds one by one (`round_timeline`), under the key "timeline"."""
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})},
                           prefill_memo=prefill_memo)
@@ -346,9 +348,28 @@ def batch_end_to_end(target: Transformer, draft: Transformer | None, method: Met
         if new_tokens > early:
             row[f"throughput_first_{early}"] = early_throughput([r.rounds for r in rows], early)
     row["first_use_s"] = m.get("time_s/capture", 0.0) + m.get("time_s/catchup", 0.0)
+    if timeline:
+        row["timeline"] = round_timeline([r.rounds for r in rows])
     del engine, result
     free_memory()
     return row
+
+
+def round_timeline(rounds: list[list[dict]]) -> list[dict]:
+    """A batch's rounds one by one (from the per-step records, the same step for every row of a
+    batch): its plan, wall ms, the tokens all rows emitted, the speed the planner predicted for it
+    (where it predicted one from measured costs) and any graph capture inside it: how an adaptive
+    run's choices and its measured speed went together."""
+    out = []
+    for step in range(max((len(r) for r in rounds), default=0)):
+        records = [r[step] for r in rounds if step < len(r)]
+        first = records[0]
+        emitted = sum(x["emitted"] for x in records)
+        out.append(dict(step=step, plan=first.get("plan", ""), ms=first["ms"], emitted=emitted,
+                        tokens_per_s=1e3 * emitted / first["ms"] if first["ms"] else float("nan"),
+                        predicted_tokens_per_s=first.get("predicted_tokens_per_s"),
+                        capture_ms=first.get("capture_ms", 0.0)))
+    return out
 
 
 def early_throughput(rounds: list[list[dict]], tokens: int) -> float:
