@@ -1,6 +1,6 @@
 """Correctness on an accelerator, for the eager path and the CUDA-graph path.
 
-    python scripts/gpu_check.py [--device cuda]
+    python scripts/gpu_check.py [--device cuda] [--pdl on] [--only tree_attention,chained_steps]
 
 1. Each Triton kernel against its torch reference at realistic sizes (a 7B layer's attention
    at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; split-K
@@ -643,6 +643,11 @@ def report_bf16(device, kernels: dict) -> None:
         print(f"bf16 graphs {name:15s} {extra}: agrees with autoregressive for {agree}/{len(ref)} tokens")
 
 
+# every check of a PDL pass, in the order they run (`--only` picks some)
+CHECKS = ("kernels", "tree_attention", "batched_kernels", "engine", "batched_engine", "chained_steps", "families",
+          "synchronisations", "bf16")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -650,7 +655,14 @@ def main() -> int:
                     help="programmatic dependent launch of the decode kernels (sm90+): check without, with, or both")
     ap.add_argument("--no-kernels-off", dest="kernels_off", action="store_false",
                     help="skip the run with the policy's kernels off (hardware.kernels.kernels=false)")
+    ap.add_argument("--only", default="",
+                    help="run only these checks, comma-separated (e.g. tree_attention,chained_steps; "
+                         "the kernels-off pass is then skipped)")
     args = ap.parse_args()
+    only = {name for name in args.only.split(",") if name}
+    if only - set(CHECKS):
+        print(f"error: --only names no check {sorted(only - set(CHECKS))}; choose from {list(CHECKS)}")
+        return 2
     if not torch.cuda.is_available():
         print("no CUDA device: this check is for GPUs (the CPU path is covered by the test suite)")
         return 1
@@ -662,17 +674,24 @@ def main() -> int:
         kernels = {"pdl": pdl}
         policy = KernelPolicy.resolve(args.device, kernels)
         print(f"\n=== programmatic dependent launch {'on' if pdl else 'off'} ===")
-        ok = check_kernels(args.device, policy)
-        ok &= check_tree_attention(args.device, KernelContext(policy, pdl=False))
-        ok &= check_batched_kernels(args.device, policy)
-        ok &= check_engine(args.device, kernels)
-        ok &= check_batched_engine(args.device, kernels)
-        ok &= check_chained_steps(args.device, kernels)
-        ok &= check_families(args.device, kernels)
-        ok &= check_synchronisations(args.device, kernels)
-        report_bf16(args.device, kernels)
+        checks = {
+            "kernels": lambda: check_kernels(args.device, policy),
+            "tree_attention": lambda: check_tree_attention(args.device, KernelContext(policy, pdl=False)),
+            "batched_kernels": lambda: check_batched_kernels(args.device, policy),
+            "engine": lambda: check_engine(args.device, kernels),
+            "batched_engine": lambda: check_batched_engine(args.device, kernels),
+            "chained_steps": lambda: check_chained_steps(args.device, kernels),
+            "families": lambda: check_families(args.device, kernels),
+            "synchronisations": lambda: check_synchronisations(args.device, kernels),
+            "bf16": lambda: report_bf16(args.device, kernels) or True,
+        }
+        assert tuple(checks) == CHECKS
+        ok = True
+        for name, check in checks.items():
+            if not only or name in only:
+                ok &= check()
         verdicts[f"PDL {'on' if pdl else 'off'}"] = ok
-    if args.kernels_off:
+    if args.kernels_off and not only:
         # the torch reference everywhere (hardware.kernels.kernels=false): to rule a kernel out
         print("\n=== kernels off ===")
         kernels = {"kernels": False}
