@@ -148,11 +148,13 @@ def test_a_biased_q_k_normed_models_plan_equals_its_reference_forward(head_dim):
 
 @interpreted
 @torch.inference_mode()
+@pytest.mark.parametrize("stored", [torch.bool, torch.int8], ids=["bool", "int8"])
 @pytest.mark.parametrize("lengths", [[9], [5, 11]], ids=["one", "batch2"])
-def test_a_tree_views_plan_equals_the_models_tree_forward(model, lengths):
+def test_a_tree_views_plan_equals_the_models_tree_forward(model, lengths, stored):
     """A token tree's block through the captured path's view (its positions = the first's + each
     node's depth, the tree mask in the decode kernel, fixed with the view): the fused plan's logits
-    and keys equal the model's eager forward with the same positions and mask."""
+    and keys equal the model's eager forward with the same positions and mask, whether the view
+    holds the mask as booleans or as the kernel's int8 (the executor's graphs: converted once)."""
     parents = (-1, 0, 0, 1, 2, 2)[:T]  # the root, two children, a grandchild under the first, two under the second
     mask = torch.zeros(T, T, dtype=torch.bool)
     depth = []
@@ -168,7 +170,7 @@ def test_a_tree_views_plan_equals_the_models_tree_forward(model, lengths):
     for b, n in enumerate(lengths):
         model(tokens[b:b + 1, :n], None, cache.row(b))
     plan = build_plan(model, T, T, context(kernels=True), batch=batch, kv_slots=cache.k.shape[3])
-    view = StaticView(cache, T, (mask, offsets))
+    view = StaticView(cache, T, (mask.to(stored), offsets))
     positions = cache.reserve_rows(T) if batch > 1 else [cache.reserve(T)]
     view.set(lengths, positions, cache.rows_of("length"))
     logits = plan.run(view, tokens)

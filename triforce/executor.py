@@ -329,7 +329,9 @@ class StaticExecutor:
         B = cache.batch_size
         if offsets is None and tree is not None:  # a tree's mask over positions one after another
             offsets = torch.arange(num_tokens, device=self.tokens.device)
-        fixed = None if offsets is None else (None if tree is None else tree.to(torch.bool).clone(),
+        # the mask stored as the decode kernel reads it (int8, contiguous): converted here once, not
+        # by a kernel per layer inside every replay
+        fixed = None if offsets is None else (None if tree is None else tree.to(torch.int8).contiguous().clone(),
                                               offsets.to(torch.int64).clone())
         view = StaticView(cache, num_tokens, fixed)
         ids = torch.zeros(B, num_tokens, dtype=self.tokens.dtype, device=self.tokens.device)
