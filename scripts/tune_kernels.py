@@ -104,10 +104,12 @@ def variant_time(ws: list[torch.Tensor], x: torch.Tensor, gated: bool = False, b
 
 def found(name: str, n: int, k: int, gated: bool, rows: int, default_s: float, best_s: float, best: dict,
           why: str) -> None:
-    """A launch measured faster than the policy's by more than 2%: a candidate tuning entry."""
+    """A launch measured faster than the policy's by more than 2%: a candidate tuning entry (from
+    `rows` rows up; for one row, that row only: the one-row rule's design differs from the rest)."""
     if best_s < 0.98 * default_s:
-        FOUND.append({"name": f"linear: {name} from {rows} rows", "kind": "linear",
-                      "match": {"n": n, "k": k, "gated": gated, "min_rows": rows},
+        match = {"n": n, "k": k, "gated": gated, "min_rows": rows, **({"max_rows": 1} if rows == 1 else {})}
+        FOUND.append({"name": f"linear: {name} " + ("at one row" if rows == 1 else f"from {rows} rows"),
+                      "kind": "linear", "match": match,
                       "launch": best, "measured": f"{why}: {default_s * 1e6:.1f} -> {best_s * 1e6:.1f} us alone"})
 
 
@@ -144,10 +146,14 @@ def tune_linear(bw: float, only: str = "") -> None:
                             results.append((s, design, block_n, block_k, warps, stages))
             default = graph_time(rotating(ws, lambda w: fused_linear(x, w, launch=launch_of(x, w))))
             best = min(results)
+            why = f"tune_kernels --linear on {torch.cuda.get_device_name()}"
             if t > 1 and best[1] == 1:
                 found(name, n, kdim, False, t, default, best[0], {"block_n": best[2], "block_k": best[3],
-                                                                  "warps": best[4], "stages": best[5]},
-                      f"tune_kernels --linear on {torch.cuda.get_device_name()}")
+                                                                  "warps": best[4], "stages": best[5]}, why)
+            elif t == 1 and best[1] != 2:  # one row: the few-row tile measured faster than the one-row rule
+                found(name, n, kdim, False, t, default, best[0], {"design": best[1], "block_n": best[2],
+                                                                  "block_k": best[3], "warps": best[4],
+                                                                  "stages": best[5]}, why)
             print(f"linear {name:11s} T={t:2d}: cublas {wb / cublas / bw:5.3f} ({cublas * 1e6:6.1f} us), "
                   f"triton default {wb / default / bw:5.3f} ({default * 1e6:6.1f} us), "
                   f"best {wb / best[0] / bw:5.3f} ({best[0] * 1e6:6.1f} us) design={best[1]} block_n={best[2]} "

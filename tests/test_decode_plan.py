@@ -148,6 +148,35 @@ def test_a_biased_q_k_normed_models_plan_equals_its_reference_forward(head_dim):
 
 @interpreted
 @torch.inference_mode()
+def test_a_one_row_tuning_entry_runs_the_step_exactly(tmp_path):
+    """A tuning entry for one input row (kernels/policy.py: the few-row design at one row, stages as
+    measured) takes every one-row product of an autoregressive step here, the biased q/k/v with its
+    rotary and cache-write epilogue included: the step's logits and keys are the reference's."""
+    import json
+
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({"device": "cpu", "entries": [
+        {"name": "one row as few rows", "kind": "linear", "match": {"min_rows": 1, "max_rows": 1},
+         "launch": {"design": 1, "block_n": 64, "block_k": 256, "warps": 4, "stages": 4}}]}))
+    ctx = KernelContext(KernelPolicy.resolve("cpu", {"kernels": True, "tuning_file": str(path)}), pdl=False,
+                        workspace=Workspace("cpu"))
+    model = build_tiny({"qkv_bias": True, "family": "qwen2"}, seed=5)
+    plan = build_plan(model, 1, 1, ctx, kv_slots=CAPACITY)
+    assert "one row as few rows" in repr(plan)
+    tokens = token_buffer(1, 4, model.config.vocab_size)
+    cache, ref_cache = full_cache(model), full_cache(model)
+    model(tokens[:, :9], None, cache)
+    model(tokens[:, :9], None, ref_cache)
+    view = StaticView(cache, 1)
+    view.set([9], [cache.reserve(1)], cache.rows_of("length"))
+    logits = plan.run(view, tokens)
+    ref = model(tokens[:, 9:10], None, ref_cache, num_logits=1)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.k[:, 0, :, :10], ref_cache.k[:, 0, :, :10], atol=1e-5, rtol=1e-5)
+
+
+@interpreted
+@torch.inference_mode()
 @pytest.mark.parametrize("stored", [torch.bool, torch.int8], ids=["bool", "int8"])
 @pytest.mark.parametrize("lengths", [[9], [5, 11]], ids=["one", "batch2"])
 def test_a_tree_views_plan_equals_the_models_tree_forward(model, lengths, stored):

@@ -253,6 +253,25 @@ def test_tuning_entries_match_on_their_facts(tmp_path):
     assert got.entry == "wide"
 
 
+
+def test_a_one_row_entry_sets_the_one_row_launch_with_its_measured_stages(tmp_path):
+    """An entry bounded by max_rows applies to those rows only; one for a single row replaces the
+    one-row rule (its design included), and stages it names are kept as measured, where the rule
+    would give a product of one wave of programs its shallower pipeline."""
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"device": "X", "entries": [
+        {"name": "qkv one row", "kind": "linear", "match": {"n": 4608, "k": 3584, "gated": False, "min_rows": 1,
+                                                            "max_rows": 1},
+         "launch": {"design": 1, "block_n": 64, "block_k": 256, "warps": 4, "stages": 4}}]}))
+    p = KernelPolicy.resolve("cuda", {"tuning_file": str(path)}, environ={}, props=H100)
+    one = p.linear_launch(1, 4608, 3584)
+    assert one.entry == "qkv one row" and one.tile == Tile(1, 64, 256, 4, 4) and one.stages == 4
+    assert 4608 // 64 <= H100.sm_count  # one wave: the rule alone would have taken one_wave_stages
+    assert p.linear_launch(2, 4608, 3584).entry is None  # past max_rows: the few-row rule
+    assert p.linear_launch(2, 4608, 3584).stages == p.one_wave_stages
+    assert p.linear_launch(1, 4096, 3584).tile == ONE_ROW  # another product: the one-row rule
+    assert p.linear_launch(1, 4608, 3584, element_size=4).stages == 2  # float32 tiles: half, as the rule
+
 # -- the decode plan reads rows, not tokens per sequence ------------------------------------------
 
 def test_a_batched_plan_is_chosen_for_its_batch_x_tokens_rows():

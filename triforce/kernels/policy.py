@@ -124,6 +124,9 @@ class TuningEntry:
             if key == "min_rows":
                 if facts.get("rows", 0) < want:
                     return False
+            elif key == "max_rows":
+                if facts.get("rows", 0) > want:
+                    return False
             elif facts.get(key) != want:
                 return False
         return True
@@ -311,11 +314,13 @@ class KernelPolicy:
     def linear_launch(self, rows: int, n: int, k: int, *, gated: bool = False, element_size: int = 2,
                       rope_head_dim: int | None = None) -> LinearLaunch:
         """The fused product's launch for `rows` input rows and a (n, k) weight: ONE_ROW for one row,
-        else FEW_ROWS (or a tuning entry for this product), split-K for products whose column tiles
-        do not fill the GPU, a shallower pipeline for one wave of programs, half the stages for
-        float32 tiles (twice bf16's: they must fit shared memory). rope_head_dim: the q/k/v product
-        with the rotary epilogue, whose programs' columns lie within one head."""
-        entry = self.tuning.find("linear", rows=rows, n=n, k=k, gated=gated) if rows > 1 else None
+        else FEW_ROWS, or a tuning entry for this product and these rows (one for a single row may
+        name another design: Qwen2.5-7B's narrow q/k/v product ran faster as the few-row tile); split-K
+        for products whose column tiles do not fill the GPU, a shallower pipeline for one wave of
+        programs unless the entry names the stages it was measured with, half the stages for float32
+        tiles (twice bf16's: they must fit shared memory). rope_head_dim: the q/k/v product with the
+        rotary epilogue, whose programs' columns lie within one head."""
+        entry = self.tuning.find("linear", rows=rows, n=n, k=k, gated=gated)
         tile = self.one_row if rows == 1 else self.few_rows
         if entry is not None:
             tile = Tile(**{**dataclasses.asdict(tile), **entry.launch})
@@ -324,7 +329,8 @@ class KernelPolicy:
         tiles = -(-n // 2 // (tile.block_n // 2)) if gated else -(-n // tile.block_n)
         split_k = self.split_k(tiles, rows, k, tile.block_k)
         stages = tile.stages
-        if tile.design != 2 and tiles * split_k <= self.device.sm_count:
+        pinned = entry is not None and "stages" in entry.launch  # measured with these stages
+        if tile.design != 2 and tiles * split_k <= self.device.sm_count and not pinned:
             stages = self.one_wave_stages
         if element_size > 2:
             stages = max(2, stages // 2)
