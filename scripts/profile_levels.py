@@ -2,6 +2,7 @@
 
     python scripts/profile_levels.py [--shape llama2-7b] [--context 32768] [--levels top:1,top:7,middle:3,draft:1] [--no-pdl]
         [--sequence]   # + one middle layer's kernels in order: each one's time and the idle gap before it
+    python scripts/profile_levels.py --shape llama3-8b --levels top:21,tree:4-2-1 --sequence   # a tree's verify
 
 Builds the engine's levels at the context over random weights and caches (triforce.bench), replays
 each level's captured forward under torch.profiler and prints, per level, the kernels by total
@@ -75,7 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama2-7b")
     ap.add_argument("--context", type=int, default=32768)
-    ap.add_argument("--levels", default="top:1,top:7,top:17,middle:3,draft:1")
+    ap.add_argument("--levels", default="top:1,top:7,top:17,middle:3,draft:1",
+                    help="level:tokens, comma-separated; tree:4-2-1 for a token tree's verify (beside top:21, its chain)")
     ap.add_argument("--no-pdl", action="store_true", help="kernels without programmatic dependent launch")
     ap.add_argument("--sequence", action="store_true", help="also one middle layer's kernels in order, with gaps")
     args = ap.parse_args()
@@ -87,7 +89,12 @@ def main() -> None:
         for spec in args.levels.split(","):
             level, tokens = spec.split(":")
             keep = []
-            kernels = profile_graph(bench.graph(level, int(tokens)), keep=keep)
+            if level == "tree":  # tree:4-2-1: the top level's captured verify of that token tree (its mask in the kernel)
+                graph, n_nodes = bench.tree_graph(tuple(int(w) for w in tokens.split("-")))
+                tokens = f"{tokens} ({n_nodes} tokens)"
+            else:
+                graph = bench.graph(level, int(tokens))
+            kernels = profile_graph(graph, keep=keep)
             total = sum(us for _, us in kernels.values())
             n = sum(c for c, _ in kernels.values())
             print(f"\n== {args.shape} {level} T={tokens} at {args.context}: {total:.1f} us of kernels, {n} launches")
