@@ -1,7 +1,7 @@
 """Bandwidth of the decode kernels alone, over launch variants, on the GPU.
 
-    python scripts/tune_kernels.py [--attention] [--linear] [--split-k] [--prologues] [--top-p] [--only qwen]
-        [--write-tuning PATH]
+    python scripts/tune_kernels.py [--attention] [--tree-attention] [--linear] [--split-k] [--prologues] [--top-p]
+        [--only qwen] [--write-tuning PATH]
 
 Every time is per call, measured as a captured forward runs it: calls back to back in a CUDA
 graph, each on its own buffers (triforce/bench/kernel_timing.py; do_bench's L2 flush would leave
@@ -81,6 +81,51 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
                       f"{chosen}; fastest: " + "; ".join(r for _, r in results[:5]), flush=True)
             del caches
 
+
+
+def tune_tree_attention(bw: float, contexts: list[int]) -> None:
+    """A token tree's verify: more query rows per KV head than one 128-row tile (47 nodes x Llama-3-8B's
+    group of 4 = 188; 21 x Qwen2.5-7B's 7 = 147). The policy's launch (row tiles of 128, each a program
+    over the same key slice: the KV read once per tile) against one 256-row tile whose program reads
+    each key block once for all rows (16 or 8 warps; 32- or 64-key blocks to fit the registers), the
+    tree mask over the new block as the engine passes it."""
+    from triforce.tree import Tree
+    from triforce.tree_round import rooted
+
+    sms = POLICY.device.sm_count
+    for hq, hkv, widths in ((32, 8, (2, 2, 2, 2, 1)), (28, 4, (4, 2, 1)), (32, 8, (4, 2, 1))):
+        full = rooted(Tree.from_widths(widths))
+        t = full.size
+        tree = full.ancestors("cuda").to(torch.int8).contiguous()
+        rows = hq // hkv * t
+        for keys in contexts:
+            kv_bytes = 2 * hkv * keys * 128 * 2
+            n = copies_needed(kv_bytes, most=max(2, int(24e9 // kv_bytes)))
+            caches = [torch.randn(2, 1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
+            length = torch.tensor([keys], device="cuda")
+            q = torch.randn(1, t, hq, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            default = POLICY.attention_launch(batch=1, kv_heads=hkv, rows=rows, head_dim=128, capacity=keys + 64)
+            variants = {"default": default}
+            for warps in (8, 16):
+                for block_n in (32, 64):
+                    for stages in (2, 3):
+                        for per_sm in (1, 2):
+                            variants[f"256 n{block_n} w{warps} s{stages} p{per_sm}"] = AttentionLaunch(
+                                256, block_n, warps, stages, max(1, sms * per_sm // hkv))
+            results = []
+            for name, launch in variants.items():
+                try:
+                    s = graph_time(rotating(caches, lambda c: decode_attention(
+                        q, c[0], c[1], length, 0.088, launch, tree=tree)))
+                except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
+                    continue
+                results.append((s, f"{name}[{launch.splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
+            results.sort()
+            chosen = next(r for _, r in results if r.startswith("default"))
+            print(f"tree attention hq={hq} hkv={hkv} keys={keys:6d} tree={'-'.join(map(str, widths))} T={t} "
+                  f"rows={rows} (tiles of {default.block_m}): {chosen}; fastest: "
+                  + "; ".join(r for _, r in results[:5]), flush=True)
+            del caches
 
 def launch_of(x, w, *, gated=False, design=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
               split_k=None) -> LinearLaunch:
@@ -272,6 +317,7 @@ def tune_top_p() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--attention", action="store_true")
+    ap.add_argument("--tree-attention", action="store_true", help="token-tree verifies past one 128-row tile")
     ap.add_argument("--contexts", default="32768,65536,131072", help="attention key counts")
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--prologues", action="store_true")
@@ -284,11 +330,14 @@ def main() -> None:
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
-    everything = not (args.attention or args.linear or args.prologues or args.top_p or args.split_k)
+    everything = not (args.attention or args.linear or args.prologues or args.top_p or args.split_k
+                      or args.tree_attention)
     if args.top_p or everything:
         tune_top_p()
     if args.attention or everything:
         tune_attention(bw, [int(c) for c in args.contexts.split(",")])
+    if args.tree_attention:
+        tune_tree_attention(bw, [int(c) for c in args.contexts.split(",")])
     if args.prologues or everything:
         tune_prologues(bw)
     if args.linear or everything:

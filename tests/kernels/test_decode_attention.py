@@ -99,6 +99,25 @@ def test_several_row_tiles_equal_one_tile():
         torch.testing.assert_close(two, one, atol=1e-5, rtol=1e-5)
 
 
+
+def test_one_tile_of_256_rows_equals_the_128_row_tiles_under_a_tree_mask():
+    """A wide tree's verify (group 8 x 21 nodes = 168 rows per KV head) as one 256-row tile, each key
+    block read once for every row (the launch scripts/tune_kernels.py --tree-attention measures), with
+    32- and 64-key blocks: the output of the policy's two 128-row tiles."""
+    parents = (-1, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+    tree = tree_mask(parents).to(DEVICE).to(torch.int8)
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 8, len(parents), 32, generator=g).to(DEVICE)
+    k, v = (torch.randn(1, 1, 700, 32, generator=g).to(DEVICE) for _ in range(2))
+    length = torch.tensor([650], device=DEVICE)
+    for splits in (1, 2):
+        tiles = decode_attention(q, k, v, length, 0.125, ctx=kernels_ctx(), tree=tree,
+                                 launch=AttentionLaunch(128, 64, 8, 3, splits))
+        for block_n in (32, 64):
+            wide = decode_attention(q, k, v, length, 0.125, ctx=kernels_ctx(), tree=tree,
+                                    launch=AttentionLaunch(256, block_n, 16, 2, splits))
+            torch.testing.assert_close(wide, tiles, atol=1e-5, rtol=1e-5)
+
 def test_decode_attention_is_causal_inside_the_new_block():
     """Query t must not see the block's later keys: moving the length by one changes the output,
     and the first query of a block equals a single-token step at its own length."""
