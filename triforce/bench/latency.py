@@ -182,8 +182,8 @@ def _transform_graph(rows: int, vocab: int, sampling: SamplingParams, ctx) -> to
     from triforce.sampling import probabilities
 
     # seeded: the split top-p path's time depends on the rows (a bracket that misses falls back to a
-    # bisection over the whole row), so unseeded logits made one run read 0.296 ms for 7 rows and
-    # the next 0.040 on the same machine and code (docs/PERFORMANCE.md, session 8)
+    # bisection over the whole row); unseeded, one run read 0.296 ms for 7 rows and the next 0.040
+    # on the same machine and code (docs/PERFORMANCE.md, session 8)
     generator = torch.Generator("cuda").manual_seed(rows)
     logits = torch.randn(rows, vocab, device="cuda", dtype=torch.bfloat16, generator=generator) * 3
     for _ in range(2):
