@@ -42,6 +42,21 @@ def rotating(tensors: list[torch.Tensor], fn) -> list:
     return [lambda t=t: fn(t) for t in tensors]
 
 
+def time_attention(variants: dict, caches: list, q, length, kv_bytes: int, bw: float, tree=None) -> tuple[str, str]:
+    """Each launch variant of the decode attention over the rotating caches: (the policy's line,
+    the five fastest), each `name[splits] us (share of copy bandwidth)`."""
+    results = []
+    for name, launch in variants.items():
+        try:
+            s = graph_time(rotating(caches, lambda c: decode_attention(q, c[0], c[1], length, 0.088, launch,
+                                                                        tree=tree)))
+        except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
+            continue
+        results.append((s, f"{name}[{launch.splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
+    results.sort()
+    chosen = next(r for _, r in results if r.startswith("default"))
+    return chosen, "; ".join(r for _, r in results[:5])
+
 def tune_attention(bw: float, contexts: list[int]) -> None:
     """The split kernel with its merge over tiles (the smallest power of two >= 16 rows, 64, 128),
     warps, stages and programs per SM (key slices = SMs x programs // KV heads), against the policy's
@@ -67,18 +82,9 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
                             for per_sm in (1, 2, 3):
                                 variants[f"{block_m} w{warps} s{stages} p{per_sm}"] = AttentionLaunch(
                                     block_m, default.block_n, warps, stages, max(1, sms * per_sm // hkv))
-                results = []
-                for name, launch in variants.items():
-                    try:
-                        s = graph_time(rotating(caches, lambda c: decode_attention(
-                            q, c[0], c[1], length, 0.088, launch)))
-                    except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
-                        continue
-                    results.append((s, f"{name}[{launch.splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
-                results.sort()
-                chosen = next(r for _, r in results if r.startswith("default"))
+                chosen, fastest = time_attention(variants, caches, q, length, kv_bytes, bw)
                 print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d} rows={rows} (tile {default.block_m}): "
-                      f"{chosen}; fastest: " + "; ".join(r for _, r in results[:5]), flush=True)
+                      f"{chosen}; fastest: {fastest}", flush=True)
             del caches
 
 
@@ -112,19 +118,9 @@ def tune_tree_attention(bw: float, contexts: list[int]) -> None:
                         for per_sm in (1, 2):
                             variants[f"256 n{block_n} w{warps} s{stages} p{per_sm}"] = AttentionLaunch(
                                 256, block_n, warps, stages, max(1, sms * per_sm // hkv))
-            results = []
-            for name, launch in variants.items():
-                try:
-                    s = graph_time(rotating(caches, lambda c: decode_attention(
-                        q, c[0], c[1], length, 0.088, launch, tree=tree)))
-                except Exception:  # noqa: BLE001 - a variant that does not fit the SM's resources
-                    continue
-                results.append((s, f"{name}[{launch.splits}] {s * 1e6:.1f} us ({kv_bytes / s / bw:.3f})"))
-            results.sort()
-            chosen = next(r for _, r in results if r.startswith("default"))
+            chosen, fastest = time_attention(variants, caches, q, length, kv_bytes, bw, tree)
             print(f"tree attention hq={hq} hkv={hkv} keys={keys:6d} tree={'-'.join(map(str, widths))} T={t} "
-                  f"rows={rows} (tiles of {default.block_m}): {chosen}; fastest: "
-                  + "; ".join(r for _, r in results[:5]), flush=True)
+                  f"rows={rows} (tiles of {default.block_m}): {chosen}; fastest: {fastest}", flush=True)
             del caches
 
 def launch_of(x, w, *, gated=False, design=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
