@@ -207,3 +207,48 @@ def test_children_of_a_batch_are_distinct_and_fill_every_place():
     assert sorted(drawn[0].tolist()) == [0, 1, 2]  # distinct, from the support
     assert drawn[1].tolist() == [2, 2, 2]  # one token of mass: it, repeated in the places left
     assert propose_children_batch(q, 2, None, greedy=True).tolist()[1] == [2, 2]
+
+
+# -- the verifier's forward over a tree -------------------------------------------------------------
+
+@torch.inference_mode()
+@pytest.mark.parametrize("cache_kind", ["full", "retrieval"])
+def test_each_nodes_logits_are_those_of_its_paths_forward(cache_kind):
+    """The model's one forward over a rooted tree (the tree mask over the new block, each node at
+    its depth's position) gives every node the logits a plain causal forward of the prefix and that
+    node's root-to-node path gives: no node sees a sibling, a cousin or its own descendants. Through
+    a full cache (the top level) and a retrieval cache after its selection (a middle level)."""
+    from triforce.cache.retrieval import RetrievalCache
+    from triforce.cache.static import StaticKVCache
+    from triforce.models.tiny import build_tiny
+    from triforce.tree_round import rooted
+
+    model = build_tiny({"hidden_size": 64, "num_heads": 4, "num_kv_heads": 2}, seed=0)
+    cfg = model.config
+    tree = rooted(Tree.from_widths((3, 2, 1)))
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, cfg.vocab_size, (1, 50), generator=g)
+    nodes = torch.randint(0, cfg.vocab_size, (1, tree.size), generator=g)
+    shape = dict(num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                 num_heads=cfg.num_heads, capacity=128, dtype=model.dtype, device="cpu")
+
+    def filled():
+        full = StaticKVCache(**shape)
+        model(prefix, None, full)
+        if cache_kind == "full":
+            return full
+        middle = RetrievalCache(budget=32, chunk_size=8, **{k: v for k, v in shape.items() if k != "capacity"})
+        middle.rebuild(full)
+        return middle
+
+    cache = filled()
+    start = cache.seq_len
+    offsets = torch.tensor([d - 1 for d in tree.depths])
+    out = model(nodes, start + offsets, cache, num_logits=tree.size, tree=tree.ancestors())[0]
+    for i in range(tree.size):
+        path, j = [], i
+        while j >= 0:
+            path.append(j)
+            j = tree.parents[j]
+        ref = model(nodes[:, path[::-1]], None, filled(), num_logits=1)[0, -1]
+        torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-5)
