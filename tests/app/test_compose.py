@@ -10,7 +10,6 @@ from omegaconf import OmegaConf
 
 import triforce.conf
 from triforce.app.validate import validate
-from triforce.errors import ConfigError
 from tests.app.helpers import compose
 
 CONF = Path(triforce.conf.__file__).parent
