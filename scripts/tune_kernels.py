@@ -42,6 +42,15 @@ def rotating(tensors: list[torch.Tensor], fn) -> list:
     return [lambda t=t: fn(t) for t in tensors]
 
 
+def kv_caches(hkv: int, keys: int) -> tuple[int, list[torch.Tensor], torch.Tensor]:
+    """A layer's KV bytes at `keys` keys of `hkv` heads of 128, enough rotating (k, v) caches that
+    replays do not read each other's lines from L2, and the length tensor."""
+    kv_bytes = 2 * hkv * keys * 128 * 2
+    n = copies_needed(kv_bytes, most=max(2, int(24e9 // kv_bytes)))
+    caches = [torch.randn(2, 1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
+    return kv_bytes, caches, torch.tensor([keys], device="cuda")
+
+
 def time_attention(variants: dict, caches: list, q, length, kv_bytes: int, bw: float, tree=None) -> tuple[str, str]:
     """Each launch variant of the decode attention over the rotating caches: (the policy's line,
     the five fastest), each `name[splits] us (share of copy bandwidth)`."""
@@ -57,6 +66,7 @@ def time_attention(variants: dict, caches: list, q, length, kv_bytes: int, bw: f
     chosen = next(r for _, r in results if r.startswith("default"))
     return chosen, "; ".join(r for _, r in results[:5])
 
+
 def tune_attention(bw: float, contexts: list[int]) -> None:
     """The split kernel with its merge over tiles (the smallest power of two >= 16 rows, 64, 128),
     warps, stages and programs per SM (key slices = SMs x programs // KV heads), against the policy's
@@ -65,10 +75,7 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
     sms = POLICY.device.sm_count
     for hq, hkv in ((32, 32), (32, 8)):
         for keys in contexts:
-            kv_bytes = 2 * hkv * keys * 128 * 2
-            n = copies_needed(kv_bytes, most=max(2, int(24e9 // kv_bytes)))
-            caches = [torch.randn(2, 1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
-            length = torch.tensor([keys], device="cuda")
+            kv_bytes, caches, length = kv_caches(hkv, keys)
             for t in (1, 3, 7, 17):
                 rows = hq // hkv * t
                 q = torch.randn(1, t, hq, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -88,7 +95,6 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
             del caches
 
 
-
 def tune_tree_attention(bw: float, contexts: list[int]) -> None:
     """A token tree's verify: more query rows per KV head than one 128-row tile (47 nodes x Llama-3-8B's
     group of 4 = 188; 21 x Qwen2.5-7B's 7 = 147). The policy's launch (row tiles of 128, each a program
@@ -105,10 +111,7 @@ def tune_tree_attention(bw: float, contexts: list[int]) -> None:
         tree = full.ancestors("cuda").to(torch.int8).contiguous()
         rows = hq // hkv * t
         for keys in contexts:
-            kv_bytes = 2 * hkv * keys * 128 * 2
-            n = copies_needed(kv_bytes, most=max(2, int(24e9 // kv_bytes)))
-            caches = [torch.randn(2, 1, hkv, keys + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
-            length = torch.tensor([keys], device="cuda")
+            kv_bytes, caches, length = kv_caches(hkv, keys)
             q = torch.randn(1, t, hq, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             default = POLICY.attention_launch(batch=1, kv_heads=hkv, rows=rows, head_dim=128, capacity=keys + 64)
             variants = {"default": default}
@@ -122,6 +125,7 @@ def tune_tree_attention(bw: float, contexts: list[int]) -> None:
             print(f"tree attention hq={hq} hkv={hkv} keys={keys:6d} tree={'-'.join(map(str, widths))} T={t} "
                   f"rows={rows} (tiles of {default.block_m}): {chosen}; fastest: {fastest}", flush=True)
             del caches
+
 
 def launch_of(x, w, *, gated=False, design=None, block_n=None, block_k=None, num_warps=None, num_stages=None,
               split_k=None) -> LinearLaunch:

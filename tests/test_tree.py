@@ -246,9 +246,5 @@ def test_each_nodes_logits_are_those_of_its_paths_forward(cache_kind):
     offsets = torch.tensor([d - 1 for d in tree.depths])
     out = model(nodes, start + offsets, cache, num_logits=tree.size, tree=tree.ancestors())[0]
     for i in range(tree.size):
-        path, j = [], i
-        while j >= 0:
-            path.append(j)
-            j = tree.parents[j]
-        ref = model(nodes[:, path[::-1]], None, filled(), num_logits=1)[0, -1]
+        ref = model(nodes[:, tree.path(i)], None, filled(), num_logits=1)[0, -1]
         torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-5)

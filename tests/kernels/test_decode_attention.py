@@ -99,7 +99,6 @@ def test_several_row_tiles_equal_one_tile():
         torch.testing.assert_close(two, one, atol=1e-5, rtol=1e-5)
 
 
-
 def test_one_tile_of_256_rows_equals_the_128_row_tiles_under_a_tree_mask():
     """A wide tree's verify (group 8 x 21 nodes = 168 rows per KV head) as one 256-row tile, each key
     block read once for every row (the launch scripts/tune_kernels.py --tree-attention measures), with
@@ -117,6 +116,7 @@ def test_one_tile_of_256_rows_equals_the_128_row_tiles_under_a_tree_mask():
             wide = decode_attention(q, k, v, length, 0.125, ctx=kernels_ctx(), tree=tree,
                                     launch=AttentionLaunch(256, block_n, 16, 2, splits))
             torch.testing.assert_close(wide, tiles, atol=1e-5, rtol=1e-5)
+
 
 def test_decode_attention_is_causal_inside_the_new_block():
     """Query t must not see the block's later keys: moving the length by one changes the output,

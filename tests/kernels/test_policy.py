@@ -253,7 +253,6 @@ def test_tuning_entries_match_on_their_facts(tmp_path):
     assert got.entry == "wide"
 
 
-
 def test_a_one_row_entry_sets_the_one_row_launch_with_its_measured_stages(tmp_path):
     """An entry bounded by max_rows applies to those rows only; one for a single row replaces the
     one-row rule (its design included), and stages it names are kept as measured, where the rule
@@ -271,6 +270,7 @@ def test_a_one_row_entry_sets_the_one_row_launch_with_its_measured_stages(tmp_pa
     assert p.linear_launch(2, 4608, 3584).stages == p.one_wave_stages
     assert p.linear_launch(1, 4096, 3584).tile == ONE_ROW  # another product: the one-row rule
     assert p.linear_launch(1, 4608, 3584, element_size=4).stages == 2  # float32 tiles: half, as the rule
+
 
 # -- the decode plan reads rows, not tokens per sequence ------------------------------------------
 
