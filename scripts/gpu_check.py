@@ -319,7 +319,7 @@ def check_top_p(device, ctx: KernelContext) -> bool:
     g = torch.Generator(device=device).manual_seed(1)
     for vocab in (32000, 49152, 128256):
         for rows in (1, 7, 17):
-            for kind, scale in (("peaked", 3.0), ("flat", 0.55), ("tied", 0.0)):
+            for kind, scale in (("peaked", 3.0), ("flat", 0.55), ("near-uniform", 0.05), ("tied", 0.0)):
                 logits = (torch.randn(rows, vocab, device=device, generator=g) * scale).to(torch.bfloat16)
                 ref = nucleus(torch.softmax(logits.float() / 0.6, -1), 0.9)
                 out = top_p_probabilities(logits, 0.6, 0.9, ctx=ctx)
@@ -338,7 +338,7 @@ def check_top_p(device, ctx: KernelContext) -> bool:
                     torch.softmax(logits.double() / 0.6, -1), out > 0, ref > 0, 0.9))
                 good = nucleus_ok and err < 1e-5 and stable and fallback_same
                 ok &= good
-                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: nucleus mismatches {mismatched}, max err "
+                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:12s}: nucleus mismatches {mismatched}, max err "
                       f"{err:.1e}, deterministic={stable}, whole-row bisection agrees={fallback_same}, candidates/row "
                       f"<= {int(diagnostics['candidates'].max())}, fallbacks {int(diagnostics['full_row'].sum())} "
                       f"{'ok' if good else 'FAILED'}")

@@ -67,13 +67,20 @@ def time_attention(variants: dict, caches: list, q, length, kv_bytes: int, bw: f
     return chosen, "; ".join(r for _, r in results[:5])
 
 
-def tune_attention(bw: float, contexts: list[int]) -> None:
-    """The split kernel with its merge over tiles (the smallest power of two >= 16 rows, 64, 128),
-    warps, stages and programs per SM (key slices = SMs x programs // KV heads), against the policy's
-    launch; the five fastest per case (docs/data/tune_attention_tiles_h100.txt). Kernel-alone timings
-    choose tiles; slices are chosen over whole levels (scripts/tune_launch.py `slices ...`)."""
+ATTENTION_SHAPES = {"7b": (32, 32), "8b": (32, 8), "qwen2.5-7b": (28, 4)}  # (query heads, KV heads)
+
+
+def tune_attention(bw: float, contexts: list[int], only: str = "") -> None:
+    """The split kernel with its merge over tiles (the smallest power of two >= 16 rows, 64, 128;
+    a group's rows past 64 also as two 64-row tiles, each a program over the same key slice),
+    warps, stages and programs per SM (key slices = SMs x programs // (KV heads x row tiles)),
+    against the policy's launch; the five fastest per case (docs/data/tune_attention_tiles_h100.txt).
+    Kernel-alone timings choose tiles; slices are chosen over whole levels (scripts/tune_launch.py
+    `slices ...`). only: the shapes whose name contains it (7b, 8b, qwen2.5-7b: its group of 7)."""
     sms = POLICY.device.sm_count
-    for hq, hkv in ((32, 32), (32, 8)):
+    for name, (hq, hkv) in ATTENTION_SHAPES.items():
+        if only not in name:
+            continue
         for keys in contexts:
             kv_bytes, caches, length = kv_caches(hkv, keys)
             for t in (1, 3, 7, 17):
@@ -82,15 +89,16 @@ def tune_attention(bw: float, contexts: list[int]) -> None:
                 default = POLICY.attention_launch(batch=1, kv_heads=hkv, rows=rows, head_dim=128, capacity=keys + 64)
                 variants = {"default": default}
                 for block_m in sorted({max(16, triton.next_power_of_2(rows)), 64, 128}):
-                    if block_m < rows:
+                    tiles = triton.cdiv(rows, block_m)
+                    if tiles > 2 or (tiles > 1 and block_m < 64):
                         continue
                     for warps in (4, 8):
                         for stages in (3, 4, 5):
                             for per_sm in (1, 2, 3):
-                                variants[f"{block_m} w{warps} s{stages} p{per_sm}"] = AttentionLaunch(
-                                    block_m, default.block_n, warps, stages, max(1, sms * per_sm // hkv))
+                                variants[f"{block_m}x{tiles} w{warps} s{stages} p{per_sm}"] = AttentionLaunch(
+                                    block_m, default.block_n, warps, stages, max(1, sms * per_sm // (hkv * tiles)))
                 chosen, fastest = time_attention(variants, caches, q, length, kv_bytes, bw)
-                print(f"attention hq={hq} hkv={hkv} keys={keys:6d} T={t:2d} rows={rows} (tile {default.block_m}): "
+                print(f"attention {name} hq={hq} hkv={hkv} keys={keys:6d} T={t:2d} rows={rows} (tile {default.block_m}): "
                       f"{chosen}; fastest: {fastest}", flush=True)
             del caches
 
@@ -281,9 +289,11 @@ def tune_prologues(bw: float) -> None:
 
 def tune_top_p() -> None:
     """The sampling transform: the one-program kernel, the split path (default and variants) and
-    torch's sort, on peaked rows (logits ~ N(0, 3)) and flat ones (N(0, 0.55), a random-weight
-    68M draft's): time per call, the split path's candidates per row and how often it fell back to
-    the whole-row bisection."""
+    torch's sort, on peaked rows (logits ~ N(0, 3)), flat ones (N(0, 0.55), a random-weight 68M
+    draft's) and near-uniform ones (N(0, 0.05): heads scaled down for controlled acceptance, most
+    of the vocabulary in the nucleus), at 1 / 7 / 17 rows and a batch's 8 and 72 (8 x 9): time per
+    call, the split path's candidates per row and how often it fell back to the whole-row
+    bisection."""
     from triforce.kernels import triton_top_p
     from triforce.sampling import SamplingParams, nucleus
 
@@ -293,8 +303,8 @@ def tune_top_p() -> None:
         return nucleus(torch.softmax(logits.float() / params.temperature, -1), params.top_p)
 
     for vocab in (32000, 49152, 128256):
-        for rows in (1, 7, 17):
-            for kind, scale in (("peaked", 3.0), ("flat", 0.55)):
+        for rows in (1, 7, 17) + ((8, 72) if vocab == 128256 else ()):
+            for kind, scale in (("peaked", 3.0), ("flat", 0.55), ("near-uniform", 0.05)):
                 logits = (torch.randn(rows, vocab, device="cuda") * scale).to(torch.bfloat16)
                 times = {"sort": graph_time([lambda: sort_path(logits)] * 4)}
                 if vocab <= 32768:
@@ -308,7 +318,7 @@ def tune_top_p() -> None:
                 same = bool(torch.equal(out > 0, ref > 0))
                 cands = diagnostics["candidates"].tolist()
                 fell_back = int(diagnostics["full_row"].sum())
-                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:6s}: "
+                print(f"top_p V={vocab:6d} rows={rows:2d} {kind:12s}: "
                       + ", ".join(f"{k} {v * 1e6:6.1f} us" for k, v in times.items())
                       + f"; candidates/row max {max(cands)} (kept {int((out > 0).sum(-1).max())}), "
                         f"whole-row fallbacks {fell_back}/{rows}, same nucleus as sort: {same}", flush=True)
@@ -323,7 +333,8 @@ def main() -> None:
     ap.add_argument("--prologues", action="store_true")
     ap.add_argument("--split-k", action="store_true")
     ap.add_argument("--top-p", action="store_true")
-    ap.add_argument("--only", default="", help="linear / split-k: the products whose name contains this (e.g. qwen)")
+    ap.add_argument("--only", default="", help="linear / split-k / attention: the shapes whose name contains this "
+                                               "(e.g. qwen)")
     ap.add_argument("--write-tuning", default=None, metavar="PATH",
                     help="write the launches measured >2%% faster than the policy's as a tuning file "
                          "(review it, then copy it to triforce/kernels/tuning/<device>.json)")
@@ -335,7 +346,7 @@ def main() -> None:
     if args.top_p or everything:
         tune_top_p()
     if args.attention or everything:
-        tune_attention(bw, [int(c) for c in args.contexts.split(",")])
+        tune_attention(bw, [int(c) for c in args.contexts.split(",")], args.only)
     if args.tree_attention:
         tune_tree_attention(bw, [int(c) for c in args.contexts.split(",")])
     if args.prologues or everything:
