@@ -9,13 +9,18 @@ graphs). Per method, after a warm-up generation: one plain generation (its throu
 overhead the run reports: 1 - the levels' device time / decode wall time), then the same generation
 under cProfile (the host's Python: where the time outside the forwards is spent, and how much of it
 is waiting for the device) and under torch.profiler (kernels launched outside the captured graphs,
-and the device's busy time over the decode).
+the device's busy time over the decode, and its idle time by what the host was doing when each idle
+stretch began: the engine's phases are wrapped in profiler ranges for that run only, `host_phases`).
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import collections
+import contextlib
 import cProfile
+import functools
 import io
 import pstats
 import time
@@ -70,6 +75,95 @@ def busy_us(prof) -> float:
         elif t > end:
             busy, end = busy + t - end, t
     return busy
+
+
+OUTSIDE = "outside the engine's phases"
+
+
+def _phases():
+    """(owner, attribute, label) of the host's phases in a round, innermost wins: the round's own
+    bookkeeping, the planner's choice, a level's catch-up, a forward's host work (views, draws,
+    timers) and its graph replay, the verification's launches and the one read-back."""
+    from triforce import engine, executor, planner
+
+    return [(engine.Generation, "step", "round: bookkeeping"), (engine.Generation, "_use", "catch-up"),
+            (planner.AdaptivePlanner, "choose", "planner's choice"),
+            (executor.StaticExecutor, "forward", "forward: host work"), (executor.Runner, "run", "forward: replay"),
+            (engine, "verify_into", "verification launches"), (engine.Verdict, "read", "read-back (the sync)")]
+
+
+@contextlib.contextmanager
+def host_phases():
+    """The engine's phases wrapped in torch.profiler ranges (record_function) while the block runs,
+    restored after: the product's code carries no ranges of its own."""
+    from torch.profiler import record_function
+
+    saved = []
+    for owner, name, label in _phases():
+        raw = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        fn = raw.__func__ if isinstance(raw, classmethod) else raw
+
+        @functools.wraps(fn)
+        def wrapped(*a, _fn=fn, _label=label, **k):
+            with record_function(_label):
+                return _fn(*a, **k)
+
+        setattr(owner, name, classmethod(wrapped) if isinstance(raw, classmethod) else wrapped)
+        saved.append((owner, name, raw))
+    try:
+        yield
+    finally:
+        for owner, name, raw in reversed(saved):
+            setattr(owner, name, raw)
+
+
+def idle_by_phase(kernels: list[tuple[float, float]], ranges: list[tuple[float, float, str]], start: float,
+                  end: float) -> dict[str, float]:
+    """The device's idle time in [start, end] (no kernel running: `kernels` as (start, end)), each
+    idle stretch charged to the innermost host range (start, end, label) active when it began, or
+    to OUTSIDE: label -> seconds in the units given."""
+    busy: list[list[float]] = []
+    for s, e in sorted(kernels):
+        if busy and s <= busy[-1][1]:
+            busy[-1][1] = max(busy[-1][1], e)
+        else:
+            busy.append([s, e])
+    gaps, t = [], start
+    for s, e in busy:
+        if s > t:
+            gaps.append((t, min(s, end)))
+        t = max(t, e)
+    if t < end:
+        gaps.append((t, end))
+    ranges = sorted(ranges)
+    starts = [r[0] for r in ranges]
+    out: dict[str, float] = collections.defaultdict(float)
+    for gs, ge in gaps:
+        if ge <= gs:
+            continue
+        active = [r for r in ranges[: bisect.bisect_right(starts, gs)] if r[1] > gs]
+        out[max(active)[2] if active else OUTSIDE] += ge - gs  # the latest-started: the innermost
+    return dict(out)
+
+
+def print_idle_by_phase(prof, steps: int) -> None:
+    events = list(prof.events())
+    labels = {label for _, _, label in _phases()}
+    kernels = [(e.time_range.start, e.time_range.end) for e in events
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    ranges = [(e.time_range.start, e.time_range.end, e.name) for e in events
+              if e.device_type == torch.autograd.DeviceType.CPU and e.name in labels]
+    if not kernels or not ranges:
+        print("--- the device's idle time by host phase: no device timeline here")
+        return
+    rounds = [r for r in ranges if r[2] == "round: bookkeeping"]
+    start, end = min(r[0] for r in rounds), max(r[1] for r in rounds)
+    idle = idle_by_phase(kernels, ranges, start, end)
+    total = sum(idle.values())
+    print(f"--- the device's idle time by what the host was doing when it began: {total / 1e3 / max(steps, 1):.2f} ms "
+          f"a round over {steps} rounds")
+    for label, us in sorted(idle.items(), key=lambda kv: -kv[1]):
+        print(f"    {label:28s} {us / 1e3 / max(steps, 1):7.3f} ms a round ({us / total:.0%})")
 
 
 def decode_steps(engine, prompts, tokens: int):
@@ -135,7 +229,7 @@ def main() -> None:
             if CUDA:
                 latency.free_memory()  # the last stream's caches, before the next one's
             stream = decode_steps(engine, prompts, args.tokens)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with host_phases(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 t0 = time.perf_counter()
                 steps = sum(1 for _ in stream)
                 synchronize()
@@ -143,6 +237,7 @@ def main() -> None:
             busy = busy_us(prof)
             print(f"--- torch.profiler: {steps} steps in {wall:.3f} s, device busy {busy / 1e6:.3f} s "
                   f"({busy / 1e6 / wall:.3f} of the wall), {1e3 * (wall - busy / 1e6) / max(steps, 1):.2f} ms idle a step")
+            print_idle_by_phase(prof, steps)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
             print(prof.key_averages().table(sort_by="self_device_time_total" if CUDA else "cpu_time_total", row_limit=16))
             del engine, stream
