@@ -63,18 +63,26 @@ def methods_of(names: str) -> dict:
     return out
 
 
+def kernel_intervals(prof) -> list[tuple[float, float]]:
+    """(start, end) in us of every kernel the profiler saw on the device."""
+    return [(e.time_range.start, e.time_range.end) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def merged(intervals: list[tuple[float, float]]) -> list[list[float]]:
+    """The union of (start, end) intervals, as disjoint [start, end] in order."""
+    out: list[list[float]] = []
+    for s, e in sorted(intervals):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
 def busy_us(prof) -> float:
     """The device's busy time (us): the union of the kernels' intervals."""
-    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
-                    key=lambda e: e.time_range.start)
-    busy, end = 0.0, None
-    for e in events:
-        s, t = e.time_range.start, e.time_range.end
-        if end is None or s >= end:
-            busy, end = busy + t - s, t
-        elif t > end:
-            busy, end = busy + t - end, t
-    return busy
+    return sum(e - s for s, e in merged(kernel_intervals(prof)))
 
 
 OUTSIDE = "outside the engine's phases"
@@ -122,14 +130,8 @@ def idle_by_phase(kernels: list[tuple[float, float]], ranges: list[tuple[float, 
     """The device's idle time in [start, end] (no kernel running: `kernels` as (start, end)), each
     idle stretch charged to the innermost host range (start, end, label) active when it began, or
     to OUTSIDE: label -> seconds in the units given."""
-    busy: list[list[float]] = []
-    for s, e in sorted(kernels):
-        if busy and s <= busy[-1][1]:
-            busy[-1][1] = max(busy[-1][1], e)
-        else:
-            busy.append([s, e])
     gaps, t = [], start
-    for s, e in busy:
+    for s, e in merged(kernels):
         if s > t:
             gaps.append((t, min(s, end)))
         t = max(t, e)
@@ -147,11 +149,9 @@ def idle_by_phase(kernels: list[tuple[float, float]], ranges: list[tuple[float, 
 
 
 def print_idle_by_phase(prof, steps: int) -> None:
-    events = list(prof.events())
     labels = {label for _, _, label in _phases()}
-    kernels = [(e.time_range.start, e.time_range.end) for e in events
-               if e.device_type == torch.autograd.DeviceType.CUDA]
-    ranges = [(e.time_range.start, e.time_range.end, e.name) for e in events
+    kernels = kernel_intervals(prof)
+    ranges = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
               if e.device_type == torch.autograd.DeviceType.CPU and e.name in labels]
     if not kernels or not ranges:
         print("--- the device's idle time by host phase: no device timeline here")

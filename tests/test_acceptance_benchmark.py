@@ -4,21 +4,15 @@ chain over several seeds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.script_module import load_script
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("acceptance_benchmark",
-                                                  REPO / "experiments" / "acceptance_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/acceptance_benchmark.py")
 
 
 def test_the_grid_holds_each_gamma_s_chain_and_each_tree():

@@ -4,19 +4,13 @@ asked (a run through them gives the same tokens)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.script_module import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("profile_rounds", REPO / "scripts" / "profile_rounds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/profile_rounds.py")
 
 
 def test_each_idle_stretch_is_charged_to_the_innermost_host_phase_when_it_began():
