@@ -137,6 +137,41 @@ def test_acceptance_follows_text_whose_difficulty_changes():
     assert planner.choose(View(), [True]) == AUTOREGRESSIVE
 
 
+def test_an_unseen_draft_to_middle_boundary_starts_from_the_draft_to_top_acceptance():
+    """A middle is the target over part of its cache: before any round verified the draft against a
+    middle, the draft's acceptance against the target is the better guess than the optimistic prior,
+    so a draft the target rejects does not make the three-level chains look worth a probe."""
+    view = View()
+    planner = timed_planner([AUTOREGRESSIVE, SPEC, TRIFORCE])
+    assert planner.alpha("draft", "middle") == AdaptivePlanner.PRIOR  # nothing measured: the prior
+    observe(planner, SPEC, {("draft", "top"): 0.05})
+    assert planner.alpha("draft", "middle") == pytest.approx(planner.alpha("draft", "top"))
+    assert planner.alpha("draft", "middle", row=0) == pytest.approx(planner.alpha("draft", "top"))
+    assert planner.alpha("middle", "top") == AdaptivePlanner.PRIOR  # only the draft's boundaries borrow
+    assert planner.choose(view, [True]) == AUTOREGRESSIVE  # the old prior (0.8) chose TRIFORCE here
+    # once a round verified the draft against the middle, that boundary's own counts take over
+    observe(planner, TRIFORCE, {("draft", "middle"): 0.95, ("middle", "top"): 0.95})
+    assert planner.alpha("draft", "middle") > 0.8
+
+
+def test_the_next_plan_is_chosen_ahead_only_once_the_running_plan_has_been_read():
+    """choose_ahead (called while a round verifies): None for a plan's first round in a row (its outcome
+    must be read before the next choice) and while plain decoding runs; afterwards the same choice
+    choose makes from the same estimates, counted as made ahead."""
+    view = View()
+    planner = timed_planner([AUTOREGRESSIVE, SPEC])
+    assert planner.choose_ahead(view, [True]) is None  # nothing ran yet
+    observe(planner, SPEC, {("draft", "top"): 0.9})
+    assert planner.choose(view, [True]) == SPEC
+    assert planner.choose_ahead(view, [True]) is None  # SPEC's first round in a row is running
+    assert planner.choose(view, [True]) == SPEC
+    assert planner.choose_ahead(view, [True]) == SPEC and planner.ahead == 1
+    observe(planner, SPEC, {("draft", "top"): 0.0}, rounds=40)
+    assert planner.choose_ahead(view, [True]) == AUTOREGRESSIVE and planner.ahead == 2
+    assert planner.choose_ahead(view, [True]) is None  # plain decoding: chosen after its step, for free
+    assert planner.describe()["plan/ahead"] == 2
+
+
 def test_a_batch_plans_for_the_sum_of_its_rows_and_its_slowest_middle():
     """Rows that accept differently: a batch's round takes as many middle rounds as its slowest row
     needs, and yields the sum of its rows' tokens."""

@@ -386,6 +386,7 @@ class Generation:
         # the round's plan (planner.py): the levels it runs, cheapest first, and their gammas
         self.planner = engine.planner(self.B)
         self.plan: Plan | None = None
+        self._next_plan: Plan | None = None  # the next round's, chosen while this one verified (plan_ahead)
         self.chain: list[Level] = self.levels
         self.gammas: tuple[int, ...] = (0,)  # gammas[i]: tokens level i of the chain asks of level i - 1
         self._started = 0.0
@@ -488,7 +489,8 @@ class Generation:
             return None
         # the round's plan, from what the rounds so far measured: a function of the past only, so the
         # round is an exact step whichever plan it is (docs/DESIGN.md §12)
-        plan = self.planner.choose(self, active)
+        plan = self._next_plan if self._next_plan is not None else self.planner.choose(self, active)
+        self._next_plan = None
         predicted = getattr(self.planner, "predicted", None)
         before = [counts.frozen() for counts in self.stats.rows]
         self.stats.sync()
@@ -604,6 +606,12 @@ class Generation:
         return {f"tree/rank_accept_{k + 1}": v for k, v in enumerate(pooled.rank_accept())}
 
     # -- the plan of a round --------------------------------------------------------------------
+    def plan_ahead(self, active: list[bool]) -> None:
+        """Called by a round between launching its top level's verification and reading its verdicts
+        (the round's one synchronisation): the next round's plan, where the planner chooses it without
+        this round's outcome (planner.choose_ahead), so that its host time overlaps the device's."""
+        self._next_plan = self.planner.choose_ahead(self, active)
+
     def _use(self, plan: Plan, active: list[bool]) -> float:
         """Run `plan` from this round on: its chain of levels and gammas. A level the last rounds did
         not run has fallen behind the sequence: it takes the tokens it has not seen as a prefill takes
@@ -782,6 +790,8 @@ class Generation:
         if self.parallel.enabled:  # rank 0's verdicts and tokens, on every rank
             self.parallel.broadcast(packed)
             self.tokens[torch.arange(self.B, device=device), bases + packed[:, 0]] = packed[:, 1]
+        if i == len(self.chain) - 1:
+            self.plan_ahead(active)  # while the verification runs
         verdict = Verdict.read(packed)  # the round's one synchronisation
         below = self.chain[i - 1].name
         for b, row in enumerate(self.rows):

@@ -121,6 +121,8 @@ class PlannerView(Protocol):
 class Planner(Protocol):
     def choose(self, view: PlannerView, active: Sequence[bool]) -> Plan: ...
 
+    def choose_ahead(self, view: PlannerView, active: Sequence[bool]) -> Plan | None: ...
+
     def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None: ...
 
     def tree_verified(self, lower: str, upper: str, row: int, visits) -> None: ...
@@ -178,6 +180,11 @@ class _Observer:
     def __init__(self):
         self.log = PlanLog()
         self.predicted: float | None = None
+
+    def choose_ahead(self, view: PlannerView, active: Sequence[bool]) -> Plan | None:
+        """The next round's plan, chosen while this round's verification is in flight, or None: choose
+        it after this round, as usual (AdaptivePlanner.choose_ahead)."""
+        return None
 
     def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None:
         pass
@@ -287,9 +294,12 @@ class AdaptivePlanner(_Observer):
 
     lazy = True  # a level is prefilled when a plan first runs it: a level no plan runs costs nothing
 
-    # what is assumed of a boundary before any round ran it: optimistic enough that speculation is
-    # tried first (its first rounds measure it)
+    # what is assumed of a boundary before any round ran it (unless `prior` knows better): optimistic
+    # enough that speculation is tried first (its first rounds measure it)
     PRIOR = 0.8
+    # the rounds in a row a plan has run before the next choice is made while its round runs
+    # (choose_ahead): from the second on, the plan's own first round has been read
+    AHEAD_AFTER = 2
 
     def __init__(self, plans: Sequence[Plan], *, batch_size: int, costs: StepCosts | None = None,
                  memory_rounds: float = 8.0, probe_every: int = 8, max_probe_every: int = 256,
@@ -319,7 +329,9 @@ class AdaptivePlanner(_Observer):
         self._since_probe = 0
         self._probe_interval = probe_every
         self._last: Plan | None = None
+        self._streak = 0  # rounds in a row the last plan was chosen
         self.probes = 0  # speculative rounds run only to measure again while plain decoding wins
+        self.ahead = 0  # choices made while the round before was still running (choose_ahead)
 
     # -- observations ------------------------------------------------------------------------
     def verified(self, lower: str, upper: str, row: int, proposed: int, accepted: int) -> None:
@@ -364,8 +376,19 @@ class AdaptivePlanner(_Observer):
 
     def _acceptance(self, table: dict, key, halflife: float) -> Acceptance:
         if key not in table:
-            table[key] = Acceptance(halflife, self.PRIOR)
+            table[key] = Acceptance(halflife, self.prior(key[0], key[1]))
         return table[key]
+
+    def prior(self, lower: str, upper: str) -> float:
+        """What a boundary no round has verified yet is assumed to accept: a middle is the target over
+        part of its cache, so a proposer's acceptance against a middle starts from its acceptance
+        against the top where that was measured (a draft the target rejects makes no three-level
+        chain worth a probe); otherwise the optimistic PRIOR, so that speculation is tried."""
+        if upper != TOP:
+            measured = self.pooled.get((lower, TOP))
+            if measured is not None:
+                return measured.alpha
+        return self.PRIOR
 
     def timed(self, level: str, tokens: int, seconds: float) -> None:
         if self._keeps_costs:
@@ -414,7 +437,7 @@ class AdaptivePlanner(_Observer):
     def alpha(self, lower: str, upper: str, row: int | None = None) -> float:
         table, key = (self.pooled, (lower, upper)) if row is None else (self.rows, (lower, upper, row))
         entry = table.get(key) or self.pooled.get((lower, upper))
-        return entry.alpha if entry is not None else self.PRIOR
+        return entry.alpha if entry is not None else self.prior(lower, upper)
 
     def seen(self, plan: Plan) -> bool:
         """Every boundary of the plan has been verified in some round (pooled over the batch)."""
@@ -567,12 +590,28 @@ class AdaptivePlanner(_Observer):
             choice = self.plans[best]
         # what the run reports as predicted: only a speed from measured step costs (a prior is a guess)
         self.predicted = worths[best][0] if self.measured(choice) else None
+        self._streak = self._streak + 1 if choice == self._last else 1
         self._last = choice
         return choice
 
+    def choose_ahead(self, view: PlannerView, active: Sequence[bool]) -> Plan | None:
+        """The next round's plan, chosen while this round's top level verifies (the host would only
+        wait for its verdicts): the choice's host time is then hidden behind the device's work
+        instead of adding to every round. It does not see this round's outcome, which changes an
+        estimate by one round in `memory_rounds`; still a function of the past only, so the next
+        round is exact whatever it is (docs/DESIGN.md §12). Only once the running plan has run
+        AHEAD_AFTER rounds in a row: a plan's first round (an exploration, a probe, a switch) is
+        read before the choice that follows it, so that a plan found wanting is not run again
+        blind. None: choose after the round, as usual."""
+        if self._last is None or not self._last.speculative or self._streak < self.AHEAD_AFTER:
+            return None
+        self.ahead += 1
+        return self.choose(view, active)
+
     def describe(self) -> dict[str, float]:
-        """The plans' log, the probes, and the acceptance estimate of each boundary (pooled)."""
-        out = {**self.log.describe(), "plan/probes": self.probes}
+        """The plans' log, the probes, the choices made ahead, and the acceptance estimate of each
+        boundary (pooled)."""
+        out = {**self.log.describe(), "plan/probes": self.probes, "plan/ahead": self.ahead}
         for (lower, upper), entry in self.pooled.items():
             out[f"alpha/{lower}>{upper}"] = entry.alpha
         return out

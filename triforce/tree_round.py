@@ -97,7 +97,9 @@ class TreeRound:
                           ctx=gen.ctx)  # (B, N + 1, V)
         # the rule on every row at once (a frozen row's verdict unused, as the chain's batch rule
         # draws for every row), on the device; its verdicts read back once
-        verdicts = TreeVerdict.read(verify_tree_batch(tree, nodes, q, p, gen.generator, residual=top.residual))
+        packed = verify_tree_batch(tree, nodes, q, p, gen.generator, residual=top.residual)
+        gen.plan_ahead(active)  # while the verification runs
+        verdicts = TreeVerdict.read(packed)
         proposed = nodes.tolist()
         emitted: list[list[int]] = [[] for _ in range(gen.B)]
         name = below.name

@@ -11,7 +11,8 @@ import pytest
 from tests.engine.test_batches import batch_prompts
 from tests.engine.test_greedy_identity import GREEDY, NEW, tiny_setup  # noqa: F401 - the shared fixture
 from triforce.engine import Engine, EngineOptions
-from triforce.planner import AUTOREGRESSIVE, Plan, ScheduledPlanner
+from triforce.costs import StepCosts
+from triforce.planner import AUTOREGRESSIVE, AdaptivePlanner, Plan, ScheduledPlanner
 
 # budgets below the 77-token prompt; small windows so the draft evicts; the largest gamma 6 + 3 + 2
 AUTO = dict(name="auto", middle_caches=["hybrid", "streaming"], budget=32, streaming_budget=16, chunk_size=4,
@@ -136,3 +137,30 @@ def test_trees_among_the_plans_equal_greedy(tiny_setup, executor):
     prompts = batch_prompts(setup)
     alone = [Engine(setup.target, None, {"name": "autoregressive"}, GREEDY).generate(p, NEW).tokens for p in prompts]
     assert [r.tokens for r in scheduled.generate(prompts, NEW, seed=0)] == alone
+
+
+# a cheap draft and a dear top, whatever the measurements: self-drafting then wins every round
+AHEAD_COSTS = {**{("draft", n, b): 0.001 for n in range(1, 16) for b in (1, 3)},
+               **{("top", n, b): 0.010 for n in range(1, 16) for b in (1, 3)}}
+AHEAD_PLANS = {"chain": [AUTOREGRESSIVE, Plan(("draft", "top"), (2,)), Plan(("draft", "top"), (4,))],
+               "tree": [AUTOREGRESSIVE, Plan(("draft", "top"), (2,), tree="2-2", tree_parents=(-1, -1, 0, 0, 1, 1))]}
+
+
+@pytest.mark.parametrize("executor", ["eager", "static"])
+@pytest.mark.parametrize("round_kind", list(AHEAD_PLANS))
+def test_plans_chosen_while_the_round_verifies_keep_the_tokens(tiny_setup, round_kind, executor):
+    """The adaptive planner chooses the next plan while a round's top level verifies (Generation.
+    plan_ahead, once the running plan has been read): the rounds it chose so stay exact, for a chain
+    and a tree round, one sequence and a ragged batch."""
+    setup = tiny_setup["gqa"]
+    options = EngineOptions(planner=lambda batch: AdaptivePlanner(
+        AHEAD_PLANS[round_kind], batch_size=batch, costs=StepCosts.fixed(AHEAD_COSTS)))
+    ahead = Engine(setup.target, setup.target, dict(AUTO, plans=["autoregressive", "spec"]), GREEDY,
+                   {"executor": executor}, options)
+    result = ahead.generate(setup.prompt, NEW, seed=0)
+    assert result.tokens == setup.reference
+    assert result.metrics["plan/ahead"] > 0 and result.metrics["plan/ahead"] < len(result.rounds)
+    prompts = batch_prompts(setup)
+    alone = [Engine(setup.target, None, {"name": "autoregressive"}, GREEDY).generate(p, NEW).tokens for p in prompts]
+    batch = ahead.generate(prompts, NEW, seed=0)
+    assert [r.tokens for r in batch] == alone and batch.metrics["plan/ahead"] > 0
