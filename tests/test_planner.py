@@ -172,6 +172,34 @@ def test_the_next_plan_is_chosen_ahead_only_once_the_running_plan_has_been_read(
     assert planner.describe()["plan/ahead"] == 2
 
 
+def test_the_triangle_bound_and_the_second_look_it_sends():
+    """bound: acceptance is 1 - TV, so alpha(x, y) >= alpha(x, z) + alpha(z, y) - 1 from measured
+    boundaries (either order). second_look: while a speculative plan runs, every probe_every rounds,
+    a plan of another chain runs once where the bound says it would beat the choice; none where the
+    bound raises nothing, and the interval doubles."""
+    view = View()
+    planner = timed_planner([AUTOREGRESSIVE, SPEC, TRIFORCE], probe_every=4, max_probe_every=16)
+    assert planner.bound("draft", "top") == 0.0  # nothing measured
+    observe(planner, SPEC, {("draft", "top"): 0.0}, rounds=1)  # one unlucky spec round: 0 of 4 accepted
+    observe(planner, TRIFORCE, {("draft", "middle"): 0.95, ("middle", "top"): 0.95}, rounds=30)
+    implied = planner.alpha("draft", "middle") + planner.alpha("middle", "top") - 1
+    assert planner.bound("draft", "top") == pytest.approx(implied) and implied > 0.8
+    assert planner.bound("top", "draft") == pytest.approx(implied)
+    assert planner.alpha("draft", "top") < 0.6  # its own estimate: the one unlucky round
+    choices = [planner.choose(view, [True]) for _ in range(40)]
+    assert choices[0] == TRIFORCE  # by the estimates, TriForce wins ...
+    looks = [i for i, plan in enumerate(choices) if plan == SPEC]  # ... but spec is looked at again,
+    assert looks == [3, 11, 27] and planner.second_looks == 3 == planner.probes  # every 4, 8, 16 rounds
+    # where the other boundaries imply nothing better, no second look
+    plain = timed_planner([AUTOREGRESSIVE, SPEC, TRIFORCE], probe_every=4)
+    observe(plain, SPEC, {("draft", "top"): 0.0}, rounds=1)
+    observe(plain, TRIFORCE, {("draft", "middle"): 0.4, ("middle", "top"): 0.95}, rounds=30)
+    assert plain.bound("draft", "top") < plain.alpha("draft", "top")
+    for _ in range(40):
+        plain.choose(view, [True])
+    assert plain.second_looks == 0
+
+
 def test_a_batch_plans_for_the_sum_of_its_rows_and_its_slowest_middle():
     """Rows that accept differently: a batch's round takes as many middle rounds as its slowest row
     needs, and yields the sum of its rows' tokens."""

@@ -328,9 +328,13 @@ class AdaptivePlanner(_Observer):
         self.switch_margin = switch_margin
         self._since_probe = 0
         self._probe_interval = probe_every
+        self._since_look = 0  # rounds of speculative plans since the last second look (second_look)
+        self._chosen: Plan | None = None  # the last speculative plan the estimates chose (not a look)
+        self._look_interval = probe_every
         self._last: Plan | None = None
         self._streak = 0  # rounds in a row the last plan was chosen
         self.probes = 0  # speculative rounds run only to measure again while plain decoding wins
+        self.second_looks = 0  # of them, those run while another speculative plan wins (second_look)
         self.ahead = 0  # choices made while the round before was still running (choose_ahead)
 
     # -- observations ------------------------------------------------------------------------
@@ -463,7 +467,11 @@ class AdaptivePlanner(_Observer):
         if key not in memo:
             alphas = memo.get((lower, upper))
             if alphas is None:
-                alphas = memo[(lower, upper)] = [self.alpha(lower, upper, b) for b in rows]
+                alphas = [self.alpha(lower, upper, b) for b in rows]
+                if memo.get("optimistic"):  # second_look: as high as the other boundaries imply
+                    floor = self.bound(lower, upper)
+                    alphas = [max(a, floor) for a in alphas]
+                memo[(lower, upper)] = alphas
             e = [expected_accepted(a, gamma) for a in alphas]
             memo[key] = (sum(e), min(e))
         return memo[key]
@@ -582,6 +590,15 @@ class AdaptivePlanner(_Observer):
                 self.probes += 1
         else:
             self._since_probe, self._probe_interval = 0, self.probe_every
+            if self._chosen is not None and choice.chain != self._chosen.chain:  # (a look is no change)
+                self._since_look, self._look_interval = 0, self.probe_every
+            self._chosen = choice
+            look = self.second_look(view, active, choice, worths[best][0])
+            if look is not None:
+                best = self.plans.index(look)
+                choice = look
+                self.probes += 1
+                self.second_looks += 1
         if not self.seen(choice):
             # a chain none of whose rounds ran yet looks as good as the prior says: its first round
             # measures it at its smallest gammas (the cheapest round), not at the prior's best
@@ -593,6 +610,47 @@ class AdaptivePlanner(_Observer):
         self._streak = self._streak + 1 if choice == self._last else 1
         self._last = choice
         return choice
+
+    def second_look(self, view: PlannerView, active: Sequence[bool], choice: Plan, speed: float) -> Plan | None:
+        """While a speculative plan runs, every `probe_every` of its rounds (the interval doubling up to
+        `max_probe_every` while the chain stays): a plan of another chain, once, where it would beat
+        the choice by `switch_margin` if each of its boundaries accepted as much as the others imply
+        (`bound`) — a boundary measured in one unlucky round (its first proposal rejected: one chance
+        in eight where the draft accepts 0.88) would otherwise never run again while another
+        speculative plan wins. None: no such plan, or not yet time."""
+        self._since_look += 1
+        if self._since_look < self._look_interval:
+            return None
+        self._since_look = 0
+        self._look_interval = min(2 * self._look_interval, self.max_probe_every)
+        memo: dict = {"optimistic": True}
+        best, best_speed = None, speed * (1 + self.switch_margin)
+        for plan in self.plans:
+            if not plan.speculative or plan.tree or plan.chain == choice.chain:
+                continue
+            if not any(self.bound(*key) > self.alpha(*key) for key in plan.boundaries()):
+                continue  # nothing the other boundaries imply raises it: its estimate stands
+            optimistic = self.speed(view, plan, active, memo)
+            if optimistic > best_speed:
+                best, best_speed = plan, optimistic
+        return best
+
+    def bound(self, lower: str, upper: str) -> float:
+        """A lower bound on the acceptance between two levels from the pooled estimates of two other
+        boundaries through a third level: per-token acceptance is 1 - TV(p, q) at each position, and
+        total variation obeys the triangle inequality, so alpha(x, y) >= alpha(x, z) + alpha(z, y) - 1
+        (e.g. a draft that a middle accepts at 0.86 and a middle the top accepts at 0.88: the top
+        accepts the draft at >= 0.74). 0 where no such pair was measured."""
+        def pooled(x: str, y: str) -> float | None:
+            entry = self.pooled.get((x, y)) or self.pooled.get((y, x))  # (acceptance is symmetric)
+            return entry.alpha if entry is not None else None
+
+        best = 0.0
+        for z in {level for key in self.pooled for level in key} - {lower, upper}:
+            a, b = pooled(lower, z), pooled(z, upper)
+            if a is not None and b is not None:
+                best = max(best, a + b - 1)
+        return best
 
     def choose_ahead(self, view: PlannerView, active: Sequence[bool]) -> Plan | None:
         """The next round's plan, chosen while this round's top level verifies (the host would only
@@ -611,7 +669,8 @@ class AdaptivePlanner(_Observer):
     def describe(self) -> dict[str, float]:
         """The plans' log, the probes, the choices made ahead, and the acceptance estimate of each
         boundary (pooled)."""
-        out = {**self.log.describe(), "plan/probes": self.probes, "plan/ahead": self.ahead}
+        out = {**self.log.describe(), "plan/probes": self.probes, "plan/second_looks": self.second_looks,
+               "plan/ahead": self.ahead}
         for (lower, upper), entry in self.pooled.items():
             out[f"alpha/{lower}>{upper}"] = entry.alpha
         return out
