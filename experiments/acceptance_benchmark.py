@@ -38,6 +38,7 @@ from triforce.config import MethodConfig
 from triforce.engine import Engine
 from triforce.models import load_model, load_tokenizer
 from triforce.report import markdown_table
+from triforce.tree import widths_of
 
 DEFAULT_BOOKS = ["paradise_lost_(no_introduction)_gut", "hamlet_gut", "poetical_works_gut", "comus_gut"]
 
@@ -79,12 +80,9 @@ def grid(args):
 
 def widths(text: str) -> tuple[int, ...]:
     try:
-        out = tuple(int(w) for w in text.split("-"))
-    except ValueError:
-        out = ()
-    if not out or min(out) < 1:
-        sys.exit(f"error: --trees {text!r}: widths per depth, each at least 1, as 4-2-1-1")
-    return out
+        return widths_of(text)
+    except ValueError as e:
+        sys.exit(f"error: --trees: {e}")
 
 
 def configs_of(args) -> list[tuple[int, MethodConfig]]:

@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from triforce.bench.latency import LevelBench
 from triforce.bench.shapes import DRAFT_OF, SHAPES, random_model
 from triforce.config import MethodConfig
+from triforce.tree import widths_of
 
 PAPER = MethodConfig(name="triforce", budget=4096, chunk_size=8, gamma=6, draft_gamma=2)
 
@@ -90,7 +91,7 @@ def main() -> None:
             level, tokens = spec.split(":")
             keep = []
             if level == "tree":  # tree:4-2-1: the top level's captured verify of that token tree (its mask in the kernel)
-                graph, n_nodes = bench.tree_graph(tuple(int(w) for w in tokens.split("-")))
+                graph, n_nodes = bench.tree_graph(widths_of(tokens))
                 tokens = f"{tokens} ({n_nodes} tokens)"
             else:
                 graph = bench.graph(level, int(tokens))

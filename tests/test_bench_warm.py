@@ -42,3 +42,34 @@ def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
     engine = Engine(target, draft, method, {"temperature": 0.0}, {"executor": "eager"})
     warm_up(engine, method, prompt)
     assert shifts  # the window shifted during the warm-up
+
+
+def test_an_adaptive_method_s_warm_up_runs_every_candidate_plan_and_teaches_nothing():
+    """method=auto's warm-up (Engine.for_warm_up) runs a round of each candidate plan, so that what any
+    plan launches compiles there and not inside the measured generation (a first three-level round
+    took 0.29 s in one measured run, 0.04 s in the others); its step costs are its own, so the
+    measured generation's planner starts from what it measures itself."""
+    import torch
+
+    from tests.engine.conftest import perturbed, random_model
+    from triforce.bench.latency import warm_tokens, warm_up
+    from triforce.engine import Engine
+
+    target = random_model(11, kv_heads=2)
+    draft = perturbed(target, random_model(12, kv_heads=2), 0.3)
+    prompt = torch.randint(0, 64, (200,), generator=torch.Generator().manual_seed(3)).tolist()
+    method = method_config({"name": "auto", "middle_caches": ["hybrid", "streaming"], "budget": 32,
+                            "streaming_budget": 16, "chunk_size": 4, "gammas": [2, 4], "draft_gammas": [1],
+                            "draft_sink": 2, "draft_window": 24})
+    engine = Engine(target, draft, method, {"temperature": 0.0}, {"executor": "static"})
+    plans = engine.candidates()
+    assert warm_tokens(method) > len(plans) == 1 + 2 + 4 + 4
+    warm = engine.for_warm_up()
+    result = warm.generate(prompt[:100], warm_tokens(method), seed=0, stop_at_eos=False)
+    ran = {k.removeprefix("plan_rounds/") for k in result.metrics if k.startswith("plan_rounds/")}
+    assert ran == {plan.name for plan in plans}
+    warm_up(engine, method, prompt)
+    assert engine.costs.measured() == [] and warm.costs.measured() != []
+    # a fixed method's warm-up runs its own plan, as a measured generation does
+    fixed = Engine(target, draft, method_config({"name": "spec", "gamma": 2}), {"temperature": 0.0})
+    assert fixed.for_warm_up().candidates() == fixed.candidates()

@@ -248,3 +248,12 @@ def test_each_nodes_logits_are_those_of_its_paths_forward(cache_kind):
     for i in range(tree.size):
         ref = model(nodes[:, tree.path(i)], None, filled(), num_logits=1)[0, -1]
         torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_tree_label_gives_its_widths_back():
+    from triforce.tree import widths_of
+
+    assert widths_of("4-2-1") == (4, 2, 1) and widths_of("3") == (3,)
+    for bad in ("", "4-0-1", "two", "4--1"):
+        with pytest.raises(ValueError, match="widths per depth"):
+            widths_of(bad)

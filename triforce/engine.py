@@ -47,7 +47,7 @@ from triforce.metrics import GenerationStats
 from triforce.models.config import draft_vocabulary_problem
 from triforce.models.llama import Transformer
 from triforce.parallel import SINGLE
-from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, candidate_plans, plan_of
+from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, ScheduledPlanner, candidate_plans, plan_of
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
 from triforce.tree_round import TreeRound
@@ -156,11 +156,31 @@ class Engine:
         if self._planner is not None:
             return self._planner(batch_size)
         m = self.method
+        if not m.adapts:
+            return FixedPlanner(self.candidates()[0])
+        return AdaptivePlanner(self.candidates(), batch_size=batch_size, costs=self.costs,
+                               memory_rounds=m.memory_rounds, probe_every=m.probe_every)
+
+    def candidates(self) -> list[Plan]:
+        """The plans this engine's rounds run: an adaptive method's candidates, or the method's own."""
+        m = self.method
         middles = [name for name, _ in m.middle_levels]
         if not m.adapts:
-            return FixedPlanner(plan_of(m, middles[0] if middles else "middle"))
-        return AdaptivePlanner(candidate_plans(m, middles), batch_size=batch_size, costs=self.costs,
-                               memory_rounds=m.memory_rounds, probe_every=m.probe_every)
+            return [plan_of(m, middles[0] if middles else "middle")]
+        return candidate_plans(m, middles)
+
+    def for_warm_up(self) -> "Engine":
+        """The same engine for a warm-up generation (benchmarks): with step costs of its own, so that
+        a short warm-up teaches the measured generation's planner nothing; an adaptive method's
+        planner runs every candidate plan in turn, one round each, so that whatever any plan launches
+        compiles there, not inside a measured generation (a fixed method's plan runs every round as
+        usual)."""
+        other = copy.copy(self)
+        other.costs = StepCosts(self.method.memory_rounds)
+        if self.method.adapts:
+            plans = self.candidates()
+            other._planner = lambda batch_size: ScheduledPlanner(plans)
+        return other
 
     # -- checks before any work ------------------------------------------------------------
     def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:

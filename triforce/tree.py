@@ -121,6 +121,18 @@ class Tree:
         return out[::-1]
 
 
+def widths_of(label: str) -> tuple[int, ...]:
+    """A tree's widths per depth from its label as tables write it (MethodConfig.tree_label): "4-2-1"
+    -> (4, 2, 1). ValueError where it is not widths of at least 1 joined by "-"."""
+    try:
+        widths = tuple(int(w) for w in label.split("-"))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise ValueError(f"{label!r} is not a tree's widths per depth, each at least 1, as 4-2-1")
+    return widths
+
+
 def method_tree(method) -> Tree | None:
     """The top level's tree of a method (config.MethodConfig: method.tree_parents, else method.tree's
     widths), or None for a chain."""

@@ -32,6 +32,7 @@ from triforce.kernels.workspace import Workspace
 from triforce.levels import lower_levels, top_level
 from triforce.metrics import GenerationStats, forward_phase
 from triforce.models.llama import Transformer
+from triforce.planner import candidate_plans
 from triforce.sampling import SamplingParams
 
 
@@ -274,19 +275,27 @@ def warm_length(method: MethodConfig, prompt_len: int) -> int:
 def warm_tokens(method: MethodConfig) -> int:
     """New tokens of the warm-up generation: 8, or enough that a StreamingLLM draft's window runs
     past its slack, so that its first eviction (the shift kernel) compiles there and not in the
-    measured run (the prompt cannot do it: a prefill keeps only `window` recent tokens)."""
+    measured run (the prompt cannot do it: a prefill keeps only `window` recent tokens); for an
+    adaptive method, enough for a round of each candidate plan in turn (Engine.for_warm_up) however
+    many tokens each emits (at most its top gamma + 1)."""
+    tokens = 8
     if method.uses_draft and method.draft_cache == "streaming":
-        return max(8, method.draft_window_slack + 2)
-    return 8
+        tokens = max(tokens, method.draft_window_slack + 2)
+    if method.adapts:
+        plans = candidate_plans(method, [name for name, _ in method.middle_levels])
+        tokens = max(tokens, sum((plan.gammas[-1] if plan.gammas else 0) + 1 for plan in plans) + 1)
+    return tokens
 
 
 def warm_up(engine: Engine, method: MethodConfig, prompts: list, seed: int = 0) -> None:
     """The warm-up generation before a measured one of `method`: each prompt (one, or a batch's)
     cut to warm_length, warm_tokens new tokens, so that no kernel compiles or graph is captured
-    inside the measurement (graphs are per batch size: warm up the batch that will be measured)."""
+    inside the measurement (graphs are per batch size: warm up the batch that will be measured); an
+    adaptive method's warm-up runs each of its candidate plans, with step costs of its own
+    (Engine.for_warm_up)."""
     batch = bool(prompts) and isinstance(prompts[0], (list, tuple))
     cut = [p[:warm_length(method, len(p))] for p in prompts] if batch else prompts[:warm_length(method, len(prompts))]
-    engine.generate(cut, warm_tokens(method), seed=seed, stop_at_eos=False)
+    engine.for_warm_up().generate(cut, warm_tokens(method), seed=seed, stop_at_eos=False)
 
 
 @torch.inference_mode()
