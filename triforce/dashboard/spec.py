@@ -26,9 +26,10 @@ GROUP_BY = ("method.name", "method.middle_cache")
 PHASES = ("time_s/prefill", "time_s/draft", "time_s/middle", "time_s/verify", "time_s/decode", "time_s/rebuild",
           "baseline_time_s/prefill", "baseline_time_s/decode")
 ROUNDS_TABLE = "rounds"
-# method=auto (docs/DESIGN.md §12): how often a prompt's plan changed, and the speculative rounds it
-# ran only to measure again while plain decoding won
-PLANS = ("plan/switches", "plan/probes")
+# method=auto (docs/DESIGN.md §12): how often a prompt's plan changed, the speculative rounds it ran
+# only to measure again (while plain decoding won, or another chain's while a speculative plan won:
+# its second looks)
+PLANS = ("plan/switches", "plan/probes", "plan/second_looks")
 
 
 @dataclasses.dataclass(frozen=True)
