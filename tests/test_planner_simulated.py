@@ -1,7 +1,7 @@
 """The adaptive planner against a simulated card: rounds whose forwards, host overheads and catch-ups
 cost what an H100 measured for the 8B shape (32K, batch 8; 124,928, one sequence: docs/PERFORMANCE.md,
-adaptive plans), and whose rows accept proposals at given rates. The properties a user relies on: where speculation
-pays the planner finds it, and where it does not the planner costs at most a few percent against
+adaptive plans), and whose rows accept proposals at given rates. The properties a user relies on:
+where speculation pays the planner finds it, and where it does not the planner costs at most a few percent against
 plain decoding (the engine's rounds are exact whichever plan runs: tests/engine/test_plans.py)."""
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ BATCH_8 = Setting(8, {"draft": lambda n: 0.00019, "middle": lambda n: 0.0059, "t
 LONG_1 = Setting(1, {"draft": lambda n: 0.00032, "middle": lambda n: 0.0059, "top": lambda n: 0.0110 + 0.00005 * (n - 1)},
                  {(TOP,): 0.00005, ("draft", TOP): 0.0002, ("middle", TOP): 0.0002, ("draft", "middle", TOP): 0.0002},
                  {"draft": 0.02, "middle": 0.01}, {"draft": 1.4e8, "middle": 1.7e10, "top": 3.2e10})
-B = BATCH_8.batch
 
 PLANS = [AUTOREGRESSIVE, *(Plan(("draft", TOP), (g,)) for g in (2, 3, 4, 6, 8)),
          *(Plan(("middle", TOP), (g,)) for g in (2, 3, 4, 6, 8)),
@@ -80,39 +79,38 @@ class Card:
         return a(self.rounds) if callable(a) else a
 
     def run(self, planner, plan: Plan) -> None:
-        B, DEVICE, OVERHEAD, CATCH_UP = (self.setting.batch, self.setting.device, self.setting.overhead,
-                                         self.setting.catch_up)
+        rows, device = self.setting.batch, self.setting.device
         ran = set(self.last.chain) if self.last is not None else set()
         for level in plan.chain[:-1]:
             if level not in ran:
-                self.clock += CATCH_UP[level]
-                planner.caught_up(level, CATCH_UP[level])
+                self.clock += self.setting.catch_up[level]
+                planner.caught_up(level, self.setting.catch_up[level])
         self.last = plan
         forwards: list[tuple[str, int, float]] = []
         if not plan.speculative:
-            emitted = B
-            forwards.append((TOP, 1, DEVICE[TOP](1)))
+            emitted = rows
+            forwards.append((TOP, 1, device[TOP](1)))
         else:
             top_gamma = plan.gammas[-1]
             if len(plan.chain) == 3:  # the middle makes top_gamma tokens for every row, in rounds
                 g1 = plan.gammas[0]
-                made = [0] * B
+                made = [0] * rows
                 while min(made) < top_gamma:
-                    forwards += [("draft", 1, DEVICE["draft"](1))] * g1
-                    forwards.append(("middle", g1 + 1, DEVICE["middle"](g1 + 1)))
-                    for row in range(B):
+                    forwards += [("draft", 1, device["draft"](1))] * g1
+                    forwards.append(("middle", g1 + 1, device["middle"](g1 + 1)))
+                    for row in range(rows):
                         a = accepted(self.rng, self.alpha("draft", "middle"), g1)
                         planner.verified("draft", "middle", row, g1, a)
                         made[row] += a + 1
             else:
-                forwards += [(plan.chain[0], 1, DEVICE[plan.chain[0]](1))] * top_gamma
-            forwards.append((TOP, top_gamma + 1, DEVICE[TOP](top_gamma + 1)))
+                forwards += [(plan.chain[0], 1, device[plan.chain[0]](1))] * top_gamma
+            forwards.append((TOP, top_gamma + 1, device[TOP](top_gamma + 1)))
             emitted = 0
-            for row in range(B):
+            for row in range(rows):
                 a = accepted(self.rng, self.alpha(plan.chain[-2], TOP), top_gamma)
                 planner.verified(plan.chain[-2], TOP, row, top_gamma, a)
                 emitted += a + 1
-        overhead = OVERHEAD[plan.chain] * len(forwards)
+        overhead = self.setting.overhead[plan.chain] * len(forwards)
         seconds = sum(s for _, _, s in forwards) + overhead
         for level, tokens, s in forwards:
             planner.timed(level, tokens, s)
@@ -166,12 +164,12 @@ def test_acceptance_that_collapses_midway_falls_back_to_plain_decoding():
     """Text that turns hard after 40 rounds: the rounds after it run at nearly plain decoding's speed
     (the planner's memory forgets the easy text in a few rounds)."""
     drift = {key: (lambda r, hi=HIGH[key], lo=LOW[key]: hi if r < 40 else lo) for key in HIGH}
-    planner, card = adaptive(), Card(drift)
+    planner, card, rows = adaptive(), Card(drift), BATCH_8.batch
     while card.rounds < 40:
-        card.run(planner, planner.choose(View(), [True] * B))
+        card.run(planner, planner.choose(View(), [True] * rows))
     clock, tokens = card.clock, card.tokens
-    while card.tokens - tokens < B * 1024:
-        card.run(planner, planner.choose(View(), [True] * B))
+    while card.tokens - tokens < rows * 1024:
+        card.run(planner, planner.choose(View(), [True] * rows))
     after = (card.tokens - tokens) / (card.clock - clock)
     plain = generate(AUTOREGRESSIVE, LOW, new_tokens=1024).throughput
     assert after >= 0.95 * plain, f"after the collapse {after:.0f} tokens/s vs plain {plain:.0f}"

@@ -45,4 +45,3 @@ def test_the_phases_are_wrapped_only_inside_the_block_and_change_no_token(make_t
     assert wrapped == plain
     names = {e.name for e in prof.events()}
     assert {"round: bookkeeping", "forward: host work", "read-back (the sync)"} <= names
-

@@ -47,7 +47,7 @@ from triforce.metrics import GenerationStats
 from triforce.models.config import draft_vocabulary_problem
 from triforce.models.llama import Transformer
 from triforce.parallel import SINGLE
-from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, ScheduledPlanner, candidate_plans, plan_of
+from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, ScheduledPlanner, method_plans
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
 from triforce.tree_round import TreeRound
@@ -163,11 +163,7 @@ class Engine:
 
     def candidates(self) -> list[Plan]:
         """The plans this engine's rounds run: an adaptive method's candidates, or the method's own."""
-        m = self.method
-        middles = [name for name, _ in m.middle_levels]
-        if not m.adapts:
-            return [plan_of(m, middles[0] if middles else "middle")]
-        return candidate_plans(m, middles)
+        return method_plans(self.method)
 
     def for_warm_up(self) -> "Engine":
         """The same engine for a warm-up generation (benchmarks): with step costs of its own, so that

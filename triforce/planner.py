@@ -691,6 +691,15 @@ def plan_of(method, middle: str = "middle") -> Plan:
     return Plan(("draft", middle, TOP), (method.draft_gamma, method.gamma))
 
 
+def method_plans(method) -> list[Plan]:
+    """The plans a method's rounds run: an adaptive method's candidates over the middle levels it
+    builds, or the method's own plan (over its first middle level)."""
+    middles = [name for name, _ in method.middle_levels]
+    if not method.adapts:
+        return [plan_of(method, middles[0] if middles else "middle")]
+    return candidate_plans(method, middles)
+
+
 def candidate_plans(method, middles: Sequence[str]) -> list[Plan]:
     """The plans an adaptive method chooses among: its chains (method=auto: method.plans; an adaptive
     method: its own) over each middle cache it builds, every gamma of method.gammas (and

@@ -32,7 +32,7 @@ from triforce.kernels.workspace import Workspace
 from triforce.levels import lower_levels, top_level
 from triforce.metrics import GenerationStats, forward_phase
 from triforce.models.llama import Transformer
-from triforce.planner import candidate_plans
+from triforce.planner import method_plans
 from triforce.sampling import SamplingParams
 
 
@@ -282,8 +282,7 @@ def warm_tokens(method: MethodConfig) -> int:
     if method.uses_draft and method.draft_cache == "streaming":
         tokens = max(tokens, method.draft_window_slack + 2)
     if method.adapts:
-        plans = candidate_plans(method, [name for name, _ in method.middle_levels])
-        tokens = max(tokens, sum((plan.gammas[-1] if plan.gammas else 0) + 1 for plan in plans) + 1)
+        tokens = max(tokens, sum((plan.gammas[-1] if plan.gammas else 0) + 1 for plan in method_plans(method)) + 1)
     return tokens
 
 
