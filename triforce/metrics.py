@@ -6,8 +6,10 @@ Two kinds of time:
 - device time of the forwards (`timed`): on a GPU, CUDA events around each forward, read once at
   the end, so timing never adds a host synchronisation to the decode loop; on a CPU, where every
   op is synchronous, the host clock.
-`time_s/overhead` is then the decode wall time the forwards do not account for: sampling,
-verification, host work and synchronisation (the engine's overhead).
+`time_s/overhead` is then the decode wall time the levels' own work does not account for:
+sampling, verification, host work and synchronisation (the engine's overhead). The levels' work is
+their forwards' device time and the fills they run outside a round (`LEVEL_FILLS`: a retrieval
+rebuild, a level catching up with the sequence when a plan brings it back), wall-timed.
 
 In a batch the times and the forwards are the batch's (one forward serves every sequence); what
 each sequence accepted, was proposed, emitted and took part in is counted per sequence (`Counts`),
@@ -25,6 +27,14 @@ import time
 import torch
 
 FORWARD_PHASES = ("draft", "middle", "verify", "decode")  # decode: the autoregressive top level
+LEVEL_FILLS = ("rebuild", "catchup")  # a level's own GPU work outside a round's forwards
+
+
+def overhead_s(time_s: dict[str, float], decode_s: float) -> float:
+    """The engine's overhead in a decode of decode_s seconds: what the levels' forwards and fills
+    (time_s, by phase) leave of it."""
+    levels = sum(t for phase, t in time_s.items() if forward_phase(phase) or phase in LEVEL_FILLS)
+    return max(0.0, decode_s - levels)
 
 
 def forward_phase(phase: str) -> bool:
@@ -162,7 +172,6 @@ class GenerationStats:
         counts = self.rows[row]
         emitted = new_tokens if emitted is None else emitted
         prefill = self.time_s.get("prefill", 0.0)
-        forwards = sum(t for phase, t in self.time_s.items() if forward_phase(phase))
         top_forwards = counts.forwards[top_level]
         out: dict[str, float] = {
             "new_tokens": new_tokens,
@@ -182,17 +191,16 @@ class GenerationStats:
             out[f"accepted/{level}"] = counts.accepted[level]
         for phase, t in self.time_s.items():
             out[f"time_s/{phase}"] = t
-        out["time_s/overhead"] = max(0.0, decode_s - forwards - self.time_s.get("rebuild", 0.0))
+        out["time_s/overhead"] = overhead_s(self.time_s, decode_s)
         return out
 
     def batch_summary(self, *, new_tokens: list[int], decode_s: float) -> dict[str, float]:
         """The batch's own metrics: its size, the tokens it generated and their rate over the batch."""
         self._read_events()
         total = sum(new_tokens)
-        forwards = sum(t for phase, t in self.time_s.items() if forward_phase(phase))
         return {"batch_size": self.batch_size, "new_tokens": total, "decode_s": decode_s,
                 "prefill_s": self.time_s.get("prefill", 0.0),
                 "throughput": total / decode_s if decode_s > 0 else float("nan"),
-                "time_s/overhead": max(0.0, decode_s - forwards - self.time_s.get("rebuild", 0.0)),
+                "time_s/overhead": overhead_s(self.time_s, decode_s),
                 **{f"forwards/{level}": n for level, n in self.forwards.items()},
                 **{f"time_s/{phase}": t for phase, t in self.time_s.items()}}

@@ -32,7 +32,6 @@ from triforce.kernels.workspace import Workspace
 from triforce.levels import lower_levels, top_level
 from triforce.metrics import GenerationStats, forward_phase
 from triforce.models.llama import Transformer
-from triforce.planner import method_plans
 from triforce.sampling import SamplingParams
 
 
@@ -259,44 +258,6 @@ def level_timings(target: Transformer, draft: Transformer, method: MethodConfig,
     return rows
 
 
-def warm_length(method: MethodConfig, prompt_len: int) -> int:
-    """Prompt tokens of a warm-up generation that compiles and captures every kernel a measured run
-    of `method` launches, so Triton compiles nothing inside it: longer than the middle's budget
-    (chunks are chosen) and than the draft's StreamingLLM window (it is full; warm_tokens then runs
-    it past its slack), at least 64, at most the prompt."""
-    need = 64
-    if method.uses_middle:
-        need = max(need, (method.budget or 0) + 2 * method.chunk_size + 1)
-    if method.uses_draft and method.draft_cache == "streaming":
-        need = max(need, method.draft_sink + method.draft_window + 1)
-    return min(prompt_len, need)
-
-
-def warm_tokens(method: MethodConfig) -> int:
-    """New tokens of the warm-up generation: 8, or enough that a StreamingLLM draft's window runs
-    past its slack, so that its first eviction (the shift kernel) compiles there and not in the
-    measured run (the prompt cannot do it: a prefill keeps only `window` recent tokens); for an
-    adaptive method, enough for a round of each candidate plan in turn (Engine.for_warm_up) however
-    many tokens each emits (at most its top gamma + 1)."""
-    tokens = 8
-    if method.uses_draft and method.draft_cache == "streaming":
-        tokens = max(tokens, method.draft_window_slack + 2)
-    if method.adapts:
-        tokens = max(tokens, sum((plan.gammas[-1] if plan.gammas else 0) + 1 for plan in method_plans(method)) + 1)
-    return tokens
-
-
-def warm_up(engine: Engine, method: MethodConfig, prompts: list, seed: int = 0) -> None:
-    """The warm-up generation before a measured one of `method`: each prompt (one, or a batch's)
-    cut to warm_length, warm_tokens new tokens, so that no kernel compiles or graph is captured
-    inside the measurement (graphs are per batch size: warm up the batch that will be measured); an
-    adaptive method's warm-up runs each of its candidate plans, with step costs of its own
-    (Engine.for_warm_up)."""
-    batch = bool(prompts) and isinstance(prompts[0], (list, tuple))
-    cut = [p[:warm_length(method, len(p))] for p in prompts] if batch else prompts[:warm_length(method, len(prompts))]
-    engine.for_warm_up().generate(cut, warm_tokens(method), seed=seed, stop_at_eos=False)
-
-
 @torch.inference_mode()
 def end_to_end(target: Transformer, draft: Transformer | None, method: MethodConfig, prompt: list[int], *,
                new_tokens: int, sampling: SamplingParams, prefill_chunk: int | None, seed: int = 0,
@@ -304,14 +265,14 @@ def end_to_end(target: Transformer, draft: Transformer | None, method: MethodCon
     """One `generate`, as a user runs it (graphs on), with its wall time split by level."""
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})})
-    warm_up(engine, method, prompt, seed)
+    engine.warm_up(prompt, seed)
     free_memory()
     result = engine.generate(prompt, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
     levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and forward_phase(k[7:]))
     row = dict(method=method.name, context=len(prompt), new_tokens=m["new_tokens"], prefill_s=m["prefill_s"],
                ms_per_token=m["ms_per_token"], levels_ms_per_token=1e3 * levels_s / m["new_tokens"],
-               overhead=1 - levels_s / m["decode_s"], mean_accepted_len=m["mean_accepted_len"],
+               overhead=m["time_s/overhead"] / m["decode_s"], mean_accepted_len=m["mean_accepted_len"],
                capture_s=m.get("time_s/capture", 0.0), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
     row.update({k: v for k, v in m.items() if k.startswith(("accept_rate/", "time_s/", "forwards/", "offload/", "tree/"))})
     del engine
@@ -341,16 +302,15 @@ def batch_end_to_end(target: Transformer, draft: Transformer | None, method: Met
     free_memory()
     engine = graph_engine(target, draft, method, sampling, {"prefill_chunk": prefill_chunk, **(hardware or {})},
                           prefill_memo=prefill_memo)
-    warm_up(engine, method, prompts, seed)  # at the batch's size: graphs are per batch size
+    engine.warm_up(prompts, seed)  # at the batch's size: graphs are per batch size
     free_memory()
     result = engine.generate(prompts, new_tokens, seed=seed, stop_at_eos=False)
     m = result.metrics
-    levels_s = sum(v for k, v in m.items() if k.startswith("time_s/") and forward_phase(k[7:]))
     rows = result.results
     mean = lambda key: sum(r.metrics.get(key, float("nan")) for r in rows) / len(rows)  # noqa: E731
     row = dict(method=label or method.name, batch=len(prompts), context=max(len(p) for p in prompts),
                new_tokens=m["new_tokens"], throughput=m["throughput"], ms_per_step=1e3 * m["decode_s"] / new_tokens,
-               prefill_s=m["prefill_s"], overhead=1 - levels_s / m["decode_s"], capture_s=m.get("time_s/capture", 0.0),
+               prefill_s=m["prefill_s"], overhead=m["time_s/overhead"] / m["decode_s"], capture_s=m.get("time_s/capture", 0.0),
                mean_accepted_len=mean("mean_accepted_len"), peak_gib=torch.cuda.max_memory_allocated() / 1024 ** 3)
     for key in ("accept_rate/draft", "accept_rate/middle"):
         if key in rows[0].metrics:
