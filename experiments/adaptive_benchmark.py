@@ -158,7 +158,7 @@ def run_drift(cfg: DictConfig, models: Models, tables: dict[str, list], folders:
     schedule = sorted((int(t), float(s)) for t, s in cfg.drift.schedule)
     models.scale_heads(schedule[0][1])
     engine = latency.graph_engine(target, draft, auto, SAMPLING, {"prefill_chunk": cfg.prefill_chunk})
-    latency.warm_up(engine, auto, prompts)
+    engine.warm_up(prompts)
     stream = engine.stream(prompts if batch > 1 else prompts[0], cfg.drift.new_tokens, seed=0, stop_at_eos=False)
     generated, steps = 0, []
     for new in stream:
@@ -220,7 +220,7 @@ def run_long(cfg: DictConfig, models: Models, tables: dict[str, list], save) -> 
                 tables["skipped"].append(dict(shape=shape, context=context, batch=1, reason=why))
                 continue
             engine = latency.graph_engine(target, draft, method, SAMPLING, {"prefill_chunk": cfg.prefill_chunk})
-            latency.warm_up(engine, method, prompt)
+            engine.warm_up(prompt)
             result = engine.generate(prompt, int(new_tokens), seed=0, stop_at_eos=False)
             window, tokens, seconds, first = int(cfg.long.window), 0, 0.0, None
             done = 0

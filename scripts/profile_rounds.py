@@ -202,7 +202,7 @@ def main() -> None:
                 latency.free_memory()
             engine = latency.graph_engine(target, draft if method.uses_draft else None, method, SAMPLING,
                                           dict(HARDWARE), prefill_memo=memo)
-            latency.warm_up(engine, method, prompts)
+            engine.warm_up(prompts)
             plain = engine.generate(prompts, args.tokens, seed=0, stop_at_eos=False).metrics
             levels = sum(v for k, v in plain.items() if k.startswith("time_s/") and latency.forward_phase(k[7:]))
             print(f"\n=== {name}: {plain['throughput']:.1f} tokens/s, decode {plain['decode_s']:.3f} s, "

@@ -1,9 +1,9 @@
-"""triforce.bench.latency.warm_length: the warm-up prompt of every benchmark fills what the measured
+"""triforce.warmup: the warm-up prompt of every benchmark (and of the app) fills what the measured
 run fills, so that no kernel compiles inside a measurement."""
 
 from __future__ import annotations
 
-from triforce.bench.latency import warm_length
+from triforce.warmup import warm_length, warm_prompts
 from triforce.config import method_config
 
 
@@ -18,6 +18,12 @@ def test_the_warm_up_prompt_outgrows_the_middles_budget_and_the_drafts_window():
     assert warm_length(triforce, 1000) == 1000  # never more than the prompt
 
 
+def test_the_warm_up_cuts_one_prompt_or_each_of_a_batch():
+    spec = method_config({"name": "spec", "gamma": 8})  # warm_length 257
+    assert warm_prompts(spec, list(range(1000))) == list(range(257))
+    assert warm_prompts(spec, [list(range(1000)), list(range(100))]) == [list(range(257)), list(range(100))]
+
+
 def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
     """The draft's window evicts only once it runs over by its slack (a prefill keeps `window` recent
     tokens): the warm-up generates enough tokens that its first eviction, and so the shift kernel's
@@ -26,7 +32,7 @@ def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
 
     import triforce.cache.streaming as streaming
     from tests.engine.conftest import perturbed, random_model
-    from triforce.bench.latency import warm_tokens, warm_up
+    from triforce.warmup import warm_tokens
     from triforce.engine import Engine
 
     assert warm_tokens(method_config({"name": "autoregressive"})) == 8
@@ -40,7 +46,7 @@ def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
     prompt = torch.randint(0, 64, (400,), generator=torch.Generator().manual_seed(3)).tolist()
     method = method_config({"name": "spec", "gamma": 2})
     engine = Engine(target, draft, method, {"temperature": 0.0}, {"executor": "eager"})
-    warm_up(engine, method, prompt)
+    engine.warm_up(prompt)
     assert shifts  # the window shifted during the warm-up
 
 
@@ -52,7 +58,7 @@ def test_an_adaptive_method_s_warm_up_runs_every_candidate_plan_and_teaches_noth
     import torch
 
     from tests.engine.conftest import perturbed, random_model
-    from triforce.bench.latency import warm_tokens, warm_up
+    from triforce.warmup import warm_tokens
     from triforce.engine import Engine
 
     target = random_model(11, kv_heads=2)
@@ -68,7 +74,7 @@ def test_an_adaptive_method_s_warm_up_runs_every_candidate_plan_and_teaches_noth
     result = warm.generate(prompt[:100], warm_tokens(method), seed=0, stop_at_eos=False)
     ran = {k.removeprefix("plan_rounds/") for k in result.metrics if k.startswith("plan_rounds/")}
     assert ran == {plan.name for plan in plans}
-    warm_up(engine, method, prompt)
+    engine.warm_up(prompt)
     assert engine.costs.measured() == [] and warm.costs.measured() != []
     # a fixed method's warm-up runs its own plan, as a measured generation does
     fixed = Engine(target, draft, method_config({"name": "spec", "gamma": 2}), {"temperature": 0.0})

@@ -4,6 +4,7 @@ the notebook on that table, and a failing job that does not stop the sweep."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,10 @@ def test_batch_size_sweep_tables_and_plots_throughput(tmp_path, monkeypatch):
                     f"dataset.folder={books_dir}", "dataset.num_samples=4", "max_new_tokens=6", "method.budget=32",
                     f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the warm-up runs every plan auto may choose (Engine.warm_up: none compiles inside a timed prompt);
+    # triforce's, its own and the baseline's
+    warm = [int(n) for n in re.findall(r"warm-up: (\d+) plan\(s\)", proc.stdout + proc.stderr)]
+    assert sorted(warm) == [2, 2, 46, 46], warm  # auto: 1 + 5 + 2 x 5 + 2 x 5 x 3 plans
     runs = pd.read_parquet(sweep_dir / "sweep.parquet")
     assert sorted(zip(runs["method.name"], runs["hardware.batch_size"])) == [("auto", 1), ("auto", 4),
                                                                             ("triforce", 1), ("triforce", 4)]

@@ -171,11 +171,14 @@ def _run(plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch
     stop = run.stop_at_eos
     size = run.hardware.batch_size
     batches = [samples[i:i + size] for i in range(0, len(samples), size)]
-    if run.warmup:  # first forwards pay one-off costs (allocator, kernels): keep them out
-        warm = [s.prompt_ids[:64] for s in batches[0]]
+    if run.warmup:  # first forwards pay one-off costs (kernels compile, graphs are captured): keep them out
+        warm = [s.prompt_ids for s in batches[0]]  # the first batch's size: graphs are per batch size
+        t0, plans = time.perf_counter(), set()
         for e in (engine, baseline):
-            if e is not None:
-                e.generate(warm if size > 1 else warm[0], 4, seed=0, stop_at_eos=False)
+            if e is not None:  # every plan an adaptive method may choose included (Engine.warm_up)
+                out = e.warm_up(warm if size > 1 else warm[0])
+                plans |= {k for k in out.metrics if k.startswith("plan_rounds/")}
+        log.info("warm-up: %d plan(s) in %.1f s, outside the timed prompts", len(plans), time.perf_counter() - t0)
 
     show = progress.enabled(run.hardware.progress)  # per-generation bars: a terminal and hardware.progress
 
