@@ -22,6 +22,16 @@ def test_the_warm_up_cuts_one_prompt_or_each_of_a_batch():
     spec = method_config({"name": "spec", "gamma": 8})  # warm_length 257
     assert warm_prompts(spec, list(range(1000))) == list(range(257))
     assert warm_prompts(spec, [list(range(1000)), list(range(100))]) == [list(range(257)), list(range(100))]
+    assert warm_prompts(spec, list(range(1000)), thorough=False) == list(range(64))  # where nothing compiles
+
+
+def test_the_warm_up_is_thorough_where_first_forwards_compile():
+    import torch
+
+    from triforce.warmup import compiles
+
+    assert compiles(torch.device("cuda", 0)) and compiles("cuda")
+    assert not compiles(torch.device("cpu"))
 
 
 def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
@@ -46,7 +56,7 @@ def test_the_warm_up_runs_a_streaming_draft_past_its_slack(monkeypatch):
     prompt = torch.randint(0, 64, (400,), generator=torch.Generator().manual_seed(3)).tolist()
     method = method_config({"name": "spec", "gamma": 2})
     engine = Engine(target, draft, method, {"temperature": 0.0}, {"executor": "eager"})
-    engine.warm_up(prompt)
+    engine.warm_up(prompt, thorough=True)  # (a GPU's; a CPU's is light: nothing compiles there)
     assert shifts  # the window shifted during the warm-up
 
 
@@ -74,7 +84,7 @@ def test_an_adaptive_method_s_warm_up_runs_every_candidate_plan_and_teaches_noth
     result = warm.generate(prompt[:100], warm_tokens(method), seed=0, stop_at_eos=False)
     ran = {k.removeprefix("plan_rounds/") for k in result.metrics if k.startswith("plan_rounds/")}
     assert ran == {plan.name for plan in plans}
-    engine.warm_up(prompt)
+    engine.warm_up(prompt, thorough=True)  # (a GPU's; a CPU's is light: nothing compiles there)
     assert engine.costs.measured() == [] and warm.costs.measured() != []
     # a fixed method's warm-up runs its own plan, as a measured generation does
     fixed = Engine(target, draft, method_config({"name": "spec", "gamma": 2}), {"temperature": 0.0})

@@ -51,7 +51,7 @@ from triforce.planner import AdaptivePlanner, FixedPlanner, Plan, Planner, Sched
 from triforce.prefill_memo import PrefillMemo, weights_key
 from triforce.sampling import Verdict, probabilities, verify_into
 from triforce.tree_round import TreeRound
-from triforce.warmup import warm_prompts, warm_tokens
+from triforce.warmup import LIGHT_TOKENS, compiles, warm_prompts, warm_tokens
 
 if TYPE_CHECKING:
     from triforce.memory import MemoryPlan
@@ -179,14 +179,19 @@ class Engine:
             other._planner = lambda batch_size: ScheduledPlanner(plans)
         return other
 
-    def warm_up(self, prompts, seed: int = 0):
-        """The warm-up generation before a measured one (or a user's first): the prompt, or each of a
-        batch's, cut to warmup.warm_length, warmup.warm_tokens new tokens, through for_warm_up, so
-        that no kernel compiles and no graph is captured inside the generations that follow (graphs
-        are per batch size: warm up the batch size that will run). Returns its result (its metrics
-        name the plans it ran); nothing of it reaches a later generation but compiled kernels."""
-        return self.for_warm_up().generate(warm_prompts(self.method, prompts), warm_tokens(self.method), seed=seed,
-                                    stop_at_eos=False)
+    def warm_up(self, prompts, seed: int = 0, *, thorough: bool | None = None):
+        """The warm-up generation before a measured one (or a user's first), through for_warm_up.
+        Thorough (the default where first forwards compile kernels and capture graphs: a GPU,
+        warmup.compiles): the prompt, or each of a batch's, cut to warmup.warm_length and
+        warmup.warm_tokens new tokens, so that nothing compiles and no graph is captured inside the
+        generations that follow (graphs are per batch size: warm up the batch size that will run).
+        Light (a CPU, where nothing compiles): LIGHT_LENGTH prompt tokens and LIGHT_TOKENS new ones.
+        Returns its result (its metrics name the plans it ran); nothing of it reaches a later
+        generation but compiled kernels and captured graphs."""
+        thorough = compiles(self.device) if thorough is None else thorough
+        tokens = warm_tokens(self.method) if thorough else LIGHT_TOKENS
+        return self.for_warm_up().generate(warm_prompts(self.method, prompts, thorough=thorough), tokens, seed=seed,
+                                           stop_at_eos=False)
 
     # -- checks before any work ------------------------------------------------------------
     def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:

@@ -9,6 +9,17 @@ from triforce.config import MethodConfig
 from triforce.planner import method_plans
 
 
+LIGHT_LENGTH, LIGHT_TOKENS = 64, 4  # where nothing compiles: a short generation (allocator, first calls)
+
+
+def compiles(device) -> bool:
+    """Whether first forwards on `device` compile kernels and capture graphs (a GPU), so that a warm-up
+    must launch everything a measured generation will; on a CPU every op is eager and nothing
+    compiles, and running every plan of an adaptive method over a long warm-up prompt would take
+    minutes of a small model's CPU time for nothing."""
+    return getattr(device, "type", str(device)) == "cuda"
+
+
 def warm_length(method: MethodConfig, prompt_len: int) -> int:
     """Prompt tokens of a warm-up generation that compiles and captures every kernel a measured run
     of `method` launches, so Triton compiles nothing inside it: longer than the middle's budget
@@ -36,8 +47,10 @@ def warm_tokens(method: MethodConfig) -> int:
     return tokens
 
 
-def warm_prompts(method: MethodConfig, prompts: list) -> list:
-    """The warm-up's prompt (one) or prompts (a batch's, each cut alike): each cut to warm_length."""
-    if prompts and isinstance(prompts[0], (list, tuple)):
-        return [list(p[:warm_length(method, len(p))]) for p in prompts]
-    return list(prompts[:warm_length(method, len(prompts))])
+def warm_prompts(method: MethodConfig, prompts: list, *, thorough: bool = True) -> list:
+    """The warm-up's prompt (one) or prompts (a batch's, each cut alike): each cut to warm_length
+    (thorough), or to LIGHT_LENGTH tokens."""
+    def cut(p):
+        return list(p[:warm_length(method, len(p)) if thorough else LIGHT_LENGTH])
+
+    return [cut(p) for p in prompts] if prompts and isinstance(prompts[0], (list, tuple)) else cut(prompts)

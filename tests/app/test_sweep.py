@@ -219,10 +219,11 @@ def test_batch_size_sweep_tables_and_plots_throughput(tmp_path, monkeypatch):
                     f"dataset.folder={books_dir}", "dataset.num_samples=4", "max_new_tokens=6", "method.budget=32",
                     f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # the warm-up runs every plan auto may choose (Engine.warm_up: none compiles inside a timed prompt);
-    # triforce's, its own and the baseline's
+    # each job warms up through Engine.warm_up (on a GPU: every plan auto may choose, so that none
+    # compiles inside a timed prompt; here, a CPU's light warm-up: auto's first plans in turn), its
+    # engine and its baseline's: triforce's one plan and plain decoding
     warm = [int(n) for n in re.findall(r"warm-up: (\d+) plan\(s\)", proc.stdout + proc.stderr)]
-    assert sorted(warm) == [2, 2, 46, 46], warm  # auto: 1 + 5 + 2 x 5 + 2 x 5 x 3 plans
+    assert len(warm) == 4 and sorted(warm)[:2] == [2, 2] and min(sorted(warm)[2:]) >= 2, warm
     runs = pd.read_parquet(sweep_dir / "sweep.parquet")
     assert sorted(zip(runs["method.name"], runs["hardware.batch_size"])) == [("auto", 1), ("auto", 4),
                                                                             ("triforce", 1), ("triforce", 4)]
