@@ -175,7 +175,7 @@ def _run(plan: RunPlan, ctx: JobContext, tracker: Tracker, watch: InterruptWatch
         warm = [s.prompt_ids for s in batches[0]]  # the first batch's size: graphs are per batch size
         t0, plans = time.perf_counter(), set()
         for e in (engine, baseline):
-            if e is not None:  # every plan an adaptive method may choose included (Engine.warm_up)
+            if e is not None:  # on a GPU every plan an adaptive method may choose (Engine.warm_up)
                 out = e.warm_up(warm if size > 1 else warm[0])
                 plans |= {k for k in out.metrics if k.startswith("plan_rounds/")}
         log.info("warm-up: %d plan(s) in %.1f s, outside the timed prompts", len(plans), time.perf_counter() - t0)
