@@ -206,7 +206,7 @@ def main() -> None:
             plain = engine.generate(prompts, args.tokens, seed=0, stop_at_eos=False).metrics
             levels = sum(v for k, v in plain.items() if k.startswith("time_s/") and latency.forward_phase(k[7:]))
             print(f"\n=== {name}: {plain['throughput']:.1f} tokens/s, decode {plain['decode_s']:.3f} s, "
-                  f"levels' device time {levels:.3f} s, overhead {1 - levels / plain['decode_s']:.3f}; "
+                  f"levels' device time {levels:.3f} s, overhead {plain['time_s/overhead'] / plain['decode_s']:.3f}; "
                   + ", ".join(f"{k} {v:.4g}" for k, v in sorted(plain.items())
                               if k.startswith(("time_s/", "forwards/", "plan_rounds/"))), flush=True)
             # the decode under cProfile: the host's own time (and its waits for the device)

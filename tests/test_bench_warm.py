@@ -18,11 +18,27 @@ def test_the_warm_up_prompt_outgrows_the_middles_budget_and_the_drafts_window():
     assert warm_length(triforce, 1000) == 1000  # never more than the prompt
 
 
-def test_the_warm_up_cuts_one_prompt_or_each_of_a_batch():
+def test_the_warm_up_cuts_each_prompt():
     spec = method_config({"name": "spec", "gamma": 8})  # warm_length 257
-    assert warm_prompts(spec, list(range(1000))) == list(range(257))
+    assert warm_prompts(spec, [list(range(1000))]) == [list(range(257))]
     assert warm_prompts(spec, [list(range(1000)), list(range(100))]) == [list(range(257)), list(range(100))]
-    assert warm_prompts(spec, list(range(1000)), thorough=False) == list(range(64))  # where nothing compiles
+    assert warm_prompts(spec, [list(range(1000))], thorough=False) == [list(range(64))]  # where nothing compiles
+
+
+def test_the_warm_up_takes_prompts_as_generate_does():
+    """One prompt, a batch as lists, or a batch as a 2-D tensor: the warm-up generates what generate
+    would (a batch of as many rows: graphs are per batch size)."""
+    import torch
+
+    from tests.engine.conftest import random_model
+    from triforce.engine import Engine
+
+    target = random_model(11, kv_heads=2)
+    engine = Engine(target, None, method_config({"name": "autoregressive"}), {"temperature": 0.0})
+    prompt = torch.randint(0, 64, (100,), generator=torch.Generator().manual_seed(3))
+    assert len(engine.warm_up(prompt.tolist()).tokens) == 4  # one prompt: one result (light: 4 tokens)
+    for batch in ([prompt.tolist(), prompt[:80].tolist()], torch.stack([prompt, prompt]), [prompt, prompt[:80]]):
+        assert len(engine.warm_up(batch).results) == 2
 
 
 def test_the_warm_up_is_thorough_where_first_forwards_compile():

@@ -189,9 +189,10 @@ class Engine:
         Returns its result (its metrics name the plans it ran); nothing of it reaches a later
         generation but compiled kernels and captured graphs."""
         thorough = compiles(self.device) if thorough is None else thorough
+        batch, single = self._checked_prompts(prompts, 1)  # one prompt or a batch, as generate takes them
+        cut = warm_prompts(self.method, batch, thorough=thorough)
         tokens = warm_tokens(self.method) if thorough else LIGHT_TOKENS
-        return self.for_warm_up().generate(warm_prompts(self.method, prompts, thorough=thorough), tokens, seed=seed,
-                                           stop_at_eos=False)
+        return self.for_warm_up().generate(cut[0] if single else cut, tokens, seed=seed, stop_at_eos=False)
 
     # -- checks before any work ------------------------------------------------------------
     def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:

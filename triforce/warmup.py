@@ -47,10 +47,7 @@ def warm_tokens(method: MethodConfig) -> int:
     return tokens
 
 
-def warm_prompts(method: MethodConfig, prompts: list, *, thorough: bool = True) -> list:
-    """The warm-up's prompt (one) or prompts (a batch's, each cut alike): each cut to warm_length
+def warm_prompts(method: MethodConfig, prompts: list[list[int]], *, thorough: bool = True) -> list[list[int]]:
+    """The warm-up's prompts (a batch's, or one prompt's as a batch of one): each cut to warm_length
     (thorough), or to LIGHT_LENGTH tokens."""
-    def cut(p):
-        return list(p[:warm_length(method, len(p)) if thorough else LIGHT_LENGTH])
-
-    return [cut(p) for p in prompts] if prompts and isinstance(prompts[0], (list, tuple)) else cut(prompts)
+    return [p[:warm_length(method, len(p)) if thorough else LIGHT_LENGTH] for p in prompts]
