@@ -239,6 +239,32 @@ def test_step_costs_follow_the_last_forwards_and_survive_a_run(tmp_path):
         StepCosts.load(tmp_path / "bad.json")
 
 
+def test_an_unmeasured_width_costs_what_the_measured_widths_imply():
+    """Where a forward's cost grows with its tokens (a CPU, a large batch), a verify of a width no
+    round has run yet is priced from the measured ones (the per-token slope they show), not from its
+    byte floor, which is the same for every width: otherwise every new gamma looks as cheap as a
+    plain step and is explored in turn."""
+    view = View()
+    planner = AdaptivePlanner([AUTOREGRESSIVE, SPEC], batch_size=1)
+    planner.timed("top", 1, 0.100)
+    planner.timed("top", 3, 0.140)  # 20 ms per token more
+    assert planner.step_seconds(view, "top", 5) == pytest.approx(0.180)  # the slope, from the nearest width
+    assert planner.step_seconds(view, "top", 2) == pytest.approx(0.120)
+    # a level never timed: its byte floor at the measured seconds per byte, and the slope scaled to its
+    # bytes (the middle's 5e7 bytes against the top's 1e8: half the top's slope)
+    assert planner.step_seconds(view, "middle", 1) == pytest.approx(0.050)
+    assert planner.step_seconds(view, "middle", 3) == pytest.approx(0.050 + 2 * 0.010)
+    # flat costs (a GPU at batch 1, offloading): widths stay as cheap as the measured ones
+    flat = AdaptivePlanner([AUTOREGRESSIVE, SPEC], batch_size=1)
+    flat.timed("top", 1, 0.100)
+    flat.timed("top", 3, 0.099)
+    assert flat.step_seconds(view, "top", 8) == pytest.approx(0.099)
+    # nothing measured at two widths: the byte floor alone (the optimistic prior)
+    one = AdaptivePlanner([AUTOREGRESSIVE, SPEC], batch_size=1)
+    one.timed("top", 1, 0.100)
+    assert one.step_seconds(view, "top", 7) == pytest.approx(0.100)
+
+
 def test_trees_are_candidates_of_two_level_chains():
     auto = MethodConfig(name="auto", plans=("autoregressive", "spec", "retrieval_spec", "triforce"),
                         middle_caches=("hybrid",), gammas=(2,), draft_gammas=(1,), trees=((2, 1), (4,)))

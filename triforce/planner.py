@@ -28,7 +28,8 @@ induction the whole sequence is distributed as plain sampling from the target wi
 forwards the rounds run (device time of each captured replay, read after the round's one
 synchronisation; host time on a CPU) with a short memory; where a forward has not run yet, its byte
 floor (weights once, every sequence's KV: costs.step_bytes) times the seconds per byte the measured
-forwards show (an optimistic prior of the device's bandwidth before any is measured).
+forwards show (an optimistic prior of the device's bandwidth before any is measured), and no less than
+the measured widths imply (the per-token slope they show: a compute-bound forward grows with its tokens).
 
 **Acceptance.** Per level boundary (lower, upper), the per-token acceptance alpha as the truncated
 geometric estimate accepted / (accepted + rejections), pooled over the batch and per sequence, with
@@ -427,9 +428,43 @@ class AdaptivePlanner(_Observer):
             if seconds is None:
                 if "seconds/byte" not in memo:
                     memo["seconds/byte"] = self._seconds_per_byte(view)
+                    memo["widths"] = self._widths_measured()
                 seconds = view.step_bytes(level, tokens) * memo["seconds/byte"]
+                seconds = max(seconds, self._by_width(view, level, tokens, memo["widths"], seconds))
             memo[(level, tokens)] = seconds
         return memo[(level, tokens)]
+
+    def _widths_measured(self) -> dict[str, list[tuple[int, float]]]:
+        """Per level, its measured (tokens, seconds) at this batch size, fewest tokens first."""
+        widths: dict[str, list[tuple[int, float]]] = {}
+        for (level, tokens, batch), s in self.costs.measured():
+            if batch == self.batch_size:
+                widths.setdefault(level, []).append((tokens, s))
+        return {level: sorted(points) for level, points in widths.items()}
+
+    def _by_width(self, view: PlannerView, level: str, tokens: int, widths: dict, floor: float) -> float:
+        """An unmeasured width of a level priced from the widths measured: the nearest width's seconds
+        (or the byte estimate `floor` where the level never ran) plus the per-token slope the measured
+        widths show — the level's own, else the least of the others' per byte of a one-token step,
+        scaled to this level's (a forward's cost grows with its tokens where it is compute-bound: a
+        CPU, a large batch; a byte floor is the same for every width, and every new gamma would look as
+        cheap as a plain step). 0 where no level was measured at two widths (the byte floor stands)."""
+        def slope(points: list[tuple[int, float]]) -> float | None:
+            (t0, s0), (t1, s1) = points[0], points[-1]
+            return max(0.0, (s1 - s0) / (t1 - t0)) if t1 > t0 else None
+
+        own = widths.get(level, [])
+        per_token = slope(own) if len(own) > 1 else None
+        if per_token is None:
+            per_byte = [slope(points) / view.step_bytes(other, 1) for other, points in widths.items()
+                        if len(points) > 1 and view.has_level(other)]
+            if not per_byte:
+                return floor
+            per_token = min(per_byte) * view.step_bytes(level, 1)
+        if not own:
+            return floor + per_token * (tokens - 1)
+        near, seconds = min(own, key=lambda point: abs(point[0] - tokens))
+        return seconds + per_token * (tokens - near)
 
     def _seconds_per_byte(self, view: PlannerView) -> float:
         measured = [(s, view.step_bytes(level, tokens)) for (level, tokens, batch), s in self.costs.measured()
