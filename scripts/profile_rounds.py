@@ -37,7 +37,7 @@ from triforce.prefill_memo import PrefillMemo
 from triforce.sampling import SamplingParams
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
-CUDA = torch.cuda.is_available()  # else a smoke run on the CPU (eager, tiny shapes)
+CUDA = torch.cuda.is_available()  # else eager on the CPU: the tests run its functions on a tiny model (main needs a GPU)
 HARDWARE = {"prefill_chunk": 8192} if CUDA else {"prefill_chunk": 8192, "executor": "eager", "device": "cpu"}
 
 
@@ -184,8 +184,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--top", type=int, default=28, help="Python functions shown per profile")
     args = ap.parse_args()
+    # the shapes it profiles are 7-12B models at long contexts: on a CPU they do not fit, so no smoke run
+    latency.require_gpu("scripts/profile_rounds.py", [args.shape])
     methods = methods_of(args.methods)
-    device, dtype = ("cuda", torch.bfloat16) if CUDA else ("cpu", torch.float32)
+    device, dtype = "cuda", torch.bfloat16
     target = random_model(SHAPES[args.shape], dtype=dtype, device=device)
     draft = random_model(SHAPES[DRAFT_OF[args.shape]], dtype=dtype, device=device, seed=1)
     for model in (target, draft):
@@ -193,7 +195,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, SHAPES[args.shape].vocab_size, (args.context,), generator=g).tolist()
                for _ in range(args.batch)]
-    print(f"{torch.cuda.get_device_name() if CUDA else 'CPU'}: {args.shape} at {args.context}, batch {args.batch}, "
+    print(f"{torch.cuda.get_device_name()}: {args.shape} at {args.context}, batch {args.batch}, "
           f"head scale {args.head_scale}, {args.tokens} new tokens", flush=True)
     memo = PrefillMemo(max_bytes=64 * 2 ** 30)
     with torch.inference_mode():
