@@ -448,7 +448,7 @@ class AdaptivePlanner(_Observer):
         widths show — the level's own, else the least of the others' per byte of a one-token step,
         scaled to this level's (a forward's cost grows with its tokens where it is compute-bound: a
         CPU, a large batch; a byte floor is the same for every width, and every new gamma would look as
-        cheap as a plain step). 0 where no level was measured at two widths (the byte floor stands)."""
+        cheap as a plain step). `floor` itself where no level was measured at two widths."""
         def slope(points: list[tuple[int, float]]) -> float | None:
             (t0, s0), (t1, s1) = points[0], points[-1]
             return max(0.0, (s1 - s0) / (t1 - t0)) if t1 > t0 else None
