@@ -47,12 +47,14 @@ def synchronize() -> None:
 
 
 def methods_of(names: str) -> dict:
-    """autoregressive, spec (gamma 8), auto and the fixed configurations of the adaptive benchmark's
-    config (triforce, triforce_hybrid, triforce_streaming, magicdec)."""
+    """autoregressive, spec (gamma 8), spec_tree (a 4-2-1-1 token tree at the top), auto and the fixed
+    configurations of the adaptive benchmark's config (triforce, triforce_hybrid, triforce_streaming,
+    magicdec)."""
     from pathlib import Path
 
     cfg = OmegaConf.load(Path(conf_init).parent / "adaptive_benchmark.yaml")
     known = {"autoregressive": {"name": "autoregressive"}, "spec": {"name": "spec", "gamma": 8},
+             "spec_tree": {"name": "spec", "tree": [4, 2, 1, 1]},
              "auto": OmegaConf.to_container(cfg.auto),
              **{k: OmegaConf.to_container(v) for k, v in cfg.fixed.items()}}
     out = {}
