@@ -426,19 +426,20 @@ class AdaptivePlanner(_Observer):
         if (level, tokens) not in memo:
             seconds = self.costs.seconds(level, tokens, self.batch_size)
             if seconds is None:
-                if "seconds/byte" not in memo:
-                    memo["seconds/byte"] = self._seconds_per_byte(view)
-                    memo["widths"] = self._widths_measured()
+                if "widths" not in memo:
+                    memo["widths"] = self._widths_measured(view)
+                    memo["seconds/byte"] = self._seconds_per_byte(view, memo["widths"])
                 seconds = view.step_bytes(level, tokens) * memo["seconds/byte"]
                 seconds = max(seconds, self._by_width(view, level, tokens, memo["widths"], seconds))
             memo[(level, tokens)] = seconds
         return memo[(level, tokens)]
 
-    def _widths_measured(self) -> dict[str, list[tuple[int, float]]]:
-        """Per level, its measured (tokens, seconds) at this batch size, fewest tokens first."""
+    def _widths_measured(self, view: PlannerView) -> dict[str, list[tuple[int, float]]]:
+        """Per level of the generation, its measured (tokens, seconds) at this batch size, fewest
+        tokens first."""
         widths: dict[str, list[tuple[int, float]]] = {}
         for (level, tokens, batch), s in self.costs.measured():
-            if batch == self.batch_size:
+            if batch == self.batch_size and view.has_level(level):
                 widths.setdefault(level, []).append((tokens, s))
         return {level: sorted(points) for level, points in widths.items()}
 
@@ -449,15 +450,15 @@ class AdaptivePlanner(_Observer):
         scaled to this level's (a forward's cost grows with its tokens where it is compute-bound: a
         CPU, a large batch; a byte floor is the same for every width, and every new gamma would look as
         cheap as a plain step). `floor` itself where no level was measured at two widths."""
-        def slope(points: list[tuple[int, float]]) -> float | None:
+        def slope(points: list[tuple[int, float]]) -> float:  # two or more distinct widths, sorted
             (t0, s0), (t1, s1) = points[0], points[-1]
-            return max(0.0, (s1 - s0) / (t1 - t0)) if t1 > t0 else None
+            return max(0.0, (s1 - s0) / (t1 - t0))
 
         own = widths.get(level, [])
         per_token = slope(own) if len(own) > 1 else None
         if per_token is None:
             per_byte = [slope(points) / view.step_bytes(other, 1) for other, points in widths.items()
-                        if len(points) > 1 and view.has_level(other)]
+                        if len(points) > 1]
             if not per_byte:
                 return floor
             per_token = min(per_byte) * view.step_bytes(level, 1)
@@ -466,9 +467,8 @@ class AdaptivePlanner(_Observer):
         near, seconds = min(own, key=lambda point: abs(point[0] - tokens))
         return seconds + per_token * (tokens - near)
 
-    def _seconds_per_byte(self, view: PlannerView) -> float:
-        measured = [(s, view.step_bytes(level, tokens)) for (level, tokens, batch), s in self.costs.measured()
-                    if batch == self.batch_size and view.has_level(level)]
+    def _seconds_per_byte(self, view: PlannerView, widths: dict) -> float:
+        measured = [(s, view.step_bytes(level, tokens)) for level, points in widths.items() for tokens, s in points]
         if measured:
             return min(s / max(b, 1) for s, b in measured)  # the cheapest per byte: an optimistic prior
         return 1e-12  # nothing measured yet: the speeds only compare with each other
