@@ -6,7 +6,8 @@
    at 32K keys, MHA and GQA, 1 to 32 new tokens; norm, SwiGLU, rotary + cache write; split-K
    and gated products, also replayed from a graph; an RMSNorm folded into the products around it; the sampling
    transform at the 32K, 49K and 128K vocabularies, peaked and flat rows, its split path run
-   repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs.
+   repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs; the token-tree rule
+   captured as a CUDA graph against the rule launched op by op (the same verdicts for a seed).
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
    with both executors (eager, graphs); seeded sampling reproducible with graphs. Batches: the
    kernels with per-sequence lengths against their references, and each sequence of a batch of 3
@@ -69,6 +70,39 @@ METHODS = [
     ("spec", "draft", {"tree": [4, 2, 1, 1]}),
     ("retrieval_spec", None, {"budget": 64, "chunk_size": 8, "tree": [2, 2, 2, 2, 1]}),
 ]
+
+
+def check_tree_rule(device) -> bool:
+    """The tree rule captured as a CUDA graph (executor.TreeRule, its draws made before each replay)
+    against tree.verify_tree_batch launched op by op: the same verdicts for the same seed, exactly —
+    trees of one and of several children per node, one sequence and a batch, two vocabularies,
+    three rounds each (each replay's draws its own)."""
+    from triforce.executor import TreeRule
+    from triforce.tree import verify_tree_batch
+
+    ok = True
+    cases = (((4, 2, 1, 1), 8, 128256), ((1, 1, 1, 1, 1, 1), 8, 128256), ((2, 2, 2, 2, 1), 1, 32000))
+    for widths, batch, vocab in cases:
+        tree = Tree.from_widths(widths)
+        data = torch.Generator(device=device).manual_seed(sum(widths) + batch)
+        eager_gen = torch.Generator(device=device).manual_seed(7)
+        graph_gen = torch.Generator(device=device).manual_seed(7)
+        rule = TreeRule(tree, batch, vocab, torch.device(device), graph_gen, residual=True, capture=True)
+        same = True
+        for _ in range(3):
+            # peaked distributions (low temperature) so that children are accepted and rejected
+            q = (torch.randn(batch, tree.size + 1, vocab, device=device, generator=data) * 4).softmax(-1)
+            p = (torch.randn(batch, tree.size + 1, vocab, device=device, generator=data) * 4).softmax(-1)
+            p = 0.5 * p + 0.5 * q  # near the draft's: long accepted paths too
+            tokens = torch.multinomial(q[:, :tree.size].reshape(-1, vocab), 1, generator=data).view(batch, tree.size)
+            want = verify_tree_batch(tree, tokens, q, p, eager_gen)
+            rule.tokens.copy_(tokens)
+            rule.q.copy_(q)
+            got = rule.run(p)
+            same &= torch.equal(want, got)
+        print(f"tree rule captured widths={widths} B={batch} V={vocab}: {'ok' if same else 'DIFFERS from the eager rule'}")
+        ok &= same
+    return ok
 
 
 def check_tree_attention(device, ctx: KernelContext, keys: int = 32768) -> bool:
@@ -557,26 +591,31 @@ def check_batched_engine(device, kernels: dict, executors: tuple[str, ...] = ("g
 
 
 def check_synchronisations(device, kernels: dict) -> bool:
-    """Count the implicit host synchronisations (torch's sync debug mode) of a graph-path run."""
+    """Count the implicit host synchronisations (torch's sync debug mode) of a graph-path run: TriForce
+    on one sequence, and a token tree at the top of a batch of 2 (its round reads back once too)."""
     target, draft = random_model(0, device, torch.bfloat16), random_model(1, device, torch.bfloat16)
     prompt = torch.randint(0, 512, (700,), generator=torch.Generator().manual_seed(0)).tolist()
-    engine = Engine(target, draft, {"name": "triforce", "budget": 64}, {"temperature": 0.6, "top_p": 0.9},
-                    {"executor": "graphs", "kernels": kernels})
-    engine.generate(prompt, 32, seed=0)  # capture first: capture itself synchronises
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            result = engine.generate(prompt, 32, seed=0)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    syncs = sum("synchroniz" in str(w.message) for w in caught)
-    m = result.metrics
-    rounds = m["forwards/top"] + m["forwards/middle"]  # speculative rounds at every level
-    # the prefill's, the capture's and the final read-back's synchronisations come on top of the rounds
-    ok = syncs <= rounds + 64
-    print(f"graphs: {syncs} implicit host synchronisations for {rounds} speculative rounds "
-          f"({m['forwards/draft']} draft steps, {m['new_tokens']} tokens) {'ok' if ok else 'FAILED'}")
+    ok = True
+    for method, prompts in (({"name": "triforce", "budget": 64}, prompt),
+                            ({"name": "spec", "tree": [4, 2, 1, 1]}, [prompt, prompt[:650]])):
+        engine = Engine(target, draft, method, {"temperature": 0.6, "top_p": 0.9},
+                        {"executor": "graphs", "kernels": kernels})
+        engine.generate(prompts, 32, seed=0)  # capture first: capture itself synchronises
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                result = engine.generate(prompts, 32, seed=0)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        m = result.metrics
+        rounds = m["forwards/top"] + m.get("forwards/middle", 0)  # speculative rounds at every level
+        # the prefill's, the capture's and the final read-back's synchronisations come on top of the rounds
+        good = syncs <= rounds + 64
+        print(f"graphs {method}: {syncs} implicit host synchronisations for {rounds} speculative rounds "
+              f"({m['forwards/draft']} draft forwards, {m['new_tokens']} tokens) {'ok' if good else 'FAILED'}")
+        ok &= good
     return ok
 
 
@@ -644,7 +683,7 @@ def report_bf16(device, kernels: dict) -> None:
 
 
 # every check of a PDL pass, in the order they run (`--only` picks some)
-CHECKS = ("kernels", "tree_attention", "batched_kernels", "engine", "batched_engine", "chained_steps", "families",
+CHECKS = ("kernels", "tree_attention", "tree_rule", "batched_kernels", "engine", "batched_engine", "chained_steps", "families",
           "synchronisations", "bf16")
 
 
@@ -677,6 +716,7 @@ def main() -> int:
         checks = {
             "kernels": lambda: check_kernels(args.device, policy),
             "tree_attention": lambda: check_tree_attention(args.device, KernelContext(policy, pdl=False)),
+            "tree_rule": lambda: check_tree_rule(args.device),
             "batched_kernels": lambda: check_batched_kernels(args.device, policy),
             "engine": lambda: check_engine(args.device, kernels),
             "batched_engine": lambda: check_batched_engine(args.device, kernels),

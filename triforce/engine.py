@@ -39,7 +39,8 @@ from triforce.cache.spec import spare_slots
 from triforce.config import HardwareConfig, MethodConfig, SamplingParams, check_tree_setting, context_needed, parse
 from triforce.costs import StepCosts, step_bytes
 from triforce.errors import ConfigError, PromptTooLongError
-from triforce.executor import device_index, make_executor, resolve_executor
+from triforce.executor import make_executor, resolve_executor
+from triforce.inputs import device_index
 from triforce.kernels.policy import KernelContext, KernelPolicy
 from triforce.kernels.workspace import Workspace
 from triforce.levels import Level, LevelSpec, lower_levels, top_level
@@ -692,7 +693,7 @@ class Generation:
         num_logits = next(lengths[b] - first_needed[b] for b in range(self.B) if active[b])
         phase = self._phase(i)
         out = None
-        for num_tokens, group in self._widths(cache, seq, active):
+        for num_tokens, group in self.feed_groups(cache, seq, active):
             starts = [max(n - num_tokens, 0) for n in lengths]
             probs = self.executor.forward(level, starts, num_tokens, num_logits, phase, sample=sample, rows=group)
             self.stats.forward_of(level.name, group)
@@ -708,8 +709,8 @@ class Generation:
         decode when it runs alone."""
         return self.chain[i].name if i < len(self.chain) - 1 else ("decode" if len(self.chain) == 1 else "verify")
 
-    def _widths(self, cache, seq: list[int], active: list[bool]) -> list[tuple[int, list[bool]]]:
-        """The forwards a level's step takes: (tokens per sequence, the rows it serves). One, as
+    def feed_groups(self, cache, seq: list[int], active: list[bool]) -> list[tuple[int, list[bool]]]:
+        """The forwards a level's step takes (a chain's step, a tree round's root): (tokens per sequence, the rows it serves). One, as
         wide as the row with the most unseen tokens, where every other row can roll back to feed
         as many (the same tokens again: the same keys); a row that cannot (a selection just
         rebuilt) gets a forward of its own width."""

@@ -52,6 +52,8 @@ from triforce.kernels.verify import race_sample
 from triforce.kernels.workspace import Workspace
 from triforce.metrics import GenerationStats
 from triforce.sampling import SamplingParams, probabilities, sample_into
+from triforce.tree import tree_walk, verify_tree_batch
+from triforce.inputs import device_index
 
 
 class LevelLike(Protocol):
@@ -66,6 +68,10 @@ class Executor(Protocol):
 
     def can_step(self, level: LevelLike, steps: int, rows: list[bool] | None = None) -> bool:
         """Whether `steps(level, ...)` may run that many one-token steps as one forward."""
+        ...
+
+    def tree_rule(self, tree, batch: int, vocab: int, *, residual: bool) -> "TreeRule":
+        """A tree round's rule over its buffers (captured where the executor captures)."""
         ...
 
     def release(self) -> None: ...
@@ -83,15 +89,6 @@ def make_executor(name: str, tokens: torch.Tensor, sampling: SamplingParams, sta
     if kind == "eager":
         return EagerExecutor(tokens, sampling, stats, generator, policy)
     return StaticExecutor(tokens, sampling, stats, capture=kind == "graphs", generator=generator, policy=policy)
-
-
-def device_index(values: list[int], device: torch.device) -> torch.Tensor:
-    """A small int64 device tensor of host values, copied without a synchronisation (through pinned
-    memory on a GPU; the caching host allocator keeps the block until the copy has run)."""
-    host = torch.tensor(values, dtype=torch.int64)
-    if device.type != "cuda":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 @contextlib.contextmanager
@@ -181,6 +178,10 @@ class EagerExecutor:
             out[b] = logits[0]
         return out
 
+    def tree_rule(self, tree, batch: int, vocab: int, *, residual: bool) -> TreeRule:
+        """The tree rule's buffers for a round of `tree` (uncaptured: launched op by op)."""
+        return TreeRule(tree, batch, vocab, self.tokens.device, self.generator, residual=residual, capture=False)
+
     def can_step(self, level, steps: int, rows: list[bool] | None = None) -> bool:
         """Never: an eager forward is one step (see StaticExecutor.steps)."""
         return False
@@ -210,6 +211,53 @@ class Runner:
         return self.out.clone()  # the next replay overwrites `out`; the round keeps these rows
 
 
+class TreeRule:
+    """The tree rule of a round (tree.verify_tree_batch) over buffers the round fills: `tokens` (B, N)
+    the proposed nodes, `q` (B, N + 1, V) the distributions they were drawn from; `run(p)` with the
+    top level's distributions returns the packed verdicts (tree.TreeVerdict.read). Captured (a CUDA
+    graph of tree.tree_walk and the emitted token's exponential race): one replay instead of a few
+    hundred small launches, its uniform and Exp(1) draws made just before it — the draws
+    verify_tree_batch makes, in its order, so the same verdicts as uncaptured."""
+
+    def __init__(self, tree, batch: int, vocab: int, device: torch.device, generator: torch.Generator | None, *,
+                 residual: bool, capture: bool, pool=None):
+        self.tree, self.generator, self.residual = tree, generator, residual
+        self.tokens = torch.zeros(batch, tree.size, dtype=torch.int64, device=device)
+        self.q = torch.full((batch, tree.size + 1, vocab), 1.0 / vocab, device=device)
+        self.graph = None
+        if capture:
+            self.p = torch.full_like(self.q, 1.0 / vocab)
+            self.u = torch.zeros(batch, tree.size, device=device)
+            self.race = torch.ones(batch, vocab, device=device)
+            self._capture(pool)
+
+    def _body(self) -> torch.Tensor:
+        final, walked = tree_walk(self.tree, self.tokens, self.q, self.p, self.u, residual=self.residual)
+        # sampling.sample's race on a GPU: argmax of p / E, E ~ Exp(1) floored at the smallest normal
+        token = (final / self.race.clamp_min(torch.finfo(final.dtype).tiny)).argmax(-1)
+        return torch.cat([token[:, None], walked], 1)
+
+    def _capture(self, pool) -> None:
+        side = torch.cuda.Stream()  # warm up off the capture (the walk's constant tables made here)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.out = self._body()
+
+    def run(self, p: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            return verify_tree_batch(self.tree, self.tokens, self.q, p, self.generator, residual=self.residual)
+        self.p.copy_(p)
+        self.u.uniform_(generator=self.generator)  # torch.rand's draws, then sample's race
+        self.race.exponential_(generator=self.generator)
+        self.graph.replay()
+        return self.out
+
+
 class StaticExecutor:
     def __init__(self, tokens: torch.Tensor, sampling: SamplingParams, stats: GenerationStats, *,
                  capture: bool, generator: torch.Generator | None, policy: KernelPolicy):
@@ -221,6 +269,7 @@ class StaticExecutor:
         # a proposer's one-token steps may run as one static forward (`steps`): the policy's choice
         self.chain_steps = policy.chain_steps
         self.runners: dict[tuple, Runner] = {}
+        self.rules: dict[tuple, TreeRule] = {}  # a tree round's rule per shape (`tree_rule`)
         # one memory pool for every graph: they never run at the same time
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.eager = EagerExecutor(tokens, sampling, stats, generator, policy)
@@ -263,6 +312,16 @@ class StaticExecutor:
             runner.view.set([0] * B, positions, cache.rows_of("length"))
             with self.stats.timed(phase, key=(level.name, T)) if phase is not None else contextlib.nullcontext():
                 return runner.run()
+
+    def tree_rule(self, tree, batch: int, vocab: int, *, residual: bool) -> TreeRule:
+        """The tree rule's buffers for a round of `tree`, made once per shape; captured on a GPU."""
+        key = ("tree_rule", tree.parents, batch, vocab, residual)
+        if key not in self.rules:
+            start = time.perf_counter()
+            self.rules[key] = TreeRule(tree, batch, vocab, self.tokens.device, self.generator, residual=residual,
+                                       capture=self.capture, pool=self.pool)
+            self.stats.time_s["capture"] += time.perf_counter() - start
+        return self.rules[key]
 
     def can_step(self, level, steps: int, rows: list[bool] | None = None) -> bool:
         """Whether `steps` one-token sampling steps of `level` can run as one static forward: its
@@ -404,3 +463,4 @@ class StaticExecutor:
 
     def release(self) -> None:
         self.runners.clear()
+        self.rules.clear()

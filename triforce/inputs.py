@@ -8,7 +8,8 @@ below all three and import none of them (torch only):
   into angles (`apply_rotary`, `rotate_half`; `rotate_keys` re-rotates stored keys, which a
   StreamingLLM cache does when it shifts its window);
 - `DeviceLength`: what a captured forward's queries may see, a cache length kept on the device;
-- `batch_stride` / `kernel_positions`: how a kernel reads a per-sequence value or the positions.
+- `batch_stride` / `kernel_positions`: how a kernel reads a per-sequence value or the positions;
+- `device_index`: host integers on the device without a synchronisation (a round's indices).
 """
 
 from __future__ import annotations
@@ -150,3 +151,12 @@ def kernel_positions(rope: Rope, batch: int, tokens: int) -> tuple[torch.Tensor,
     if p.dim() == 2 and p.shape[1] == tokens and p.shape[0] in (1, batch):
         return p, False, p.stride(0) if p.shape[0] > 1 else 0, p.stride(1)
     return None
+
+
+def device_index(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small int64 device tensor of host values, copied without a synchronisation (through pinned
+    memory on a GPU; the caching host allocator keeps the block until the copy has run)."""
+    host = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)

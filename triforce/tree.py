@@ -190,16 +190,19 @@ class TreeVerdict:
         return [tokens[i] for i in self.path] + [self.next_token]
 
     @classmethod
-    def read(cls, packed: torch.Tensor) -> list["TreeVerdict"]:
+    def read(cls, packed: torch.Tensor, nodes: torch.Tensor | None = None):
         """Each row's verdict from `verify_tree_batch`'s packed (B, 1 + 3 * depth) tensor: one
-        read-back, the round's one synchronisation."""
-        out = []
-        for row in packed.tolist():
-            depth = (len(row) - 1) // 3
-            path, widths, ranks = row[1:1 + depth], row[1 + depth:1 + 2 * depth], row[1 + 2 * depth:]
+        read-back, the round's one synchronisation. With the proposed tokens `nodes` (B, N): read in
+        the same copy, (verdicts, each row's tokens as a list)."""
+        width = packed.shape[1]
+        values = (packed if nodes is None else torch.cat([packed, nodes.to(packed.dtype)], 1)).tolist()
+        verdicts = []
+        for row in values:
+            depth = (width - 1) // 3
+            path, widths, ranks = row[1:1 + depth], row[1 + depth:1 + 2 * depth], row[1 + 2 * depth:width]
             visits = tuple((w, None if r < 0 else r) for w, r in zip(widths, ranks) if w > 0)
-            out.append(cls(tuple(i for i in path if i >= 0), row[0], visits))
-        return out
+            verdicts.append(cls(tuple(i for i in path if i >= 0), row[0], visits))
+        return verdicts if nodes is None else (verdicts, [row[width:] for row in values])
 
 
 def verify_tree(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
@@ -225,10 +228,22 @@ def verify_tree_batch(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torc
     rejection (the bias a tree version of the published middle level's bug would have): kept only so
     a test can show it fails."""
     B, N = tokens.shape
+    u = torch.rand((B, N), generator=generator, device=p.device)
+    final, walked = tree_walk(tree, tokens, q, p, u, residual=residual)
+    token = sample(final, generator).reshape(B, 1).to(torch.int64)
+    return torch.cat([token, walked], 1)
+
+
+def tree_walk(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor, u: torch.Tensor, *,
+              residual: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`verify_tree_batch`'s walk with its uniform draws u (B, N) given: it draws nothing and never
+    synchronises with the host (a CUDA graph holds it, the draws made before each replay). Returns
+    the distribution each row's emitted token is sampled from (B, V) and the packed path, visited
+    widths and ranks accepted (B, 3 * depth)."""
+    B, N = tokens.shape
     dev = p.device
     depth = tree.depth
     kid_table, widths = _child_table(tree, dev)
-    u = torch.rand((B, N), generator=generator, device=dev)
     tok = tokens.to(torch.int64)
     rows = torch.arange(B, device=dev)
     node = torch.zeros(B, dtype=torch.int64, device=dev)  # rooted numbering: 0 the root, i + 1 node i
@@ -267,8 +282,7 @@ def verify_tree_batch(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torc
             path[:, d] = torch.where(live, chosen, -1)
         live = live & (chosen >= 0)
         node = torch.where(chosen >= 0, chosen + 1, node)
-    token = sample(final, generator).reshape(B, 1).to(torch.int64)
-    return torch.cat([token, path, visit_w, visit_r], 1)
+    return final, torch.cat([path, visit_w, visit_r], 1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import torch
 
+from triforce.inputs import device_index
 from triforce.sampling import probabilities
-from triforce.tree import Tree, TreeVerdict, propose_children_batch, verify_tree_batch
+from triforce.tree import Tree, TreeVerdict, propose_children_batch
 from triforce.tree_shapes import RankCounts
 
 
@@ -55,6 +56,7 @@ class TreeRound:
         self.fed = sum(d < tree.depth for d in tree.depths)  # nodes the level below runs (not the deepest)
         self.ranks = RankCounts()  # which child rank the rule accepted, over the generation's rounds
         self._constants: dict[tuple, torch.Tensor | None] = {}
+        self._logits: torch.Tensor | None = None  # (B, N + 1, V) the level below's logits, reused each round
 
     def _constant(self, key: tuple, make) -> torch.Tensor | None:
         """What the tree's shape decides on the device (an index tensor, a block's mask), made once by
@@ -68,18 +70,21 @@ class TreeRound:
         gen, tree = self.gen, self.tree
         below, top = gen.chain[-2], gen.chain[-1]
         base = gen.lengths  # row b's root is tokens[b, base_b - 1]: emitted, not yet seen by the top
-        roots = torch.tensor([[n - 1] for n in base], device=gen.tokens.device)  # (one copy a round)
+        roots = device_index([n - 1 for n in base], gen.tokens.device)[:, None]  # (no synchronisation)
         rows = [b for b in range(gen.B) if active[b]]
         greedy = gen.engine.sampling.greedy
         # the proposals: the root's distribution from the level below (it feeds what it has not seen)
         root = self._root(below, base, rows)  # (B, V) logits
         V = root.shape[-1]
-        # logits and q (the sampling distribution) after each node the level below ran (a leaf's: unused);
-        # a node's children are drawn from its q (greedy: the most likely by its logits)
-        logits = torch.zeros(gen.B, self.full.size, V, device=root.device)
+        # the rule's buffers, filled as the tree grows: the nodes, and q (the sampling distribution)
+        # after each node the level below ran (a leaf's: unused); a node's children are drawn from its
+        # q (greedy: the most likely by its logits)
+        rule = gen.executor.tree_rule(tree, gen.B, V, residual=top.residual)
+        nodes, q = rule.tokens, rule.q
+        if self._logits is None or self._logits.shape[-1] != V:
+            self._logits = torch.zeros(gen.B, self.full.size, V, device=root.device)
+        logits = self._logits
         logits[:, 0] = root
-        q = torch.full_like(logits, 1.0 / V)
-        nodes = torch.zeros(gen.B, tree.size, dtype=torch.int64, device=gen.tokens.device)
         depths = self.full.depths  # node j of the rooted tree (0: the root) at depth depths[j] - 1
         for depth in range(tree.depth):
             first = depths.index(depth + 1)  # the rooted tree's nodes of this depth: first..stop-1
@@ -97,29 +102,33 @@ class TreeRound:
                           ctx=gen.ctx)  # (B, N + 1, V)
         # the rule on every row at once (a frozen row's verdict unused, as the chain's batch rule
         # draws for every row), on the device; its verdicts read back once
-        packed = verify_tree_batch(tree, nodes, q, p, gen.generator, residual=top.residual)
+        packed = rule.run(p)
         gen.plan_ahead(active)  # while the verification runs
-        verdicts = TreeVerdict.read(packed)
-        proposed = nodes.tolist()
+        verdicts, proposed = TreeVerdict.read(packed, nodes)  # the round's one read-back
         emitted: list[list[int]] = [[] for _ in range(gen.B)]
         name = below.name
+        kept_top, kept_below = {}, {}
         for b in rows:
-            verdict, row_nodes = verdicts[b], proposed[b]
-            tokens = verdict.emitted(row_nodes)
+            verdict = verdicts[b]
+            tokens = verdict.emitted(proposed[b])
             for children, rank in verdict.visits:
                 self.ranks.add(children, rank)
-            top.cache.row(b).keep_path([0] + [j + 1 for j in verdict.path], self.full.size)
+            kept_top[b] = [0] + [j + 1 for j in verdict.path]
             # the level below keeps the accepted nodes it was fed (all but the deepest), as a chain's
             # round leaves its proposer; it feeds the rest of the accepted tokens next round
-            below.cache.row(b).keep_path([j for j in verdict.path if j < self.fed], self.fed)
+            kept_below[b] = [j for j in verdict.path if j < self.fed]
             gen.rows[b].n = base[b] + len(tokens)
             gen.stats.verified(name, b, tree.depth, len(verdict.path))
             gen.planner.tree_verified(name, top.name, b, verdict.visits)
             emitted[b] = tokens
-        # the emitted tokens into each row's place: one copy to the device
-        at_rows = [b for b in rows for _ in emitted[b]]
-        at_cols = [base[b] + i for b in rows for i in range(len(emitted[b]))]
-        gen.tokens[at_rows, at_cols] = torch.tensor([t for b in rows for t in emitted[b]], device=gen.tokens.device)
+        # every row's path kept at once per cache (one index copy and one gather per tensor)
+        top.cache.keep_paths(kept_top, self.full.size)
+        below.cache.keep_paths(kept_below, self.fed)
+        # the emitted tokens into each row's place: one copy to the device, without a synchronisation
+        place = [(b, base[b] + i, t) for b in rows for i, t in enumerate(emitted[b])]
+        if place:
+            at = device_index([x for triple in zip(*place) for x in triple], gen.tokens.device).view(3, -1)
+            gen.tokens[at[0], at[1]] = at[2]
         return emitted
 
     def metrics(self) -> dict[str, float]:
@@ -143,17 +152,19 @@ class TreeRound:
             nodes[:, places] = drawn.reshape(nodes.shape[0], len(parents), width)
 
     def _root(self, level, base: list[int], rows: list[int]) -> torch.Tensor:
-        """Level's logits after each active row's root: a forward of the tokens it has not seen, one
-        per count of unseen tokens (B, V)."""
+        """Level's logits after each active row's root (B, V): a forward of the tokens it has not
+        seen, as wide as the row with the most (the others rolled back to feed as many, as a chain's
+        step does: `feed_groups`); a row that cannot roll back gets a forward of its own width."""
         gen = self.gen
-        out = torch.zeros(gen.B, level.model.output_vocab, device=gen.tokens.device)
-        unseen = {b: base[b] - level.cache.row(b).seq_len for b in rows}
-        for T in sorted(set(unseen.values()), reverse=True):
-            group = [b for b in rows if unseen[b] == T]
+        active = [b in rows for b in range(gen.B)]
+        out = None
+        for T, group in gen.feed_groups(level.cache, level.cache.rows_of("seq_len"), active):
             ids = torch.stack([gen.tokens[b, max(base[b] - T, 0):][:T] for b in range(gen.B)])
-            logits = self._run(level, ids, None, group, num_logits=1, phase=level.name)
-            out[group] = logits[group, -1]
-            gen.stats.forward_of(level.name, [b in group for b in range(gen.B)])
+            logits = self._run(level, ids, None, [b for b in range(gen.B) if group[b]], num_logits=1,
+                               phase=level.name)[:, -1]
+            gen.stats.forward_of(level.name, group)
+            out = logits if out is None else torch.where(
+                device_index(group, logits.device).bool()[:, None], logits, out)
         return out
 
     def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, phase: str,

@@ -9,6 +9,7 @@ import torch
 
 from tests.caches import full_cache
 from tests.engine.conftest import random_model, shape_fields
+from triforce.cache.streaming import StreamingCache
 from triforce.tree import Tree
 
 PROMPT = 20
@@ -83,3 +84,44 @@ def test_a_batch_gets_the_tree_after_each_rows_prefix():
         for node in (0, 4, 9):
             path = [int(tokens[b, i]) for i in TREE.path(node)]
             torch.testing.assert_close(logits[b, node], plain_logits(model, prompt + path), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["full", "streaming"])
+@torch.inference_mode()
+def test_keeping_every_rows_path_at_once_is_keeping_them_row_by_row(kind):
+    """The batch cache's `keep_paths` (one gather per tensor) leaves exactly what `row(b).keep_path`
+    leaves row by row: keys, values, recorded queries, lengths; a row not named is untouched, an
+    empty path drops the whole block."""
+    model = random_model(8, kv_heads=2)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 64, (n,), generator=gen).tolist() for n in (PROMPT, PROMPT - 6, PROMPT - 3)]
+    tokens = torch.randint(0, 64, (3, TREE.size), generator=gen)
+
+    def tree_written():
+        if kind == "full":
+            cache = full_cache(model, 64, batch_size=3)
+        else:  # a window wider than what is written: its slots are a full cache's, with its own type
+            cache = StreamingCache.for_model(model, sink=4, window=60, batch_size=3)
+        for b, prompt in enumerate(prompts):
+            model(torch.tensor([prompt]), None, cache.row(b))
+        positions = torch.tensor([[len(p) + d - 1 for d in TREE.depths] for p in prompts])
+        model(tokens, positions, cache, tree=TREE.ancestors())
+        return cache
+
+    paths = {0: TREE.path(9), 1: []}  # row 2 not named
+    one_by_one, at_once = tree_written(), tree_written()
+    for b, path in paths.items():
+        one_by_one.row(b).keep_path(path, TREE.size)
+    untouched = at_once.k[:, 2].clone()
+    at_once.keep_paths(paths, TREE.size)
+    for name in ("length", "seq_len", "query_rows", "rows_written"):
+        assert at_once.rows_of(name) == one_by_one.rows_of(name), name
+    assert at_once.rows_of("length")[:2] == [PROMPT + 3, PROMPT - 6]
+    torch.testing.assert_close(at_once.k, one_by_one.k, atol=0, rtol=0)
+    torch.testing.assert_close(at_once.v, one_by_one.v, atol=0, rtol=0)
+    torch.testing.assert_close(at_once.recent_queries, one_by_one.recent_queries, atol=0, rtol=0)
+    torch.testing.assert_close(at_once.k[:, 2], untouched, atol=0, rtol=0)
+    n = PROMPT + 3
+    torch.testing.assert_close(at_once.row(0).query_at(n - 1), one_by_one.row(0).query_at(n - 1), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="row 1: nodes \\[0, 2\\] are not all among the last 2 slots"):
+        at_once.keep_paths({1: [0, 2]}, 2)

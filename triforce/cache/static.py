@@ -51,7 +51,7 @@ import torch
 from triforce.cache.chunks import chunk_stats
 from triforce.config import QUERY_HISTORY
 from triforce.errors import ConfigError
-from triforce.inputs import apply_rotary
+from triforce.inputs import apply_rotary, device_index
 
 __all__ = ["QUERY_HISTORY", "CacheSnapshot", "StaticKVCache", "kv_bytes_per_token"]
 
@@ -321,6 +321,53 @@ class StaticKVCache:
         drop = block - n  # (a cache whose positions run ahead of its slots keeps that offset)
         self.length -= drop
         self.seq_len -= drop
+
+    def keep_paths(self, paths: dict[int, list[int] | tuple[int, ...]], block: int) -> None:
+        """`keep_path` for rows of a batch at once: row b keeps paths[b] (rows not named untouched).
+        The same result as `row(b).keep_path(paths[b], block)` row by row, with every row's keys,
+        values and recorded queries moved by one gather per tensor after one index copy to the device
+        (row by row, each index copy waits for the device and each row costs four launches). A cache
+        that moves more than these (offloaded: host memory too) goes row by row."""
+        if self._row is not None or self.batch_size == 1 or type(self).keep_path is not StaticKVCache.keep_path:
+            for b, path in paths.items():
+                self.row(b).keep_path(path, block)
+            return
+        lengths, seq_lens = self.rows_of("length"), self.rows_of("seq_len")
+        queries = self.rows_of("query_rows")
+        width = max((len(p) for p in paths.values()), default=0)
+        slots = [list(range(width)) for _ in self.rows]  # (B, width) source slots; identity where nothing moves
+        targets = [list(range(width)) for _ in self.rows]
+        history = self.recent_queries.shape[3]
+        query_src = [list(range(history)) for _ in self.rows]  # recorded query rows, likewise
+        moved_queries = False
+        for b, path in paths.items():
+            start, n = lengths[b] - block, len(path)
+            if start < 0 or any(not 0 <= i < block for i in path):
+                raise ValueError(f"row {b}: nodes {list(path)} are not all among the last {block} slots "
+                                 f"({lengths[b]} written)")
+            slots[b] = [start + i for i in path] + [start + i for i in range(n, width)]
+            targets[b] = [start + i for i in range(width)]
+            seq_start = seq_lens[b] - block
+            first, rows = queries[b]
+            kept = [seq_start + i - first for i in path]
+            recorded = n > 0 and all(0 <= r < rows for r in kept)
+            if recorded:
+                query_src[b][:n] = kept
+                moved_queries = True
+            drop = block - n
+            view = self.row(b)
+            view._query_rows, view._rows_written = ((seq_start, n), n) if recorded else ((seq_start + n, 0), 0)
+            view.length, view.seq_len = lengths[b] - drop, seq_lens[b] - drop
+        if width:
+            index = device_index([i for row in slots + targets for i in row], self.device).view(2, self.batch_size, width)
+            batch = torch.arange(self.batch_size, device=self.device)[:, None]
+            src, dst = index[0], index[1]
+            self.k[:, batch, :, dst] = self.k[:, batch, :, src]
+            self.v[:, batch, :, dst] = self.v[:, batch, :, src]
+        if moved_queries:
+            src = device_index([i for row in query_src for i in row], self.device).view(self.batch_size, history)
+            batch = torch.arange(self.batch_size, device=self.device)[:, None]
+            self.recent_queries.copy_(self.recent_queries[:, batch, :, src].permute(2, 0, 3, 1, 4))
 
     def _batch_mask(self, num_tokens: int) -> torch.Tensor:
         """(B, 1, T, S) booleans: query t of row b sees the slots below length_b + t + 1."""
