@@ -56,7 +56,7 @@ class TreeRound:
         self.fed = sum(d < tree.depth for d in tree.depths)  # nodes the level below runs (not the deepest)
         self.ranks = RankCounts()  # which child rank the rule accepted, over the generation's rounds
         self._constants: dict[tuple, torch.Tensor | None] = {}
-        self._logits: torch.Tensor | None = None  # (B, N + 1, V) the level below's logits, reused each round
+        self._logits: torch.Tensor | None = None  # greedy: (B, N + 1, V) the level below's logits, reused
 
     def _constant(self, key: tuple, make) -> torch.Tensor | None:
         """What the tree's shape decides on the device (an index tensor, a block's mask), made once by
@@ -78,21 +78,23 @@ class TreeRound:
         V = root.shape[-1]
         # the rule's buffers, filled as the tree grows: the nodes, and q (the sampling distribution)
         # after each node the level below ran (a leaf's: unused); a node's children are drawn from its
-        # q (greedy: the most likely by its logits)
+        # q (greedy: the most likely by its logits, kept for that)
         rule = gen.executor.tree_rule(tree, gen.B, V, residual=top.residual)
         nodes, q = rule.tokens, rule.q
-        if self._logits is None or self._logits.shape[-1] != V:
+        if greedy and (self._logits is None or self._logits.shape[-1] != V):
             self._logits = torch.zeros(gen.B, self.full.size, V, device=root.device)
-        logits = self._logits
-        logits[:, 0] = root
         depths = self.full.depths  # node j of the rooted tree (0: the root) at depth depths[j] - 1
         for depth in range(tree.depth):
             first = depths.index(depth + 1)  # the rooted tree's nodes of this depth: first..stop-1
             stop = depths.index(depth + 2) if depth + 2 in depths else self.full.size
-            if depth:  # the distributions after this depth's nodes: one forward of the level below
-                logits[:, first:stop] = self._forward(below, nodes, first, stop, roots, rows)
-            q[:, first:stop] = probabilities(logits[:, first:stop], gen.engine.sampling, ctx=gen.ctx)
-            self._children(logits if greedy else q, nodes, first, stop, greedy)
+            # the logits after this depth's nodes (the root's, then one forward of the level below a
+            # depth), transformed as the forward returned them: contiguous rows, which the sampling
+            # kernels take (a slice of a buffer would leave them for torch's sort)
+            block = root[:, None] if not depth else self._forward(below, nodes, first, stop, roots, rows)
+            q[:, first:stop] = probabilities(block, gen.engine.sampling, ctx=gen.ctx)
+            if greedy:
+                self._logits[:, first:stop] = block
+            self._children(self._logits if greedy else q, nodes, first, stop, greedy)
         # the top: the root and every node in one forward
         for b in rows:  # (the top holds the committed prefix but its newest token, the root)
             cache = top.cache.row(b)
@@ -161,7 +163,7 @@ class TreeRound:
         for T, group in gen.feed_groups(level.cache, level.cache.rows_of("seq_len"), active):
             ids = torch.stack([gen.tokens[b, max(base[b] - T, 0):][:T] for b in range(gen.B)])
             logits = self._run(level, ids, None, [b for b in range(gen.B) if group[b]], num_logits=1,
-                               phase=level.name)[:, -1]
+                               phase=level.name)[:, -1].contiguous()
             gen.stats.forward_of(level.name, group)
             out = logits if out is None else torch.where(
                 device_index(group, logits.device).bool()[:, None], logits, out)
