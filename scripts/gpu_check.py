@@ -36,8 +36,10 @@ Uses random models built in memory: no weights, no network. Exit code 0 only if 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import sys
+import traceback
 import warnings
 
 import torch
@@ -601,20 +603,29 @@ def check_synchronisations(device, kernels: dict) -> bool:
         engine = Engine(target, draft, method, {"temperature": 0.6, "top_p": 0.9},
                         {"executor": "graphs", "kernels": kernels})
         engine.generate(prompts, 32, seed=0)  # capture first: capture itself synchronises
-        with warnings.catch_warnings(record=True) as caught:
+        sites = collections.Counter()  # where each synchronisation came from (the engine's innermost frame)
+
+        def note(message, *args, **kwargs):
+            if "synchroniz" in str(message):
+                frames = [f for f in traceback.extract_stack()[:-1] if "/triforce/" in f.filename]
+                sites[f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"] += 1
+
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = note
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 result = engine.generate(prompts, 32, seed=0)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        syncs = sum("synchroniz" in str(w.message) for w in caught)
+        syncs = sum(sites.values())
         m = result.metrics
         rounds = m["forwards/top"] + m.get("forwards/middle", 0)  # speculative rounds at every level
         # the prefill's, the capture's and the final read-back's synchronisations come on top of the rounds
         good = syncs <= rounds + 64
         print(f"graphs {method}: {syncs} implicit host synchronisations for {rounds} speculative rounds "
-              f"({m['forwards/draft']} draft forwards, {m['new_tokens']} tokens) {'ok' if good else 'FAILED'}")
+              f"({m['forwards/draft']} draft forwards, {m['new_tokens']} tokens) {'ok' if good else 'FAILED'}; "
+              f"most from {sites.most_common(4)}")
         ok &= good
     return ok
 
