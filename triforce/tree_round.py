@@ -145,7 +145,12 @@ class TreeRound:
         kids = {j: self.full.children[j + 1] for j in range(first, stop) if self.full.children[j + 1]}
         for width in sorted({len(k) for k in kids.values()}):
             parents = [j for j in kids if len(kids[j]) == width]
-            rows = scores[:, parents].reshape(-1, scores.shape[-1])
+            if parents == list(range(parents[0], parents[-1] + 1)):  # (breadth-first: mostly a run of nodes)
+                rows = scores[:, parents[0]:parents[-1] + 1]
+            else:  # (indexing by a list would copy it to the device and wait)
+                rows = scores.index_select(1, self._constant(("parents", first, width), lambda: torch.tensor(
+                    parents, device=scores.device)))
+            rows = rows.reshape(-1, scores.shape[-1])
             if greedy:
                 rows = rows.softmax(-1)
             drawn = propose_children_batch(rows, width, self.gen.generator, greedy=greedy)
