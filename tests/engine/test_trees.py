@@ -112,3 +112,36 @@ def test_a_tree_given_node_by_node_is_checked_before_any_work(models, parents, m
         Engine(target, draft, dict(METHODS["spec"], tree_parents=parents), dict(temperature=0.0), EAGER)
     with pytest.raises(ConfigError, match="both set"):
         Engine(target, draft, dict(METHODS["spec"], tree=(2,), tree_parents=(-1,)), dict(temperature=0.0), EAGER)
+
+
+def test_a_batch_tree_round_reads_back_once_and_copies_nothing_that_waits(models, monkeypatch):
+    """After its first round (where the tree's constant indices and masks are made), a batch's tree
+    round reads the device back once — its verdicts and nodes, one `tolist` — and hands the device no
+    host list by an ordinary copy (`torch.tensor(..., device=)`), which on a GPU waits for the device:
+    a round's indices go through `inputs.device_index` (pinned, not waiting)."""
+    target, draft, prompt = models
+    engine = Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=0.8), STATIC)
+    reads, copies, counting = [], [], [False]
+    tolist, tensor = torch.Tensor.tolist, torch.tensor
+
+    def counted_tolist(self):
+        if counting[0]:
+            reads.append(self.shape)
+        return tolist(self)
+
+    def counted_tensor(*args, **kwargs):
+        if counting[0] and kwargs.get("device") is not None:
+            copies.append(args[0] if args else None)
+        return tensor(*args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    monkeypatch.setattr(torch, "tensor", counted_tensor)
+    stream = engine.stream([prompt[:30], prompt], NEW, seed=0, stop_at_eos=False)
+    next(stream)  # the prefill, then the first round
+    next(stream)
+    counting[0] = True
+    rounds = sum(1 for _ in stream)
+    counting[0] = False
+    assert rounds > 3
+    assert len(reads) == rounds, reads
+    assert copies == []
