@@ -257,7 +257,8 @@ def tree_walk(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor
         kids, nk = kid_table[node], widths[node]
         chosen = torch.full((B,), -1, dtype=torch.int64, device=dev)
         rank = torch.full((B,), -1, dtype=torch.int64, device=dev)
-        for k in range(_max_width_at(tree, d)):
+        width = _max_width_at(tree, d)
+        for k in range(width):
             child = kids[:, k]
             trying = live & (nk > k) & (chosen < 0)
             at = child.clamp_min(0)[:, None]
@@ -269,8 +270,9 @@ def tree_walk(tree: Tree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor
             rejected = (trying & ~accept)[:, None]
             if residual:
                 r = torch.where(rejected, _normalised(torch.clamp(r - g, min=0.0), fallback=r), r)
-            zeroed = g.scatter(1, x, 0.0)
-            g = torch.where(rejected, _normalised(zeroed, fallback=zeroed), g)
+            if k + 1 < width:  # (after a depth's last child g is not read again: the next depth reloads q)
+                zeroed = g.scatter(1, x, 0.0)
+                g = torch.where(rejected, _normalised(zeroed, fallback=zeroed), g)
         # where a row's walk ends: at a leaf, the bonus token (normalised as the chain's rule does);
         # after every child rejected, a sample of the residual
         final = torch.where((live & (nk == 0))[:, None], _normalised(r, fallback=r), final)
