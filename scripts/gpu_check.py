@@ -102,7 +102,8 @@ def check_tree_rule(device) -> bool:
             rule.q.copy_(q)
             got = rule.run(p)
             same &= torch.equal(want, got)
-        print(f"tree rule captured widths={widths} B={batch} V={vocab}: {'ok' if same else 'DIFFERS from the eager rule'}")
+        verdict = "ok" if same else "DIFFERS from the eager rule"
+        print(f"tree rule captured widths={widths} B={batch} V={vocab}: {verdict}")
         ok &= same
     return ok
 
@@ -694,8 +695,8 @@ def report_bf16(device, kernels: dict) -> None:
 
 
 # every check of a PDL pass, in the order they run (`--only` picks some)
-CHECKS = ("kernels", "tree_attention", "tree_rule", "batched_kernels", "engine", "batched_engine", "chained_steps", "families",
-          "synchronisations", "bf16")
+CHECKS = ("kernels", "tree_attention", "tree_rule", "batched_kernels", "engine", "batched_engine", "chained_steps",
+          "families", "synchronisations", "bf16")
 
 
 def main() -> int:

@@ -710,10 +710,10 @@ class Generation:
         return self.chain[i].name if i < len(self.chain) - 1 else ("decode" if len(self.chain) == 1 else "verify")
 
     def feed_groups(self, cache, seq: list[int], active: list[bool]) -> list[tuple[int, list[bool]]]:
-        """The forwards a level's step takes (a chain's step, a tree round's root): (tokens per sequence, the rows it serves). One, as
-        wide as the row with the most unseen tokens, where every other row can roll back to feed
-        as many (the same tokens again: the same keys); a row that cannot (a selection just
-        rebuilt) gets a forward of its own width."""
+        """The forwards a level's step takes (a chain's step, a tree round's root): (tokens per
+        sequence, the rows it serves). One, as wide as the row with the most unseen tokens, where
+        every other row can roll back to feed as many (the same tokens again: the same keys); a row
+        that cannot (a selection just rebuilt) gets a forward of its own width."""
         lengths = self.lengths
         unseen = {b: lengths[b] - seq[b] for b in range(self.B) if active[b]}
         width = max(unseen.values())

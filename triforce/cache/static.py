@@ -302,38 +302,44 @@ class StaticKVCache:
         them."""
         if self.batch_size > 1:
             raise ValueError("keep_path is per sequence: call it on row(b)")
+        start, query_rows = self._keep_path_state(path, block)
+        n = len(path)
+        idx = device_index([start + i for i in path], self.device)
+        self.k[:, :, :, start:start + n] = self.k.index_select(3, idx)
+        self.v[:, :, :, start:start + n] = self.v.index_select(3, idx)
+        if query_rows is not None:
+            rows_idx = device_index(query_rows, self.device)
+            self.recent_queries[:, :, :, :n] = self.recent_queries.index_select(3, rows_idx)
+
+    def _keep_path_state(self, path: list[int] | tuple[int, ...], block: int) -> tuple[int, list[int] | None]:
+        """One sequence's bookkeeping for keeping `path` (`keep_path`): the path checked, the lengths
+        and the recorded queries' rows set to what the path leaves. Returns the block's first slot and
+        the rows of recent_queries to move to rows 0.. (None: the forward recorded none for the path)."""
         start = self.length - block
         if start < 0 or any(not 0 <= i < block for i in path):
             raise ValueError(f"nodes {list(path)} are not all among the last {block} slots ({self.length} written)")
-        idx = torch.tensor([start + i for i in path], dtype=torch.long, device=self.device)
         n = len(path)
-        self.k[:, :, :, start:start + n] = self.k.index_select(3, idx)
-        self.v[:, :, :, start:start + n] = self.v.index_select(3, idx)
         seq_start = self.seq_len - block  # the block's first sequence position (what queries are named by)
         first, rows = self._query_rows  # the recorded queries: rows of sequence positions first..
         kept = [seq_start + i - first for i in path]
-        if n and all(0 <= r < rows for r in kept):
-            rows_idx = torch.tensor(kept, dtype=torch.long, device=self.device)
-            self.recent_queries[:, :, :, :n] = self.recent_queries.index_select(3, rows_idx)
-            self._query_rows, self._rows_written = (seq_start, n), n
-        else:  # none recorded for the path: nothing to read (query_at raises)
-            self._query_rows, self._rows_written = (seq_start + n, 0), 0
+        recorded = n > 0 and all(0 <= r < rows for r in kept)
+        # none recorded for the path: nothing to read (query_at raises)
+        self._query_rows, self._rows_written = ((seq_start, n), n) if recorded else ((seq_start + n, 0), 0)
         drop = block - n  # (a cache whose positions run ahead of its slots keeps that offset)
         self.length -= drop
         self.seq_len -= drop
+        return start, kept if recorded else None
 
     def keep_paths(self, paths: dict[int, list[int] | tuple[int, ...]], block: int) -> None:
         """`keep_path` for rows of a batch at once: row b keeps paths[b] (rows not named untouched).
         The same result as `row(b).keep_path(paths[b], block)` row by row, with every row's keys,
         values and recorded queries moved by one gather per tensor after one index copy to the device
-        (row by row, each index copy waits for the device and each row costs four launches). A cache
-        that moves more than these (offloaded: host memory too) goes row by row."""
+        (row by row, each row costs an index copy and four launches). A cache that moves more than
+        these (offloaded: host memory too) goes row by row."""
         if self._row is not None or self.batch_size == 1 or type(self).keep_path is not StaticKVCache.keep_path:
             for b, path in paths.items():
                 self.row(b).keep_path(path, block)
             return
-        lengths, seq_lens = self.rows_of("length"), self.rows_of("seq_len")
-        queries = self.rows_of("query_rows")
         width = max((len(p) for p in paths.values()), default=0)
         slots = [list(range(width)) for _ in self.rows]  # (B, width) source slots; identity where nothing moves
         targets = [list(range(width)) for _ in self.rows]
@@ -341,32 +347,23 @@ class StaticKVCache:
         query_src = [list(range(history)) for _ in self.rows]  # recorded query rows, likewise
         moved_queries = False
         for b, path in paths.items():
-            start, n = lengths[b] - block, len(path)
-            if start < 0 or any(not 0 <= i < block for i in path):
-                raise ValueError(f"row {b}: nodes {list(path)} are not all among the last {block} slots "
-                                 f"({lengths[b]} written)")
-            slots[b] = [start + i for i in path] + [start + i for i in range(n, width)]
+            try:
+                start, query_rows = self.row(b)._keep_path_state(path, block)
+            except ValueError as e:
+                raise ValueError(f"row {b}: {e}") from None
+            slots[b] = [start + i for i in path] + [start + i for i in range(len(path), width)]
             targets[b] = [start + i for i in range(width)]
-            seq_start = seq_lens[b] - block
-            first, rows = queries[b]
-            kept = [seq_start + i - first for i in path]
-            recorded = n > 0 and all(0 <= r < rows for r in kept)
-            if recorded:
-                query_src[b][:n] = kept
+            if query_rows is not None:
+                query_src[b][:len(path)] = query_rows
                 moved_queries = True
-            drop = block - n
-            view = self.row(b)
-            view._query_rows, view._rows_written = ((seq_start, n), n) if recorded else ((seq_start + n, 0), 0)
-            view.length, view.seq_len = lengths[b] - drop, seq_lens[b] - drop
+        batch = torch.arange(self.batch_size, device=self.device)[:, None]
         if width:
-            index = device_index([i for row in slots + targets for i in row], self.device).view(2, self.batch_size, width)
-            batch = torch.arange(self.batch_size, device=self.device)[:, None]
-            src, dst = index[0], index[1]
+            index = device_index([i for row in slots + targets for i in row], self.device)
+            src, dst = index.view(2, self.batch_size, width)
             self.k[:, batch, :, dst] = self.k[:, batch, :, src]
             self.v[:, batch, :, dst] = self.v[:, batch, :, src]
         if moved_queries:
             src = device_index([i for row in query_src for i in row], self.device).view(self.batch_size, history)
-            batch = torch.arange(self.batch_size, device=self.device)[:, None]
             self.recent_queries.copy_(self.recent_queries[:, batch, :, src].permute(2, 0, 3, 1, 4))
 
     def _batch_mask(self, num_tokens: int) -> torch.Tensor:
