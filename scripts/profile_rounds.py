@@ -35,6 +35,7 @@ from triforce.conf import __file__ as conf_init
 from triforce.config import method_config
 from triforce.prefill_memo import PrefillMemo
 from triforce.sampling import SamplingParams
+from triforce.tree import widths_of
 
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9)
 CUDA = torch.cuda.is_available()  # else eager on the CPU: the tests run its functions on a tiny model (main needs a GPU)
@@ -46,15 +47,15 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def methods_of(names: str) -> dict:
-    """autoregressive, spec (gamma 8), spec_tree (a 4-2-1-1 token tree at the top), auto and the fixed
+def methods_of(names: str, tree: str = "4-2-1-1") -> dict:
+    """autoregressive, spec (gamma 8), spec_tree (a token tree at the top: `tree`'s widths per depth), auto and the fixed
     configurations of the adaptive benchmark's config (triforce, triforce_hybrid, triforce_streaming,
     magicdec)."""
     from pathlib import Path
 
     cfg = OmegaConf.load(Path(conf_init).parent / "adaptive_benchmark.yaml")
     known = {"autoregressive": {"name": "autoregressive"}, "spec": {"name": "spec", "gamma": 8},
-             "spec_tree": {"name": "spec", "tree": [4, 2, 1, 1]},
+             "spec_tree": {"name": "spec", "tree": list(widths_of(tree))},
              "auto": OmegaConf.to_container(cfg.auto),
              **{k: OmegaConf.to_container(v) for k, v in cfg.fixed.items()}}
     out = {}
@@ -184,11 +185,12 @@ def main() -> None:
     ap.add_argument("--head-scale", type=float, default=0.03)
     ap.add_argument("--methods", default="autoregressive,spec,auto")
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--tree", default="4-2-1-1", help="spec_tree's widths per depth, e.g. 8 or 4-2-1-1")
     ap.add_argument("--top", type=int, default=28, help="Python functions shown per profile")
     args = ap.parse_args()
     # the shapes it profiles are 7-12B models at long contexts: on a CPU they do not fit, so no smoke run
     latency.require_gpu("scripts/profile_rounds.py", [args.shape])
-    methods = methods_of(args.methods)
+    methods = methods_of(args.methods, args.tree)
     device, dtype = "cuda", torch.bfloat16
     target = random_model(SHAPES[args.shape], dtype=dtype, device=device)
     draft = random_model(SHAPES[DRAFT_OF[args.shape]], dtype=dtype, device=device, seed=1)
