@@ -210,3 +210,22 @@ def test_a_tree_views_plan_equals_the_models_tree_forward(model, lengths, stored
         ref = model(tokens[b:b + 1, n:n + T], n + offsets, ref_cache, num_logits=T, tree=mask)
         torch.testing.assert_close(logits[b:b + 1], ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(cache.k[:, b, :, :n + T], ref_cache.k[:, 0, :, :n + T], atol=1e-5, rtol=1e-5)
+
+
+def test_a_tree_views_positions_are_written_by_set_and_read_as_they_are(model):
+    """A tree's static forward reads each node's position (its row's start + the node's depth) from
+    what `set` wrote beside the forward's start, slot and lengths — every layer's rotary reads that
+    tensor itself, no kernel builds it per layer (inside a graph it would be a launch a layer)."""
+    for batch in (1, 3):
+        cache = full_cache(model, batch)
+        offsets = torch.tensor([0, 1, 1, 2])
+        view = StaticView(cache, 4, (torch.ones(4, 4, dtype=torch.int8).tril(), offsets))
+        starts = [5, 9, 2][:batch]
+        view.set([0] * batch, starts, starts)
+        first, again = view.next_positions(4), view.next_positions(4)
+        assert first.data_ptr() == again.data_ptr()  # the same tensor for every layer
+        expect = torch.tensor(starts)[:, None] + offsets
+        assert torch.equal(first, expect[0] if batch == 1 else expect)
+        view.set([0] * batch, [s + 7 for s in starts], starts)  # the next replay's: the same storage, new values
+        assert view.next_positions(4).data_ptr() == first.data_ptr()
+        assert torch.equal(view.next_positions(4), (expect + 7)[0] if batch == 1 else expect + 7)

@@ -35,23 +35,35 @@ class StaticView:
         at every replay."""
         self.cache = cache
         self.num_tokens = num_tokens
-        self.batch_size = cache.batch_size
-        self.meta = torch.zeros(3, self.batch_size, dtype=torch.int64, device=cache.device)
+        self.batch_size = B = cache.batch_size
+        self.tree_mask, offsets = tree if tree is not None else (None, None)
+        # a tree's offsets stay on the host: set() writes each node's position beside meta, so a
+        # replay reads them (a kernel adding them to the start in every layer's rotary had cost a
+        # launch a layer and broke the chain of dependent launches around it)
+        self._offsets = None if offsets is None else [int(o) for o in offsets.tolist()]
+        extra = 0 if offsets is None else B * num_tokens
+        self._buffer = torch.zeros(3 * B + extra, dtype=torch.int64, device=cache.device)
+        self.meta = self._buffer[:3 * B].view(3, B)
         self._fields = self.meta.unbind()  # (B,) views, made once
-        self.tree_mask, self.offsets = tree if tree is not None else (None, None)
+        # (B, T): each tree node's position (None: a causal block's, from the start)
+        self.positions = None if offsets is None else self._buffer[3 * B:].view(B, num_tokens)
 
     def set(self, token_starts: list[int], position_starts: list[int], slot_starts: list[int]) -> None:
         """Point the view at the next forward. One sequence: one fill kernel per value, the value a
-        kernel argument (no host buffer to stage or keep alive, no synchronisation); a batch: one
-        copy of the 3 x B values from pinned host memory, without a synchronisation."""
-        if self.batch_size == 1:
+        kernel argument (no host buffer to stage or keep alive, no synchronisation); a batch, or a
+        tree's forward: one copy of the 3 x B values (and the nodes' B x T positions) from pinned
+        host memory, without a synchronisation."""
+        if self.batch_size == 1 and self._offsets is None:
             for field, values in enumerate((token_starts, position_starts, slot_starts)):
                 self._fields[field].fill_(values[0])
             return
-        host = torch.tensor([token_starts, position_starts, slot_starts], dtype=torch.int64)
-        if self.meta.is_cuda:
+        values = [*token_starts, *position_starts, *slot_starts]
+        if self._offsets is not None:  # and a tree's positions: each row's start + each node's offset
+            values += [p + o for p in position_starts for o in self._offsets]
+        host = torch.tensor(values, dtype=torch.int64)
+        if self._buffer.is_cuda:
             host = host.pin_memory()  # the caching host allocator keeps it until the copy has run
-        self.meta.copy_(host, non_blocking=True)
+        self._buffer.copy_(host, non_blocking=True)
 
     @property
     def token_start(self) -> torch.Tensor:
@@ -65,10 +77,9 @@ class StaticView:
     # -- the cache contract (as StaticKVCache's, with device-resident lengths) ---------------
     def next_positions(self, num_tokens: int) -> DevicePositions | torch.Tensor:
         assert num_tokens == self.num_tokens
-        start = self._fields[POSITION_START]
-        if self.offsets is not None:  # a tree's: the first's + each node's depth below it (one small launch)
-            return start + self.offsets if self.batch_size == 1 else start[:, None] + self.offsets
-        return DevicePositions(start, num_tokens)
+        if self.positions is not None:  # a tree's: the first's + each node's depth below it, set() wrote them
+            return self.positions[0] if self.batch_size == 1 else self.positions
+        return DevicePositions(self._fields[POSITION_START], num_tokens)
 
     def attention_mask(self, num_tokens: int, tree: torch.Tensor | None = None):
         """The decode kernel's extent: the block's first slot + T; a tree view's own mask (fixed with
