@@ -143,8 +143,9 @@ class EagerExecutor:
 
     def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
                offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None,
-               shape_key=None, phase: str | None = None) -> torch.Tensor:
-        """The level's logits (B, num_logits or T, V) after ids (B, T), advancing the rows of `rows`
+               shape_key=None, phase: str | None = None, transform: bool = False) -> torch.Tensor:
+        """The level's logits (B, num_logits or T, V) after ids (B, T) — with `transform`, the
+        sampling transform of them (float32 probabilities, as `forward` returns) —, advancing the rows of `rows`
         (booleans; None: all): one forward for the batch where the cache serves a batch (the other
         rows frozen), else one per active row (an offloaded cache; a frozen row's logits are zeros).
         offsets (T,): each token's position relative to the first slot the row reserves (None: the
@@ -153,7 +154,12 @@ class EagerExecutor:
         phase: the stats phase its device time counts to (None: the caller's)."""
         if phase is not None:
             with self.stats.timed(phase, key=(level.name, ids.shape[1])):
-                return self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
+                return self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
+                                   transform=transform)
+        if transform:
+            logits = self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
+            return probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling,
+                                 ctx=self.ctx).view(logits.shape)
         cache, (B, T) = level.cache, ids.shape
         if B == 1 or cache.capturable:
             cache.active = tuple(rows) if rows is not None and B > 1 else None
@@ -295,19 +301,21 @@ class StaticExecutor:
 
     def logits(self, level, ids: torch.Tensor, rows: list[bool] | None = None, *, num_logits: int | None,
                offsets: torch.Tensor | None = None, tree: torch.Tensor | None = None,
-               shape_key=None, phase: str | None = None) -> torch.Tensor:
+               shape_key=None, phase: str | None = None, transform: bool = False) -> torch.Tensor:
         """EagerExecutor.logits through a static forward (a tree round's forwards): the ids copied
         into the forward's own buffer, the positions the cache reserves plus `offsets`, the tree mask
         fixed with the forward (`shape_key`: a hashable name of the (offsets, tree) pair, one static
-        forward each; needed with either). A cache that is not capturable: the eager forward. phase:
+        forward each; needed with either); `transform`: the sampling transform inside the forward, as
+        a chain's forwards have it. A cache that is not capturable: the eager forward. phase:
         the stats phase the replay's device time counts to (a first use's capture apart, as a chain's)."""
         cache, (B, T) = level.cache, ids.shape
         if not cache.capturable:
-            return self.eager.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree, phase=phase)
+            return self.eager.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree, phase=phase,
+                                     transform=transform)
         if (offsets is not None or tree is not None) and shape_key is None:
             raise ValueError("a tree's static forward needs a shape_key naming its offsets and mask")
         with _reserved(cache, T, rows) as positions:
-            runner = self._logits_runner(level, T, num_logits or T, offsets, tree, shape_key)
+            runner = self._logits_runner(level, T, num_logits or T, offsets, tree, shape_key, transform=transform)
             runner.ids.copy_(ids)
             runner.view.set([0] * B, positions, cache.rows_of("length"))
             with self.stats.timed(phase, key=(level.name, T)) if phase is not None else contextlib.nullcontext():
@@ -380,8 +388,9 @@ class StaticExecutor:
         self.runners[key] = runner
         return runner
 
-    def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key) -> "Runner":
-        key = (level.name, id(level.cache), num_tokens, num_logits, "logits", shape_key)
+    def _logits_runner(self, level, num_tokens: int, num_logits: int, offsets, tree, shape_key, *,
+                       transform: bool = False) -> "Runner":
+        key = (level.name, id(level.cache), num_tokens, num_logits, "probs" if transform else "logits", shape_key)
         if key in self.runners:
             return self.runners[key]
         cache = level.cache
@@ -396,8 +405,13 @@ class StaticExecutor:
         ids = torch.zeros(B, num_tokens, dtype=self.tokens.dtype, device=self.tokens.device)
         plan = build_plan(level.model, num_tokens, num_logits, self.ctx, batch=B, kv_slots=cache.k.shape[3])
 
+        sampling, ctx = self.sampling, self.ctx
+
         def body() -> torch.Tensor:
-            return plan.run(view, ids)  # (B, num_logits, V)
+            logits = plan.run(view, ids)  # (B, num_logits, V)
+            if not transform:
+                return logits
+            return probabilities(logits.reshape(-1, logits.shape[-1]), sampling, ctx=ctx).view(logits.shape)
 
         runner = Runner(view, body, plan, ids=ids)
         if self.capture:

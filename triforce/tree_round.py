@@ -73,8 +73,11 @@ class TreeRound:
         roots = device_index([n - 1 for n in base], gen.tokens.device)[:, None]  # (no synchronisation)
         rows = [b for b in range(gen.B) if active[b]]
         greedy = gen.engine.sampling.greedy
+        # the forwards' sampling transform inside them, as a chain's forwards have it (greedy: the
+        # level below's logits, whose most likely tokens are the children)
+        transform = not greedy
         # the proposals: the root's distribution from the level below (it feeds what it has not seen)
-        root = self._root(below, base, rows)  # (B, V) logits
+        root = self._root(below, base, rows, transform)  # (B, V): q, or (greedy) logits
         V = root.shape[-1]
         # the rule's buffers, filled as the tree grows: the nodes, and q (the sampling distribution)
         # after each node the level below ran (a leaf's: unused); a node's children are drawn from its
@@ -87,21 +90,21 @@ class TreeRound:
         for depth in range(tree.depth):
             first = depths.index(depth + 1)  # the rooted tree's nodes of this depth: first..stop-1
             stop = depths.index(depth + 2) if depth + 2 in depths else self.full.size
-            # the logits after this depth's nodes (the root's, then one forward of the level below a
-            # depth), transformed as the forward returned them: contiguous rows, which the sampling
-            # kernels take (a slice of a buffer would leave them for torch's sort)
-            block = root[:, None] if not depth else self._forward(below, nodes, first, stop, roots, rows)
-            q[:, first:stop] = probabilities(block, gen.engine.sampling, ctx=gen.ctx)
+            # the distributions after this depth's nodes (the root's, then one forward of the level
+            # below a depth); greedy: their logits, transformed here as the forward returned them
+            block = root[:, None] if not depth else self._forward(below, nodes, first, stop, roots, rows, transform)
             if greedy:
+                q[:, first:stop] = probabilities(block, gen.engine.sampling, ctx=gen.ctx)
                 self._logits[:, first:stop] = block
+            else:
+                q[:, first:stop] = block
             self._children(self._logits if greedy else q, nodes, first, stop, greedy)
         # the top: the root and every node in one forward
         for b in rows:  # (the top holds the committed prefix but its newest token, the root)
             cache = top.cache.row(b)
             if cache.seq_len > base[b] - 1:
                 cache.crop(base[b] - 1)
-        p = probabilities(self._forward(top, nodes, 0, self.full.size, roots, rows), gen.engine.sampling,
-                          ctx=gen.ctx)  # (B, N + 1, V)
+        p = self._forward(top, nodes, 0, self.full.size, roots, rows, True)  # (B, N + 1, V) probabilities
         # the rule on every row at once (a frozen row's verdict unused, as the chain's batch rule
         # draws for every row), on the device; its verdicts read back once
         packed = rule.run(p)
@@ -158,47 +161,49 @@ class TreeRound:
                 [[k - 1 for k in kids[j]] for j in parents], device=nodes.device))
             nodes[:, places] = drawn.reshape(nodes.shape[0], len(parents), width)
 
-    def _root(self, level, base: list[int], rows: list[int]) -> torch.Tensor:
-        """Level's logits after each active row's root (B, V): a forward of the tokens it has not
-        seen, as wide as the row with the most (the others rolled back to feed as many, as a chain's
-        step does: `feed_groups`); a row that cannot roll back gets a forward of its own width."""
+    def _root(self, level, base: list[int], rows: list[int], transform: bool) -> torch.Tensor:
+        """Level's logits (transform: probabilities) after each active row's root (B, V): a forward
+        of the tokens it has not seen, as wide as the row with the most (the others rolled back to
+        feed as many, as a chain's step does: `feed_groups`); a row that cannot roll back gets a
+        forward of its own width."""
         gen = self.gen
         active = [b in rows for b in range(gen.B)]
         out = None
         for T, group in gen.feed_groups(level.cache, level.cache.rows_of("seq_len"), active):
             ids = torch.stack([gen.tokens[b, max(base[b] - T, 0):][:T] for b in range(gen.B)])
             logits = self._run(level, ids, None, [b for b in range(gen.B) if group[b]], num_logits=1,
-                               phase=level.name)[:, -1].contiguous()
+                               phase=level.name, transform=transform)[:, -1]
             gen.stats.forward_of(level.name, group)
             out = logits if out is None else torch.where(
                 device_index(group, logits.device).bool()[:, None], logits, out)
         return out
 
     def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, phase: str,
-             tree: torch.Tensor | None = None, num_logits: int | None = None, first: int = 0) -> torch.Tensor:
-        """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V)),
-        through the executor's (batched where the cache serves a batch, else row by row). positions:
-        None (the cache's next), or offsets from each row's root (the block's first slot holds the
-        rooted tree's node `first`)."""
+             tree: torch.Tensor | None = None, num_logits: int | None = None, first: int = 0,
+             transform: bool = False) -> torch.Tensor:
+        """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V);
+        transform: their sampling transform, inside the forward), through the executor's (batched
+        where the cache serves a batch, else row by row). positions: None (the cache's next), or
+        offsets from each row's root (the block's first slot holds the rooted tree's node `first`)."""
         gen = self.gen
         rows = [b in group for b in range(gen.B)]
         offsets = None if positions is None else positions - first
         # (a static executor keeps one forward per block of the tree: this names it)
         key = None if positions is None else (self.tree.parents, first, ids.shape[1])
         return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
-                                   shape_key=key, phase=phase).float()
+                                   shape_key=key, phase=phase, transform=transform).float()
 
     def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, roots: torch.Tensor,
-                 rows: list[int]) -> torch.Tensor:
-        """Level's logits after the rooted tree's nodes first..stop-1 (their KV written after what the
-        level's cache holds, the nodes before them already there), every active row; (B, T, V).
-        roots (B, 1): each row's root's index in the token buffer."""
+                 rows: list[int], transform: bool) -> torch.Tensor:
+        """Level's logits (transform: probabilities) after the rooted tree's nodes first..stop-1
+        (their KV written after what the level's cache holds, the nodes before them already there),
+        every active row; (B, T, V). roots (B, 1): each row's root's index in the token buffer."""
         gen = self.gen
         ids = torch.cat([gen.tokens.gather(1, roots), nodes], 1)[:, first:stop]
         mask = self._constant(("mask", first, stop), lambda: _block_mask(self.ancestors, first, stop))
         offsets = self._constant(("offsets", first), lambda: torch.tensor(
             [d - 1 for d in self.full.depths[first:stop]], device=nodes.device))
         phase = "verify" if level is gen.chain[-1] else level.name
-        out = self._run(level, ids, offsets, rows, tree=mask, first=first, phase=phase)
+        out = self._run(level, ids, offsets, rows, tree=mask, first=first, phase=phase, transform=transform)
         gen.stats.forward_of(level.name, [b in rows for b in range(gen.B)])
         return out

@@ -145,3 +145,23 @@ def test_a_batch_tree_round_reads_back_once_and_copies_nothing_that_waits(models
     assert rounds > 3
     assert len(reads) == rounds, reads
     assert copies == []
+
+
+@pytest.mark.parametrize("executor", [EAGER, STATIC], ids=["eager", "static"])
+def test_a_tree_rounds_forwards_carry_their_sampling_transform(models, monkeypatch, executor):
+    """Sampling (not greedy), every forward of a tree round returns its distributions, the sampling
+    transform inside it as a chain's forwards have it (in a static forward's graph): the round
+    itself transforms nothing (a transform of its own is a dozen launches outside the graphs, and the
+    top's logits cast to float32 first). Greedy decoding's level below returns logits (the children
+    are its most likely tokens), which the round transforms."""
+    import triforce.tree_round as tree_round
+
+    target, draft, prompt = models
+    calls = []
+    transform = tree_round.probabilities
+    monkeypatch.setattr(tree_round, "probabilities", lambda *a, **k: calls.append(1) or transform(*a, **k))
+    for temperature, expected in ((0.8, False), (0.0, True)):
+        calls.clear()
+        engine = Engine(target, draft, dict(METHODS["spec"], tree=(2, 2)), dict(temperature=temperature), executor)
+        engine.generate([prompt[:30], prompt], 8, seed=0)
+        assert bool(calls) == expected, (temperature, len(calls))

@@ -143,8 +143,9 @@ class LevelBench:
 
     def tree_graph(self, widths: tuple[int, ...]) -> tuple[torch.cuda.CUDAGraph, int]:
         """The captured top-level forward over a token tree of `widths` (the root and its nodes, the
-        tree mask in the decode kernel, every logit: a tree round's verify as the graphs run it),
-        pointed at the cache's end; and its tokens per sequence."""
+        tree mask in the decode kernel, every logit and its sampling transform: a tree round's verify
+        as the graphs run it, and as the chain's verify graph has it), pointed at the cache's end;
+        and its tokens per sequence."""
         from triforce.tree import Tree
         from triforce.tree_round import rooted
 
@@ -153,7 +154,7 @@ class LevelBench:
         offsets = torch.tensor([d - 1 for d in tree.depths], device=self.tokens.device)
         top = self.levels["top"]
         runner = self.executor._logits_runner(top, n, n, offsets, tree.ancestors(self.tokens.device),
-                                              ("bench", tuple(widths)))
+                                              ("bench", tuple(widths)), transform=True)
         cache = top.cache
         runner.view.set([0] * self.batch, cache.rows_of("seq_len"), cache.rows_of("length"))
         return runner.graph, n
