@@ -9,7 +9,8 @@
    repeatedly to show it is deterministic), bf16 and fp32, fresh random inputs; the token-tree rule
    captured as a CUDA graph against the rule launched op by op (the same verdicts for a seed).
 2. Every method greedy-identical to autoregressive decoding on a small random Llama (GQA), fp32,
-   with both executors (eager, graphs); seeded sampling reproducible with graphs. Batches: the
+   with both executors (eager, graphs); seeded sampling reproducible with graphs; sampled token
+   trees (a deep one and a wide one) drawing the same tokens captured and uncaptured. Batches: the
    kernels with per-sequence lengths against their references, and each sequence of a batch of 3
    ragged prompts greedy-identical to its prompt run alone, with graphs. The other families' shapes
    (models/config.py: Qwen2's q/k/v biases with a draft of fewer embedding rows, Qwen3's per-head q/k
@@ -457,6 +458,28 @@ def check_chained_steps(device, kernels: dict) -> bool:
     return ok
 
 
+def check_tree_sampling(device, kernels: dict) -> bool:
+    """Sampled token trees at the top level, captured (each block's forward a graph with its sampling
+    transform inside, the rule a graph) against the same static forwards uncaptured: the same tokens
+    for a seed, one sequence and a ragged batch of 2, a deep tree and a wide one."""
+    ok = True
+    target, draft = random_model(0, device, torch.float32), random_model(1, device, torch.float32)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (700, 333)]
+    for tree in ([4, 2, 1, 1], [8]):
+        for batch in (prompts[0], prompts):
+            tokens = {}
+            for executor in ("static", "graphs"):
+                res = Engine(target, draft, {"name": "spec", "tree": tree}, {"temperature": 0.8, "top_p": 0.95},
+                             {"executor": executor, "kernels": kernels}).generate(batch, 32, seed=7, stop_at_eos=False)
+                tokens[executor] = [r.tokens for r in res] if isinstance(batch[0], list) else [res.tokens]
+            same = tokens["static"] == tokens["graphs"]
+            ok &= same
+            print(f"graphs spec tree {'-'.join(map(str, tree)):8s} {len(tokens['graphs'])} sequence(s): the captured "
+                  f"round draws the uncaptured round's tokens={same}")
+    return ok
+
+
 def check_batched_kernels(device, policy: KernelPolicy) -> bool:
     """The kernels of a batch (docs/DESIGN.md §5): 4 sequences at different lengths, each row's
     result against the reference run on that row alone, at realistic sizes: decode attention (8B
@@ -695,8 +718,8 @@ def report_bf16(device, kernels: dict) -> None:
 
 
 # every check of a PDL pass, in the order they run (`--only` picks some)
-CHECKS = ("kernels", "tree_attention", "tree_rule", "batched_kernels", "engine", "batched_engine", "chained_steps",
-          "families", "synchronisations", "bf16")
+CHECKS = ("kernels", "tree_attention", "tree_rule", "tree_sampling", "batched_kernels", "engine", "batched_engine",
+          "chained_steps", "families", "synchronisations", "bf16")
 
 
 def main() -> int:
@@ -729,6 +752,7 @@ def main() -> int:
             "kernels": lambda: check_kernels(args.device, policy),
             "tree_attention": lambda: check_tree_attention(args.device, KernelContext(policy, pdl=False)),
             "tree_rule": lambda: check_tree_rule(args.device),
+            "tree_sampling": lambda: check_tree_sampling(args.device, kernels),
             "batched_kernels": lambda: check_batched_kernels(args.device, policy),
             "engine": lambda: check_engine(args.device, kernels),
             "batched_engine": lambda: check_batched_engine(args.device, kernels),
