@@ -113,8 +113,8 @@ def main() -> None:
             ranks = measured if len(measured) > len(ranks) else ranks
             print(f"| {scale:g} | tree, root of {width} | {width + 1} | {1 + a:.2f} |", flush=True)
         costs[scale] = (alpha, ranks)
-    print(f"\nUnder a round's cost of {args.round_ms} ms + {args.step_ms} ms x (1 + {args.slope} x (tokens a row - 1)) + "
-          f"{args.depth_ms} ms a depth beyond the first (modelled, not measured):")
+    print(f"\nUnder a round's cost of {args.round_ms} ms + {args.step_ms} ms x (1 + {args.slope} x "
+          f"(tokens a row - 1)) + {args.depth_ms} ms a depth beyond the first (modelled, not measured):")
     print("| s | acceptance by child rank (the widest root's) | best chain | best tree | tree / chain |")
     print("|---|---|---|---|---|")
 
