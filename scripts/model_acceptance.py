@@ -97,7 +97,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     print(f"{args.shape} (hidden {target.hidden_size}) and its draft (hidden {draft.hidden_size}), vocabulary {vocab}; "
           f"temperature {SAMPLING.temperature}, top-p {SAMPLING.top_p}; {args.contexts} contexts x {args.draws} draws")
-    costs: dict[float, tuple[float, list[float]]] = {}
+    by_scale: dict[float, tuple[float, list[float]]] = {}  # per s: alpha, the acceptance by child rank
     print("| s | plan | tokens a row verified | accepted a top-level forward (modelled) |")
     print("|---|---|---|---|")
     for scale in (float(s) for s in args.scales.split(",")):
@@ -112,7 +112,7 @@ def main() -> None:
             a, measured = root_acceptance(p, q, width, args.draws, generator)
             ranks = measured if len(measured) > len(ranks) else ranks
             print(f"| {scale:g} | tree, root of {width} | {width + 1} | {1 + a:.2f} |", flush=True)
-        costs[scale] = (alpha, ranks)
+        by_scale[scale] = (alpha, ranks)
     print(f"\nUnder a round's cost of {args.round_ms} ms + {args.step_ms} ms x (1 + {args.slope} x "
           f"(tokens a row - 1)) + {args.depth_ms} ms a depth beyond the first (modelled, not measured):")
     print("| s | acceptance by child rank (the widest root's) | best chain | best tree | tree / chain |")
@@ -121,7 +121,7 @@ def main() -> None:
     def cost(tokens: int, depth: int) -> float:
         return args.round_ms + args.depth_ms * max(depth - 1, 0) + args.step_ms * (1 + args.slope * (tokens - 1))
 
-    for scale, (alpha, ranks) in costs.items():
+    for scale, (alpha, ranks) in by_scale.items():
         chain, tree = best_plans(alpha, ranks, cost, args.max_nodes, args.max_depth)
         print(f"| {scale:g} | {', '.join(f'{r:.3f}' for r in ranks[:6])}{', ...' if len(ranks) > 6 else ''} | "
               f"{chain[0]}: {chain[1]:.2f} a forward | {tree[0]}: {tree[1]:.2f} a forward | {tree[2] / chain[2]:.3f} |")

@@ -48,12 +48,12 @@ from triforce import config
 from triforce.cache.static_view import StaticView
 from triforce.decode_plan import DecodePlan, build_plan
 from triforce.kernels.policy import KernelContext, KernelPolicy
-from triforce.kernels.verify import race_sample
+from triforce.inputs import device_index
+from triforce.kernels.verify import race_sample, race_sample_reference
 from triforce.kernels.workspace import Workspace
 from triforce.metrics import GenerationStats
 from triforce.sampling import SamplingParams, probabilities, sample_into
 from triforce.tree import tree_walk, verify_tree_batch
-from triforce.inputs import device_index
 
 
 class LevelLike(Protocol):
@@ -105,6 +105,27 @@ def _reserved(cache, num_tokens: int, rows: list[bool] | None):
         cache.active = None
 
 
+def _graph_of(body: Callable[[], torch.Tensor], pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`body` captured as a CUDA graph in `pool`, and its output buffer. Warmed up twice on a side
+    stream first (Triton compiles, cuBLAS picks its kernels, constant tables are made): nothing may
+    compile or synchronise while a graph records."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = body()
+    return graph, out
+
+
+def _transformed(logits: torch.Tensor, sampling: SamplingParams, ctx: KernelContext) -> torch.Tensor:
+    """The sampling transform of a (B, T, V) block of logits, row by row: float32 (B, T, V)."""
+    return probabilities(logits.reshape(-1, logits.shape[-1]), sampling, ctx=ctx).view(logits.shape)
+
+
 def _uniform_rows(probs: torch.Tensor, rows: list[bool] | None) -> torch.Tensor:
     """Frozen rows' outputs replaced by a uniform distribution: never used, but always a valid one
     for the batched verification that runs over every row."""
@@ -133,9 +154,7 @@ class EagerExecutor:
                 ids = self.tokens[0, starts[0]:starts[0] + num_tokens][None]
             else:
                 ids = torch.stack([self.tokens[b, s:s + num_tokens] for b, s in enumerate(starts)])
-            logits = self.logits(level, ids, rows, num_logits=num_logits)
-            probs = probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling, ctx=self.ctx)
-            probs = _uniform_rows(probs.view(B, num_logits, -1), rows)
+            probs = _uniform_rows(self.logits(level, ids, rows, num_logits=num_logits, transform=True), rows)
         if sample:  # tokens[b, starts[b] + T] drawn from row b's last distribution, on the device
             index = device_index([s + num_tokens for s in starts], self.tokens.device)
             sample_into(probs[:, -1], self.generator, self.tokens, 0, index_from=index, ctx=self.ctx)
@@ -157,9 +176,8 @@ class EagerExecutor:
                 return self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
                                    transform=transform)
         if transform:
-            logits = self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree)
-            return probabilities(logits.reshape(-1, logits.shape[-1]), self.sampling,
-                                 ctx=self.ctx).view(logits.shape)
+            return _transformed(self.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree),
+                                self.sampling, self.ctx)
         cache, (B, T) = level.cache, ids.shape
         if B == 1 or cache.capturable:
             cache.active = tuple(rows) if rows is not None and B > 1 else None
@@ -235,24 +253,12 @@ class TreeRule:
             self.p = torch.full_like(self.q, 1.0 / vocab)
             self.u = torch.zeros(batch, tree.size, device=device)
             self.race = torch.ones(batch, vocab, device=device)
-            self._capture(pool)
+            self.graph, self.out = _graph_of(self._body, pool)  # (its warm-up makes the walk's constant tables)
 
     def _body(self) -> torch.Tensor:
         final, walked = tree_walk(self.tree, self.tokens, self.q, self.p, self.u, residual=self.residual)
-        # sampling.sample's race on a GPU: argmax of p / E, E ~ Exp(1) floored at the smallest normal
-        token = (final / self.race.clamp_min(torch.finfo(final.dtype).tiny)).argmax(-1)
+        token = race_sample_reference(final, self.race)  # sampling.sample's race on a GPU, its draws given
         return torch.cat([token[:, None], walked], 1)
-
-    def _capture(self, pool) -> None:
-        side = torch.cuda.Stream()  # warm up off the capture (the walk's constant tables made here)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.out = self._body()
 
     def run(self, p: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
@@ -409,9 +415,7 @@ class StaticExecutor:
 
         def body() -> torch.Tensor:
             logits = plan.run(view, ids)  # (B, num_logits, V)
-            if not transform:
-                return logits
-            return probabilities(logits.reshape(-1, logits.shape[-1]), sampling, ctx=ctx).view(logits.shape)
+            return _transformed(logits, sampling, ctx) if transform else logits
 
         runner = Runner(view, body, plan, ids=ids)
         if self.capture:
@@ -435,8 +439,7 @@ class StaticExecutor:
         race = torch.ones(B, V, dtype=torch.float32, device=tokens.device) if sample else None
 
         def body() -> torch.Tensor:
-            logits = plan.run(view, tokens)  # (B, num_logits, V)
-            probs = probabilities(logits.reshape(B * num_logits, V), sampling, ctx=ctx).view(B, num_logits, V)
+            probs = _transformed(plan.run(view, tokens), sampling, ctx)  # (B, num_logits, V)
             if race is not None:  # tokens[b, start_b + num_tokens] = the race's winner over row b's last row
                 race_sample(probs[:, -1], race, out_tokens=tokens, index=num_tokens, index_from=view.token_start,
                             ctx=ctx)
@@ -453,25 +456,16 @@ class StaticExecutor:
         return tuple(dict.fromkeys(e for r in self.runners.values() for e in r.plan.tuning_used))
 
     def _capture(self, body, views: tuple[StaticView, ...], cache, token_start: int | None = None):
-        # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) before capture:
-        # nothing may compile or synchronise while a graph records. The warm-up writes keys at
-        # slots >= each row's length, which the real forward overwrites, and (a sampling forward) a
-        # token into each row's last slot of the token buffer, which never holds a live token.
+        # The warm-up before the capture (_graph_of) writes keys at slots >= each row's length, which
+        # the real forward overwrites, and (a sampling forward) a token into each row's last slot of
+        # the token buffer, which never holds a live token.
         # (token_start: where a forward with its own ids buffer reads them.) Its time is the
         # generation's first-use cost ("capture"), kept apart from the levels'.
         start = time.perf_counter()
         last = self.tokens.shape[-1] - 1 - views[0].num_tokens if token_start is None else token_start
         for view in views:  # (a chain of steps: every step at the same slots)
             view.set([last] * cache.batch_size, cache.rows_of("seq_len"), cache.rows_of("length"))
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                body()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = body()
+        graph, out = _graph_of(body, self.pool)
         self.stats.time_s["capture"] += time.perf_counter() - start
         return graph, out
 

@@ -75,8 +75,9 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     and runs as three kernels with no host synchronisation. (The floor on E keeps a zero draw
     from turning 0 / 0 into a NaN that argmax would pick; its bias is below 1e-37.)"""
     if probs.is_cuda:
-        race = torch.empty_like(probs).exponential_(generator=generator).clamp_min_(torch.finfo(probs.dtype).tiny)
-        return (probs / race).argmax(-1)
+        from triforce.kernels.verify import race_sample_reference
+
+        return race_sample_reference(probs, torch.empty_like(probs).exponential_(generator=generator))
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 

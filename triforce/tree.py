@@ -195,10 +195,10 @@ class TreeVerdict:
         read-back, the round's one synchronisation. With the proposed tokens `nodes` (B, N): read in
         the same copy, (verdicts, each row's tokens as a list)."""
         width = packed.shape[1]
+        depth = (width - 1) // 3
         values = (packed if nodes is None else torch.cat([packed, nodes.to(packed.dtype)], 1)).tolist()
         verdicts = []
         for row in values:
-            depth = (width - 1) // 3
             path, widths, ranks = row[1:1 + depth], row[1 + depth:1 + 2 * depth], row[1 + 2 * depth:width]
             visits = tuple((w, None if r < 0 else r) for w, r in zip(widths, ranks) if w > 0)
             verdicts.append(cls(tuple(i for i in path if i >= 0), row[0], visits))

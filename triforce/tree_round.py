@@ -171,26 +171,24 @@ class TreeRound:
         out = None
         for T, group in gen.feed_groups(level.cache, level.cache.rows_of("seq_len"), active):
             ids = torch.stack([gen.tokens[b, max(base[b] - T, 0):][:T] for b in range(gen.B)])
-            logits = self._run(level, ids, None, [b for b in range(gen.B) if group[b]], num_logits=1,
-                               phase=level.name, transform=transform)[:, -1]
+            logits = self._run(level, ids, None, group, num_logits=1, phase=level.name, transform=transform)[:, -1]
             gen.stats.forward_of(level.name, group)
             out = logits if out is None else torch.where(
                 device_index(group, logits.device).bool()[:, None], logits, out)
         return out
 
-    def _run(self, level, ids: torch.Tensor, positions, group: list[int], *, phase: str,
+    def _run(self, level, ids: torch.Tensor, positions, group: list[bool], *, phase: str,
              tree: torch.Tensor | None = None, num_logits: int | None = None, first: int = 0,
              transform: bool = False) -> torch.Tensor:
-        """One forward of `level` over ids (B, T) for the rows of `group` (float32 logits, (B, T', V);
+        """One forward of `level` over ids (B, T) for the rows `group` marks (float32 logits, (B, T', V);
         transform: their sampling transform, inside the forward), through the executor's (batched
         where the cache serves a batch, else row by row). positions: None (the cache's next), or
         offsets from each row's root (the block's first slot holds the rooted tree's node `first`)."""
         gen = self.gen
-        rows = [b in group for b in range(gen.B)]
         offsets = None if positions is None else positions - first
         # (a static executor keeps one forward per block of the tree: this names it)
         key = None if positions is None else (self.tree.parents, first, ids.shape[1])
-        return gen.executor.logits(level, ids, rows, num_logits=num_logits, offsets=offsets, tree=tree,
+        return gen.executor.logits(level, ids, group, num_logits=num_logits, offsets=offsets, tree=tree,
                                    shape_key=key, phase=phase, transform=transform).float()
 
     def _forward(self, level, nodes: torch.Tensor, first: int, stop: int, roots: torch.Tensor,
@@ -204,6 +202,7 @@ class TreeRound:
         offsets = self._constant(("offsets", first), lambda: torch.tensor(
             [d - 1 for d in self.full.depths[first:stop]], device=nodes.device))
         phase = "verify" if level is gen.chain[-1] else level.name
-        out = self._run(level, ids, offsets, rows, tree=mask, first=first, phase=phase, transform=transform)
-        gen.stats.forward_of(level.name, [b in rows for b in range(gen.B)])
+        group = [b in rows for b in range(gen.B)]
+        out = self._run(level, ids, offsets, group, tree=mask, first=first, phase=phase, transform=transform)
+        gen.stats.forward_of(level.name, group)
         return out
